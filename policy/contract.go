@@ -1,0 +1,58 @@
+package policy
+
+import "time"
+
+// Candidate is an eligible key offered to a Strategy, with the counters the
+// strategies weigh. Candidates are passed in stable key-id order.
+type Candidate struct {
+	Key    *Key
+	Usage  uint64 // tokens used by this key (requests when no usage is known)
+	Errors uint64 // errors within the error window
+}
+
+// Strategy picks one key among eligible candidates. Implementations are pure
+// and safe for concurrent use: every input that varies between calls is an
+// argument.
+type Strategy interface {
+	// Name is the settings.strategy value that selects this strategy.
+	Name() string
+	// Pick returns an index into cands (len(cands) > 0). seq is a counter the
+	// caller increments once per selection for this pool; rnd is uniform in
+	// [0, 1).
+	Pick(cands []Candidate, seq uint64, rnd float64) int
+}
+
+// OutcomeKind classifies an upstream answer for passive health.
+type OutcomeKind int
+
+// The outcome classes.
+const (
+	OutcomeSuccess     OutcomeKind = iota // 1xx–3xx, and 4xx that are the caller's fault
+	OutcomeRateLimited                    // 429: cool down until RetryAt
+	OutcomeQuota                          // 429/403 insufficient_quota: parked until a probe passes
+	OutcomeAuth                           // 401/403: disabled until a probe passes
+	OutcomeServer                         // 5xx: counts towards ejection
+	OutcomeTimeout                        // no answer in time: counts towards ejection
+	OutcomeClient                         // other 4xx: the caller's fault, the key is fine
+)
+
+// Outcome is one classified upstream answer.
+type Outcome struct {
+	Kind    OutcomeKind
+	Status  int
+	RetryAt time.Time // OutcomeRateLimited: when the key may be used again (zero = use the default cooldown)
+}
+
+// KeyState is the passive health of one key at a moment. Values are
+// immutable; NextState returns a new one.
+type KeyState struct {
+	Disabled            bool      // auth failure or quota: out until a probe passes
+	DisabledReason      string    // "auth" | "quota" | "probe"
+	CooldownUntil       time.Time // 429
+	EjectedUntil        time.Time // consecutive 5xx/timeouts
+	Ejections           int       // consecutive ejections, the backoff exponent
+	ConsecutiveFailures int
+	HalfOpen            bool // ejection expired: the next answer decides
+	ProbeFailed         bool // the latest active probe failed
+	ProbeError          string
+}

@@ -1,0 +1,187 @@
+// Package policy holds keymux's pure decisions: which keys are eligible, which
+// strategy picks among them, how a key's passive health evolves, which model a
+// key's switch rule sends upstream, and whether a client may call at all.
+//
+// Nothing here does I/O, reads a clock or a random source of its own, or
+// imports gRPC, Consul or OpenTelemetry: callers pass the current time, a
+// sequence number and a random number in, which keeps every decision
+// reproducible in tests.
+//
+// The domain types (Key, Rule, Client, Settings) live here too, because store
+// imports policy and not the other way round.
+package policy
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Provider names an upstream API family.
+type Provider string
+
+// The providers keymux knows how to call.
+const (
+	ProviderOpenAI           Provider = "openai"
+	ProviderAzure            Provider = "azure"
+	ProviderAnthropic        Provider = "anthropic"
+	ProviderHuggingFace      Provider = "huggingface"
+	ProviderOpenAICompatible Provider = "openai_compatible"
+)
+
+// Secret is an upstream credential. It redacts itself in every formatting
+// path (fmt, slog, JSON) so that it cannot leak by accident; Reveal returns
+// the value for the one place that must send it upstream.
+type Secret string
+
+const redacted = "[redacted]"
+
+// Reveal returns the credential itself.
+func (s Secret) Reveal() string { return string(s) }
+
+// String implements fmt.Stringer without the value.
+func (s Secret) String() string { return redacted }
+
+// GoString implements fmt.GoStringer without the value.
+func (s Secret) GoString() string { return redacted }
+
+// LogValue implements slog.LogValuer without the value.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(redacted) }
+
+// MarshalJSON never writes the value.
+func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted + `"`), nil }
+
+// AzureConfig is the Azure OpenAI part of a key.
+type AzureConfig struct {
+	APIVersion  string            // e.g. "2024-10-21"
+	Deployments map[string]string // model → deployment name
+}
+
+// Limits are per-minute ceilings; zero means unlimited.
+type Limits struct {
+	RPM int
+	TPM int
+}
+
+// Key is one upstream API key of the pool, as validated from its document.
+// Objects handed out by the store are immutable: copy before changing.
+type Key struct {
+	ID         string
+	Provider   Provider
+	BaseURL    string // normalised: scheme://host[:port][/path], no trailing slash
+	Scheme     string // "https" or "http", from BaseURL
+	Host       string // host[:port] as the upstream :authority, from BaseURL
+	PathPrefix string // path part of BaseURL ("" or "/v1", "/openai", …)
+	Secret     Secret
+	SecretRef  string   // "env:NAME" or "file:/path" when the secret came from there
+	Models     []string // allowed models (after the key's rule); empty = any
+	Weight     float64  // > 0; default 1
+	Priority   int      // lower is preferred; default 0
+	Enabled    bool
+	Azure      AzureConfig
+	Limits     Limits
+	Labels     map[string]string
+}
+
+// ServesModel reports whether the key accepts model (already rewritten by its rule).
+func (k *Key) ServesModel(model string) bool {
+	if len(k.Models) == 0 {
+		return true
+	}
+	for _, m := range k.Models {
+		if m == model {
+			return true
+		}
+	}
+	return false
+}
+
+// Rule is a model switch rule (the seed's ModelSwitchRule): requests for From
+// that are sent with key KeyID (or with any key when KeyID is "*") reach the
+// upstream as To. Matching is exact.
+type Rule struct {
+	ID      string
+	KeyID   string // a key id or "*"
+	From    string
+	To      string
+	Enabled bool
+}
+
+// AnyKey is the Rule.KeyID that applies to every key.
+const AnyKey = "*"
+
+// Client is a caller allowed in client_keys mode. Only the SHA-256 of its
+// token is ever stored.
+type Client struct {
+	ID          string
+	Name        string
+	TokenSHA256 [32]byte
+	Models      []string // empty = any
+	Enabled     bool
+	Limits      Limits
+}
+
+// AllowsModel reports whether the client may request model.
+func (c *Client) AllowsModel(model string) bool {
+	if len(c.Models) == 0 {
+		return true
+	}
+	for _, m := range c.Models {
+		if m == model {
+			return true
+		}
+	}
+	return false
+}
+
+// AuthMode says how callers are authenticated.
+type AuthMode string
+
+// The authentication modes of settings.auth.mode.
+const (
+	AuthNone       AuthMode = "none"
+	AuthClientKeys AuthMode = "client_keys"
+	AuthJWTClaim   AuthMode = "jwt_claim"
+)
+
+// AuthSettings configures client authentication.
+type AuthSettings struct {
+	Mode AuthMode
+	// jwt_claim mode: Envoy's jwt_authn forwards the verified payload
+	// (base64url JSON) in PayloadHeader; the claim Claim must equal, or (for
+	// an array claim) contain, Value.
+	PayloadHeader string // default "x-jwt-payload"
+	Claim         string // default "role"
+	Value         string // default "ROLE_API_USER"
+}
+
+// HealthSettings configures active probes.
+type HealthSettings struct {
+	Interval time.Duration // default 10m
+	Timeout  time.Duration // default 10s
+}
+
+// EjectionSettings configures passive health.
+type EjectionSettings struct {
+	ConsecutiveFailures int           // 5xx/timeouts in a row before ejection; default 3
+	Base                time.Duration // first ejection; default 30s
+	Max                 time.Duration // cap of the exponential backoff; default 5m
+	Cooldown            time.Duration // 429 without Retry-After; default 60s
+	ErrorWindow         time.Duration // adjust_by_error_rate window; default 60s
+}
+
+// AlertSettings are the seed's alert thresholds.
+type AlertSettings struct {
+	ErrorRate float64 // fraction, default 0.2
+	Usage     uint64  // tokens, default 10000
+}
+
+// Settings is the singleton keymux/settings document.
+type Settings struct {
+	Strategy string // default "round_robin"
+	Health   HealthSettings
+	Ejection EjectionSettings
+	Auth     AuthSettings
+	Alerts   AlertSettings
+	// MaxBodyBytes is the largest request body keymux accepts; default 8 MiB.
+	MaxBodyBytes int64
+}
