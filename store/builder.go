@@ -1,0 +1,216 @@
+package store
+
+import (
+	"bytes"
+	"fmt"
+	"sort"
+	"strconv"
+	"sync"
+
+	"github.com/keymux/keymux/policy"
+)
+
+// ErrUnknownKind is returned by Put for a kind that is not a document kind.
+var ErrUnknownKind = fmt.Errorf("unknown document kind (want settings, keys, rules, clients)")
+
+type docID struct {
+	kind Kind
+	id   string
+}
+
+// good is the last accepted version of a document.
+type good struct {
+	val  any // policy.Settings, *policy.Key, *policy.Rule or *policy.Client
+	raw  []byte
+	path string
+	seq  uint64 // when this content was first accepted: older wins conflicts
+}
+
+// Builder keeps the last good version of every document and assembles them
+// into a Config. A document that fails to parse is refused alone: its
+// previous good version, if any, keeps serving. Both sources use it. It is
+// safe for concurrent use.
+type Builder struct {
+	resolve SecretResolver
+
+	mu      sync.Mutex
+	seq     uint64
+	docs    map[docID]*good
+	refused map[docID]Refusal
+}
+
+// NewBuilder returns an empty Builder; resolve (nil = ResolveSecretRef)
+// turns secret_ref values into secrets.
+func NewBuilder(resolve SecretResolver) *Builder {
+	if resolve == nil {
+		resolve = ResolveSecretRef
+	}
+	return &Builder{resolve: resolve, docs: map[docID]*good{}, refused: map[docID]Refusal{}}
+}
+
+func (b *Builder) parse(kind Kind, id string, raw []byte) (any, error) {
+	switch kind {
+	case KindSettings:
+		return ParseSettings(raw)
+	case KindKeys:
+		return ParseKey(id, raw, b.resolve)
+	case KindRules:
+		return ParseRule(id, raw)
+	case KindClients:
+		return ParseClient(id, raw)
+	}
+	return nil, fmt.Errorf("%s: %w", strconv.Quote(string(kind)), ErrUnknownKind)
+}
+
+// Put parses one document (id is ignored for settings). path names it in
+// refusals ("keymux/keys/k1" for Consul, "keys/k1" for the file). On error
+// the document is refused, its last good version kept, and the error
+// returned.
+func (b *Builder) Put(kind Kind, id string, raw []byte, path string) error {
+	if kind == KindSettings {
+		id = ""
+	}
+	v, err := b.parse(kind, id, raw)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	d := docID{kind, id}
+	if err != nil {
+		if kind.Valid() {
+			b.refused[d] = Refusal{Path: path, Reason: err.Error()}
+		}
+		return err
+	}
+	delete(b.refused, d)
+	prev := b.docs[d]
+	g := &good{val: v, raw: bytes.Clone(raw), path: path}
+	if prev != nil && bytes.Equal(prev.raw, raw) {
+		g.seq = prev.seq
+	} else {
+		b.seq++
+		g.seq = b.seq
+	}
+	b.docs[d] = g
+	return nil
+}
+
+// Delete forgets a document (and its refusal). Deleting the settings
+// document brings the defaults back.
+func (b *Builder) Delete(kind Kind, id string) {
+	if kind == KindSettings {
+		id = ""
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	d := docID{kind, id}
+	delete(b.docs, d)
+	delete(b.refused, d)
+}
+
+// Reset forgets every document and refusal.
+func (b *Builder) Reset() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	clear(b.docs)
+	clear(b.refused)
+}
+
+// IDs returns the ids of the documents of kind held (good or refused),
+// sorted.
+func (b *Builder) IDs(kind Kind) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	seen := map[string]bool{}
+	for d := range b.docs {
+		if d.kind == kind {
+			seen[d.id] = true
+		}
+	}
+	for d := range b.refused {
+		if d.kind == kind {
+			seen[d.id] = true
+		}
+	}
+	return sortedKeys(seen)
+}
+
+// Build assembles the good documents into a Config and cross-checks them:
+// a rule naming a key that does not exist is refused alone, as is a client
+// whose token_sha256 another client already uses, or an enabled rule whose
+// key and from another enabled rule already has (the older document wins).
+// Refusals are sorted by path.
+func (b *Builder) Build() (*Config, []Refusal) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cfg := &Config{
+		Settings: DefaultSettings(),
+		Keys:     map[string]*policy.Key{},
+		Rules:    map[string]*policy.Rule{},
+		Clients:  map[string]*policy.Client{},
+	}
+	refused := make([]Refusal, 0, len(b.refused))
+	for _, r := range b.refused {
+		refused = append(refused, r)
+	}
+	var rules, clients []*good
+	for d, g := range b.docs {
+		switch d.kind {
+		case KindSettings:
+			cfg.Settings = g.val.(policy.Settings)
+		case KindKeys:
+			cfg.Keys[d.id] = g.val.(*policy.Key)
+		case KindRules:
+			rules = append(rules, g)
+		case KindClients:
+			clients = append(clients, g)
+		}
+	}
+	byAge := func(gs []*good, id func(*good) string) {
+		sort.Slice(gs, func(i, j int) bool {
+			if gs[i].seq != gs[j].seq {
+				return gs[i].seq < gs[j].seq
+			}
+			return id(gs[i]) < id(gs[j])
+		})
+	}
+	byAge(rules, func(g *good) string { return g.val.(*policy.Rule).ID })
+	type kf struct{ key, from string }
+	ruleOwner := map[kf]string{}
+	for _, g := range rules {
+		r := g.val.(*policy.Rule)
+		doc := docName(KindRules, r.ID)
+		if r.KeyID != policy.AnyKey && cfg.Keys[r.KeyID] == nil {
+			refused = append(refused, Refusal{Path: g.path,
+				Reason: fieldErr(doc, "key", "unknown key %q", r.KeyID).Error()})
+			continue
+		}
+		if r.Enabled {
+			k := kf{r.KeyID, r.From}
+			if other, dup := ruleOwner[k]; dup {
+				refused = append(refused, Refusal{Path: g.path,
+					Reason: docErr(doc, "same key and from as rules/%s", other).Error()})
+				continue
+			}
+			ruleOwner[k] = r.ID
+		}
+		cfg.Rules[r.ID] = r
+	}
+	byAge(clients, func(g *good) string { return g.val.(*policy.Client).ID })
+	tokenOwner := map[[32]byte]string{}
+	for _, g := range clients {
+		c := g.val.(*policy.Client)
+		if other, dup := tokenOwner[c.TokenSHA256]; dup {
+			refused = append(refused, Refusal{Path: g.path,
+				Reason: fieldErr(docName(KindClients, c.ID), "token_sha256", "same token as clients/%s", other).Error()})
+			continue
+		}
+		tokenOwner[c.TokenSHA256] = c.ID
+		cfg.Clients[c.ID] = c
+	}
+	sort.Slice(refused, func(i, j int) bool {
+		if refused[i].Path != refused[j].Path {
+			return refused[i].Path < refused[j].Path
+		}
+		return refused[i].Reason < refused[j].Reason
+	})
+	return cfg, refused
+}

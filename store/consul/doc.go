@@ -1,0 +1,50 @@
+// Package consul is keymux's Consul KV configuration source, its last-good
+// snapshot on disk, and the `keymux kv` administration commands.
+//
+// # KV layout
+//
+// Under a prefix (default "keymux/"), JSON documents as described in
+// ARCHITECTURE.md: "settings", "keys/<id>", "rules/<id>", "clients/<id>",
+// and "health/<key id>" (written by the health leader, handed to
+// Options.OnHealth). Other paths under the prefix are ignored.
+//
+// # Watching
+//
+// Source.Run does one consistent read of the prefix, then a blocking-query
+// loop (STYLE.md #16): an unchanged index is skipped; an index that goes
+// backwards (Consul restored or a dev agent restarted) resets the wait index
+// to 0 and the next answer is diffed in full; the index is kept ≥ 1; entries
+// whose ModifyIndex and value did not change are not re-validated, and an
+// answer that changes nothing applies nothing; queries are rate-limited by a
+// token bucket that never waits while tokens remain; errors back off
+// exponentially with full jitter up to a cap, reset on the next success, and
+// the next query after an error is a fresh, non-blocking read; ctx cancels
+// the long poll.
+//
+// Each changed entry goes through store's Builder, which validates it alone:
+// a refused entry keeps its last good version and is listed (KV path and
+// reason, never a secret) in SourceInfo.Refused and Source.Refused. The whole
+// new configuration reaches the store in one Store.Apply (one go-memdb write
+// transaction).
+//
+// # Last-good snapshot
+//
+// With Options.StateDir set, after every applied change the source writes
+// StateDir/consul-snapshot.json: the raw value of every settings, keys,
+// rules and clients entry under the prefix exactly as read from Consul
+// (refused ones included, so that a reload validates them the same way), the
+// prefix, the Consul index they were read at, and the time they were read,
+// wrapped with the SHA-256 of those bytes. Health entries are not kept (they
+// go stale within a probe interval). Raw values may contain upstream API keys
+// (a key's "secret" field), so the file is written with mode 0600, through a
+// temporary file in the same directory that is fsynced, renamed over the old
+// one, and followed by an fsync of the directory: a crash leaves either the
+// old or the new snapshot, never a torn one, and a corrupt file is detected by
+// its checksum and ignored.
+//
+// When Run starts and Consul cannot be read, the snapshot (if any, and only
+// if it was written for the same prefix) is applied and the store reports
+// source "snapshot", stale since the snapshot's read time. Without one the
+// store stays not ready. Either way Run keeps retrying Consul with backoff and
+// resynchronises in full when it answers.
+package consul

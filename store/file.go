@@ -1,0 +1,264 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// ErrBadFile is wrapped by errors about a configuration file that cannot be
+// used at all.
+var ErrBadFile = errors.New("bad config file")
+
+// fileDoc is the file source's format: every document in one object.
+type fileDoc struct {
+	Settings json.RawMessage            `json:"settings"`
+	Keys     map[string]json.RawMessage `json:"keys"`
+	Rules    map[string]json.RawMessage `json:"rules"`
+	Clients  map[string]json.RawMessage `json:"clients"`
+}
+
+// decodeFile reads the file format, JSON or YAML. Its errors never echo
+// document values.
+func decodeFile(data []byte) (*fileDoc, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, fmt.Errorf("%w: the file is empty", ErrBadFile)
+	}
+	js := data
+	if !json.Valid(data) {
+		var err error
+		if js, err = yaml.YAMLToJSON(data); err != nil {
+			return nil, fmt.Errorf("%w: neither JSON nor valid YAML: %s", ErrBadFile, yamlMsg(err))
+		}
+	}
+	if t := bytes.TrimSpace(js); len(t) == 0 || t[0] != '{' {
+		return nil, fmt.Errorf("%w: want an object with settings, keys, rules, clients", ErrBadFile)
+	}
+	var d fileDoc
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&d); err != nil {
+		msg := err.Error()
+		if f, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
+			return nil, fmt.Errorf("%w: unknown top-level field %s (want settings, keys, rules, clients)", ErrBadFile, f)
+		}
+		if de, ok := jsonErr("file", err).(*DocError); ok {
+			if de.Field != "" {
+				return nil, fmt.Errorf("%w: field %q: want an object of documents", ErrBadFile, de.Field)
+			}
+			return nil, fmt.Errorf("%w: %s", ErrBadFile, de.Reason)
+		}
+		return nil, fmt.Errorf("%w: %v", ErrBadFile, err)
+	}
+	return &d, nil
+}
+
+// yamlMsg keeps the position part of a YAML error; the rest may quote
+// document values.
+func yamlMsg(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "error converting YAML to JSON: ")
+	msg = strings.TrimPrefix(msg, "yaml: ")
+	if strings.HasPrefix(msg, "line ") {
+		if i := strings.Index(msg, ":"); i > 0 {
+			return msg[:i] + ": syntax error"
+		}
+	}
+	return "syntax error"
+}
+
+// PutFile loads every document of a file (JSON or YAML) into the builder:
+// documents present are Put (bad ones refused alone, with paths like
+// "keys/k1"), documents absent are deleted. A file that cannot be decoded as
+// a whole returns an error wrapping ErrBadFile and leaves the builder
+// unchanged.
+func (b *Builder) PutFile(data []byte) error {
+	d, err := decodeFile(data)
+	if err != nil {
+		return err
+	}
+	present := map[Kind]map[string]json.RawMessage{
+		KindKeys: d.Keys, KindRules: d.Rules, KindClients: d.Clients,
+	}
+	for kind, docs := range present {
+		for _, id := range b.IDs(kind) {
+			if _, ok := docs[id]; !ok {
+				b.Delete(kind, id)
+			}
+		}
+	}
+	if d.Settings == nil {
+		b.Delete(KindSettings, "")
+	} else {
+		_ = b.Put(KindSettings, "", d.Settings, string(KindSettings))
+	}
+	for _, kind := range []Kind{KindKeys, KindRules, KindClients} {
+		docs := present[kind]
+		for _, id := range sortedKeys(docs) {
+			_ = b.Put(kind, id, docs[id], string(kind)+"/"+id)
+		}
+	}
+	return nil
+}
+
+// ParseFile decodes a whole configuration file (JSON or YAML). Bad
+// documents are refused alone; an error means the file is unusable.
+func ParseFile(data []byte, resolve SecretResolver) (*Config, []Refusal, error) {
+	b := NewBuilder(resolve)
+	if err := b.PutFile(data); err != nil {
+		return nil, nil, err
+	}
+	cfg, refused := b.Build()
+	return cfg, refused, nil
+}
+
+// LoadFile reads and decodes a configuration file, like ParseFile.
+func LoadFile(path string, resolve SecretResolver) (*Config, []Refusal, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrBadFile, err)
+	}
+	cfg, refused, err := ParseFile(data, resolve)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, refused, nil
+}
+
+// DefaultPollInterval is how often FileSource.Run looks at the file.
+const DefaultPollInterval = 500 * time.Millisecond
+
+// FileSource feeds a Store from a local file (the embedded default source).
+type FileSource struct {
+	path   string
+	st     *Store
+	logger *slog.Logger
+	b      *Builder
+
+	// Interval is the polling period of Run (DefaultPollInterval when 0).
+	// Set it before Run.
+	Interval time.Duration
+
+	mu         sync.Mutex
+	loaded     bool
+	readFailed bool // the last attempt could not read the file
+	lastHash   [sha256.Size]byte
+	refused    []Refusal // of the last good build
+}
+
+// NewFileSource returns a source for path that applies to st.
+func NewFileSource(path string, st *Store, logger *slog.Logger) *FileSource {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &FileSource{path: path, st: st, logger: logger, b: NewBuilder(ResolveSecretRef)}
+}
+
+// Source is the name the source reports in Status.
+func (f *FileSource) Source() string { return "file:" + f.path }
+
+// Load applies the file for the first time. It fails when the file cannot
+// be used at all; bad entries are refused alone.
+func (f *FileSource) Load() error {
+	return f.Reload()
+}
+
+// Reload re-reads the file and applies it even when unchanged (secret refs
+// are resolved again): the SIGHUP path. A file that cannot be used is
+// refused: the previous config keeps serving, the refusal is logged and
+// shown in Status.Refused, and the error is returned.
+func (f *FileSource) Reload() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	data, err := os.ReadFile(f.path)
+	if err != nil {
+		return f.refuseLocked(fmt.Errorf("%w: %w", ErrBadFile, err), [sha256.Size]byte{})
+	}
+	f.readFailed = false
+	return f.applyLocked(data, sha256.Sum256(data))
+}
+
+func (f *FileSource) applyLocked(data []byte, sum [sha256.Size]byte) error {
+	if err := f.b.PutFile(data); err != nil {
+		return f.refuseLocked(err, sum)
+	}
+	f.lastHash = sum
+	cfg, refused := f.b.Build()
+	for _, r := range refused {
+		f.logger.Warn("config entry refused", "source", f.Source(), "path", r.Path, "reason", r.Reason)
+	}
+	gen, err := f.st.Apply(cfg, SourceInfo{Source: f.Source(), LastSync: time.Now(), Refused: refused})
+	if err != nil {
+		return f.refuseLocked(err, sum)
+	}
+	f.loaded = true
+	f.refused = refused
+	f.logger.Info("config file loaded", "path", f.path, "generation", gen, "refused", len(refused))
+	return nil
+}
+
+func (f *FileSource) refuseLocked(err error, sum [sha256.Size]byte) error {
+	f.lastHash = sum
+	f.readFailed = sum == [sha256.Size]byte{}
+	f.logger.Error("config file refused, previous config kept", "path", f.path, "error", err)
+	refused := append(slices.Clone(f.refused), Refusal{Path: f.path, Reason: err.Error()})
+	src := SourceInfo{Source: f.Source(), Refused: refused}
+	if st := f.st.Status(); st.Generation > 0 {
+		src.LastSync = st.LastSync
+	}
+	f.st.SetSourceInfo(src)
+	return err
+}
+
+// poll reloads when the file's content changed since the last attempt.
+func (f *FileSource) poll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	data, err := os.ReadFile(f.path)
+	if err != nil {
+		if !f.readFailed {
+			_ = f.refuseLocked(fmt.Errorf("%w: %w", ErrBadFile, err), [sha256.Size]byte{})
+		}
+		return
+	}
+	sum := sha256.Sum256(data)
+	if sum == f.lastHash {
+		return
+	}
+	_ = f.applyLocked(data, sum)
+}
+
+// Run watches the file until ctx ends, applying every change. It returns
+// nil when ctx is cancelled.
+func (f *FileSource) Run(ctx context.Context) error {
+	f.mu.Lock()
+	loaded := f.loaded
+	f.mu.Unlock()
+	if !loaded {
+		_ = f.Reload()
+	}
+	iv := f.Interval
+	if iv <= 0 {
+		iv = DefaultPollInterval
+	}
+	t := time.NewTicker(iv)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			f.poll()
+		}
+	}
+}

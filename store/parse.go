@@ -1,0 +1,780 @@
+// Package store holds keymux's configuration: the document parsers shared by
+// every source (file, Consul), the Builder that keeps the last good version of
+// every document, the go-memdb mirror read lock-free by the hot path, the
+// per-key Runtime state, and the file source.
+package store
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keymux/keymux/policy"
+)
+
+// Kind names a document family, the middle part of a KV path.
+type Kind string
+
+// The document kinds.
+const (
+	KindSettings Kind = "settings"
+	KindKeys     Kind = "keys"
+	KindRules    Kind = "rules"
+	KindClients  Kind = "clients"
+)
+
+// Kinds lists the document kinds in a stable order.
+func Kinds() []Kind { return []Kind{KindSettings, KindKeys, KindRules, KindClients} }
+
+// Valid reports whether k is one of the four document kinds.
+func (k Kind) Valid() bool {
+	switch k {
+	case KindSettings, KindKeys, KindRules, KindClients:
+		return true
+	}
+	return false
+}
+
+// MaxIDLen is the longest key, rule or client id.
+const MaxIDLen = 128
+
+// Defaults applied by ParseSettings (see policy/types.go).
+const (
+	DefaultStrategy            = "round_robin"
+	DefaultHealthInterval      = 10 * time.Minute
+	DefaultHealthTimeout       = 10 * time.Second
+	DefaultConsecutiveFailures = 3
+	DefaultEjectionBase        = 30 * time.Second
+	DefaultEjectionMax         = 5 * time.Minute
+	DefaultCooldown            = 60 * time.Second
+	DefaultErrorWindow         = 60 * time.Second
+	DefaultPayloadHeader       = "x-jwt-payload"
+	DefaultClaim               = "role"
+	DefaultClaimValue          = "ROLE_API_USER"
+	DefaultAlertErrorRate      = 0.2
+	DefaultAlertUsage          = 10000
+	DefaultMaxBodyBytes        = 8 << 20
+)
+
+// MaxErrorWindow is the longest ejection.error_window a Runtime can count.
+const MaxErrorWindow = errBuckets * time.Second
+
+// KnownStrategies lists the accepted settings.strategy values. cmd may point
+// it at policy.Strategies once every strategy is registered.
+var KnownStrategies = func() []string {
+	return []string{"round_robin", "weighted_by_usage", "adjust_by_error_rate"}
+}
+
+// DefaultBaseURL returns the base URL used when a key of provider p has none
+// ("" when the provider needs one).
+func DefaultBaseURL(p policy.Provider) string {
+	switch p {
+	case policy.ProviderOpenAI:
+		return "https://api.openai.com/v1"
+	case policy.ProviderAnthropic:
+		return "https://api.anthropic.com/v1"
+	case policy.ProviderHuggingFace:
+		return "https://router.huggingface.co/v1"
+	}
+	return ""
+}
+
+var providers = []policy.Provider{
+	policy.ProviderOpenAI, policy.ProviderAzure, policy.ProviderAnthropic,
+	policy.ProviderHuggingFace, policy.ProviderOpenAICompatible,
+}
+
+// DocError is a refused document: Doc is "kind/id" (or "settings"), Field
+// the JSON field path when one is to blame. It never holds a secret.
+type DocError struct {
+	Doc    string
+	Field  string
+	Reason string
+}
+
+func (e *DocError) Error() string {
+	if e.Field == "" {
+		return e.Doc + ": " + e.Reason
+	}
+	return e.Doc + ": field " + strconv.Quote(e.Field) + ": " + e.Reason
+}
+
+func fieldErr(doc, field, format string, args ...any) error {
+	return &DocError{Doc: doc, Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+func docErr(doc, format string, args ...any) error {
+	return &DocError{Doc: doc, Reason: fmt.Sprintf(format, args...)}
+}
+
+// ValidID reports whether id matches [A-Za-z0-9._-]{1,128}.
+func ValidID(id string) bool {
+	if len(id) == 0 || len(id) > MaxIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func checkID(doc, id string) error {
+	if !ValidID(id) {
+		return docErr(doc, "invalid id (want 1 to %d of A-Z a-z 0-9 . _ -)", MaxIDLen)
+	}
+	return nil
+}
+
+// docName is "kind/id", quoting an id that is not valid so that the name
+// stays readable.
+func docName(kind Kind, id string) string {
+	if ValidID(id) {
+		return string(kind) + "/" + id
+	}
+	return string(kind) + "/" + strconv.Quote(truncate(id, MaxIDLen))
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// decodeStrict decodes one JSON object into v, refusing unknown fields and
+// trailing data. Its errors name the field and never echo input bytes.
+func decodeStrict(doc string, raw []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonErr(doc, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return docErr(doc, "invalid JSON: data after the document")
+	}
+	return nil
+}
+
+func jsonErr(doc string, err error) error {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return docErr(doc, "invalid JSON at offset %d", se.Offset)
+	case errors.As(err, &te):
+		field := te.Field
+		if field == "" {
+			return docErr(doc, "want a JSON object, got %s", te.Value)
+		}
+		return fieldErr(doc, field, "want %s, got %s", jsonTypeName(te.Type.String()), te.Value)
+	case errors.Is(err, io.EOF):
+		return docErr(doc, "empty document")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return docErr(doc, "invalid JSON: unexpected end of input")
+	}
+	msg := err.Error()
+	if f, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
+		return docErr(doc, "unknown field %s", f)
+	}
+	// Other decoder errors do not carry input values; keep the message but
+	// drop the package prefix.
+	return docErr(doc, "invalid JSON: %s", strings.TrimPrefix(msg, "json: "))
+}
+
+func jsonTypeName(goType string) string {
+	switch {
+	case strings.HasPrefix(goType, "*"):
+		return jsonTypeName(goType[1:])
+	case goType == "string":
+		return "string"
+	case goType == "bool":
+		return "boolean"
+	case strings.HasPrefix(goType, "int"), strings.HasPrefix(goType, "uint"):
+		return "integer"
+	case strings.HasPrefix(goType, "float"):
+		return "number"
+	case strings.HasPrefix(goType, "[]"):
+		return "array"
+	case strings.HasPrefix(goType, "map["):
+		return "object"
+	}
+	return "object"
+}
+
+func isNull(raw []byte) bool {
+	t := bytes.TrimSpace(raw)
+	return len(t) == 0 || string(t) == "null"
+}
+
+// ---------------------------------------------------------------- settings
+
+type settingsDoc struct {
+	Strategy string `json:"strategy"`
+	Health   *struct {
+		Interval *string `json:"interval"`
+		Timeout  *string `json:"timeout"`
+	} `json:"health"`
+	Ejection *struct {
+		ConsecutiveFailures *int    `json:"consecutive_failures"`
+		Base                *string `json:"base"`
+		Max                 *string `json:"max"`
+		Cooldown            *string `json:"cooldown"`
+		ErrorWindow         *string `json:"error_window"`
+	} `json:"ejection"`
+	Auth *struct {
+		Mode          string  `json:"mode"`
+		PayloadHeader *string `json:"payload_header"`
+		Claim         *string `json:"claim"`
+		Value         *string `json:"value"`
+	} `json:"auth"`
+	Alerts *struct {
+		ErrorRate *float64 `json:"error_rate"`
+		Usage     *uint64  `json:"usage"`
+	} `json:"alerts"`
+	MaxBodyBytes *int64 `json:"max_body_bytes"`
+}
+
+// DefaultSettings returns the settings used when the document is absent.
+func DefaultSettings() policy.Settings {
+	return policy.Settings{
+		Strategy: DefaultStrategy,
+		Health:   policy.HealthSettings{Interval: DefaultHealthInterval, Timeout: DefaultHealthTimeout},
+		Ejection: policy.EjectionSettings{
+			ConsecutiveFailures: DefaultConsecutiveFailures,
+			Base:                DefaultEjectionBase,
+			Max:                 DefaultEjectionMax,
+			Cooldown:            DefaultCooldown,
+			ErrorWindow:         DefaultErrorWindow,
+		},
+		Auth: policy.AuthSettings{
+			Mode:          policy.AuthNone,
+			PayloadHeader: DefaultPayloadHeader,
+			Claim:         DefaultClaim,
+			Value:         DefaultClaimValue,
+		},
+		Alerts:       policy.AlertSettings{ErrorRate: DefaultAlertErrorRate, Usage: DefaultAlertUsage},
+		MaxBodyBytes: DefaultMaxBodyBytes,
+	}
+}
+
+const settingsDocName = "settings"
+
+// ParseSettings validates the settings document and applies defaults. An
+// empty or null document yields DefaultSettings.
+func ParseSettings(raw []byte) (policy.Settings, error) {
+	const doc = settingsDocName
+	s := DefaultSettings()
+	if isNull(raw) {
+		return s, nil
+	}
+	var d settingsDoc
+	if err := decodeStrict(doc, raw, &d); err != nil {
+		return policy.Settings{}, err
+	}
+	if d.Strategy != "" {
+		known := KnownStrategies()
+		if !slices.Contains(known, d.Strategy) {
+			return policy.Settings{}, fieldErr(doc, "strategy", "unknown strategy %q (want %s)", truncate(d.Strategy, 64), strings.Join(known, ", "))
+		}
+		s.Strategy = d.Strategy
+	}
+	dur := func(field string, v *string, dst *time.Duration) error {
+		if v == nil {
+			return nil
+		}
+		d, err := time.ParseDuration(*v)
+		if err != nil {
+			return fieldErr(doc, field, "want a duration like \"10m\", got %q", truncate(*v, 32))
+		}
+		if d <= 0 {
+			return fieldErr(doc, field, "must be > 0")
+		}
+		*dst = d
+		return nil
+	}
+	if h := d.Health; h != nil {
+		if err := dur("health.interval", h.Interval, &s.Health.Interval); err != nil {
+			return policy.Settings{}, err
+		}
+		if err := dur("health.timeout", h.Timeout, &s.Health.Timeout); err != nil {
+			return policy.Settings{}, err
+		}
+	}
+	if s.Health.Timeout > s.Health.Interval {
+		return policy.Settings{}, fieldErr(doc, "health.timeout", "must not exceed health.interval (%s)", s.Health.Interval)
+	}
+	if e := d.Ejection; e != nil {
+		if e.ConsecutiveFailures != nil {
+			if *e.ConsecutiveFailures < 1 {
+				return policy.Settings{}, fieldErr(doc, "ejection.consecutive_failures", "must be >= 1")
+			}
+			s.Ejection.ConsecutiveFailures = *e.ConsecutiveFailures
+		}
+		for _, f := range []struct {
+			name string
+			v    *string
+			dst  *time.Duration
+		}{
+			{"ejection.base", e.Base, &s.Ejection.Base},
+			{"ejection.max", e.Max, &s.Ejection.Max},
+			{"ejection.cooldown", e.Cooldown, &s.Ejection.Cooldown},
+			{"ejection.error_window", e.ErrorWindow, &s.Ejection.ErrorWindow},
+		} {
+			if err := dur(f.name, f.v, f.dst); err != nil {
+				return policy.Settings{}, err
+			}
+		}
+	}
+	if s.Ejection.Max < s.Ejection.Base {
+		return policy.Settings{}, fieldErr(doc, "ejection.max", "must be >= ejection.base (%s)", s.Ejection.Base)
+	}
+	if s.Ejection.ErrorWindow < time.Second || s.Ejection.ErrorWindow > MaxErrorWindow {
+		return policy.Settings{}, fieldErr(doc, "ejection.error_window", "must be between 1s and %s", MaxErrorWindow)
+	}
+	if a := d.Auth; a != nil {
+		switch m := policy.AuthMode(a.Mode); m {
+		case "":
+		case policy.AuthNone, policy.AuthClientKeys, policy.AuthJWTClaim:
+			s.Auth.Mode = m
+		default:
+			return policy.Settings{}, fieldErr(doc, "auth.mode", "unknown mode %q (want none, client_keys, jwt_claim)", truncate(a.Mode, 64))
+		}
+		if a.PayloadHeader != nil {
+			h := *a.PayloadHeader
+			if !validHeaderName(h) {
+				return policy.Settings{}, fieldErr(doc, "auth.payload_header", "want a lower-case HTTP header name")
+			}
+			s.Auth.PayloadHeader = h
+		}
+		if a.Claim != nil {
+			if *a.Claim == "" {
+				return policy.Settings{}, fieldErr(doc, "auth.claim", "must not be empty")
+			}
+			s.Auth.Claim = *a.Claim
+		}
+		if a.Value != nil {
+			if *a.Value == "" {
+				return policy.Settings{}, fieldErr(doc, "auth.value", "must not be empty")
+			}
+			s.Auth.Value = *a.Value
+		}
+	}
+	if a := d.Alerts; a != nil {
+		if a.ErrorRate != nil {
+			if r := *a.ErrorRate; r < 0 || r > 1 || math.IsNaN(r) {
+				return policy.Settings{}, fieldErr(doc, "alerts.error_rate", "must be between 0 and 1")
+			}
+			s.Alerts.ErrorRate = *a.ErrorRate
+		}
+		if a.Usage != nil {
+			s.Alerts.Usage = *a.Usage
+		}
+	}
+	if d.MaxBodyBytes != nil {
+		if *d.MaxBodyBytes <= 0 {
+			return policy.Settings{}, fieldErr(doc, "max_body_bytes", "must be > 0")
+		}
+		s.MaxBodyBytes = *d.MaxBodyBytes
+	}
+	return s, nil
+}
+
+// validHeaderName accepts lower-case RFC 9110 tokens (Envoy header names are
+// lower case).
+func validHeaderName(h string) bool {
+	if h == "" || len(h) > 128 {
+		return false
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// ---------------------------------------------------------------- keys
+
+type limitsDoc struct {
+	RPM int `json:"rpm"`
+	TPM int `json:"tpm"`
+}
+
+type keyDoc struct {
+	Provider  string   `json:"provider"`
+	BaseURL   string   `json:"base_url"`
+	Secret    *string  `json:"secret"`
+	SecretRef *string  `json:"secret_ref"`
+	Models    []string `json:"models"`
+	Weight    *float64 `json:"weight"`
+	Priority  int      `json:"priority"`
+	Enabled   *bool    `json:"enabled"`
+	Azure     *struct {
+		APIVersion  string            `json:"api_version"`
+		Deployments map[string]string `json:"deployments"`
+	} `json:"azure"`
+	Limits *limitsDoc        `json:"limits"`
+	Labels map[string]string `json:"labels"`
+}
+
+// SecretResolver turns a secret_ref ("env:NAME", "file:/path") into the
+// secret. Its errors must name the ref, never the value.
+type SecretResolver func(ref string) (string, error)
+
+// ErrBadSecretRef is returned for a secret_ref that is neither env: nor file:.
+var ErrBadSecretRef = errors.New(`want "env:NAME" or "file:/path"`)
+
+// ResolveSecretRef reads "env:NAME" from the environment or "file:/path" from
+// disk (one trailing newline trimmed).
+func ResolveSecretRef(ref string) (string, error) {
+	if name, ok := strings.CutPrefix(ref, "env:"); ok {
+		if name == "" {
+			return "", ErrBadSecretRef
+		}
+		v, ok := os.LookupEnv(name)
+		if !ok {
+			return "", fmt.Errorf("environment variable %s is not set", name)
+		}
+		return v, nil
+	}
+	if path, ok := strings.CutPrefix(ref, "file:"); ok {
+		if path == "" {
+			return "", ErrBadSecretRef
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			var pe *os.PathError
+			if errors.As(err, &pe) {
+				return "", fmt.Errorf("cannot read %s: %w", path, pe.Err)
+			}
+			return "", fmt.Errorf("cannot read %s", path)
+		}
+		s := string(b)
+		s = strings.TrimSuffix(s, "\n")
+		s = strings.TrimSuffix(s, "\r")
+		return s, nil
+	}
+	return "", ErrBadSecretRef
+}
+
+func validSecret(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// ParseKey validates the keys/<id> document, resolves its secret and applies
+// defaults (weight 1, enabled, the provider's base URL).
+func ParseKey(id string, raw []byte, resolve SecretResolver) (*policy.Key, error) {
+	doc := docName(KindKeys, id)
+	if err := checkID(doc, id); err != nil {
+		return nil, err
+	}
+	if resolve == nil {
+		resolve = ResolveSecretRef
+	}
+	var d keyDoc
+	if err := decodeStrict(doc, raw, &d); err != nil {
+		return nil, err
+	}
+	k := &policy.Key{ID: id, Weight: 1, Enabled: true, Priority: d.Priority}
+	switch p := policy.Provider(d.Provider); {
+	case d.Provider == "":
+		return nil, fieldErr(doc, "provider", "required (want %s)", providerList())
+	case slices.Contains(providers, p):
+		k.Provider = p
+	default:
+		return nil, fieldErr(doc, "provider", "unknown provider %q (want %s)", truncate(d.Provider, 64), providerList())
+	}
+	base := d.BaseURL
+	if base == "" {
+		base = DefaultBaseURL(k.Provider)
+		if base == "" {
+			return nil, fieldErr(doc, "base_url", "required for provider %s", k.Provider)
+		}
+	}
+	if err := parseBaseURL(doc, base, k); err != nil {
+		return nil, err
+	}
+	switch {
+	case d.Secret != nil && d.SecretRef != nil, d.Secret == nil && d.SecretRef == nil:
+		return nil, docErr(doc, `need exactly one of "secret" or "secret_ref"`)
+	case d.Secret != nil:
+		if !validSecret(*d.Secret) {
+			return nil, fieldErr(doc, "secret", "must be non-empty without control characters")
+		}
+		k.Secret = policy.Secret(*d.Secret)
+	default:
+		ref := *d.SecretRef
+		if !strings.HasPrefix(ref, "env:") && !strings.HasPrefix(ref, "file:") || ref == "env:" || ref == "file:" {
+			return nil, fieldErr(doc, "secret_ref", "%v, got %q", ErrBadSecretRef, truncate(ref, 256))
+		}
+		v, err := resolve(ref)
+		if err != nil {
+			return nil, fieldErr(doc, "secret_ref", "cannot resolve %q: %v", ref, err)
+		}
+		if !validSecret(v) {
+			return nil, fieldErr(doc, "secret_ref", "%q resolves to an empty value or one with control characters", ref)
+		}
+		k.Secret = policy.Secret(v)
+		k.SecretRef = ref
+	}
+	models, err := parseModels(doc, "models", d.Models)
+	if err != nil {
+		return nil, err
+	}
+	k.Models = models
+	if d.Weight != nil {
+		if w := *d.Weight; !(w > 0) || math.IsInf(w, 0) {
+			return nil, fieldErr(doc, "weight", "must be > 0")
+		}
+		k.Weight = *d.Weight
+	}
+	if d.Enabled != nil {
+		k.Enabled = *d.Enabled
+	}
+	if d.Azure != nil {
+		if k.Provider != policy.ProviderAzure {
+			return nil, fieldErr(doc, "azure", "only for provider azure")
+		}
+		k.Azure.APIVersion = d.Azure.APIVersion
+		if len(d.Azure.Deployments) > 0 {
+			k.Azure.Deployments = make(map[string]string, len(d.Azure.Deployments))
+			for m, dep := range d.Azure.Deployments {
+				if m == "" {
+					return nil, fieldErr(doc, "azure.deployments", "model names must not be empty")
+				}
+				if !validPathSegment(dep) {
+					return nil, fieldErr(doc, "azure.deployments."+truncate(m, 64), "want a deployment name of A-Z a-z 0-9 . _ -")
+				}
+				k.Azure.Deployments[m] = dep
+			}
+		}
+	}
+	if k.Provider == policy.ProviderAzure && k.Azure.APIVersion == "" {
+		return nil, fieldErr(doc, "azure.api_version", "required for provider azure")
+	}
+	if k.Azure.APIVersion != "" && !validPathSegment(k.Azure.APIVersion) {
+		return nil, fieldErr(doc, "azure.api_version", "want a version like \"2024-10-21\"")
+	}
+	lim, err := parseLimits(doc, d.Limits)
+	if err != nil {
+		return nil, err
+	}
+	k.Limits = lim
+	if len(d.Labels) > 0 {
+		k.Labels = make(map[string]string, len(d.Labels))
+		for name, v := range d.Labels {
+			if name == "" {
+				return nil, fieldErr(doc, "labels", "label names must not be empty")
+			}
+			k.Labels[name] = v
+		}
+	}
+	return k, nil
+}
+
+func providerList() string {
+	names := make([]string, len(providers))
+	for i, p := range providers {
+		names[i] = string(p)
+	}
+	return strings.Join(names, ", ")
+}
+
+// validPathSegment accepts a value that may be put in a URL path or query
+// without escaping.
+func validPathSegment(s string) bool { return ValidID(s) }
+
+func parseBaseURL(doc, raw string, k *policy.Key) error {
+	const field = "base_url"
+	// The URL is never echoed: it might carry credentials.
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fieldErr(doc, field, "not a valid URL")
+	}
+	scheme := strings.ToLower(u.Scheme)
+	if scheme != "http" && scheme != "https" {
+		return fieldErr(doc, field, "want an absolute http or https URL")
+	}
+	if u.Opaque != "" || u.Host == "" {
+		return fieldErr(doc, field, "want an absolute http or https URL with a host")
+	}
+	if u.User != nil {
+		return fieldErr(doc, field, "must not contain userinfo")
+	}
+	if u.RawQuery != "" || u.ForceQuery {
+		return fieldErr(doc, field, "must not contain a query")
+	}
+	if u.Fragment != "" || strings.Contains(raw, "#") {
+		return fieldErr(doc, field, "must not contain a fragment")
+	}
+	host := strings.ToLower(u.Host)
+	if u.Port() == "" && strings.HasSuffix(host, ":") {
+		return fieldErr(doc, field, "empty port")
+	}
+	if u.Hostname() == "" {
+		return fieldErr(doc, field, "want an absolute http or https URL with a host")
+	}
+	path := strings.TrimRight(u.EscapedPath(), "/")
+	k.Scheme = scheme
+	k.Host = host
+	k.PathPrefix = path
+	k.BaseURL = scheme + "://" + host + path
+	return nil
+}
+
+// ReservedModel is the model name that stands for "every model not listed";
+// documents may not use it.
+const ReservedModel = "*"
+
+func parseModels(doc, field string, in []string) ([]string, error) {
+	if len(in) == 0 {
+		return nil, nil
+	}
+	out := make([]string, 0, len(in))
+	for i, m := range in {
+		f := field + "[" + strconv.Itoa(i) + "]"
+		if m == "" {
+			return nil, fieldErr(doc, f, "must not be empty")
+		}
+		if m == ReservedModel {
+			return nil, fieldErr(doc, f, "%q is reserved", ReservedModel)
+		}
+		if slices.Contains(out, m) {
+			return nil, fieldErr(doc, f, "duplicate model %q", truncate(m, 128))
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func parseLimits(doc string, d *limitsDoc) (policy.Limits, error) {
+	if d == nil {
+		return policy.Limits{}, nil
+	}
+	if d.RPM < 0 {
+		return policy.Limits{}, fieldErr(doc, "limits.rpm", "must be >= 0")
+	}
+	if d.TPM < 0 {
+		return policy.Limits{}, fieldErr(doc, "limits.tpm", "must be >= 0")
+	}
+	return policy.Limits{RPM: d.RPM, TPM: d.TPM}, nil
+}
+
+// ---------------------------------------------------------------- rules
+
+type ruleDoc struct {
+	Key     string `json:"key"`
+	From    string `json:"from"`
+	To      string `json:"to"`
+	Enabled *bool  `json:"enabled"`
+}
+
+// ParseRule validates the rules/<id> document. Whether the key exists is
+// checked by Builder.Build.
+func ParseRule(id string, raw []byte) (*policy.Rule, error) {
+	doc := docName(KindRules, id)
+	if err := checkID(doc, id); err != nil {
+		return nil, err
+	}
+	var d ruleDoc
+	if err := decodeStrict(doc, raw, &d); err != nil {
+		return nil, err
+	}
+	switch {
+	case d.Key == "":
+		return nil, fieldErr(doc, "key", "required (a key id or %q)", policy.AnyKey)
+	case d.Key != policy.AnyKey && !ValidID(d.Key):
+		return nil, fieldErr(doc, "key", "want a key id or %q", policy.AnyKey)
+	case d.From == "":
+		return nil, fieldErr(doc, "from", "required")
+	case d.From == ReservedModel:
+		return nil, fieldErr(doc, "from", "%q is reserved", ReservedModel)
+	case d.To == "":
+		return nil, fieldErr(doc, "to", "required")
+	case d.To == ReservedModel:
+		return nil, fieldErr(doc, "to", "%q is reserved", ReservedModel)
+	case d.To == d.From:
+		return nil, fieldErr(doc, "to", "same as \"from\"")
+	}
+	r := &policy.Rule{ID: id, KeyID: d.Key, From: d.From, To: d.To, Enabled: true}
+	if d.Enabled != nil {
+		r.Enabled = *d.Enabled
+	}
+	return r, nil
+}
+
+// ---------------------------------------------------------------- clients
+
+type clientDoc struct {
+	Name        string     `json:"name"`
+	TokenSHA256 string     `json:"token_sha256"`
+	Models      []string   `json:"models"`
+	Enabled     *bool      `json:"enabled"`
+	Limits      *limitsDoc `json:"limits"`
+}
+
+// ParseClient validates the clients/<id> document. Name defaults to the id.
+func ParseClient(id string, raw []byte) (*policy.Client, error) {
+	doc := docName(KindClients, id)
+	if err := checkID(doc, id); err != nil {
+		return nil, err
+	}
+	var d clientDoc
+	if err := decodeStrict(doc, raw, &d); err != nil {
+		return nil, err
+	}
+	c := &policy.Client{ID: id, Name: d.Name, Enabled: true}
+	if c.Name == "" {
+		c.Name = id
+	}
+	if d.TokenSHA256 == "" {
+		return nil, fieldErr(doc, "token_sha256", "required (the hex SHA-256 of the client token)")
+	}
+	if len(d.TokenSHA256) != 64 {
+		return nil, fieldErr(doc, "token_sha256", "want 64 hex digits, got %d characters", len(d.TokenSHA256))
+	}
+	if _, err := hex.Decode(c.TokenSHA256[:], []byte(d.TokenSHA256)); err != nil {
+		return nil, fieldErr(doc, "token_sha256", "want 64 hex digits")
+	}
+	models, err := parseModels(doc, "models", d.Models)
+	if err != nil {
+		return nil, err
+	}
+	c.Models = models
+	if d.Enabled != nil {
+		c.Enabled = *d.Enabled
+	}
+	lim, err := parseLimits(doc, d.Limits)
+	if err != nil {
+		return nil, err
+	}
+	c.Limits = lim
+	return c, nil
+}
