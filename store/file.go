@@ -231,6 +231,7 @@ func (f *FileSource) poll() {
 		}
 		return
 	}
+	f.readFailed = false
 	sum := sha256.Sum256(data)
 	if sum == f.lastHash {
 		return
