@@ -55,4 +55,5 @@ type KeyState struct {
 	HalfOpen            bool // ejection expired: the next answer decides
 	ProbeFailed         bool // the latest active probe failed
 	ProbeError          string
+	ProbedAt            time.Time // when the latest active probe finished (zero: never)
 }

@@ -1,0 +1,187 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// ErrUnknownStrategy is returned by StrategyFor for a name nobody registered.
+var ErrUnknownStrategy = errors.New("unknown strategy")
+
+// registry holds the strategies by name. Built-in strategies register in
+// their file's init; a new strategy is one strategy_xxx.go file with one
+// Register call.
+var registry = struct {
+	sync.RWMutex
+	byName map[string]Strategy
+}{byName: make(map[string]Strategy)}
+
+// Register makes s available to StrategyFor under s.Name(). It panics when s
+// is nil, its name is empty or the name is already taken, like
+// database/sql.Register: registration is a programming decision made in init.
+func Register(s Strategy) {
+	if s == nil {
+		panic("policy: Register of a nil strategy")
+	}
+	name := s.Name()
+	if name == "" {
+		panic("policy: Register of a strategy with an empty name")
+	}
+	registry.Lock()
+	defer registry.Unlock()
+	if _, dup := registry.byName[name]; dup {
+		panic("policy: Register called twice for strategy " + name)
+	}
+	registry.byName[name] = s
+}
+
+// StrategyFor returns the strategy registered as name (a settings.strategy
+// value). The error wraps ErrUnknownStrategy and lists the known names.
+func StrategyFor(name string) (Strategy, error) {
+	registry.RLock()
+	s, ok := registry.byName[name]
+	registry.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("%w %q (want one of %s)", ErrUnknownStrategy, name, strings.Join(Strategies(), ", "))
+	}
+	return s, nil
+}
+
+// Strategies returns the registered strategy names, sorted.
+func Strategies() []string {
+	registry.RLock()
+	names := make([]string, 0, len(registry.byName))
+	for name := range registry.byName {
+		names = append(names, name)
+	}
+	registry.RUnlock()
+	slices.Sort(names)
+	return names
+}
+
+// Select picks one of cands: it keeps the best (lowest) Key.Priority present,
+// runs strat over the candidates of that tier in their given order, and
+// returns the chosen index into cands as passed (cands is never reordered or
+// modified), or -1 when cands is empty.
+//
+// cands is the caller's (reusable) buffer of eligible keys in stable key-id
+// order; it may hold several priority tiers in any order. When the best tier
+// is contiguous in cands (always true when every key shares one priority, or
+// when cands is ordered by priority) strat sees a sub-slice of cands and
+// nothing is copied; otherwise the tier is copied into a pooled scratch
+// buffer, which costs O(n) but still no allocation in steady state.
+//
+// seq and rnd are passed through to strat (see Strategy.Pick). Select is safe
+// for concurrent use as long as concurrent calls do not share cands with a
+// writer.
+func Select(cands []Candidate, strat Strategy, seq uint64, rnd float64) int {
+	n := len(cands)
+	if n == 0 {
+		return -1
+	}
+	// Pass 1: the best priority, and whether its tier is contiguous.
+	best := priority(&cands[0])
+	first, last, count := 0, 0, 1
+	for i := 1; i < n; i++ {
+		p := priority(&cands[i])
+		switch {
+		case p < best:
+			best, first, last, count = p, i, i, 1
+		case p == best:
+			last, count = i, count+1
+		}
+	}
+	if last-first+1 == count {
+		return first + clampIndex(strat.Pick(cands[first:last+1], seq, rnd), count)
+	}
+
+	// The tier is scattered: copy it into scratch, pick, map back.
+	bufp := scratch.Get().(*[]Candidate)
+	buf := (*bufp)[:0]
+	for i := first; i <= last; i++ {
+		if priority(&cands[i]) == best {
+			buf = append(buf, cands[i])
+		}
+	}
+	k := clampIndex(strat.Pick(buf, seq, rnd), count)
+	clear(buf) // drop the *Key references before pooling
+	*bufp = buf[:0]
+	scratch.Put(bufp)
+	for i := first; i <= last; i++ {
+		if priority(&cands[i]) == best {
+			if k == 0 {
+				return i
+			}
+			k--
+		}
+	}
+	return first // unreachable: k < count
+}
+
+// scratch holds buffers for Select's scattered-tier path.
+var scratch = sync.Pool{New: func() any { return new([]Candidate) }}
+
+// clampIndex guards Select against a strategy returning an out-of-range
+// index: such a result picks the first candidate of the tier.
+func clampIndex(i, n int) int {
+	if i < 0 || i >= n {
+		return 0
+	}
+	return i
+}
+
+func priority(c *Candidate) int {
+	if c.Key == nil {
+		return 0
+	}
+	return c.Key.Priority
+}
+
+// weight returns the candidate's key weight; a weight that is not a positive
+// finite number counts as 1, the documented default.
+func weight(c *Candidate) float64 {
+	if c.Key == nil {
+		return 1
+	}
+	w := c.Key.Weight
+	if !(w > 0) || math.IsInf(w, 1) {
+		return 1
+	}
+	return w
+}
+
+// weightedPick returns the index i with probability w(i)/Σw, using rnd in
+// [0, 1). Pass 2 recomputes the same weights in the same order, so the
+// running sum ends exactly at the total; rnd values that round onto the total
+// pick the last candidate. When the total is not a usable number (overflow)
+// it falls back to seq rotation. w must be a plain function, not a closure
+// that captures, so that nothing escapes.
+func weightedPick(cands []Candidate, seq uint64, rnd float64, w func(*Candidate) float64) int {
+	n := len(cands)
+	if n == 1 {
+		return 0
+	}
+	var total float64
+	for i := range cands {
+		total += w(&cands[i])
+	}
+	if !(total > 0) || math.IsInf(total, 1) {
+		return int(seq % uint64(n))
+	}
+	if !(rnd > 0) { // also NaN
+		rnd = 0
+	}
+	target := rnd * total
+	var sum float64
+	for i := range cands {
+		sum += w(&cands[i])
+		if target < sum {
+			return i
+		}
+	}
+	return n - 1
+}

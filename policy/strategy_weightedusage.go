@@ -1,0 +1,25 @@
+package policy
+
+// StrategyWeightedByUsage is the settings.strategy name of WeightedByUsage.
+const StrategyWeightedByUsage = "weighted_by_usage"
+
+// WeightedByUsage favours the keys that have been used least: a candidate is
+// chosen with probability proportional to Weight / (Usage + 1), so a fresh key
+// (Usage 0) weighs its full Weight and a key that has spent many tokens fades.
+type WeightedByUsage struct{}
+
+var _ Strategy = WeightedByUsage{}
+
+func init() { Register(WeightedByUsage{}) }
+
+// Name implements Strategy.
+func (WeightedByUsage) Name() string { return StrategyWeightedByUsage }
+
+// Pick implements Strategy.
+func (WeightedByUsage) Pick(cands []Candidate, seq uint64, rnd float64) int {
+	return weightedPick(cands, seq, rnd, usageWeight)
+}
+
+func usageWeight(c *Candidate) float64 {
+	return weight(c) / (float64(c.Usage) + 1)
+}
