@@ -1,0 +1,308 @@
+// Package consultest starts a real Consul agent in dev mode for tests.
+//
+// The binary is the one tools/build.sh builds into tools/bin/consul (or the
+// path in $KEYMUX_CONSUL_BIN). When it is missing the test FAILS with the
+// command that builds it: tests that need Consul never skip silently.
+//
+// Every agent listens on loopback only, on free ports picked for it, keeps its
+// state in memory (dev mode) and is stopped by t.Cleanup. Stop and Restart
+// let a test take Consul away mid-run and bring back an empty one on the same
+// address (its Raft index starts again from 1, so blocking-query clients see
+// the index go backwards).
+package consultest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// EnvBinary overrides the Consul binary the tests run.
+const EnvBinary = "KEYMUX_CONSUL_BIN"
+
+// startTimeout bounds how long an agent may take to elect itself leader.
+const startTimeout = 60 * time.Second
+
+// Agent is one running (or stopped) `consul agent -dev`.
+type Agent struct {
+	t       testing.TB
+	bin     string
+	dataDir string
+	ports   ports
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	out  *lockedBuffer
+}
+
+type ports struct {
+	http, serfLAN, serfWAN, server int
+}
+
+// Binary returns the path of the Consul binary the tests use, or an error
+// that says how to build it.
+func Binary() (string, error) {
+	if p := os.Getenv(EnvBinary); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("consul binary from $%s: %w", EnvBinary, err)
+		}
+		return p, nil
+	}
+	root, err := repoRoot()
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(root, "tools", "bin", "consul")
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("consul binary not found at %s: build it with `tools/build.sh consul` "+
+			"(from the repository root; builds Consul v1.14.11 from tools/consul/go.mod) or set $%s", p, EnvBinary)
+	}
+	return p, nil
+}
+
+// repoRoot walks up from the working directory to keymux's go.mod.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.HasPrefix(data, []byte("module github.com/keymux/keymux\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("consultest: keymux repository root (go.mod of github.com/keymux/keymux) not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Start runs a dev agent and waits until it has a leader. The agent is
+// stopped when the test ends.
+func Start(t testing.TB) *Agent {
+	t.Helper()
+	bin, err := Binary()
+	if err != nil {
+		t.Fatalf("consultest: %v", err)
+	}
+	a := &Agent{t: t, bin: bin, dataDir: t.TempDir()}
+	a.ports = ports{http: freePort(t), serfLAN: freePort(t), serfWAN: freePort(t), server: freePort(t)}
+	t.Cleanup(func() {
+		a.stop()
+		if t.Failed() {
+			t.Logf("consul agent output:\n%s", a.Output())
+		}
+	})
+	a.start()
+	return a
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("consultest: free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func (a *Agent) start() {
+	a.t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cmd != nil {
+		a.t.Fatalf("consultest: agent already running")
+	}
+	// A fresh data dir per run: dev mode keeps the KV store in memory, the
+	// directory only holds the node id and the like.
+	dataDir, err := os.MkdirTemp(a.dataDir, "run")
+	if err != nil {
+		a.t.Fatalf("consultest: %v", err)
+	}
+	args := []string{
+		"agent", "-dev",
+		"-bind=127.0.0.1", "-client=127.0.0.1", "-advertise=127.0.0.1",
+		"-data-dir=" + dataDir,
+		"-node=consultest-" + strconv.Itoa(a.ports.http),
+		"-http-port=" + strconv.Itoa(a.ports.http),
+		"-grpc-port=-1",
+		"-dns-port=-1",
+		"-serf-lan-port=" + strconv.Itoa(a.ports.serfLAN),
+		"-serf-wan-port=" + strconv.Itoa(a.ports.serfWAN),
+		"-server-port=" + strconv.Itoa(a.ports.server),
+		"-log-level=warn",
+		"-hcl", `ports { grpc_tls = -1 }`,
+		"-hcl", `disable_update_check = true`,
+	}
+	cmd := exec.Command(a.bin, args...)
+	a.out = &lockedBuffer{}
+	cmd.Stdout = a.out
+	cmd.Stderr = a.out
+	if err := cmd.Start(); err != nil {
+		a.t.Fatalf("consultest: start %s: %v", a.bin, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	a.cmd, a.done = cmd, done
+	if err := a.waitLeader(done); err != nil {
+		_ = cmd.Process.Kill()
+		<-done
+		a.cmd = nil
+		a.t.Fatalf("consultest: %v\nconsul output:\n%s", err, a.out.String())
+	}
+}
+
+// waitLeader polls /v1/status/leader until the agent reports a leader, the
+// process exits, or startTimeout passes.
+func (a *Agent) waitLeader(exited <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	url := "http://" + a.Addr() + "/v1/status/leader"
+	client := &http.Client{Timeout: 2 * time.Second}
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if resp, err := client.Do(req); err == nil {
+			var body [256]byte
+			n, _ := resp.Body.Read(body[:])
+			resp.Body.Close()
+			leader := strings.Trim(strings.TrimSpace(string(body[:n])), `"`)
+			if resp.StatusCode == http.StatusOK && leader != "" {
+				return nil
+			}
+		}
+		select {
+		case <-exited:
+			return errors.New("consul agent exited before electing a leader")
+		case <-ctx.Done():
+			return fmt.Errorf("consul agent had no leader after %s", startTimeout)
+		case <-tick.C:
+		}
+	}
+}
+
+// Addr is the agent's HTTP address, "127.0.0.1:PORT". It stays the same
+// across Restart.
+func (a *Agent) Addr() string { return "127.0.0.1:" + strconv.Itoa(a.ports.http) }
+
+// Config returns an api.Config pointing at the agent.
+func (a *Agent) Config() *api.Config {
+	cfg := api.DefaultConfig()
+	cfg.Address = a.Addr()
+	cfg.Scheme = "http"
+	cfg.Token = ""
+	cfg.TLSConfig = api.TLSConfig{}
+	return cfg
+}
+
+// Client returns an API client for the agent.
+func (a *Agent) Client() *api.Client {
+	c, err := api.NewClient(a.Config())
+	if err != nil {
+		a.t.Fatalf("consultest: client: %v", err)
+	}
+	return c
+}
+
+// Stop ends the agent (its data is gone: dev mode keeps it in memory). It
+// returns once the process has exited.
+func (a *Agent) Stop() {
+	a.t.Helper()
+	a.stop()
+}
+
+func (a *Agent) stop() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cmd == nil {
+		return
+	}
+	_ = a.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-a.done:
+	case <-time.After(10 * time.Second):
+		_ = a.cmd.Process.Kill()
+		<-a.done
+	}
+	a.cmd = nil
+}
+
+// Restart stops the agent if it runs and starts an empty one on the same
+// ports.
+func (a *Agent) Restart() {
+	a.t.Helper()
+	a.stop()
+	a.start()
+}
+
+// Running reports whether the agent process is up.
+func (a *Agent) Running() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cmd != nil
+}
+
+// Output is what the agent printed so far (its current run).
+func (a *Agent) Output() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.out == nil {
+		return ""
+	}
+	return a.out.String()
+}
+
+// Put writes one KV entry, failing the test on error.
+func (a *Agent) Put(key string, value []byte) {
+	a.t.Helper()
+	if _, err := a.Client().KV().Put(&api.KVPair{Key: key, Value: value}, nil); err != nil {
+		a.t.Fatalf("consultest: put %s: %v", key, err)
+	}
+}
+
+// Delete removes one KV entry, failing the test on error.
+func (a *Agent) Delete(key string) {
+	a.t.Helper()
+	if _, err := a.Client().KV().Delete(key, nil); err != nil {
+		a.t.Fatalf("consultest: delete %s: %v", key, err)
+	}
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
