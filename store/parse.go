@@ -170,7 +170,50 @@ func decodeStrict(doc string, raw []byte, v any) error {
 	return nil
 }
 
+// pathError is returned by the UnmarshalJSON of nested documents, which
+// know their own path; the outer decoder passes it through unchanged.
+type pathError struct {
+	field   string
+	reason  string
+	unknown bool // field is an unknown field's full path
+}
+
+func (e *pathError) Error() string { return e.field + ": " + e.reason }
+
+// decodeNested decodes the object at path prefix strictly.
+func decodeNested(prefix string, raw []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		return nil
+	}
+	var pe *pathError
+	if errors.As(err, &pe) {
+		return err
+	}
+	de, ok := jsonErr("", err).(*DocError)
+	if !ok {
+		return err
+	}
+	if f, ok := strings.CutPrefix(de.Reason, "unknown field "); ok {
+		name, _ := strconv.Unquote(f)
+		return &pathError{field: prefix + "." + name, unknown: true}
+	}
+	if de.Field == "" {
+		return &pathError{field: prefix, reason: de.Reason}
+	}
+	return &pathError{field: prefix + "." + de.Field, reason: de.Reason}
+}
+
 func jsonErr(doc string, err error) error {
+	var pe *pathError
+	if errors.As(err, &pe) {
+		if pe.unknown {
+			return docErr(doc, "unknown field %q", pe.field)
+		}
+		return fieldErr(doc, pe.field, "%s", pe.reason)
+	}
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
 	switch {
@@ -224,29 +267,57 @@ func isNull(raw []byte) bool {
 // ---------------------------------------------------------------- settings
 
 type settingsDoc struct {
-	Strategy string `json:"strategy"`
-	Health   *struct {
-		Interval *string `json:"interval"`
-		Timeout  *string `json:"timeout"`
-	} `json:"health"`
-	Ejection *struct {
-		ConsecutiveFailures *int    `json:"consecutive_failures"`
-		Base                *string `json:"base"`
-		Max                 *string `json:"max"`
-		Cooldown            *string `json:"cooldown"`
-		ErrorWindow         *string `json:"error_window"`
-	} `json:"ejection"`
-	Auth *struct {
-		Mode          string  `json:"mode"`
-		PayloadHeader *string `json:"payload_header"`
-		Claim         *string `json:"claim"`
-		Value         *string `json:"value"`
-	} `json:"auth"`
-	Alerts *struct {
-		ErrorRate *float64 `json:"error_rate"`
-		Usage     *uint64  `json:"usage"`
-	} `json:"alerts"`
-	MaxBodyBytes *int64 `json:"max_body_bytes"`
+	Strategy     string       `json:"strategy"`
+	Health       *healthDoc   `json:"health"`
+	Ejection     *ejectionDoc `json:"ejection"`
+	Auth         *authDoc     `json:"auth"`
+	Alerts       *alertsDoc   `json:"alerts"`
+	MaxBodyBytes *int64       `json:"max_body_bytes"`
+}
+
+type healthDoc struct {
+	Interval *string `json:"interval"`
+	Timeout  *string `json:"timeout"`
+}
+
+func (d *healthDoc) UnmarshalJSON(b []byte) error {
+	type plain healthDoc
+	return decodeNested("health", b, (*plain)(d))
+}
+
+type ejectionDoc struct {
+	ConsecutiveFailures *int    `json:"consecutive_failures"`
+	Base                *string `json:"base"`
+	Max                 *string `json:"max"`
+	Cooldown            *string `json:"cooldown"`
+	ErrorWindow         *string `json:"error_window"`
+}
+
+func (d *ejectionDoc) UnmarshalJSON(b []byte) error {
+	type plain ejectionDoc
+	return decodeNested("ejection", b, (*plain)(d))
+}
+
+type authDoc struct {
+	Mode          string  `json:"mode"`
+	PayloadHeader *string `json:"payload_header"`
+	Claim         *string `json:"claim"`
+	Value         *string `json:"value"`
+}
+
+func (d *authDoc) UnmarshalJSON(b []byte) error {
+	type plain authDoc
+	return decodeNested("auth", b, (*plain)(d))
+}
+
+type alertsDoc struct {
+	ErrorRate *float64 `json:"error_rate"`
+	Usage     *uint64  `json:"usage"`
+}
+
+func (d *alertsDoc) UnmarshalJSON(b []byte) error {
+	type plain alertsDoc
+	return decodeNested("alerts", b, (*plain)(d))
 }
 
 // DefaultSettings returns the settings used when the document is absent.
@@ -419,21 +490,33 @@ type limitsDoc struct {
 	TPM int `json:"tpm"`
 }
 
+func (d *limitsDoc) UnmarshalJSON(b []byte) error {
+	type plain limitsDoc
+	return decodeNested("limits", b, (*plain)(d))
+}
+
+type azureDoc struct {
+	APIVersion  string            `json:"api_version"`
+	Deployments map[string]string `json:"deployments"`
+}
+
+func (d *azureDoc) UnmarshalJSON(b []byte) error {
+	type plain azureDoc
+	return decodeNested("azure", b, (*plain)(d))
+}
+
 type keyDoc struct {
-	Provider  string   `json:"provider"`
-	BaseURL   string   `json:"base_url"`
-	Secret    *string  `json:"secret"`
-	SecretRef *string  `json:"secret_ref"`
-	Models    []string `json:"models"`
-	Weight    *float64 `json:"weight"`
-	Priority  int      `json:"priority"`
-	Enabled   *bool    `json:"enabled"`
-	Azure     *struct {
-		APIVersion  string            `json:"api_version"`
-		Deployments map[string]string `json:"deployments"`
-	} `json:"azure"`
-	Limits *limitsDoc        `json:"limits"`
-	Labels map[string]string `json:"labels"`
+	Provider  string            `json:"provider"`
+	BaseURL   string            `json:"base_url"`
+	Secret    *string           `json:"secret"`
+	SecretRef *string           `json:"secret_ref"`
+	Models    []string          `json:"models"`
+	Weight    *float64          `json:"weight"`
+	Priority  int               `json:"priority"`
+	Enabled   *bool             `json:"enabled"`
+	Azure     *azureDoc         `json:"azure"`
+	Limits    *limitsDoc        `json:"limits"`
+	Labels    map[string]string `json:"labels"`
 }
 
 // SecretResolver turns a secret_ref ("env:NAME", "file:/path") into the
