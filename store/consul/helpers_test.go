@@ -1,0 +1,181 @@
+package consul_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/store/consul"
+	"github.com/keymux/keymux/testutil/consultest"
+)
+
+// waitTimeout bounds every wait for a condition in these tests.
+const waitTimeout = 20 * time.Second
+
+const prefix = "keymux/"
+
+// Documents used across tests; secrets are obviously fake.
+const (
+	keyK1 = `{"provider":"openai","base_url":"http://127.0.0.1:9/v1","secret":"sk-test-k1","models":["gpt-4o","gpt-4o-mini"]}`
+	keyK2 = `{"provider":"openai","base_url":"http://127.0.0.1:9/v1","secret":"sk-test-k2","models":["gpt-4o"]}`
+	keyK3 = `{"provider":"anthropic","secret":"sk-test-k3","models":["gpt-4o"]}`
+)
+
+type running struct {
+	src  *consul.Source
+	st   *store.Store
+	logs *syncBuffer
+	stop func()
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startSource runs a Source over agent a with its own Store until the test
+// ends (or stop is called).
+func startSource(t *testing.T, a *consultest.Agent, opts consul.Options) *running {
+	t.Helper()
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	st, err := store.New(store.Options{Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Store = st
+	opts.Client = a.Client()
+	opts.Logger = logger
+	if opts.BackoffMax == 0 {
+		opts.BackoffBase, opts.BackoffMax = 20*time.Millisecond, 200*time.Millisecond
+	}
+	src, err := consul.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run returned %v, want nil on cancel", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("Run did not return within 10s of cancel")
+			}
+		})
+	}
+	t.Cleanup(func() {
+		stop()
+		if t.Failed() {
+			t.Logf("source logs:\n%s", logs.String())
+		}
+	})
+	return &running{src: src, st: st, logs: logs, stop: stop}
+}
+
+// waitStore waits until cond holds for the store (checked after every
+// store commit).
+func waitStore(t *testing.T, st *store.Store, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	for {
+		ch := st.Changed()
+		if cond() {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// waitSource waits until cond holds, checked after every source change.
+func waitSource(t *testing.T, src *consul.Source, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	if err := src.Wait(ctx, cond); err != nil {
+		t.Fatalf("timed out waiting for %s: %v", what, err)
+	}
+}
+
+// poolIDs lists the key ids of the pool for model.
+func poolIDs(st *store.Store, model string) []string {
+	var ids []string
+	for _, e := range st.Read().Pool(model).Entries {
+		ids = append(ids, e.Key.ID)
+	}
+	return ids
+}
+
+func poolIs(st *store.Store, model string, want ...string) func() bool {
+	return func() bool { return slices.Equal(poolIDs(st, model), want) }
+}
+
+func put(t *testing.T, a *consultest.Agent, rel, value string) {
+	t.Helper()
+	a.Put(prefix+rel, []byte(value))
+}
+
+// kv runs `keymux kv ARGS` against agent a and returns stdout.
+func kv(t *testing.T, a *consultest.Agent, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	err := consul.RunKVWith(t.Context(), a.Client(), args, &out, &errOut)
+	if err != nil && errOut.Len() > 0 && !strings.Contains(errOut.String(), "usage:") {
+		t.Logf("kv %v stderr: %s", args, errOut.String())
+	}
+	return out.String(), err
+}
+
+func mustKV(t *testing.T, a *consultest.Agent, args ...string) string {
+	t.Helper()
+	out, err := kv(t, a, args...)
+	if err != nil {
+		t.Fatalf("kv %v: %v", args, err)
+	}
+	return out
+}
+
+func getKV(t *testing.T, a *consultest.Agent, rel string) *api.KVPair {
+	t.Helper()
+	p, _, err := a.Client().KV().Get(prefix+rel, nil)
+	if err != nil {
+		t.Fatalf("get %s: %v", rel, err)
+	}
+	return p
+}
+
+var _ = errors.New
+var _ io.Writer = (*syncBuffer)(nil)
