@@ -9,9 +9,6 @@ import (
 	"os"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
-	"sigs.k8s.io/yaml"
 
 	// Every typed_config the shipped YAML may carry must resolve: these
 	// imports register the extension types with the protobuf registry.
@@ -42,23 +39,4 @@ func LoadBootstrap(path string) (*bootstrapv3.Bootstrap, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return b, nil
-}
-
-// Unmarshal decodes YAML or JSON into msg the way Envoy does: unknown fields
-// are errors, every typed_config Any must resolve to a registered type, and
-// the protoc-gen-validate rules of msg must hold.
-func Unmarshal(data []byte, msg proto.Message) error {
-	js, err := yaml.YAMLToJSON(data)
-	if err != nil {
-		return fmt.Errorf("yaml: %w", err)
-	}
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(js, msg); err != nil {
-		return fmt.Errorf("proto: %w", err)
-	}
-	if v, ok := msg.(interface{ ValidateAll() error }); ok {
-		if err := v.ValidateAll(); err != nil {
-			return fmt.Errorf("validate: %w", err)
-		}
-	}
-	return nil
 }
