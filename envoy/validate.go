@@ -136,19 +136,19 @@ func LoadSnippet(path string) (*Snippet, error) {
 func decodeDocument(data []byte) (any, error) {
 	js, err := yaml.YAMLToJSON(data)
 	if err != nil {
-		return nil, fmt.Errorf("yaml: %w", err)
+		return nil, &FieldError{Reason: strings.TrimPrefix(err.Error(), "error converting YAML to JSON: ")}
 	}
 	dec := json.NewDecoder(strings.NewReader(string(js)))
 	dec.UseNumber()
 	var doc any
 	if err := dec.Decode(&doc); err != nil {
-		return nil, fmt.Errorf("json: %w", err)
+		return nil, &FieldError{Reason: "json: " + err.Error()}
 	}
 	if doc == nil {
-		return nil, errors.New("empty document")
+		return nil, &FieldError{Reason: "empty document"}
 	}
 	if _, ok := doc.(map[string]any); !ok {
-		return nil, fmt.Errorf("want an object at the top level, got %s", describe(doc))
+		return nil, &FieldError{Reason: "want an object at the top level, got " + describe(doc)}
 	}
 	return doc, nil
 }
