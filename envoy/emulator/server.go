@@ -1,0 +1,1032 @@
+package emulator
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+var (
+	errLocalReply    = errors.New("local reply sent")
+	errRouteTimeout  = errors.New("upstream request timeout")
+	errIdleTimeout   = errors.New("stream idle timeout")
+	errClientAborted = errors.New("downstream connection terminated")
+)
+
+// request is one downstream HTTP request going through the filter chain.
+type request struct {
+	e         *Emulator
+	w         http.ResponseWriter
+	r         *http.Request
+	ctx       context.Context
+	cancel    context.CancelFunc
+	info      *logInfo
+	requestID string
+
+	hdr          *headerMap
+	body         io.Reader // nil: the request has no body
+	route        *route
+	routeCleared bool
+	sessions     map[*extProcFilter]*session
+	order        []*session
+
+	wg        sync.WaitGroup // body pipeline goroutines
+	pipesMu   sync.Mutex
+	pipes     []*io.PipeReader
+	upBody    io.Closer
+	aborted   atomic.Bool
+	asyncMu   sync.Mutex
+	asyncLR   *localReply
+	upCancel  context.CancelCauseFunc
+	wrote     bool
+	resetConn bool
+}
+
+func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	e.bg.Add(1)
+	e.mu.Unlock()
+	defer e.bg.Done()
+
+	rq := &request{e: e, w: w, r: r, sessions: map[*extProcFilter]*session{}}
+	rq.ctx, rq.cancel = context.WithCancel(r.Context())
+	stopBg := context.AfterFunc(e.bgCtx, rq.abort)
+	stopAbort := context.AfterFunc(r.Context(), rq.abort)
+	rq.info = &logInfo{start: time.Now(), protocol: r.Proto, downstreamRemote: r.RemoteAddr}
+	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		rq.info.downstreamLocal = la.String()
+	}
+
+	rq.run()
+
+	stopAbort()
+	stopBg()
+	rq.cleanup()
+	rq.info.end = time.Now()
+	if rq.aborted.Load() && !rq.wrote {
+		rq.info.status = 0
+		rq.info.responseFlags = addFlag(rq.info.responseFlags, "DC")
+	}
+	for _, a := range e.accessLogs {
+		a.log(rq.info)
+	}
+	if rq.resetConn {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+func addFlag(flags, f string) string {
+	if flags == "" {
+		return f
+	}
+	return flags + "," + f
+}
+
+// abort is a client abort (or emulator shutdown): cancel everything.
+func (rq *request) abort() {
+	rq.aborted.Store(true)
+	rq.cancel()
+	for _, s := range rq.snapshotSessions() {
+		s.abort()
+	}
+}
+
+func (rq *request) snapshotSessions() []*session {
+	rq.pipesMu.Lock()
+	defer rq.pipesMu.Unlock()
+	return append([]*session(nil), rq.order...)
+}
+
+func (rq *request) cleanup() {
+	// Unblock and wait for body pipelines before the handler returns: no
+	// goroutine may touch the request body afterwards.
+	_ = http.NewResponseController(rq.w).SetReadDeadline(time.Now())
+	rq.pipesMu.Lock()
+	for _, p := range rq.pipes {
+		_ = p.CloseWithError(errLocalReply)
+	}
+	if rq.upBody != nil {
+		_ = rq.upBody.Close()
+	}
+	rq.pipesMu.Unlock()
+	if rq.upCancel != nil {
+		rq.upCancel(context.Canceled)
+	}
+	graceful := !rq.aborted.Load()
+	for _, s := range rq.snapshotSessions() {
+		s.end(graceful)
+	}
+	rq.wg.Wait()
+	rq.cancel()
+}
+
+func (rq *request) addPipe(p *io.PipeReader) {
+	rq.pipesMu.Lock()
+	defer rq.pipesMu.Unlock()
+	rq.pipes = append(rq.pipes, p)
+}
+
+// asyncFail records a local reply decided by a body pipeline and cancels
+// the upstream exchange.
+func (rq *request) asyncFail(lr *localReply) {
+	rq.asyncMu.Lock()
+	if rq.asyncLR == nil {
+		rq.asyncLR = lr
+	}
+	rq.asyncMu.Unlock()
+	if rq.upCancel != nil {
+		rq.upCancel(errLocalReply)
+	}
+}
+
+func (rq *request) asyncLocal() *localReply {
+	rq.asyncMu.Lock()
+	defer rq.asyncMu.Unlock()
+	return rq.asyncLR
+}
+
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+func (rq *request) run() {
+	r := rq.r
+	h := &headerMap{}
+	path := r.RequestURI
+	if !strings.HasPrefix(path, "/") {
+		path = r.URL.RequestURI()
+	}
+	h.fields = append(h.fields, field{":authority", r.Host}, field{":path", path}, field{":method", r.Method}, field{":scheme", "http"})
+	h.fromHTTP(r.Header)
+	for k := range hopByHop {
+		if k != "te" {
+			h.remove(k)
+		}
+	}
+	hcm := rq.e.hcm
+	// Early header mutations run before anything else, routing included.
+	for _, m := range rq.e.early {
+		switch {
+		case m.GetRemove() != "":
+			h.remove(hostKey(strings.ToLower(m.GetRemove())))
+		case m.GetAppend() != nil:
+			applyHeaderOptions(h, nil, []*corev3.HeaderValueOption{m.GetAppend()}, nil)
+		}
+	}
+	if hcm.GetNormalizePath().GetValue() || hcm.GetMergeSlashes() {
+		h.set(":path", normalizePath(path, hcm.GetNormalizePath().GetValue(), hcm.GetMergeSlashes()))
+	}
+	if hcm.GetUseRemoteAddress().GetValue() {
+		if ip := hostOnly(r.RemoteAddr); ip != "" {
+			if xff, ok := h.get("x-forwarded-for"); ok {
+				h.set("x-forwarded-for", xff+","+ip)
+			} else {
+				h.add("x-forwarded-for", ip)
+			}
+		}
+		h.set("x-forwarded-proto", "http")
+	} else if _, ok := h.get("x-forwarded-proto"); !ok {
+		h.add("x-forwarded-proto", "http")
+	}
+	if _, ok := h.get("x-request-id"); !ok {
+		h.add("x-request-id", newRequestID())
+	}
+	rq.requestID = h.value("x-request-id")
+	rq.hdr = h
+	rq.info.reqHeaders = h
+	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		rq.body = &countingReader{r: r.Body, n: &rq.info.bytesReceived}
+	}
+	rq.route = rq.e.routes.match(h)
+
+	for _, f := range rq.e.filters {
+		var lr *localReply
+		switch f.kind {
+		case filterExtProc:
+			lr = rq.decodeExtProc(f.extProc)
+		case filterJWT:
+			rq.decodeJWT(f)
+		case filterHeaderMutation:
+			rq.applyHeaderMutationFilter(f, h, true)
+		case filterRouter:
+			rq.router()
+			return
+		}
+		if rq.aborted.Load() {
+			return
+		}
+		if lr != nil {
+			rq.sendLocal(lr, false)
+			return
+		}
+	}
+	// No router filter: Envoy would hang; answer 404 instead.
+	rq.sendLocal(&localReply{status: http.StatusNotFound, details: "no_router_filter"}, false)
+}
+
+type countingReader struct {
+	r io.Reader
+	n *int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	atomic.AddInt64(c.n, int64(n))
+	return n, err
+}
+
+func (rq *request) session(f *extProcFilter) *session {
+	if s, ok := rq.sessions[f]; ok {
+		return s
+	}
+	disabled, mode, failOpen := f.perRoute(rq.route)
+	if disabled {
+		rq.sessions[f] = nil
+		return nil
+	}
+	s := newSession(rq, f, mode, failOpen)
+	rq.pipesMu.Lock()
+	rq.sessions[f] = s
+	rq.order = append(rq.order, s)
+	rq.pipesMu.Unlock()
+	return s
+}
+
+// ---- ext_proc, both directions ----
+
+func headersRequest(d direction, h *headerMap, eos bool) *extprocsvc.ProcessingRequest {
+	hh := &extprocsvc.HttpHeaders{Headers: h.proto(), EndOfStream: eos}
+	if d == dirRequest {
+		return &extprocsvc.ProcessingRequest{Request: &extprocsvc.ProcessingRequest_RequestHeaders{RequestHeaders: hh}}
+	}
+	return &extprocsvc.ProcessingRequest{Request: &extprocsvc.ProcessingRequest_ResponseHeaders{ResponseHeaders: hh}}
+}
+
+func bodyRequest(d direction, data []byte, eos bool) *extprocsvc.ProcessingRequest {
+	hb := &extprocsvc.HttpBody{Body: data, EndOfStream: eos}
+	if d == dirRequest {
+		return &extprocsvc.ProcessingRequest{Request: &extprocsvc.ProcessingRequest_RequestBody{RequestBody: hb}}
+	}
+	return &extprocsvc.ProcessingRequest{Request: &extprocsvc.ProcessingRequest_ResponseBody{ResponseBody: hb}}
+}
+
+// phase runs one direction of one ext_proc filter over headers h and body
+// (nil = no body). It returns the body to pass on.
+func (rq *request) phase(s *session, d direction, h *headerMap, body io.Reader) (io.Reader, *localReply) {
+	noBody := body == nil
+	sendHeaders, _ := s.modeOf(d)
+	s.mu.Lock()
+	removeCL := s.shouldRemoveContentLength(d)
+	s.mu.Unlock()
+	if sendHeaders {
+		err := s.send(d, kindHeaders, headersRequest(d, h, noBody))
+		if removeCL {
+			h.remove("content-length")
+		}
+		if err != nil {
+			return body, s.outcomeNow()
+		}
+		resp, lr := s.await(d)
+		if resp == nil {
+			return body, lr
+		}
+		_, _, cr, _ := replyKind(resp)
+		var replaced bool
+		if body, replaced, lr = rq.applyHeadersReply(s, d, cr, h, body); lr != nil {
+			return body, lr
+		}
+		if replaced {
+			s.finishDir(d)
+			return body, nil
+		}
+	} else if removeCL {
+		h.remove("content-length")
+	}
+	if s.isComplete() || noBody {
+		s.finishDir(d)
+		return body, nil
+	}
+	_, mode := s.modeOf(d)
+	switch mode {
+	case extprocv3.ProcessingMode_BUFFERED, extprocv3.ProcessingMode_BUFFERED_PARTIAL:
+		body, lr := rq.bufferedBody(s, d, h, body, mode == extprocv3.ProcessingMode_BUFFERED_PARTIAL)
+		s.finishDir(d)
+		return body, lr
+	case extprocv3.ProcessingMode_STREAMED:
+		return rq.streamedBody(s, d, body), nil
+	}
+	s.finishDir(d)
+	return body, nil
+}
+
+// applyHeadersReply applies a headers reply (ProcessorState::handleHeadersResponse).
+func (rq *request) applyHeadersReply(s *session, d direction, cr *extprocsvc.CommonResponse, h *headerMap, body io.Reader) (io.Reader, bool, *localReply) {
+	replace := cr.GetStatus() == extprocsvc.CommonResponse_CONTINUE_AND_REPLACE
+	if hm := cr.GetHeaderMutation(); hm != nil {
+		s.mu.Lock()
+		removeCL := s.shouldRemoveContentLength(d)
+		s.mu.Unlock()
+		if _, err := applyHeaderMutation(hm, h, replace, s.f.checker, removeCL); err != nil {
+			return body, false, s.failMutation(err)
+		}
+	}
+	if d == dirRequest {
+		rq.clearRouteCache(s, cr)
+	}
+	if !replace {
+		return body, false, nil
+	}
+	s.mu.Lock()
+	st := s.dirs[d]
+	st.bodyMode = extprocv3.ProcessingMode_NONE
+	st.sendTrailers = false
+	s.mu.Unlock()
+	if bm := cr.GetBodyMutation(); bm != nil {
+		h.remove("content-length")
+		if body != nil && d == dirResponse && rq.upBody != nil {
+			_ = rq.upBody.Close()
+		}
+		return bytes.NewReader(applyBodyMutation(bm, nil)), true, nil
+	}
+	return body, true, nil
+}
+
+// clearRouteCache re-selects the route only when the reply also carries a
+// header mutation, only on the request path, only in the downstream filter.
+func (rq *request) clearRouteCache(s *session, cr *extprocsvc.CommonResponse) {
+	cfg := s.f.cfg
+	if cr.GetHeaderMutation() == nil {
+		if cr.GetClearRouteCache() {
+			s.log("clear_route_cache ignored: no header mutation in the reply")
+		}
+		return
+	}
+	switch {
+	case cfg.GetRouteCacheAction() == extprocv3.ExternalProcessor_CLEAR:
+		rq.routeCleared = true
+	case cfg.GetRouteCacheAction() == extprocv3.ExternalProcessor_RETAIN, cfg.GetDisableClearRouteCache():
+	case cr.GetClearRouteCache():
+		rq.routeCleared = true
+	}
+}
+
+// readUpTo reads at most limit+1 bytes; over reports a body beyond limit.
+func readUpTo(r io.Reader, limit int) (data []byte, over bool, err error) {
+	data, err = io.ReadAll(io.LimitReader(r, int64(limit)+1))
+	return data, len(data) > limit, err
+}
+
+func (rq *request) bufferLimit() int {
+	return rq.route.bufferLimit(rq.e.bufferLimit)
+}
+
+func (rq *request) bufferedBody(s *session, d direction, h *headerMap, body io.Reader, partial bool) (io.Reader, *localReply) {
+	limit := rq.bufferLimit()
+	data, over, err := readUpTo(body, limit)
+	if err != nil {
+		if d == dirRequest {
+			rq.abort()
+		}
+		return nil, &localReply{status: http.StatusServiceUnavailable, details: "body_read_error"}
+	}
+	var rest io.Reader
+	eos := true
+	if over {
+		if !partial {
+			if d == dirRequest {
+				return nil, &localReply{status: http.StatusRequestEntityTooLarge, body: []byte("Payload Too Large"), details: "request_payload_too_large"}
+			}
+			return nil, &localReply{status: http.StatusInternalServerError, body: []byte("Internal Server Error"), details: "response_payload_too_large"}
+		}
+		rest = io.MultiReader(bytes.NewReader(data[limit:]), body)
+		data = data[:limit]
+		eos = false
+	}
+	join := func(b []byte) io.Reader {
+		if rest == nil {
+			return bytes.NewReader(b)
+		}
+		return io.MultiReader(bytes.NewReader(b), rest)
+	}
+	if err := s.send(d, kindBody, bodyRequest(d, data, eos)); err != nil {
+		return join(data), s.outcomeNow()
+	}
+	resp, lr := s.await(d)
+	if resp == nil {
+		return join(data), lr
+	}
+	_, _, cr, _ := replyKind(resp)
+	s.mu.Lock()
+	headersAvail := s.dirs[d].headersSent
+	removeCL := s.shouldRemoveContentLength(d)
+	s.mu.Unlock()
+	if hm := cr.GetHeaderMutation(); hm != nil {
+		if headersAvail {
+			if _, err := applyHeaderMutation(hm, h, false, s.f.checker, removeCL); err != nil {
+				return nil, s.failMutation(err)
+			}
+		} else {
+			s.log("body reply had header mutations but headers are not available")
+		}
+	}
+	if bm := cr.GetBodyMutation(); bm != nil {
+		if headersAvail {
+			if cl, ok := h.get("content-length"); ok {
+				if n, err := strconv.ParseUint(cl, 10, 64); err == nil && n != uint64(len(bm.GetBody())) {
+					return nil, s.failMutation(fmt.Errorf("%w: mismatch between content length and the length of the mutated body", errInvalidMutation))
+				}
+			}
+		}
+		data = applyBodyMutation(bm, data)
+	}
+	if d == dirRequest {
+		rq.clearRouteCache(s, cr)
+	}
+	return join(data), nil
+}
+
+type chunkItem struct {
+	data []byte
+	eos  bool
+	sent bool
+	err  error
+}
+
+// streamedBody sends one body message per read of src, pipelined, and
+// writes the processed chunks in order to the returned reader.
+func (rq *request) streamedBody(s *session, d direction, src io.Reader) io.Reader {
+	pr, pw := io.Pipe()
+	rq.addPipe(pr)
+	items := make(chan chunkItem, 1024)
+	rq.wg.Add(2)
+	go func() {
+		defer rq.wg.Done()
+		defer close(items)
+		buf := make([]byte, 16<<10)
+		for {
+			n, err := src.Read(buf)
+			if err != nil && !errors.Is(err, io.EOF) {
+				items <- chunkItem{err: err}
+				return
+			}
+			eos := err != nil
+			if n == 0 && !eos {
+				continue
+			}
+			data := bytes.Clone(buf[:n])
+			sent := s.send(d, kindBody, bodyRequest(d, data, eos)) == nil
+			items <- chunkItem{data: data, eos: eos, sent: sent}
+			if eos {
+				return
+			}
+		}
+	}()
+	go func() {
+		defer rq.wg.Done()
+		defer func() {
+			for range items { // let the sender finish
+			}
+		}()
+		for it := range items {
+			if it.err != nil {
+				if d == dirRequest {
+					rq.abort()
+				}
+				_ = pw.CloseWithError(it.err)
+				return
+			}
+			data := it.data
+			if it.sent {
+				resp, lr := s.await(d)
+				switch {
+				case resp != nil:
+					_, _, cr, _ := replyKind(resp)
+					if bm := cr.GetBodyMutation(); bm != nil {
+						data = applyBodyMutation(bm, data)
+					}
+				case lr != nil:
+					rq.asyncFail(lr)
+					_ = pw.CloseWithError(errLocalReply)
+					return
+				}
+			}
+			if len(data) > 0 {
+				if _, err := pw.Write(data); err != nil {
+					return
+				}
+			}
+			if it.eos {
+				_ = pw.Close()
+				s.finishDir(d)
+				return
+			}
+		}
+		_ = pw.CloseWithError(io.ErrUnexpectedEOF)
+	}()
+	return pr
+}
+
+func (rq *request) decodeExtProc(f *extProcFilter) *localReply {
+	s := rq.session(f)
+	if s == nil {
+		return nil
+	}
+	body, lr := rq.phase(s, dirRequest, rq.hdr, rq.body)
+	rq.body = body
+	return lr
+}
+
+// ---- other filters ----
+
+// decodeJWT is a minimal jwt_authn: it forwards the (unverified) payload in
+// forward_payload_header. See the package documentation.
+func (rq *request) decodeJWT(f *httpFilter) {
+	for _, p := range f.jwt.GetProviders() {
+		if p.GetForwardPayloadHeader() == "" {
+			continue
+		}
+		tok := ""
+		hdrs := p.GetFromHeaders()
+		if len(hdrs) == 0 {
+			if v, ok := rq.hdr.get("authorization"); ok && len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
+				tok = v[7:]
+			}
+		}
+		for _, jh := range hdrs {
+			if v, ok := rq.hdr.get(strings.ToLower(jh.GetName())); ok && strings.HasPrefix(v, jh.GetValuePrefix()) {
+				tok = strings.TrimPrefix(v, jh.GetValuePrefix())
+				break
+			}
+		}
+		parts := strings.Split(tok, ".")
+		if len(parts) != 3 {
+			continue
+		}
+		if _, err := base64.RawURLEncoding.DecodeString(parts[1]); err != nil {
+			continue
+		}
+		rq.hdr.set(strings.ToLower(p.GetForwardPayloadHeader()), parts[1])
+	}
+}
+
+func (rq *request) applyHeaderMutationFilter(f *httpFilter, h *headerMap, request bool) {
+	muts := f.hm.GetMutations().GetResponseMutations()
+	if request {
+		muts = f.hm.GetMutations().GetRequestMutations()
+	}
+	for _, m := range muts {
+		switch {
+		case m.GetRemove() != "":
+			h.remove(hostKey(strings.ToLower(m.GetRemove())))
+		case m.GetAppend() != nil:
+			applyHeaderOptions(h, nil, []*corev3.HeaderValueOption{m.GetAppend()}, rq.formatValue)
+		}
+	}
+}
+
+// formatValue expands %COMMAND% operators in a configured header value.
+func (rq *request) formatValue(v string) string {
+	f, err := parseFormat(v)
+	if err != nil {
+		return v
+	}
+	return f.format(rq.info)
+}
+
+// attributes evaluates the request/response attributes Envoy would send.
+func (rq *request) attributes(names []string) *structpb.Struct {
+	out := &structpb.Struct{Fields: map[string]*structpb.Value{}}
+	h := rq.hdr
+	for _, n := range names {
+		var v *structpb.Value
+		switch n {
+		case "request.path":
+			v = structpb.NewStringValue(h.value(":path"))
+		case "request.url_path":
+			p := h.value(":path")
+			if i := strings.IndexByte(p, '?'); i >= 0 {
+				p = p[:i]
+			}
+			v = structpb.NewStringValue(p)
+		case "request.host":
+			v = structpb.NewStringValue(h.value(":authority"))
+		case "request.method":
+			v = structpb.NewStringValue(h.value(":method"))
+		case "request.scheme":
+			v = structpb.NewStringValue(h.value(":scheme"))
+		case "request.id":
+			v = structpb.NewStringValue(h.value("x-request-id"))
+		case "request.protocol":
+			v = structpb.NewStringValue(rq.info.protocol)
+		case "source.address":
+			v = structpb.NewStringValue(rq.info.downstreamRemote)
+		case "destination.address":
+			v = structpb.NewStringValue(rq.info.downstreamLocal)
+		case "xds.route_name":
+			if rq.route != nil {
+				v = structpb.NewStringValue(rq.route.name())
+			}
+		case "xds.cluster_name":
+			v = structpb.NewStringValue(rq.info.upstreamCluster)
+		case "response.code":
+			if rq.info.status != 0 {
+				v = structpb.NewNumberValue(float64(rq.info.status))
+			}
+		}
+		if v != nil {
+			out.Fields[n] = v
+		}
+	}
+	return out
+}
+
+// ---- router ----
+
+func (rq *request) router() {
+	if rq.routeCleared {
+		rq.route = rq.e.routes.match(rq.hdr)
+	}
+	rt := rq.route
+	if rt == nil {
+		rq.info.responseFlags = addFlag(rq.info.responseFlags, "NR")
+		rq.routerLocal(rt, &localReply{status: http.StatusNotFound, details: "route_not_found"})
+		return
+	}
+	rq.info.routeName = rt.name()
+	if dr := rt.cfg.GetDirectResponse(); dr != nil {
+		var body []byte
+		if dr.GetBody() != nil {
+			body, _ = dataSource(dr.GetBody())
+		}
+		rq.routerLocal(rt, &localReply{status: int(dr.GetStatus()), body: body, details: "direct_response"})
+		return
+	}
+	ra := rt.cfg.GetRoute()
+	name := ra.GetCluster()
+	if ch := ra.GetClusterHeader(); ch != "" {
+		name = rq.hdr.value(hostKey(strings.ToLower(ch)))
+	}
+	cl := rq.e.clusters[name]
+	if cl == nil {
+		rq.info.responseFlags = addFlag(rq.info.responseFlags, "NC")
+		rq.routerLocal(rt, &localReply{status: http.StatusServiceUnavailable, details: "cluster_not_found"})
+		return
+	}
+	rq.info.upstreamCluster = name
+
+	// finalizeRequestHeaders: route, then virtual host, then route config.
+	h := rq.hdr
+	applyHeaderOptions(h, rt.cfg.GetRequestHeadersToRemove(), rt.cfg.GetRequestHeadersToAdd(), rq.formatValue)
+	applyHeaderOptions(h, rt.vh.cfg.GetRequestHeadersToRemove(), rt.vh.cfg.GetRequestHeadersToAdd(), rq.formatValue)
+	applyHeaderOptions(h, rq.e.routes.cfg.GetRequestHeadersToRemove(), rq.e.routes.cfg.GetRequestHeadersToAdd(), rq.formatValue)
+	if pre := ra.GetPrefixRewrite(); pre != "" {
+		if p, ok := rt.cfg.GetMatch().GetPathSpecifier().(*routev3.RouteMatch_Prefix); ok {
+			orig := h.value(":path")
+			h.set("x-envoy-original-path", orig)
+			h.set(":path", pre+orig[len(p.Prefix):])
+		}
+	}
+	if hr := ra.GetHostRewriteLiteral(); hr != "" {
+		h.set(":authority", hr)
+	}
+	total, idle := rt.timeouts()
+	if total > 0 && !rq.e.suppressEnvoyHeaders {
+		h.set("x-envoy-expected-rq-timeout-ms", strconv.FormatInt(total.Milliseconds(), 10))
+	}
+
+	resp, lr := rq.forward(rt, cl, total, idle)
+	if lr != nil {
+		if rq.aborted.Load() {
+			return
+		}
+		rq.routerLocal(rt, lr)
+		return
+	}
+	rq.respondUpstream(rt, resp)
+}
+
+// forward sends the request upstream (HTTP/1.1, no decompression, no
+// redirects) and returns the response or the router's local reply.
+func (rq *request) forward(rt *route, cl *cluster, total, idle time.Duration) (*http.Response, *localReply) {
+	h := rq.hdr
+	authority := h.value(":authority")
+	rq.info.upstreamHost = cl.hostFor(authority)
+	u, err := url.ParseRequestURI(h.value(":path"))
+	if err != nil {
+		return nil, &localReply{status: http.StatusBadRequest, details: "invalid_path"}
+	}
+	u.Scheme = cl.scheme()
+	u.Host = authority
+	hh := h.httpHeader()
+	for k := range hopByHop {
+		hh.Del(k)
+	}
+	hh.Del("Host")
+	var contentLength int64
+	if cl, ok := h.get("content-length"); ok {
+		if n, err := strconv.ParseInt(cl, 10, 64); err == nil {
+			contentLength = n
+		}
+	} else if rq.body != nil {
+		contentLength = -1
+	}
+	hh.Del("Content-Length")
+	upCtx, upCancel := context.WithCancelCause(rq.ctx)
+	rq.upCancel = upCancel
+	if la := rq.asyncLocal(); la != nil {
+		return nil, la
+	}
+	body := rq.body
+	if body == nil || contentLength == 0 {
+		body = http.NoBody
+	}
+	req := (&http.Request{
+		Method:        h.value(":method"),
+		URL:           u,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        hh,
+		Host:          authority,
+		Body:          io.NopCloser(body),
+		ContentLength: contentLength,
+	}).WithContext(upCtx)
+	if body == http.NoBody {
+		req.Body = http.NoBody
+	}
+	if total > 0 {
+		t := time.AfterFunc(total, func() { upCancel(errRouteTimeout) })
+		context.AfterFunc(upCtx, func() { t.Stop() })
+	}
+	var idleTimer *time.Timer
+	if idle > 0 {
+		idleTimer = time.AfterFunc(idle, func() { upCancel(errIdleTimeout) })
+		context.AfterFunc(upCtx, func() { idleTimer.Stop() })
+	}
+	resp, err := cl.transport.RoundTrip(req)
+	if err != nil {
+		if la := rq.asyncLocal(); la != nil {
+			return nil, la
+		}
+		switch cause := context.Cause(upCtx); {
+		case errors.Is(cause, errRouteTimeout):
+			rq.info.responseFlags = addFlag(rq.info.responseFlags, "UT")
+			return nil, &localReply{status: http.StatusGatewayTimeout, body: []byte("upstream request timeout"), details: "upstream_response_timeout"}
+		case errors.Is(cause, errIdleTimeout):
+			rq.info.responseFlags = addFlag(rq.info.responseFlags, "SI")
+			return nil, &localReply{status: http.StatusGatewayTimeout, body: []byte("stream timeout"), details: "stream_idle_timeout"}
+		}
+		rq.info.responseFlags = addFlag(rq.info.responseFlags, "UF")
+		rq.info.upstreamFailure = err.Error()
+		return nil, &localReply{
+			status:  http.StatusServiceUnavailable,
+			body:    []byte("upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: " + err.Error()),
+			details: "upstream_reset_before_response_started{connection_failure}",
+		}
+	}
+	rq.info.firstUpstreamByte = time.Now()
+	if idleTimer != nil {
+		resp.Body = &idleReader{rc: resp.Body, t: idleTimer, d: idle}
+	}
+	rq.pipesMu.Lock()
+	rq.upBody = resp.Body
+	rq.pipesMu.Unlock()
+	return resp, nil
+}
+
+type idleReader struct {
+	rc io.ReadCloser
+	t  *time.Timer
+	d  time.Duration
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	n, err := r.rc.Read(p)
+	r.t.Reset(r.d)
+	return n, err
+}
+
+func (r *idleReader) Close() error { return r.rc.Close() }
+
+func (rq *request) respondUpstream(rt *route, resp *http.Response) {
+	h := &headerMap{}
+	h.fields = append(h.fields, field{":status", strconv.Itoa(resp.StatusCode)})
+	h.fromHTTP(resp.Header)
+	for k := range hopByHop {
+		h.remove(k)
+	}
+	if !rq.e.suppressEnvoyHeaders {
+		h.set("x-envoy-upstream-service-time", strconv.FormatInt(time.Since(rq.info.start).Milliseconds(), 10))
+	}
+	rq.finalizeResponseHeaders(rt, h)
+	var body io.Reader = resp.Body
+	if resp.Body == http.NoBody || resp.ContentLength == 0 || rq.r.Method == http.MethodHead {
+		body = nil
+	}
+	rq.encodeAndWrite(h, body)
+}
+
+func (rq *request) finalizeResponseHeaders(rt *route, h *headerMap) {
+	if rt == nil {
+		return
+	}
+	applyHeaderOptions(h, rt.cfg.GetResponseHeadersToRemove(), rt.cfg.GetResponseHeadersToAdd(), rq.formatValue)
+	applyHeaderOptions(h, rt.vh.cfg.GetResponseHeadersToRemove(), rt.vh.cfg.GetResponseHeadersToAdd(), rq.formatValue)
+	applyHeaderOptions(h, rq.e.routes.cfg.GetResponseHeadersToRemove(), rq.e.routes.cfg.GetResponseHeadersToAdd(), rq.formatValue)
+}
+
+// routerLocal is a local reply generated by the router (no route, direct
+// response, upstream failure): it goes through the encoder filters.
+func (rq *request) routerLocal(rt *route, lr *localReply) {
+	h, body := localHeaders(lr)
+	rq.finalizeResponseHeaders(rt, h)
+	rq.info.details = lr.details
+	var b io.Reader
+	if len(body) > 0 {
+		b = bytes.NewReader(body)
+	}
+	rq.encodeAndWrite(h, b)
+}
+
+func localHeaders(lr *localReply) (*headerMap, []byte) {
+	h := &headerMap{}
+	h.fields = append(h.fields, field{":status", strconv.Itoa(lr.status)})
+	if len(lr.body) > 0 {
+		h.add("content-length", strconv.Itoa(len(lr.body)))
+		h.add("content-type", "text/plain")
+	}
+	return h, lr.body
+}
+
+// encodeAndWrite runs the encoder filters (reverse order) and writes the
+// response, streaming the body chunk by chunk.
+func (rq *request) encodeAndWrite(h *headerMap, body io.Reader) {
+	filters := rq.e.filters
+	for i := len(filters) - 1; i >= 0; i-- {
+		f := filters[i]
+		switch f.kind {
+		case filterExtProc:
+			s, ok := rq.sessions[f.extProc]
+			if !ok || s == nil {
+				continue
+			}
+			if s.isComplete() {
+				continue
+			}
+			var lr *localReply
+			body, lr = rq.phase(s, dirResponse, h, body)
+			if lr != nil {
+				if rq.aborted.Load() {
+					return
+				}
+				rq.sendLocal(lr, false)
+				return
+			}
+		case filterHeaderMutation:
+			rq.applyHeaderMutationFilter(f, h, false)
+		}
+	}
+	rq.write(h, body)
+}
+
+// sendLocal answers with a local reply that skips the encoder filters (an
+// ext_proc immediate response or error).
+func (rq *request) sendLocal(lr *localReply, _ bool) {
+	h, body := localHeaders(lr)
+	if lr.headers != nil {
+		// Immediate-response headers go through the mutation checker;
+		// failures are only logged, as in Envoy.
+		c := lr.checker
+		if c == nil {
+			c = &checker{}
+		}
+		if _, err := applyHeaderMutation(lr.headers, h, false, c, false); err != nil {
+			rq.e.log.Debug("immediate response header mutation failed", "err", err)
+		}
+	}
+	rq.info.details = lr.details
+	var b io.Reader
+	if len(body) > 0 {
+		b = bytes.NewReader(body)
+	}
+	rq.write(h, b)
+}
+
+func (rq *request) write(h *headerMap, body io.Reader) {
+	if rq.wrote {
+		rq.resetConn = true
+		return
+	}
+	status, err := strconv.Atoi(h.value(":status"))
+	if err != nil || status < 100 {
+		status = http.StatusInternalServerError
+	}
+	wh := rq.w.Header()
+	for _, f := range h.fields {
+		if strings.HasPrefix(f.key, ":") || hopByHop[f.key] {
+			continue
+		}
+		k := http.CanonicalHeaderKey(f.key)
+		wh[k] = append(wh[k], f.value)
+	}
+	wh.Set("Server", rq.e.serverName)
+	rq.info.status = status
+	rq.info.respHeaders = h
+	rq.w.WriteHeader(status)
+	rq.wrote = true
+	rc := http.NewResponseController(rq.w)
+	_ = rc.Flush()
+	if body == nil {
+		return
+	}
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := body.Read(buf)
+		if n > 0 {
+			if _, werr := rq.w.Write(buf[:n]); werr != nil {
+				rq.abort()
+				return
+			}
+			rq.info.bytesSent += int64(n)
+			_ = rc.Flush()
+		}
+		if errors.Is(err, io.EOF) {
+			return
+		}
+		if err != nil {
+			if lr := rq.asyncLocal(); lr != nil {
+				rq.info.details = lr.details
+			}
+			if context.Cause(rq.ctx) == nil && rq.upCancel != nil {
+				rq.info.responseFlags = addFlag(rq.info.responseFlags, "UR")
+			}
+			// Headers are out: Envoy resets the stream.
+			rq.resetConn = true
+			return
+		}
+	}
+}
+
+// normalizePath applies RFC 3986 dot-segment removal (normalize_path) and
+// merge_slashes to the path part of :path; the query is kept as is.
+func normalizePath(p string, normalize, merge bool) string {
+	query := ""
+	if i := strings.IndexByte(p, '?'); i >= 0 {
+		p, query = p[:i], p[i:]
+	}
+	if merge {
+		for strings.Contains(p, "//") {
+			p = strings.ReplaceAll(p, "//", "/")
+		}
+	}
+	if normalize {
+		trailing := strings.HasSuffix(p, "/") || strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..")
+		var out []string
+		for _, seg := range strings.Split(p, "/") {
+			switch seg {
+			case ".":
+			case "..":
+				if len(out) > 1 {
+					out = out[:len(out)-1]
+				}
+			default:
+				out = append(out, seg)
+			}
+		}
+		p = strings.Join(out, "/")
+		if !strings.HasPrefix(p, "/") {
+			p = "/" + p
+		}
+		if trailing && !strings.HasSuffix(p, "/") {
+			p += "/"
+		}
+	}
+	return p + query
+}
