@@ -29,7 +29,9 @@ const (
 
 // Defaults of Options.
 const (
-	DefaultWaitTime    = 5 * time.Minute
+	// DefaultWaitTime is short enough that a snapshot restore, which lowers
+	// the index without waking blocking queries, is noticed within a minute.
+	DefaultWaitTime    = time.Minute
 	DefaultRateLimit   = 20 // queries per second
 	DefaultBurst       = 20
 	DefaultBackoffBase = 250 * time.Millisecond
@@ -240,6 +242,7 @@ func (s *Source) Run(ctx context.Context) error {
 				s.loadSnapshot()
 			}
 			s.markStale()
+			s.notify(0, nil, false)
 			wait := backoff(failures, s.opts.BackoffBase, s.opts.BackoffMax)
 			s.log.Warn("consul read failed; retrying", "attempt", failures, "retry_in", wait.Round(time.Millisecond), "error", err)
 			index, consistent = 0, true
@@ -366,11 +369,6 @@ func (s *Source) process(pairs api.KVPairs, index uint64) {
 	switch {
 	case changed || s.source != SourceConsul:
 		s.apply(SourceConsul, index, time.Time{})
-		if s.opts.StateDir != "" {
-			if err := WriteSnapshot(s.opts.StateDir, s.snapshot(index)); err != nil {
-				s.log.Error("cannot write the last-good snapshot", "dir", s.opts.StateDir, "error", err)
-			}
-		}
 	default:
 		s.refreshSourceInfo()
 		s.notify(index, nil, false)
@@ -405,6 +403,11 @@ func (s *Source) apply(source string, index uint64, staleSince time.Time) {
 	}
 	s.log.Info("configuration applied", "from", source, "index", index, "generation", gen,
 		"keys", len(cfg.Keys), "rules", len(cfg.Rules), "clients", len(cfg.Clients), "refused", len(refused))
+	if source == SourceConsul && s.opts.StateDir != "" {
+		if err := WriteSnapshot(s.opts.StateDir, s.snapshot(index)); err != nil {
+			s.log.Error("cannot write the last-good snapshot", "dir", s.opts.StateDir, "error", err)
+		}
+	}
 	s.notify(index, refused, true)
 }
 
@@ -440,7 +443,6 @@ func (s *Source) markStale() {
 	s.opts.Store.SetSourceInfo(store.SourceInfo{
 		Source: s.source, LastSync: s.lastContact, Stale: true, StaleSince: since, Refused: s.Refused(),
 	})
-	s.notify(0, nil, false)
 }
 
 // snapshot returns the documents the source holds now.

@@ -1,0 +1,122 @@
+package store
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keymux/keymux/policy"
+)
+
+func TestRuntimeConcurrentExactCounts(t *testing.T) {
+	const (
+		workers = 8
+		perG    = 5000
+	)
+	r := NewRuntime()
+	t0 := time.Unix(1_700_000_000, 0)
+	var wg sync.WaitGroup
+	for g := range workers {
+		wg.Go(func() {
+			for i := range perG {
+				r.Update(func(s policy.KeyState) policy.KeyState {
+					s.ConsecutiveFailures++
+					return s
+				})
+				r.AddUsage(3)
+				r.AddRequest()
+				// Spread over 10 seconds, crossing bucket boundaries concurrently.
+				r.RecordError(t0.Add(time.Duration((g+i)%10) * time.Second))
+				_ = r.State()
+				_ = r.ErrorsInWindow(t0.Add(9*time.Second), 10*time.Second)
+			}
+		})
+	}
+	wg.Wait()
+	const n = workers * perG
+	if got := r.State().ConsecutiveFailures; got != n {
+		t.Errorf("ConsecutiveFailures = %d, want %d", got, n)
+	}
+	if got := r.Usage(); got != 3*n {
+		t.Errorf("Usage = %d, want %d", got, 3*n)
+	}
+	if got := r.Requests(); got != n {
+		t.Errorf("Requests = %d, want %d", got, n)
+	}
+	if got := r.Errors(); got != n {
+		t.Errorf("Errors = %d, want %d", got, n)
+	}
+	if got := r.ErrorsInWindow(t0.Add(9*time.Second), 10*time.Second); got != n {
+		t.Errorf("ErrorsInWindow(10s) = %d, want %d", got, n)
+	}
+	if got := r.ErrorsInWindow(t0.Add(9*time.Second), 1*time.Second); got != n/10 {
+		t.Errorf("ErrorsInWindow(1s) = %d, want %d", got, n/10)
+	}
+}
+
+func TestRuntimeErrorWindow(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	tests := []struct {
+		name   string
+		errors []int // seconds after t0
+		now    int
+		window time.Duration
+		want   uint64
+	}{
+		{"empty", nil, 0, time.Minute, 0},
+		{"same second", []int{0, 0, 0}, 0, time.Second, 3},
+		{"window edge", []int{0, 1, 59, 61}, 61, time.Minute, 2}, // seconds 2..61
+		{"inclusive start", []int{2}, 61, time.Minute, 1},
+		{"sub-second window rounds up", []int{5}, 5, 10 * time.Millisecond, 1},
+		{"zero window", []int{5}, 5, 0, 0},
+		{"future errors ignored", []int{10}, 5, time.Minute, 0},
+		{"bucket reused after a full turn", []int{0, errBuckets}, errBuckets, time.Second, 1},
+		{"old error dropped from window", []int{errBuckets, 0}, errBuckets, MaxErrorWindow, 1},
+		{"window capped at MaxErrorWindow", []int{0, 1}, errBuckets, time.Hour, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := NewRuntime()
+			for _, s := range tc.errors {
+				r.RecordError(at(s))
+			}
+			if got := r.ErrorsInWindow(at(tc.now), tc.window); got != tc.want {
+				t.Errorf("ErrorsInWindow = %d, want %d", got, tc.want)
+			}
+			if got := r.Errors(); got != uint64(len(tc.errors)) {
+				t.Errorf("Errors = %d, want %d", got, len(tc.errors))
+			}
+		})
+	}
+}
+
+func TestRuntimeUpdateReturnsStored(t *testing.T) {
+	r := NewRuntime()
+	if s := r.State(); s != (policy.KeyState{}) {
+		t.Fatalf("fresh state %+v", s)
+	}
+	until := time.Unix(50, 0)
+	got := r.Update(func(s policy.KeyState) policy.KeyState {
+		s.CooldownUntil = until
+		return s
+	})
+	if got.CooldownUntil != until || r.State().CooldownUntil != until {
+		t.Errorf("Update = %+v, State = %+v", got, r.State())
+	}
+}
+
+func TestRuntimeHotMethodsDoNotAllocate(t *testing.T) {
+	r := NewRuntime()
+	now := time.Unix(1_700_000_000, 0)
+	allocs := testing.AllocsPerRun(100, func() {
+		r.RecordError(now)
+		r.AddUsage(1)
+		r.AddRequest()
+		_ = r.ErrorsInWindow(now, time.Minute)
+		_ = r.State()
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per call", allocs)
+	}
+}
