@@ -1,0 +1,114 @@
+package extproc
+
+import (
+	"strings"
+	"unsafe"
+
+	"github.com/tidwall/gjson"
+)
+
+// bodyInfo is what keymux needs from a request body. It is read by scanning
+// the top-level members once; the body is never decoded into Go values.
+type bodyInfo struct {
+	model      string
+	modelStart int // byte offset of the model value (the opening quote) in the body
+	modelEnd   int // offset just after it
+	stream     bool
+}
+
+// parseBody validates a JSON request body and extracts model and stream.
+// need says whether a missing model is an error.
+func parseBody(body []byte, need modelNeed) (bodyInfo, *apiError) {
+	var bi bodyInfo
+	if len(body) == 0 {
+		return bi, badRequest("invalid_json", "", "The request body is empty; a JSON object is required.")
+	}
+	if !gjson.ValidBytes(body) {
+		return bi, badRequest("invalid_json", "", "We could not parse the JSON body of your request: it is not valid JSON.")
+	}
+	// Parse a string view of body: gjson.ParseBytes would copy it.
+	root := gjson.Parse(unsafe.String(&body[0], len(body)))
+	if !root.IsObject() {
+		return bi, badRequest("invalid_json", "", "The request body must be a JSON object.")
+	}
+	var (
+		models  int
+		modelV  gjson.Result
+		typeErr *apiError
+	)
+	root.ForEach(func(k, v gjson.Result) bool {
+		switch k.Str {
+		case "model":
+			models++
+			modelV = v
+		case "stream":
+			switch v.Type {
+			case gjson.True:
+				bi.stream = true
+			case gjson.False, gjson.Null:
+			default:
+				typeErr = badRequest("invalid_type", "stream", "Invalid type for 'stream': expected a boolean, got "+jsonTypeName(v)+".")
+				return false
+			}
+		case "messages":
+			if !v.IsArray() {
+				typeErr = badRequest("invalid_type", "messages", "Invalid type for 'messages': expected an array, got "+jsonTypeName(v)+".")
+				return false
+			}
+		}
+		return true
+	})
+	if typeErr != nil {
+		return bi, typeErr
+	}
+	switch {
+	case models > 1:
+		return bi, badRequest("duplicate_field", "model", "The request body names 'model' more than once.")
+	case models == 0 && need == modelRequired:
+		return bi, badRequest("missing_required_parameter", "model", "You must provide a model parameter.")
+	case models == 0:
+		return bi, nil
+	case modelV.Type != gjson.String:
+		return bi, badRequest("invalid_type", "model", "Invalid type for 'model': expected a string, got "+jsonTypeName(modelV)+".")
+	case modelV.Str == "":
+		return bi, badRequest("invalid_value", "model", "'model' must not be empty.")
+	case len(modelV.Str) > 256:
+		return bi, badRequest("invalid_value", "model", "'model' is longer than 256 bytes.")
+	}
+	bi.model = strings.Clone(modelV.Str) // outlives the request body
+	// gjson sets Index to the raw value's offset for results of a parsed
+	// document; verify rather than trust it.
+	if i := modelV.Index; i > 0 && i+len(modelV.Raw) <= len(body) && string(body[i:i+len(modelV.Raw)]) == modelV.Raw {
+		bi.modelStart, bi.modelEnd = i, i+len(modelV.Raw)
+	} else {
+		r := gjson.GetBytes(body, "model")
+		bi.modelStart, bi.modelEnd = r.Index, r.Index+len(r.Raw)
+	}
+	return bi, nil
+}
+
+func jsonTypeName(v gjson.Result) string {
+	switch v.Type {
+	case gjson.String:
+		return "a string"
+	case gjson.Number:
+		return "a number"
+	case gjson.True, gjson.False:
+		return "a boolean"
+	case gjson.Null:
+		return "null"
+	}
+	if v.IsArray() {
+		return "an array"
+	}
+	return "an object"
+}
+
+// patchModel returns body with the model value replaced by model; every other
+// byte is kept as it was.
+func patchModel(body []byte, bi bodyInfo, model string) []byte {
+	out := make([]byte, 0, len(body)+len(model)+8)
+	out = append(out, body[:bi.modelStart]...)
+	out = appendJSONString(out, model)
+	return append(out, body[bi.modelEnd:]...)
+}

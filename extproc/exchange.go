@@ -1,0 +1,455 @@
+package extproc
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/keymux/keymux/policy"
+	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/telemetry"
+)
+
+// phase is where an exchange stands.
+type phase int
+
+const (
+	phaseStart     phase = iota
+	phaseBody            // headers accepted, waiting for the request body
+	phaseForwarded       // a key was chosen and the request went upstream
+	phaseLocal           // answered by keymux; Envoy sends nothing more
+	phaseResponse        // response headers seen
+)
+
+// exchange is the state of one HTTP request across its ext_proc messages.
+type exchange struct {
+	s        *Server
+	snap     *store.Snapshot
+	settings *policy.Settings
+	phase    phase
+	hdr      requestHeaders
+	route    routeResult
+	client   *policy.Client
+	entry    *store.Entry
+	status   int
+	usage    usageScanner
+	bodySeen bool
+	reading  bool // the response body is read (mode overridden to STREAMED)
+	call     telemetry.Call
+}
+
+func newExchange(s *Server) *exchange {
+	return &exchange{s: s, call: telemetry.Call{Start: s.now()}}
+}
+
+// handle answers one message.
+func (x *exchange) handle(req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, error) {
+	switch r := req.GetRequest().(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		return x.timed(func() *extprocv3.ProcessingResponse { return x.onRequestHeaders(r.RequestHeaders) }), nil
+	case *extprocv3.ProcessingRequest_RequestBody:
+		return x.timed(func() *extprocv3.ProcessingResponse { return x.onRequestBody(r.RequestBody) }), nil
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}, nil
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		return x.onResponseHeaders(r.ResponseHeaders), nil
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return x.onResponseBody(r.ResponseBody), nil
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}, nil
+	default:
+		return nil, fmt.Errorf("unsupported ext_proc message %T", r)
+	}
+}
+
+// timed runs a request-path phase and adds its duration to the overhead.
+func (x *exchange) timed(f func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
+	t0 := time.Now()
+	resp := f()
+	x.call.Overhead += time.Since(t0)
+	return resp
+}
+
+func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	if x.phase != phaseStart {
+		return x.refuse(&apiError{Status: 500, Type: typeServer, Code: "protocol_error", Message: "keymux received request headers twice"})
+	}
+	x.snap = x.s.store.Read()
+	x.settings = x.snap.Settings()
+	x.hdr = readRequestHeaders(h.GetHeaders(), x.jwtHeader())
+	x.call.RequestID, x.call.TraceParent, x.call.TraceState = x.hdr.requestID, x.hdr.traceparent, x.hdr.tracestate
+	x.call.Method = x.hdr.method
+	x.call.Path = x.hdr.path
+	if i := strings.IndexByte(x.call.Path, '?'); i >= 0 {
+		x.call.Path = x.call.Path[:i]
+	}
+
+	switch x.hdr.method {
+	case "GET", "POST", "PUT", "DELETE":
+	default:
+		return x.refuse(&apiError{Status: 405, Type: typeInvalidRequest, Code: "method_not_allowed",
+			Message: "method " + strconv.Quote(x.hdr.method) + " is not allowed; keymux accepts GET, POST, PUT and DELETE"})
+	}
+	route, aerr := matchRoute(x.hdr.method, x.hdr.path)
+	if aerr != nil {
+		return x.refuse(aerr)
+	}
+	x.route = route
+	x.call.Operation = route.op.name
+	if aerr := x.authenticate(); aerr != nil {
+		return x.refuse(aerr)
+	}
+	if route.op.local {
+		return x.answerModels()
+	}
+	if limit := x.settings.MaxBodyBytes; limit > 0 && x.hdr.contentLength > limit {
+		return x.refuse(tooLarge(limit))
+	}
+	if !h.GetEndOfStream() {
+		x.phase = phaseBody
+		return headersReply(nil, false)
+	}
+	// No body follows.
+	if route.op.model == modelRequired {
+		return x.refuse(badRequest("invalid_json", "", "The request body is empty; a JSON object with a model is required."))
+	}
+	mut, aerr := x.forward("", nil, bodyInfo{})
+	if aerr != nil {
+		return x.refuse(aerr)
+	}
+	return x.withMetadata(headersReply(mut, true))
+}
+
+func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	if x.phase != phaseBody {
+		// Envoy sends a body only after a headers reply asked to continue;
+		// a second body message (STREAMED mode) is passed through.
+		return bodyReply(nil, nil, false)
+	}
+	if !b.GetEndOfStream() && x.bodySeen {
+		return bodyReply(nil, nil, false)
+	}
+	x.bodySeen = true
+	body := b.GetBody()
+	if limit := x.settings.MaxBodyBytes; limit > 0 && int64(len(body)) > limit {
+		return x.refuse(tooLarge(limit))
+	}
+	bi, aerr := parseBody(body, x.route.op.model)
+	if aerr != nil {
+		return x.refuse(aerr)
+	}
+	x.call.Stream = bi.stream
+	mut, aerr := x.forward(bi.model, body, bi)
+	if aerr != nil {
+		return x.refuse(aerr)
+	}
+	var newBody []byte
+	if x.call.ModelFinal != bi.model {
+		newBody = patchModel(body, bi, x.call.ModelFinal)
+		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrContentLength, strconv.Itoa(len(newBody))))
+	} else if x.hdr.contentLength >= 0 {
+		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrContentLength, strconv.Itoa(len(body))))
+	}
+	return x.withMetadata(bodyReply(mut, newBody, true))
+}
+
+// authenticate applies settings.auth to the request.
+func (x *exchange) authenticate() *apiError {
+	switch x.settings.Auth.Mode {
+	case policy.AuthClientKeys:
+		token, ok := policy.TokenFromHeaders(x.hdr.authorization, x.hdr.xAPIKey)
+		if !ok {
+			return &apiError{Status: 401, Type: typeInvalidRequest, Code: "missing_api_key",
+				Message: "You didn't provide an API key. Provide it in the Authorization header (Bearer <key>)."}
+		}
+		sum := policy.HashToken(token)
+		c := x.snap.ClientByTokenSHA256(sum)
+		if c == nil || !c.Enabled || !policy.TokenMatches(c, sum) {
+			return &apiError{Status: 401, Type: typeInvalidRequest, Code: "invalid_api_key",
+				Message: "Incorrect API key provided."}
+		}
+		x.client = c
+		x.call.ClientID = c.ID
+	case policy.AuthJWTClaim:
+		a := x.settings.Auth
+		if err := policy.CheckJWTClaim(x.hdr.jwtPayload, a.Claim, a.Value); err != nil {
+			if x.hdr.jwtPayload == "" {
+				return &apiError{Status: 401, Type: typeInvalidRequest, Code: "missing_api_key",
+					Message: "A verified JWT is required."}
+			}
+			return &apiError{Status: 403, Type: typePermission, Code: "insufficient_permissions",
+				Message: "The token does not carry the claim " + a.Claim + "=" + a.Value + "."}
+		}
+	}
+	return nil
+}
+
+func (x *exchange) jwtHeader() string {
+	if x.settings.Auth.Mode != policy.AuthJWTClaim {
+		return ""
+	}
+	return x.settings.Auth.PayloadHeader
+}
+
+// forward chooses a key for model (already authorized for the client) and
+// builds the request mutation towards its provider. body is nil for
+// body-less requests.
+func (x *exchange) forward(model string, body []byte, bi bodyInfo) (*extprocv3.HeaderMutation, *apiError) {
+	if model != "" && x.client != nil && !x.client.AllowsModel(model) {
+		return nil, &apiError{Status: 403, Type: typePermission, Code: "model_not_allowed", Param: "model",
+			Message: "The model `" + model + "` is not allowed for this client."}
+	}
+	x.call.ModelOriginal = model
+	entry, aerr := x.choose(model)
+	if aerr != nil {
+		return nil, aerr
+	}
+	k := entry.Key
+	final := model
+	if model != "" {
+		if r := x.snap.Rule(k.ID, model); r != nil {
+			if to, ok := policy.ApplyRule(r, model); ok {
+				final = to
+				x.call.RuleID = r.ID
+			}
+		}
+	}
+	x.entry = entry
+	x.phase = phaseForwarded
+	x.call.KeyID, x.call.Provider, x.call.UpstreamHost, x.call.ModelFinal = k.ID, string(k.Provider), k.Host, final
+	x.call.Strategy = x.settings.Strategy
+
+	t := target(k, x.route.op, final, x.route.query, x.hdr.anthropicVersion)
+	mut := &extprocv3.HeaderMutation{RemoveHeaders: clientCredentialHeaders}
+	mut.SetHeaders = append(mut.SetHeaders,
+		setHeader(HeaderUpstream, t.scheme),
+		setHeader(hdrAuthority, t.authority),
+		setHeader(hdrPath, t.path),
+	)
+	mut.SetHeaders = append(mut.SetHeaders, t.headers...)
+	if tp := x.s.observer.Begin(&x.call); tp != "" {
+		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrTraceparent, tp))
+	}
+	return mut, nil
+}
+
+// candidateBuf is reused across requests so selection does not allocate in
+// proportion to the pool.
+type candidateBuf struct {
+	cands   []policy.Candidate
+	entries []*store.Entry
+}
+
+var candidatePool = sync.Pool{New: func() any { return new(candidateBuf) }}
+
+// choose picks a key for model among the eligible keys of its pool.
+func (x *exchange) choose(model string) (*store.Entry, *apiError) {
+	pool := x.snap.Pool(model)
+	if len(pool.Entries) == 0 {
+		if model == "" {
+			return nil, &apiError{Status: 503, Type: typeServer, Code: "no_keys", Message: "No upstream key is configured."}
+		}
+		return nil, &apiError{Status: 404, Type: typeInvalidRequest, Code: "model_not_found", Param: "model",
+			Message: "The model `" + model + "` does not exist or no key serves it."}
+	}
+	now := x.s.now()
+	window := x.settings.Ejection.ErrorWindow
+	buf := candidatePool.Get().(*candidateBuf)
+	defer func() {
+		clear(buf.entries)
+		clear(buf.cands)
+		buf.cands, buf.entries = buf.cands[:0], buf.entries[:0]
+		candidatePool.Put(buf)
+	}()
+	for _, e := range pool.Entries {
+		if ok, _ := policy.Eligible(e.Key, e.RT.State(), now); !ok {
+			continue
+		}
+		buf.cands = append(buf.cands, policy.Candidate{Key: e.Key, Usage: e.RT.Requests(), Errors: e.RT.ErrorsInWindow(now, window)})
+		buf.entries = append(buf.entries, e)
+	}
+	if len(buf.cands) == 0 {
+		return nil, x.noEligibleKey(model, pool, now)
+	}
+	strat, err := policy.StrategyFor(x.settings.Strategy)
+	if err != nil {
+		strat, _ = policy.StrategyFor("round_robin")
+	}
+	i := policy.Select(buf.cands, strat, pool.Seq.Add(1)-1, rand.Float64())
+	e := buf.entries[i]
+	e.RT.AddRequest()
+	return e, nil
+}
+
+// noEligibleKey explains a 503: every key of the pool is out, and why.
+func (x *exchange) noEligibleKey(model string, pool *store.Pool, now time.Time) *apiError {
+	reasons := make([]policy.Ineligible, 0, len(pool.Entries))
+	for _, e := range pool.Entries {
+		if ok, why := policy.Eligible(e.Key, e.RT.State(), now); !ok {
+			reasons = append(reasons, why)
+		}
+	}
+	msg, code := policy.Explain(model, reasons)
+	e := &apiError{Status: 503, Type: typeServer, Code: code, Message: msg}
+	if earliest := policy.EarliestUntil(reasons); !earliest.IsZero() {
+		e.RetryAfter = max(1, int(earliest.Sub(now).Round(time.Second)/time.Second))
+	}
+	return e
+}
+
+func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	x.phase = phaseResponse
+	hm := h.GetHeaders()
+	x.status, _ = strconv.Atoi(findHeader(hm, hdrStatus))
+	x.call.Status = x.status
+	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
+		ResponseHeaders: &extprocv3.HeadersResponse{},
+	}}
+	if x.entry == nil {
+		return resp
+	}
+	now := x.s.now()
+	o := policy.Classify(x.status, func(name string) string { return findHeader(hm, name) }, nil, now)
+	x.feedback(o, now)
+	if h.GetEndOfStream() {
+		return resp
+	}
+	// Read the body for token usage: STREAMED passes every chunk on at once.
+	ct := findHeader(hm, hdrContentType)
+	switch {
+	case strings.HasPrefix(ct, "text/event-stream"):
+		x.usage.sse = true
+	case strings.HasPrefix(ct, "application/json"):
+	default:
+		return resp
+	}
+	x.reading = true
+	resp.ModeOverride = &filterv3.ProcessingMode{ResponseBodyMode: filterv3.ProcessingMode_STREAMED}
+	return resp
+}
+
+// feedback applies an upstream outcome to the chosen key's passive state.
+func (x *exchange) feedback(o policy.Outcome, now time.Time) {
+	rt := x.entry.RT
+	ej := x.settings.Ejection
+	rt.Update(func(s policy.KeyState) policy.KeyState { return policy.NextState(s, o, ej, now) })
+	switch o.Kind {
+	case policy.OutcomeSuccess, policy.OutcomeClient:
+	default:
+		rt.RecordError(now)
+		x.call.ErrorCode = outcomeClass(o.Kind)
+	}
+}
+
+func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+	if x.entry == nil {
+		return resp
+	}
+	x.usage.feed(b.GetBody(), b.GetEndOfStream())
+	if b.GetEndOfStream() {
+		x.endOfResponse()
+	}
+	return resp
+}
+
+// endOfResponse books token usage and refines the outcome from the body.
+func (x *exchange) endOfResponse() {
+	if x.usage.known {
+		x.call.InputTokens, x.call.OutputTokens, x.call.UsageKnown = x.usage.input, x.usage.output, true
+		x.entry.RT.AddUsage(uint64(x.usage.input + x.usage.output))
+	}
+	if (x.status == 429 || x.status == 403) && x.usage.errorCode == "insufficient_quota" {
+		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: x.status}, x.s.now())
+	}
+}
+
+// finish runs once when the stream ends.
+func (x *exchange) finish() {
+	x.call.End = x.s.now()
+	switch x.phase {
+	case phaseStart:
+		return // Envoy opened the stream but nothing was answered
+	case phaseForwarded:
+		x.call.Truncated = true // no response reached keymux
+	case phaseResponse:
+		// The body ended early (stream cut, client abort), or an SSE
+		// stream closed without its terminator.
+		x.call.Truncated = x.reading && (!x.usage.eos || (x.usage.sse && !x.usage.done && x.status < 300))
+	}
+	if x.call.Truncated && x.call.ErrorCode == "" {
+		x.call.ErrorCode = "stream_cut"
+	}
+	x.s.observer.End(&x.call)
+}
+
+// refuse answers the client locally with an OpenAI-style error.
+func (x *exchange) refuse(e *apiError) *extprocv3.ProcessingResponse {
+	x.phase = phaseLocal
+	x.call.Local, x.call.Status, x.call.ErrorCode = true, e.Status, e.Code
+	return e.response()
+}
+
+// withMetadata adds keymux's dynamic metadata (for Envoy's access log) to a
+// forwarding reply.
+func (x *exchange) withMetadata(resp *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
+	fields := map[string]*structpb.Value{
+		"key_id":         structpb.NewStringValue(x.call.KeyID),
+		"model_original": structpb.NewStringValue(x.call.ModelOriginal),
+		"model_final":    structpb.NewStringValue(x.call.ModelFinal),
+	}
+	if x.call.ClientID != "" {
+		fields["client_id"] = structpb.NewStringValue(x.call.ClientID)
+	}
+	resp.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{
+		MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: fields}),
+	}}
+	return resp
+}
+
+func tooLarge(limit int64) *apiError {
+	return &apiError{Status: 413, Type: typeInvalidRequest, Code: "request_too_large",
+		Message: "The request body is larger than " + strconv.FormatInt(limit, 10) + " bytes."}
+}
+
+func headersReply(mut *extprocv3.HeaderMutation, reroute bool) *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
+		RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{
+			HeaderMutation: mut, ClearRouteCache: reroute && mut != nil,
+		}},
+	}}
+}
+
+func bodyReply(mut *extprocv3.HeaderMutation, body []byte, reroute bool) *extprocv3.ProcessingResponse {
+	cr := &extprocv3.CommonResponse{HeaderMutation: mut, ClearRouteCache: reroute && mut != nil}
+	if body != nil {
+		cr.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{
+		RequestBody: &extprocv3.BodyResponse{Response: cr},
+	}}
+}
+
+// outcomeClass names an outcome's error class for metrics and logs.
+func outcomeClass(k policy.OutcomeKind) string {
+	switch k {
+	case policy.OutcomeRateLimited:
+		return "rate_limited"
+	case policy.OutcomeQuota, policy.OutcomeAuth:
+		return "auth"
+	case policy.OutcomeServer:
+		return "server"
+	case policy.OutcomeTimeout:
+		return "timeout"
+	case policy.OutcomeClient:
+		return "client"
+	}
+	return ""
+}

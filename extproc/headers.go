@@ -1,0 +1,127 @@
+package extproc
+
+import (
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+)
+
+// Header names keymux reads or writes.
+const (
+	hdrAuthority     = ":authority"
+	hdrPath          = ":path"
+	hdrMethod        = ":method"
+	hdrStatus        = ":status"
+	hdrAuthorization = "authorization"
+	hdrXAPIKey       = "x-api-key"
+	hdrAPIKey        = "api-key"
+	hdrContentLength = "content-length"
+	hdrContentType   = "content-type"
+	hdrRequestID     = "x-request-id"
+	hdrTraceparent   = "traceparent"
+	hdrTracestate    = "tracestate"
+	hdrAnthropicVer  = "anthropic-version"
+
+	// HeaderUpstream selects Envoy's upstream cluster: "https" or "http"
+	// (envoy/envoy.yaml routes on it and removes it before the upstream).
+	HeaderUpstream = "x-keymux-upstream"
+
+	// MetadataNamespace is the dynamic metadata namespace keymux writes
+	// (listed in the filter's metadata_options.receiving_namespaces).
+	MetadataNamespace = "keymux"
+)
+
+// clientCredentialHeaders are removed from every proxied request: the
+// client's credentials never reach an upstream.
+var clientCredentialHeaders = []string{hdrAuthorization, hdrXAPIKey, hdrAPIKey}
+
+// requestHeaders are the request headers keymux looks at, read in one pass.
+type requestHeaders struct {
+	method, path, authority string
+	authorization, xAPIKey  string
+	jwtPayload              string
+	contentType             string
+	contentLength           int64 // -1 when absent
+	requestID               string
+	traceparent, tracestate string
+	anthropicVersion        string
+}
+
+func readRequestHeaders(m *corev3.HeaderMap, jwtHeader string) requestHeaders {
+	h := requestHeaders{contentLength: -1}
+	if m == nil {
+		return h
+	}
+	for _, hv := range m.GetHeaders() {
+		v := headerValue(hv)
+		switch hv.GetKey() {
+		case hdrMethod:
+			h.method = v
+		case hdrPath:
+			h.path = v
+		case hdrAuthority:
+			h.authority = v
+		case hdrAuthorization:
+			h.authorization = v
+		case hdrXAPIKey:
+			h.xAPIKey = v
+		case hdrContentType:
+			h.contentType = v
+		case hdrContentLength:
+			h.contentLength = parseContentLength(v)
+		case hdrRequestID:
+			h.requestID = v
+		case hdrTraceparent:
+			h.traceparent = v
+		case hdrTracestate:
+			h.tracestate = v
+		case hdrAnthropicVer:
+			h.anthropicVersion = v
+		default:
+			if jwtHeader != "" && hv.GetKey() == jwtHeader {
+				h.jwtPayload = v
+			}
+		}
+	}
+	return h
+}
+
+// headerValue reads a header as Envoy sends it: raw_value, falling back to
+// value for older Envoys.
+func headerValue(hv *corev3.HeaderValue) string {
+	if raw := hv.GetRawValue(); len(raw) > 0 {
+		return string(raw)
+	}
+	return hv.GetValue()
+}
+
+// findHeader returns the first value of name in m.
+func findHeader(m *corev3.HeaderMap, name string) string {
+	for _, hv := range m.GetHeaders() {
+		if hv.GetKey() == name {
+			return headerValue(hv)
+		}
+	}
+	return ""
+}
+
+func parseContentLength(v string) int64 {
+	if v == "" || len(v) > 18 {
+		return -1
+	}
+	var n int64
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c < '0' || c > '9' {
+			return -1
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n
+}
+
+// setHeader builds an overwrite (append=false) header option with raw_value,
+// the only form Envoy reads (ENVOY_EXTPROC.md, "Applying a HeaderMutation").
+func setHeader(key, value string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header: &corev3.HeaderValue{Key: key, RawValue: []byte(value)},
+	}
+}

@@ -1,0 +1,117 @@
+package extproc
+
+import "strings"
+
+// operation is one OpenAI-compatible endpoint keymux proxies.
+type operation struct {
+	name      string // gen_ai.operation.name-style label: "chat", "embeddings", …
+	path      string // upstream path below the provider's base URL, e.g. "/chat/completions"
+	methods   string // allowed methods, comma-separated, for the Allow header
+	model     modelNeed
+	local     bool // answered by keymux itself (GET /v1/models…)
+	anthropic bool // Anthropic's native Messages API
+}
+
+type modelNeed int
+
+const (
+	modelNone     modelNeed = iota // body-less or no model: any enabled key
+	modelRequired                  // JSON body with a string "model"
+	modelOptional                  // JSON body; "model" may be absent
+)
+
+// operations keymux recognises below /v1 (and the seed's /api/openai).
+// Anything else is a 404: keymux does not forward paths it cannot account for.
+var operations = []operation{
+	{name: "chat", path: "/chat/completions", methods: "POST", model: modelRequired},
+	{name: "text_completion", path: "/completions", methods: "POST", model: modelRequired},
+	{name: "embeddings", path: "/embeddings", methods: "POST", model: modelRequired},
+	{name: "responses", path: "/responses", methods: "POST", model: modelRequired},
+	{name: "moderations", path: "/moderations", methods: "POST", model: modelOptional},
+	{name: "image_generation", path: "/images/generations", methods: "POST", model: modelOptional},
+	{name: "speech", path: "/audio/speech", methods: "POST", model: modelRequired},
+	{name: "chat", path: "/messages", methods: "POST", model: modelRequired, anthropic: true},
+	{name: "list_models", path: "/models", methods: "GET", local: true},
+}
+
+// opModel is GET /v1/models/{id}, answered locally as well.
+var opModel = operation{name: "retrieve_model", path: "/models/", methods: "GET", local: true}
+
+// routeResult is the outcome of matching a request line.
+type routeResult struct {
+	op      *operation
+	modelID string // GET /v1/models/{id}
+	query   string // "?…" or ""
+}
+
+// matchRoute maps a client path to an operation. It accepts /v1/<op>,
+// /api/openai/v1/<op> and /api/openai/<op> (the seed's prefix, same
+// upstream paths). It returns an error for unknown paths and methods.
+func matchRoute(method, rawPath string) (routeResult, *apiError) {
+	var r routeResult
+	path := rawPath
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path, r.query = path[:i], path[i:]
+	}
+	rest, ok := stripAPIPrefix(path)
+	if !ok || !cleanPath(rest) {
+		return r, notFoundPath(rawPath)
+	}
+	for i := range operations {
+		if operations[i].path == rest {
+			r.op = &operations[i]
+			break
+		}
+	}
+	if r.op == nil && strings.HasPrefix(rest, opModel.path) && len(rest) > len(opModel.path) {
+		r.op, r.modelID = &opModel, rest[len(opModel.path):]
+	}
+	if r.op == nil {
+		return r, notFoundPath(rawPath)
+	}
+	if method != r.op.methods {
+		return r, &apiError{
+			Status: 405, Type: typeInvalidRequest, Code: "method_not_allowed",
+			Message: "method " + method + " is not allowed on " + path + " (allowed: " + r.op.methods + ")",
+			Header:  map[string]string{"allow": r.op.methods},
+		}
+	}
+	return r, nil
+}
+
+func stripAPIPrefix(path string) (string, bool) {
+	switch {
+	case strings.HasPrefix(path, "/v1/"):
+		return path[len("/v1"):], true
+	case strings.HasPrefix(path, "/api/openai/v1/"):
+		return path[len("/api/openai/v1"):], true
+	case strings.HasPrefix(path, "/api/openai/"):
+		return path[len("/api/openai"):], true
+	}
+	return "", false
+}
+
+// cleanPath refuses empty, dot and percent-encoded segments, so that no
+// upstream path can be smuggled past the operation table.
+func cleanPath(p string) bool {
+	if len(p) < 2 || strings.Contains(p, "//") || strings.ContainsAny(p, "%\\") {
+		return false
+	}
+	for _, seg := range strings.Split(p[1:], "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return false
+		}
+	}
+	return true
+}
+
+func notFoundPath(path string) *apiError {
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	if len(path) > 200 {
+		path = path[:200] + "…"
+	}
+	return &apiError{Status: 404, Type: typeInvalidRequest, Code: "unknown_url",
+		Message: "Unknown request URL: " + path + ". keymux serves the OpenAI-compatible API below /v1 and /api/openai."}
+}

@@ -1,0 +1,70 @@
+// Package telemetry turns keymux's calls into observability: OpenTelemetry
+// spans and metrics (GenAI semantic conventions), the call log, and the
+// /stats document. It imports nothing else of keymux: the request path hands
+// it a Call.
+package telemetry
+
+import "time"
+
+// Call is what keymux knows about one request when its exchange ends. It is
+// handed to the Observer; it never holds a secret.
+type Call struct {
+	RequestID   string
+	TraceParent string // as the client (through Envoy) sent it
+	TraceState  string
+	Start       time.Time
+	End         time.Time
+	// Overhead is the time keymux spent deciding on the request path
+	// (request headers and body phases), excluding Envoy and the upstream.
+	Overhead time.Duration
+
+	Method    string
+	Path      string // the client's path, without query
+	Operation string // "chat", "embeddings", …
+	ClientID  string
+
+	KeyID         string
+	Provider      string
+	UpstreamHost  string
+	Strategy      string
+	RuleID        string
+	ModelOriginal string // what the client asked for
+	ModelFinal    string // what the upstream got
+	Stream        bool
+
+	Status    int    // HTTP status the client got (0: the exchange ended before any)
+	Local     bool   // answered by keymux itself (ImmediateResponse)
+	ErrorCode string // keymux's code for a local refusal, or the error class of an upstream failure:
+	// rate_limited, auth, server, timeout, client, stream_cut
+
+	Truncated bool // the response ended before its end (stream cut, client abort)
+
+	InputTokens  int64
+	OutputTokens int64
+	UsageKnown   bool
+
+	// Data is the Observer's own per-call state (e.g. its span).
+	Data any
+}
+
+// Success reports whether the call counts as successful in statistics.
+func (c *Call) Success() bool {
+	return !c.Local && !c.Truncated && c.Status >= 200 && c.Status < 400
+}
+
+// Observer receives every call. Begin runs on the request path once the key
+// is chosen and must not block; it may return a W3C traceparent to send
+// upstream. End runs once per exchange, after the last message.
+type Observer interface {
+	Begin(c *Call) (traceparent string)
+	End(c *Call)
+}
+
+// Nop is an Observer that does nothing.
+type Nop struct{}
+
+// Begin implements Observer.
+func (Nop) Begin(*Call) string { return "" }
+
+// End implements Observer.
+func (Nop) End(*Call) {}
