@@ -144,30 +144,48 @@ func priority(c *Candidate) int {
 // weight returns the candidate's key weight; a weight that is not a positive
 // finite number counts as 1, the documented default.
 func weight(c *Candidate) float64 {
-	if c.Key == nil {
-		return 1
+	if c.Key != nil {
+		if w := c.Key.Weight; w > 0 && w <= math.MaxFloat64 { // not NaN, not +Inf
+			return w
+		}
 	}
-	w := c.Key.Weight
-	if !(w > 0) || math.IsInf(w, 1) {
-		return 1
+	return 1
+}
+
+// weighBy selects the weight formula of weightedPick. A switch on it,
+// rather than a function value, keeps the per-candidate call inlined.
+type weighBy uint8
+
+const (
+	byWeight weighBy = iota // Weight
+	byUsage                 // Weight / (Usage + 1)
+	byErrors                // Weight / (Errors + 1)
+)
+
+func (by weighBy) of(c *Candidate) float64 {
+	w := weight(c)
+	switch by {
+	case byUsage:
+		w /= float64(c.Usage) + 1
+	case byErrors:
+		w /= float64(c.Errors) + 1
 	}
 	return w
 }
 
-// weightedPick returns the index i with probability w(i)/Σw, using rnd in
+// weightedPick returns the index i with probability by.of(i)/Σ, using rnd in
 // [0, 1). Pass 2 recomputes the same weights in the same order, so the
 // running sum ends exactly at the total; rnd values that round onto the total
-// pick the last candidate. When the total is not a usable number (overflow)
-// it falls back to seq rotation. w must be a plain function, not a closure
-// that captures, so that nothing escapes.
-func weightedPick(cands []Candidate, seq uint64, rnd float64, w func(*Candidate) float64) int {
+// pick the last candidate. When the total is not a usable number (overflow,
+// or every weight underflowed to 0) it falls back to seq rotation.
+func weightedPick(cands []Candidate, seq uint64, rnd float64, by weighBy) int {
 	n := len(cands)
 	if n == 1 {
 		return 0
 	}
 	var total float64
 	for i := range cands {
-		total += w(&cands[i])
+		total += by.of(&cands[i])
 	}
 	if !(total > 0) || math.IsInf(total, 1) {
 		return int(seq % uint64(n))
@@ -178,7 +196,7 @@ func weightedPick(cands []Candidate, seq uint64, rnd float64, w func(*Candidate)
 	target := rnd * total
 	var sum float64
 	for i := range cands {
-		sum += w(&cands[i])
+		sum += by.of(&cands[i])
 		if target < sum {
 			return i
 		}

@@ -21,9 +21,5 @@ func (AdjustByErrorRate) Name() string { return StrategyAdjustByErrorRate }
 
 // Pick implements Strategy.
 func (AdjustByErrorRate) Pick(cands []Candidate, seq uint64, rnd float64) int {
-	return weightedPick(cands, seq, rnd, errorWeight)
-}
-
-func errorWeight(c *Candidate) float64 {
-	return weight(c) / (float64(c.Errors) + 1)
+	return weightedPick(cands, seq, rnd, byErrors)
 }

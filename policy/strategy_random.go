@@ -17,5 +17,5 @@ func (Random) Name() string { return StrategyRandom }
 
 // Pick implements Strategy.
 func (Random) Pick(cands []Candidate, seq uint64, rnd float64) int {
-	return weightedPick(cands, seq, rnd, weight)
+	return weightedPick(cands, seq, rnd, byWeight)
 }

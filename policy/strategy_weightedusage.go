@@ -17,9 +17,5 @@ func (WeightedByUsage) Name() string { return StrategyWeightedByUsage }
 
 // Pick implements Strategy.
 func (WeightedByUsage) Pick(cands []Candidate, seq uint64, rnd float64) int {
-	return weightedPick(cands, seq, rnd, usageWeight)
-}
-
-func usageWeight(c *Candidate) float64 {
-	return weight(c) / (float64(c.Usage) + 1)
+	return weightedPick(cands, seq, rnd, byUsage)
 }
