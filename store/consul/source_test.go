@@ -328,13 +328,14 @@ func TestSourceServesFromSnapshotWhenConsulIsDown(t *testing.T) {
 	// Consul back, re-seeded differently: resync, no longer stale.
 	a.Restart()
 	put(t, a, "keys/k3", keyK3)
-	waitSource(t, r2.src, "resync from Consul", func() bool {
-		st := r2.st.Status()
-		return st.Source == consul.SourceConsul && !st.Stale && slices.Equal(poolIDs(r2.st, "gpt-4o"), []string{"k3"})
-	})
+	idx := kvIndex(t, a)
+	waitSource(t, r2.src, "resync from Consul", func() bool { return r2.src.Index() >= idx })
+	if st := r2.st.Status(); st.Source != consul.SourceConsul || st.Stale || !slices.Equal(poolIDs(r2.st, "gpt-4o"), []string{"k3"}) {
+		t.Errorf("after resync: Status %+v, Pool(gpt-4o) %v; want source consul, not stale, [k3]", st, poolIDs(r2.st, "gpt-4o"))
+	}
 	snap2, err := consul.LoadSnapshot(dir)
-	if err != nil || len(snap2.Entries) != 1 || snap2.Entries[0].Path != "keymux/keys/k3" || snap2.Index >= snap.Index {
-		t.Errorf("snapshot after resync = %v, %v; want only keymux/keys/k3 at an index below %d", snap2, err, snap.Index)
+	if err != nil || len(snap2.Entries) != 1 || snap2.Entries[0].Path != "keymux/keys/k3" || snap2.Index != idx {
+		t.Errorf("snapshot after resync = %v, %v; want only keymux/keys/k3 at index %d", snap2, err, idx)
 	}
 }
 
