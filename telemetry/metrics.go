@@ -1,0 +1,252 @@
+package telemetry
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/attribute"
+	promexporter "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/exemplar"
+)
+
+// Histogram bucket boundaries.
+var (
+	// durationBuckets in seconds, for end-to-end latency (LLM calls run long).
+	durationBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320}
+	// overheadBuckets in microseconds, for keymux's own time on the request path.
+	overheadBuckets = []float64{10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000}
+	// tokenBuckets as the GenAI semantic conventions advise for gen_ai.client.token.usage.
+	tokenBuckets = []float64{1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864}
+)
+
+// instruments is one MeterProvider's set of keymux instruments. Telemetry
+// records into one set per provider: the internal Prometheus one, and the
+// optional Config.MeterProvider (OTLP push).
+type instruments struct {
+	requests   metric.Int64Counter
+	errors     metric.Int64Counter
+	duration   metric.Float64Histogram
+	overhead   metric.Float64Histogram
+	tokens     metric.Int64Counter
+	tokenUsage metric.Int64Histogram
+	dropped    metric.Int64Counter
+}
+
+func newInstruments(mp metric.MeterProvider, t *Telemetry) (*instruments, error) {
+	m := mp.Meter(TracerName)
+	var (
+		in   instruments
+		errs []error
+	)
+	must := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	var err error
+	in.requests, err = m.Int64Counter(MetricRequests, metric.WithUnit("{request}"),
+		metric.WithDescription("Requests keymux handled, by key, requested model and status class."))
+	must(err)
+	in.errors, err = m.Int64Counter(MetricErrors, metric.WithUnit("{error}"),
+		metric.WithDescription("Failed calls by key and error class (rate_limited, auth, server, timeout, client, stream_cut, local)."))
+	must(err)
+	in.duration, err = m.Float64Histogram(MetricDuration, metric.WithUnit("s"),
+		metric.WithDescription("End-to-end request duration, from the request headers to the end of the response."),
+		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	must(err)
+	in.overhead, err = m.Float64Histogram(MetricOverhead, metric.WithUnit("us"),
+		metric.WithDescription("Time keymux spent deciding on the request path (ext_proc request phases)."),
+		metric.WithExplicitBucketBoundaries(overheadBuckets...))
+	must(err)
+	in.tokens, err = m.Int64Counter(MetricTokens, metric.WithUnit("{token}"),
+		metric.WithDescription("Tokens reported by the upstream, by key and type (input, output)."))
+	must(err)
+	in.tokenUsage, err = m.Int64Histogram(MetricTokenUsage, metric.WithUnit("{token}"),
+		metric.WithDescription("Number of input and output tokens used."),
+		metric.WithExplicitBucketBoundaries(tokenBuckets...))
+	must(err)
+	in.dropped, err = m.Int64Counter(MetricCallLogDropped, metric.WithUnit("{record}"),
+		metric.WithDescription("Call log records dropped because the queue was full or the log closed."))
+	must(err)
+
+	inFlight, err := m.Int64ObservableGauge(MetricInFlight, metric.WithUnit("{request}"),
+		metric.WithDescription("Requests between Begin and End."))
+	must(err)
+	keyUp, err := m.Int64ObservableGauge(MetricKeyUp,
+		metric.WithDescription("1 when the key can serve (healthy or half_open), else 0."))
+	must(err)
+	keyState, err := m.Int64ObservableGauge(MetricKeyState,
+		metric.WithDescription("The key's current state (value 1): healthy, half_open, cooling_down, ejected, disabled, auth_failed, quota_exhausted, probe_failed."))
+	must(err)
+	gen, err := m.Int64ObservableGauge(MetricConfigGeneration,
+		metric.WithDescription("Generation of the configuration in force, by source."))
+	must(err)
+	stale, err := m.Int64ObservableGauge(MetricConfigStale,
+		metric.WithDescription("1 while the configuration source cannot be read and the last good configuration serves."))
+	must(err)
+	staleFor, err := m.Float64ObservableGauge(MetricConfigStaleDuration, metric.WithUnit("s"),
+		metric.WithDescription("How long the configuration source has been stale (0 when fresh)."))
+	must(err)
+	refused, err := m.Int64ObservableGauge(MetricConfigRefused, metric.WithUnit("{entry}"),
+		metric.WithDescription("Configuration entries refused (the last good version of each keeps serving)."))
+	must(err)
+	threshold, err := m.Float64ObservableGauge(MetricAlertThreshold,
+		metric.WithDescription("Alert thresholds from settings.alerts: error_rate (a fraction) and usage (tokens per key)."))
+	must(err)
+	active, err := m.Int64ObservableGauge(MetricAlertActive,
+		metric.WithDescription("1 while an alert is active: error_rate (all calls, over 5m) or usage (per key)."))
+	must(err)
+	ratio, err := m.Float64ObservableGauge(MetricErrorRatio,
+		metric.WithDescription("Failed calls / calls over the last 5 minutes (minute buckets)."))
+	must(err)
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("telemetry: instruments: %v", errs)
+	}
+	in.dropped.Add(context.Background(), 0) // the series exists from the start
+
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(inFlight, t.inFlight.Load())
+		for _, kh := range t.keyHealth() {
+			up := int64(0)
+			if kh.State == "healthy" || kh.State == "half_open" {
+				up = 1
+			}
+			o.ObserveInt64(keyUp, up, metric.WithAttributes(attribute.String(LabelKey, kh.ID)))
+			o.ObserveInt64(keyState, 1, metric.WithAttributes(attribute.String(LabelKey, kh.ID), attribute.String(LabelState, kh.State)))
+		}
+		if f := t.configFn.Load(); f != nil {
+			ci := (*f)()
+			o.ObserveInt64(gen, int64(ci.Generation), metric.WithAttributes(attribute.String(LabelSource, ci.Source)))
+			var st int64
+			var since float64
+			if ci.Stale {
+				st = 1
+				if !ci.StaleSince.IsZero() {
+					since = max(t.now().Sub(ci.StaleSince).Seconds(), 0)
+				}
+			}
+			o.ObserveInt64(stale, st)
+			o.ObserveFloat64(staleFor, since)
+			o.ObserveInt64(refused, int64(ci.Refused))
+		}
+		th := t.thresholds()
+		o.ObserveFloat64(threshold, th.ErrorRate, metric.WithAttributes(attribute.String(LabelAlert, AlertErrorRate)))
+		o.ObserveFloat64(threshold, float64(th.Usage), metric.WithAttributes(attribute.String(LabelAlert, AlertUsage)))
+
+		now := t.now()
+		t.stats.mu.Lock()
+		w := t.stats.window(now, AlertWindow, false)
+		errActive := t.stats.alerts.errorRate
+		type ka struct {
+			id string
+			on bool
+		}
+		keys := make([]ka, 0, len(t.stats.alerts.usage))
+		for id, on := range t.stats.alerts.usage {
+			keys = append(keys, ka{id, on})
+		}
+		t.stats.mu.Unlock()
+		o.ObserveFloat64(ratio, w.errorRatio())
+		o.ObserveInt64(active, b2i(errActive), metric.WithAttributes(attribute.String(LabelAlert, AlertErrorRate), attribute.String(LabelKey, "")))
+		for _, k := range keys {
+			o.ObserveInt64(active, b2i(k.on), metric.WithAttributes(attribute.String(LabelAlert, AlertUsage), attribute.String(LabelKey, k.id)))
+		}
+		return nil
+	}, inFlight, keyUp, keyState, gen, stale, staleFor, refused, threshold, active, ratio)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: register callback: %w", err)
+	}
+	return &in, nil
+}
+
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// newPrometheus builds the internal MeterProvider whose only reader is a
+// Prometheus exporter on its own registry (with the Go and process
+// collectors); /metrics serves that registry.
+func newPrometheus() (*sdkmetric.MeterProvider, *prometheus.Registry, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	exp, err := promexporter.New(
+		promexporter.WithRegisterer(reg),
+		promexporter.WithoutScopeInfo(),
+		promexporter.WithoutTargetInfo(),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("telemetry: prometheus exporter: %w", err)
+	}
+	mp := sdkmetric.NewMeterProvider(
+		sdkmetric.WithReader(exp),
+		sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter),
+	)
+	return mp, reg, nil
+}
+
+// MetricsHandler serves GET /metrics in the Prometheus text format.
+func (t *Telemetry) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(t.registry, promhttp.HandlerOpts{})
+}
+
+// recordMetrics books one finished call in every instrument set.
+func (t *Telemetry) recordMetrics(c *Call, o outcome, model, modelFinal string, end time.Time) {
+	ctx := t.ctx
+	reqSet := metric.WithAttributeSet(attribute.NewSet(
+		attribute.String(LabelKey, c.KeyID),
+		attribute.String(LabelModel, model),
+		attribute.String(LabelStatusClass, statusClass(c.Status)),
+	))
+	var errSet metric.MeasurementOption
+	if o.failed {
+		errSet = metric.WithAttributeSet(attribute.NewSet(
+			attribute.String(LabelKey, c.KeyID),
+			attribute.String(LabelClass, o.class),
+		))
+	}
+	var dur float64
+	if !c.Start.IsZero() && end.After(c.Start) {
+		dur = end.Sub(c.Start).Seconds()
+	}
+	var inSet, outSet, inUsage, outUsage metric.MeasurementOption
+	if c.UsageKnown && o.upstream {
+		inSet = metric.WithAttributeSet(attribute.NewSet(attribute.String(LabelKey, c.KeyID), attribute.String(LabelType, TokenTypeInput)))
+		outSet = metric.WithAttributeSet(attribute.NewSet(attribute.String(LabelKey, c.KeyID), attribute.String(LabelType, TokenTypeOutput)))
+		base := []attribute.KeyValue{
+			AttrGenAIOperationName.String(c.Operation),
+			AttrGenAIProviderName.String(ProviderName(c.Provider)),
+			AttrGenAIRequestModel.String(model),
+			AttrGenAIResponseModel.String(modelFinal),
+		}
+		inUsage = metric.WithAttributeSet(attribute.NewSet(append(base, AttrGenAITokenType.String(TokenTypeInput))...))
+		outUsage = metric.WithAttributeSet(attribute.NewSet(append(base[:4:4], AttrGenAITokenType.String(TokenTypeOutput))...))
+	}
+	for _, in := range t.meters {
+		in.requests.Add(ctx, 1, reqSet)
+		if o.failed {
+			in.errors.Add(ctx, 1, errSet)
+		}
+		if o.counted {
+			in.duration.Record(ctx, dur, reqSet)
+		}
+		if c.Overhead > 0 {
+			in.overhead.Record(ctx, float64(c.Overhead)/float64(time.Microsecond))
+		}
+		if inSet != nil {
+			in.tokens.Add(ctx, c.InputTokens, inSet)
+			in.tokens.Add(ctx, c.OutputTokens, outSet)
+			in.tokenUsage.Record(ctx, c.InputTokens, inUsage)
+			in.tokenUsage.Record(ctx, c.OutputTokens, outUsage)
+		}
+	}
+}

@@ -1,0 +1,104 @@
+package telemetry
+
+// outcome is how telemetry reads a finished Call.
+//
+// What counts (in /stats, the alerts and the error metrics):
+//   - every exchange that reached End is a request (keymux_requests_total);
+//   - a call (total_calls) is every request except keymux's own successful
+//     answers (GET /v1/models): upstream calls and local refusals;
+//   - a call is successful when Call.Success() holds; every other call failed;
+//   - top_keys, latency and token figures only see upstream calls (a key
+//     was chosen and the request was forwarded).
+type outcome struct {
+	counted  bool   // a call in /stats
+	failed   bool   // counted and not successful
+	upstream bool   // forwarded to a key
+	class    string // error class when failed: rate_limited|auth|server|timeout|client|stream_cut|local
+	errType  string // error.type of the span and "error" of the call log: class, or the local refusal's code
+}
+
+// upstreamClasses are the classes the request path may put in
+// Call.ErrorCode for an upstream failure.
+var upstreamClasses = map[string]bool{
+	ClassRateLimited: true, ClassAuth: true, ClassServer: true,
+	ClassTimeout: true, ClassClient: true, ClassStreamCut: true,
+}
+
+func classify(c *Call) outcome {
+	if c.Local {
+		if c.Status >= 200 && c.Status < 400 {
+			return outcome{} // keymux's own answer, e.g. the model list
+		}
+		code := c.ErrorCode
+		if code == "" {
+			code = ClassLocal
+		}
+		return outcome{counted: true, failed: true, class: ClassLocal, errType: code}
+	}
+	o := outcome{counted: true, upstream: c.KeyID != ""}
+	if c.Success() {
+		return o
+	}
+	o.failed = true
+	switch {
+	case upstreamClasses[c.ErrorCode]:
+		o.class = c.ErrorCode
+	case c.Status == 429:
+		o.class = ClassRateLimited
+	case c.Status == 401 || c.Status == 403:
+		o.class = ClassAuth
+	case c.Status == 408 || c.Status == 504:
+		o.class = ClassTimeout
+	case c.Status >= 500:
+		o.class = ClassServer
+	case c.Status >= 400:
+		o.class = ClassClient
+	default: // cut before its end, or no response at all
+		o.class = ClassStreamCut
+	}
+	o.errType = o.class
+	return o
+}
+
+// statusClass is the status_class label: "2xx" … "5xx", "none" without a status,
+// "other" for a status outside 100–599.
+func statusClass(status int) string {
+	switch {
+	case status >= 100 && status < 200:
+		return "1xx"
+	case status >= 200 && status < 300:
+		return "2xx"
+	case status >= 300 && status < 400:
+		return "3xx"
+	case status >= 400 && status < 500:
+		return "4xx"
+	case status >= 500 && status < 600:
+		return "5xx"
+	case status == 0:
+		return "none"
+	}
+	return "other"
+}
+
+// MaxModels bounds the distinct model names in metric labels and /stats.
+// A model is admitted when a call for it was forwarded upstream (so a key
+// serves it); names seen only in refusals, and any name once the set is
+// full, are folded to OtherModel.
+const MaxModels = 100
+
+// modelSet is the bounded set of admitted model names. Callers hold stats.mu.
+type modelSet map[string]struct{}
+
+func (s modelSet) fold(name string, admit bool) string {
+	if name == "" {
+		return ""
+	}
+	if _, ok := s[name]; ok {
+		return name
+	}
+	if admit && len(s) < MaxModels {
+		s[name] = struct{}{}
+		return name
+	}
+	return OtherModel
+}
