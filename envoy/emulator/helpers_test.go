@@ -2,6 +2,7 @@ package emulator
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -110,6 +111,9 @@ func (p *fakeProc) Process(stream grpc.BidiStreamingServer[extprocsvc.Processing
 			ps.mu.Lock()
 			ps.end = err
 			ps.mu.Unlock()
+			if errors.Is(err, errOKClose) {
+				return nil
+			}
 			return err
 		}
 		for _, r := range resps {
@@ -447,4 +451,10 @@ func (ev *env) accessLog(t *testing.T, n int) []string {
 			t.Fatalf("access log has %q, want %d lines", s, n)
 		}
 	}
+}
+
+var contextCanceled = context.Canceled
+
+func contextWithCancel(t *testing.T) (context.Context, context.CancelFunc) {
+	return context.WithCancel(t.Context())
 }
