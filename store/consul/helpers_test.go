@@ -57,7 +57,7 @@ func (s *syncBuffer) String() string {
 
 // startSource runs a Source over agent a with its own Store until the test
 // ends (or stop is called).
-func startSource(t *testing.T, a *consultest.Agent, opts consul.Options) *running {
+func startSource(t testing.TB, a *consultest.Agent, opts consul.Options) *running {
 	t.Helper()
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -66,7 +66,7 @@ func startSource(t *testing.T, a *consultest.Agent, opts consul.Options) *runnin
 		t.Fatal(err)
 	}
 	opts.Store = st
-	opts.Client = a.Client()
+	opts.Client = a.NewClient() // each source as its own sidecar
 	opts.Logger = logger
 	if opts.BackoffMax == 0 {
 		opts.BackoffBase, opts.BackoffMax = 20*time.Millisecond, 200*time.Millisecond
@@ -103,7 +103,7 @@ func startSource(t *testing.T, a *consultest.Agent, opts consul.Options) *runnin
 
 // waitStore waits until cond holds for the store (checked after every
 // store commit).
-func waitStore(t *testing.T, st *store.Store, what string, cond func() bool) {
+func waitStore(t testing.TB, st *store.Store, what string, cond func() bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 	defer cancel()
@@ -121,7 +121,7 @@ func waitStore(t *testing.T, st *store.Store, what string, cond func() bool) {
 }
 
 // waitSource waits until cond holds, checked after every source change.
-func waitSource(t *testing.T, src *consul.Source, what string, cond func() bool) {
+func waitSource(t testing.TB, src *consul.Source, what string, cond func() bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 	defer cancel()
@@ -143,7 +143,7 @@ func poolIs(st *store.Store, model string, want ...string) func() bool {
 	return func() bool { return slices.Equal(poolIDs(st, model), want) }
 }
 
-func put(t *testing.T, a *consultest.Agent, rel, value string) {
+func put(t testing.TB, a *consultest.Agent, rel, value string) {
 	t.Helper()
 	a.Put(prefix+rel, []byte(value))
 }

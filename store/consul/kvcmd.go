@@ -368,11 +368,9 @@ func ParseImportFile(data []byte, prefix string) ([]ImportDoc, error) {
 		}
 		_ = b.Put(d.Kind, d.ID, v, d.Path)
 	}
-	if len(problems) == 0 {
-		_, refused := b.Build()
-		for _, r := range refused {
-			problems = append(problems, fmt.Sprintf("%s: %s", r.Path, r.Reason))
-		}
+	_, refused := b.Build() // cross checks: rules naming missing keys, duplicate tokens
+	for _, r := range refused {
+		problems = append(problems, fmt.Sprintf("%s: %s", r.Path, r.Reason))
 	}
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("%d invalid document(s), nothing written:\n  %s", len(problems), strings.Join(problems, "\n  "))
@@ -463,6 +461,7 @@ func (c *kvCmd) txn(ops api.TxnOps, paths []string) error {
 			}
 			return fmt.Errorf("transaction %d rolled back%s:\n  %s", start/MaxTxnOps+1, done, strings.Join(msgs, "\n  "))
 		}
+		fmt.Fprintf(c.stdout, "transaction %d: %d operations written\n", start/MaxTxnOps+1, end-start)
 	}
 	return nil
 }

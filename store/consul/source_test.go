@@ -17,7 +17,7 @@ import (
 	"github.com/keymux/keymux/testutil/consultest"
 )
 
-func seed(t *testing.T, a *consultest.Agent) {
+func seed(t testing.TB, a *consultest.Agent) {
 	t.Helper()
 	put(t, a, "settings", `{"strategy":"round_robin"}`)
 	put(t, a, "keys/k1", keyK1)

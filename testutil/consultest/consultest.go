@@ -43,6 +43,9 @@ type Agent struct {
 	dataDir string
 	ports   ports
 
+	clientOnce sync.Once
+	client     *api.Client
+
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -151,6 +154,7 @@ func (a *Agent) start() {
 		"-log-level=warn",
 		"-hcl", `ports { grpc_tls = -1 }`,
 		"-hcl", `disable_update_check = true`,
+		"-hcl", `limits { http_max_conns_per_client = 4096 }`,
 	}
 	cmd := exec.Command(a.bin, args...)
 	a.out = &lockedBuffer{}
@@ -217,8 +221,22 @@ func (a *Agent) Config() *api.Config {
 	return cfg
 }
 
-// Client returns an API client for the agent.
+// Client returns the agent's shared API client (it keeps working across
+// Restart: the address does not change).
 func (a *Agent) Client() *api.Client {
+	a.clientOnce.Do(func() {
+		c, err := api.NewClient(a.Config())
+		if err != nil {
+			a.t.Fatalf("consultest: client: %v", err)
+		}
+		a.client = c
+	})
+	return a.client
+}
+
+// NewClient returns a client of its own (its own connection pool), as a
+// separate process would have.
+func (a *Agent) NewClient() *api.Client {
 	c, err := api.NewClient(a.Config())
 	if err != nil {
 		a.t.Fatalf("consultest: client: %v", err)
