@@ -41,6 +41,7 @@ Consul address, token and TLS come from CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN,
 CONSUL_CACERT, ... ; the prefix defaults to $KEYMUX_CONSUL_PREFIX or keymux/.
 
   import [--dry-run] FILE        write a file-source document (JSON or YAML) to KV
+                                 (adds and updates entries; never deletes any)
   export [--show-secrets]        print the KV documents in the file-source format
   keys list
   keys add ID [DOC|--file F|--provider P --base-url U --secret-ref R --models a,b ...] [--replace]
@@ -303,8 +304,8 @@ type ImportDoc struct {
 }
 
 // ParseImportFile reads a file-source document (JSON or YAML) into its KV
-// entries under prefix, validating every document alone and then together
-// (rules naming missing keys). The error lists every refusal.
+// entries under prefix, validating every document alone with the sidecar's
+// parsers. The error lists every refusal.
 func ParseImportFile(data []byte, prefix string) ([]ImportDoc, error) {
 	js := data
 	if !json.Valid(data) {
@@ -354,7 +355,6 @@ func ParseImportFile(data []byte, prefix string) ([]ImportDoc, error) {
 		}
 	}
 	var problems []string
-	b := store.NewBuilder(validateOnly)
 	for i, d := range docs {
 		v, err := compact(d.Value)
 		if err != nil {
@@ -364,13 +364,7 @@ func ParseImportFile(data []byte, prefix string) ([]ImportDoc, error) {
 		docs[i].Value = v
 		if err := checkDoc(d.Kind, d.ID, v); err != nil {
 			problems = append(problems, fmt.Sprintf("%s: %v", d.Path, err))
-			continue
 		}
-		_ = b.Put(d.Kind, d.ID, v, d.Path)
-	}
-	_, refused := b.Build() // cross checks: rules naming missing keys, duplicate tokens
-	for _, r := range refused {
-		problems = append(problems, fmt.Sprintf("%s: %s", r.Path, r.Reason))
 	}
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("%d invalid document(s), nothing written:\n  %s", len(problems), strings.Join(problems, "\n  "))
@@ -404,6 +398,9 @@ func (c *kvCmd) importCmd(args []string) error {
 	for _, p := range current {
 		byPath[p.Key] = p
 	}
+	if err := c.crossCheck(current, docs); err != nil {
+		return fmt.Errorf("kv import %s: %w", pos[0], err)
+	}
 	var ops api.TxnOps
 	var opPaths []string
 	var created, updated, unchanged int
@@ -434,6 +431,42 @@ func (c *kvCmd) importCmd(args []string) error {
 		return fmt.Errorf("kv import: %w", err)
 	}
 	fmt.Fprintf(c.stdout, "imported: %d created, %d updated, %d unchanged\n", created, updated, unchanged)
+	return nil
+}
+
+// crossCheck validates the documents together with what KV holds (a rule
+// may name a key that is already in KV): the refusals of the imported
+// documents are errors; entries already refused in KV are not the file's.
+func (c *kvCmd) crossCheck(current api.KVPairs, docs []ImportDoc) error {
+	b := store.NewBuilder(validateOnly)
+	inFile := map[string]bool{}
+	for _, d := range docs {
+		inFile[d.Path] = true
+	}
+	for _, p := range current {
+		if inFile[p.Key] {
+			continue
+		}
+		rel := strings.TrimPrefix(p.Key, c.pfx())
+		top, id, _ := strings.Cut(rel, "/")
+		switch store.Kind(top) {
+		case store.KindKeys, store.KindRules, store.KindClients:
+			_ = b.Put(store.Kind(top), id, p.Value, p.Key)
+		}
+	}
+	for _, d := range docs {
+		_ = b.Put(d.Kind, d.ID, d.Value, d.Path)
+	}
+	_, refused := b.Build()
+	var problems []string
+	for _, r := range refused {
+		if inFile[r.Path] {
+			problems = append(problems, fmt.Sprintf("%s: %s", r.Path, r.Reason))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%d document(s) refused together with the KV contents, nothing written:\n  %s", len(problems), strings.Join(problems, "\n  "))
+	}
 	return nil
 }
 

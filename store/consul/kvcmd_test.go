@@ -60,6 +60,7 @@ func TestKVImport(t *testing.T) {
 
 func TestKVImportRefusesInvalidFiles(t *testing.T) {
 	a := consultest.Start(t)
+	put(t, a, "keys/in-kv", keyK1) // a rule of the file may name it
 	dir := t.TempDir()
 	masked := filepath.Join(dir, "masked.json")
 	if err := os.WriteFile(masked, []byte(`{"keys":{"k1":{"provider":"openai","secret":"`+consul.MaskedSecret+`"}}}`), 0o600); err != nil {
@@ -67,6 +68,10 @@ func TestKVImportRefusesInvalidFiles(t *testing.T) {
 	}
 	notYAML := filepath.Join(dir, "broken.yaml")
 	if err := os.WriteFile(notYAML, []byte("keys:\n  k1: {provider: openai, secret: sk-test-leak\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missingKey := filepath.Join(dir, "missing.json")
+	if err := os.WriteFile(missingKey, []byte(`{"rules":{"r-missing":{"key":"nope","from":"a","to":"b"},"r-kv":{"key":"in-kv","from":"a","to":"b"}}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	unknownTop := filepath.Join(dir, "top.json")
@@ -78,9 +83,12 @@ func TestKVImportRefusesInvalidFiles(t *testing.T) {
 		want []string
 	}{
 		{filepath.Join("testdata", "import.bad.json"), []string{
-			"3 invalid document(s), nothing written",
+			"2 invalid document(s), nothing written",
 			`keymux/keys/bad-provider: keys/bad-provider: field "provider": unknown provider "foo"`,
 			`keymux/keys/bad-weight: keys/bad-weight: field "weight"`,
+		}},
+		{missingKey, []string{
+			"1 document(s) refused together with the KV contents, nothing written",
 			`keymux/rules/r-missing: rules/r-missing: field "key": unknown key "nope"`,
 		}},
 		{masked, []string{`keymux/keys/k1: keys/k1: field "secret": is the export mask`}},
@@ -101,8 +109,8 @@ func TestKVImportRefusesInvalidFiles(t *testing.T) {
 			if strings.Contains(err.Error(), "sk-test-leak") {
 				t.Errorf("error leaks a secret: %q", err)
 			}
-			if pairs, _, _ := a.Client().KV().List(prefix, nil); len(pairs) != 0 {
-				t.Errorf("a refused import wrote %d entries", len(pairs))
+			if pairs, _, _ := a.Client().KV().List(prefix, nil); len(pairs) != 1 {
+				t.Errorf("a refused import wrote %d entries", len(pairs)-1)
 			}
 		})
 	}
@@ -167,6 +175,12 @@ func TestKVExportMasksSecrets(t *testing.T) {
 	os.WriteFile(file, []byte(out), 0o600)
 	if out := mustKV(t, a, "import", file); !strings.Contains(out, "0 created, 0 updated, 5 unchanged") {
 		t.Errorf("re-import of the export:\n%s", out)
+	}
+	// A partial import: a rule naming a key that only KV holds.
+	partial := filepath.Join(t.TempDir(), "partial.json")
+	os.WriteFile(partial, []byte(`{"rules":{"r2":{"key":"k2","from":"gpt-4","to":"gpt-4o"}}}`), 0o600)
+	if out := mustKV(t, a, "import", partial); !strings.Contains(out, "1 created, 0 updated, 0 unchanged") {
+		t.Errorf("partial import:\n%s", out)
 	}
 }
 
