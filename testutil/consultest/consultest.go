@@ -69,6 +69,11 @@ func Binary() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return binaryIn(root)
+}
+
+// binaryIn is tools/bin/consul under the repository root, or how to build it.
+func binaryIn(root string) (string, error) {
 	p := filepath.Join(root, "tools", "bin", "consul")
 	if _, err := os.Stat(p); err != nil {
 		return "", fmt.Errorf("consul binary not found at %s: build it with `tools/build.sh consul` "+

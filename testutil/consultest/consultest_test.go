@@ -1,8 +1,22 @@
 package consultest
 
 import (
+	"path/filepath"
+	"strings"
 	"testing"
 )
+
+func TestBinaryMissingSaysHowToBuild(t *testing.T) {
+	root := t.TempDir()
+	_, err := binaryIn(root)
+	if err == nil || !strings.Contains(err.Error(), "tools/build.sh consul") || !strings.Contains(err.Error(), filepath.Join(root, "tools", "bin", "consul")) {
+		t.Errorf("binaryIn(empty root) = %v, want the path and the build command", err)
+	}
+	t.Setenv(EnvBinary, filepath.Join(root, "nope"))
+	if _, err := Binary(); err == nil || !strings.Contains(err.Error(), "$"+EnvBinary) {
+		t.Errorf("Binary() with a missing $%s = %v, want an error naming it", EnvBinary, err)
+	}
+}
 
 func TestAgentStartStopRestart(t *testing.T) {
 	a := Start(t)
