@@ -113,10 +113,8 @@ func rulesTableSchema() *memdb.TableSchema {
 		Name: tableRules,
 		Indexes: map[string]*memdb.IndexSchema{
 			indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
-			indexKeyFrom: {Name: indexKeyFrom, Indexer: &memdb.CompoundIndex{Indexes: []memdb.Indexer{
-				&memdb.StringFieldIndex{Field: "KeyID"},
-				&memdb.StringFieldIndex{Field: "From"},
-			}}},
+			// Enabled rules only: at most one per (key, from).
+			indexKeyFrom: {Name: indexKeyFrom, Unique: true, AllowMissing: true, Indexer: ruleKeyFromIndex{}},
 		},
 	}
 }
@@ -156,6 +154,46 @@ func metaTableSchema() *memdb.TableSchema {
 			indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
 		},
 	}
+}
+
+// ruleKeyFromIndex is the compound index (key id, from) of the enabled
+// rules; disabled rules are not in it. Arguments: key id, model.
+type ruleKeyFromIndex struct{}
+
+var (
+	_ memdb.SingleIndexer = ruleKeyFromIndex{}
+	_ memdb.Indexer       = ruleKeyFromIndex{}
+)
+
+func keyFrom(key, from string) []byte {
+	b := make([]byte, 0, len(key)+len(from)+2)
+	b = append(b, key...)
+	b = append(b, 0)
+	b = append(b, from...)
+	return append(b, 0)
+}
+
+func (ruleKeyFromIndex) FromObject(obj any) (bool, []byte, error) {
+	r, ok := obj.(*ruleRow)
+	if !ok || r.Rule == nil {
+		return false, nil, fmt.Errorf("rules: unexpected row %T", obj)
+	}
+	if !r.Rule.Enabled {
+		return false, nil, nil
+	}
+	return true, keyFrom(r.KeyID, r.From), nil
+}
+
+func (ruleKeyFromIndex) FromArgs(args ...any) ([]byte, error) {
+	if len(args) != 2 {
+		return nil, fmt.Errorf("key_from: want two arguments, got %d", len(args))
+	}
+	key, ok1 := args[0].(string)
+	from, ok2 := args[1].(string)
+	if !ok1 || !ok2 {
+		return nil, fmt.Errorf("key_from: want two strings, got %T, %T", args[0], args[1])
+	}
+	return keyFrom(key, from), nil
 }
 
 // tokenIndex indexes clients by the SHA-256 of their token; arguments are

@@ -26,7 +26,7 @@ func sampleRows() map[string]struct {
 			args: map[string][]any{indexID: {"k1"}, indexEnabled: {true}},
 		},
 		tableRules: {
-			row:  &ruleRow{ID: "r1", KeyID: "k1", From: "gpt-4", Rule: &policy.Rule{ID: "r1"}},
+			row:  &ruleRow{ID: "r1", KeyID: "k1", From: "gpt-4", Rule: &policy.Rule{ID: "r1", Enabled: true}},
 			args: map[string][]any{indexID: {"r1"}, indexKeyFrom: {"k1", "gpt-4"}},
 		},
 		tableClients: {
@@ -107,6 +107,9 @@ func TestCustomIndexersRejectBadInput(t *testing.T) {
 		{"pool two args", func() error { _, err := poolModelIndex{}.FromArgs("a", "b"); return err }},
 		{"pool int", func() error { _, err := poolModelIndex{}.FromArgs(1); return err }},
 		{"pool wrong row", func() error { _, _, err := poolModelIndex{}.FromObject(&keyRow{}); return err }},
+		{"key_from one arg", func() error { _, err := ruleKeyFromIndex{}.FromArgs("k1"); return err }},
+		{"key_from int", func() error { _, err := ruleKeyFromIndex{}.FromArgs("k1", 2); return err }},
+		{"key_from wrong row", func() error { _, _, err := ruleKeyFromIndex{}.FromObject(&keyRow{}); return err }},
 		{"enabled wrong row", func() error {
 			_, _, err := keysTableSchema().Indexes[indexEnabled].Indexer.(memdb.SingleIndexer).FromObject(&ruleRow{})
 			return err
@@ -118,6 +121,10 @@ func TestCustomIndexersRejectBadInput(t *testing.T) {
 				t.Fatal("accepted")
 			}
 		})
+	}
+	// A disabled rule is not in the key_from index.
+	if ok, _, err := (ruleKeyFromIndex{}).FromObject(&ruleRow{ID: "r1", KeyID: "k1", From: "a", Rule: &policy.Rule{}}); ok || err != nil {
+		t.Fatalf("disabled rule indexed: %v, %v", ok, err)
 	}
 	// The empty model is a real pool ("every enabled key"), not a missing value.
 	if b, err := (poolModelIndex{}).FromArgs(""); err != nil || !bytes.Equal(b, []byte{0}) {

@@ -436,16 +436,11 @@ func (s *Snapshot) Rule(keyID, model string) *policy.Rule {
 }
 
 func (s *Snapshot) rule(keyID, model string) *policy.Rule {
-	it, err := s.txn.Get(tableRules, indexKeyFrom, keyID, model)
-	if err != nil {
+	raw, err := s.txn.First(tableRules, indexKeyFrom, keyID, model)
+	if err != nil || raw == nil {
 		return nil
 	}
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		if r := raw.(*ruleRow).Rule; r.Enabled {
-			return r
-		}
-	}
-	return nil
+	return raw.(*ruleRow).Rule
 }
 
 // ClientByTokenSHA256 returns the enabled client whose token hashes to sum,

@@ -226,6 +226,27 @@ func TestDemoPools(t *testing.T) {
 	}
 }
 
+func TestRuleDisabledDoesNotShadow(t *testing.T) {
+	cfg := config(key("k1"))
+	cfg.Rules["r0"] = &policy.Rule{ID: "r0", KeyID: "k1", From: "a", To: "x"}
+	cfg.Rules["r1"] = &policy.Rule{ID: "r1", KeyID: "k1", From: "a", To: "b", Enabled: true}
+	cfg.Rules["r2"] = &policy.Rule{ID: "r2", KeyID: "*", From: "c", To: "d"}
+	st := newStore(t)
+	if _, err := st.Apply(cfg, SourceInfo{}); err != nil {
+		t.Fatal(err)
+	}
+	snap := st.Read()
+	if r := snap.Rule("k1", "a"); r == nil || r.ID != "r1" {
+		t.Errorf("Rule(k1, a) = %+v, want r1", r)
+	}
+	if r := snap.Rule("k1", "c"); r != nil {
+		t.Errorf("Rule(k1, c) = %+v, want none (r2 disabled)", r)
+	}
+	if got := len(snap.Rules()); got != 3 {
+		t.Errorf("%d rules listed, want 3", got)
+	}
+}
+
 func TestSnapshotBeforeApply(t *testing.T) {
 	st := newStore(t)
 	if st.Ready() {
