@@ -166,8 +166,12 @@ func (x *exchange) authenticate() *apiError {
 	case policy.AuthClientKeys:
 		token, ok := policy.TokenFromHeaders(x.hdr.authorization, x.hdr.xAPIKey)
 		if !ok {
-			return &apiError{Status: 401, Type: typeInvalidRequest, Code: "missing_api_key",
-				Message: "You didn't provide an API key. Provide it in the Authorization header (Bearer <key>)."}
+			if strings.TrimSpace(x.hdr.xAPIKey) == "" && !credentialGiven(x.hdr.authorization) {
+				return &apiError{Status: 401, Type: typeInvalidRequest, Code: "missing_api_key",
+					Message: "You didn't provide an API key. Provide it in the Authorization header (Bearer <key>)."}
+			}
+			return &apiError{Status: 401, Type: typeInvalidRequest, Code: "invalid_api_key",
+				Message: "Incorrect API key provided: use the Authorization header with the Bearer scheme."}
 		}
 		sum := policy.HashToken(token)
 		c := x.snap.ClientByTokenSHA256(sum)
@@ -189,6 +193,13 @@ func (x *exchange) authenticate() *apiError {
 		}
 	}
 	return nil
+}
+
+// credentialGiven reports whether an Authorization header carries anything
+// beyond an empty Bearer scheme.
+func credentialGiven(authorization string) bool {
+	a := strings.TrimSpace(authorization)
+	return a != "" && !strings.EqualFold(a, "bearer")
 }
 
 func (x *exchange) jwtHeader() string {
@@ -268,19 +279,27 @@ func (x *exchange) choose(model string) (*store.Entry, *apiError) {
 		buf.cands, buf.entries = buf.cands[:0], buf.entries[:0]
 		candidatePool.Put(buf)
 	}()
+	strat, err := policy.StrategyFor(x.settings.Strategy)
+	if err != nil {
+		strat = policy.RoundRobin{} // settings are validated; this is a safety net
+	}
+	needUsage, needErrors := policy.StrategyInputs(strat)
 	for _, e := range pool.Entries {
 		if ok, _ := policy.Eligible(e.Key, e.RT.State(), now); !ok {
 			continue
 		}
-		buf.cands = append(buf.cands, policy.Candidate{Key: e.Key, Usage: e.RT.Requests(), Errors: e.RT.ErrorsInWindow(now, window)})
+		c := policy.Candidate{Key: e.Key}
+		if needUsage {
+			c.Usage = e.RT.Requests()
+		}
+		if needErrors {
+			c.Errors = e.RT.ErrorsInWindow(now, window)
+		}
+		buf.cands = append(buf.cands, c)
 		buf.entries = append(buf.entries, e)
 	}
 	if len(buf.cands) == 0 {
 		return nil, x.noEligibleKey(model, pool, now)
-	}
-	strat, err := policy.StrategyFor(x.settings.Strategy)
-	if err != nil {
-		strat, _ = policy.StrategyFor("round_robin")
 	}
 	i := policy.Select(buf.cands, strat, pool.Seq.Add(1)-1, rand.Float64())
 	e := buf.entries[i]

@@ -57,3 +57,20 @@ type KeyState struct {
 	ProbeError          string
 	ProbedAt            time.Time // when the latest active probe finished (zero: never)
 }
+
+// InputsReader is implemented by strategies that read only some of a
+// Candidate's counters, so that callers can skip computing the others
+// (summing an error window over 10k keys is not free).
+type InputsReader interface {
+	// Inputs reports whether Pick reads Candidate.Usage and Candidate.Errors.
+	Inputs() (usage, errors bool)
+}
+
+// StrategyInputs reports which counters s reads; a strategy that does not
+// say reads both.
+func StrategyInputs(s Strategy) (usage, errors bool) {
+	if r, ok := s.(InputsReader); ok {
+		return r.Inputs()
+	}
+	return true, true
+}

@@ -23,3 +23,6 @@ func (AdjustByErrorRate) Name() string { return StrategyAdjustByErrorRate }
 func (AdjustByErrorRate) Pick(cands []Candidate, seq uint64, rnd float64) int {
 	return weightedPick(cands, seq, rnd, byErrors)
 }
+
+// Inputs implements InputsReader.
+func (AdjustByErrorRate) Inputs() (usage, errors bool) { return false, true }

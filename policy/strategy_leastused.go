@@ -37,3 +37,6 @@ func (LeastUsed) Pick(cands []Candidate, seq uint64, _ float64) int {
 	}
 	return 0 // unreachable
 }
+
+// Inputs implements InputsReader.
+func (LeastUsed) Inputs() (usage, errors bool) { return true, false }

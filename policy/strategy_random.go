@@ -19,3 +19,6 @@ func (Random) Name() string { return StrategyRandom }
 func (Random) Pick(cands []Candidate, seq uint64, rnd float64) int {
 	return weightedPick(cands, seq, rnd, byWeight)
 }
+
+// Inputs implements InputsReader.
+func (Random) Inputs() (usage, errors bool) { return false, false }

@@ -22,3 +22,6 @@ func (RoundRobin) Name() string { return StrategyRoundRobin }
 func (RoundRobin) Pick(cands []Candidate, seq uint64, _ float64) int {
 	return int(seq % uint64(len(cands)))
 }
+
+// Inputs implements InputsReader.
+func (RoundRobin) Inputs() (usage, errors bool) { return false, false }

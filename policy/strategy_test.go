@@ -420,3 +420,22 @@ func BenchmarkSelect(b *testing.B) {
 		}
 	}
 }
+
+func TestStrategyInputs(t *testing.T) {
+	want := map[string][2]bool{
+		StrategyRoundRobin:        {false, false},
+		StrategyRandom:            {false, false},
+		StrategyWeightedByUsage:   {true, false},
+		StrategyLeastUsed:         {true, false},
+		StrategyAdjustByErrorRate: {false, true},
+	}
+	for name, w := range want {
+		s, err := StrategyFor(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u, e := StrategyInputs(s); u != w[0] || e != w[1] {
+			t.Errorf("%s: Inputs() = %v, %v; want %v", name, u, e, w)
+		}
+	}
+}

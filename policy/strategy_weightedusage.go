@@ -19,3 +19,6 @@ func (WeightedByUsage) Name() string { return StrategyWeightedByUsage }
 func (WeightedByUsage) Pick(cands []Candidate, seq uint64, rnd float64) int {
 	return weightedPick(cands, seq, rnd, byUsage)
 }
+
+// Inputs implements InputsReader.
+func (WeightedByUsage) Inputs() (usage, errors bool) { return true, false }

@@ -1,0 +1,86 @@
+package extproc
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/keymux/keymux/store"
+)
+
+// benchStore builds a store with n openai keys, a rule on k0 and one client.
+func benchStore(b *testing.B, n int, strategy string) *store.Store {
+	b.Helper()
+	sum := sha256.Sum256([]byte("km-bench-token"))
+	var cfg strings.Builder
+	fmt.Fprintf(&cfg, "settings:\n  strategy: %s\n  auth: {mode: client_keys}\nkeys:\n", strategy)
+	for i := range n {
+		fmt.Fprintf(&cfg, "  k%d: {provider: openai, secret: sk-bench-%d}\n", i, i)
+	}
+	fmt.Fprintf(&cfg, "rules:\n  r0: {key: k0, from: gpt-4, to: gpt-4o-mini}\nclients:\n  c1: {name: bench, token_sha256: %q}\n", hex.EncodeToString(sum[:]))
+	c, refused, err := store.ParseFile([]byte(cfg.String()), store.ResolveSecretRef)
+	if err != nil || len(refused) > 0 {
+		b.Fatalf("config: %v %v", err, refused)
+	}
+	st, err := store.New(store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := st.Apply(c, store.SourceInfo{Source: "bench"}); err != nil {
+		b.Fatal(err)
+	}
+	return st
+}
+
+func hv(k, v string) *corev3.HeaderValue { return &corev3.HeaderValue{Key: k, RawValue: []byte(v)} }
+
+// BenchmarkDecisionPath measures keymux's work for one chat request: the
+// request-headers message (route, client auth) and the request-body message
+// (body scan, key selection, model rule, byte patch, mutations), as the
+// Process loop runs them, without the gRPC transport.
+func BenchmarkDecisionPath(b *testing.B) {
+	body16k := []byte(`{"model":"gpt-4","messages":[{"role":"user","content":"` + strings.Repeat("lorem ipsum ", 1365) + `"}],"temperature":0.2}`)
+	body1k := []byte(`{"model":"gpt-4","messages":[{"role":"user","content":"` + strings.Repeat("lorem ipsum ", 80) + `"}]}`)
+	for _, strategy := range []string{"round_robin", "weighted_by_usage", "adjust_by_error_rate"} {
+		for _, n := range []int{10, 1000, 10000} {
+			for _, body := range []struct {
+				name string
+				b    []byte
+			}{{"1KB", body1k}, {"16KB", body16k}} {
+				if n != 10 && body.name != "1KB" {
+					continue
+				}
+				b.Run(fmt.Sprintf("%s/keys=%d/body=%s", strategy, n, body.name), func(b *testing.B) {
+					st := benchStore(b, n, strategy)
+					s, _ := New(Config{Store: st})
+					hdrs := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
+						Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+							hv(":authority", "gw.local"), hv(":path", "/v1/chat/completions"), hv(":method", "POST"), hv(":scheme", "http"),
+							hv("authorization", "Bearer km-bench-token"), hv("content-type", "application/json"),
+							hv("content-length", fmt.Sprint(len(body.b))), hv("x-request-id", "bench"),
+						}},
+					}}}
+					bodyMsg := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: body.b, EndOfStream: true}}}
+					b.SetBytes(int64(len(body.b)))
+					b.ReportAllocs()
+					b.ResetTimer()
+					for b.Loop() {
+						x := newExchange(s)
+						if _, err := x.handle(hdrs); err != nil {
+							b.Fatal(err)
+						}
+						resp, err := x.handle(bodyMsg)
+						if err != nil || resp.GetRequestBody() == nil {
+							b.Fatalf("unexpected reply %v %v", resp, err)
+						}
+					}
+				})
+			}
+		}
+	}
+}
