@@ -48,32 +48,12 @@ func (k Kind) Valid() bool {
 // MaxIDLen is the longest key, rule or client id.
 const MaxIDLen = 128
 
-// Defaults applied by ParseSettings (see policy/types.go).
-const (
-	DefaultStrategy            = "round_robin"
-	DefaultHealthInterval      = 10 * time.Minute
-	DefaultHealthTimeout       = 10 * time.Second
-	DefaultConsecutiveFailures = 3
-	DefaultEjectionBase        = 30 * time.Second
-	DefaultEjectionMax         = 5 * time.Minute
-	DefaultCooldown            = 60 * time.Second
-	DefaultErrorWindow         = 60 * time.Second
-	DefaultPayloadHeader       = "x-jwt-payload"
-	DefaultClaim               = "role"
-	DefaultClaimValue          = "ROLE_API_USER"
-	DefaultAlertErrorRate      = 0.2
-	DefaultAlertUsage          = 10000
-	DefaultMaxBodyBytes        = 8 << 20
-)
-
 // MaxErrorWindow is the longest ejection.error_window a Runtime can count.
 const MaxErrorWindow = errBuckets * time.Second
 
-// KnownStrategies lists the accepted settings.strategy values. cmd may point
-// it at policy.Strategies once every strategy is registered.
-var KnownStrategies = func() []string {
-	return []string{"round_robin", "weighted_by_usage", "adjust_by_error_rate"}
-}
+// KnownStrategies lists the accepted settings.strategy values: the
+// strategies registered with policy. Tests may replace it.
+var KnownStrategies = policy.Strategies
 
 // DefaultBaseURL returns the base URL used when a key of provider p has none
 // ("" when the provider needs one).
@@ -320,28 +300,9 @@ func (d *alertsDoc) UnmarshalJSON(b []byte) error {
 	return decodeNested("alerts", b, (*plain)(d))
 }
 
-// DefaultSettings returns the settings used when the document is absent.
-func DefaultSettings() policy.Settings {
-	return policy.Settings{
-		Strategy: DefaultStrategy,
-		Health:   policy.HealthSettings{Interval: DefaultHealthInterval, Timeout: DefaultHealthTimeout},
-		Ejection: policy.EjectionSettings{
-			ConsecutiveFailures: DefaultConsecutiveFailures,
-			Base:                DefaultEjectionBase,
-			Max:                 DefaultEjectionMax,
-			Cooldown:            DefaultCooldown,
-			ErrorWindow:         DefaultErrorWindow,
-		},
-		Auth: policy.AuthSettings{
-			Mode:          policy.AuthNone,
-			PayloadHeader: DefaultPayloadHeader,
-			Claim:         DefaultClaim,
-			Value:         DefaultClaimValue,
-		},
-		Alerts:       policy.AlertSettings{ErrorRate: DefaultAlertErrorRate, Usage: DefaultAlertUsage},
-		MaxBodyBytes: DefaultMaxBodyBytes,
-	}
-}
+// DefaultSettings returns the settings used when the document is absent
+// (policy.Defaults).
+func DefaultSettings() policy.Settings { return policy.Defaults() }
 
 const settingsDocName = "settings"
 
