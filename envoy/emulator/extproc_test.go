@@ -432,9 +432,9 @@ func TestClearRouteCache(t *testing.T) {
 			return []*extprocsvc.ProcessingResponse{replyWith(req, &extprocsvc.CommonResponse{ClearRouteCache: true, HeaderMutation: mut([]*corev3.HeaderValueOption{setRaw("x-cluster", "upstream_b")})})}
 		}))
 		ev := start(t, proc.addr, options{})
-		do(t, ev, "GET", "/x", nil, nil)
-		if len(ev.b.requests()) != 1 {
-			t.Fatal("cluster_header did not pick upstream_b")
+		res := do(t, ev, "GET", "/x", nil, nil)
+		if res.status != 200 || len(ev.b.requests()) != 1 {
+			t.Fatalf("cluster_header did not pick upstream_b: %d %q", res.status, res.body)
 		}
 	})
 }

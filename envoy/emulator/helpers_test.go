@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -75,7 +77,12 @@ type fakeProc struct {
 
 func startProc(t *testing.T, reply replier) *fakeProc {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startProcOn(t, "tcp", "127.0.0.1:0", reply)
+}
+
+func startProcOn(t *testing.T, network, address string, reply replier) *fakeProc {
+	t.Helper()
+	ln, err := net.Listen(network, address)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,6 +394,7 @@ func start(t *testing.T, procAddr string, o options) *env {
 		ListenAddr:   "127.0.0.1:0",
 		ClusterAddrs: map[string]string{"extproc": procAddr, "upstream_a": ev.a.addr(), "upstream_b": ev.b.addr()},
 		AccessLog:    ev.log,
+		Logger:       testLogger(),
 	}
 	if o.cfg != nil {
 		o.cfg(&cfg)
@@ -457,4 +465,12 @@ var contextCanceled = context.Canceled
 
 func contextWithCancel(t *testing.T) (context.Context, context.CancelFunc) {
 	return context.WithCancel(t.Context())
+}
+
+// testLogger prints the emulator's debug log when EMU_DEBUG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("EMU_DEBUG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

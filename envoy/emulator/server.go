@@ -53,6 +53,7 @@ type request struct {
 	pipes     []*io.PipeReader
 	upBody    io.Closer
 	aborted   atomic.Bool
+	reqPump   atomic.Bool // a STREAMED request body pump reads the client
 	asyncMu   sync.Mutex
 	asyncLR   *localReply
 	upCancel  context.CancelCauseFunc
@@ -123,7 +124,12 @@ func (rq *request) snapshotSessions() []*session {
 func (rq *request) cleanup() {
 	// Unblock and wait for body pipelines before the handler returns: no
 	// goroutine may touch the request body afterwards.
-	_ = http.NewResponseController(rq.w).SetReadDeadline(time.Now())
+	rc := http.NewResponseController(rq.w)
+	pumping := rq.reqPump.Load()
+	if pumping {
+		// A STREAMED request body pump may be blocked reading the client.
+		_ = rc.SetReadDeadline(time.Now())
+	}
 	rq.pipesMu.Lock()
 	for _, p := range rq.pipes {
 		_ = p.CloseWithError(errLocalReply)
@@ -140,6 +146,9 @@ func (rq *request) cleanup() {
 		s.end(graceful)
 	}
 	rq.wg.Wait()
+	if pumping {
+		_ = rc.SetReadDeadline(time.Time{})
+	}
 	rq.cancel()
 }
 
@@ -486,9 +495,15 @@ func (rq *request) streamedBody(s *session, d direction, src io.Reader) io.Reade
 	rq.addPipe(pr)
 	items := make(chan chunkItem, 1024)
 	rq.wg.Add(2)
+	if d == dirRequest {
+		rq.reqPump.Store(true)
+	}
 	go func() {
 		defer rq.wg.Done()
 		defer close(items)
+		if d == dirRequest {
+			defer rq.reqPump.Store(false)
+		}
 		buf := make([]byte, 16<<10)
 		for {
 			n, err := src.Read(buf)

@@ -1,0 +1,441 @@
+package emulator
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"io"
+	"log"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/keymux/keymux/envoy"
+)
+
+// fixtureWith loads a testdata bootstrap after textual edits of its YAML:
+// what the tests observe is what the YAML says.
+func fixtureWith(t *testing.T, name string, oldNew ...string) *bootstrapv3.Bootstrap {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(data)
+	for i := 0; i+1 < len(oldNew); i += 2 {
+		if !strings.Contains(s, oldNew[i]) {
+			t.Fatalf("fixture %s has no %q", name, oldNew[i])
+		}
+		s = strings.Replace(s, oldNew[i], oldNew[i+1], 1)
+	}
+	b := &bootstrapv3.Bootstrap{}
+	if err := envoy.Unmarshal([]byte(s), b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func startWith(t *testing.T, b *bootstrapv3.Bootstrap, procAddr string, up http.HandlerFunc) *env {
+	t.Helper()
+	ev := &env{a: startUpstream(t, up), b: startUpstream(t, nil), log: newSyncBuffer()}
+	em, err := New(Config{
+		Bootstrap:    b,
+		ListenAddr:   "127.0.0.1:0",
+		ClusterAddrs: map[string]string{"extproc": procAddr, "upstream_a": ev.a.addr(), "upstream_b": ev.b.addr()},
+		AccessLog:    ev.log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := em.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = em.Close() })
+	ev.em = em
+	return ev
+}
+
+// TestBehaviourFollowsYAML changes failure_mode_allow, a processing mode and
+// message_timeout in the fixture and observes each difference.
+func TestBehaviourFollowsYAML(t *testing.T) {
+	failing := startProc(t, func(_ *procStream, req *extprocsvc.ProcessingRequest) ([]*extprocsvc.ProcessingResponse, error) {
+		return nil, status.Error(codes.Unavailable, "processor down")
+	})
+	slow := startProc(t, func(_ *procStream, req *extprocsvc.ProcessingRequest) ([]*extprocsvc.ProcessingResponse, error) {
+		if kindOf(req) == "request_headers" {
+			time.Sleep(300 * time.Millisecond) // a slow processor, not a readiness wait
+		}
+		return []*extprocsvc.ProcessingResponse{continueReply(req)}, nil
+	})
+	echo := startProc(t, continueAll)
+
+	t.Run("failure_mode_allow", func(t *testing.T) {
+		closed := startWith(t, fixtureWith(t, "basic.yaml"), failing.addr, nil)
+		open := startWith(t, fixtureWith(t, "basic.yaml", "message_timeout: 5s", "message_timeout: 5s\n              failure_mode_allow: true"), failing.addr, nil)
+		if got := do(t, closed, "GET", "/x", nil, nil).status; got != 500 {
+			t.Fatalf("as shipped: %d, want 500", got)
+		}
+		if got := do(t, open, "GET", "/x", nil, nil).status; got != 200 {
+			t.Fatalf("failure_mode_allow: true: %d, want 200", got)
+		}
+	})
+	t.Run("message_timeout", func(t *testing.T) {
+		long := startWith(t, fixtureWith(t, "basic.yaml"), slow.addr, nil)
+		short := startWith(t, fixtureWith(t, "basic.yaml", "message_timeout: 5s", "message_timeout: 0.05s"), slow.addr, nil)
+		if got := do(t, long, "GET", "/x", nil, nil).status; got != 200 {
+			t.Fatalf("message_timeout 5s: %d, want 200", got)
+		}
+		if got := do(t, short, "GET", "/x", nil, nil).status; got != 504 {
+			t.Fatalf("message_timeout 50ms: %d, want 504", got)
+		}
+	})
+	t.Run("request_body_mode", func(t *testing.T) {
+		buffered := startWith(t, fixtureWith(t, "basic.yaml"), echo.addr, nil)
+		streamed := startWith(t, fixtureWith(t, "basic.yaml", "request_body_mode: BUFFERED", "request_body_mode: STREAMED"), echo.addr, nil)
+		none := startWith(t, fixtureWith(t, "basic.yaml", "request_body_mode: BUFFERED", "request_body_mode: NONE"), echo.addr, nil)
+		for _, c := range []struct {
+			name   string
+			ev     *env
+			wantCL int64
+		}{{"BUFFERED", buffered, 7}, {"STREAMED", streamed, -1}, {"NONE", none, 7}} {
+			if got := do(t, c.ev, "POST", "/x", strings.NewReader("payload"), nil).status; got != 200 {
+				t.Fatalf("%s: %d", c.name, got)
+			}
+			if r := c.ev.a.only(t); r.ContentLength != c.wantCL || string(r.Body) != "payload" {
+				t.Fatalf("%s: upstream content-length %d body %q, want %d", c.name, r.ContentLength, r.Body, c.wantCL)
+			}
+		}
+		if n := countKind(echo, "request_body"); n != 3 { // BUFFERED: 1; STREAMED: data + empty eos (or 1); NONE: 0
+			if n != 2 {
+				t.Fatalf("request_body messages over the three modes: %d", n)
+			}
+		}
+	})
+}
+
+func countKind(p *fakeProc, kind string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, ps := range p.streams {
+		for _, m := range ps.messages() {
+			if kindOf(m) == kind {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// TestSSEPassThroughNONE: with response body NONE the first SSE event
+// reaches the client before the upstream finishes.
+func TestSSEPassThroughNONE(t *testing.T) {
+	release := make(chan struct{})
+	proc := startProc(t, continueAll)
+	ev := start(t, proc.addr, options{upstream: func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("content-type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release: // blocks until the test has read the first event
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "data: [DONE]\n\n")
+	}})
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	req, _ := http.NewRequestWithContext(t.Context(), "POST", ev.em.URL()+"/v1/chat/completions", strings.NewReader(`{"stream":true}`))
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("content-type %q", ct)
+	}
+	br := bufio.NewReader(resp.Body)
+	first := make(chan string, 1)
+	go func() {
+		var ev strings.Builder
+		for {
+			line, err := br.ReadString('\n')
+			ev.WriteString(line)
+			if err != nil || line == "\n" {
+				first <- ev.String()
+				return
+			}
+		}
+	}()
+	select {
+	case got := <-first:
+		if got != "data: first\n\n" {
+			t.Fatalf("first event %q", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("first SSE event not delivered while the upstream is still open: the emulator buffers")
+	}
+	close(release)
+	rest, err := io.ReadAll(br)
+	if err != nil || string(rest) != "data: [DONE]\n\n" {
+		t.Fatalf("rest %q %v", rest, err)
+	}
+}
+
+// TestUnixSocketProcessor: the ext_proc cluster on a unix socket
+// (pipe address or a "unix:" override).
+func TestUnixSocketProcessor(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "extproc.sock")
+	proc := startProcOn(t, "unix", sock, continueAll)
+	ev := start(t, "unix:"+sock, options{})
+	if res := do(t, ev, "GET", "/x", nil, nil); res.status != 200 {
+		t.Fatalf("status %d", res.status)
+	}
+	if proc.streamCount() != 1 {
+		t.Fatal("processor on the unix socket not used")
+	}
+}
+
+// TestCloseWaits: Close with a request held by the processor returns, the
+// processor sees its stream cancelled, and the client gets an answer or an
+// error instead of hanging.
+func TestCloseWaits(t *testing.T) {
+	proc := startProc(t, onKind("request_headers", func(*extprocsvc.ProcessingRequest) []*extprocsvc.ProcessingResponse { return nil }))
+	ev := start(t, proc.addr, options{})
+	errc := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(t.Context(), "GET", ev.em.URL()+"/x", nil)
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	ps := proc.firstStream(t)
+	<-ps.got
+	done := make(chan error, 1)
+	go func() { done <- ev.em.Close() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	if code := ps.endCode(t); code != "Canceled" {
+		t.Fatalf("server saw %s", code)
+	}
+	<-errc
+	if err := ev.em.Start(t.Context()); err != ErrClosed {
+		t.Fatalf("Start after Close: %v", err)
+	}
+}
+
+// TestDynamicForwardProxyTLS: x-keymux-upstream https routes to the TLS
+// dynamic forward proxy cluster; the upstream is :authority, SNI is its host,
+// the certificate is verified (Config.UpstreamTLS roots here).
+func TestDynamicForwardProxyTLS(t *testing.T) {
+	cert, pool := selfSigned(t, "localhost")
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "tls:"+r.TLS.ServerName+":"+r.Host+":"+r.URL.Path+":"+r.Header.Get("X-Keymux-Upstream"))
+	}))
+	up.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	up.Config.ErrorLog = log.New(io.Discard, "", 0) // the untrusted case logs a handshake error
+	up.StartTLS()
+	t.Cleanup(up.Close)
+	_, port, _ := net.SplitHostPort(up.Listener.Addr().String())
+	authority := "localhost:" + port
+
+	route := func(scheme string) replier {
+		return onKind("request_headers", func(req *extprocsvc.ProcessingRequest) []*extprocsvc.ProcessingResponse {
+			return []*extprocsvc.ProcessingResponse{replyWith(req, &extprocsvc.CommonResponse{
+				ClearRouteCache: true,
+				HeaderMutation: mut([]*corev3.HeaderValueOption{
+					setRaw(":authority", authority), setRaw(":path", "/v1/models"), setRaw("x-keymux-upstream", scheme),
+				}),
+			})}
+		})
+	}
+	allowAll := func(ep *extprocv3.ExternalProcessor) {
+		ep.MutationRules = &mutationrulesv3.HeaderMutationRules{AllowAllRouting: wrapperspb.Bool(true)}
+	}
+	t.Run("verified", func(t *testing.T) {
+		proc := startProc(t, route("https"))
+		ev := start(t, proc.addr, options{extProc: allowAll, cfg: func(c *Config) { c.UpstreamTLS = &tls.Config{RootCAs: pool} }})
+		res := do(t, ev, "GET", "/x", nil, nil)
+		if want := "tls:localhost:" + authority + ":/v1/models:"; res.status != 200 || res.body != want {
+			t.Fatalf("got %d %q, want %q", res.status, res.body, want)
+		}
+	})
+	t.Run("untrusted certificate", func(t *testing.T) {
+		proc := startProc(t, route("https"))
+		other, _ := selfSigned(t, "localhost")
+		_ = other
+		_, otherPool := selfSigned(t, "localhost")
+		ev := start(t, proc.addr, options{extProc: allowAll, cfg: func(c *Config) { c.UpstreamTLS = &tls.Config{RootCAs: otherPool} }})
+		if res := do(t, ev, "GET", "/x", nil, nil); res.status != 503 {
+			t.Fatalf("status %d, want 503", res.status)
+		}
+	})
+	t.Run("plain http", func(t *testing.T) {
+		plain := startUpstream(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "plain:"+r.Host) })
+		proc := startProc(t, onKind("request_headers", func(req *extprocsvc.ProcessingRequest) []*extprocsvc.ProcessingResponse {
+			return []*extprocsvc.ProcessingResponse{replyWith(req, &extprocsvc.CommonResponse{
+				ClearRouteCache: true,
+				HeaderMutation:  mut([]*corev3.HeaderValueOption{setRaw(":authority", plain.addr()), setRaw("x-keymux-upstream", "http")}),
+			})}
+		}))
+		ev := start(t, proc.addr, options{extProc: allowAll})
+		if res := do(t, ev, "GET", "/x", nil, nil); res.status != 200 || res.body != "plain:"+plain.addr() {
+			t.Fatalf("got %d %q", res.status, res.body)
+		}
+		if r := plain.only(t); r.Header.Get("X-Keymux-Upstream") != "" {
+			t.Fatal("request_headers_to_remove did not drop x-keymux-upstream")
+		}
+	})
+	t.Run(":authority dropped without allow_all_routing", func(t *testing.T) {
+		proc := startProc(t, route("https"))
+		ev := start(t, proc.addr, options{cfg: func(c *Config) { c.UpstreamTLS = &tls.Config{RootCAs: pool} }})
+		// The route changes (x-keymux-upstream) but the authority stays the
+		// client's: the forward proxy connects there, not to the TLS upstream.
+		res := doHost(t, ev, "GET", "/x", "127.0.0.1:1", nil)
+		if res.status != 503 {
+			t.Fatalf("status %d, want 503", res.status)
+		}
+	})
+}
+
+func selfSigned(t *testing.T, host string) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: host},
+		DNSNames:     []string{host},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:         true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(c)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
+}
+
+// TestShippedEnvoyYAML runs ../envoy.yaml as written: a scripted processor
+// routes the request (as keymux does, in its request-body reply) to a local
+// upstream through keymux_upstream_http.
+func TestShippedEnvoyYAML(t *testing.T) {
+	b, err := envoy.LoadBootstrap("../envoy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := startUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("content-type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"x","usage":{"total_tokens":3}}`)
+	})
+	newBody := []byte(`{"model":"gpt-final","messages":[]}`)
+	md, _ := structpb.NewStruct(map[string]any{"keymux": map[string]any{"key_id": "k1", "model_original": "gpt-orig", "model_final": "gpt-final", "client_id": "c1"}})
+	route := true
+	proc := startProc(t, func(_ *procStream, req *extprocsvc.ProcessingRequest) ([]*extprocsvc.ProcessingResponse, error) {
+		if kindOf(req) != "request_body" || !route {
+			return []*extprocsvc.ProcessingResponse{continueReply(req)}, nil
+		}
+		r := replyWith(req, &extprocsvc.CommonResponse{
+			ClearRouteCache: true,
+			HeaderMutation: mut([]*corev3.HeaderValueOption{
+				setRaw(":authority", up.addr()),
+				setRaw(":path", "/v1/chat/completions"),
+				setRaw("x-keymux-upstream", "http"),
+				setRaw("authorization", "Bearer sk-test-k1"),
+				setRaw("content-length", strconv.Itoa(len(newBody))),
+			}, "authorization", "x-api-key"),
+			BodyMutation: &extprocsvc.BodyMutation{Mutation: &extprocsvc.BodyMutation_Body{Body: newBody}},
+		})
+		r.DynamicMetadata = md
+		return []*extprocsvc.ProcessingResponse{r}, nil
+	})
+	alog := newSyncBuffer()
+	em, err := New(Config{Bootstrap: b, ListenAddr: "127.0.0.1:0", ClusterAddrs: map[string]string{"keymux_extproc": proc.addr}, AccessLog: alog, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := em.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = em.Close() })
+	ev := &env{em: em, log: alog}
+
+	res := do(t, ev, "POST", "/v1/chat/completions", strings.NewReader(`{"model":"gpt-orig","messages":[]}`), map[string]string{"Authorization": "Bearer client-token", "X-Api-Key": "client-key"})
+	if res.status != 200 || res.body != `{"id":"x","usage":{"total_tokens":3}}` {
+		t.Fatalf("got %d %q", res.status, res.body)
+	}
+	r := up.only(t)
+	if r.Path != "/v1/chat/completions" || r.Host != up.addr() || string(r.Body) != string(newBody) ||
+		r.Header.Get("Authorization") != "Bearer sk-test-k1" || r.Header.Get("X-Api-Key") != "" || r.Header.Get("X-Keymux-Upstream") != "" {
+		t.Fatalf("upstream got %+v", r)
+	}
+	var entry map[string]any
+	if err := json.Unmarshal([]byte(ev.accessLog(t, 1)[0]), &entry); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]any{"key_id": "k1", "model_original": "gpt-orig", "model_final": "gpt-final", "client_id": "c1", "upstream_cluster": "keymux_upstream_http", "status": float64(200), "upstream_host": up.addr()} {
+		if entry[k] != want {
+			t.Errorf("access log %s = %v, want %v", k, entry[k], want)
+		}
+	}
+
+	t.Run("not routed: JSON 404", func(t *testing.T) {
+		route = false
+		defer func() { route = true }()
+		res := do(t, ev, "POST", "/v1/chat/completions", strings.NewReader(`{}`), nil)
+		if res.status != 404 || res.header.Get("Content-Type") != "application/json" || !strings.Contains(res.body, `"code":"not_found"`) {
+			t.Fatalf("got %d %v %q", res.status, res.header, res.body)
+		}
+	})
+	t.Run("client-sent x-keymux-upstream is stripped early", func(t *testing.T) {
+		route = false
+		defer func() { route = true }()
+		res := doHost(t, ev, "GET", "/v1/models", up.addr(), map[string]string{"X-Keymux-Upstream": "http"})
+		if res.status != 404 {
+			t.Fatalf("status %d: a client picked the forward proxy itself", res.status)
+		}
+	})
+}
