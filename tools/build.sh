@@ -3,7 +3,8 @@
 # tools/bin (git-ignored):
 #
 #   tools/bin/consul   HashiCorp Consul v1.14.11 (MPL-2.0), module tools/consul
-#   tools/bin/jaeger   Jaeger v1.76.0 (all-in-one),          module tools/jaeger
+#   tools/bin/jaeger   Jaeger v1.76.0 module = the Jaeger v2.13.0 binary
+#                      (all-in-one by default),                module tools/jaeger
 #
 # Each tool has its own Go module so that neither's dependency versions
 # (Consul 1.14 needs grpc 1.56 and go-control-plane 0.11; Jaeger 1.76 needs
