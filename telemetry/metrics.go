@@ -199,54 +199,130 @@ func (t *Telemetry) MetricsHandler() http.Handler {
 	return promhttp.HandlerFor(t.registry, promhttp.HandlerOpts{})
 }
 
-// recordMetrics books one finished call in every instrument set.
-func (t *Telemetry) recordMetrics(c *Call, o outcome, model, modelFinal string, end time.Time) {
-	ctx := t.ctx
-	reqSet := metric.WithAttributeSet(attribute.NewSet(
-		attribute.String(LabelKey, c.KeyID),
-		attribute.String(LabelModel, model),
-		attribute.String(LabelStatusClass, statusClass(c.Status)),
-	))
-	var errSet metric.MeasurementOption
-	if o.failed {
-		errSet = metric.WithAttributeSet(attribute.NewSet(
-			attribute.String(LabelKey, c.KeyID),
-			attribute.String(LabelClass, o.class),
-		))
+// callAttrs are the attribute options of one call's measurements, as
+// ready-made variadic slices so that recording does not allocate.
+type callAttrs struct {
+	reqAdd        []metric.AddOption
+	reqRec        []metric.RecordOption
+	errAdd        []metric.AddOption
+	tokIn, tokOut []metric.AddOption
+	useIn, useOut []metric.RecordOption
+}
+
+type reqKey struct{ key, model, statusClass string }
+type errKey struct{ key, class string }
+type tokKey struct{ key, op, provider, model, modelFinal string }
+
+type reqSets struct {
+	add []metric.AddOption
+	rec []metric.RecordOption
+}
+
+type tokSets struct {
+	in, out       []metric.AddOption
+	useIn, useOut []metric.RecordOption
+}
+
+// maxCachedSets bounds each attribute-set cache; past it sets are built per
+// call (labels are bounded anyway: keys, folded models, classes).
+const maxCachedSets = 10000
+
+// attrCache keeps the attribute sets already built, so End does not hash
+// and sort attributes on every call. Guarded by stats.mu.
+type attrCache struct {
+	req map[reqKey]reqSets
+	err map[errKey][]metric.AddOption
+	tok map[tokKey]tokSets
+}
+
+func cached[K comparable, V any](m *map[K]V, k K, build func() V) V {
+	if v, ok := (*m)[k]; ok {
+		return v
 	}
+	v := build()
+	if *m == nil {
+		*m = make(map[K]V)
+	}
+	if len(*m) < maxCachedSets {
+		(*m)[k] = v
+	}
+	return v
+}
+
+func addOpt(kv ...attribute.KeyValue) []metric.AddOption {
+	return []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(kv...))}
+}
+
+func recOpt(kv ...attribute.KeyValue) []metric.RecordOption {
+	return []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(kv...))}
+}
+
+// attrs returns the attribute options of c. Callers hold stats.mu.
+func (a *attrCache) attrs(c *Call, o outcome, model, modelFinal string) callAttrs {
+	var ca callAttrs
+	rk := reqKey{c.KeyID, model, statusClass(c.Status)}
+	rs := cached(&a.req, rk, func() reqSets {
+		set := metric.WithAttributeSet(attribute.NewSet(
+			attribute.String(LabelKey, rk.key),
+			attribute.String(LabelModel, rk.model),
+			attribute.String(LabelStatusClass, rk.statusClass),
+		))
+		return reqSets{add: []metric.AddOption{set}, rec: []metric.RecordOption{set}}
+	})
+	ca.reqAdd, ca.reqRec = rs.add, rs.rec
+	if o.failed {
+		ek := errKey{c.KeyID, o.class}
+		ca.errAdd = cached(&a.err, ek, func() []metric.AddOption {
+			return addOpt(attribute.String(LabelKey, ek.key), attribute.String(LabelClass, ek.class))
+		})
+	}
+	if c.UsageKnown && o.upstream {
+		tk := tokKey{c.KeyID, c.Operation, ProviderName(c.Provider), model, modelFinal}
+		ts := cached(&a.tok, tk, func() tokSets {
+			usage := func(typ string) []metric.RecordOption {
+				return recOpt(
+					AttrGenAIOperationName.String(tk.op),
+					AttrGenAIProviderName.String(tk.provider),
+					AttrGenAIRequestModel.String(tk.model),
+					AttrGenAIResponseModel.String(tk.modelFinal),
+					AttrGenAITokenType.String(typ),
+				)
+			}
+			return tokSets{
+				in:     addOpt(attribute.String(LabelKey, tk.key), attribute.String(LabelType, TokenTypeInput)),
+				out:    addOpt(attribute.String(LabelKey, tk.key), attribute.String(LabelType, TokenTypeOutput)),
+				useIn:  usage(TokenTypeInput),
+				useOut: usage(TokenTypeOutput),
+			}
+		})
+		ca.tokIn, ca.tokOut, ca.useIn, ca.useOut = ts.in, ts.out, ts.useIn, ts.useOut
+	}
+	return ca
+}
+
+// recordMetrics books one finished call in every instrument set.
+func (t *Telemetry) recordMetrics(c *Call, o outcome, ca callAttrs, end time.Time) {
+	ctx := t.ctx
 	var dur float64
 	if !c.Start.IsZero() && end.After(c.Start) {
 		dur = end.Sub(c.Start).Seconds()
 	}
-	var inSet, outSet, inUsage, outUsage metric.MeasurementOption
-	if c.UsageKnown && o.upstream {
-		inSet = metric.WithAttributeSet(attribute.NewSet(attribute.String(LabelKey, c.KeyID), attribute.String(LabelType, TokenTypeInput)))
-		outSet = metric.WithAttributeSet(attribute.NewSet(attribute.String(LabelKey, c.KeyID), attribute.String(LabelType, TokenTypeOutput)))
-		base := []attribute.KeyValue{
-			AttrGenAIOperationName.String(c.Operation),
-			AttrGenAIProviderName.String(ProviderName(c.Provider)),
-			AttrGenAIRequestModel.String(model),
-			AttrGenAIResponseModel.String(modelFinal),
-		}
-		inUsage = metric.WithAttributeSet(attribute.NewSet(append(base, AttrGenAITokenType.String(TokenTypeInput))...))
-		outUsage = metric.WithAttributeSet(attribute.NewSet(append(base[:4:4], AttrGenAITokenType.String(TokenTypeOutput))...))
-	}
 	for _, in := range t.meters {
-		in.requests.Add(ctx, 1, reqSet)
-		if o.failed {
-			in.errors.Add(ctx, 1, errSet)
+		in.requests.Add(ctx, 1, ca.reqAdd...)
+		if ca.errAdd != nil {
+			in.errors.Add(ctx, 1, ca.errAdd...)
 		}
 		if o.counted {
-			in.duration.Record(ctx, dur, reqSet)
+			in.duration.Record(ctx, dur, ca.reqRec...)
 		}
 		if c.Overhead > 0 {
 			in.overhead.Record(ctx, float64(c.Overhead)/float64(time.Microsecond))
 		}
-		if inSet != nil {
-			in.tokens.Add(ctx, c.InputTokens, inSet)
-			in.tokens.Add(ctx, c.OutputTokens, outSet)
-			in.tokenUsage.Record(ctx, c.InputTokens, inUsage)
-			in.tokenUsage.Record(ctx, c.OutputTokens, outUsage)
+		if ca.tokIn != nil {
+			in.tokens.Add(ctx, c.InputTokens, ca.tokIn...)
+			in.tokens.Add(ctx, c.OutputTokens, ca.tokOut...)
+			in.tokenUsage.Record(ctx, c.InputTokens, ca.useIn...)
+			in.tokenUsage.Record(ctx, c.OutputTokens, ca.useOut...)
 		}
 	}
 }

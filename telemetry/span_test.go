@@ -93,7 +93,7 @@ func TestSpans(t *testing.T) {
 				"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",
 				"gen_ai.request.stream": "false", "server.address": "llm.internal.test", "server.port": "8443",
 				"keymux.key.id": "k1", "keymux.rule.id": "r1", "keymux.strategy": "round_robin", "keymux.client.id": "team-a",
-				"keymux.request.id": "req-k1",
+				"keymux.request.id":     "req-k1",
 				"gen_ai.response.model": "gpt-4o-mini", "http.response.status_code": "200",
 				"gen_ai.usage.input_tokens": "11", "gen_ai.usage.output_tokens": "22",
 			},

@@ -224,6 +224,7 @@ type stats struct {
 	ring   [ringMinutes]agg
 	models modelSet
 	alerts alertState
+	sets   attrCache
 }
 
 func unixMinute(t time.Time) int64 {

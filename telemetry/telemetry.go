@@ -192,7 +192,7 @@ func (t *Telemetry) End(c *Call) {
 			traceID, hasTrace = sc.TraceID(), true
 		}
 		endSpan(span, c, o, trace.WithTimestamp(end))
-	} else if c.TraceParent != "" {
+	} else if c.TraceParent != "" && t.calls != nil {
 		if sc := trace.SpanContextFromContext(parentContext(c)); sc.HasTraceID() {
 			traceID, hasTrace = sc.TraceID(), true
 		}
@@ -202,6 +202,7 @@ func (t *Telemetry) End(c *Call) {
 	t.stats.mu.Lock()
 	model := t.stats.models.fold(c.ModelOriginal, o.upstream)
 	modelFinal := t.stats.models.fold(c.ModelFinal, o.upstream)
+	ca := t.stats.sets.attrs(c, o, model, modelFinal)
 	var events []alertEvent
 	if o.counted {
 		t.stats.record(o, c, model, end)
@@ -209,7 +210,7 @@ func (t *Telemetry) End(c *Call) {
 	}
 	t.stats.mu.Unlock()
 
-	t.recordMetrics(c, o, model, modelFinal, end)
+	t.recordMetrics(c, o, ca, end)
 	if len(events) > 0 {
 		t.logAlerts(events)
 	}

@@ -110,7 +110,7 @@ func TestMetricsExact(t *testing.T) {
 
 	m := scrape(t, tel)
 	want := map[string]float64{
-		`keymux_requests_in_flight`: 0,
+		`keymux_requests_in_flight`:                                                         0,
 		`keymux_requests_total{key="k1",model="gpt-4o",status_class="2xx"}`:                 3,
 		`keymux_requests_total{key="k1",model="gpt-4o",status_class="4xx"}`:                 1,
 		`keymux_requests_total{key="k2",model="gpt-4o-mini",status_class="4xx"}`:            1,
@@ -136,20 +136,20 @@ func TestMetricsExact(t *testing.T) {
 
 		`keymux_request_duration_seconds_count{key="k1",model="gpt-4o",status_class="2xx"}`: 3,
 		`keymux_request_duration_seconds_sum{key="k1",model="gpt-4o",status_class="2xx"}`:   1.3,
-		`keymux_extproc_overhead_microseconds_count`:                                         10,
-		`keymux_extproc_overhead_microseconds_sum`:                                           400,
+		`keymux_extproc_overhead_microseconds_count`:                                        10,
+		`keymux_extproc_overhead_microseconds_sum`:                                          400,
 
-		`keymux_key_up{key="k1"}`:                        1,
-		`keymux_key_up{key="k2"}`:                        0,
-		`keymux_key_up{key="k3"}`:                        0,
+		`keymux_key_up{key="k1"}`:                         1,
+		`keymux_key_up{key="k2"}`:                         0,
+		`keymux_key_up{key="k3"}`:                         0,
 		`keymux_key_state{key="k1",state="healthy"}`:      1,
 		`keymux_key_state{key="k2",state="cooling_down"}`: 1,
 		`keymux_key_state{key="k3",state="ejected"}`:      1,
 
 		`keymux_config_generation{source="consul"}`: 7,
-		`keymux_config_stale`:                        1,
-		`keymux_config_stale_duration_seconds`:       90,
-		`keymux_config_refused`:                      2,
+		`keymux_config_stale`:                       1,
+		`keymux_config_stale_duration_seconds`:      90,
+		`keymux_config_refused`:                     2,
 
 		`keymux_calllog_dropped_total`:               0,
 		`keymux_alert_threshold{alert="error_rate"}`: 0.5,
