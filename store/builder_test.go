@@ -68,7 +68,7 @@ func TestBuilderCrossChecks(t *testing.T) {
 	put(KindRules, "r2", `{"key":"*","from":"gpt-4","to":"gpt-4o"}`)
 	// c2 is older than c1: the newcomer c1 is refused even though it sorts first.
 	put(KindClients, "c2", `{`+tokenA+`}`)
-	put(KindClients, "c1", `{`+strings.ToUpper(tokenA)+`}`)
+	put(KindClients, "c1", `{"token_sha256":"`+strings.Repeat("A", 64)+`"}`)
 	cfg, refused := b.Build()
 	want := []Refusal{
 		{Path: "keymux/clients/c1", Reason: `clients/c1: field "token_sha256": same token as clients/c2`},

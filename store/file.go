@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -38,12 +39,18 @@ func decodeFile(data []byte) (*fileDoc, error) {
 	js := data
 	if !json.Valid(data) {
 		var err error
-		if js, err = yaml.YAMLToJSON(data); err != nil {
+		if js, err = yaml.YAMLToJSONStrict(data); err != nil {
 			return nil, fmt.Errorf("%w: neither JSON nor valid YAML: %s", ErrBadFile, yamlMsg(err))
 		}
 	}
 	if t := bytes.TrimSpace(js); len(t) == 0 || t[0] != '{' {
 		return nil, fmt.Errorf("%w: want an object with settings, keys, rules, clients", ErrBadFile)
+	}
+	if name, why := checkFieldNames(js, &fileRaw{}); name != "" {
+		if why == "unknown" {
+			return nil, fmt.Errorf("%w: unknown top-level field %q (want settings, keys, rules, clients)", ErrBadFile, truncate(name, 64))
+		}
+		return nil, fmt.Errorf("%w: top-level field %q appears twice", ErrBadFile, name)
 	}
 	var d fileDoc
 	dec := json.NewDecoder(bytes.NewReader(js))
@@ -61,21 +68,70 @@ func decodeFile(data []byte) (*fileDoc, error) {
 		}
 		return nil, fmt.Errorf("%w: %v", ErrBadFile, err)
 	}
+	var r fileRaw
+	if err := json.Unmarshal(js, &r); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadFile, err)
+	}
+	for _, sec := range []struct {
+		kind Kind
+		raw  json.RawMessage
+	}{{KindKeys, r.Keys}, {KindRules, r.Rules}, {KindClients, r.Clients}} {
+		if id := duplicateMember(sec.raw); id != "" {
+			return nil, fmt.Errorf("%w: %s appears twice", ErrBadFile, docName(sec.kind, id))
+		}
+	}
 	return &d, nil
 }
 
-// yamlMsg keeps the position part of a YAML error; the rest may quote
-// document values.
-func yamlMsg(err error) string {
-	msg := strings.TrimPrefix(err.Error(), "error converting YAML to JSON: ")
-	msg = strings.TrimPrefix(msg, "yaml: ")
-	if strings.HasPrefix(msg, "line ") {
-		if i := strings.Index(msg, ":"); i > 0 {
-			return msg[:i] + ": syntax error"
+// fileRaw is fileDoc before the sections are split into documents.
+type fileRaw struct {
+	Settings json.RawMessage `json:"settings"`
+	Keys     json.RawMessage `json:"keys"`
+	Rules    json.RawMessage `json:"rules"`
+	Clients  json.RawMessage `json:"clients"`
+}
+
+// duplicateMember returns a member name that the JSON object raw holds
+// twice, or "".
+func duplicateMember(raw []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return ""
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		key, _ := tok.(string)
+		if seen[key] {
+			return key
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return ""
 		}
 	}
-	return "syntax error"
+	return ""
 }
+
+// yamlMsg keeps the line of a YAML error; the rest may quote document
+// values.
+func yamlMsg(err error) string {
+	msg := err.Error()
+	what := "syntax error"
+	if strings.Contains(msg, "already set in map") {
+		what = "duplicate key"
+	}
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		return "line " + m[1] + ": " + what
+	}
+	return what
+}
+
+var yamlLine = regexp.MustCompile(`line (\d+)`)
 
 // PutFile loads every document of a file (JSON or YAML) into the builder:
 // documents present are Put (bad ones refused alone, with paths like

@@ -31,6 +31,10 @@ func TestParseFileErrors(t *testing.T) {
 		{"keys not an object", `{"keys":["k1"]}`, `bad config file: field "keys": want an object of documents`},
 		{"yaml syntax", "keys:\n  k1: {provider: openai\n", "bad config file: neither JSON nor valid YAML: line 2: syntax error"},
 		{"yaml tab", "keys:\n\tk1: {}\n", "bad config file: neither JSON nor valid YAML: line 2: syntax error"},
+		{"case-insensitive top-level", `{"Keys":{}}`, `bad config file: unknown top-level field "Keys" (want settings, keys, rules, clients)`},
+		{"top-level twice", `{"keys":{},"keys":{}}`, `bad config file: top-level field "keys" appears twice`},
+		{"key id twice", `{"keys":{"k1":{},"k2":{},"k1":{}}}`, `bad config file: keys/k1 appears twice`},
+		{"yaml key id twice", "rules:\n  r1: {}\n  r1: {}\n", `bad config file: neither JSON nor valid YAML: line 3: duplicate key`},
 		{"scalar", `"sk-test-oops"`, "bad config file: want an object with settings, keys, rules, clients"},
 	}
 	for _, tc := range tests {

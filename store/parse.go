@@ -14,6 +14,7 @@ import (
 	"math"
 	"net/url"
 	"os"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -139,6 +140,12 @@ func truncate(s string, n int) string {
 // decodeStrict decodes one JSON object into v, refusing unknown fields and
 // trailing data. Its errors name the field and never echo input bytes.
 func decodeStrict(doc string, raw []byte, v any) error {
+	if name, why := checkFieldNames(raw, v); name != "" {
+		if why == "unknown" {
+			return docErr(doc, "unknown field %q", truncate(name, 128))
+		}
+		return fieldErr(doc, truncate(name, 128), "appears twice")
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -162,6 +169,12 @@ func (e *pathError) Error() string { return e.field + ": " + e.reason }
 
 // decodeNested decodes the object at path prefix strictly.
 func decodeNested(prefix string, raw []byte, v any) error {
+	if name, why := checkFieldNames(raw, v); name != "" {
+		if why == "unknown" {
+			return &pathError{field: prefix + "." + name, unknown: true}
+		}
+		return &pathError{field: prefix + "." + truncate(name, 128), reason: "appears twice"}
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(v)
@@ -190,7 +203,7 @@ func jsonErr(doc string, err error) error {
 	var pe *pathError
 	if errors.As(err, &pe) {
 		if pe.unknown {
-			return docErr(doc, "unknown field %q", pe.field)
+			return docErr(doc, "unknown field %q", truncate(pe.field, 128))
 		}
 		return fieldErr(doc, pe.field, "%s", pe.reason)
 	}
@@ -217,6 +230,57 @@ func jsonErr(doc string, err error) error {
 	// Other decoder errors do not carry input values; keep the message but
 	// drop the package prefix.
 	return docErr(doc, "invalid JSON: %s", strings.TrimPrefix(msg, "json: "))
+}
+
+// checkFieldNames looks at the member names of the JSON object raw (if it
+// is one) and returns the first that is not exactly a json tag of the
+// struct v points to ("unknown": encoding/json would match it case-
+// insensitively), or that appears twice ("duplicate").
+func checkFieldNames(raw []byte, v any) (name, why string) {
+	t := reflect.TypeOf(v)
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct {
+		return "", ""
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return "", "" // not an object: the decoder reports it
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", ""
+		}
+		key, ok := tok.(string)
+		if !ok {
+			return "", ""
+		}
+		if !hasJSONField(t, key) {
+			return key, "unknown"
+		}
+		if seen[key] {
+			return key, "duplicate"
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return "", ""
+		}
+	}
+	return "", ""
+}
+
+func hasJSONField(t reflect.Type, name string) bool {
+	for i := 0; i < t.NumField(); i++ {
+		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		if tag == name {
+			return true
+		}
+	}
+	return false
 }
 
 func jsonTypeName(goType string) string {
