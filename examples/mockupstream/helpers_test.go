@@ -91,4 +91,3 @@ func decodeError(t *testing.T, body []byte) errorBody {
 	}
 	return e
 }
-
