@@ -214,7 +214,6 @@ func applyTxn(txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
 	}
 
 	// Keys.
-	var enabled []*Entry
 	for _, id := range sortedKeys(cfg.Keys) {
 		k := cfg.Keys[id]
 		rt := runtimes[id]
@@ -225,9 +224,14 @@ func applyTxn(txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
 		if err := txn.Insert(tableKeys, &keyRow{ID: id, Enabled: k.Enabled, Entry: e}); err != nil {
 			return 0, fmt.Errorf("insert keys/%s: %w", id, err)
 		}
-		if k.Enabled {
-			enabled = append(enabled, e)
-		}
+	}
+	// The enabled keys in id order, through the conditional index.
+	var enabled []*Entry
+	if it, err = txn.Get(tableKeys, indexEnabled, true); err != nil {
+		return 0, err
+	}
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		enabled = append(enabled, raw.(*keyRow).Entry)
 	}
 	// Rules; the enabled ones also feed the pools.
 	type kf struct{ key, from string }
@@ -472,6 +476,20 @@ func (s *Snapshot) Models() []string { return s.meta().Models }
 // Keys returns every key, enabled or not, in id order.
 func (s *Snapshot) Keys() []*Entry {
 	it, err := s.txn.Get(tableKeys, indexID)
+	if err != nil {
+		return nil
+	}
+	var out []*Entry
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw.(*keyRow).Entry)
+	}
+	return out
+}
+
+// EnabledKeys returns the enabled keys in id order (the same entries as
+// Pool("")).
+func (s *Snapshot) EnabledKeys() []*Entry {
+	it, err := s.txn.Get(tableKeys, indexEnabled, true)
 	if err != nil {
 		return nil
 	}

@@ -215,6 +215,13 @@ func TestDemoPools(t *testing.T) {
 	if e := snap.Key("k2"); e == nil || e.Key.Secret.Reveal() != "sk-test-k2-from-env" || e.Key.Host != "127.0.0.1:8081" || e.Key.Scheme != "http" {
 		t.Errorf("Key(k2) = %+v", e)
 	}
+	var enabled []string
+	for _, e := range snap.EnabledKeys() {
+		enabled = append(enabled, e.Key.ID)
+	}
+	if want := []string{"k1", "k2", "k3", "k5"}; !reflect.DeepEqual(enabled, want) {
+		t.Errorf("EnabledKeys() = %v, want %v", enabled, want)
+	}
 	if snap.Key("k6") != nil {
 		t.Error("refused key k6 is served")
 	}
