@@ -1,0 +1,59 @@
+// Package app is the keymux command: flags, subcommands and the wiring of
+// the sidecar's parts. It holds no logic of its own beyond that, so that
+// every subcommand can be run, and tested, without a process.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+)
+
+// Version is set at build time (-ldflags "-X github.com/keymux/keymux/cmd/keymux/app.Version=…").
+var Version = "dev"
+
+const usage = `keymux — an Envoy external processor over a pool of LLM API keys
+
+usage:
+  keymux serve    [--config FILE | --consul [--consul-prefix keymux/]] [--grpc ADDR|unix:PATH] [--admin ADDR] [--state-dir DIR]
+  keymux dev      [source flags] [--envoy FILE] [--listen ADDR]   (serve + the Envoy emulator; offline demo without a source)
+  keymux validate [--config FILE] [--envoy FILE]
+  keymux kv       <import|export|keys|rules|clients|settings> …   (Consul administration)
+  keymux version
+
+Every flag can also be set from the environment: --consul-prefix ← KEYMUX_CONSUL_PREFIX.
+Consul's address, token and TLS come from CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ….
+`
+
+// Run runs the keymux command line args (without the program name).
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return &usageError{msg: "a subcommand is required"}
+	}
+	switch args[0] {
+	case "serve":
+		return runServe(ctx, args[1:], stdout, stderr)
+	case "dev":
+		return runDev(ctx, args[1:], stdout, stderr)
+	case "validate":
+		return runValidate(ctx, args[1:], stdout, stderr)
+	case "kv":
+		return runKV(ctx, args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "keymux %s (%s, %s/%s)\n", Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return &usageError{msg: fmt.Sprintf("unknown subcommand %q", args[0])}
+}
+
+// shutdownOK reports whether err is a normal end of a server.
+func shutdownOK(err error) bool {
+	return err == nil || errors.Is(err, context.Canceled)
+}

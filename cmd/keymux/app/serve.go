@@ -1,0 +1,352 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/keymux/keymux/extproc"
+	"github.com/keymux/keymux/policy"
+	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/telemetry"
+)
+
+// maxGRPCMessage bounds one ext_proc message: a whole request body plus headers.
+const maxGRPCMessage = 40 << 20
+
+// serveOptions are the flags of serve (and dev).
+type serveOptions struct {
+	config       string
+	consul       bool
+	consulPrefix string
+	stateDir     string
+	grpcAddr     string
+	adminAddr    string
+	logLevel     string
+	logFormat    string
+	callLog      string
+}
+
+func (o *serveOptions) register(fs *flag.FlagSet) {
+	fs.StringVar(&o.config, "config", "", "configuration file (JSON or YAML); reloaded on change")
+	fs.BoolVar(&o.consul, "consul", false, "read the configuration from Consul KV (CONSUL_HTTP_* environment)")
+	fs.StringVar(&o.consulPrefix, "consul-prefix", "keymux/", "Consul KV prefix")
+	fs.StringVar(&o.stateDir, "state-dir", "", "directory for the last-good snapshot of the Consul configuration")
+	fs.StringVar(&o.grpcAddr, "grpc", "127.0.0.1:50051", "ext_proc gRPC address, host:port or unix:PATH")
+	fs.StringVar(&o.adminAddr, "admin", "127.0.0.1:9464", "admin HTTP address (/healthz /readyz /status /stats /metrics)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
+	fs.StringVar(&o.callLog, "call-log", "", "call log destination: a file path, \"-\" for stdout, empty for none")
+}
+
+func (o *serveOptions) check() error {
+	if o.config != "" && o.consul {
+		return &usageError{msg: "--config and --consul are exclusive: choose one source"}
+	}
+	if o.consulPrefix == "" || !strings.HasSuffix(o.consulPrefix, "/") {
+		return &usageError{msg: fmt.Sprintf("--consul-prefix %q must end with \"/\"", o.consulPrefix)}
+	}
+	for _, a := range []struct{ flag, addr string }{{"--grpc", o.grpcAddr}, {"--admin", o.adminAddr}} {
+		if err := checkAddr(a.addr, a.flag == "--grpc"); err != nil {
+			return &usageError{msg: fmt.Sprintf("%s %q: %v", a.flag, a.addr, err)}
+		}
+	}
+	return nil
+}
+
+func checkAddr(addr string, unixOK bool) error {
+	if unixOK {
+		if p, ok := strings.CutPrefix(addr, "unix:"); ok {
+			if p == "" {
+				return errors.New("empty socket path")
+			}
+			return nil
+		}
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return errors.New("want host:port" + map[bool]string{true: " or unix:PATH", false: ""}[unixOK])
+	}
+	return nil
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, &usageError{msg: fmt.Sprintf("--log-level %q: want debug, info, warn or error", level)}
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, &usageError{msg: fmt.Sprintf("--log-format %q: want json or text", format)}
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o serveOptions
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	o.register(fs)
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	if err := o.check(); err != nil {
+		return err
+	}
+	if o.config == "" && !o.consul {
+		return &usageError{msg: "serve needs a source: --config FILE or --consul"}
+	}
+	log, err := newLogger(stderr, o.logLevel, o.logFormat)
+	if err != nil {
+		return err
+	}
+	sc, err := startSidecar(ctx, o, log, stdout)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "keymux ready grpc=%s admin=%s\n", sc.grpcAddr(), sc.adminAddr())
+	<-ctx.Done()
+	return sc.close()
+}
+
+// sidecar is keymux's serving part: the config source, the store, the
+// ext_proc gRPC server and the admin HTTP server.
+type sidecar struct {
+	log       *slog.Logger
+	store     *store.Store
+	tel       *telemetry.Telemetry
+	otelDown  func(context.Context) error
+	grpc      *grpc.Server
+	grpcLis   net.Listener
+	admin     *http.Server
+	adminLis  net.Listener
+	callLog   io.Closer
+	cancel    context.CancelFunc
+	done      chan struct{} // closed when the background goroutines ended
+	sourceErr chan error
+}
+
+func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdout io.Writer) (sc *sidecar, err error) {
+	ctx, cancel := context.WithCancel(parent)
+	sc = &sidecar{log: log, cancel: cancel, done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			_ = sc.close()
+		}
+	}()
+	st, err := store.New(store.Options{Logger: log})
+	if err != nil {
+		return sc, err
+	}
+	sc.store = st
+
+	tp, mp, otelDown, err := telemetry.SetupOTel(ctx)
+	if err != nil {
+		return sc, fmt.Errorf("opentelemetry: %w", err)
+	}
+	sc.otelDown = otelDown
+	var callLog io.Writer
+	switch o.callLog {
+	case "":
+	case "-":
+		callLog = stdout
+	default:
+		f, err := os.OpenFile(o.callLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return sc, fmt.Errorf("--call-log: %w", err)
+		}
+		sc.callLog, callLog = f, f
+	}
+	tel, err := telemetry.New(telemetry.Config{Logger: log, CallLog: callLog, TracerProvider: tp, MeterProvider: mp})
+	if err != nil {
+		return sc, err
+	}
+	sc.tel = tel
+	tel.SetKeyHealth(func() []telemetry.KeyHealth { return keyHealth(st.Read(), time.Now()) })
+	tel.SetConfigInfo(func() telemetry.ConfigInfo {
+		s := st.Status()
+		return telemetry.ConfigInfo{Generation: s.Generation, Source: s.Source, Stale: s.Stale, StaleSince: s.StaleSince, Refused: len(s.Refused)}
+	})
+	tel.SetAlerts(func() telemetry.Alerts {
+		a := st.Read().Settings().Alerts
+		return telemetry.Alerts{ErrorRate: a.ErrorRate, Usage: a.Usage}
+	})
+
+	if err := sc.startSource(ctx, o); err != nil {
+		return sc, err
+	}
+
+	srv, err := extproc.New(extproc.Config{Store: st, Logger: log, Observer: tel})
+	if err != nil {
+		return sc, err
+	}
+	sc.grpc = grpc.NewServer(
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp))),
+		// Envoy sends a BUFFERED body in one message; envoy.yaml buffers up
+		// to 16 MiB, above grpc-go's 4 MiB default.
+		grpc.MaxRecvMsgSize(maxGRPCMessage), grpc.MaxSendMsgSize(maxGRPCMessage),
+	)
+	extprocv3.RegisterExternalProcessorServer(sc.grpc, srv)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(sc.grpc, hs)
+	if sc.grpcLis, err = listen(o.grpcAddr); err != nil {
+		return sc, fmt.Errorf("--grpc: %w", err)
+	}
+	go func() {
+		if err := sc.grpc.Serve(sc.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			log.Error("grpc server", "error", err)
+		}
+	}()
+	go watchReady(ctx, st, hs)
+
+	if sc.adminLis, err = listen(o.adminAddr); err != nil {
+		return sc, fmt.Errorf("--admin: %w", err)
+	}
+	sc.admin = &http.Server{Handler: sc.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := sc.admin.Serve(sc.adminLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin server", "error", err)
+		}
+	}()
+	return sc, nil
+}
+
+// watchReady keeps the gRPC health status in step with the store.
+func watchReady(ctx context.Context, st *store.Store, hs *health.Server) {
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if st.Ready() {
+			hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+			hs.SetServingStatus("envoy.service.ext_proc.v3.ExternalProcessor", healthpb.HealthCheckResponse_SERVING)
+		}
+		select {
+		case <-ctx.Done():
+			hs.Shutdown()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func listen(addr string) (net.Listener, error) {
+	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if fi, err := os.Lstat(p); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			_ = os.Remove(p) // a stale socket of an earlier run
+		}
+		l, err := net.Listen("unix", p)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(p, 0o660); err != nil {
+			l.Close()
+			return nil, err
+		}
+		return l, nil
+	}
+	return net.Listen("tcp", addr)
+}
+
+func (sc *sidecar) grpcAddr() string {
+	if sc.grpcLis.Addr().Network() == "unix" {
+		return "unix:" + sc.grpcLis.Addr().String()
+	}
+	return sc.grpcLis.Addr().String()
+}
+
+func (sc *sidecar) adminAddr() string { return sc.adminLis.Addr().String() }
+
+func (sc *sidecar) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !sc.store.Ready() {
+			http.Error(w, "not ready: no configuration loaded yet", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("content-type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(struct {
+			Version string `json:"version"`
+			Ready   bool   `json:"ready"`
+			store.Status
+			Keys []telemetry.KeyHealth `json:"key_health"`
+		}{Version, sc.store.Ready(), sc.store.Status(), keyHealth(sc.store.Read(), time.Now())})
+	})
+	mux.Handle("GET /stats", sc.tel.StatsHandler())
+	mux.Handle("GET /metrics", sc.tel.MetricsHandler())
+	return mux
+}
+
+// keyHealth summarises every key's passive and probed state.
+func keyHealth(snap *store.Snapshot, now time.Time) []telemetry.KeyHealth {
+	keys := snap.Keys()
+	out := make([]telemetry.KeyHealth, 0, len(keys))
+	for _, e := range keys {
+		kh := telemetry.KeyHealth{ID: e.Key.ID, State: "healthy", Requests: e.RT.Requests(), Errors: e.RT.Errors(), Tokens: e.RT.Usage()}
+		st := e.RT.State()
+		if ok, why := policy.Eligible(e.Key, st, now); !ok {
+			kh.State, kh.Until = why.Reason, why.Until
+		} else if st.HalfOpen || (!st.EjectedUntil.IsZero() && st.ConsecutiveFailures > 0) {
+			kh.State = "half_open"
+		}
+		out = append(out, kh)
+	}
+	return out
+}
+
+// close stops everything in reverse order, waiting boundedly.
+func (sc *sidecar) close() error {
+	if sc.grpc != nil {
+		stopped := make(chan struct{})
+		go func() { sc.grpc.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			sc.grpc.Stop()
+		}
+	}
+	sc.cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var errs []error
+	if sc.admin != nil {
+		errs = append(errs, sc.admin.Shutdown(ctx))
+	}
+	if sc.sourceErr != nil {
+		if err := <-sc.sourceErr; !shutdownOK(err) {
+			errs = append(errs, err)
+		}
+	}
+	if sc.tel != nil {
+		errs = append(errs, sc.tel.Shutdown(ctx))
+	}
+	if sc.otelDown != nil {
+		errs = append(errs, sc.otelDown(ctx))
+	}
+	if sc.callLog != nil {
+		errs = append(errs, sc.callLog.Close())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,232 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+)
+
+func chat(t *testing.T, c openai.Client, model string) *openai.ChatCompletion {
+	t.Helper()
+	resp, err := c.Chat.Completions.New(t.Context(), openai.ChatCompletionNewParams{
+		Model:    model,
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Hello")},
+	})
+	if err != nil {
+		t.Fatalf("chat %s: %v", model, err)
+	}
+	return resp
+}
+
+func TestRoundRobinRotatesStrictly(t *testing.T) {
+	g := startGateway(t, threeKeys)
+	c := g.client("client-token-unused")
+	for range 30 {
+		chat(t, c, "gpt-4o")
+	}
+	got := g.credentials()
+	if len(got) != 30 {
+		t.Fatalf("mock saw %d requests, want 30", len(got))
+	}
+	for i, cred := range got {
+		want := fmt.Sprintf("sk-test-k%d", i%3+1)
+		if i > 0 {
+			// The rotation may start anywhere; it must then go k1→k2→k3→k1.
+			prev, _ := strconv.Atoi(strings.TrimPrefix(got[i-1], "sk-test-k"))
+			want = fmt.Sprintf("sk-test-k%d", prev%3+1)
+		}
+		if cred != want {
+			t.Fatalf("request %d reached %q, want %q (sequence %v)", i, cred, want, got)
+		}
+	}
+}
+
+func TestRuleRewritesModelOnlyForItsKey(t *testing.T) {
+	g := startGateway(t, threeKeys+`
+rules:
+  k2-mini: {key: k2, from: gpt-4, to: gpt-4o-mini}
+`)
+	// A body with fields keymux does not know, odd spacing and unicode: all
+	// of it must reach the upstream byte for byte, but the model.
+	const body = `{"messages":[{"role":"user","content":"h\u00e9llo \"x\""}],  "model" :  "gpt-4", "temperature":0.25,"x_unknown":{"a":[1,2,{"b":null}]}}`
+	for range 6 {
+		resp, b := g.do("POST", "/v1/chat/completions", map[string]string{"content-type": "application/json"}, body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d: %s", resp.StatusCode, b)
+		}
+	}
+	reqs := g.mock.Requests()
+	if len(reqs) != 6 {
+		t.Fatalf("mock saw %d requests, want 6", len(reqs))
+	}
+	for _, r := range reqs {
+		want := body
+		if r.Credential == "sk-test-k2" {
+			want = strings.Replace(body, `"gpt-4"`, `"gpt-4o-mini"`, 1)
+		}
+		if string(r.Body) != want {
+			t.Errorf("%s: upstream body\n got %s\nwant %s", r.Credential, r.Body, want)
+		}
+		if cl := r.Header.Get("Content-Length"); cl != strconv.Itoa(len(want)) {
+			t.Errorf("%s: content-length %q, want %d", r.Credential, cl, len(want))
+		}
+		wantModel := map[bool]string{true: "gpt-4o-mini", false: "gpt-4"}[r.Credential == "sk-test-k2"]
+		if r.Model != wantModel {
+			t.Errorf("%s: model %q, want %q", r.Credential, r.Model, wantModel)
+		}
+	}
+}
+
+func TestAzureKeyGetsDeploymentPathAndAPIKey(t *testing.T) {
+	g := startGateway(t, `
+settings:
+  auth: {mode: client_keys}
+keys:
+  az:
+    provider: azure
+    base_url: "{{MOCK}}"
+    secret: sk-test-azure
+    azure: {api_version: "2024-10-21", deployments: {gpt-4o: prod-gpt4o}}
+clients:
+  team-a: {name: Team A, token_sha256: "`+sha256hex("km-client-secret-a")+`"}
+`)
+	c := g.client("km-client-secret-a")
+	resp := chat(t, c, "gpt-4o")
+	if resp.Model != "prod-gpt4o" {
+		t.Errorf("response model %q, want the deployment prod-gpt4o", resp.Model)
+	}
+	reqs := g.mock.Requests()
+	if len(reqs) != 1 {
+		t.Fatalf("mock saw %d requests, want 1", len(reqs))
+	}
+	r := reqs[0]
+	if r.Path != "/openai/deployments/prod-gpt4o/chat/completions" || r.RawQuery != "api-version=2024-10-21" {
+		t.Errorf("upstream %s?%s, want /openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21", r.Path, r.RawQuery)
+	}
+	if r.AuthHeader != "api-key" || r.Credential != "sk-test-azure" {
+		t.Errorf("upstream credential from %q = %q, want api-key sk-test-azure", r.AuthHeader, r.Credential)
+	}
+	if r.Header.Get("Authorization") != "" {
+		t.Errorf("the client's Authorization reached the upstream")
+	}
+	assertNoClientSecret(t, g, "km-client-secret-a")
+}
+
+// assertNoClientSecret checks that no upstream request carried the client's
+// token anywhere in its headers or body.
+func assertNoClientSecret(t *testing.T, g *gateway, token string) {
+	t.Helper()
+	for _, r := range g.mock.Requests() {
+		for name, vs := range r.Header {
+			for _, v := range vs {
+				if strings.Contains(v, token) {
+					t.Errorf("upstream header %s carried the client token", name)
+				}
+			}
+		}
+		if bytes.Contains(r.Body, []byte(token)) {
+			t.Errorf("upstream body carried the client token")
+		}
+	}
+}
+
+func TestRateLimitCooldownAndAuthDisable(t *testing.T) {
+	g := startGateway(t, `
+settings:
+  strategy: round_robin
+keys:
+  k1: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k1}
+  k2: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k2}
+`)
+	c := g.client("x")
+	g.mock.SetDefault("sk-test-k1", mockBehaviour429("2"))
+	// Find k1 answering 429: the first two requests cover both keys.
+	var limitedAt time.Time
+	for i := 0; i < 2; i++ {
+		_, err := c.Chat.Completions.New(t.Context(), openai.ChatCompletionNewParams{
+			Model: "gpt-4o", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}})
+		var apiErr *openai.Error
+		if errors.As(err, &apiErr) && apiErr.StatusCode == 429 {
+			limitedAt = time.Now()
+		}
+	}
+	if limitedAt.IsZero() {
+		t.Fatalf("k1 never answered 429: %v", g.credentials())
+	}
+	g.mock.SetDefault("sk-test-k1", mockBehaviourOK())
+	// While k1 cools down every request goes to k2.
+	n := len(g.mock.Requests())
+	for time.Since(limitedAt) < 1500*time.Millisecond {
+		chat(t, c, "gpt-4o")
+	}
+	for _, cred := range g.credentials()[n:] {
+		if cred != "sk-test-k2" {
+			t.Fatalf("a cooling key was used within its Retry-After: %v", g.credentials()[n:])
+		}
+	}
+	// After Retry-After k1 comes back.
+	waitUntil(t, 5*time.Second, func() bool {
+		chat(t, c, "gpt-4o")
+		creds := g.credentials()
+		return creds[len(creds)-1] == "sk-test-k1"
+	})
+	if d := time.Since(limitedAt); d < 2*time.Second {
+		t.Fatalf("k1 came back after %v, before its Retry-After of 2s", d)
+	}
+
+	// 401 disables k2 until a probe passes: all traffic moves to k1.
+	g.mock.SetDefault("sk-test-k2", mockBehaviourStatus(401))
+	for i := 0; i < 2; i++ {
+		c.Chat.Completions.New(t.Context(), openai.ChatCompletionNewParams{
+			Model: "gpt-4o", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}})
+	}
+	g.mock.SetDefault("sk-test-k2", mockBehaviourOK())
+	n = len(g.mock.Requests())
+	for range 6 {
+		chat(t, c, "gpt-4o")
+	}
+	for _, cred := range g.credentials()[n:] {
+		if cred != "sk-test-k1" {
+			t.Fatalf("a key disabled by 401 was used: %v", g.credentials()[n:])
+		}
+	}
+
+	// k1 now cools down too: nothing is left, the client gets a 503 naming why.
+	g.mock.SetDefault("sk-test-k1", mockBehaviour429("30"))
+	c.Chat.Completions.New(t.Context(), openai.ChatCompletionNewParams{
+		Model: "gpt-4o", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}})
+	resp, b := g.do("POST", "/v1/chat/completions", map[string]string{"content-type": "application/json"}, `{"model":"gpt-4o","messages":[]}`)
+	if resp.StatusCode != 503 {
+		t.Fatalf("status %d, want 503: %s", resp.StatusCode, b)
+	}
+	var e struct {
+		Error struct{ Message, Type, Code string }
+	}
+	if err := json.Unmarshal(b, &e); err != nil {
+		t.Fatalf("503 body is not OpenAI error JSON: %s", b)
+	}
+	if e.Error.Code != "no_eligible_key" || !strings.Contains(e.Error.Message, "cooling down") || !strings.Contains(e.Error.Message, "disabled") {
+		t.Errorf("503 error = %+v, want code no_eligible_key naming cooling down and disabled", e.Error)
+	}
+	if ra := resp.Header.Get("Retry-After"); ra == "" {
+		t.Errorf("503 without Retry-After")
+	}
+}
+
+func waitUntil(t *testing.T, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", limit)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
