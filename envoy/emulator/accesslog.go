@@ -111,7 +111,7 @@ var knownCommands = map[string]bool{
 	"UPSTREAM_TRANSPORT_FAILURE_REASON": true, "UPSTREAM_REMOTE_ADDRESS": true, "UPSTREAM_LOCAL_ADDRESS": true,
 	"UPSTREAM_REQUEST_ATTEMPT_COUNT": true, "HOSTNAME": true, "REQUESTED_SERVER_NAME": true,
 	"ENVIRONMENT": true, "FILTER_STATE": true, "CONNECTION_TERMINATION_DETAILS": true,
-	"UPSTREAM_SERVICE_TIME": true, "CONNECTION_ID": true, "STREAM_ID": true, "LOCAL_REPLY_BODY": true,
+	"CONNECTION_ID": true, "STREAM_ID": true, "LOCAL_REPLY_BODY": true,
 }
 
 func parseFormat(s string) (*formatter, error) {
@@ -128,11 +128,24 @@ func parseFormat(s string) (*formatter, error) {
 			i += 2
 			continue
 		}
-		j := strings.IndexByte(s[i+1:], '%')
+		// %NAME%, %NAME:N%, %NAME(args)%, %NAME(args):N%; args may hold '%'
+		// (START_TIME formats) but not ')'.
+		k := i + 1
+		for k < len(s) && (s[k] == '_' || (s[k] >= 'A' && s[k] <= 'Z') || (s[k] >= '0' && s[k] <= '9')) {
+			k++
+		}
+		if k < len(s) && s[k] == '(' {
+			c := strings.IndexByte(s[k:], ')')
+			if c < 0 {
+				return nil, fmt.Errorf("format %q: command without ')'", s)
+			}
+			k += c
+		}
+		j := strings.IndexByte(s[k:], '%')
 		if j < 0 {
 			return nil, fmt.Errorf("format %q: unterminated %%COMMAND%%", s)
 		}
-		// A command with arguments may itself contain ':' but never '%'.
+		j += k - (i + 1)
 		tok := s[i+1 : i+1+j]
 		p, err := parseCommand(tok)
 		if err != nil {
@@ -241,7 +254,7 @@ func (p fmtPart) value(li *logInfo) any {
 		return li.bytesSent
 	case "DURATION", "REQUEST_DURATION", "RESPONSE_TX_DURATION":
 		return ms(li.end.Sub(li.start))
-	case "RESPONSE_DURATION", "UPSTREAM_SERVICE_TIME":
+	case "RESPONSE_DURATION":
 		if li.firstUpstreamByte.IsZero() {
 			return nil
 		}

@@ -439,3 +439,101 @@ func TestShippedEnvoyYAML(t *testing.T) {
 		}
 	})
 }
+
+// TestClientAbortMidStream: the client goes away in the middle of an SSE
+// response: the upstream request is cancelled, and so is a STREAMED ext_proc
+// stream.
+func TestClientAbortMidStream(t *testing.T) {
+	upGone := make(chan struct{})
+	proc := startProc(t, func(_ *procStream, req *extprocsvc.ProcessingRequest) ([]*extprocsvc.ProcessingResponse, error) {
+		r := continueReply(req)
+		if kindOf(req) == "response_headers" {
+			r.ModeOverride = &extprocv3.ProcessingMode{ResponseBodyMode: extprocv3.ProcessingMode_STREAMED}
+		}
+		return []*extprocsvc.ProcessingResponse{r}, nil
+	})
+	ev := start(t, proc.addr, options{
+		extProc: func(ep *extprocv3.ExternalProcessor) { ep.AllowModeOverride = true },
+		upstream: func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("content-type", "text/event-stream")
+			_, _ = io.WriteString(w, "data: first\n\n")
+			w.(http.Flusher).Flush()
+			<-r.Context().Done() // only a cancel ends this upstream
+			close(upGone)
+		},
+	})
+	ctx, cancel := contextWithCancel(t)
+	req, _ := http.NewRequestWithContext(ctx, "GET", ev.em.URL()+"/x", nil)
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len("data: first\n\n"))
+	if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "data: first\n\n" {
+		t.Fatalf("first event %q %v", buf, err)
+	}
+	cancel()
+	resp.Body.Close()
+	select {
+	case <-upGone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("upstream request not cancelled after the client went away")
+	}
+	if code := proc.firstStream(t).endCode(t); code != "Canceled" {
+		t.Fatalf("ext_proc stream end %s, want Canceled", code)
+	}
+	if line := ev.accessLog(t, 1)[0]; !strings.HasPrefix(line, "GET /x 200 upstream_a") {
+		t.Fatalf("access log %q", line)
+	}
+}
+
+// TestBufferedPartial: within the limit it behaves as BUFFERED; beyond it
+// the first limit bytes go with end_of_stream=false and the rest follows
+// unprocessed.
+func TestBufferedPartial(t *testing.T) {
+	proc := startProc(t, onKind("request_body", func(req *extprocsvc.ProcessingRequest) []*extprocsvc.ProcessingResponse {
+		b := req.GetRequestBody()
+		return []*extprocsvc.ProcessingResponse{replyWith(req, &extprocsvc.CommonResponse{BodyMutation: &extprocsvc.BodyMutation{
+			Mutation: &extprocsvc.BodyMutation_Body{Body: []byte("<" + strconv.Itoa(len(b.GetBody())) + "," + strconv.FormatBool(b.GetEndOfStream()) + ">")},
+		}})}
+	}))
+	ev := start(t, proc.addr, options{extProc: func(ep *extprocv3.ExternalProcessor) {
+		ep.ProcessingMode.RequestBodyMode = extprocv3.ProcessingMode_BUFFERED_PARTIAL
+	}})
+	for _, c := range []struct {
+		size int
+		want string
+	}{{10, "<10,true>"}, {5000, "<4096,false>" + strings.Repeat("x", 5000-4096)}} {
+		if res := do(t, ev, "POST", "/x", strings.NewReader(strings.Repeat("x", c.size)), nil); res.status != 200 {
+			t.Fatalf("size %d: status %d", c.size, res.status)
+		}
+		rs := ev.a.requests()
+		if got := string(rs[len(rs)-1].Body); got != c.want {
+			t.Fatalf("size %d: upstream body %q, want %q", c.size, got, c.want)
+		}
+	}
+}
+
+// TestShippedUnixVariant: envoy-unix.yaml with its socket redirected.
+func TestShippedUnixVariant(t *testing.T) {
+	b, err := envoy.LoadBootstrap("../envoy-unix.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "x.sock")
+	proc := startProcOn(t, "unix", sock, continueAll)
+	em, err := New(Config{Bootstrap: b, ListenAddr: "127.0.0.1:0", ClusterAddrs: map[string]string{"keymux_extproc": "unix:" + sock}, AccessLog: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := em.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = em.Close() })
+	if res := do(t, &env{em: em}, "GET", "/v1/models", nil, nil); res.status != 404 {
+		t.Fatalf("status %d, want the not-routed 404", res.status)
+	}
+	if proc.streamCount() != 1 {
+		t.Fatal("processor on the unix socket not used")
+	}
+}

@@ -97,6 +97,9 @@ func newRouteTable(rc *routev3.RouteConfiguration) (*routeTable, error) {
 			default:
 				return nil, fmt.Errorf("virtual_host %q route %d: path specifier %T is not emulated", vhc.GetName(), i, m.GetPathSpecifier())
 			}
+			if len(m.GetQueryParameters()) > 0 || m.GetRuntimeFraction() != nil || m.GetGrpc() != nil || m.GetTlsContext() != nil || len(m.GetDynamicMetadata()) > 0 {
+				return nil, fmt.Errorf("virtual_host %q route %d: query_parameters, runtime_fraction, grpc, tls_context and dynamic_metadata matchers are not emulated", vhc.GetName(), i)
+			}
 			for _, hm := range m.GetHeaders() {
 				h := &headerMatch{cfg: hm}
 				if sr := hm.GetSafeRegexMatch(); sr != nil {

@@ -138,8 +138,11 @@ func (rq *request) cleanup() {
 		_ = rq.upBody.Close()
 	}
 	rq.pipesMu.Unlock()
-	if rq.upCancel != nil {
-		rq.upCancel(context.Canceled)
+	rq.asyncMu.Lock()
+	cancel := rq.upCancel
+	rq.asyncMu.Unlock()
+	if cancel != nil {
+		cancel(context.Canceled)
 	}
 	graceful := !rq.aborted.Load()
 	for _, s := range rq.snapshotSessions() {
@@ -165,9 +168,10 @@ func (rq *request) asyncFail(lr *localReply) {
 	if rq.asyncLR == nil {
 		rq.asyncLR = lr
 	}
+	cancel := rq.upCancel
 	rq.asyncMu.Unlock()
-	if rq.upCancel != nil {
-		rq.upCancel(errLocalReply)
+	if cancel != nil {
+		cancel(errLocalReply)
 	}
 }
 
@@ -774,8 +778,11 @@ func (rq *request) forward(rt *route, cl *cluster, total, idle time.Duration) (*
 	}
 	hh.Del("Content-Length")
 	upCtx, upCancel := context.WithCancelCause(rq.ctx)
+	rq.asyncMu.Lock()
 	rq.upCancel = upCancel
-	if la := rq.asyncLocal(); la != nil {
+	la := rq.asyncLR
+	rq.asyncMu.Unlock()
+	if la != nil {
 		return nil, la
 	}
 	body := rq.body
@@ -999,7 +1006,7 @@ func (rq *request) write(h *headerMap, body io.Reader) {
 			if lr := rq.asyncLocal(); lr != nil {
 				rq.info.details = lr.details
 			}
-			if context.Cause(rq.ctx) == nil && rq.upCancel != nil {
+			if context.Cause(rq.ctx) == nil {
 				rq.info.responseFlags = addFlag(rq.info.responseFlags, "UR")
 			}
 			// Headers are out: Envoy resets the stream.

@@ -1,0 +1,156 @@
+// Package emulator runs an Envoy v3 bootstrap without Envoy: one HTTP/1.1
+// listener with its HTTP connection manager, route table, clusters, access
+// log and — above all — the envoy.filters.http.ext_proc filter, talking real
+// gRPC to the configured external processor exactly as
+// /work/shared/design/ENVOY_EXTPROC.md (the repository's ENVOY_EXTPROC.md)
+// describes Envoy's behaviour. Tests and `keymux dev` drive keymux through
+// it, with the very YAML users deploy (envoy/envoy.yaml).
+//
+//	b, _ := envoy.LoadBootstrap("envoy/envoy.yaml")
+//	em, _ := emulator.New(emulator.Config{Bootstrap: b, ListenAddr: "127.0.0.1:0",
+//		ClusterAddrs: map[string]string{"keymux_extproc": "unix:/tmp/keymux.sock"}})
+//	_ = em.Start(ctx) // listening when it returns
+//	defer em.Close()  // aborts in-flight requests, waits for every goroutine
+//
+// # What it reproduces
+//
+// HCM: x-request-id (generated when absent), x-forwarded-proto,
+// use_remote_address (x-forwarded-for), early_header_mutation_extensions,
+// normalize_path and merge_slashes, the server header. Routing: virtual hosts
+// by domain (exact, suffix and prefix wildcards, "*"), prefix / path /
+// path_separated_prefix / safe_regex matches with header matchers,
+// cluster / cluster_header / direct_response, request and response headers to
+// add and remove at route, virtual host and route configuration level,
+// prefix_rewrite, host_rewrite_literal, timeout and idle_timeout,
+// per_request_buffer_limit_bytes, ExtProcPerRoute (disabled, overrides of
+// processing_mode and failure_mode_allow). The route is selected once before
+// the filters run and again only after a clear_route_cache.
+//
+// ext_proc: lazy stream; message order; end_of_stream flags; header maps with
+// one entry per value, lower-case keys, pseudo-headers and raw_value;
+// protocol_config on the first message; attributes once per direction;
+// BUFFERED / STREAMED / NONE per direction; the buffer limit (413 request,
+// 500 response); header mutations (removals first, raw_value, value-only is
+// an empty header, both is a 500, only the legacy append flag, the
+// HeaderMutationRules checker with allow_all_routing, allow_envoy,
+// disallow_system, disallow_all, allow/disallow_expression,
+// disallow_is_error; invalid names and values → 500); body mutations;
+// CONTINUE_AND_REPLACE; the content-length rules; clear_route_cache (with a
+// header mutation, request path only, route_cache_action,
+// disable_clear_route_cache); immediate responses; mode overrides
+// (allow_mode_override, headers replies only, allowed_override_modes);
+// pipelined STREAMED chunks with one reply each in order;
+// message_timeout (default 200ms) and override_message_timeout within
+// max_message_timeout; failure_mode_allow and status_on_error; spurious
+// replies; dynamic metadata limited to receiving_namespaces.untyped and
+// visible to the access log; half-close at the end, cancel on client abort;
+// replies after completion ignored.
+//
+// Upstreams: STATIC / STRICT_DNS / LOGICAL_DNS clusters by address (round
+// robin over the endpoints), dynamic_forward_proxy clusters by the request's
+// :authority, plain HTTP or TLS (UpstreamTlsContext: SNI = sni or the
+// authority host, verification against validation_context.trusted_ca, the
+// system roots, or Config.UpstreamTLS), HTTP/1.1 through net/http with no
+// automatic decompression and no redirects. Response bodies in NONE and
+// STREAMED mode are copied chunk by chunk with a flush after each read.
+//
+// # What the emulator does not reproduce
+//
+// Every departure from Envoy is listed here and nowhere else.
+//
+// Protocols and listeners
+//   - Only the first static listener and its first http_connection_manager;
+//     the downstream side speaks HTTP/1.1 in clear text only (codec_type AUTO
+//     or HTTP2, h2c and listener TLS are not emulated). Upstreams are always
+//     HTTP/1.1 (auto_config and http2_protocol_options are ignored for HTTP
+//     upstreams; the ext_proc gRPC client is grpc-go over HTTP/2, always
+//     without TLS).
+//   - Trailers are never sent to the processor nor forwarded:
+//     request_trailer_mode and response_trailer_mode SEND have no effect.
+//   - route_config must be inline (no RDS, no scoped routes).
+//
+// HTTP connection manager
+//   - Not emulated: stream_idle_timeout, request_timeout,
+//     request_headers_timeout, the removal of client-sent internal x-envoy-*
+//     headers, path_with_escaped_slashes_action, strip_*_host_port, via,
+//     tracing, stats, the admin interface, local_reply_config, internal
+//     redirects, upgrades (WebSocket, CONNECT), 100-continue handling beyond
+//     Go's.
+//
+// HTTP filters
+//   - Emulated: ext_proc, dynamic_forward_proxy (recognised; hosts are
+//     resolved by Go's resolver on each new connection — no DNS cache,
+//     dns_cache_config is ignored), router (suppress_envoy_headers honoured;
+//     it adds x-envoy-expected-rq-timeout-ms and x-envoy-upstream-service-time
+//     otherwise), header_mutation (request and response append/remove only).
+//     Any other filter makes New fail.
+//   - jwt_authn is minimal and NOT a security boundary: for each provider with
+//     forward_payload_header, the payload segment of a bearer token (from
+//     from_headers or Authorization) is forwarded as is. Signatures, issuer,
+//     audiences, expiry and the rules/requirements are not checked; a request
+//     without a token passes.
+//
+// ext_proc
+//   - New fails on http_service, observability_mode,
+//     send_body_without_waiting_for_header_response and the
+//     FULL_DUPLEX_STREAMED and GRPC body modes.
+//   - Ignored: forward_rules, filter_metadata,
+//     metadata_options.forwarding_namespaces (no metadata_context is sent),
+//     typed receiving namespaces, processing_request_modifier,
+//     on_processing_response, emit_client_span, stat_prefix (no stats),
+//     grpc_service.timeout and retry_policy, the immediate response's
+//     grpc_status, request_drain and flow-control fields.
+//   - Attributes are a fixed set (request.path, request.url_path,
+//     request.host, request.method, request.scheme, request.id,
+//     request.protocol, source.address, destination.address, xds.route_name,
+//     xds.cluster_name, response.code); other names are omitted.
+//   - BUFFERED_PARTIAL is best effort: a body within the limit behaves as
+//     BUFFERED; beyond it, the first limit bytes are sent with
+//     end_of_stream=false and the rest passes unprocessed.
+//   - STREAMED: one message per 16 KiB read of the source; the message timer
+//     is re-armed while chunks are outstanding (per outstanding message, as
+//     ENVOY_EXTPROC.md says) where Envoy stops it at each reply.
+//   - Header and trailer DEFAULT in a mode override keep the current setting
+//     (ENVOY_EXTPROC.md); a spurious reply is a 500, or close and continue
+//     with failure_mode_allow (ENVOY_EXTPROC.md; older Envoy releases always
+//     continued).
+//   - Local replies decided by ext_proc (immediate responses, errors,
+//     timeouts, the 413) go straight to the client; router-generated replies
+//     (no route, direct_response, cluster not found, upstream failure and
+//     timeout) go through the encoder filters, ext_proc included, as in
+//     Envoy. A failure after the response headers reached the client resets
+//     the connection.
+//   - At the end of processing the stream is half-closed and cancelled once
+//     the server has finished or deferred_close_timeout (default 5s) passed;
+//     Envoy half-closes and resets at once. Both look normal to a server.
+//
+// Routing
+//   - Not emulated: query_parameters, runtime_fraction, grpc, tls_context and
+//     dynamic_metadata matchers (New fails on any of them), weighted
+//     clusters, redirects, retries, hedging, mirroring, rate limits,
+//     regex_rewrite, host_rewrite_header / auto_host_rewrite, CORS.
+//   - The route timeout starts when the upstream request starts (Envoy: when
+//     the downstream request is complete); idle_timeout counts upstream body
+//     reads only.
+//
+// Clusters
+//   - No health checks, outlier detection, circuit breakers, connection pool
+//     limits, LB policies or priorities; EDS and ORIGINAL_DST clusters need a
+//     Config.ClusterAddrs entry. No upstream client certificates; SAN checks
+//     are Go's hostname verification; match_typed_subject_alt_names is
+//     ignored. A trusted_ca file that does not exist makes New fail, as Envoy
+//     does.
+//
+// Access log
+//   - Operators: REQ, RESP, DYNAMIC_METADATA, START_TIME (default format and
+//     a strftime subset), RESPONSE_CODE, RESPONSE_FLAGS (NR, NC, UF, UT, SI,
+//     UR, DC only), RESPONSE_CODE_DETAILS, BYTES_RECEIVED, BYTES_SENT,
+//     DURATION, REQUEST_DURATION, RESPONSE_DURATION, RESPONSE_TX_DURATION,
+//     UPSTREAM_HOST, UPSTREAM_CLUSTER, ROUTE_NAME, PROTOCOL,
+//     UPSTREAM_PROTOCOL, DOWNSTREAM_*_ADDRESS, UPSTREAM_TRANSPORT_FAILURE_REASON,
+//     UPSTREAM_REQUEST_ATTEMPT_COUNT, HOSTNAME, ENVIRONMENT; TRAILER,
+//     FILTER_STATE, UPSTREAM_LOCAL_ADDRESS, REQUESTED_SERVER_NAME,
+//     CONNECTION_TERMINATION_DETAILS, CONNECTION_ID, STREAM_ID and
+//     LOCAL_REPLY_BODY are always "-". Any other operator makes New fail.
+//     Access log filters are ignored: every request is logged.
+package emulator
