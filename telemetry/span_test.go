@@ -55,7 +55,7 @@ const (
 	clientTP      = "00-" + clientTraceID + "-" + clientSpanID + "-01"
 )
 
-var tpRE = regexp.MustCompile(`^00-([0-9a-f]{32})-([0-9a-f]{16})-0[01]$`)
+var tpRE = regexp.MustCompile(`^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$`)
 
 func TestSpans(t *testing.T) {
 	okCall := func() *Call {
