@@ -537,3 +537,54 @@ func TestShippedUnixVariant(t *testing.T) {
 		t.Fatal("processor on the unix socket not used")
 	}
 }
+
+// TestPerRouteFilterConfig: a filter disabled in http_filters runs only on
+// routes whose FilterConfig turns it on; ExtProcPerRoute can disable it or
+// override its processing mode.
+func TestPerRouteFilterConfig(t *testing.T) {
+	proc := startProc(t, continueAll)
+	enableOnDefault := `                route: { cluster: upstream_a, timeout: 30s }
+                typed_per_filter_config:
+                  envoy.filters.http.ext_proc:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    config: {}`
+	b := fixtureWith(t, "basic.yaml",
+		"          - name: envoy.filters.http.ext_proc\n", "          - name: envoy.filters.http.ext_proc\n            disabled: true\n",
+		"                route: { cluster: upstream_a, timeout: 30s }", enableOnDefault)
+	ev := startWith(t, b, proc.addr, nil)
+	do(t, ev, "GET", "/direct", nil, nil)
+	if n := proc.streamCount(); n != 0 {
+		t.Fatalf("disabled filter opened %d streams on a route that does not enable it", n)
+	}
+	do(t, ev, "GET", "/x", nil, nil)
+	if n := proc.streamCount(); n != 1 {
+		t.Fatalf("enabled route: %d streams, want 1", n)
+	}
+
+	t.Run("ExtProcPerRoute", func(t *testing.T) {
+		proc := startProc(t, continueAll)
+		b := fixtureWith(t, "basic.yaml",
+			"                route: { cluster: upstream_a, timeout: 30s }", `                route: { cluster: upstream_a, timeout: 30s }
+                typed_per_filter_config:
+                  envoy.filters.http.ext_proc:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute
+                    overrides:
+                      processing_mode: { request_header_mode: SKIP, response_header_mode: SEND }`,
+			"                route: { cluster: upstream_b }", `                route: { cluster: upstream_b }
+                typed_per_filter_config:
+                  envoy.filters.http.ext_proc:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute
+                    disabled: true`)
+		ev := startWith(t, b, proc.addr, nil)
+		do(t, ev, "GET", "/x", nil, map[string]string{"X-Route": "b"})
+		if n := proc.streamCount(); n != 0 {
+			t.Fatalf("disabled per route: %d streams", n)
+		}
+		do(t, ev, "GET", "/x", nil, nil)
+		ps := proc.firstStream(t)
+		ps.endCode(t)
+		if msgs := ps.messages(); len(msgs) != 1 || kindOf(msgs[0]) != "response_headers" {
+			t.Fatalf("override: %d messages, first %s", len(msgs), kindOf(msgs[0]))
+		}
+	})
+}

@@ -22,8 +22,9 @@
 // cluster / cluster_header / direct_response, request and response headers to
 // add and remove at route, virtual host and route configuration level,
 // prefix_rewrite, host_rewrite_literal, timeout and idle_timeout,
-// per_request_buffer_limit_bytes, ExtProcPerRoute (disabled, overrides of
-// processing_mode and failure_mode_allow). The route is selected once before
+// per_request_buffer_limit_bytes, HttpFilter.disabled with a route's
+// FilterConfig turning the filter on, ExtProcPerRoute (disabled, overrides
+// of processing_mode and failure_mode_allow). The route is selected once before
 // the filters run and again only after a clear_route_cache.
 //
 // ext_proc: lazy stream; message order; end_of_stream flags; header maps with
@@ -152,5 +153,7 @@
 //     FILTER_STATE, UPSTREAM_LOCAL_ADDRESS, REQUESTED_SERVER_NAME,
 //     CONNECTION_TERMINATION_DETAILS, CONNECTION_ID, STREAM_ID and
 //     LOCAL_REPLY_BODY are always "-". Any other operator makes New fail.
+//     UPSTREAM_HOST is the address dialled: host:port of the authority for a
+//     dynamic forward proxy (Envoy logs the resolved IP:port).
 //     Access log filters are ignored: every request is logged.
 package emulator

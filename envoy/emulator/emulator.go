@@ -96,11 +96,12 @@ const (
 )
 
 type httpFilter struct {
-	name    string
-	kind    filterKind
-	extProc *extProcFilter
-	jwt     *jwtauthnv3.JwtAuthentication
-	hm      *headermutationv3.HeaderMutation
+	name     string
+	kind     filterKind
+	disabled bool // HttpFilter.disabled: on only where a route enables it
+	extProc  *extProcFilter
+	jwt      *jwtauthnv3.JwtAuthentication
+	hm       *headermutationv3.HeaderMutation
 }
 
 // New validates cfg and builds the emulator; it does not listen yet.
@@ -208,7 +209,7 @@ func (e *Emulator) newFilter(hf *hcmv3.HttpFilter) (*httpFilter, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &httpFilter{name: hf.GetName()}
+	f := &httpFilter{name: hf.GetName(), disabled: hf.GetDisabled()}
 	switch c := m.(type) {
 	case *extprocv3.ExternalProcessor:
 		f.kind = filterExtProc

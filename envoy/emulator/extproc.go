@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
@@ -17,7 +18,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -676,14 +676,16 @@ func (f *extProcFilter) perRoute(r *route) (disabled bool, mode *extprocv3.Proce
 	if r == nil {
 		return false, mode, failOpen
 	}
-	var anyCfg *anypb.Any
-	for _, m := range []map[string]*anypb.Any{r.vh.cfg.GetTypedPerFilterConfig(), r.cfg.GetTypedPerFilterConfig()} {
-		if a, ok := m[f.name]; ok {
-			anyCfg = a
-		}
-	}
+	anyCfg := r.perFilterConfig(f.name)
 	if anyCfg == nil {
 		return false, mode, failOpen
+	}
+	var fc routev3.FilterConfig
+	if anyCfg.MessageIs(&fc) {
+		if anyCfg.UnmarshalTo(&fc) != nil || fc.GetConfig() == nil {
+			return false, mode, failOpen
+		}
+		anyCfg = fc.GetConfig()
 	}
 	var pr extprocv3.ExtProcPerRoute
 	if err := anyCfg.UnmarshalTo(&pr); err != nil {

@@ -11,6 +11,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 type routeTable struct {
@@ -338,4 +339,30 @@ func applyHeaderOptions(h *headerMap, remove []string, add []*corev3.HeaderValue
 			}
 		}
 	}
+}
+
+// perFilterConfig is the most specific typed_per_filter_config for a filter
+// (route over virtual host over route configuration).
+func (r *route) perFilterConfig(name string) *anypb.Any {
+	if a, ok := r.cfg.GetTypedPerFilterConfig()[name]; ok {
+		return a
+	}
+	if a, ok := r.vh.cfg.GetTypedPerFilterConfig()[name]; ok {
+		return a
+	}
+	return nil
+}
+
+// filterEnabled applies HttpFilter.disabled and a route's FilterConfig
+// (disabled: false, the default, turns a disabled filter on).
+func filterEnabled(f *httpFilter, r *route) bool {
+	if r == nil {
+		return !f.disabled
+	}
+	a := r.perFilterConfig(f.name)
+	var fc routev3.FilterConfig
+	if a != nil && a.MessageIs(&fc) && a.UnmarshalTo(&fc) == nil {
+		return !fc.GetDisabled()
+	}
+	return !f.disabled
 }

@@ -241,6 +241,9 @@ func (rq *request) run() {
 
 	for _, f := range rq.e.filters {
 		var lr *localReply
+		if f.kind != filterRouter && !filterEnabled(f, rq.route) {
+			continue
+		}
 		switch f.kind {
 		case filterExtProc:
 			lr = rq.decodeExtProc(f.extProc)
@@ -742,10 +745,13 @@ func (rq *request) router() {
 
 	resp, lr := rq.forward(rt, cl, total, idle)
 	if lr != nil {
-		if rq.aborted.Load() {
-			return
+		switch {
+		case rq.aborted.Load():
+		case lr == rq.asyncLocal():
+			rq.sendLocal(lr, false) // decided by a STREAMED ext_proc body
+		default:
+			rq.routerLocal(rt, lr)
 		}
-		rq.routerLocal(rt, lr)
 		return
 	}
 	rq.respondUpstream(rt, resp)
@@ -932,7 +938,9 @@ func (rq *request) encodeAndWrite(h *headerMap, body io.Reader) {
 				return
 			}
 		case filterHeaderMutation:
-			rq.applyHeaderMutationFilter(f, h, false)
+			if filterEnabled(f, rq.route) {
+				rq.applyHeaderMutationFilter(f, h, false)
+			}
 		}
 	}
 	rq.write(h, body)
