@@ -83,13 +83,21 @@
 //     resolved by Go's resolver on each new connection — no DNS cache,
 //     dns_cache_config is ignored), router (suppress_envoy_headers honoured;
 //     it adds x-envoy-expected-rq-timeout-ms and x-envoy-upstream-service-time
-//     otherwise), header_mutation (request and response append/remove only).
-//     Any other filter makes New fail.
-//   - jwt_authn is minimal and NOT a security boundary: for each provider with
-//     forward_payload_header, the payload segment of a bearer token (from
-//     from_headers or Authorization) is forwarded as is. Signatures, issuer,
-//     audiences, expiry and the rules/requirements are not checked; a request
-//     without a token passes.
+//     otherwise), header_mutation (request and response append/remove only),
+//     jwt_authn (below). Any other filter makes New fail.
+//   - jwt_authn: providers with local_jwks or remote_jwks (fetched through
+//     their cluster on first use, cached for cache_duration; async_fetch and
+//     retry_policy ignored), RS/PS/ES/HS 256/384/512 signatures, issuer,
+//     audiences, exp/nbf with clock_skew_seconds, from_headers or the
+//     Authorization bearer token, forward, forward_payload_header
+//     (pad_forward_payload_header), payload_in_metadata; rules with
+//     provider_name, provider_and_audiences, requires_any, requires_all,
+//     allow_missing, allow_missing_or_failed. Not emulated: from_params,
+//     from_cookies, subjects, require_expiration, max_lifetime,
+//     claim_to_headers, jwt_cache_config, requirement_map (New fails),
+//     filter_state_rules (New fails), bypass_cors_preflight. Failure bodies
+//     and statuses follow Envoy's messages ("Jwt is missing" 401, "Jwt is
+//     expired" 401, "Audiences in Jwt are not allowed" 403, …).
 //
 // ext_proc
 //   - New fails on http_service, observability_mode,

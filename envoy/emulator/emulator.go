@@ -100,7 +100,7 @@ type httpFilter struct {
 	kind     filterKind
 	disabled bool // HttpFilter.disabled: on only where a route enables it
 	extProc  *extProcFilter
-	jwt      *jwtauthnv3.JwtAuthentication
+	jwt      *jwtFilter
 	hm       *headermutationv3.HeaderMutation
 }
 
@@ -223,7 +223,9 @@ func (e *Emulator) newFilter(hf *hcmv3.HttpFilter) (*httpFilter, error) {
 		e.suppressEnvoyHeaders = c.GetSuppressEnvoyHeaders()
 	case *jwtauthnv3.JwtAuthentication:
 		f.kind = filterJWT
-		f.jwt = c
+		if f.jwt, err = e.newJWTFilter(c); err != nil {
+			return nil, err
+		}
 	case *headermutationv3.HeaderMutation:
 		f.kind = filterHeaderMutation
 		f.hm = c

@@ -148,6 +148,7 @@ type localReply struct {
 	headers *extprocsvc.HeaderMutation // immediate_response headers, through the checker
 	details string
 	checker *checker
+	wwwAuth string // jwt_authn failures
 }
 
 // dirState is ProcessorState: one per direction per stream.
@@ -172,6 +173,7 @@ type session struct {
 	f    *extProcFilter
 	rq   *request
 	log  func(msg string, args ...any)
+	warn func(msg string, args ...any)
 	mode *extprocv3.ProcessingMode // after per-route overrides: protocol_config
 	fail bool                      // failure_mode_allow after per-route overrides
 
@@ -195,6 +197,9 @@ func newSession(rq *request, f *extProcFilter, mode *extprocv3.ProcessingMode, f
 	s := &session{f: f, rq: rq, mode: mode, fail: failOpen, done: make(chan struct{})}
 	s.log = func(msg string, args ...any) {
 		rq.e.log.Debug(msg, append([]any{"filter", f.name, "request_id", rq.requestID}, args...)...)
+	}
+	s.warn = func(msg string, args ...any) {
+		rq.e.log.Warn(msg, append([]any{"filter", f.name, "request_id", rq.requestID}, args...)...)
 	}
 	s.ctx, s.cancel = context.WithCancel(rq.e.bgCtx)
 	for i := range s.dirs {
@@ -354,7 +359,7 @@ func (s *session) onTimeout(st *dirState, gen uint64) {
 	if s.complete || gen != st.timerGen || len(st.expect) == 0 {
 		return
 	}
-	s.log("ext_proc message timeout")
+	s.warn("ext_proc message timeout")
 	if s.fail {
 		s.completeLocked(nil)
 	} else {
@@ -414,7 +419,7 @@ func (s *session) onStreamErrorLocked(err error) {
 		s.completeLocked(nil)
 		return
 	}
-	s.log("ext_proc stream failed", "code", st.Code().String())
+	s.warn("ext_proc stream failed", "code", st.Code().String())
 	if s.fail {
 		s.completeLocked(nil)
 		return
@@ -533,7 +538,7 @@ func modeOverrideAllowed(cfg *extprocv3.ExternalProcessor, m *extprocv3.Processi
 // spuriousLocked handles a reply of the wrong kind: 500, or close and
 // continue when failure_mode_allow.
 func (s *session) spuriousLocked() {
-	s.log("ext_proc spurious message")
+	s.warn("ext_proc spurious message")
 	if s.fail {
 		s.completeLocked(nil)
 	} else {
@@ -593,7 +598,7 @@ func (s *session) failMutation(err error) *localReply {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	lr := &localReply{status: http.StatusInternalServerError, details: strings.ReplaceAll(err.Error(), " ", "_")}
-	s.log("ext_proc invalid mutation", "err", err)
+	s.warn("ext_proc invalid mutation", "err", err)
 	s.completeLocked(lr)
 	s.cancelStreamLocked()
 	return lr

@@ -86,38 +86,8 @@ func newRouteTable(rc *routev3.RouteConfiguration) (*routeTable, error) {
 		vh := &vhost{cfg: vhc}
 		for i, rcfg := range vhc.GetRoutes() {
 			r := &route{cfg: rcfg, vh: vh}
-			m := rcfg.GetMatch()
-			switch m.GetPathSpecifier().(type) {
-			case *routev3.RouteMatch_Prefix, *routev3.RouteMatch_Path, *routev3.RouteMatch_PathSeparatedPrefix:
-			case *routev3.RouteMatch_SafeRegex:
-				re, err := compileRegex(m.GetSafeRegex())
-				if err != nil {
-					return nil, fmt.Errorf("virtual_host %q route %d: safe_regex: %w", vhc.GetName(), i, err)
-				}
-				r.regex = re
-			default:
-				return nil, fmt.Errorf("virtual_host %q route %d: path specifier %T is not emulated", vhc.GetName(), i, m.GetPathSpecifier())
-			}
-			if len(m.GetQueryParameters()) > 0 || m.GetRuntimeFraction() != nil || m.GetGrpc() != nil || m.GetTlsContext() != nil || len(m.GetDynamicMetadata()) > 0 {
-				return nil, fmt.Errorf("virtual_host %q route %d: query_parameters, runtime_fraction, grpc, tls_context and dynamic_metadata matchers are not emulated", vhc.GetName(), i)
-			}
-			for _, hm := range m.GetHeaders() {
-				h := &headerMatch{cfg: hm}
-				if sr := hm.GetSafeRegexMatch(); sr != nil {
-					re, err := compileRegex(sr)
-					if err != nil {
-						return nil, fmt.Errorf("virtual_host %q route %d header %q: %w", vhc.GetName(), i, hm.GetName(), err)
-					}
-					h.regex = re
-				}
-				if sm := hm.GetStringMatch(); sm != nil {
-					s, err := newStringMatch(sm)
-					if err != nil {
-						return nil, fmt.Errorf("virtual_host %q route %d header %q: %w", vhc.GetName(), i, hm.GetName(), err)
-					}
-					h.str = s
-				}
-				r.headers = append(r.headers, h)
+			if err := r.compileMatch(); err != nil {
+				return nil, fmt.Errorf("virtual_host %q route %d: %w", vhc.GetName(), i, err)
 			}
 			switch rcfg.GetAction().(type) {
 			case *routev3.Route_Route, *routev3.Route_DirectResponse:
@@ -365,4 +335,52 @@ func filterEnabled(f *httpFilter, r *route) bool {
 		return !fc.GetDisabled()
 	}
 	return !f.disabled
+}
+
+// compileMatch prepares the path and header matchers of r.cfg.match.
+func (r *route) compileMatch() error {
+	m := r.cfg.GetMatch()
+	switch m.GetPathSpecifier().(type) {
+	case *routev3.RouteMatch_Prefix, *routev3.RouteMatch_Path, *routev3.RouteMatch_PathSeparatedPrefix:
+	case *routev3.RouteMatch_SafeRegex:
+		re, err := compileRegex(m.GetSafeRegex())
+		if err != nil {
+			return fmt.Errorf("safe_regex: %w", err)
+		}
+		r.regex = re
+	default:
+		return fmt.Errorf("path specifier %T is not emulated", m.GetPathSpecifier())
+	}
+	if len(m.GetQueryParameters()) > 0 || m.GetRuntimeFraction() != nil || m.GetGrpc() != nil || m.GetTlsContext() != nil || len(m.GetDynamicMetadata()) > 0 {
+		return fmt.Errorf("query_parameters, runtime_fraction, grpc, tls_context and dynamic_metadata matchers are not emulated")
+	}
+	for _, hm := range m.GetHeaders() {
+		h := &headerMatch{cfg: hm}
+		if sr := hm.GetSafeRegexMatch(); sr != nil {
+			re, err := compileRegex(sr)
+			if err != nil {
+				return fmt.Errorf("header %q: %w", hm.GetName(), err)
+			}
+			h.regex = re
+		}
+		if sm := hm.GetStringMatch(); sm != nil {
+			sm2, err := newStringMatch(sm)
+			if err != nil {
+				return fmt.Errorf("header %q: %w", hm.GetName(), err)
+			}
+			h.str = sm2
+		}
+		r.headers = append(r.headers, h)
+	}
+	return nil
+}
+
+// matchesRequest applies r's match to request headers h.
+func (r *route) matchesRequest(h *headerMap) bool {
+	path := h.value(":path")
+	pathOnly := path
+	if i := strings.IndexAny(pathOnly, "?#"); i >= 0 {
+		pathOnly = pathOnly[:i]
+	}
+	return r.matches(h, path, pathOnly)
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -248,7 +247,7 @@ func (rq *request) run() {
 		case filterExtProc:
 			lr = rq.decodeExtProc(f.extProc)
 		case filterJWT:
-			rq.decodeJWT(f)
+			lr = f.jwt.decode(rq)
 		case filterHeaderMutation:
 			rq.applyHeaderMutationFilter(f, h, true)
 		case filterRouter:
@@ -587,37 +586,6 @@ func (rq *request) decodeExtProc(f *extProcFilter) *localReply {
 
 // ---- other filters ----
 
-// decodeJWT is a minimal jwt_authn: it forwards the (unverified) payload in
-// forward_payload_header. See the package documentation.
-func (rq *request) decodeJWT(f *httpFilter) {
-	for _, p := range f.jwt.GetProviders() {
-		if p.GetForwardPayloadHeader() == "" {
-			continue
-		}
-		tok := ""
-		hdrs := p.GetFromHeaders()
-		if len(hdrs) == 0 {
-			if v, ok := rq.hdr.get("authorization"); ok && len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
-				tok = v[7:]
-			}
-		}
-		for _, jh := range hdrs {
-			if v, ok := rq.hdr.get(strings.ToLower(jh.GetName())); ok && strings.HasPrefix(v, jh.GetValuePrefix()) {
-				tok = strings.TrimPrefix(v, jh.GetValuePrefix())
-				break
-			}
-		}
-		parts := strings.Split(tok, ".")
-		if len(parts) != 3 {
-			continue
-		}
-		if _, err := base64.RawURLEncoding.DecodeString(parts[1]); err != nil {
-			continue
-		}
-		rq.hdr.set(strings.ToLower(p.GetForwardPayloadHeader()), parts[1])
-	}
-}
-
 func (rq *request) applyHeaderMutationFilter(f *httpFilter, h *headerMap, request bool) {
 	muts := f.hm.GetMutations().GetResponseMutations()
 	if request {
@@ -909,6 +877,9 @@ func localHeaders(lr *localReply) (*headerMap, []byte) {
 	if len(lr.body) > 0 {
 		h.add("content-length", strconv.Itoa(len(lr.body)))
 		h.add("content-type", "text/plain")
+	}
+	if lr.wwwAuth != "" {
+		h.add("www-authenticate", lr.wwwAuth)
 	}
 	return h, lr.body
 }
