@@ -140,7 +140,8 @@ func TestDemoConfig(t *testing.T) {
 	for i, id := range []string{"k1", "k2", "k3"} {
 		k := cfg.Keys[id]
 		if k == nil || k.Provider != policy.ProviderOpenAICompatible || k.BaseURL != upstream+"/v1" || k.Scheme != "http" ||
-			k.Host != "127.0.0.1:43210" || k.PathPrefix != "/v1" || k.Secret.Reveal() != "sk-demo-"+string(rune('1'+i)) || !k.Enabled {
+			k.Host != "127.0.0.1:43210" || k.PathPrefix != "/v1" || k.Secret.Reveal() != "sk-demo-"+string(rune('1'+i)) || !k.Enabled ||
+			!slices.Equal(k.Models, mockupstream.DemoModels) {
 			t.Errorf("key %s: %+v", id, k)
 		}
 	}

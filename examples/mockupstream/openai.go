@@ -250,8 +250,7 @@ func (s *Server) writeJSON(w *statusWriter, rq *request, v any) {
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write(out[:len(out)/2])
 		_ = http.NewResponseController(w).Flush()
-		w.cut = true
-		panic(http.ErrAbortHandler)
+		w.abort(true)
 	}
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(out)
@@ -282,11 +281,10 @@ func (s *Server) newSSE(w *statusWriter, rq *request) *sseWriter {
 // false when the client went away.
 func (e *sseWriter) event(name string, data []byte) bool {
 	if e.cut > 0 && e.n >= e.cut {
-		e.w.cut = true
-		panic(http.ErrAbortHandler)
+		e.w.abort(true)
 	}
 	if e.n > 0 && e.delay > 0 && !sleep(e.ctx, e.delay) {
-		return false
+		e.w.abort(false) // never end a stream cleanly after an interruption
 	}
 	buf := make([]byte, 0, len(name)+len(data)+16)
 	if name != "" {

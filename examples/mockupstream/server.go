@@ -100,6 +100,7 @@ type Server struct {
 	scripts  map[string][]Behaviour
 	defaults map[string]Behaviour
 	counts   map[string]int // requests per credential, for x-ratelimit-remaining-*
+	epoch    uint64         // bumped by Reset, so late answers never touch new records
 
 	ctx    context.Context // ends when Close is called; ends Delays
 	cancel context.CancelFunc
@@ -288,6 +289,7 @@ func (s *Server) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.reqs = nil
+	s.epoch++
 	clear(s.scripts)
 	clear(s.defaults)
 	clear(s.counts)
@@ -337,22 +339,22 @@ func (s *Server) notifyLocked() {
 	s.changed = make(chan struct{})
 }
 
-func (s *Server) record(r Recorded) int {
+func (s *Server) record(r Recorded) (seq int, epoch uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r.Seq = len(s.reqs) + 1
 	s.reqs = append(s.reqs, r)
 	s.notifyLocked()
-	return r.Seq
+	return r.Seq, s.epoch
 }
 
-func (s *Server) finish(seq, status int, cut bool) {
+func (s *Server) finish(epoch uint64, seq, status int, cut bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	i := seq - 1
-	if i < 0 || i >= len(s.reqs) || s.reqs[i].Seq != seq {
+	if epoch != s.epoch {
 		return // Reset in between
 	}
+	i := seq - 1
 	s.reqs[i].Status = status
 	s.reqs[i].Cut = cut
 	s.notifyLocked()
@@ -425,9 +427,13 @@ func credentialOf(h http.Header, d dialect) (cred, name, value string) {
 	return "", "", ""
 }
 
-// statusWriter remembers the status and whether the mock cut the answer.
+// statusWriter records the status and a cut in the request's record before
+// the client can see them, so a test never reads a stale record.
 type statusWriter struct {
 	http.ResponseWriter
+	s      *Server
+	epoch  uint64
+	seq    int
 	status int
 	cut    bool
 }
@@ -435,15 +441,26 @@ type statusWriter struct {
 func (w *statusWriter) WriteHeader(code int) {
 	if w.status == 0 {
 		w.status = code
+		w.s.finish(w.epoch, w.seq, code, false)
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *statusWriter) Write(p []byte) (int, error) {
 	if w.status == 0 {
-		w.status = http.StatusOK
+		w.WriteHeader(http.StatusOK)
 	}
 	return w.ResponseWriter.Write(p)
+}
+
+// abort closes the connection without finishing the answer (no [DONE], no
+// chunked terminator); cut says the mock meant it (CutStreamAfter).
+func (w *statusWriter) abort(cut bool) {
+	if cut {
+		w.cut = true
+		w.s.finish(w.epoch, w.seq, w.status, true)
+	}
+	panic(http.ErrAbortHandler)
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
@@ -462,7 +479,6 @@ type request struct {
 
 // ServeHTTP answers one request like the provider its path belongs to.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	sw := &statusWriter{ResponseWriter: w}
 	rt := parseRoute(r.URL.Path)
 	body, readErr := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	cred, authName, authValue := credentialOf(r.Header, rt.dialect)
@@ -480,9 +496,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rec.Stream = gjson.GetBytes(body, "stream").Type == gjson.True
 	rq := &request{r: r, rt: rt, body: body, model: rec.Model, stream: rec.Stream}
-	rq.seq = s.record(rec)
+	seq, epoch := s.record(rec)
+	rq.seq = seq
+	sw := &statusWriter{ResponseWriter: w, s: s, epoch: epoch, seq: seq}
 	defer func() {
-		s.finish(rq.seq, sw.status, sw.cut)
 		s.log.Debug("mock upstream request", "seq", rq.seq, "method", r.Method, "path", r.URL.Path,
 			"model", rec.Model, "auth_header", authName, "status", sw.status, "cut", sw.cut)
 	}()
@@ -553,7 +570,7 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 	rq.b, rq.count = s.next(cred)
 	b := rq.b
 	if b.Delay > 0 && !sleep(r.Context(), b.Delay) {
-		return
+		w.abort(false) // the client or the server went away: no answer at all
 	}
 	s.rateLimitHeaders(w, rq)
 	for k, v := range b.Headers {
