@@ -67,7 +67,7 @@ func (e *Emulator) newExtProcFilter(name string, c *extprocv3.ExternalProcessor)
 		if !strings.Contains(target, ":///") && !strings.HasPrefix(target, "unix:") {
 			target = "passthrough:///" + target
 		}
-		if f.conn, err = grpc.NewClient(target, (&cluster{}).grpcDialOptions()...); err != nil {
+		if f.conn, err = grpc.NewClient(target, (&cluster{connectTimeout: 5 * time.Second}).grpcDialOptions()...); err != nil {
 			return nil, fmt.Errorf("google_grpc %q: %w", target, err)
 		}
 		e.grpcConns["google_grpc:"+name] = f.conn
@@ -281,29 +281,6 @@ func (s *session) send(d direction, kind msgKind, req *extprocsvc.ProcessingRequ
 		s.mu.Unlock()
 		return errNotSent
 	}
-	if !s.opened {
-		s.opened = true
-		s.mu.Unlock()
-		ctx := s.ctx
-		if len(s.f.md) > 0 {
-			ctx = metadata.NewOutgoingContext(ctx, s.f.md)
-		}
-		stream, err := extprocsvc.NewExternalProcessorClient(s.f.conn).Process(ctx)
-		s.mu.Lock()
-		if err != nil {
-			s.onStreamErrorLocked(err)
-			s.mu.Unlock()
-			return errNotSent
-		}
-		if s.complete { // aborted while opening
-			s.mu.Unlock()
-			return errNotSent
-		}
-		s.stream = stream
-		s.readerEnd = make(chan struct{})
-		s.rq.e.bg.Add(1)
-		go s.read(stream)
-	}
 	st := s.dirs[d]
 	if !s.firstSent {
 		s.firstSent = true
@@ -325,8 +302,33 @@ func (s *session) send(d direction, kind msgKind, req *extprocsvc.ProcessingRequ
 	if kind == kindHeaders {
 		st.headersSent = true
 	}
+	// The timer runs from the moment Envoy hands the message to its gRPC
+	// client, opening the stream included.
 	st.expect = append(st.expect, kind)
 	s.armTimerLocked(st, s.f.timeout)
+	if !s.opened {
+		s.opened = true
+		s.mu.Unlock()
+		ctx := s.ctx
+		if len(s.f.md) > 0 {
+			ctx = metadata.NewOutgoingContext(ctx, s.f.md)
+		}
+		stream, err := extprocsvc.NewExternalProcessorClient(s.f.conn).Process(ctx)
+		s.mu.Lock()
+		if err != nil {
+			s.onStreamErrorLocked(err)
+			s.mu.Unlock()
+			return errNotSent
+		}
+		if s.complete { // timed out or aborted while opening
+			s.mu.Unlock()
+			return errNotSent
+		}
+		s.stream = stream
+		s.readerEnd = make(chan struct{})
+		s.rq.e.bg.Add(1)
+		go s.read(stream)
+	}
 	stream := s.stream
 	s.mu.Unlock()
 	if err := stream.Send(req); err != nil {

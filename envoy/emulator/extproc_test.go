@@ -3,6 +3,7 @@ package emulator
 import (
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -839,3 +840,42 @@ func TestDirectResponse(t *testing.T) {
 
 var _ = wrapperspb.Bool
 var _ = mutationrulesv3.HeaderMutationRules{}
+
+// TestMessageTimeoutWhileOpening: a processor that accepts TCP but never
+// speaks HTTP/2: the message timer already runs while the stream opens.
+func TestMessageTimeoutWhileOpening(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make(chan net.Conn, 64)
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+		close(conns)
+		for c := range conns {
+			_ = c.Close()
+		}
+	})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case conns <- c: // held open, silent
+			default:
+				_ = c.Close()
+			}
+		}
+	}()
+	ev := start(t, ln.Addr().String(), options{extProc: func(ep *extprocv3.ExternalProcessor) {
+		ep.MessageTimeout = durationpb.New(100 * time.Millisecond)
+	}})
+	if res := do(t, ev, "GET", "/x", nil, nil); res.status != 504 {
+		t.Fatalf("status %d, want 504", res.status)
+	}
+}

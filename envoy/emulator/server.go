@@ -19,6 +19,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -202,6 +203,7 @@ func (rq *request) run() {
 			h.remove(k)
 		}
 	}
+	h.remove("expect") // Envoy answers 100-continue itself
 	hcm := rq.e.hcm
 	// Early header mutations run before anything else, routing included.
 	for _, m := range rq.e.early {
@@ -957,7 +959,14 @@ func (rq *request) write(h *headerMap, body io.Reader) {
 		k := http.CanonicalHeaderKey(f.key)
 		wh[k] = append(wh[k], f.value)
 	}
-	wh.Set("Server", rq.e.serverName)
+	switch rq.e.hcm.GetServerHeaderTransformation() {
+	case hcmv3.HttpConnectionManager_OVERWRITE:
+		wh.Set("Server", rq.e.serverName)
+	case hcmv3.HttpConnectionManager_APPEND_IF_ABSENT:
+		if wh.Get("Server") == "" {
+			wh.Set("Server", rq.e.serverName)
+		}
+	}
 	rq.info.status = status
 	rq.info.respHeaders = h
 	rq.w.WriteHeader(status)
