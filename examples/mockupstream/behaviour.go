@@ -21,7 +21,8 @@ type Behaviour struct {
 	Status int
 	// RetryAfter is the Retry-After header value ("" = no header), on any
 	// status. On a 429 the x-ratelimit-reset-* headers follow it, and on an
-	// Azure path an integer value also gives retry-after-ms.
+	// Azure path an integer value also gives retry-after-ms and
+	// x-ms-retry-after-ms.
 	RetryAfter string
 	// Delay holds the answer back; it ends early when the client goes away
 	// or the server closes.

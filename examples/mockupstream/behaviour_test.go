@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -436,5 +437,34 @@ func TestConcurrentRecording(t *testing.T) {
 	defer cancel()
 	if _, err := srv.WaitRequests(ctx, n+1); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("WaitRequests beyond the count: %v", err)
+	}
+}
+
+// TestShortBody: a body shorter than its Content-Length (what a proxy that
+// patches a body without fixing the length sends) is answered 400 and
+// recorded with the announced length.
+func TestShortBody(t *testing.T) {
+	srv := startMock(t, mockupstream.Options{})
+	conn, err := net.Dial("tcp", srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: upstream.test\r\nAuthorization: Bearer sk-test-k1\r\nContent-Length: %d\r\n\r\n%s",
+		len(chatBody)+10, chatBody)
+	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Errorf("status %d, want 400", resp.StatusCode)
+	}
+	rec := last(t, srv)
+	if rec.ContentLength != int64(len(chatBody)+10) || string(rec.Body) != chatBody || rec.Host != "upstream.test" || rec.Status != 400 {
+		t.Errorf("recorded content-length %d body %q host %q status %d", rec.ContentLength, rec.Body, rec.Host, rec.Status)
 	}
 }

@@ -76,7 +76,8 @@ func TestChatCompletion(t *testing.T) {
 			}
 			if rec.Method != "POST" || rec.Path != "/v1/chat/completions" || rec.Credential != "sk-test-k1" ||
 				rec.AuthHeader != "authorization" || rec.AuthValue != "Bearer sk-test-k1" ||
-				rec.Model != model || rec.BodyModel != model || rec.Stream || rec.Status != 200 || rec.Cut {
+				rec.Model != model || rec.BodyModel != model || rec.Stream || rec.Status != 200 || rec.Cut ||
+				rec.ContentLength != int64(len(rec.Body)) {
 				t.Errorf("recorded %+v", rec)
 			}
 			if rec.Host != strings.TrimPrefix(srv.URL(), "http://") {

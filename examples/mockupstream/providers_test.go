@@ -2,6 +2,7 @@ package mockupstream_test
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -30,7 +31,7 @@ func TestAzure(t *testing.T) {
 		{"missing api-version", "", map[string]string{"api-key": "sk-test-az"}, nil, 404, "404", nil},
 		{"missing api-key", "?api-version=2024-10-21", nil, nil, 401, "401", nil},
 		{"429", "?api-version=2024-10-21", map[string]string{"api-key": "sk-test-az"}, &mockupstream.Behaviour{Status: 429, RetryAfter: "3"},
-			429, "429", map[string]string{"retry-after": "3", "retry-after-ms": "3000", "x-ratelimit-remaining-requests": "0"}},
+			429, "429", map[string]string{"retry-after": "3", "retry-after-ms": "3000", "x-ms-retry-after-ms": "3000", "x-ratelimit-remaining-requests": "0"}},
 		{"401", "?api-version=2024-10-21", map[string]string{"api-key": "sk-test-az"}, &mockupstream.Behaviour{Status: 401}, 401, "401", nil},
 	}
 	for _, tc := range tests {
@@ -74,6 +75,48 @@ func TestAzure(t *testing.T) {
 			dec.DisallowUnknownFields()
 			if err := dec.Decode(&e); err != nil || e.Error.Code != tc.wantCode || e.Error.Message == "" {
 				t.Errorf("azure error %s: %v", out, err)
+			}
+		})
+	}
+}
+
+func TestAzureOtherPaths(t *testing.T) {
+	srv := startMock(t, mockupstream.Options{})
+	hdr := map[string]string{"api-key": "sk-test-az"}
+	tests := []struct {
+		name, method, path, body string
+		wantStatus               int
+		check                    func(t *testing.T, out []byte)
+	}{
+		{"embeddings", "POST", "/openai/deployments/emb-1/embeddings?api-version=2024-10-21", `{"input":"abcd"}`, 200,
+			func(t *testing.T, out []byte) {
+				if gjson.GetBytes(out, "model").Str != "emb-1" || gjson.GetBytes(out, "usage.prompt_tokens").Int() != 1 ||
+					len(gjson.GetBytes(out, "data.0.embedding").Array()) != mockupstream.DefaultEmbeddingDims {
+					t.Errorf("answer %s", out)
+				}
+			}},
+		{"models", "GET", "/openai/models?api-version=2024-10-21", ``, 200,
+			func(t *testing.T, out []byte) {
+				if gjson.GetBytes(out, "object").Str != "list" || gjson.GetBytes(out, "data.#").Int() != int64(len(mockupstream.DefaultModels)) {
+					t.Errorf("answer %s", out)
+				}
+			}},
+		{"unknown operation", "POST", "/openai/deployments/dep-1/images/generations?api-version=2024-10-21", `{}`, 404,
+			func(t *testing.T, out []byte) {
+				if gjson.GetBytes(out, "error.code").Str != "404" || gjson.GetBytes(out, "error.message").Str != "Resource not found" {
+					t.Errorf("answer %s", out)
+				}
+			}},
+		{"no deployment", "POST", "/openai/deployments/", `{}`, 404, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			status, _, out := do(t, tc.method, srv.URL()+tc.path, hdr, tc.body)
+			if status != tc.wantStatus {
+				t.Fatalf("status %d, want %d: %s", status, tc.wantStatus, out)
+			}
+			if tc.check != nil {
+				tc.check(t, out)
 			}
 		})
 	}
@@ -180,6 +223,30 @@ func TestAnthropicMessages(t *testing.T) {
 		}
 		if got := text.String(); got != mockupstream.Reply("claude-sonnet-4-0", last(t, srv).Body) {
 			t.Errorf("text %q", got)
+		}
+	})
+
+	t.Run("cut stream", func(t *testing.T) {
+		srv.Script("sk-ant-test-1", mockupstream.Behaviour{CutStreamAfter: 4})
+		sbody := strings.Replace(body, `"max_tokens":64`, `"max_tokens":64,"stream":true`, 1)
+		req, _ := http.NewRequestWithContext(t.Context(), "POST", url, strings.NewReader(sbody))
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		got, err := io.ReadAll(resp.Body)
+		if err == nil {
+			t.Fatalf("the cut stream ended cleanly: %q", got)
+		}
+		if n := strings.Count(string(got), "\n\n"); n != 4 || !strings.Contains(string(got), "event: content_block_delta") {
+			t.Errorf("%d events before the cut: %q", n, got)
+		}
+		if rec := last(t, srv); !rec.Cut {
+			t.Error("not recorded as cut")
 		}
 	})
 

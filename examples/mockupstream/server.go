@@ -75,8 +75,11 @@ type Recorded struct {
 	Deployment string // the Azure deployment, from the path
 	Stream     bool   // the body's "stream" is true
 	Body       []byte
-	Header     http.Header
-	Time       time.Time
+	// ContentLength is the request's Content-Length (-1 = none, chunked);
+	// when set, the mock read exactly that many bytes into Body.
+	ContentLength int64
+	Header        http.Header
+	Time          time.Time
 	// Status is the status the mock answered (0 when the client went away
 	// before an answer); Cut reports that the mock cut the connection on
 	// purpose (Behaviour.CutStreamAfter).
@@ -485,7 +488,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := Recorded{
 		Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery, Host: r.Host,
 		Credential: cred, AuthHeader: authName, AuthValue: authValue,
-		Deployment: rt.deployment, Body: body, Header: r.Header.Clone(), Time: s.now(),
+		Deployment: rt.deployment, Body: body, ContentLength: r.ContentLength, Header: r.Header.Clone(), Time: s.now(),
 	}
 	if m := gjson.GetBytes(body, "model"); m.Type == gjson.String {
 		rec.BodyModel = m.Str
@@ -513,8 +516,15 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		w.Header().Set("request-id", fmt.Sprintf("req_mock%06d", rq.seq))
 	}
 	if readErr != nil {
-		s.writeError(w, d, apiError{status: http.StatusRequestEntityTooLarge, typ: "invalid_request_error",
-			message: "Request body too large (mock upstream)."})
+		var tooLarge *http.MaxBytesError
+		if errors.As(readErr, &tooLarge) {
+			s.writeError(w, d, apiError{status: http.StatusRequestEntityTooLarge, typ: "invalid_request_error",
+				message: "Request body too large (mock upstream)."})
+			return
+		}
+		// A body shorter than its Content-Length, or a broken chunked body.
+		s.writeError(w, d, apiError{status: http.StatusBadRequest, typ: "invalid_request_error",
+			message: "Could not read the request body (mock upstream)."})
 		return
 	}
 	if rq.rt.op == "" {
@@ -639,6 +649,7 @@ func (s *Server) rateLimitHeaders(w http.ResponseWriter, rq *request) {
 	if rq.rt.dialect == dialectAzure && rq.b.Status == http.StatusTooManyRequests {
 		if secs, err := strconv.Atoi(rq.b.RetryAfter); err == nil {
 			h.Set("retry-after-ms", strconv.Itoa(secs*1000))
+			h.Set("x-ms-retry-after-ms", strconv.Itoa(secs*1000))
 		}
 	}
 }
