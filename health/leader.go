@@ -1,0 +1,210 @@
+package health
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Leader election defaults (see the package doc for the reasoning).
+const (
+	DefaultSessionTTL = 10 * time.Second
+	DefaultLockDelay  = 1 * time.Second
+	// lockWait bounds one blocking query on the lock key.
+	lockWait = 30 * time.Second
+)
+
+// errSessionLost ends a term: the session could not be renewed or is gone.
+var errSessionLost = errors.New("consul session lost")
+
+// lockValue is the lock key's value: who holds it, for operators.
+type lockValue struct {
+	Holder string    `json:"holder"`
+	Since  time.Time `json:"since"`
+}
+
+// elect campaigns for the lock until ctx ends: create a session (TTL,
+// lock-delay, behavior release), acquire <prefix>leader/health with it, lead
+// while the session is renewed and the key still names it, then start over.
+func (c *Checker) elect(ctx context.Context) {
+	failures := 0
+	for ctx.Err() == nil {
+		err := c.term(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			failures = 0
+			continue
+		}
+		failures++
+		wait := backoff(failures, c.cfg.RetryBase, c.cfg.RetryMax, c.rand)
+		c.log.Warn("health leader election: retrying", "attempt", failures, "retry_in", wait.Round(time.Millisecond), "error", err)
+		if !sleepCtx(ctx, wait) {
+			return
+		}
+	}
+}
+
+// term is one session's life: acquire, lead, step down.
+func (c *Checker) term(ctx context.Context) (err error) {
+	sess := c.consul.Session()
+	wo := (&api.WriteOptions{}).WithContext(ctx)
+	id, _, err := sess.Create(&api.SessionEntry{
+		Name:      "keymux-health " + c.cfg.ID,
+		TTL:       c.cfg.SessionTTL.String(),
+		LockDelay: c.cfg.LockDelay,
+		Behavior:  api.SessionBehaviorRelease,
+	}, wo)
+	if err != nil {
+		return fmt.Errorf("create session: %w", err)
+	}
+	sctx, cancel := context.WithCancelCause(ctx)
+	renewDone := make(chan struct{})
+	go func() {
+		defer close(renewDone)
+		if err := c.renew(sctx, id); err != nil {
+			cancel(err)
+		}
+	}()
+	held := false
+	defer func() {
+		c.setLeader(false)
+		cancel(context.Canceled)
+		<-renewDone
+		if c.abandon.Load() {
+			return // test hook: behave like a crashed process, leave the session to expire
+		}
+		// Release and destroy with a short context of their own: ctx may be
+		// done already.
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer rcancel()
+		wo := (&api.WriteOptions{}).WithContext(rctx)
+		if held {
+			if _, _, err := c.kv.Release(&api.KVPair{Key: c.lockKey, Session: id}, wo); err != nil {
+				c.log.Warn("health leader: release failed", "error", err)
+			}
+		}
+		if _, err := sess.Destroy(id, wo); err != nil {
+			c.log.Debug("health leader: session destroy failed", "error", err)
+		}
+	}()
+
+	value, _ := json.Marshal(lockValue{Holder: c.cfg.ID, Since: c.now().UTC()})
+	retry := min(max(c.cfg.LockDelay/5, 50*time.Millisecond), time.Second)
+	var index uint64
+	for {
+		pair, meta, err := c.kv.Get(c.lockKey, (&api.QueryOptions{WaitIndex: index, WaitTime: lockWait}).WithContext(sctx))
+		if err != nil {
+			return c.termErr(sctx, ctx, fmt.Errorf("read lock: %w", err))
+		}
+		if meta.LastIndex < index {
+			index = 0 // the index went backwards: start over
+		}
+		switch {
+		case pair != nil && pair.Session == id:
+			held = true
+		case pair == nil || pair.Session == "":
+			ok, _, err := c.kv.Acquire(&api.KVPair{Key: c.lockKey, Value: value, Session: id}, (&api.WriteOptions{}).WithContext(sctx))
+			if err != nil {
+				return c.termErr(sctx, ctx, fmt.Errorf("acquire lock: %w", err))
+			}
+			if ok {
+				held = true
+				break
+			}
+			// Not acquired with no holder: the lock-delay of the previous
+			// holder's session is running. Poll until it ends.
+			index = 0
+			if !sleepCtx(sctx, retry) {
+				return c.termErr(sctx, ctx, nil)
+			}
+			continue
+		default:
+			index = max(meta.LastIndex, 1)
+			continue
+		}
+		if held {
+			break
+		}
+	}
+
+	c.terms.Add(1)
+	c.setLeader(true)
+	c.log.Info("health leader: lock acquired; this instance probes", "lock", c.lockKey, "session_ttl", c.cfg.SessionTTL, "lock_delay", c.cfg.LockDelay)
+	// Lead until the key stops naming our session or the session is lost.
+	index = 0
+	for {
+		pair, meta, err := c.kv.Get(c.lockKey, (&api.QueryOptions{WaitIndex: index, WaitTime: lockWait}).WithContext(sctx))
+		if err != nil {
+			if sctx.Err() != nil {
+				return c.termErr(sctx, ctx, nil)
+			}
+			// Consul may be briefly unavailable; the renewal decides
+			// whether the session survives.
+			c.log.Warn("health leader: lock watch failed", "error", err)
+			if !sleepCtx(sctx, retry) {
+				return c.termErr(sctx, ctx, nil)
+			}
+			index = 0
+			continue
+		}
+		if pair == nil || pair.Session != id {
+			held = false
+			c.log.Warn("health leader: lock lost; stepping down", "lock", c.lockKey)
+			return nil
+		}
+		if meta.LastIndex < index {
+			index = 0
+			continue
+		}
+		index = max(meta.LastIndex, 1)
+	}
+}
+
+// termErr returns the reason a term ended: the session's loss when the
+// renewal ended it, nothing when ctx did, else err.
+func (c *Checker) termErr(sctx, ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	if cause := context.Cause(sctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return err
+}
+
+// renew keeps session id alive, renewing every TTL/2 (every second after an
+// error). It returns errSessionLost when Consul says the session is gone, or
+// when no renewal succeeded for a whole TTL: past that point Consul may
+// already have invalidated it and another instance may lead. It returns nil
+// when ctx ends.
+func (c *Checker) renew(ctx context.Context, id string) error {
+	ttl := c.cfg.SessionTTL
+	wait := ttl / 2
+	last := time.Now()
+	for {
+		if !sleepCtx(ctx, wait) {
+			return nil
+		}
+		entry, _, err := c.consul.Session().Renew(id, (&api.WriteOptions{}).WithContext(ctx))
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			if time.Since(last) >= ttl {
+				return fmt.Errorf("%w: no renewal for %s: %v", errSessionLost, ttl, err)
+			}
+			wait = min(time.Second, ttl/4)
+		case entry == nil:
+			return fmt.Errorf("%w: session expired", errSessionLost)
+		default:
+			last = time.Now()
+			wait = ttl / 2
+		}
+	}
+}
