@@ -382,28 +382,14 @@ func (c *Checker) schedule(ctx context.Context, sem chan struct{}, wg *sync.Wait
 		case !out:
 			s.outSince = time.Time{}
 		}
-		var next time.Time
-		switch {
-		case out && leader:
-			next = later(st.ProbedAt, s.outSince).Add(RecoveryDelay(base, ceil, s.fails))
-		case out:
-			// Not the leader: wait for the leader's result first (one more
-			// recovery delay); probe locally only if none came.
-			next = later(st.ProbedAt, s.outSince).Add(RecoveryDelay(base, ceil, s.fails) + base)
-		case !leader:
-			next = time.Time{} // in rotation: the leader's business
-		case st.ProbedAt.IsZero():
-			if s.first.IsZero() {
-				spread := min(time.Duration(float64(interval)*c.cfg.Jitter), 30*time.Second)
-				s.first = now.Add(time.Duration(c.rnd.Float64() * float64(spread)))
-			}
-			next = s.first
-		default:
-			if !s.jitFor.Equal(st.ProbedAt) {
-				s.jitFor, s.jit = st.ProbedAt, c.rnd.Float64()
-			}
-			next = st.ProbedAt.Add(interval - time.Duration(s.jit*c.cfg.Jitter*float64(interval)))
+		if !out && leader && st.ProbedAt.IsZero() && s.first.IsZero() {
+			spread := min(time.Duration(float64(interval)*c.cfg.Jitter), 30*time.Second)
+			s.first = now.Add(time.Duration(c.rnd.Float64() * float64(spread)))
 		}
+		if !st.ProbedAt.IsZero() && !s.jitFor.Equal(st.ProbedAt) {
+			s.jitFor, s.jit = st.ProbedAt, c.rnd.Float64()
+		}
+		next := c.due(s, st, out, leader, interval, base, ceil)
 		s.next = next
 		if next.IsZero() || s.inflight {
 			continue
@@ -437,6 +423,30 @@ func (c *Checker) schedule(ctx context.Context, sem chan struct{}, wg *sync.Wait
 		})
 	}
 	return wait
+}
+
+// due returns when this instance should next probe a key with scheduler
+// memory s and state st (zero: not this instance's job). It has no side
+// effects; schedule draws s.first and s.jit beforehand.
+func (c *Checker) due(s *keySched, st policy.KeyState, out, leader bool, interval, base, ceil time.Duration) time.Time {
+	var next time.Time
+	switch {
+	case out && leader:
+		next = later(st.ProbedAt, s.outSince).Add(RecoveryDelay(base, ceil, s.fails))
+	case out:
+		// Not the leader: wait for the leader's result first (one more
+		// recovery delay); probe locally only if none came.
+		next = later(st.ProbedAt, s.outSince).Add(RecoveryDelay(base, ceil, s.fails) + base)
+	case !leader:
+		return time.Time{} // in rotation: the leader's business
+	case st.ProbedAt.IsZero():
+		next = s.first
+	default:
+		next = st.ProbedAt.Add(interval - time.Duration(s.jit*c.cfg.Jitter*float64(interval)))
+	}
+	// A key cooling down after a 429 is not probed before the cooldown
+	// ends: the probe would spend its rate limit and prove nothing new.
+	return later(next, st.CooldownUntil)
 }
 
 // probeKey probes one key, applies the result here and, as leader with
@@ -631,6 +641,8 @@ func (c *Checker) Snapshot() []KeyStatus {
 	snap := c.cfg.Store.Read()
 	now := c.now()
 	leader := c.leader.Load()
+	interval, _ := c.settings(snap)
+	base, ceil := c.recovery(interval)
 	entries := snap.Keys()
 	out := make([]KeyStatus, 0, len(entries))
 	c.mu.Lock()
@@ -648,7 +660,12 @@ func (c *Checker) Snapshot() []KeyStatus {
 			ks.Reason = why.Reason
 		}
 		if s := c.keys[e.Key.ID]; s != nil && e.Key.Enabled {
-			ks.Failures, ks.NextProbe, ks.Probes = s.fails, s.next, s.probes
+			out := outOfRotation(st, now)
+			sc := *s
+			if out && sc.outSince.IsZero() {
+				sc.outSince = now
+			}
+			ks.Failures, ks.NextProbe, ks.Probes = s.fails, c.due(&sc, st, out, leader, interval, base, ceil), s.probes
 			if s.last != nil {
 				ks.LatencyMS = s.last.LatencyMS
 				if ks.Error == "" {
