@@ -109,9 +109,8 @@ type keySched struct {
 	jit      float64   // in [0, 1)
 	fails    int       // consecutive failed probes (shared through KV)
 	inflight bool
-	next     time.Time // next probe, as last computed (zero: none scheduled)
-	last     *Record   // latest result known here (own probe or KV)
-	probes   uint64    // probes this instance ran for the key
+	last     *Record // latest result known here (own probe or KV)
+	probes   uint64  // probes this instance ran for the key
 }
 
 // New validates cfg and returns a Checker; Run starts it.
@@ -390,7 +389,6 @@ func (c *Checker) schedule(ctx context.Context, sem chan struct{}, wg *sync.Wait
 			s.jitFor, s.jit = st.ProbedAt, c.rnd.Float64()
 		}
 		next := c.due(s, st, out, leader, interval, base, ceil)
-		s.next = next
 		if next.IsZero() || s.inflight {
 			continue
 		}
