@@ -165,6 +165,9 @@ func parseDockerfile(data []byte) (*dockerfile, error) {
 		instr = strings.ToUpper(instr)
 		if instr == "FROM" {
 			f := strings.Fields(args)
+			if len(f) == 0 {
+				return nil, errors.New("FROM without an image")
+			}
 			st = &dockerStage{Index: len(d.Stages), Image: f[0], Env: map[string]string{}}
 			if len(f) == 3 && strings.EqualFold(f[1], "AS") {
 				st.Name = f[2]
