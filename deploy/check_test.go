@@ -282,16 +282,17 @@ func (c *checker) checkCompose() {
 	}
 
 	kenv := svc[svcKeymux].Environment
-	grpcHost, grpcPort := c.composeKeymux(svc[svcKeymux], ports[svcKeymux])
-	c.composeEnvoy(svc[svcEnvoy], ports[svcEnvoy], grpcHost, grpcPort)
+	grpcHost, grpcPort, adminPort := c.composeKeymux(svc[svcKeymux], ports[svcKeymux])
+	c.composeEnvoy(svc[svcEnvoy], ports[svcEnvoy], grpcHost, grpcPort, adminPort)
 	c.composeConsul(svc, ports)
 	c.composeJaeger(kenv, ports[svcJaeger])
 	mockHost := c.composeMock(svc[svcMock])
 	c.composeSeed(svc[svcSeed], svc[svcMock], kenv, mockHost)
 }
 
-// composeKeymux checks keymux's environment and ports; it returns its gRPC listen address.
-func (c *checker) composeKeymux(s *composeService, ports []portMapping) (string, int) {
+// composeKeymux checks keymux's environment and ports; it returns its gRPC
+// listen address and its admin port.
+func (c *checker) composeKeymux(s *composeService, ports []portMapping) (string, int, int) {
 	env := s.Environment
 	for k := range env {
 		if strings.HasPrefix(k, "KEYMUX_") {
@@ -312,7 +313,7 @@ func (c *checker) composeKeymux(s *composeService, ports []portMapping) (string,
 	ah, ap := hostPort(admin)
 	if gp == 0 || ah == "" && ap == 0 {
 		c.errf(composePath, "service %s: %s=%q / %s=%q: want host:port", svcKeymux, envOf("grpc"), grpc, envOf("admin"), admin)
-		return "", 0
+		return "", 0, 0
 	}
 	for _, a := range []struct {
 		env, host string
@@ -354,7 +355,7 @@ func (c *checker) composeKeymux(s *composeService, ports []portMapping) (string,
 			c.errf(composePath, "service %s: depends_on %s condition %q, want %s", svcKeymux, dep, s.DependsOn[dep].Condition, cond)
 		}
 	}
-	return gh, gp
+	return gh, gp, ap
 }
 
 // setting is a serve flag's value as the compose keymux gets it: its
@@ -392,7 +393,7 @@ func hasMountTarget(s *composeService, target string) bool {
 }
 
 // composeEnvoy checks the Envoy service against the bootstrap it mounts.
-func (c *checker) composeEnvoy(s *composeService, ports []portMapping, grpcHost string, grpcPort int) {
+func (c *checker) composeEnvoy(s *composeService, ports []portMapping, grpcHost string, grpcPort, adminPort int) {
 	cfg := argAfter(s.Command, "-c")
 	if cfg == "" {
 		cfg = "/etc/envoy/envoy.yaml" // the image's default CMD
@@ -455,6 +456,15 @@ func (c *checker) composeEnvoy(s *composeService, ports []portMapping, grpcHost 
 	}
 	if s.DependsOn[svcKeymux].Condition == "" {
 		c.errf(composePath, "service %s: does not depend on %s", svcEnvoy, svcKeymux)
+	}
+	// Its healthcheck asks keymux's /readyz (what `docker compose up --wait` waits for).
+	hc := ""
+	if s.Healthcheck != nil {
+		hc = strings.Join(s.Healthcheck.Test, " ")
+	}
+	want := fmt.Sprintf("/dev/tcp/%s/%d ", svcKeymux, adminPort)
+	if !strings.Contains(hc, want) || !strings.Contains(hc, "/readyz") {
+		c.errf(composePath, "service %s: healthcheck does not GET /readyz on %s (keymux's admin port %d): %q", svcEnvoy, strings.TrimSpace(want), adminPort, hc)
 	}
 }
 

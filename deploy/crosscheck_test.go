@@ -90,6 +90,8 @@ func TestCrossCheckCatchesDrift(t *testing.T) {
 			`cluster keymux_extproc points at keymux:50051, but keymux is compose service "keymux" listening on port 50052`},
 		{"compose keymux admin port", compose, `KEYMUX_ADMIN: 0.0.0.0:9464`, `KEYMUX_ADMIN: 0.0.0.0:9465`, 1,
 			`service keymux: KEYMUX_ADMIN port 9465 is not EXPOSEd by the Dockerfile`},
+		{"compose healthcheck admin port", compose, `/dev/tcp/keymux/9464`, `/dev/tcp/keymux/9465`, 1,
+			`service envoy: healthcheck does not GET /readyz on /dev/tcp/keymux/9464`},
 		{"compose keymux admin publish", compose, `"127.0.0.1:9464:9464"`, `"127.0.0.1:9464:9465"`, 1,
 			`service keymux: admin port 9464 (KEYMUX_ADMIN) is not published`},
 		{"compose publishes ext_proc", compose, `"127.0.0.1:9464:9464"`, "\"127.0.0.1:9464:9464\"\n      - \"50051:50051\"", 1,
