@@ -210,7 +210,9 @@ func TestStreamedContentLength(t *testing.T) {
 			})}, nil
 		case "request_body":
 			return []*extprocsvc.ProcessingResponse{replyWith(req, &extprocsvc.CommonResponse{
-				BodyMutation: &extprocsvc.BodyMutation{Mutation: &extprocsvc.BodyMutation_Body{Body: []byte(strings.ToUpper(string(req.GetRequestBody().GetBody())))}},
+				// Header mutations in a STREAMED body reply are ignored.
+				HeaderMutation: mut([]*corev3.HeaderValueOption{setRaw("x-late", "1")}),
+				BodyMutation:   &extprocsvc.BodyMutation{Mutation: &extprocsvc.BodyMutation_Body{Body: []byte(strings.ToUpper(string(req.GetRequestBody().GetBody())))}},
 			})}, nil
 		}
 		return []*extprocsvc.ProcessingResponse{continueReply(req)}, nil
@@ -222,8 +224,8 @@ func TestStreamedContentLength(t *testing.T) {
 		t.Fatalf("status %d %q", res.status, res.body)
 	}
 	r := ev.a.only(t)
-	if string(r.Body) != "HELLO WORLD" || r.ContentLength != -1 || r.Header.Get("X-Seen") != "1" {
-		t.Fatalf("upstream body %q content-length %d x-seen %q", r.Body, r.ContentLength, r.Header.Get("X-Seen"))
+	if string(r.Body) != "HELLO WORLD" || r.ContentLength != -1 || r.Header.Get("X-Seen") != "1" || r.Header.Get("X-Late") != "" {
+		t.Fatalf("upstream body %q content-length %d x-seen %q x-late %q", r.Body, r.ContentLength, r.Header.Get("X-Seen"), r.Header.Get("X-Late"))
 	}
 	// The processor saw the original content-length in request_headers.
 	if v, _ := headerOf(proc.firstStream(t).messages()[0], "content-length"); v != "11" {
@@ -877,5 +879,114 @@ func TestMessageTimeoutWhileOpening(t *testing.T) {
 	}})
 	if res := do(t, ev, "GET", "/x", nil, nil); res.status != 504 {
 		t.Fatalf("status %d, want 504", res.status)
+	}
+}
+
+// TestOverrideMessageTimeoutExtends: within max_message_timeout the server
+// gets more time for the outstanding message; its real reply still counts.
+func TestOverrideMessageTimeoutExtends(t *testing.T) {
+	release := make(chan struct{})
+	proc := startProc(t, func(ps *procStream, req *extprocsvc.ProcessingRequest) ([]*extprocsvc.ProcessingResponse, error) {
+		if kindOf(req) != "request_headers" {
+			return []*extprocsvc.ProcessingResponse{continueReply(req)}, nil
+		}
+		if err := ps.send(&extprocsvc.ProcessingResponse{OverrideMessageTimeout: durationpb.New(5 * time.Second)}); err != nil {
+			return nil, err
+		}
+		<-release // the real reply, once the test lets it go
+		return []*extprocsvc.ProcessingResponse{continueReply(req)}, nil
+	})
+	ev := start(t, proc.addr, options{extProc: func(ep *extprocv3.ExternalProcessor) {
+		ep.MessageTimeout = durationpb.New(100 * time.Millisecond)
+		ep.MaxMessageTimeout = durationpb.New(10 * time.Second)
+	}})
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	done := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(t.Context(), "GET", ev.em.URL()+"/x", nil)
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			done <- -1
+			return
+		}
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	ps := proc.firstStream(t)
+	<-ps.got
+	// Wait well past the 100ms message_timeout before the real reply.
+	select {
+	case st := <-done:
+		t.Fatalf("answered %d before the real reply: the extension was not applied", st)
+	case <-time.After(400 * time.Millisecond):
+	}
+	close(release)
+	if st := <-done; st != 200 {
+		t.Fatalf("status %d after the real reply, want 200", st)
+	}
+}
+
+// TestEarlyResponse: the upstream answers before the STREAMED request body
+// is finished; response_headers reach the processor while request chunks
+// are still flowing.
+func TestEarlyResponse(t *testing.T) {
+	proc := startProc(t, continueAll)
+	early := startUpstreamRaw(t, func(w http.ResponseWriter, r *http.Request) {
+		_ = http.NewResponseController(w).EnableFullDuplex()
+		w.WriteHeader(202)
+		w.(http.Flusher).Flush() // answer before reading the body
+		_, _ = io.Copy(io.Discard, r.Body)
+	})
+	ev2 := start(t, proc.addr, options{
+		extProc: func(ep *extprocv3.ExternalProcessor) {
+			ep.ProcessingMode.RequestBodyMode = extprocv3.ProcessingMode_STREAMED
+		},
+		cfg: func(c *Config) { c.ClusterAddrs["upstream_a"] = early },
+	})
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequestWithContext(t.Context(), "POST", ev2.em.URL()+"/x", pr)
+	type rt struct {
+		resp *http.Response
+		err  error
+	}
+	got := make(chan rt, 1)
+	go func() {
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		got <- rt{resp, err}
+	}()
+	if _, err := pw.Write([]byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	var r rt
+	select {
+	case r = <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no early response")
+	}
+	if r.err != nil || r.resp.StatusCode != 202 {
+		t.Fatalf("early response %v %v", r.resp, r.err)
+	}
+	pw.Close()
+	_, _ = io.Copy(io.Discard, r.resp.Body)
+	r.resp.Body.Close()
+	ps := lastStream(t, proc)
+	ps.endCode(t)
+	var kinds []string
+	for _, m := range ps.messages() {
+		k := kindOf(m)
+		if b := m.GetRequestBody(); b != nil && b.GetEndOfStream() {
+			k += "(eos)"
+		}
+		kinds = append(kinds, k)
+	}
+	seq := strings.Join(kinds, ",")
+	if !strings.HasPrefix(seq, "request_headers,request_body,response_headers") || !strings.HasSuffix(seq, "request_body(eos)") {
+		t.Fatalf("message order %s: response_headers must come before the end of the request body", seq)
 	}
 }

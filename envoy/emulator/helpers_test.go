@@ -37,6 +37,7 @@ type procStream struct {
 	end  error // what Recv returned last: io.EOF or a status error
 	got  chan *extprocsvc.ProcessingRequest
 	done chan struct{}
+	send func(*extprocsvc.ProcessingResponse) error // for repliers that answer in steps
 }
 
 func (ps *procStream) messages() []*extprocsvc.ProcessingRequest {
@@ -101,6 +102,7 @@ func (p *fakeProc) Process(stream grpc.BidiStreamingServer[extprocsvc.Processing
 	p.mu.Unlock()
 	p.opened <- ps
 	defer close(ps.done)
+	ps.send = stream.Send
 	for {
 		req, err := stream.Recv()
 		if err != nil {
@@ -473,4 +475,23 @@ func testLogger() *slog.Logger {
 		return nil
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// startUpstreamRaw starts a plain upstream (no recording) and returns its address.
+func startUpstreamRaw(t *testing.T, h http.HandlerFunc) string {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// lastStream is the most recently opened stream of p.
+func lastStream(t *testing.T, p *fakeProc) *procStream {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.streams) == 0 {
+		t.Fatal("no stream")
+	}
+	return p.streams[len(p.streams)-1]
 }

@@ -72,6 +72,9 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	e.mu.Unlock()
 	defer e.bg.Done()
 
+	// Envoy is full duplex: the response may start while the request body
+	// still flows (and Go's server must not drain the body behind our back).
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	rq := &request{e: e, w: w, r: r, sessions: map[*extProcFilter]*session{}}
 	rq.ctx, rq.cancel = context.WithCancel(r.Context())
 	stopBg := context.AfterFunc(e.bgCtx, rq.abort)
@@ -293,6 +296,9 @@ func (rq *request) session(f *extProcFilter) *session {
 	rq.sessions[f] = s
 	rq.order = append(rq.order, s)
 	rq.pipesMu.Unlock()
+	if rq.aborted.Load() { // abort() may have run before the append
+		s.abort()
+	}
 	return s
 }
 
