@@ -17,6 +17,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -588,3 +589,56 @@ func TestPerRouteFilterConfig(t *testing.T) {
 		}
 	})
 }
+
+// TestNoGoroutineLeftAfterClose: after Close no goroutine runs emulator
+// code, whatever the requests did (streamed bodies, aborts, timeouts).
+func TestNoGoroutineLeftAfterClose(t *testing.T) {
+	proc := startProc(t, func(_ *procStream, req *extprocsvc.ProcessingRequest) ([]*extprocsvc.ProcessingResponse, error) {
+		r := continueReply(req)
+		if kindOf(req) == "response_headers" {
+			r.ModeOverride = &extprocv3.ProcessingMode{ResponseBodyMode: extprocv3.ProcessingMode_STREAMED}
+		}
+		return []*extprocsvc.ProcessingResponse{r}, nil
+	})
+	ev := start(t, proc.addr, options{extProc: func(ep *extprocv3.ExternalProcessor) {
+		ep.AllowModeOverride = true
+		ep.ProcessingMode.RequestBodyMode = extprocv3.ProcessingMode_STREAMED
+	}})
+	for i := 0; i < 3; i++ {
+		if res := do(t, ev, "POST", "/x", strings.NewReader("body"), nil); res.status != 200 {
+			t.Fatalf("status %d", res.status)
+		}
+	}
+	if err := ev.em.Close(); err != nil {
+		t.Fatal(err)
+	}
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		leaked := emulatorGoroutines()
+		if len(leaked) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines still in emulator code after Close:\n%s", strings.Join(leaked, "\n\n"))
+		}
+		runtimeGosched()
+	}
+}
+
+func emulatorGoroutines() []string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "emulator.TestNoGoroutineLeftAfterClose") || strings.Contains(g, "emulator.emulatorGoroutines") {
+			continue
+		}
+		if strings.Contains(g, "keymux/envoy/emulator.(*") || strings.Contains(g, "keymux/envoy/emulator.New") {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+func runtimeGosched() { time.Sleep(10 * time.Millisecond) } // polling for goroutine exit, as goleak does
