@@ -129,6 +129,8 @@
 //     timeout) go through the encoder filters, ext_proc included, as in
 //     Envoy. A failure after the response headers reached the client resets
 //     the connection.
+//   - ext_proc in a cluster's upstream filter chain
+//     (HttpProtocolOptions.http_filters) is not emulated: New fails.
 //   - At the end of processing the stream is half-closed and cancelled once
 //     the server has finished or deferred_close_timeout (default 5s) passed;
 //     Envoy half-closes and resets at once. Both look normal to a server.

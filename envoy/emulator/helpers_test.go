@@ -47,7 +47,7 @@ func (ps *procStream) messages() []*extprocsvc.ProcessingRequest {
 }
 
 // endCode is how the stream ended for the server: "EOF" or a gRPC code name.
-func (ps *procStream) endCode(t *testing.T) string {
+func (ps *procStream) endCode(t testing.TB) string {
 	t.Helper()
 	select {
 	case <-ps.done:
@@ -76,12 +76,12 @@ type fakeProc struct {
 	opened  chan *procStream
 }
 
-func startProc(t *testing.T, reply replier) *fakeProc {
+func startProc(t testing.TB, reply replier) *fakeProc {
 	t.Helper()
 	return startProcOn(t, "tcp", "127.0.0.1:0", reply)
 }
 
-func startProcOn(t *testing.T, network, address string, reply replier) *fakeProc {
+func startProcOn(t testing.TB, network, address string, reply replier) *fakeProc {
 	t.Helper()
 	ln, err := net.Listen(network, address)
 	if err != nil {
@@ -100,7 +100,10 @@ func (p *fakeProc) Process(stream grpc.BidiStreamingServer[extprocsvc.Processing
 	p.mu.Lock()
 	p.streams = append(p.streams, ps)
 	p.mu.Unlock()
-	p.opened <- ps
+	select {
+	case p.opened <- ps:
+	default: // nobody waits for streams beyond the first 64
+	}
 	defer close(ps.done)
 	ps.send = stream.Send
 	for {
@@ -114,7 +117,10 @@ func (p *fakeProc) Process(stream grpc.BidiStreamingServer[extprocsvc.Processing
 		ps.mu.Lock()
 		ps.msgs = append(ps.msgs, req)
 		ps.mu.Unlock()
-		ps.got <- req
+		select {
+		case ps.got <- req:
+		default:
+		}
 		resps, err := p.reply(ps, req)
 		if err != nil {
 			ps.mu.Lock()
@@ -140,7 +146,7 @@ func (p *fakeProc) streamCount() int {
 }
 
 // stream waits for the n-th stream (0-based order of opening).
-func (p *fakeProc) firstStream(t *testing.T) *procStream {
+func (p *fakeProc) firstStream(t testing.TB) *procStream {
 	t.Helper()
 	select {
 	case ps := <-p.opened:
@@ -250,7 +256,7 @@ type upstream struct {
 	reqs []recorded
 }
 
-func startUpstream(t *testing.T, h http.HandlerFunc) *upstream {
+func startUpstream(t testing.TB, h http.HandlerFunc) *upstream {
 	t.Helper()
 	u := &upstream{}
 	if h == nil {
@@ -279,7 +285,7 @@ func (u *upstream) requests() []recorded {
 	return append([]recorded(nil), u.reqs...)
 }
 
-func (u *upstream) only(t *testing.T) recorded {
+func (u *upstream) only(t testing.TB) recorded {
 	t.Helper()
 	rs := u.requests()
 	if len(rs) != 1 {
@@ -322,7 +328,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func loadFixture(t *testing.T, name string) *bootstrapv3.Bootstrap {
+func loadFixture(t testing.TB, name string) *bootstrapv3.Bootstrap {
 	t.Helper()
 	b, err := envoy.LoadBootstrap("testdata/" + name)
 	if err != nil {
@@ -332,7 +338,7 @@ func loadFixture(t *testing.T, name string) *bootstrapv3.Bootstrap {
 }
 
 // editHCM rewrites the listener's HTTP connection manager in place.
-func editHCM(t *testing.T, b *bootstrapv3.Bootstrap, edit func(*hcmv3.HttpConnectionManager)) {
+func editHCM(t testing.TB, b *bootstrapv3.Bootstrap, edit func(*hcmv3.HttpConnectionManager)) {
 	t.Helper()
 	nf := b.GetStaticResources().GetListeners()[0].GetFilterChains()[0].GetFilters()[0]
 	var hcm hcmv3.HttpConnectionManager
@@ -348,7 +354,7 @@ func editHCM(t *testing.T, b *bootstrapv3.Bootstrap, edit func(*hcmv3.HttpConnec
 }
 
 // editExtProc rewrites the (first) ext_proc filter config of a bootstrap.
-func editExtProc(t *testing.T, b *bootstrapv3.Bootstrap, edit func(*extprocv3.ExternalProcessor)) {
+func editExtProc(t testing.TB, b *bootstrapv3.Bootstrap, edit func(*extprocv3.ExternalProcessor)) {
 	t.Helper()
 	editHCM(t, b, func(hcm *hcmv3.HttpConnectionManager) {
 		for _, hf := range hcm.GetHttpFilters() {
@@ -378,7 +384,7 @@ type options struct {
 
 // start runs the emulator on the basic fixture with the processor at
 // procAddr and two recording upstreams.
-func start(t *testing.T, procAddr string, o options) *env {
+func start(t testing.TB, procAddr string, o options) *env {
 	t.Helper()
 	if o.fixture == "" {
 		o.fixture = "basic.yaml"
@@ -419,7 +425,7 @@ type result struct {
 	body   string
 }
 
-func do(t *testing.T, ev *env, method, path string, body io.Reader, hdr map[string]string) result {
+func do(t testing.TB, ev *env, method, path string, body io.Reader, hdr map[string]string) result {
 	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), method, ev.em.URL()+path, body)
 	if err != nil {
@@ -431,7 +437,7 @@ func do(t *testing.T, ev *env, method, path string, body io.Reader, hdr map[stri
 	return roundTrip(t, req)
 }
 
-func roundTrip(t *testing.T, req *http.Request) result {
+func roundTrip(t testing.TB, req *http.Request) result {
 	t.Helper()
 	resp, err := http.DefaultTransport.RoundTrip(req)
 	if err != nil {
@@ -446,7 +452,7 @@ func roundTrip(t *testing.T, req *http.Request) result {
 }
 
 // accessLog waits for n access log lines (written after the response).
-func (ev *env) accessLog(t *testing.T, n int) []string {
+func (ev *env) accessLog(t testing.TB, n int) []string {
 	t.Helper()
 	timeout := time.After(10 * time.Second)
 	for {
@@ -465,7 +471,7 @@ func (ev *env) accessLog(t *testing.T, n int) []string {
 
 var contextCanceled = context.Canceled
 
-func contextWithCancel(t *testing.T) (context.Context, context.CancelFunc) {
+func contextWithCancel(t testing.TB) (context.Context, context.CancelFunc) {
 	return context.WithCancel(t.Context())
 }
 
@@ -478,7 +484,7 @@ func testLogger() *slog.Logger {
 }
 
 // startUpstreamRaw starts a plain upstream (no recording) and returns its address.
-func startUpstreamRaw(t *testing.T, h http.HandlerFunc) string {
+func startUpstreamRaw(t testing.TB, h http.HandlerFunc) string {
 	t.Helper()
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
@@ -486,7 +492,7 @@ func startUpstreamRaw(t *testing.T, h http.HandlerFunc) string {
 }
 
 // lastStream is the most recently opened stream of p.
-func lastStream(t *testing.T, p *fakeProc) *procStream {
+func lastStream(t testing.TB, p *fakeProc) *procStream {
 	t.Helper()
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -850,6 +850,7 @@ func (rq *request) respondUpstream(rt *route, resp *http.Response) {
 		h.set("x-envoy-upstream-service-time", strconv.FormatInt(time.Since(rq.info.start).Milliseconds(), 10))
 	}
 	rq.finalizeResponseHeaders(rt, h)
+	rq.info.details = "via_upstream"
 	var body io.Reader = resp.Body
 	if resp.Body == http.NoBody || resp.ContentLength == 0 || rq.r.Method == http.MethodHead {
 		body = nil

@@ -17,6 +17,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
@@ -74,6 +75,18 @@ func newCluster(c *clusterv3.Cluster, cfg Config) (*cluster, error) {
 			cl.endpoints = []endpoint{{"unix", p}}
 		} else {
 			cl.endpoints = []endpoint{{"tcp", o}}
+		}
+	}
+	for name, a := range c.GetTypedExtensionProtocolOptions() {
+		var hpo upstreamhttpv3.HttpProtocolOptions
+		if !a.MessageIs(&hpo) {
+			continue
+		}
+		if err := a.UnmarshalTo(&hpo); err != nil {
+			return nil, fmt.Errorf("typed_extension_protocol_options %q: %w", name, err)
+		}
+		if len(hpo.GetHttpFilters()) > 0 {
+			return nil, errors.New("upstream http_filters (ext_proc in the cluster's filter chain) are not emulated")
 		}
 	}
 	if !cl.dfp && len(cl.endpoints) == 0 {
