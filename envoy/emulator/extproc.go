@@ -248,12 +248,6 @@ func (s *session) shouldRemoveContentLength(d direction) bool {
 	return false
 }
 
-func (s *session) dir(d direction) *dirState {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.dirs[d]
-}
-
 // snapshot returns the current mode of a direction under the lock.
 func (s *session) modeOf(d direction) (sendHeaders bool, body extprocv3.ProcessingMode_BodySendMode) {
 	s.mu.Lock()

@@ -263,12 +263,12 @@ func (rq *request) run() {
 			return
 		}
 		if lr != nil {
-			rq.sendLocal(lr, false)
+			rq.sendLocal(lr)
 			return
 		}
 	}
 	// No router filter: Envoy would hang; answer 404 instead.
-	rq.sendLocal(&localReply{status: http.StatusNotFound, details: "no_router_filter"}, false)
+	rq.sendLocal(&localReply{status: http.StatusNotFound, details: "no_router_filter"})
 }
 
 type countingReader struct {
@@ -724,7 +724,7 @@ func (rq *request) router() {
 		switch {
 		case rq.aborted.Load():
 		case lr == rq.asyncLocal():
-			rq.sendLocal(lr, false) // decided by a STREAMED ext_proc body
+			rq.sendLocal(lr) // decided by a STREAMED ext_proc body
 		default:
 			rq.routerLocal(rt, lr)
 		}
@@ -914,7 +914,7 @@ func (rq *request) encodeAndWrite(h *headerMap, body io.Reader) {
 				if rq.aborted.Load() {
 					return
 				}
-				rq.sendLocal(lr, false)
+				rq.sendLocal(lr)
 				return
 			}
 		case filterHeaderMutation:
@@ -928,7 +928,7 @@ func (rq *request) encodeAndWrite(h *headerMap, body io.Reader) {
 
 // sendLocal answers with a local reply that skips the encoder filters (an
 // ext_proc immediate response or error).
-func (rq *request) sendLocal(lr *localReply, _ bool) {
+func (rq *request) sendLocal(lr *localReply) {
 	h, body := localHeaders(lr)
 	if lr.headers != nil {
 		// Immediate-response headers go through the mutation checker;
