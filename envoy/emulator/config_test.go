@@ -642,3 +642,37 @@ func emulatorGoroutines() []string {
 }
 
 func runtimeGosched() { time.Sleep(10 * time.Millisecond) } // polling for goroutine exit, as goleak does
+
+// TestUpstreamPassThrough: no automatic decompression, no redirect
+// following, upstream status and headers reach the client.
+func TestUpstreamPassThrough(t *testing.T) {
+	gz := []byte{0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0x01, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00}
+	proc := startProc(t, continueAll)
+	ev := start(t, proc.addr, options{upstream: func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/gzip":
+			w.Header().Set("Content-Encoding", "gzip")
+			_, _ = w.Write(gz)
+		case "/redirect":
+			http.Redirect(w, r, "/elsewhere", http.StatusFound)
+		case "/teapot":
+			w.Header().Set("X-Upstream", "1")
+			w.WriteHeader(418)
+		}
+	}})
+	req, _ := http.NewRequestWithContext(t.Context(), "GET", ev.em.URL()+"/gzip", nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	res := roundTrip(t, req)
+	if res.status != 200 || res.header.Get("Content-Encoding") != "gzip" || res.body != string(gz) {
+		t.Fatalf("gzip: %d %v %q", res.status, res.header, res.body)
+	}
+	if res := do(t, ev, "GET", "/redirect", nil, nil); res.status != 302 || res.header.Get("Location") != "/elsewhere" {
+		t.Fatalf("redirect: %d %v", res.status, res.header)
+	}
+	if res := do(t, ev, "GET", "/teapot", nil, nil); res.status != 418 || res.header.Get("X-Upstream") != "1" || res.header.Get("Server") != "envoy" {
+		t.Fatalf("teapot: %d %v", res.status, res.header)
+	}
+	if n := len(ev.a.requests()); n != 3 {
+		t.Fatalf("upstream got %d requests (a redirect was followed?)", n)
+	}
+}
