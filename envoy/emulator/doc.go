@@ -1,9 +1,9 @@
 // Package emulator runs an Envoy v3 bootstrap without Envoy: one HTTP/1.1
 // listener with its HTTP connection manager, route table, clusters, access
 // log and — above all — the envoy.filters.http.ext_proc filter, talking real
-// gRPC to the configured external processor exactly as
-// /work/shared/design/ENVOY_EXTPROC.md (the repository's ENVOY_EXTPROC.md)
-// describes Envoy's behaviour. Tests and `keymux dev` drive keymux through
+// gRPC to the configured external processor exactly as the project's design
+// note ENVOY_EXTPROC.md (shared/design/ENVOY_EXTPROC.md) describes Envoy's
+// behaviour. Tests and `keymux dev` drive keymux through
 // it, with the very YAML users deploy (envoy/envoy.yaml).
 //
 //	b, _ := envoy.LoadBootstrap("envoy/envoy.yaml")
@@ -76,7 +76,11 @@
 //     headers, path_with_escaped_slashes_action, strip_*_host_port, via,
 //     tracing, stats, the admin interface, local_reply_config, internal
 //     redirects, upgrades (WebSocket, CONNECT), 100-continue handling beyond
-//     Go's.
+//     Go's (the expect header is dropped before the filters).
+//   - A client's x-request-id is always kept (Envoy regenerates it for
+//     external requests when use_remote_address is set).
+//   - Local replies are plain text (content-type text/plain when there is a
+//     body); gRPC-style local replies (grpc-status trailers) are not made.
 //
 // HTTP filters
 //   - Emulated: ext_proc, dynamic_forward_proxy (recognised; hosts are
@@ -150,7 +154,7 @@
 //     Config.ClusterAddrs entry. No upstream client certificates; SAN checks
 //     are Go's hostname verification; match_typed_subject_alt_names is
 //     ignored. A trusted_ca file that does not exist makes New fail, as Envoy
-//     does.
+//     does. Config.ClusterAddrs entries that name no cluster are ignored.
 //
 // Access log
 //   - Operators: REQ, RESP, DYNAMIC_METADATA, START_TIME (default format and
