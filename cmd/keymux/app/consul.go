@@ -2,15 +2,31 @@ package app
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"io"
+
+	"github.com/keymux/keymux/store/consul"
 )
 
+// startConsul follows the Consul KV prefix (CONSUL_HTTP_* environment).
 func (sc *sidecar) startConsul(ctx context.Context, o serveOptions) error {
-	sc.sourceErr = nil
-	return errors.New("--consul: not wired yet")
+	src, err := consul.New(consul.Options{
+		Client:   sc.consul,
+		Prefix:   o.consulPrefix,
+		Store:    sc.store,
+		StateDir: o.stateDir,
+		Logger:   sc.log,
+		OnHealth: sc.health.OnHealth,
+	})
+	if err != nil {
+		sc.sourceErr = nil
+		return fmt.Errorf("--consul: %w", err)
+	}
+	go func() { sc.sourceErr <- src.Run(ctx) }()
+	return nil
 }
 
+// runKV is `keymux kv`: Consul administration with the sidecar's validators.
 func runKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("kv: not wired yet")
+	return consul.RunKV(ctx, args, stdout, stderr)
 }

@@ -11,17 +11,19 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/hashicorp/consul/api"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
+	grpchealth "google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/keymux/keymux/extproc"
-	"github.com/keymux/keymux/policy"
+	"github.com/keymux/keymux/health"
 	"github.com/keymux/keymux/store"
 	"github.com/keymux/keymux/telemetry"
 )
@@ -78,8 +80,16 @@ func checkAddr(addr string, unixOK bool) error {
 			return nil
 		}
 	}
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return errors.New("want host:port" + map[bool]string{true: " or unix:PATH", false: ""}[unixOK])
+	want := "want host:port"
+	if unixOK {
+		want += " or unix:PATH"
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New(want)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
+		return fmt.Errorf("%s (port %q)", want, port)
 	}
 	return nil
 }
@@ -137,6 +147,9 @@ type sidecar struct {
 	admin     *http.Server
 	adminLis  net.Listener
 	callLog   io.Closer
+	consul    *api.Client     // nil without --consul
+	health    *health.Checker // active probes (leader-elected with Consul)
+	healthErr chan error
 	cancel    context.CancelFunc
 	done      chan struct{} // closed when the background goroutines ended
 	sourceErr chan error
@@ -178,7 +191,7 @@ func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdo
 		return sc, err
 	}
 	sc.tel = tel
-	tel.SetKeyHealth(func() []telemetry.KeyHealth { return keyHealth(st.Read(), time.Now()) })
+	tel.SetKeyHealth(sc.keyHealth)
 	tel.SetConfigInfo(func() telemetry.ConfigInfo {
 		s := st.Status()
 		return telemetry.ConfigInfo{Generation: s.Generation, Source: s.Source, Stale: s.Stale, StaleSince: s.StaleSince, Refused: len(s.Refused)}
@@ -188,9 +201,23 @@ func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdo
 		return telemetry.Alerts{ErrorRate: a.ErrorRate, Usage: a.Usage}
 	})
 
+	// The health checker exists before the source, so that the Consul
+	// source can hand it the probe results other instances write.
+	if o.consul {
+		if sc.consul, err = api.NewClient(api.DefaultConfig()); err != nil {
+			return sc, fmt.Errorf("--consul: %w", err)
+		}
+	}
+	hc, err := health.New(health.Config{Store: st, Consul: sc.consul, Prefix: o.consulPrefix, Logger: log})
+	if err != nil {
+		return sc, err
+	}
+	sc.health = hc
 	if err := sc.startSource(ctx, o); err != nil {
 		return sc, err
 	}
+	sc.healthErr = make(chan error, 1)
+	go func() { sc.healthErr <- hc.Run(ctx) }()
 
 	srv, err := extproc.New(extproc.Config{Store: st, Logger: log, Observer: tel})
 	if err != nil {
@@ -203,7 +230,7 @@ func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdo
 		grpc.MaxRecvMsgSize(maxGRPCMessage), grpc.MaxSendMsgSize(maxGRPCMessage),
 	)
 	extprocv3.RegisterExternalProcessorServer(sc.grpc, srv)
-	hs := health.NewServer()
+	hs := grpchealth.NewServer()
 	healthpb.RegisterHealthServer(sc.grpc, hs)
 	if sc.grpcLis, err = listen(o.grpcAddr); err != nil {
 		return sc, fmt.Errorf("--grpc: %w", err)
@@ -228,7 +255,7 @@ func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdo
 }
 
 // watchReady keeps the gRPC health status in step with the store.
-func watchReady(ctx context.Context, st *store.Store, hs *health.Server) {
+func watchReady(ctx context.Context, st *store.Store, hs *grpchealth.Server) {
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
@@ -287,31 +314,31 @@ func (sc *sidecar) adminHandler() http.Handler {
 		w.Header().Set("content-type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
+		type healthDoc struct {
+			Stats health.Stats       `json:"stats"`
+			Keys  []health.KeyStatus `json:"keys"`
+		}
 		_ = enc.Encode(struct {
 			Version string `json:"version"`
 			Ready   bool   `json:"ready"`
 			store.Status
-			Keys []telemetry.KeyHealth `json:"key_health"`
-		}{Version, sc.store.Ready(), sc.store.Status(), keyHealth(sc.store.Read(), time.Now())})
+			Health healthDoc `json:"health"`
+		}{Version, sc.store.Ready(), sc.store.Status(), healthDoc{sc.health.Stats(), sc.health.Snapshot()}})
 	})
 	mux.Handle("GET /stats", sc.tel.StatsHandler())
 	mux.Handle("GET /metrics", sc.tel.MetricsHandler())
 	return mux
 }
 
-// keyHealth summarises every key's passive and probed state.
-func keyHealth(snap *store.Snapshot, now time.Time) []telemetry.KeyHealth {
-	keys := snap.Keys()
-	out := make([]telemetry.KeyHealth, 0, len(keys))
-	for _, e := range keys {
-		kh := telemetry.KeyHealth{ID: e.Key.ID, State: "healthy", Requests: e.RT.Requests(), Errors: e.RT.Errors(), Tokens: e.RT.Usage()}
-		st := e.RT.State()
-		if ok, why := policy.Eligible(e.Key, st, now); !ok {
-			kh.State, kh.Until = why.Reason, why.Until
-		} else if st.HalfOpen || (!st.EjectedUntil.IsZero() && st.ConsecutiveFailures > 0) {
-			kh.State = "half_open"
-		}
-		out = append(out, kh)
+// keyHealth is every key's state for /stats and the key gauges.
+func (sc *sidecar) keyHealth() []telemetry.KeyHealth {
+	if sc.health == nil {
+		return nil
+	}
+	keys := sc.health.Snapshot()
+	out := make([]telemetry.KeyHealth, len(keys))
+	for i, k := range keys {
+		out[i] = telemetry.KeyHealth{ID: k.ID, State: k.State, Until: k.Until, Requests: k.Requests, Errors: k.Errors, Tokens: k.Tokens}
 	}
 	return out
 }
@@ -334,9 +361,11 @@ func (sc *sidecar) close() error {
 	if sc.admin != nil {
 		errs = append(errs, sc.admin.Shutdown(ctx))
 	}
-	if sc.sourceErr != nil {
-		if err := <-sc.sourceErr; !shutdownOK(err) {
-			errs = append(errs, err)
+	for _, ch := range []chan error{sc.sourceErr, sc.healthErr} {
+		if ch != nil {
+			if err := <-ch; !shutdownOK(err) {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if sc.tel != nil {
