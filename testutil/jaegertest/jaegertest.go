@@ -1,0 +1,573 @@
+// Package jaegertest starts a real Jaeger for tests and reads traces back
+// through its query API.
+//
+// The binary is the one tools/build.sh builds into tools/bin/jaeger (Jaeger
+// v2, from module github.com/jaegertracing/jaeger v1.76.0), or the path in
+// $KEYMUX_JAEGER_BIN. When it is missing the test FAILS with the command that
+// builds it: tests that need Jaeger never skip silently.
+//
+// Every instance runs all-in-one from a YAML config written into
+// t.TempDir(): in-memory trace storage, the OTLP gRPC and HTTP receivers, the
+// query service (HTTP JSON API of Jaeger v1, /api/...) and the v2 health
+// check, all on free loopback ports. It is stopped by t.Cleanup.
+package jaegertest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// EnvBinary overrides the Jaeger binary the tests run.
+const EnvBinary = "KEYMUX_JAEGER_BIN"
+
+// startTimeout bounds how long Jaeger may take to report healthy.
+const startTimeout = 60 * time.Second
+
+// startAttempts is how often Start picks new ports when one was taken
+// between choosing it and Jaeger binding it.
+const startAttempts = 3
+
+// ErrNotFound is returned by Trace for a trace Jaeger does not hold (yet).
+var ErrNotFound = errors.New("jaegertest: trace not found")
+
+// Jaeger is one running Jaeger all-in-one.
+type Jaeger struct {
+	t     testing.TB
+	ports ports
+	cmd   *exec.Cmd
+	done  chan struct{}
+	out   *lockedBuffer
+	http  *http.Client
+	once  sync.Once
+}
+
+type ports struct {
+	otlpGRPC, otlpHTTP, queryHTTP, queryGRPC, health int
+}
+
+// Binary returns the path of the Jaeger binary the tests use, or an error
+// that says how to build it.
+func Binary() (string, error) {
+	if p := os.Getenv(EnvBinary); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("jaeger binary from $%s: %w", EnvBinary, err)
+		}
+		return p, nil
+	}
+	root, err := repoRoot()
+	if err != nil {
+		return "", err
+	}
+	return binaryIn(root)
+}
+
+// binaryIn is tools/bin/jaeger under the repository root, or how to build it.
+func binaryIn(root string) (string, error) {
+	p := filepath.Join(root, "tools", "bin", "jaeger")
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("jaeger binary not found at %s: build it with `tools/build.sh jaeger` "+
+			"(from the repository root; builds Jaeger v2 from module github.com/jaegertracing/jaeger, tools/jaeger/go.mod) or set $%s", p, EnvBinary)
+	}
+	return p, nil
+}
+
+// repoRoot walks up from the working directory to keymux's go.mod.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.HasPrefix(data, []byte("module github.com/keymux/keymux\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("jaegertest: keymux repository root (go.mod of github.com/keymux/keymux) not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// configTemplate is a minimal all-in-one: OTLP in, memory storage, query
+// API out, health check; no Jaeger/Zipkin receivers, no sampling server,
+// no self-telemetry (its metrics endpoint would need a fixed port).
+const configTemplate = `service:
+  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+extensions:
+  healthcheckv2:
+    use_v2: true
+    http:
+      endpoint: 127.0.0.1:{{HEALTH}}
+  jaeger_query:
+    enable_tracing: false
+    storage:
+      traces: memstore
+    http:
+      endpoint: 127.0.0.1:{{QUERY_HTTP}}
+    grpc:
+      endpoint: 127.0.0.1:{{QUERY_GRPC}}
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 100000
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:{{OTLP_GRPC}}
+      http:
+        endpoint: 127.0.0.1:{{OTLP_HTTP}}
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+`
+
+// Start runs Jaeger and waits until it is healthy, its query API answers
+// and both OTLP receivers accept connections. It is stopped when the test
+// ends; its output is logged if the test failed.
+func Start(t testing.TB) *Jaeger {
+	t.Helper()
+	bin, err := Binary()
+	if err != nil {
+		t.Fatalf("jaegertest: %v", err)
+	}
+	dir := t.TempDir()
+	var lastErr error
+	for attempt := 1; attempt <= startAttempts; attempt++ {
+		j := &Jaeger{t: t, http: &http.Client{Timeout: 5 * time.Second}}
+		j.ports = ports{
+			otlpGRPC: freePort(t), otlpHTTP: freePort(t),
+			queryHTTP: freePort(t), queryGRPC: freePort(t), health: freePort(t),
+		}
+		cfgPath := filepath.Join(dir, "jaeger-"+strconv.Itoa(attempt)+".yaml")
+		if err := os.WriteFile(cfgPath, []byte(j.config()), 0o600); err != nil {
+			t.Fatalf("jaegertest: %v", err)
+		}
+		err := j.start(bin, cfgPath)
+		if err == nil {
+			t.Cleanup(func() {
+				j.Stop()
+				if t.Failed() {
+					t.Logf("jaeger output:\n%s", j.Output())
+				}
+			})
+			return j
+		}
+		lastErr = err
+		if !strings.Contains(j.Output(), "address already in use") {
+			break
+		}
+	}
+	t.Fatalf("jaegertest: %v", lastErr)
+	return nil
+}
+
+func (j *Jaeger) config() string {
+	return strings.NewReplacer(
+		"{{HEALTH}}", strconv.Itoa(j.ports.health),
+		"{{QUERY_HTTP}}", strconv.Itoa(j.ports.queryHTTP),
+		"{{QUERY_GRPC}}", strconv.Itoa(j.ports.queryGRPC),
+		"{{OTLP_GRPC}}", strconv.Itoa(j.ports.otlpGRPC),
+		"{{OTLP_HTTP}}", strconv.Itoa(j.ports.otlpHTTP),
+	).Replace(configTemplate)
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("jaegertest: free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func (j *Jaeger) start(bin, cfgPath string) error {
+	cmd := exec.Command(bin, "--config=file:"+cfgPath)
+	j.out = &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = j.out, j.out
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", bin, err)
+	}
+	j.cmd, j.done = cmd, make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(j.done)
+	}()
+	if err := j.waitReady(); err != nil {
+		j.Stop()
+		return fmt.Errorf("%w\njaeger output:\n%s", err, j.out.String())
+	}
+	return nil
+}
+
+// waitReady polls the health check, the query API and the receivers.
+func (j *Jaeger) waitReady() error {
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if j.ready(ctx) {
+			return nil
+		}
+		select {
+		case <-j.done:
+			return errors.New("jaeger exited before it was ready")
+		case <-ctx.Done():
+			return fmt.Errorf("jaeger was not ready after %s", startTimeout)
+		case <-tick.C:
+		}
+	}
+}
+
+func (j *Jaeger) ready(ctx context.Context) bool {
+	var health struct {
+		Healthy bool   `json:"healthy"`
+		Status  string `json:"status"`
+	}
+	if code, body, err := j.get(ctx, "http://127.0.0.1:"+strconv.Itoa(j.ports.health)+"/status"); err != nil || code != http.StatusOK ||
+		json.Unmarshal(body, &health) != nil || !health.Healthy || health.Status != "StatusOK" {
+		return false
+	}
+	if code, _, err := j.get(ctx, j.QueryURL()+"/api/services"); err != nil || code != http.StatusOK {
+		return false
+	}
+	for _, p := range []int{j.ports.otlpGRPC, j.ports.otlpHTTP} {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(p), time.Second)
+		if err != nil {
+			return false
+		}
+		c.Close()
+	}
+	return true
+}
+
+func (j *Jaeger) get(ctx context.Context, u string) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	resp, err := j.http.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
+}
+
+// Stop ends Jaeger (SIGTERM, then SIGKILL after 5s) and waits for it.
+func (j *Jaeger) Stop() {
+	j.once.Do(func() {
+		if j.cmd == nil || j.cmd.Process == nil {
+			return
+		}
+		_ = j.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-j.done:
+		case <-time.After(5 * time.Second):
+			_ = j.cmd.Process.Kill()
+			<-j.done
+		}
+	})
+}
+
+// Output is what Jaeger printed so far.
+func (j *Jaeger) Output() string {
+	if j.out == nil {
+		return ""
+	}
+	return j.out.String()
+}
+
+// OTLPGRPCEndpoint is the OTLP/gRPC receiver as an OTEL_EXPORTER_OTLP_ENDPOINT
+// value ("http://127.0.0.1:PORT": plaintext).
+func (j *Jaeger) OTLPGRPCEndpoint() string {
+	return "http://127.0.0.1:" + strconv.Itoa(j.ports.otlpGRPC)
+}
+
+// OTLPHTTPEndpoint is the OTLP/HTTP receiver's base URL, an
+// OTEL_EXPORTER_OTLP_ENDPOINT value (the exporter appends /v1/traces).
+func (j *Jaeger) OTLPHTTPEndpoint() string {
+	return "http://127.0.0.1:" + strconv.Itoa(j.ports.otlpHTTP)
+}
+
+// QueryURL is the base URL of the query service ("http://127.0.0.1:PORT").
+func (j *Jaeger) QueryURL() string {
+	return "http://127.0.0.1:" + strconv.Itoa(j.ports.queryHTTP)
+}
+
+// OTelEnv is the OTEL_* environment that makes an OpenTelemetry SDK send
+// its traces to this Jaeger over protocol ("grpc" or "http/protobuf"),
+// with a short batch delay; metrics and logs exporters are off (Jaeger
+// only stores traces).
+func (j *Jaeger) OTelEnv(protocol string) map[string]string {
+	endpoint := j.OTLPHTTPEndpoint()
+	if protocol == "grpc" {
+		endpoint = j.OTLPGRPCEndpoint()
+	}
+	return map[string]string{
+		"OTEL_SDK_DISABLED":           "false",
+		"OTEL_TRACES_EXPORTER":        "otlp",
+		"OTEL_METRICS_EXPORTER":       "none",
+		"OTEL_LOGS_EXPORTER":          "none",
+		"OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+		"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+		"OTEL_EXPORTER_OTLP_INSECURE": "true",
+		"OTEL_BSP_SCHEDULE_DELAY":     "50",
+		"OTEL_TRACES_SAMPLER":         "parentbased_always_on",
+		// Empty = unset: a developer's own OTEL_* must not redirect the test.
+		"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
+		"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "",
+		"OTEL_SERVICE_NAME":                  "",
+		"OTEL_RESOURCE_ATTRIBUTES":           "",
+	}
+}
+
+// Trace is one trace in the query API's JSON (Jaeger's v1 model).
+type Trace struct {
+	TraceID   string             `json:"traceID"`
+	Spans     []Span             `json:"spans"`
+	Processes map[string]Process `json:"processes"`
+	Warnings  []string           `json:"warnings"`
+}
+
+// Span is one span of a Trace.
+type Span struct {
+	TraceID       string      `json:"traceID"`
+	SpanID        string      `json:"spanID"`
+	OperationName string      `json:"operationName"`
+	References    []Reference `json:"references"`
+	StartTime     int64       `json:"startTime"` // µs since the epoch
+	Duration      int64       `json:"duration"`  // µs
+	Tags          []KeyValue  `json:"tags"`
+	Logs          []Log       `json:"logs"`
+	ProcessID     string      `json:"processID"`
+	Warnings      []string    `json:"warnings"`
+}
+
+// Reference links a span to another (CHILD_OF: its parent).
+type Reference struct {
+	RefType string `json:"refType"`
+	TraceID string `json:"traceID"`
+	SpanID  string `json:"spanID"`
+}
+
+// KeyValue is a tag; Value is a string, bool, float64 (JSON number) or
+// whatever Type says.
+type KeyValue struct {
+	Key   string `json:"key"`
+	Type  string `json:"type"`
+	Value any    `json:"value"`
+}
+
+// Log is a span event.
+type Log struct {
+	Timestamp int64      `json:"timestamp"`
+	Fields    []KeyValue `json:"fields"`
+}
+
+// Process is the emitting service.
+type Process struct {
+	ServiceName string     `json:"serviceName"`
+	Tags        []KeyValue `json:"tags"`
+}
+
+// Tag returns the value of the tag key.
+func (s *Span) Tag(key string) (any, bool) {
+	for _, kv := range s.Tags {
+		if kv.Key == key {
+			return kv.Value, true
+		}
+	}
+	return nil, false
+}
+
+// TagString returns the tag key formatted as text ("" when absent):
+// integers without a decimal point, booleans as true/false.
+func (s *Span) TagString(key string) string {
+	v, ok := s.Tag(key)
+	if !ok {
+		return ""
+	}
+	switch x := v.(type) {
+	case string:
+		return x
+	case float64:
+		return strconv.FormatFloat(x, 'f', -1, 64)
+	case bool:
+		return strconv.FormatBool(x)
+	}
+	return fmt.Sprint(v)
+}
+
+// ParentSpanID is the span id of the span's CHILD_OF reference, or "".
+func (s *Span) ParentSpanID() string {
+	for _, r := range s.References {
+		if r.RefType == "CHILD_OF" {
+			return r.SpanID
+		}
+	}
+	return ""
+}
+
+// Kind is the span kind as Jaeger tags it ("client", "server", "internal"…;
+// "" for internal when the tag is absent).
+func (s *Span) Kind() string { return s.TagString("span.kind") }
+
+// Service is the service name of the span's process in tr.
+func (tr *Trace) Service(s *Span) string { return tr.Processes[s.ProcessID].ServiceName }
+
+// TraceRaw returns the query API's JSON body of GET /api/traces/{id}, or
+// ErrNotFound.
+func (j *Jaeger) TraceRaw(ctx context.Context, traceID string) ([]byte, error) {
+	code, body, err := j.get(ctx, j.QueryURL()+"/api/traces/"+url.PathEscape(traceID))
+	if err != nil {
+		return nil, fmt.Errorf("jaegertest: GET trace %s: %w", traceID, err)
+	}
+	switch code {
+	case http.StatusOK:
+		return body, nil
+	case http.StatusNotFound:
+		return nil, ErrNotFound
+	}
+	return nil, fmt.Errorf("jaegertest: GET trace %s: status %d: %s", traceID, code, truncate(body))
+}
+
+// Trace reads one trace through the query API, or ErrNotFound.
+func (j *Jaeger) Trace(ctx context.Context, traceID string) (*Trace, error) {
+	body, err := j.TraceRaw(ctx, traceID)
+	if err != nil {
+		return nil, err
+	}
+	traces, err := decodeTraces(body)
+	if err != nil {
+		return nil, err
+	}
+	if len(traces) == 0 {
+		return nil, ErrNotFound
+	}
+	return &traces[0], nil
+}
+
+// FindRaw returns the query API's JSON body of GET /api/traces searching
+// service (and operation, if not "") over the last hour.
+func (j *Jaeger) FindRaw(ctx context.Context, service, operation string, limit int) ([]byte, error) {
+	q := url.Values{"service": {service}, "limit": {strconv.Itoa(limit)}, "lookback": {"1h"}}
+	if operation != "" {
+		q.Set("operation", operation)
+	}
+	code, body, err := j.get(ctx, j.QueryURL()+"/api/traces?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("jaegertest: find traces: %w", err)
+	}
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("jaegertest: find traces: status %d: %s", code, truncate(body))
+	}
+	return body, nil
+}
+
+// Find returns the traces of service (and operation, if not "") of the
+// last hour, at most limit.
+func (j *Jaeger) Find(ctx context.Context, service, operation string, limit int) ([]Trace, error) {
+	body, err := j.FindRaw(ctx, service, operation, limit)
+	if err != nil {
+		return nil, err
+	}
+	return decodeTraces(body)
+}
+
+// WaitTrace polls the trace until done(trace) holds or ctx ends; the
+// error then says what the last poll saw.
+func (j *Jaeger) WaitTrace(ctx context.Context, traceID string, done func(*Trace) bool) (*Trace, error) {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		tr, err := j.Trace(ctx, traceID)
+		if err == nil && done(tr) {
+			return tr, nil
+		}
+		if err != nil {
+			last = err
+		} else {
+			last = fmt.Errorf("trace %s has %d spans, condition not met yet", traceID, len(tr.Spans))
+		}
+		select {
+		case <-ctx.Done():
+			return tr, fmt.Errorf("jaegertest: waiting for trace %s: %w (last: %v)", traceID, ctx.Err(), last)
+		case <-tick.C:
+		}
+	}
+}
+
+func decodeTraces(body []byte) ([]Trace, error) {
+	var doc struct {
+		Data   []Trace `json:"data"`
+		Errors []struct {
+			Code int    `json:"code"`
+			Msg  string `json:"msg"`
+		} `json:"errors"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return nil, fmt.Errorf("jaegertest: decode traces: %w", err)
+	}
+	if len(doc.Errors) > 0 {
+		return nil, fmt.Errorf("jaegertest: query API error %d: %s", doc.Errors[0].Code, doc.Errors[0].Msg)
+	}
+	return doc.Data, nil
+}
+
+func truncate(b []byte) string {
+	if len(b) > 512 {
+		return string(b[:512]) + "…"
+	}
+	return string(b)
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
