@@ -622,7 +622,7 @@ func TestNoGoroutineLeftAfterClose(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("goroutines still in emulator code after Close:\n%s", strings.Join(leaked, "\n\n"))
 		}
-		runtimeGosched()
+		pollPause()
 	}
 }
 
@@ -641,7 +641,7 @@ func emulatorGoroutines() []string {
 	return out
 }
 
-func runtimeGosched() { time.Sleep(10 * time.Millisecond) } // polling for goroutine exit, as goleak does
+func pollPause() { time.Sleep(10 * time.Millisecond) } // polling for goroutine exit, as goleak does
 
 // TestUpstreamPassThrough: no automatic decompression, no redirect
 // following, upstream status and headers reach the client.

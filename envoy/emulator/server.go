@@ -147,7 +147,9 @@ func (rq *request) cleanup() {
 	if cancel != nil {
 		cancel(context.Canceled)
 	}
-	graceful := !rq.aborted.Load()
+	// A client gone (its context may be cancelled before abort() ran) or a
+	// reset stream cancels the ext_proc streams; a normal end half-closes.
+	graceful := !rq.aborted.Load() && rq.r.Context().Err() == nil && !rq.resetConn
 	for _, s := range rq.snapshotSessions() {
 		s.end(graceful)
 	}
