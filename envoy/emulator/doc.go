@@ -128,10 +128,11 @@
 //     with failure_mode_allow (ENVOY_EXTPROC.md; older Envoy releases always
 //     continued).
 //   - Local replies decided by ext_proc (immediate responses, errors,
-//     timeouts, the 413) go straight to the client; router-generated replies
+//     timeouts) and by jwt_authn go straight to the client, and so does the
+//     500 of a response body over the buffer limit; router-generated replies
 //     (no route, direct_response, cluster not found, upstream failure and
-//     timeout) go through the encoder filters, ext_proc included, as in
-//     Envoy. A failure after the response headers reached the client resets
+//     timeout) and the request buffer limit's 413 go through the encoder
+//     filters, ext_proc included. A failure after the response headers reached the client resets
 //     the connection.
 //   - ext_proc in a cluster's upstream filter chain
 //     (HttpProtocolOptions.http_filters) is not emulated: New fails.

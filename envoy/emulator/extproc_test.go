@@ -755,10 +755,16 @@ func TestBufferLimit(t *testing.T) {
 	if res.status != 413 {
 		t.Fatalf("status %d, want 413", res.status)
 	}
+	// The 413 comes from Envoy's filter manager: the processor never sees the
+	// body, and sees the local reply's response headers.
 	ps := proc.firstStream(t)
 	ps.endCode(t)
-	if msgs := ps.messages(); len(msgs) != 1 || kindOf(msgs[0]) != "request_headers" {
+	msgs := ps.messages()
+	if len(msgs) != 2 || kindOf(msgs[0]) != "request_headers" || kindOf(msgs[1]) != "response_headers" {
 		t.Fatalf("processor saw %d messages", len(msgs))
+	}
+	if st, _ := headerOf(msgs[1], ":status"); st != "413" {
+		t.Fatalf("response_headers :status %q", st)
 	}
 	if res := do(t, ev, "POST", "/x", strings.NewReader(big[:4096]), nil); res.status != 200 {
 		t.Fatalf("body at the limit: %d", res.status)

@@ -265,7 +265,11 @@ func (rq *request) run() {
 			return
 		}
 		if lr != nil {
-			rq.sendLocal(lr)
+			if lr.viaEncoders {
+				rq.routerLocal(nil, lr)
+			} else {
+				rq.sendLocal(lr)
+			}
 			return
 		}
 	}
@@ -446,7 +450,8 @@ func (rq *request) bufferedBody(s *session, d direction, h *headerMap, body io.R
 	if over {
 		if !partial {
 			if d == dirRequest {
-				return nil, &localReply{status: http.StatusRequestEntityTooLarge, body: []byte("Payload Too Large"), details: "request_payload_too_large"}
+				// Envoy's filter manager answers, through the encoder filters.
+				return nil, &localReply{status: http.StatusRequestEntityTooLarge, body: []byte("Payload Too Large"), details: "request_payload_too_large", viaEncoders: true}
 			}
 			return nil, &localReply{status: http.StatusInternalServerError, body: []byte("Internal Server Error"), details: "response_payload_too_large"}
 		}
