@@ -2,15 +2,19 @@
 GO ?= go
 export GOFLAGS ?= -buildvcs=false
 
-.PHONY: test tools dev bench fmt vet
+.PHONY: test tools js dev bench fmt vet
 
-## test: build the real Consul and Jaeger (once), then run every test, unit and end to end.
-test: tools
+## test: build the real Consul and Jaeger (once), install the npm client, then run every test, unit and end to end.
+test: tools js
 	$(GO) test -count=1 -timeout 25m -v ./... 
 
 ## tools: build Consul v1.14.11 and Jaeger v1.76.0 into tools/bin (skipped when up to date).
 tools:
 	bash tools/build.sh
+
+## js: the official npm `openai` client the JavaScript end-to-end test runs (pinned in package-lock.json).
+js:
+	npm ci --prefix examples/clients/js --no-audit --no-fund
 
 ## dev: the offline demo (mock upstream + Envoy emulator + keymux).
 dev:
