@@ -413,6 +413,12 @@ func TestShippedEnvoyYAML(t *testing.T) {
 		r.Header.Get("Authorization") != "Bearer sk-test-k1" || r.Header.Get("X-Api-Key") != "" || r.Header.Get("X-Keymux-Upstream") != "" {
 		t.Fatalf("upstream got %+v", r)
 	}
+	// HCM and router behaviour of the shipped config: use_remote_address,
+	// x-request-id, suppress_envoy_headers.
+	if r.Header.Get("X-Forwarded-For") != "127.0.0.1" || r.Header.Get("X-Forwarded-Proto") != "http" || r.Header.Get("X-Request-Id") == "" ||
+		r.Header.Get("X-Envoy-Expected-Rq-Timeout-Ms") != "" {
+		t.Fatalf("upstream headers %v", r.Header)
+	}
 	var entry map[string]any
 	if err := json.Unmarshal([]byte(ev.accessLog(t, 1)[0]), &entry); err != nil {
 		t.Fatal(err)
@@ -429,6 +435,16 @@ func TestShippedEnvoyYAML(t *testing.T) {
 		res := do(t, ev, "POST", "/v1/chat/completions", strings.NewReader(`{}`), nil)
 		if res.status != 404 || res.header.Get("Content-Type") != "application/json" || !strings.Contains(res.body, `"code":"not_found"`) {
 			t.Fatalf("got %d %v %q", res.status, res.header, res.body)
+		}
+	})
+	t.Run("normalize_path before ext_proc", func(t *testing.T) {
+		route = false
+		defer func() { route = true }()
+		do(t, ev, "GET", "/v1/../admin//x", nil, nil)
+		ps := lastStream(t, proc)
+		ps.endCode(t)
+		if p, _ := headerOf(ps.messages()[0], ":path"); p != "/admin/x" {
+			t.Fatalf(":path sent to the processor %q, want /admin/x", p)
 		}
 	})
 	t.Run("client-sent x-keymux-upstream is stripped early", func(t *testing.T) {
