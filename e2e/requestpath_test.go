@@ -230,3 +230,56 @@ func waitUntil(t *testing.T, limit time.Duration, cond func() bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+func TestBodylessRequestGetsAKey(t *testing.T) {
+	g := startGateway(t, `
+settings:
+  auth: {mode: client_keys}
+keys:
+  az: {provider: azure, base_url: "{{MOCK}}", secret: sk-test-azure, azure: {api_version: "2024-10-21"}}
+clients:
+  a: {name: a, token_sha256: "`+sha256hex("km-test-bodyless")+`"}
+`)
+	for _, tc := range []struct{ method, path, wantPath string }{
+		{"GET", "/v1/files/file-abc?limit=2", "/openai/files/file-abc"},
+		{"DELETE", "/api/openai/v1/files/file-abc", "/openai/files/file-abc"},
+	} {
+		before := len(g.mock.Requests())
+		g.do(tc.method, tc.path, map[string]string{"authorization": "Bearer km-test-bodyless"}, "")
+		reqs := g.mock.Requests()[before:]
+		if len(reqs) != 1 {
+			t.Fatalf("%s %s: mock saw %d requests, want 1", tc.method, tc.path, len(reqs))
+		}
+		r := reqs[0]
+		if r.Method != tc.method || r.Path != tc.wantPath || !strings.Contains(r.RawQuery, "api-version=2024-10-21") || r.Credential != "sk-test-azure" {
+			t.Errorf("%s %s reached the upstream as %s %s?%s with %q", tc.method, tc.path, r.Method, r.Path, r.RawQuery, r.AuthHeader)
+		}
+	}
+	assertNoClientSecret(t, g, "km-test-bodyless")
+}
+
+func TestEveryKeyCoolingDownGives503(t *testing.T) {
+	g := startGateway(t, `
+keys:
+  k1: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k1}
+  k2: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k2}
+`)
+	g.mock.SetDefault("", mockBehaviour429("30"))
+	body := `{"model":"gpt-4o","messages":[]}`
+	for range 2 {
+		if resp, _ := g.do("POST", "/v1/chat/completions", nil, body); resp.StatusCode != 429 {
+			t.Fatalf("status %d, want the upstream's 429 passed through", resp.StatusCode)
+		}
+	}
+	resp, b := g.do("POST", "/v1/chat/completions", nil, body)
+	var e struct {
+		Error struct{ Message, Code string }
+	}
+	json.Unmarshal(b, &e)
+	if resp.StatusCode != 503 || e.Error.Code != "keys_cooling_down" || !strings.Contains(e.Error.Message, "all 2 keys for model gpt-4o are cooling down until") {
+		t.Fatalf("got %d %s, want 503 keys_cooling_down naming the time", resp.StatusCode, b)
+	}
+	if ra, _ := strconv.Atoi(resp.Header.Get("Retry-After")); ra < 28 || ra > 30 {
+		t.Errorf("Retry-After %q, want about 30", resp.Header.Get("Retry-After"))
+	}
+}

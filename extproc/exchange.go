@@ -141,6 +141,14 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	if limit := x.settings.MaxBodyBytes; limit > 0 && int64(len(body)) > limit {
 		return x.refuse(tooLarge(limit))
 	}
+	if x.route.op.model == modelNone {
+		// An object endpoint with a body keymux has no use for: forward it.
+		mut, aerr := x.forward("", nil, bodyInfo{})
+		if aerr != nil {
+			return x.refuse(aerr)
+		}
+		return x.withMetadata(bodyReply(mut, nil, true))
+	}
 	bi, aerr := parseBody(body, x.route.op.model)
 	if aerr != nil {
 		return x.refuse(aerr)
@@ -237,7 +245,7 @@ func (x *exchange) forward(model string, body []byte, bi bodyInfo) (*extprocv3.H
 	x.call.KeyID, x.call.Provider, x.call.UpstreamHost, x.call.ModelFinal = k.ID, string(k.Provider), k.Host, final
 	x.call.Strategy = x.settings.Strategy
 
-	t := target(k, x.route.op, final, x.route.query, x.hdr.anthropicVersion)
+	t := target(k, x.route.op, x.route.path, final, x.route.query, x.hdr.anthropicVersion)
 	mut := &extprocv3.HeaderMutation{RemoveHeaders: clientCredentialHeaders}
 	mut.SetHeaders = append(mut.SetHeaders,
 		setHeader(HeaderUpstream, t.scheme),

@@ -21,9 +21,10 @@ type upstreamTarget struct {
 	headers   []*corev3.HeaderValueOption
 }
 
-// target computes the upstream request for key k, operation op, the model the
-// upstream gets (after the key's rule) and the client's query string.
-func target(k *policy.Key, op *operation, model, query, clientAnthropicVersion string) upstreamTarget {
+// target computes the upstream request for key k, operation op at path (below
+// the API prefix), the model the upstream gets (after the key's rule) and the
+// client's query string.
+func target(k *policy.Key, op *operation, path, model, query, clientAnthropicVersion string) upstreamTarget {
 	t := upstreamTarget{scheme: k.Scheme, authority: k.Host}
 	secret := k.Secret.Reveal()
 	switch k.Provider {
@@ -32,10 +33,14 @@ func target(k *policy.Key, op *operation, model, query, clientAnthropicVersion s
 		if d, ok := k.Azure.Deployments[model]; ok {
 			deployment = d
 		}
-		t.path = k.PathPrefix + "/openai/deployments/" + url.PathEscape(deployment) + op.path + azureQuery(query, k.Azure.APIVersion)
+		if op.model == modelNone {
+			t.path = k.PathPrefix + "/openai" + path + azureQuery(query, k.Azure.APIVersion)
+		} else {
+			t.path = k.PathPrefix + "/openai/deployments/" + url.PathEscape(deployment) + path + azureQuery(query, k.Azure.APIVersion)
+		}
 		t.headers = append(t.headers, setHeader(hdrAPIKey, secret))
 	case policy.ProviderAnthropic:
-		t.path = k.PathPrefix + op.path + query
+		t.path = k.PathPrefix + path + query
 		if op.anthropic {
 			v := clientAnthropicVersion
 			if v == "" {
@@ -47,7 +52,7 @@ func target(k *policy.Key, op *operation, model, query, clientAnthropicVersion s
 			t.headers = append(t.headers, setHeader(hdrAuthorization, "Bearer "+secret))
 		}
 	default: // openai, huggingface, openai_compatible
-		t.path = k.PathPrefix + op.path + query
+		t.path = k.PathPrefix + path + query
 		t.headers = append(t.headers, setHeader(hdrAuthorization, "Bearer "+secret))
 	}
 	return t

@@ -6,7 +6,8 @@ import "strings"
 type operation struct {
 	name      string // gen_ai.operation.name-style label: "chat", "embeddings", …
 	path      string // upstream path below the provider's base URL, e.g. "/chat/completions"
-	methods   string // allowed methods, comma-separated, for the Allow header
+	methods   string // allowed methods, ", "-separated, for the Allow header
+	prefix    bool   // path is a prefix: "/files/" matches "/files/{id}"
 	model     modelNeed
 	local     bool // answered by keymux itself (GET /v1/models…)
 	anthropic bool // Anthropic's native Messages API
@@ -32,6 +33,13 @@ var operations = []operation{
 	{name: "speech", path: "/audio/speech", methods: "POST", model: modelRequired},
 	{name: "chat", path: "/messages", methods: "POST", model: modelRequired, anthropic: true},
 	{name: "list_models", path: "/models", methods: "GET", local: true},
+	// Body-less object endpoints: any enabled key serves them. (Objects live
+	// in one provider account; pin such keys with priorities or a pool of one.)
+	{name: "files", path: "/files", methods: "GET"},
+	{name: "files", path: "/files/", methods: "GET, DELETE", prefix: true},
+	{name: "batches", path: "/batches", methods: "GET"},
+	{name: "batches", path: "/batches/", methods: "GET", prefix: true},
+	{name: "responses", path: "/responses/", methods: "GET, DELETE", prefix: true},
 }
 
 // opModel is GET /v1/models/{id}, answered locally as well.
@@ -41,6 +49,7 @@ var opModel = operation{name: "retrieve_model", path: "/models/", methods: "GET"
 type routeResult struct {
 	op      *operation
 	modelID string // GET /v1/models/{id}
+	path    string // the path below the API prefix, e.g. "/files/file-abc"
 	query   string // "?…" or ""
 }
 
@@ -58,8 +67,9 @@ func matchRoute(method, rawPath string) (routeResult, *apiError) {
 		return r, notFoundPath(rawPath)
 	}
 	for i := range operations {
-		if operations[i].path == rest {
-			r.op = &operations[i]
+		op := &operations[i]
+		if op.path == rest || (op.prefix && strings.HasPrefix(rest, op.path) && len(rest) > len(op.path)) {
+			r.op = op
 			break
 		}
 	}
@@ -69,7 +79,8 @@ func matchRoute(method, rawPath string) (routeResult, *apiError) {
 	if r.op == nil {
 		return r, notFoundPath(rawPath)
 	}
-	if method != r.op.methods {
+	r.path = rest
+	if !allowed(r.op.methods, method) {
 		return r, &apiError{
 			Status: 405, Type: typeInvalidRequest, Code: "method_not_allowed",
 			Message: "method " + method + " is not allowed on " + path + " (allowed: " + r.op.methods + ")",
@@ -77,6 +88,15 @@ func matchRoute(method, rawPath string) (routeResult, *apiError) {
 		}
 	}
 	return r, nil
+}
+
+func allowed(methods, method string) bool {
+	for m := range strings.SplitSeq(methods, ", ") {
+		if m == method {
+			return true
+		}
+	}
+	return false
 }
 
 func stripAPIPrefix(path string) (string, bool) {

@@ -27,6 +27,12 @@ func TestMatchRoute(t *testing.T) {
 		{"POST", "/v1/chat%2Fcompletions", "", "", "", 404},
 		{"POST", "/v1", "", "", "", 404},
 		{"POST", "", "", "", "", 404},
+		{"GET", "/v1/files", "/files", "", "", 0},
+		{"GET", "/v1/files/file-1", "/files/", "", "", 0},
+		{"DELETE", "/v1/files/file-1", "/files/", "", "", 0},
+		{"POST", "/v1/files/file-1", "", "", "", 405},
+		{"GET", "/v1/responses/resp_1", "/responses/", "", "", 0},
+		{"GET", "/v1/batches/b1", "/batches/", "", "", 0},
 	}
 	for _, tc := range tests {
 		r, err := matchRoute(tc.method, tc.path)
