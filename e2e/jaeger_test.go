@@ -1,0 +1,254 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keymux/keymux/telemetry"
+	"github.com/keymux/keymux/testutil/jaegertest"
+)
+
+// extprocOperation is the otelgrpc server span of every ext_proc stream.
+const extprocOperation = "envoy.service.ext_proc.v3.ExternalProcessor/Process"
+
+// startJaegerRun starts a real Jaeger, points keymux's OpenTelemetry at it
+// through the standard OTEL_* environment (protocol "grpc" or
+// "http/protobuf") and returns it. Not parallel: t.Setenv.
+func startJaegerRun(t *testing.T, protocol string) *jaegertest.Jaeger {
+	t.Helper()
+	j := jaegertest.Start(t)
+	for k, v := range j.OTelEnv(protocol) {
+		t.Setenv(k, v)
+	}
+	return j
+}
+
+// TestJaegerTraces is the observability acceptance with the real Jaeger:
+// the known sequence carries a client traceparent (one trace id, one client
+// span id per call); the trace read back through Jaeger's query API holds
+// one keymux span per exchange, each the child of its client span, with
+// the GenAI attributes, error spans for the failing upstream and the
+// refusals; the upstream got keymux's span as parent; the otelgrpc server
+// spans of the ext_proc streams are separate root traces. The same run's
+// /metrics, /stats and call log match the sequence, and nothing of it —
+// logs, call log, spans, metrics, /stats, /status — holds a secret.
+func TestJaegerTraces(t *testing.T) {
+	j := startJaegerRun(t, "grpc")
+	r := startTelemetryRun(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	tr, err := j.WaitTrace(ctx, telTraceID, func(tr *jaegertest.Trace) bool { return len(tr.Spans) >= len(r.calls) })
+	if err != nil {
+		t.Fatalf("keymux spans never reached Jaeger: %v\nstderr:\n%s", err, r.g.stderr.String())
+	}
+	mockPort := r.g.mock.URL()[strings.LastIndexByte(r.g.mock.URL(), ':')+1:]
+
+	// Exactly one keymux span per exchange, the child of its client span;
+	// no gRPC span in the client's trace.
+	byParent := map[string]*jaegertest.Span{}
+	for i := range tr.Spans {
+		s := &tr.Spans[i]
+		if svc := tr.Service(s); svc != telemetry.ServiceName {
+			t.Errorf("span %q from service %q, want %q", s.OperationName, svc, telemetry.ServiceName)
+		}
+		if s.OperationName == extprocOperation {
+			t.Errorf("an otelgrpc span joined the client's trace: %+v", s)
+		}
+		p := s.ParentSpanID()
+		if byParent[p] != nil {
+			t.Errorf("two spans with parent %s: %q and %q", p, byParent[p].OperationName, s.OperationName)
+		}
+		byParent[p] = s
+	}
+	if len(tr.Spans) != len(r.calls) {
+		t.Errorf("trace %s has %d spans, want %d (one per exchange)", telTraceID, len(tr.Spans), len(r.calls))
+	}
+
+	for _, c := range r.calls {
+		t.Run("span/"+c.name, func(t *testing.T) {
+			s := byParent[c.spanID]
+			if s == nil {
+				t.Fatalf("no span whose parent is the client's span %s", c.spanID)
+			}
+			if s.TraceID != telTraceID {
+				t.Errorf("trace id %s, want the client's %s", s.TraceID, telTraceID)
+			}
+			want := map[string]string{
+				"gen_ai.operation.name":     "chat",
+				"http.response.status_code": strconv.Itoa(c.status),
+			}
+			absent := []string{}
+			var name, kind string
+			switch {
+			case c.upstream:
+				name, kind = "chat "+c.model, "client"
+				want["gen_ai.provider.name"] = "openai"
+				want["gen_ai.request.model"] = c.model
+				want["gen_ai.response.model"] = c.final
+				want["gen_ai.request.stream"] = "false"
+				want["server.address"] = "127.0.0.1"
+				want["server.port"] = mockPort
+				want["keymux.key.id"] = c.key
+				want["keymux.strategy"] = "round_robin"
+				want["keymux.client.id"] = telClientID
+				want["keymux.request.id"] = c.requestID
+				if c.rule != "" {
+					want["keymux.rule.id"] = c.rule
+				} else {
+					absent = append(absent, "keymux.rule.id")
+				}
+				// The upstream got keymux's span as parent, in the client's trace.
+				if tp := "00-" + telTraceID + "-" + s.SpanID + "-01"; c.upTP != tp {
+					t.Errorf("upstream traceparent %q, want %q (keymux's span)", c.upTP, tp)
+				}
+			case c.path == "/v1/models":
+				name, kind = "list_models", "internal"
+				want["gen_ai.operation.name"] = "list_models"
+				want["keymux.client.id"] = telClientID
+				absent = append(absent, "keymux.key.id", "gen_ai.request.model")
+			default: // refused before the body: no model, no key
+				name, kind = "chat", "internal"
+				absent = append(absent, "keymux.key.id", "keymux.client.id", "gen_ai.request.model", "server.address")
+			}
+			if c.errType == "" {
+				if c.upstream {
+					want["gen_ai.usage.input_tokens"] = strconv.FormatInt(c.in, 10)
+					want["gen_ai.usage.output_tokens"] = strconv.FormatInt(c.out, 10)
+				}
+				absent = append(absent, "error.type", "error", "otel.status_code")
+			} else {
+				want["error.type"] = c.errType
+				want["otel.status_code"] = "ERROR"
+				want["error"] = "true"
+				absent = append(absent, "gen_ai.usage.input_tokens")
+				if d := s.TagString("otel.status_description"); !strings.Contains(d, "status "+strconv.Itoa(c.status)) || !strings.Contains(d, c.errType) {
+					t.Errorf("status description %q, want the status %d and %s", d, c.status, c.errType)
+				}
+			}
+			if s.OperationName != name {
+				t.Errorf("span name %q, want %q", s.OperationName, name)
+			}
+			if got := s.Kind(); got != kind {
+				t.Errorf("span kind %q, want %q", got, kind)
+			}
+			for k, v := range want {
+				if got, ok := s.Tag(k); !ok {
+					t.Errorf("attribute %s missing, want %q", k, v)
+				} else if s.TagString(k) != v {
+					t.Errorf("attribute %s = %v, want %q", k, got, v)
+				}
+			}
+			for _, k := range absent {
+				if v, ok := s.Tag(k); ok {
+					t.Errorf("attribute %s = %v, want none", k, v)
+				}
+			}
+			if s.Duration <= 0 {
+				t.Errorf("span duration %d µs", s.Duration)
+			}
+		})
+	}
+
+	// The otelgrpc server spans: one root trace per ext_proc stream, one
+	// stream per exchange, all outside the client's trace.
+	waitUntil(t, 15*time.Second, func() bool {
+		found, err := j.Find(ctx, telemetry.ServiceName, extprocOperation, 1000)
+		return err == nil && len(found) >= len(r.calls)
+	})
+	found, err := j.Find(ctx, telemetry.ServiceName, extprocOperation, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(found) != len(r.calls) {
+		t.Errorf("%d ext_proc gRPC traces, want %d (one stream per exchange)", len(found), len(r.calls))
+	}
+	for _, gt := range found {
+		if gt.TraceID == telTraceID {
+			t.Errorf("an ext_proc gRPC span is in the client's trace")
+		}
+		for _, s := range gt.Spans {
+			if s.OperationName == extprocOperation && (s.Kind() != "server" || s.ParentSpanID() != "") {
+				t.Errorf("ext_proc span kind %q parent %q, want a root server span", s.Kind(), s.ParentSpanID())
+			}
+		}
+	}
+
+	// Same run: metrics, stats and the call log.
+	metrics := r.g.getAdmin("/metrics")
+	stats := r.g.getAdmin("/stats")
+	t.Run("metrics", func(t *testing.T) { r.checkMetrics(t, metrics) })
+	t.Run("stats", func(t *testing.T) { r.checkStats(t, stats, "all") })
+	t.Run("calllog", func(t *testing.T) { r.checkCallLog(t) })
+	t.Run("alert", func(t *testing.T) { r.checkAlertLogged(t) })
+
+	// The grep: every span of the run (the client's trace and every
+	// keymux trace Jaeger holds, gRPC ones included), every log line, the
+	// call log, /metrics, /stats and /status.
+	traceRaw, err := j.TraceRaw(ctx, telTraceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allRaw, err := j.FindRaw(ctx, telemetry.ServiceName, "", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	callLog := readFile(t, r.callLog)
+	t.Run("no secrets", func(t *testing.T) {
+		checkNoSecrets(t, []haystack{
+			{"gateway stderr (logs and access log)", r.g.stderr.String(), "k3"},
+			{"call log", callLog, `"key_id":"k1"`},
+			{"Jaeger: the client's trace", string(traceRaw), `"keymux.key.id"`},
+			{"Jaeger: every keymux trace", string(allRaw), extprocOperation},
+			{"/metrics", string(metrics), `key="k2"`},
+			{"/stats", string(stats), `"k3"`},
+			{"/status", r.g.adminText("/status"), `"k1"`},
+		})
+	})
+}
+
+// TestJaegerOTLPHTTP: the same export works over OTLP/HTTP (the autoexport
+// default protocol); one call, its span read back with its parent.
+func TestJaegerOTLPHTTP(t *testing.T) {
+	j := startJaegerRun(t, "http/protobuf")
+	g := startGateway(t, threeKeys)
+	const traceID, parent = "5bf92f3577b34da6a3ce929d0e0e4737", "10f067aa0ba902b7"
+	resp, body := g.do("POST", "/v1/chat/completions", map[string]string{
+		"content-type": "application/json",
+		"traceparent":  "00-" + traceID + "-" + parent + "-01",
+	}, `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	tr, err := j.WaitTrace(ctx, traceID, func(tr *jaegertest.Trace) bool { return len(tr.Spans) >= 1 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := tr.Spans[0]
+	up := g.mock.Requests()
+	last := up[len(up)-1]
+	if len(tr.Spans) != 1 || s.OperationName != "chat gpt-4o" || s.ParentSpanID() != parent || s.Kind() != "client" {
+		t.Errorf("%d spans; first %q parent %q kind %q, want one \"chat gpt-4o\" client span, parent %s", len(tr.Spans), s.OperationName, s.ParentSpanID(), s.Kind(), parent)
+	}
+	if want := "00-" + traceID + "-" + s.SpanID + "-01"; last.Header.Get("traceparent") != want {
+		t.Errorf("upstream traceparent %q, want %q", last.Header.Get("traceparent"), want)
+	}
+	if key := s.TagString("keymux.key.id"); "sk-test-"+key != last.Credential {
+		t.Errorf("span key %q, upstream credential of another key", key)
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
