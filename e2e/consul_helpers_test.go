@@ -173,30 +173,30 @@ func (g *consulGateway) waitStatus(what string, cond func(consulStatus) bool) co
 	}
 }
 
-// decision is what one request through the emulator turned into at the
+// cDecision is what one request through the emulator turned into at the
 // upstream: the credential (which key) and the model it received.
-type decision struct {
+type cDecision struct {
 	Status int
 	Cred   string // "" when the request did not reach the mock
 	Model  string
 }
 
-func (d decision) String() string {
+func (d cDecision) String() string {
 	if d.Cred == "" {
 		return fmt.Sprintf("%d (not upstream)", d.Status)
 	}
 	return fmt.Sprintf("%d %s→%s", d.Status, d.Cred, d.Model)
 }
 
-var requestSeq atomic.Uint64
+var consulRequestSeq atomic.Uint64
 
 var consulHTTP = &http.Client{Timeout: 15 * time.Second}
 
 // send posts one chat completion for model through the emulated Envoy and
 // finds, by its x-request-id (which Envoy keeps), the request the mock got.
-func (g *consulGateway) send(model string) decision {
+func (g *consulGateway) send(model string) cDecision {
 	g.t.Helper()
-	id := fmt.Sprintf("e2e-consul-%d", requestSeq.Add(1))
+	id := fmt.Sprintf("e2e-consul-%d", consulRequestSeq.Add(1))
 	body := `{"model":"` + model + `","messages":[{"role":"user","content":"hi"}]}`
 	req, err := http.NewRequest(http.MethodPost, g.url+"/v1/chat/completions", strings.NewReader(body))
 	if err != nil {
@@ -210,7 +210,7 @@ func (g *consulGateway) send(model string) decision {
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	d := decision{Status: resp.StatusCode}
+	d := cDecision{Status: resp.StatusCode}
 	reqs := g.mock.Requests()
 	for i := len(reqs) - 1; i >= 0; i-- {
 		if reqs[i].Header.Get("x-request-id") == id {
@@ -223,9 +223,9 @@ func (g *consulGateway) send(model string) decision {
 
 // want maps every credential that must serve a request to the model it must
 // receive for a request of model "gpt-4".
-type want map[string]string
+type cWant map[string]string
 
-func (w want) String() string {
+func (w cWant) String() string {
 	var parts []string
 	for _, c := range slices.Sorted(maps.Keys(w)) {
 		parts = append(parts, c+"→"+w[c])
@@ -236,7 +236,7 @@ func (w want) String() string {
 // matches reports whether a window of decisions is exactly w: every
 // request succeeded at one of w's credentials with its model, and every
 // credential of w was used (round robin covers all in len(w) requests).
-func (w want) matches(ds []decision) bool {
+func (w cWant) matches(ds []cDecision) bool {
 	used := map[string]bool{}
 	for _, d := range ds {
 		if d.Status != http.StatusOK || d.Cred == "" || w[d.Cred] != d.Model {
@@ -249,10 +249,10 @@ func (w want) matches(ds []decision) bool {
 
 // waitDecisions sends gpt-4 requests until the last 2·len(w) of them match
 // w, and returns how many requests it took; it fails after consulWait.
-func (g *consulGateway) waitDecisions(what string, w want) int {
+func (g *consulGateway) waitDecisions(what string, w cWant) int {
 	g.t.Helper()
 	n := 2 * len(w)
-	var window []decision
+	var window []cDecision
 	deadline := time.Now().Add(consulWait)
 	for sent := 1; ; sent++ {
 		window = append(window, g.send("gpt-4"))
@@ -263,15 +263,15 @@ func (g *consulGateway) waitDecisions(what string, w want) int {
 			return sent
 		}
 		if time.Now().After(deadline) {
-			g.t.Fatalf("%s: decisions %v after %s, want %v\nstderr:\n%s", what, window, consulWait, w, tail(g.stderr.String(), 4000))
+			g.t.Fatalf("%s: decisions %v after %s, want %v\nstderr:\n%s", what, window, consulWait, w, consulTail(g.stderr.String(), 4000))
 		}
 	}
 }
 
 // assertDecisions sends n gpt-4 requests and fails unless they all match w.
-func (g *consulGateway) assertDecisions(what string, n int, w want) {
+func (g *consulGateway) assertDecisions(what string, n int, w cWant) {
 	g.t.Helper()
-	ds := make([]decision, n)
+	ds := make([]cDecision, n)
 	for i := range ds {
 		ds[i] = g.send("gpt-4")
 	}
@@ -280,7 +280,7 @@ func (g *consulGateway) assertDecisions(what string, n int, w want) {
 	}
 }
 
-func tail(s string, n int) string {
+func consulTail(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
@@ -289,7 +289,7 @@ func tail(s string, n int) string {
 
 // kvCmd runs `keymux kv --consul-prefix prefix ARGS` through the command's
 // entry point, as an operator would, and returns its stdout.
-func kvCmd(t *testing.T, prefix string, args ...string) string {
+func consulKV(t *testing.T, prefix string, args ...string) string {
 	t.Helper()
 	var out, errb bytes.Buffer
 	err := app.Run(t.Context(), append([]string{"kv", "--consul-prefix", prefix}, args...), &out, &errb)
@@ -300,18 +300,18 @@ func kvCmd(t *testing.T, prefix string, args ...string) string {
 }
 
 // keyDoc is a key on the mock; its secret is "sk-test-<id>".
-func keyDoc(mock *mockupstream.Server, id string, enabled bool) string {
+func consulKeyDoc(mock *mockupstream.Server, id string, enabled bool) string {
 	return fmt.Sprintf(`{"provider":"openai_compatible","base_url":%q,"secret":"sk-test-%s","enabled":%t}`, mock.URL()+"/v1", id, enabled)
 }
 
-func ruleDoc(key, from, to string) string {
+func consulRuleDoc(key, from, to string) string {
 	return fmt.Sprintf(`{"key":%q,"from":%q,"to":%q}`, key, from, to)
 }
 
-const roundRobin = `{"strategy":"round_robin"}`
+const consulRoundRobin = `{"strategy":"round_robin"}`
 
 // newMock starts a mock upstream for the test.
-func newMock(t *testing.T) *mockupstream.Server {
+func consulMock(t *testing.T) *mockupstream.Server {
 	t.Helper()
 	mock := mockupstream.New(mockupstream.Options{})
 	if err := mock.Start("127.0.0.1:0"); err != nil {
@@ -322,11 +322,11 @@ func newMock(t *testing.T) *mockupstream.Server {
 }
 
 // percentile is the q-quantile (nearest rank) of ds.
-func percentile(ds []time.Duration, q float64) time.Duration {
+func consulPercentile(ds []time.Duration, q float64) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	i := int(q*float64(len(s))+0.999999) - 1
 	return s[min(max(i, 0), len(s)-1)]
 }
 
-func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+func consulMS(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }

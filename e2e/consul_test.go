@@ -17,7 +17,7 @@ import (
 // Acceptance of Consul KV as the source of truth (issue 4), through the real
 // request path: `keymux dev --consul` (sidecar + Envoy emulator over gRPC),
 // a real Consul dev agent (testutil/consultest), the mock upstream. A
-// decision is what the mock received: which key's credential, which model.
+// cDecision is what the mock received: which key's credential, which model.
 
 // TestConsulEditsChangeDecisions adds, disables, enables and removes keys
 // and adds and removes a rule, once by raw KV writes and once by `keymux kv`,
@@ -25,60 +25,60 @@ import (
 func TestConsulEditsChangeDecisions(t *testing.T) {
 	a := consultest.Start(t)
 	useConsul(t, a)
-	mock := newMock(t)
+	mock := consulMock(t)
 	base := mock.URL() + "/v1"
 
 	type step struct {
 		name string
 		raw  func(p string) // raw KV writes under prefix p
 		kv   []string       // the same change by `keymux kv`
-		want want           // decisions for gpt-4 afterwards
+		want cWant          // decisions for gpt-4 afterwards
 	}
 	steps := []step{
 		{"add key k2",
-			func(p string) { a.Put(p+"keys/k2", []byte(keyDoc(mock, "k2", true))) },
+			func(p string) { a.Put(p+"keys/k2", []byte(consulKeyDoc(mock, "k2", true))) },
 			[]string{"keys", "add", "k2", "--provider", "openai_compatible", "--base-url", base, "--secret", "sk-test-k2"},
-			want{"sk-test-k1": "gpt-4", "sk-test-k2": "gpt-4"}},
+			cWant{"sk-test-k1": "gpt-4", "sk-test-k2": "gpt-4"}},
 		{"add rule k2 gpt-4→gpt-4o-mini",
-			func(p string) { a.Put(p+"rules/r1", []byte(ruleDoc("k2", "gpt-4", "gpt-4o-mini"))) },
+			func(p string) { a.Put(p+"rules/r1", []byte(consulRuleDoc("k2", "gpt-4", "gpt-4o-mini"))) },
 			[]string{"rules", "add", "r1", "--key", "k2", "--from", "gpt-4", "--to", "gpt-4o-mini"},
-			want{"sk-test-k1": "gpt-4", "sk-test-k2": "gpt-4o-mini"}},
+			cWant{"sk-test-k1": "gpt-4", "sk-test-k2": "gpt-4o-mini"}},
 		{"disable key k1",
-			func(p string) { a.Put(p+"keys/k1", []byte(keyDoc(mock, "k1", false))) },
+			func(p string) { a.Put(p+"keys/k1", []byte(consulKeyDoc(mock, "k1", false))) },
 			[]string{"keys", "disable", "k1"},
-			want{"sk-test-k2": "gpt-4o-mini"}},
+			cWant{"sk-test-k2": "gpt-4o-mini"}},
 		{"enable key k1",
-			func(p string) { a.Put(p+"keys/k1", []byte(keyDoc(mock, "k1", true))) },
+			func(p string) { a.Put(p+"keys/k1", []byte(consulKeyDoc(mock, "k1", true))) },
 			[]string{"keys", "enable", "k1"},
-			want{"sk-test-k1": "gpt-4", "sk-test-k2": "gpt-4o-mini"}},
+			cWant{"sk-test-k1": "gpt-4", "sk-test-k2": "gpt-4o-mini"}},
 		{"remove rule r1",
 			func(p string) { a.Delete(p + "rules/r1") },
 			[]string{"rules", "rm", "r1"},
-			want{"sk-test-k1": "gpt-4", "sk-test-k2": "gpt-4"}},
+			cWant{"sk-test-k1": "gpt-4", "sk-test-k2": "gpt-4"}},
 		{"remove key k2",
 			func(p string) { a.Delete(p + "keys/k2") },
 			[]string{"keys", "rm", "k2"},
-			want{"sk-test-k1": "gpt-4"}},
+			cWant{"sk-test-k1": "gpt-4"}},
 	}
 	for _, via := range []string{"raw KV", "keymux kv"} {
 		t.Run(via, func(t *testing.T) {
 			p := "edits-" + strings.ReplaceAll(via, " ", "-") + "/"
-			a.Put(p+"settings", []byte(roundRobin))
-			a.Put(p+"keys/k1", []byte(keyDoc(mock, "k1", true)))
+			a.Put(p+"settings", []byte(consulRoundRobin))
+			a.Put(p+"keys/k1", []byte(consulKeyDoc(mock, "k1", true)))
 			g := startConsulGateway(t, mock, p, "", true)
-			g.waitDecisions("seed", want{"sk-test-k1": "gpt-4"})
+			g.waitDecisions("seed", cWant{"sk-test-k1": "gpt-4"})
 			for _, s := range steps {
 				t0 := time.Now()
 				if via == "raw KV" {
 					s.raw(p)
 				} else {
-					out := kvCmd(t, p, s.kv...)
+					out := consulKV(t, p, s.kv...)
 					if out == "" {
 						t.Errorf("keymux kv %v printed nothing", s.kv)
 					}
 				}
 				n := g.waitDecisions(s.name, s.want)
-				t.Logf("%s: visible after %s (%d requests)", s.name, ms(time.Since(t0)), n)
+				t.Logf("%s: visible after %s (%d requests)", s.name, consulMS(time.Since(t0)), n)
 				g.assertDecisions(s.name+" (steady)", 6, s.want)
 			}
 			st, raw := g.status()
@@ -103,14 +103,14 @@ var propagationEdits = flag.Int("consul.edits", 100, "edits measured by TestCons
 func TestConsulPropagationDelay(t *testing.T) {
 	a := consultest.Start(t)
 	useConsul(t, a)
-	mock := newMock(t)
+	mock := consulMock(t)
 	const p = "propagation/"
 	models := [2]string{"gpt-4o-mini", "gpt-4.1-mini"}
-	a.Put(p+"settings", []byte(roundRobin))
-	a.Put(p+"keys/k1", []byte(keyDoc(mock, "k1", true)))
-	a.Put(p+"rules/r1", []byte(ruleDoc("k1", "gpt-4", models[1])))
+	a.Put(p+"settings", []byte(consulRoundRobin))
+	a.Put(p+"keys/k1", []byte(consulKeyDoc(mock, "k1", true)))
+	a.Put(p+"rules/r1", []byte(consulRuleDoc("k1", "gpt-4", models[1])))
 	g := startConsulGateway(t, mock, p, "", true)
-	g.waitDecisions("seed", want{"sk-test-k1": models[1]})
+	g.waitDecisions("seed", cWant{"sk-test-k1": models[1]})
 
 	const pace = 100 * time.Millisecond
 	n := *propagationEdits
@@ -124,7 +124,7 @@ func TestConsulPropagationDelay(t *testing.T) {
 		to := models[i%2]
 		mock.Reset() // keeps the x-request-id lookup short
 		t0 := time.Now()
-		if _, err := kv.Put(&api.KVPair{Key: p + "rules/r1", Value: []byte(ruleDoc("k1", "gpt-4", to))}, nil); err != nil {
+		if _, err := kv.Put(&api.KVPair{Key: p + "rules/r1", Value: []byte(consulRuleDoc("k1", "gpt-4", to))}, nil); err != nil {
 			t.Fatalf("edit %d: %v", i, err)
 		}
 		w := time.Since(t0)
@@ -145,14 +145,14 @@ func TestConsulPropagationDelay(t *testing.T) {
 		total, write, extra = append(total, d), append(write, w), append(extra, d-w)
 		time.Sleep(time.Until(next)) // pacing between edits, not a readiness wait
 	}
-	p50, p99 := percentile(total, 0.50), percentile(total, 0.99)
+	p50, p99 := consulPercentile(total, 0.50), consulPercentile(total, 0.99)
 	t.Logf("%d edits (%d requests): KV PUT start → first reflecting response p50 %s, p99 %s, max %s; "+
 		"Consul PUT alone p50 %s, p99 %s; on top of the PUT p50 %s, p99 %s",
-		n, requests, ms(p50), ms(p99), ms(percentile(total, 1)),
-		ms(percentile(write, 0.50)), ms(percentile(write, 0.99)),
-		ms(percentile(extra, 0.50)), ms(percentile(extra, 0.99)))
+		n, requests, consulMS(p50), consulMS(p99), consulMS(consulPercentile(total, 1)),
+		consulMS(consulPercentile(write, 0.50)), consulMS(consulPercentile(write, 0.99)),
+		consulMS(consulPercentile(extra, 0.50)), consulMS(consulPercentile(extra, 0.99)))
 	if p99 > time.Second {
-		t.Errorf("propagation p99 %s, want < 1s (target: 200 ms on top of Consul's write)", ms(p99))
+		t.Errorf("propagation p99 %s, want < 1s (target: 200 ms on top of Consul's write)", consulMS(p99))
 	}
 }
 
@@ -165,24 +165,24 @@ func TestConsulPropagationDelay(t *testing.T) {
 func TestConsulRefusedEntriesAlone(t *testing.T) {
 	a := consultest.Start(t)
 	useConsul(t, a)
-	mock := newMock(t)
+	mock := consulMock(t)
 	const p = "refused/"
-	a.Put(p+"settings", []byte(roundRobin))
-	a.Put(p+"keys/k1", []byte(keyDoc(mock, "k1", true)))
-	a.Put(p+"keys/k2", []byte(keyDoc(mock, "k2", true)))
-	a.Put(p+"rules/r1", []byte(ruleDoc("k1", "gpt-4", "gpt-4o-mini")))
+	a.Put(p+"settings", []byte(consulRoundRobin))
+	a.Put(p+"keys/k1", []byte(consulKeyDoc(mock, "k1", true)))
+	a.Put(p+"keys/k2", []byte(consulKeyDoc(mock, "k2", true)))
+	a.Put(p+"rules/r1", []byte(consulRuleDoc("k1", "gpt-4", "gpt-4o-mini")))
 	g := startConsulGateway(t, mock, p, "", true)
-	g.waitDecisions("seed", want{"sk-test-k1": "gpt-4o-mini", "sk-test-k2": "gpt-4"})
+	g.waitDecisions("seed", cWant{"sk-test-k1": "gpt-4o-mini", "sk-test-k2": "gpt-4"})
 	before, _ := g.status()
 
 	a.Put(p+"keys/badjson", []byte(`{"provider":"openai_compatible","secret":"sk-test-secret-badjson",`))
 	a.Put(p+"keys/unknown", []byte(`{"provider":"foo","base_url":"`+mock.URL()+`/v1","secret":"sk-test-secret-unknown"}`))
-	a.Put(p+"rules/orphan", []byte(ruleDoc("nokey", "gpt-4", "gpt-4o")))
+	a.Put(p+"rules/orphan", []byte(consulRuleDoc("nokey", "gpt-4", "gpt-4o")))
 	a.Put(p+"keys/k2", []byte(`{"provider":"openai_compatible","secret":"sk-test-secret-k2-edit"`))
-	a.Put(p+"keys/k3", []byte(keyDoc(mock, "k3", true)))
+	a.Put(p+"keys/k3", []byte(consulKeyDoc(mock, "k3", true)))
 
 	g.waitDecisions("good key k3 added next to the refused entries",
-		want{"sk-test-k1": "gpt-4o-mini", "sk-test-k2": "gpt-4", "sk-test-k3": "gpt-4"})
+		cWant{"sk-test-k1": "gpt-4o-mini", "sk-test-k2": "gpt-4", "sk-test-k3": "gpt-4"})
 	st := g.waitStatus("4 refusals", func(st consulStatus) bool { return len(st.Refused) == 4 })
 	wantRefused := []struct{ path, reason string }{
 		{p + "keys/badjson", `keys/badjson: invalid JSON: unexpected end of input`},
@@ -212,7 +212,7 @@ func TestConsulRefusedEntriesAlone(t *testing.T) {
 
 	// Fixing the broken key drops its refusal and serves its new version.
 	a.Put(p+"keys/k2", []byte(`{"provider":"openai_compatible","base_url":"`+mock.URL()+`/v1","secret":"sk-test-k2-fixed"}`))
-	g.waitDecisions("k2 fixed", want{"sk-test-k1": "gpt-4o-mini", "sk-test-k2-fixed": "gpt-4", "sk-test-k3": "gpt-4"})
+	g.waitDecisions("k2 fixed", cWant{"sk-test-k1": "gpt-4o-mini", "sk-test-k2-fixed": "gpt-4", "sk-test-k3": "gpt-4"})
 	st = g.waitStatus("3 refusals", func(st consulStatus) bool { return len(st.Refused) == 3 })
 	for _, r := range st.Refused {
 		if r.Path == p+"keys/k2" {
@@ -223,7 +223,7 @@ func TestConsulRefusedEntriesAlone(t *testing.T) {
 
 // reseed writes docs (path relative to prefix → value) in one Consul
 // transaction, so that keymux sees the whole new data set at once.
-func reseed(t *testing.T, a *consultest.Agent, prefix string, docs map[string]string) {
+func consulReseed(t *testing.T, a *consultest.Agent, prefix string, docs map[string]string) {
 	t.Helper()
 	var ops api.TxnOps
 	for path, v := range docs {
@@ -236,7 +236,7 @@ func reseed(t *testing.T, a *consultest.Agent, prefix string, docs map[string]st
 }
 
 // kvIndex is the Consul index of prefix now.
-func kvIndex(t *testing.T, a *consultest.Agent, prefix string) uint64 {
+func consulIndex(t *testing.T, a *consultest.Agent, prefix string) uint64 {
 	t.Helper()
 	_, meta, err := a.Client().KV().List(prefix, &api.QueryOptions{RequireConsistent: true})
 	if err != nil {
@@ -253,21 +253,21 @@ func TestConsulOutageKeepsServing(t *testing.T) {
 	const outage = 2 * time.Second
 	a := consultest.Start(t)
 	useConsul(t, a)
-	mock := newMock(t)
+	mock := consulMock(t)
 	const p = "outage/"
-	a.Put(p+"settings", []byte(roundRobin))
-	a.Put(p+"keys/k1", []byte(keyDoc(mock, "k1", true)))
-	a.Put(p+"keys/k2", []byte(keyDoc(mock, "k2", true)))
-	a.Put(p+"rules/r1", []byte(ruleDoc("k2", "gpt-4", "gpt-4o-mini")))
+	a.Put(p+"settings", []byte(consulRoundRobin))
+	a.Put(p+"keys/k1", []byte(consulKeyDoc(mock, "k1", true)))
+	a.Put(p+"keys/k2", []byte(consulKeyDoc(mock, "k2", true)))
+	a.Put(p+"rules/r1", []byte(consulRuleDoc("k2", "gpt-4", "gpt-4o-mini")))
 	g := startConsulGateway(t, mock, p, t.TempDir(), true)
-	last := want{"sk-test-k1": "gpt-4", "sk-test-k2": "gpt-4o-mini"}
+	last := cWant{"sk-test-k1": "gpt-4", "sk-test-k2": "gpt-4o-mini"}
 	g.waitDecisions("seed", last)
 
 	a.Stop()
 	stopped := time.Now()
 	// Two seconds without Consul under steady traffic: every request must
 	// be served on the last state (and the source's backoff grows).
-	var during []decision
+	var during []cDecision
 	for time.Since(stopped) < outage {
 		during = append(during, g.send("gpt-4"))
 	}
@@ -283,14 +283,14 @@ func TestConsulOutageKeepsServing(t *testing.T) {
 
 	a.Restart()
 	restarted := time.Now()
-	reseed(t, a, p, map[string]string{
-		"settings": roundRobin,
-		"keys/k3":  keyDoc(mock, "k3", true),
-		"rules/r1": ruleDoc("k3", "gpt-4", "gpt-4.1-mini"),
+	consulReseed(t, a, p, map[string]string{
+		"settings": consulRoundRobin,
+		"keys/k3":  consulKeyDoc(mock, "k3", true),
+		"rules/r1": consulRuleDoc("k3", "gpt-4", "gpt-4.1-mini"),
 	})
-	g.waitDecisions("after Consul came back re-seeded", want{"sk-test-k3": "gpt-4.1-mini"})
+	g.waitDecisions("after Consul came back re-seeded", cWant{"sk-test-k3": "gpt-4.1-mini"})
 	t.Logf("Consul down for %s: %d requests served on the last state; re-seeded data served %s after the agent was back",
-		ms(restarted.Sub(stopped)), len(during), ms(time.Since(restarted)))
+		consulMS(restarted.Sub(stopped)), len(during), consulMS(time.Since(restarted)))
 	st = g.waitStatus("fresh", func(st consulStatus) bool { return !st.Stale })
 	if st.Source != "consul" || st.Keys != 1 || st.Rules != 1 || len(st.Refused) != 0 {
 		t.Errorf("/status after the resync = %+v, want source consul, 1 key, 1 rule, nothing refused", st)
@@ -304,16 +304,16 @@ func TestConsulOutageKeepsServing(t *testing.T) {
 func TestConsulRestartWhileDownServesSnapshot(t *testing.T) {
 	a := consultest.Start(t)
 	useConsul(t, a)
-	mock := newMock(t)
+	mock := consulMock(t)
 	const p = "snapshot/"
 	stateDir := t.TempDir()
-	a.Put(p+"settings", []byte(roundRobin))
-	a.Put(p+"keys/k1", []byte(keyDoc(mock, "k1", true)))
-	a.Put(p+"keys/k2", []byte(keyDoc(mock, "k2", true)))
-	a.Put(p+"rules/r1", []byte(ruleDoc("k1", "gpt-4", "gpt-4o-mini")))
+	a.Put(p+"settings", []byte(consulRoundRobin))
+	a.Put(p+"keys/k1", []byte(consulKeyDoc(mock, "k1", true)))
+	a.Put(p+"keys/k2", []byte(consulKeyDoc(mock, "k2", true)))
+	a.Put(p+"rules/r1", []byte(consulRuleDoc("k1", "gpt-4", "gpt-4o-mini")))
 	a.Put(p+"keys/bad", []byte(`{"provider":"foo","secret":"sk-test-bad"}`))
 	first := startConsulGateway(t, mock, p, stateDir, true)
-	last := want{"sk-test-k1": "gpt-4o-mini", "sk-test-k2": "gpt-4"}
+	last := cWant{"sk-test-k1": "gpt-4o-mini", "sk-test-k2": "gpt-4"}
 	first.waitDecisions("seed", last)
 	snap := filepath.Join(stateDir, "consul-snapshot.json")
 	deadline := time.Now().Add(consulWait)
@@ -351,12 +351,12 @@ func TestConsulRestartWhileDownServesSnapshot(t *testing.T) {
 	second.assertDecisions("from the snapshot (steady)", 10, last)
 
 	a.Restart()
-	reseed(t, a, p, map[string]string{
-		"settings": roundRobin,
-		"keys/k2":  keyDoc(mock, "k2", true),
-		"keys/k3":  keyDoc(mock, "k3", true),
+	consulReseed(t, a, p, map[string]string{
+		"settings": consulRoundRobin,
+		"keys/k2":  consulKeyDoc(mock, "k2", true),
+		"keys/k3":  consulKeyDoc(mock, "k3", true),
 	})
-	second.waitDecisions("Consul back", want{"sk-test-k2": "gpt-4", "sk-test-k3": "gpt-4"})
+	second.waitDecisions("Consul back", cWant{"sk-test-k2": "gpt-4", "sk-test-k3": "gpt-4"})
 	st = second.waitStatus("source consul", func(st consulStatus) bool { return st.Source == "consul" && !st.Stale })
 	if st.Keys != 2 || st.Rules != 0 || len(st.Refused) != 0 {
 		t.Errorf("/status after Consul came back = %+v, want 2 keys, no rule, nothing refused", st)
@@ -369,34 +369,34 @@ func TestConsulRestartWhileDownServesSnapshot(t *testing.T) {
 func TestConsulIndexGoesBackwards(t *testing.T) {
 	a := consultest.Start(t)
 	useConsul(t, a)
-	mock := newMock(t)
+	mock := consulMock(t)
 	const p = "backwards/"
-	a.Put(p+"settings", []byte(roundRobin))
-	a.Put(p+"keys/k1", []byte(keyDoc(mock, "k1", true)))
-	a.Put(p+"keys/k2", []byte(keyDoc(mock, "k2", true)))
-	a.Put(p+"rules/r1", []byte(ruleDoc("k1", "gpt-4", "gpt-4o-mini")))
+	a.Put(p+"settings", []byte(consulRoundRobin))
+	a.Put(p+"keys/k1", []byte(consulKeyDoc(mock, "k1", true)))
+	a.Put(p+"keys/k2", []byte(consulKeyDoc(mock, "k2", true)))
+	a.Put(p+"rules/r1", []byte(consulRuleDoc("k1", "gpt-4", "gpt-4o-mini")))
 	g := startConsulGateway(t, mock, p, "", true)
 	// Push the index up with edits keymux applies, the last one visible.
 	for i := range 40 {
-		a.Put(p+"rules/r1", []byte(ruleDoc("k1", "gpt-4", fmt.Sprintf("gpt-4o-v%d", i))))
+		a.Put(p+"rules/r1", []byte(consulRuleDoc("k1", "gpt-4", fmt.Sprintf("gpt-4o-v%d", i))))
 	}
-	g.waitDecisions("index pushed up", want{"sk-test-k1": "gpt-4o-v39", "sk-test-k2": "gpt-4"})
-	oldIndex := kvIndex(t, a, p)
+	g.waitDecisions("index pushed up", cWant{"sk-test-k1": "gpt-4o-v39", "sk-test-k2": "gpt-4"})
+	oldIndex := consulIndex(t, a, p)
 
 	a.Restart()
-	reseed(t, a, p, map[string]string{
-		"settings": roundRobin,
-		"keys/k1":  keyDoc(mock, "k1", true), // the same value as before
+	consulReseed(t, a, p, map[string]string{
+		"settings": consulRoundRobin,
+		"keys/k1":  consulKeyDoc(mock, "k1", true), // the same value as before
 		"keys/k2":  `{"provider":"openai_compatible","base_url":"` + mock.URL() + `/v1","secret":"sk-test-k2-new"}`,
-		"keys/k4":  keyDoc(mock, "k4", true),
-		"rules/r1": ruleDoc("k2", "gpt-4", "gpt-4.1-mini"),
+		"keys/k4":  consulKeyDoc(mock, "k4", true),
+		"rules/r1": consulRuleDoc("k2", "gpt-4", "gpt-4.1-mini"),
 	})
-	newIndex := kvIndex(t, a, p)
+	newIndex := consulIndex(t, a, p)
 	if newIndex >= oldIndex {
 		t.Fatalf("Consul index %d after the restart, want below the old %d", newIndex, oldIndex)
 	}
-	g.waitDecisions("resync to the lower index", want{"sk-test-k1": "gpt-4", "sk-test-k2-new": "gpt-4.1-mini", "sk-test-k4": "gpt-4"})
-	g.assertDecisions("after the resync (steady)", 9, want{"sk-test-k1": "gpt-4", "sk-test-k2-new": "gpt-4.1-mini", "sk-test-k4": "gpt-4"})
+	g.waitDecisions("resync to the lower index", cWant{"sk-test-k1": "gpt-4", "sk-test-k2-new": "gpt-4.1-mini", "sk-test-k4": "gpt-4"})
+	g.assertDecisions("after the resync (steady)", 9, cWant{"sk-test-k1": "gpt-4", "sk-test-k2-new": "gpt-4.1-mini", "sk-test-k4": "gpt-4"})
 	t.Logf("Consul index went from %d to %d; resynced", oldIndex, newIndex)
 	st, raw := g.status()
 	if st.Source != "consul" || st.Stale || st.Keys != 3 || st.Rules != 1 || len(st.Refused) != 0 {
@@ -410,19 +410,19 @@ func TestConsulIndexGoesBackwards(t *testing.T) {
 func TestConsulThreeInstancesConverge(t *testing.T) {
 	a := consultest.Start(t)
 	useConsul(t, a)
-	mock := newMock(t)
+	mock := consulMock(t)
 	const p = "three/"
 	ids := []string{"k1", "k2", "k3"}
-	a.Put(p+"settings", []byte(roundRobin))
+	a.Put(p+"settings", []byte(consulRoundRobin))
 	for _, id := range ids {
-		a.Put(p+"keys/"+id, []byte(keyDoc(mock, id, true)))
+		a.Put(p+"keys/"+id, []byte(consulKeyDoc(mock, id, true)))
 	}
-	a.Put(p+"rules/r1", []byte(ruleDoc("*", "gpt-4", "gpt-4-start")))
+	a.Put(p+"rules/r1", []byte(consulRuleDoc("*", "gpt-4", "gpt-4-start")))
 	var gs []*consulGateway
 	for range 3 {
 		gs = append(gs, startConsulGateway(t, mock, p, t.TempDir(), true))
 	}
-	start := want{"sk-test-k1": "gpt-4-start", "sk-test-k2": "gpt-4-start", "sk-test-k3": "gpt-4-start"}
+	start := cWant{"sk-test-k1": "gpt-4-start", "sk-test-k2": "gpt-4-start", "sk-test-k3": "gpt-4-start"}
 	for i, g := range gs {
 		g.waitDecisions(fmt.Sprintf("instance %d seed", i), start)
 	}
@@ -436,18 +436,18 @@ func TestConsulThreeInstancesConverge(t *testing.T) {
 		var path, doc string
 		if i%2 == 0 {
 			to = fmt.Sprintf("gpt-4-v%d", i)
-			path, doc = "rules/r1", ruleDoc("*", "gpt-4", to)
+			path, doc = "rules/r1", consulRuleDoc("*", "gpt-4", to)
 		} else {
 			id := ids[(i/2)%3]
 			enabled[id] = !enabled[id]
-			path, doc = "keys/"+id, keyDoc(mock, id, enabled[id])
+			path, doc = "keys/"+id, consulKeyDoc(mock, id, enabled[id])
 		}
 		if _, err := kv.Put(&api.KVPair{Key: p + path, Value: []byte(doc)}, nil); err != nil {
 			t.Fatalf("edit %d: %v", i, err)
 		}
 	}
 	burst := time.Since(t0)
-	final := want{}
+	final := cWant{}
 	for id, on := range enabled {
 		if on {
 			final["sk-test-"+id] = to
@@ -470,5 +470,5 @@ func TestConsulThreeInstancesConverge(t *testing.T) {
 		}
 	}
 	t.Logf("50 edits written in %s; all three instances serve %v %s after the burst started; generations %v",
-		ms(burst), final, ms(converged), gens)
+		consulMS(burst), final, consulMS(converged), gens)
 }
