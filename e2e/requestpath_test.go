@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -281,5 +282,11 @@ keys:
 	}
 	if ra, _ := strconv.Atoi(resp.Header.Get("Retry-After")); ra < 28 || ra > 30 {
 		t.Errorf("Retry-After %q, want about 30", resp.Header.Get("Retry-After"))
+	}
+	metrics := string(g.getAdmin("/metrics"))
+	for _, k := range []string{"k1", "k2"} {
+		if !regexp.MustCompile(`(?m)^keymux_key_cooldowns_total\{key="` + k + `"[^}]*\} 1$`).MatchString(metrics) {
+			t.Errorf("/metrics has no cooldown counted for %s", k)
+		}
 	}
 }

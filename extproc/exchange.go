@@ -366,7 +366,14 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 func (x *exchange) feedback(o policy.Outcome, now time.Time) {
 	rt := x.entry.RT
 	ej := x.settings.Ejection
-	rt.Update(func(s policy.KeyState) policy.KeyState { return policy.NextState(s, o, ej, now) })
+	var old policy.KeyState
+	ns := rt.Update(func(s policy.KeyState) policy.KeyState { old = s; return policy.NextState(s, o, ej, now) })
+	if ns.EjectedUntil.After(old.EjectedUntil) {
+		rt.AddEjection()
+	}
+	if ns.CooldownUntil.After(old.CooldownUntil) {
+		rt.AddCooldown()
+	}
 	switch o.Kind {
 	case policy.OutcomeSuccess, policy.OutcomeClient:
 	default:

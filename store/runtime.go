@@ -18,6 +18,9 @@ type Runtime struct {
 	usage    atomic.Uint64
 	requests atomic.Uint64
 	errors   atomic.Uint64
+	// Passive-health transitions, for metrics.
+	ejections atomic.Uint64
+	cooldowns atomic.Uint64
 	// Each bucket packs the unix second it counts (high 32 bits) and the
 	// number of errors in that second (low 32 bits), so that moving a
 	// bucket to a new second and counting are one CAS.
@@ -60,6 +63,18 @@ func (r *Runtime) Usage() uint64 { return r.usage.Load() }
 
 // AddRequest counts one request sent with the key.
 func (r *Runtime) AddRequest() { r.requests.Add(1) }
+
+// AddEjection counts one ejection of the key after upstream failures.
+func (r *Runtime) AddEjection() { r.ejections.Add(1) }
+
+// Ejections returns how often the key was ejected.
+func (r *Runtime) Ejections() uint64 { return r.ejections.Load() }
+
+// AddCooldown counts one rate-limit cooldown of the key.
+func (r *Runtime) AddCooldown() { r.cooldowns.Add(1) }
+
+// Cooldowns returns how often the key cooled down after a 429.
+func (r *Runtime) Cooldowns() uint64 { return r.cooldowns.Load() }
 
 // Requests returns the requests sent with the key.
 func (r *Runtime) Requests() uint64 { return r.requests.Load() }

@@ -85,6 +85,12 @@ func newInstruments(mp metric.MeterProvider, t *Telemetry) (*instruments, error)
 	keyState, err := m.Int64ObservableGauge(MetricKeyState,
 		metric.WithDescription("The key's current state (value 1): healthy, half_open, cooling_down, ejected, disabled, auth_failed, quota_exhausted, probe_failed."))
 	must(err)
+	ejections, err := m.Int64ObservableCounter(MetricKeyEjections, metric.WithUnit("{ejection}"),
+		metric.WithDescription("Times the key was ejected after consecutive upstream failures."))
+	must(err)
+	cooldowns, err := m.Int64ObservableCounter(MetricKeyCooldowns, metric.WithUnit("{cooldown}"),
+		metric.WithDescription("Times the key cooled down after a 429."))
+	must(err)
 	gen, err := m.Int64ObservableGauge(MetricConfigGeneration,
 		metric.WithDescription("Generation of the configuration in force, by source."))
 	must(err)
@@ -120,6 +126,8 @@ func newInstruments(mp metric.MeterProvider, t *Telemetry) (*instruments, error)
 			}
 			o.ObserveInt64(keyUp, up, metric.WithAttributes(attribute.String(LabelKey, kh.ID)))
 			o.ObserveInt64(keyState, 1, metric.WithAttributes(attribute.String(LabelKey, kh.ID), attribute.String(LabelState, kh.State)))
+			o.ObserveInt64(ejections, int64(kh.Ejections), metric.WithAttributes(attribute.String(LabelKey, kh.ID)))
+			o.ObserveInt64(cooldowns, int64(kh.Cooldowns), metric.WithAttributes(attribute.String(LabelKey, kh.ID)))
 		}
 		if f := t.configFn.Load(); f != nil {
 			ci := (*f)()
@@ -159,7 +167,7 @@ func newInstruments(mp metric.MeterProvider, t *Telemetry) (*instruments, error)
 			o.ObserveInt64(active, b2i(k.on), metric.WithAttributes(attribute.String(LabelAlert, AlertUsage), attribute.String(LabelKey, k.id)))
 		}
 		return nil
-	}, inFlight, keyUp, keyState, gen, stale, staleFor, refused, threshold, active, ratio)
+	}, inFlight, keyUp, keyState, ejections, cooldowns, gen, stale, staleFor, refused, threshold, active, ratio)
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: register callback: %w", err)
 	}

@@ -89,6 +89,8 @@ const (
 	MetricTokenUsage          = "gen_ai.client.token.usage"    // histogram {token}, GenAI semconv attributes
 	MetricKeyUp               = "keymux.key.up"                // gauge {key}: 1 healthy or half_open, else 0
 	MetricKeyState            = "keymux.key.state"             // gauge {key, state} = 1
+	MetricKeyEjections        = "keymux.key.ejections"         // counter {key}: ejections after upstream failures
+	MetricKeyCooldowns        = "keymux.key.cooldowns"         // counter {key}: 429 cooldowns
 	MetricConfigGeneration    = "keymux.config.generation"     // gauge {source}
 	MetricConfigStale         = "keymux.config.stale"          // gauge 0/1
 	MetricConfigStaleDuration = "keymux.config.stale.duration" // gauge, s since the source went stale

@@ -47,6 +47,9 @@ type KeyHealth struct {
 	Requests uint64    `json:"requests"`
 	Errors   uint64    `json:"errors"`
 	Tokens   uint64    `json:"tokens"`
+	// Passive-health transitions since start.
+	Ejections uint64 `json:"ejections"`
+	Cooldowns uint64 `json:"cooldowns"`
 }
 
 // ConfigInfo describes the configuration in force for the config gauges.

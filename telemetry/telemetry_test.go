@@ -84,8 +84,8 @@ func replay(tel *Telemetry, calls []*Call) {
 func healthFn() []KeyHealth {
 	return []KeyHealth{
 		{ID: "k1", State: "healthy", Requests: 3, Errors: 0, Tokens: 172},
-		{ID: "k2", State: "cooling_down", Until: t0.Add(30 * time.Second), Requests: 2, Errors: 2},
-		{ID: "k3", State: "ejected", Until: t0.Add(time.Minute), Requests: 1, Errors: 1},
+		{ID: "k2", State: "cooling_down", Until: t0.Add(30 * time.Second), Requests: 2, Errors: 2, Cooldowns: 2},
+		{ID: "k3", State: "ejected", Until: t0.Add(time.Minute), Requests: 1, Errors: 1, Ejections: 1},
 	}
 }
 
@@ -145,6 +145,9 @@ func TestMetricsExact(t *testing.T) {
 		`keymux_key_state{key="k1",state="healthy"}`:      1,
 		`keymux_key_state{key="k2",state="cooling_down"}`: 1,
 		`keymux_key_state{key="k3",state="ejected"}`:      1,
+		`keymux_key_cooldowns_total{key="k2"}`:            2,
+		`keymux_key_ejections_total{key="k3"}`:            1,
+		`keymux_key_ejections_total{key="k2"}`:            0,
 
 		`keymux_config_generation{source="consul"}`: 7,
 		`keymux_config_stale`:                       1,
@@ -190,9 +193,9 @@ const wantStatsAll = `{
   "models": {"gpt-4o": 3, "gpt-4o-mini": 2, "text-embedding-3-small": 1, "other": 1},
   "latency_ms": {"p50": 50, "p95": 288, "p99": 288},
   "keys": [
-    {"id": "k1", "state": "healthy", "requests": 3, "errors": 0, "tokens": 172},
-    {"id": "k2", "state": "cooling_down", "until": "2026-01-02T03:11:00Z", "requests": 2, "errors": 2, "tokens": 0},
-    {"id": "k3", "state": "ejected", "until": "2026-01-02T03:11:30Z", "requests": 1, "errors": 1, "tokens": 0}
+    {"id": "k1", "state": "healthy", "requests": 3, "errors": 0, "tokens": 172, "ejections": 0, "cooldowns": 0},
+    {"id": "k2", "state": "cooling_down", "until": "2026-01-02T03:11:00Z", "requests": 2, "errors": 2, "tokens": 0, "ejections": 0, "cooldowns": 2},
+    {"id": "k3", "state": "ejected", "until": "2026-01-02T03:11:30Z", "requests": 1, "errors": 1, "tokens": 0, "ejections": 1, "cooldowns": 0}
   ]
 }`
 
@@ -203,9 +206,9 @@ func TestStatsExact(t *testing.T) {
 	replay(tel, sequence())
 
 	keys := `[
-    {"id": "k1", "state": "healthy", "requests": 3, "errors": 0, "tokens": 172},
-    {"id": "k2", "state": "cooling_down", "until": "2026-01-02T03:11:00Z", "requests": 2, "errors": 2, "tokens": 0},
-    {"id": "k3", "state": "ejected", "until": "2026-01-02T03:11:30Z", "requests": 1, "errors": 1, "tokens": 0}
+    {"id": "k1", "state": "healthy", "requests": 3, "errors": 0, "tokens": 172, "ejections": 0, "cooldowns": 0},
+    {"id": "k2", "state": "cooling_down", "until": "2026-01-02T03:11:00Z", "requests": 2, "errors": 2, "tokens": 0, "ejections": 0, "cooldowns": 2},
+    {"id": "k3", "state": "ejected", "until": "2026-01-02T03:11:30Z", "requests": 1, "errors": 1, "tokens": 0, "ejections": 1, "cooldowns": 0}
   ]`
 	tests := []struct {
 		query string

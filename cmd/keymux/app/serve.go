@@ -336,9 +336,13 @@ func (sc *sidecar) keyHealth() []telemetry.KeyHealth {
 		return nil
 	}
 	keys := sc.health.Snapshot()
+	snap := sc.store.Read()
 	out := make([]telemetry.KeyHealth, len(keys))
 	for i, k := range keys {
 		out[i] = telemetry.KeyHealth{ID: k.ID, State: k.State, Until: k.Until, Requests: k.Requests, Errors: k.Errors, Tokens: k.Tokens}
+		if e := snap.Key(k.ID); e != nil {
+			out[i].Ejections, out[i].Cooldowns = e.RT.Ejections(), e.RT.Cooldowns()
+		}
 	}
 	return out
 }
