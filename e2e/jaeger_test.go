@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"os"
 	"strconv"
 	"strings"
@@ -251,4 +252,36 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestJaegerFlushOnShutdown: with a batch delay far longer than the test,
+// a span reaches Jaeger only through the bounded flush keymux runs when it
+// stops.
+func TestJaegerFlushOnShutdown(t *testing.T) {
+	j := startJaegerRun(t, "grpc")
+	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "600000") // 10 minutes
+	const traceID, parent = "6bf92f3577b34da6a3ce929d0e0e4738", "20f067aa0ba902b7"
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	t.Run("gateway", func(t *testing.T) {
+		// The gateway stops when this subtest ends (its t.Cleanup).
+		g := startGateway(t, threeKeys)
+		resp, body := g.do("POST", "/v1/chat/completions", map[string]string{
+			"content-type": "application/json",
+			"traceparent":  "00-" + traceID + "-" + parent + "-01",
+		}, `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`)
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
+		if _, err := j.Trace(ctx, traceID); !errors.Is(err, jaegertest.ErrNotFound) {
+			t.Fatalf("trace before shutdown: %v, want not found (batched for 10 minutes)", err)
+		}
+	})
+	tr, err := j.WaitTrace(ctx, traceID, func(tr *jaegertest.Trace) bool { return len(tr.Spans) >= 1 })
+	if err != nil {
+		t.Fatalf("after shutdown: %v", err)
+	}
+	if len(tr.Spans) != 1 || tr.Spans[0].OperationName != "chat gpt-4o" || tr.Spans[0].ParentSpanID() != parent {
+		t.Errorf("trace after shutdown: %+v", tr.Spans)
+	}
 }
