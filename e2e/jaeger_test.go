@@ -127,8 +127,28 @@ func TestJaegerTraces(t *testing.T) {
 				want["otel.status_code"] = "ERROR"
 				want["error"] = "true"
 				absent = append(absent, "gen_ai.usage.input_tokens")
-				if d := s.TagString("otel.status_description"); !strings.Contains(d, "status "+strconv.Itoa(c.status)) || !strings.Contains(d, c.errType) {
+				d := s.TagString("otel.status_description")
+				if !strings.Contains(d, "status "+strconv.Itoa(c.status)) || !strings.Contains(d, c.errType) {
 					t.Errorf("status description %q, want the status %d and %s", d, c.status, c.errType)
+				}
+				// RecordError: one exception event with the same message.
+				var exceptions []string
+				for _, l := range s.Logs {
+					var event, msg string
+					for _, f := range l.Fields {
+						switch f.Key {
+						case "event":
+							event, _ = f.Value.(string)
+						case "exception.message":
+							msg, _ = f.Value.(string)
+						}
+					}
+					if event == "exception" {
+						exceptions = append(exceptions, msg)
+					}
+				}
+				if len(exceptions) != 1 || exceptions[0] != d {
+					t.Errorf("exception events %q, want one with %q", exceptions, d)
 				}
 			}
 			if s.OperationName != name {
