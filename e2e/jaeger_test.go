@@ -305,3 +305,76 @@ func TestJaegerFlushOnShutdown(t *testing.T) {
 		t.Errorf("trace after shutdown: %+v", tr.Spans)
 	}
 }
+
+// TestJaegerTraceparentCases: what keymux makes of the client's trace
+// context. Without one (or with a malformed one) keymux's span is a new
+// root and the upstream joins that trace; with an unsampled one keymux
+// records nothing but still hands the upstream its own span id in the
+// client's trace, unsampled.
+func TestJaegerTraceparentCases(t *testing.T) {
+	j := startJaegerRun(t, "grpc")
+	g := startGateway(t, threeKeys)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	const clientTrace, clientSpan = "7bf92f3577b34da6a3ce929d0e0e4739", "30f067aa0ba902b7"
+	cases := []struct {
+		name        string
+		traceparent string // "" = none
+		sampled     bool
+		sameTrace   bool // the upstream stays in the client's trace
+	}{
+		{"unsampled parent", "00-" + clientTrace + "-" + clientSpan + "-00", false, true},
+		{"no traceparent", "", true, false},
+		{"malformed traceparent", "00-" + clientTrace + "-" + clientSpan, true, false},
+		{"all-zero trace id", "00-00000000000000000000000000000000-" + clientSpan + "-01", true, false},
+	}
+	var sampledTraces []string
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := map[string]string{"content-type": "application/json"}
+			if tc.traceparent != "" {
+				h["traceparent"] = tc.traceparent
+			}
+			resp, body := g.do("POST", "/v1/chat/completions", h, `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`)
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			reqs := g.mock.Requests()
+			up := reqs[len(reqs)-1].Header.Get("traceparent")
+			parts := strings.Split(up, "-")
+			if len(parts) != 4 || parts[0] != "00" || len(parts[1]) != 32 || len(parts[2]) != 16 {
+				t.Fatalf("upstream traceparent %q: not a W3C traceparent", up)
+			}
+			if tc.sameTrace != (parts[1] == clientTrace) {
+				t.Errorf("upstream trace %s, client trace %s: same trace = %v, want %v", parts[1], clientTrace, parts[1] == clientTrace, tc.sameTrace)
+			}
+			if parts[2] == clientSpan || parts[2] == "0000000000000000" {
+				t.Errorf("upstream parent span %s, want keymux's own span", parts[2])
+			}
+			if wantFlags := map[bool]string{true: "01", false: "00"}[tc.sampled]; parts[3] != wantFlags {
+				t.Errorf("upstream trace flags %s, want %s", parts[3], wantFlags)
+			}
+			if !tc.sampled {
+				return
+			}
+			sampledTraces = append(sampledTraces, parts[1])
+			tr, err := j.WaitTrace(ctx, parts[1], func(tr *jaegertest.Trace) bool { return len(tr.Spans) >= 1 })
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := tr.Spans[0]
+			if len(tr.Spans) != 1 || s.SpanID != parts[2] || s.ParentSpanID() != "" || s.OperationName != "chat gpt-4o" || s.Kind() != "client" {
+				t.Errorf("trace %s: %d spans, first %q id %s parent %q kind %q; want one root client span %s",
+					parts[1], len(tr.Spans), s.OperationName, s.SpanID, s.ParentSpanID(), s.Kind(), parts[2])
+			}
+		})
+	}
+	// The unsampled call came first; the sampled ones after it are all in
+	// Jaeger (spans are exported in order), the unsampled one is not.
+	if len(sampledTraces) != 3 {
+		t.Fatalf("%d sampled traces seen", len(sampledTraces))
+	}
+	if _, err := j.Trace(ctx, clientTrace); !errors.Is(err, jaegertest.ErrNotFound) {
+		t.Errorf("unsampled client trace in Jaeger: %v, want not found", err)
+	}
+}
