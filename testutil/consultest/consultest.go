@@ -20,7 +20,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +27,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/keymux/keymux/testutil/toolbin"
 )
 
 // EnvBinary overrides the Consul binary the tests run.
@@ -56,50 +57,15 @@ type ports struct {
 	http, serfLAN, serfWAN, server int
 }
 
+// tool is tools/bin/consul.
+var tool = toolbin.Tool{Name: "consul", EnvVar: EnvBinary, About: "builds Consul v1.14.11 from tools/consul/go.mod"}
+
 // Binary returns the path of the Consul binary the tests use, or an error
 // that says how to build it.
-func Binary() (string, error) {
-	if p := os.Getenv(EnvBinary); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("consul binary from $%s: %w", EnvBinary, err)
-		}
-		return p, nil
-	}
-	root, err := repoRoot()
-	if err != nil {
-		return "", err
-	}
-	return binaryIn(root)
-}
+func Binary() (string, error) { return tool.Path() }
 
-// binaryIn is tools/bin/consul under the repository root, or how to build it.
-func binaryIn(root string) (string, error) {
-	p := filepath.Join(root, "tools", "bin", "consul")
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("consul binary not found at %s: build it with `tools/build.sh consul` "+
-			"(from the repository root; builds Consul v1.14.11 from tools/consul/go.mod) or set $%s", p, EnvBinary)
-	}
-	return p, nil
-}
-
-// repoRoot walks up from the working directory to keymux's go.mod.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && bytes.HasPrefix(data, []byte("module github.com/keymux/keymux\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("consultest: keymux repository root (go.mod of github.com/keymux/keymux) not found above the working directory")
-		}
-		dir = parent
-	}
-}
+// binaryIn is tools/bin/consul under root, or how to build it.
+func binaryIn(root string) (string, error) { return tool.In(root) }
 
 // Start runs a dev agent and waits until it has a leader. The agent is
 // stopped when the test ends.

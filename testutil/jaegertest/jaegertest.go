@@ -31,6 +31,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keymux/keymux/testutil/toolbin"
 )
 
 // EnvBinary overrides the Jaeger binary the tests run.
@@ -61,50 +63,15 @@ type ports struct {
 	otlpGRPC, otlpHTTP, queryHTTP, queryGRPC, health int
 }
 
+// tool is tools/bin/jaeger.
+var tool = toolbin.Tool{Name: "jaeger", EnvVar: EnvBinary, About: "builds Jaeger v2 from module github.com/jaegertracing/jaeger, tools/jaeger/go.mod"}
+
 // Binary returns the path of the Jaeger binary the tests use, or an error
 // that says how to build it.
-func Binary() (string, error) {
-	if p := os.Getenv(EnvBinary); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("jaeger binary from $%s: %w", EnvBinary, err)
-		}
-		return p, nil
-	}
-	root, err := repoRoot()
-	if err != nil {
-		return "", err
-	}
-	return binaryIn(root)
-}
+func Binary() (string, error) { return tool.Path() }
 
-// binaryIn is tools/bin/jaeger under the repository root, or how to build it.
-func binaryIn(root string) (string, error) {
-	p := filepath.Join(root, "tools", "bin", "jaeger")
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("jaeger binary not found at %s: build it with `tools/build.sh jaeger` "+
-			"(from the repository root; builds Jaeger v2 from module github.com/jaegertracing/jaeger, tools/jaeger/go.mod) or set $%s", p, EnvBinary)
-	}
-	return p, nil
-}
-
-// repoRoot walks up from the working directory to keymux's go.mod.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && bytes.HasPrefix(data, []byte("module github.com/keymux/keymux\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("jaegertest: keymux repository root (go.mod of github.com/keymux/keymux) not found above the working directory")
-		}
-		dir = parent
-	}
-}
+// binaryIn is tools/bin/jaeger under root, or how to build it.
+func binaryIn(root string) (string, error) { return tool.In(root) }
 
 // configTemplate is a minimal all-in-one: OTLP in, memory storage, query
 // API out, health check; no Jaeger/Zipkin receivers, no sampling server,

@@ -1,0 +1,64 @@
+// Package toolbin finds the external programs that tools/build.sh builds
+// into tools/bin (the real Consul and Jaeger the tests start). A missing
+// program is an error that says how to build it: tests fail, never skip.
+package toolbin
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Tool describes one program of tools/bin.
+type Tool struct {
+	Name   string // the file in tools/bin, also the argument of tools/build.sh
+	EnvVar string // overrides the path when set
+	About  string // what tools/build.sh builds, for the error message
+}
+
+// Path returns the program's path: $EnvVar when set, else
+// tools/bin/<Name> under the repository root.
+func (t Tool) Path() (string, error) {
+	if p := os.Getenv(t.EnvVar); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("%s binary from $%s: %w", t.Name, t.EnvVar, err)
+		}
+		return p, nil
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	return t.In(root)
+}
+
+// In is tools/bin/<Name> under root, or an error that says how to build it.
+func (t Tool) In(root string) (string, error) {
+	p := filepath.Join(root, "tools", "bin", t.Name)
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("%s binary not found at %s: build it with `tools/build.sh %s` "+
+			"(from the repository root; %s) or set $%s", t.Name, p, t.Name, t.About, t.EnvVar)
+	}
+	return p, nil
+}
+
+// RepoRoot walks up from the working directory to keymux's go.mod.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.HasPrefix(data, []byte("module github.com/keymux/keymux\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("keymux repository root (go.mod of github.com/keymux/keymux) not found above the working directory")
+		}
+		dir = parent
+	}
+}
