@@ -32,32 +32,39 @@ func TestConsulEditsChangeDecisions(t *testing.T) {
 		name string
 		raw  func(p string) // raw KV writes under prefix p
 		kv   []string       // the same change by `keymux kv`
+		out  string         // what `keymux kv` prints, %s = the prefix
 		want cWant          // decisions for gpt-4 afterwards
 	}
 	steps := []step{
 		{"add key k2",
 			func(p string) { a.Put(p+"keys/k2", []byte(consulKeyDoc(mock, "k2", true))) },
 			[]string{"keys", "add", "k2", "--provider", "openai_compatible", "--base-url", base, "--secret", "sk-test-k2"},
+			"wrote %skeys/k2\n",
 			cWant{"sk-test-k1": "gpt-4", "sk-test-k2": "gpt-4"}},
 		{"add rule k2 gpt-4→gpt-4o-mini",
 			func(p string) { a.Put(p+"rules/r1", []byte(consulRuleDoc("k2", "gpt-4", "gpt-4o-mini"))) },
 			[]string{"rules", "add", "r1", "--key", "k2", "--from", "gpt-4", "--to", "gpt-4o-mini"},
+			"wrote %srules/r1\n",
 			cWant{"sk-test-k1": "gpt-4", "sk-test-k2": "gpt-4o-mini"}},
 		{"disable key k1",
 			func(p string) { a.Put(p+"keys/k1", []byte(consulKeyDoc(mock, "k1", false))) },
 			[]string{"keys", "disable", "k1"},
+			"%skeys/k1 enabled=false\n",
 			cWant{"sk-test-k2": "gpt-4o-mini"}},
 		{"enable key k1",
 			func(p string) { a.Put(p+"keys/k1", []byte(consulKeyDoc(mock, "k1", true))) },
 			[]string{"keys", "enable", "k1"},
+			"%skeys/k1 enabled=true\n",
 			cWant{"sk-test-k1": "gpt-4", "sk-test-k2": "gpt-4o-mini"}},
 		{"remove rule r1",
 			func(p string) { a.Delete(p + "rules/r1") },
 			[]string{"rules", "rm", "r1"},
+			"removed %srules/r1\n",
 			cWant{"sk-test-k1": "gpt-4", "sk-test-k2": "gpt-4"}},
 		{"remove key k2",
 			func(p string) { a.Delete(p + "keys/k2") },
 			[]string{"keys", "rm", "k2"},
+			"removed %skeys/k2\n",
 			cWant{"sk-test-k1": "gpt-4"}},
 	}
 	for _, via := range []string{"raw KV", "keymux kv"} {
@@ -72,9 +79,8 @@ func TestConsulEditsChangeDecisions(t *testing.T) {
 				if via == "raw KV" {
 					s.raw(p)
 				} else {
-					out := consulKV(t, p, s.kv...)
-					if out == "" {
-						t.Errorf("keymux kv %v printed nothing", s.kv)
+					if out, want := consulKV(t, p, s.kv...), fmt.Sprintf(s.out, p); out != want {
+						t.Errorf("keymux kv %v printed %q, want %q", s.kv, out, want)
 					}
 				}
 				n := g.waitDecisions(s.name, s.want)
