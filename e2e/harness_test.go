@@ -5,14 +5,12 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 
 	"github.com/keymux/keymux/cmd/keymux/app"
 	"github.com/keymux/keymux/examples/mockupstream"
+	"github.com/keymux/keymux/testutil/syncbuf"
 )
 
 // gateway is one running keymux dev instance in front of a mock upstream.
@@ -35,22 +34,7 @@ type gateway struct {
 	stopped chan error
 }
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 // mockURL is substituted in configs by the mock's base URL.
 const mockURL = "{{MOCK}}"

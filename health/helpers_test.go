@@ -1,7 +1,6 @@
 package health_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -14,6 +13,7 @@ import (
 	"github.com/keymux/keymux/health"
 	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/testutil/syncbuf"
 )
 
 // waitTimeout bounds every wait for a condition.
@@ -56,22 +56,7 @@ func newStore(t testing.TB, settings policy.Settings, keys map[string]string) *s
 	return st
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 type runningChecker struct {
 	c    *health.Checker

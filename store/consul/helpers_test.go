@@ -17,6 +17,7 @@ import (
 	"github.com/keymux/keymux/store"
 	"github.com/keymux/keymux/store/consul"
 	"github.com/keymux/keymux/testutil/consultest"
+	"github.com/keymux/keymux/testutil/syncbuf"
 )
 
 // waitTimeout bounds every wait for a condition in these tests.
@@ -38,22 +39,7 @@ type running struct {
 	stop func()
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 // startSource runs a Source over agent a with its own Store until the test
 // ends (or stop is called).

@@ -12,7 +12,6 @@
 package consultest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/keymux/keymux/testutil/syncbuf"
 	"github.com/keymux/keymux/testutil/toolbin"
 )
 
@@ -279,19 +279,4 @@ func (a *Agent) Delete(key string) {
 	}
 }
 
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type lockedBuffer = syncbuf.Buffer

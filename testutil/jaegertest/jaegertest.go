@@ -13,7 +13,6 @@
 package jaegertest
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -32,6 +31,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keymux/keymux/testutil/syncbuf"
 	"github.com/keymux/keymux/testutil/toolbin"
 )
 
@@ -522,19 +522,4 @@ func truncate(b []byte) string {
 	return string(b)
 }
 
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type lockedBuffer = syncbuf.Buffer
