@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -54,5 +55,57 @@ func TestStreamingThroughTheSDK(t *testing.T) {
 	reqs := g.mock.Requests()
 	if len(reqs) != 1 || !reqs[0].Stream {
 		t.Fatalf("mock requests = %d (stream=%v), want 1 streamed", len(reqs), len(reqs) == 1 && reqs[0].Stream)
+	}
+}
+
+// keymux asks for the final usage chunk when the client did not
+// (settings.stream_usage, default on), so that streamed calls count tokens;
+// everything else in the body stays as the client sent it.
+func TestStreamUsageRequested(t *testing.T) {
+	g := startGateway(t, threeKeys+`
+rules:
+  k1-mini: {key: k1, from: gpt-4, to: gpt-4o-mini}
+`)
+	tests := []struct{ body, want string }{
+		{`{"model":"gpt-4o","stream":true,"messages":[]}`, `{"stream_options":{"include_usage":true},"model":"gpt-4o","stream":true,"messages":[]}`},
+		{`{"model":"gpt-4o","stream":true,"stream_options":null,"messages":[]}`, `{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[]}`},
+		{`{"model":"gpt-4o","stream":true,"stream_options":{"x":1},"messages":[]}`, `{"model":"gpt-4o","stream":true,"stream_options":{"x":1,"include_usage":true},"messages":[]}`},
+		{`{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[]}`, `{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[]}`},
+		{`{"model":"gpt-4o","stream":false,"messages":[]}`, `{"model":"gpt-4o","stream":false,"messages":[]}`},
+	}
+	for _, tc := range tests {
+		before := len(g.mock.Requests())
+		if resp, b := g.do("POST", "/v1/chat/completions", map[string]string{"content-type": "application/json"}, tc.body); resp.StatusCode != 200 {
+			t.Fatalf("%s: status %d %s", tc.body, resp.StatusCode, b)
+		}
+		r := g.mock.Requests()[before]
+		if string(r.Body) != tc.want {
+			t.Errorf("upstream body\n got %s\nwant %s", r.Body, tc.want)
+		}
+	}
+	// The rule and the usage request together, on k1.
+	for range 3 {
+		g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4","stream":true,"messages":[]}`)
+	}
+	for _, r := range g.mock.Requests() {
+		if r.Credential == "sk-test-k1" && r.BodyModel == "gpt-4o-mini" {
+			if want := `{"stream_options":{"include_usage":true},"model":"gpt-4o-mini","stream":true,"messages":[]}`; string(r.Body) != want {
+				t.Errorf("k1 body %s, want %s", r.Body, want)
+			}
+		}
+	}
+	var stats struct {
+		TopKeys []struct {
+			ID    string `json:"id"`
+			Usage uint64 `json:"usage"`
+		} `json:"top_keys"`
+	}
+	if err := json.Unmarshal(g.getAdmin("/stats"), &stats); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range stats.TopKeys {
+		if k.Usage == 0 {
+			t.Errorf("key %s has no token usage after streamed calls: %+v", k.ID, stats.TopKeys)
+		}
 	}
 }

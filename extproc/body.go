@@ -1,10 +1,12 @@
 package extproc
 
 import (
+	"bytes"
 	"strings"
 	"unsafe"
 
 	"github.com/tidwall/gjson"
+	"github.com/tidwall/sjson"
 )
 
 // bodyInfo is what keymux needs from a request body. It is read by scanning
@@ -14,6 +16,10 @@ type bodyInfo struct {
 	modelStart int // byte offset of the model value (the opening quote) in the body
 	modelEnd   int // offset just after it
 	stream     bool
+	// streamOptions is the raw stream_options value ("" when absent);
+	// streamUsage reports stream_options.include_usage = true.
+	streamOptions string
+	streamUsage   bool
 }
 
 // parseBody validates a JSON request body and extracts model and stream.
@@ -48,6 +54,16 @@ func parseBody(body []byte, need modelNeed) (bodyInfo, *apiError) {
 			case gjson.False, gjson.Null:
 			default:
 				typeErr = badRequest("invalid_type", "stream", "Invalid type for 'stream': expected a boolean, got "+jsonTypeName(v)+".")
+				return false
+			}
+		case "stream_options":
+			switch {
+			case v.IsObject():
+				bi.streamOptions, bi.streamUsage = "object", v.Get("include_usage").Type == gjson.True
+			case v.Type == gjson.Null:
+				bi.streamOptions = "null"
+			default:
+				typeErr = badRequest("invalid_type", "stream_options", "Invalid type for 'stream_options': expected an object, got "+jsonTypeName(v)+".")
 				return false
 			}
 		case "messages":
@@ -111,4 +127,21 @@ func patchModel(body []byte, bi bodyInfo, model string) []byte {
 	out = append(out, body[:bi.modelStart]...)
 	out = appendJSONString(out, model)
 	return append(out, body[bi.modelEnd:]...)
+}
+
+// withStreamUsage returns body with stream_options.include_usage set to true,
+// changing nothing else: an absent stream_options is inserted first in the
+// object, a null one replaced, an existing object given the member.
+func withStreamUsage(body []byte, bi bodyInfo) ([]byte, error) {
+	switch bi.streamOptions {
+	case "object":
+		return sjson.SetBytes(body, "stream_options.include_usage", true)
+	case "null":
+		return sjson.SetRawBytes(body, "stream_options", []byte(`{"include_usage":true}`))
+	}
+	i := bytes.IndexByte(body, '{')
+	out := make([]byte, 0, len(body)+40)
+	out = append(out, body[:i+1]...)
+	out = append(out, `"stream_options":{"include_usage":true},`...)
+	return append(out, body[i+1:]...), nil
 }

@@ -70,7 +70,7 @@ func TestPatchModelKeepsEveryOtherByte(t *testing.T) {
 }
 
 func FuzzParseBody(f *testing.F) {
-	for _, s := range []string{`{"model":"gpt-4o","stream":true,"messages":[]}`, `{"model":1}`, `{`, `[]`, `{"model":"a","model":"b"}`, `{"model":"\u0000"}`} {
+	for _, s := range []string{`{"model":"gpt-4o","stream":true,"messages":[]}`, `{"model":"m","stream_options":null}`, `{"model":"m","stream_options":{"a":[1]}}`, `{"model":1}`, `{`, `[]`, `{"model":"a","model":"b"}`, `{"model":"\u0000"}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -91,6 +91,14 @@ func FuzzParseBody(f *testing.F) {
 		}
 		if !strings.HasPrefix(string(patched), string(body[:bi.modelStart])) || !strings.HasSuffix(string(patched), string(body[bi.modelEnd:])) {
 			t.Fatalf("patch changed bytes outside the model")
+		}
+		withUsage, err2 := withStreamUsage(patched, again)
+		if err2 != nil {
+			return // sjson refuses some odd member names; keymux then leaves the body alone
+		}
+		third, err := parseBody(withUsage, modelRequired)
+		if err != nil || !third.streamUsage || third.model != "patched-model" || third.stream != bi.stream {
+			t.Fatalf("stream usage patch of %q gave %q: %+v %+v", patched, withUsage, third, err)
 		}
 	})
 }

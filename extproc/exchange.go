@@ -161,11 +161,36 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	var newBody []byte
 	if x.call.ModelFinal != bi.model {
 		newBody = patchModel(body, bi, x.call.ModelFinal)
+	}
+	if x.wantsStreamUsage(bi) {
+		src := body
+		if newBody != nil {
+			src = newBody
+		}
+		if patched, err := withStreamUsage(src, bi); err == nil {
+			newBody = patched
+		}
+	}
+	switch {
+	case newBody != nil:
 		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrContentLength, strconv.Itoa(len(newBody))))
-	} else if x.hdr.contentLength >= 0 {
+	case x.hdr.contentLength >= 0:
 		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrContentLength, strconv.Itoa(len(body))))
 	}
 	return x.withMetadata(bodyReply(mut, newBody, true))
+}
+
+// wantsStreamUsage reports whether keymux asks the upstream for the final
+// usage chunk of this stream (settings.stream_usage): OpenAI-style chat and
+// text completions whose client did not ask for it.
+func (x *exchange) wantsStreamUsage(bi bodyInfo) bool {
+	if !bi.stream || bi.streamUsage || !x.settings.StreamUsage || x.entry == nil {
+		return false
+	}
+	if n := x.route.op.name; x.route.op.anthropic || (n != "chat" && n != "text_completion") {
+		return false
+	}
+	return x.entry.Key.Provider != policy.ProviderAnthropic
 }
 
 // authenticate applies settings.auth to the request.

@@ -23,7 +23,7 @@ const (
 
 // Defaults returns the settings used when the settings document is absent.
 func Defaults() Settings {
-	var s Settings
+	s := Settings{StreamUsage: true}
 	s.WithDefaults()
 	return s
 }

@@ -272,6 +272,7 @@ func TestDefaults(t *testing.T) {
 		Alerts:   AlertSettings{ErrorRate: 0.2, Usage: 10000},
 
 		MaxBodyBytes: 8 << 20,
+		StreamUsage:  true,
 	}
 	if got := Defaults(); got != want {
 		t.Fatalf("Defaults() =\n %+v\nwant\n %+v", got, want)
@@ -285,6 +286,7 @@ func TestDefaults(t *testing.T) {
 	want.Ejection.Base = time.Second
 	want.Auth.Mode, want.Auth.Claim = AuthJWTClaim, "scope"
 	want.MaxBodyBytes = 1024
+	want.StreamUsage = false // a bool cannot be told unset; Defaults sets it
 	if s != want {
 		t.Errorf("WithDefaults kept/filled =\n %+v\nwant\n %+v", s, want)
 	}

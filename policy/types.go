@@ -184,4 +184,8 @@ type Settings struct {
 	Alerts   AlertSettings
 	// MaxBodyBytes is the largest request body keymux accepts; default 8 MiB.
 	MaxBodyBytes int64
+	// StreamUsage asks OpenAI-style upstreams for the final usage chunk of a
+	// stream (stream_options.include_usage) when the client did not, so
+	// that token usage is known for every call; default true.
+	StreamUsage bool
 }

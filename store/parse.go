@@ -317,6 +317,7 @@ type settingsDoc struct {
 	Auth         *authDoc     `json:"auth"`
 	Alerts       *alertsDoc   `json:"alerts"`
 	MaxBodyBytes *int64       `json:"max_body_bytes"`
+	StreamUsage  *bool        `json:"stream_usage"`
 }
 
 type healthDoc struct {
@@ -486,6 +487,9 @@ func ParseSettings(raw []byte) (policy.Settings, error) {
 			return policy.Settings{}, fieldErr(doc, "max_body_bytes", "must be > 0")
 		}
 		s.MaxBodyBytes = *d.MaxBodyBytes
+	}
+	if d.StreamUsage != nil {
+		s.StreamUsage = *d.StreamUsage
 	}
 	return s, nil
 }
