@@ -135,6 +135,7 @@ type consulStatus struct {
 	Ready      bool      `json:"ready"`
 	Source     string    `json:"source"`
 	Generation uint64    `json:"generation"`
+	Version    uint64    `json:"source_version"`
 	LastSync   time.Time `json:"last_sync"`
 	Stale      bool      `json:"stale"`
 	StaleSince time.Time `json:"stale_since"`

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -469,15 +470,25 @@ func TestConsulThreeInstancesConverge(t *testing.T) {
 		g.waitDecisions(fmt.Sprintf("instance %d after the burst", i), final)
 	}
 	converged := time.Since(t0)
-	var gens []uint64
+	var gens, versions []uint64
 	for i, g := range gs {
 		g.assertDecisions(fmt.Sprintf("instance %d (steady)", i), 2*len(final), final)
 		st, raw := g.status()
 		gens = append(gens, st.Generation)
+		versions = append(versions, st.Version)
 		if st.Source != "consul" || st.Stale || st.Keys != 3 || st.Rules != 1 || len(st.Refused) != 0 {
 			t.Errorf("instance %d /status:\n%s\nwant source consul, not stale, 3 keys, 1 rule, nothing refused", i, raw)
 		}
 	}
-	t.Logf("50 edits written in %s; all three instances serve %v %s after the burst started; generations %v",
-		consulMS(burst), final, consulMS(converged), gens)
+	// The same configuration version (Consul's KV index) on every
+	// instance: one of them may still be reading the burst's last no-op.
+	target := slices.Max(versions)
+	for i, g := range gs {
+		st := g.waitStatus(fmt.Sprintf("instance %d at version %d", i, target), func(st consulStatus) bool { return st.Version >= target })
+		if st.Version != target || target == 0 {
+			t.Errorf("instance %d serves configuration version %d, want %d (versions %v)", i, st.Version, target, versions)
+		}
+	}
+	t.Logf("50 edits written in %s; all three instances serve %v %s after the burst started; configuration version %d; local generations %v",
+		consulMS(burst), final, consulMS(converged), versions[0], gens)
 }

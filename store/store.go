@@ -33,7 +33,11 @@ type Refusal struct {
 
 // SourceInfo describes where the configuration comes from and how fresh it is.
 type SourceInfo struct {
-	Source     string    `json:"source"`
+	Source string `json:"source"`
+	// Version is the source's own version of the configuration applied
+	// (Consul: the KV index of the prefix), equal on every instance that
+	// follows the same source; 0 when the source has none.
+	Version    uint64    `json:"version,omitzero"`
 	LastSync   time.Time `json:"last_sync"`
 	Stale      bool      `json:"stale"`
 	StaleSince time.Time `json:"stale_since,omitzero"`
@@ -42,15 +46,16 @@ type SourceInfo struct {
 
 // Status is the store's state for /status.
 type Status struct {
-	Source     string    `json:"source"`
-	Generation uint64    `json:"generation"`
-	LastSync   time.Time `json:"last_sync"`
-	Stale      bool      `json:"stale"`
-	StaleSince time.Time `json:"stale_since,omitzero"`
-	Refused    []Refusal `json:"refused"`
-	Keys       int       `json:"keys"`
-	Rules      int       `json:"rules"`
-	Clients    int       `json:"clients"`
+	Source        string    `json:"source"`
+	SourceVersion uint64    `json:"source_version,omitzero"` // see SourceInfo.Version
+	Generation    uint64    `json:"generation"`
+	LastSync      time.Time `json:"last_sync"`
+	Stale         bool      `json:"stale"`
+	StaleSince    time.Time `json:"stale_since,omitzero"`
+	Refused       []Refusal `json:"refused"`
+	Keys          int       `json:"keys"`
+	Rules         int       `json:"rules"`
+	Clients       int       `json:"clients"`
 }
 
 // Entry is a key as the hot path sees it: the immutable key and its Runtime,
@@ -335,6 +340,9 @@ func (s *Store) SetSourceInfo(src SourceInfo) {
 		meta = &cp
 	}
 	src.Refused = slices.Clone(src.Refused)
+	if src.Version == 0 {
+		src.Version = meta.Source.Version // freshness news does not change the version
+	}
 	meta.Source = src
 	if err := txn.Insert(tableMeta, meta); err != nil {
 		s.logger.Error("store: cannot record source info", "error", err)
@@ -353,15 +361,16 @@ func (s *Store) Status() Status {
 		refused = []Refusal{}
 	}
 	return Status{
-		Source:     m.Source.Source,
-		Generation: m.Generation,
-		LastSync:   m.Source.LastSync,
-		Stale:      m.Source.Stale,
-		StaleSince: m.Source.StaleSince,
-		Refused:    refused,
-		Keys:       m.Keys,
-		Rules:      m.Rules,
-		Clients:    m.Clients,
+		Source:        m.Source.Source,
+		SourceVersion: m.Source.Version,
+		Generation:    m.Generation,
+		LastSync:      m.Source.LastSync,
+		Stale:         m.Source.Stale,
+		StaleSince:    m.Source.StaleSince,
+		Refused:       refused,
+		Keys:          m.Keys,
+		Rules:         m.Rules,
+		Clients:       m.Clients,
 	}
 }
 

@@ -383,7 +383,7 @@ func (s *Source) process(pairs api.KVPairs, index uint64) {
 // apply builds the configuration and hands it to the store in one Apply.
 func (s *Source) apply(source string, index uint64, staleSince time.Time) {
 	cfg, refused := s.builder.Build()
-	info := store.SourceInfo{Source: source, Refused: refused}
+	info := store.SourceInfo{Source: source, Version: index, Refused: refused}
 	if source == SourceSnapshot {
 		info.Stale, info.StaleSince, info.LastSync = true, staleSince, staleSince
 	} else {
