@@ -18,6 +18,9 @@ type Runtime struct {
 	usage    atomic.Uint64
 	requests atomic.Uint64
 	errors   atomic.Uint64
+	// lastErr is the unix second of the latest error: keys without a recent
+	// error answer ErrorsInWindow with one load.
+	lastErr atomic.Int64
 	// Passive-health transitions, for metrics.
 	ejections atomic.Uint64
 	cooldowns atomic.Uint64
@@ -86,6 +89,12 @@ func (r *Runtime) Errors() uint64 { return r.errors.Load() }
 // window. An error older than the window's span counts in the total only.
 func (r *Runtime) RecordError(now time.Time) {
 	r.errors.Add(1)
+	for {
+		last := r.lastErr.Load()
+		if now.Unix() <= last || r.lastErr.CompareAndSwap(last, now.Unix()) {
+			break
+		}
+	}
 	sec := uint64(uint32(now.Unix()))
 	b := &r.buckets[sec%errBuckets]
 	for {
@@ -119,6 +128,9 @@ func (r *Runtime) ErrorsInWindow(now time.Time, window time.Duration) uint64 {
 		n = errBuckets
 	}
 	sec := now.Unix()
+	if sec-r.lastErr.Load() >= n {
+		return 0 // no error within the window
+	}
 	var sum uint64
 	for i := int64(0); i < n; i++ {
 		s := uint64(uint32(sec - i))

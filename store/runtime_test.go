@@ -120,3 +120,35 @@ func TestRuntimeHotMethodsDoNotAllocate(t *testing.T) {
 		t.Errorf("%v allocations per call", allocs)
 	}
 }
+
+func TestErrorsInWindowEdges(t *testing.T) {
+	t0 := time.Unix(1_800_000_000, 0)
+	r := NewRuntime()
+	if got := r.ErrorsInWindow(t0, time.Minute); got != 0 {
+		t.Fatalf("fresh key: %d errors", got)
+	}
+	r.RecordError(t0)
+	r.RecordError(t0.Add(10 * time.Second))
+	tests := []struct {
+		at   time.Duration
+		want uint64
+	}{
+		{0, 1},
+		{10 * time.Second, 2},
+		{59 * time.Second, 2},
+		{60 * time.Second, 1}, // t0 left the 60s window
+		{69 * time.Second, 1},
+		{70 * time.Second, 0},
+		{time.Hour, 0},
+	}
+	for _, tc := range tests {
+		if got := r.ErrorsInWindow(t0.Add(tc.at), time.Minute); got != tc.want {
+			t.Errorf("at +%v: %d errors in the window, want %d", tc.at, got, tc.want)
+		}
+	}
+	// An error recorded late with an older clock reading still counts.
+	r.RecordError(t0.Add(5 * time.Second))
+	if got := r.ErrorsInWindow(t0.Add(30*time.Second), time.Minute); got != 3 {
+		t.Errorf("after an out-of-order error: %d, want 3", got)
+	}
+}
