@@ -109,6 +109,9 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3.Process
 	if route.op.local {
 		return x.answerModels()
 	}
+	if aerr := x.clientLimits(); aerr != nil {
+		return x.refuse(aerr)
+	}
 	if limit := x.settings.MaxBodyBytes; limit > 0 && x.hdr.contentLength > limit {
 		return x.refuse(tooLarge(limit))
 	}
@@ -228,6 +231,29 @@ func (x *exchange) authenticate() *apiError {
 	return nil
 }
 
+// clientLimits enforces the client's rpm and tpm (per instance, over the
+// current minute) and counts the request.
+func (x *exchange) clientLimits() *apiError {
+	c := x.client
+	if c == nil || (c.Limits.RPM <= 0 && c.Limits.TPM <= 0) {
+		return nil
+	}
+	now := x.s.now()
+	m := x.s.clientMinute(c.ID)
+	reqs, tokens := m.reqs.Get(now), m.tokens.Get(now)
+	if policy.WithinLimits(c.Limits, reqs, tokens) {
+		m.reqs.Add(now, 1)
+		return nil
+	}
+	what, limit := "requests", c.Limits.RPM
+	if c.Limits.RPM <= 0 || reqs < uint64(c.Limits.RPM) {
+		what, limit = "tokens", c.Limits.TPM
+	}
+	return &apiError{Status: 429, Type: what, Code: "rate_limit_exceeded",
+		Message:    "Rate limit reached for client " + c.ID + " on " + what + " per minute: limit " + strconv.Itoa(limit) + ".",
+		RetryAfter: max(1, int(store.NextMinute(now).Sub(now).Round(time.Second)/time.Second))}
+}
+
 // credentialGiven reports whether an Authorization header carries anything
 // beyond an empty Bearer scheme.
 func credentialGiven(authorization string) bool {
@@ -318,7 +344,7 @@ func (x *exchange) choose(model string) (*store.Entry, *apiError) {
 	}
 	needUsage, needErrors := policy.StrategyInputs(strat)
 	for _, e := range pool.Entries {
-		if ok, _ := policy.Eligible(e.Key, e.RT.State(), now); !ok {
+		if ok, _ := policy.Eligible(e.Key, e.RT.State(), now); !ok || !keyWithinLimits(e, now) {
 			continue
 		}
 		c := policy.Candidate{Key: e.Key}
@@ -337,7 +363,18 @@ func (x *exchange) choose(model string) (*store.Entry, *apiError) {
 	i := policy.Select(buf.cands, strat, pool.Seq.Add(1)-1, rand.Float64())
 	e := buf.entries[i]
 	e.RT.AddRequest()
+	e.RT.MinuteRequests.Add(now, 1)
 	return e, nil
+}
+
+// keyWithinLimits applies the key's rpm/tpm to what this instance sent in
+// the current minute.
+func keyWithinLimits(e *store.Entry, now time.Time) bool {
+	l := e.Key.Limits
+	if l.RPM <= 0 && l.TPM <= 0 {
+		return true
+	}
+	return policy.WithinLimits(l, e.RT.MinuteRequests.Get(now), e.RT.MinuteTokens.Get(now))
 }
 
 // noEligibleKey explains a 503: every key of the pool is out, and why.
@@ -346,6 +383,9 @@ func (x *exchange) noEligibleKey(model string, pool *store.Pool, now time.Time) 
 	for _, e := range pool.Entries {
 		if ok, why := policy.Eligible(e.Key, e.RT.State(), now); !ok {
 			reasons = append(reasons, why)
+		} else if !keyWithinLimits(e, now) {
+			// Over its own rpm/tpm: out until the minute turns.
+			reasons = append(reasons, policy.Ineligible{Reason: policy.ReasonCoolingDown, Until: store.NextMinute(now)})
 		}
 	}
 	msg, code := policy.Explain(model, reasons)
@@ -423,7 +463,13 @@ func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRe
 func (x *exchange) endOfResponse() {
 	if x.usage.known {
 		x.call.InputTokens, x.call.OutputTokens, x.call.UsageKnown = x.usage.input, x.usage.output, true
-		x.entry.RT.AddUsage(uint64(x.usage.input + x.usage.output))
+		tokens := uint64(x.usage.input + x.usage.output)
+		now := x.s.now()
+		x.entry.RT.AddUsage(tokens)
+		x.entry.RT.MinuteTokens.Add(now, tokens)
+		if x.client != nil {
+			x.s.clientMinute(x.client.ID).tokens.Add(now, tokens)
+		}
 	}
 	if (x.status == 429 || x.status == 403) && x.usage.errorCode == "insufficient_quota" {
 		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: x.status}, x.s.now())

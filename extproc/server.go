@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -35,6 +36,19 @@ type Server struct {
 	log      *slog.Logger
 	observer telemetry.Observer
 	now      func() time.Time
+	clients  sync.Map // client id → *clientCounters
+}
+
+// clientCounters are a client's requests and tokens of the current minute.
+type clientCounters struct{ reqs, tokens store.MinuteCounter }
+
+// clientMinute returns the counters of client id (lock-free once created).
+func (s *Server) clientMinute(id string) *clientCounters {
+	if v, ok := s.clients.Load(id); ok {
+		return v.(*clientCounters)
+	}
+	v, _ := s.clients.LoadOrStore(id, new(clientCounters))
+	return v.(*clientCounters)
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)

@@ -21,6 +21,10 @@ type Runtime struct {
 	// lastErr is the unix second of the latest error: keys without a recent
 	// error answer ErrorsInWindow with one load.
 	lastErr atomic.Int64
+	// Requests and tokens of the current minute, for the key's limits
+	// (rpm, tpm). They count what this instance sent.
+	MinuteRequests MinuteCounter
+	MinuteTokens   MinuteCounter
 	// Passive-health transitions, for metrics.
 	ejections atomic.Uint64
 	cooldowns atomic.Uint64
