@@ -42,6 +42,7 @@ type exchange struct {
 	usage    usageScanner
 	bodySeen bool
 	reading  bool // the response body is read (mode overridden to STREAMED)
+	chunks   int  // response body messages received
 	call     telemetry.Call
 }
 
@@ -452,6 +453,7 @@ func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRe
 	if x.entry == nil {
 		return resp
 	}
+	x.chunks++
 	x.usage.feed(b.GetBody(), b.GetEndOfStream())
 	if b.GetEndOfStream() {
 		x.endOfResponse()
@@ -487,7 +489,9 @@ func (x *exchange) finish() {
 	case phaseResponse:
 		// The body ended early (stream cut, client abort), or an SSE
 		// stream closed without its terminator.
-		x.call.Truncated = x.reading && (!x.usage.eos || (x.usage.sse && !x.usage.done && x.status < 300))
+		// (No body message at all means Envoy did not take the mode
+		// override — allow_mode_override off — not a cut.)
+		x.call.Truncated = x.reading && x.chunks > 0 && (!x.usage.eos || (x.usage.sse && !x.usage.done && x.status < 300))
 	}
 	if x.call.Truncated && x.call.ErrorCode == "" {
 		x.call.ErrorCode = "stream_cut"

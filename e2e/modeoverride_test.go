@@ -1,0 +1,50 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// An Envoy that does not take keymux's mode override (allow_mode_override
+// off) sends no response body: calls still count as successes, without
+// token usage, and nothing is reported as a cut stream.
+func TestWithoutModeOverride(t *testing.T) {
+	y, err := os.ReadFile("../envoy/envoy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(y), "allow_mode_override: true") {
+		t.Fatal("envoy.yaml no longer sets allow_mode_override: true; update this test")
+	}
+	path := filepath.Join(t.TempDir(), "envoy-no-override.yaml")
+	os.WriteFile(path, []byte(strings.Replace(string(y), "allow_mode_override: true", "allow_mode_override: false", 1)), 0o600)
+	g := startGateway(t, threeKeys, "--envoy", path)
+	for range 3 {
+		if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 200 {
+			t.Fatalf("status %d: %s", resp.StatusCode, b)
+		}
+	}
+	var st struct {
+		Total     int     `json:"total_calls"`
+		Successes int     `json:"successful_calls"`
+		ErrorRate float64 `json:"error_rate"`
+		TopKeys   []struct {
+			Usage  uint64 `json:"usage"`
+			Errors uint64 `json:"errors"`
+		} `json:"top_keys"`
+	}
+	if err := json.Unmarshal(g.getAdmin("/stats"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Total != 3 || st.Successes != 3 || st.ErrorRate != 0 {
+		t.Fatalf("stats %+v, want 3 successful calls", st)
+	}
+	for _, k := range st.TopKeys {
+		if k.Usage != 0 || k.Errors != 0 {
+			t.Errorf("key stats %+v: no usage can be read and nothing failed", k)
+		}
+	}
+}
