@@ -77,6 +77,15 @@
 //     tracing, stats, the admin interface, local_reply_config, internal
 //     redirects, upgrades (WebSocket, CONNECT), 100-continue handling beyond
 //     Go's (the expect header is dropped before the filters).
+//   - A response that starts before the request is complete closes the
+//     connection (Connection: close), as in Envoy; but a request body that
+//     nothing reads (a local reply before the body was consumed) is first
+//     read to its end within the buffer limit, as Envoy's filter manager
+//     buffers it while the filter waits, so such a reply waits for the
+//     client's body and keeps the connection. Beyond the limit, while a
+//     STREAMED pump or the upstream still reads the body, or when the client
+//     awaits 100 Continue, the reply says Connection: close; Go's server may
+//     then read up to 256 KiB more of the body before closing.
 //   - A client's x-request-id is always kept (Envoy regenerates it for
 //     external requests when use_remote_address is set).
 //   - Local replies are plain text (content-type text/plain when there is a

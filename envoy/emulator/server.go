@@ -52,8 +52,11 @@ type request struct {
 	pipesMu   sync.Mutex
 	pipes     []*io.PipeReader
 	upBody    io.Closer
+	down      *downstreamBody // the client's request body; nil: none
+	detached  bool            // a CONTINUE_AND_REPLACE dropped the client's body
 	aborted   atomic.Bool
 	reqPump   atomic.Bool // a STREAMED request body pump reads the client
+	upReads   atomic.Bool // the upstream request may read the client's body
 	asyncMu   sync.Mutex
 	asyncLR   *localReply
 	upCancel  context.CancelCauseFunc
@@ -126,12 +129,10 @@ func (rq *request) snapshotSessions() []*session {
 
 func (rq *request) cleanup() {
 	// Unblock and wait for body pipelines before the handler returns: no
-	// goroutine may touch the request body afterwards.
-	rc := http.NewResponseController(rq.w)
-	pumping := rq.reqPump.Load()
-	if pumping {
-		// A STREAMED request body pump may be blocked reading the client.
-		_ = rc.SetReadDeadline(time.Now())
+	// goroutine may touch the request body afterwards. A STREAMED request
+	// body pump or the upstream transport may be blocked reading the client.
+	if rq.down != nil {
+		rq.down.stop()
 	}
 	rq.pipesMu.Lock()
 	for _, p := range rq.pipes {
@@ -154,9 +155,6 @@ func (rq *request) cleanup() {
 		s.end(graceful)
 	}
 	rq.wg.Wait()
-	if pumping {
-		_ = rc.SetReadDeadline(time.Time{})
-	}
 	rq.cancel()
 }
 
@@ -241,7 +239,8 @@ func (rq *request) run() {
 	rq.hdr = h
 	rq.info.reqHeaders = h
 	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
-		rq.body = &countingReader{r: r.Body, n: &rq.info.bytesReceived}
+		rq.down = newDownstreamBody(r.Body, http.NewResponseController(rq.w), &rq.info.bytesReceived)
+		rq.body = rq.down
 	}
 	rq.route = rq.e.routes.match(h)
 
@@ -275,17 +274,6 @@ func (rq *request) run() {
 	}
 	// No router filter: Envoy would hang; answer 404 instead.
 	rq.sendLocal(&localReply{status: http.StatusNotFound, details: "no_router_filter"})
-}
-
-type countingReader struct {
-	r io.Reader
-	n *int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	atomic.AddInt64(c.n, int64(n))
-	return n, err
 }
 
 func (rq *request) session(f *extProcFilter) *session {
@@ -401,6 +389,9 @@ func (rq *request) applyHeadersReply(s *session, d direction, cr *extprocsvc.Com
 		h.remove("content-length")
 		if body != nil && d == dirResponse && rq.upBody != nil {
 			_ = rq.upBody.Close()
+		}
+		if d == dirRequest {
+			rq.detached = true
 		}
 		return bytes.NewReader(applyBodyMutation(bm, nil)), true, nil
 	}
@@ -791,6 +782,8 @@ func (rq *request) forward(rt *route, cl *cluster, total, idle time.Duration) (*
 	}).WithContext(upCtx)
 	if body == http.NoBody {
 		req.Body = http.NoBody
+	} else if rq.down != nil && !rq.detached {
+		rq.upReads.Store(true)
 	}
 	if total > 0 {
 		t := time.AfterFunc(total, func() { upCancel(errRouteTimeout) })
@@ -980,6 +973,9 @@ func (rq *request) write(h *headerMap, body io.Reader) {
 		if wh.Get("Server") == "" {
 			wh.Set("Server", rq.e.serverName)
 		}
+	}
+	if !rq.requestComplete() {
+		wh.Set("Connection", "close")
 	}
 	rq.info.status = status
 	rq.info.respHeaders = h
