@@ -105,12 +105,12 @@ func TestBadInputTable(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := len(g.mock.Requests())
+			before := len(g.requests())
 			resp, b := g.do(tc.method, tc.path, tc.header, tc.body)
 			if resp.StatusCode != tc.status {
 				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.status, b)
 			}
-			reached := len(g.mock.Requests()) - before
+			reached := len(g.requests()) - before
 			if tc.code == "" {
 				return
 			}

@@ -38,7 +38,7 @@ rules:
 	if len(lines) < 3 || !strings.HasPrefix(lines[0], "Hello from mock (model gpt-4") || !strings.HasSuffix(lines[len(lines)-1], "tokens)") {
 		t.Fatalf("unexpected output:\n%s", out)
 	}
-	reqs := g.mock.Requests()
+	reqs := g.requests()
 	if len(reqs) != 2 || reqs[0].Stream || !reqs[1].Stream {
 		t.Fatalf("mock saw %d requests (want a completion then a stream)", len(reqs))
 	}

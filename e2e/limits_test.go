@@ -49,12 +49,12 @@ clients:
 		}
 	}
 	k1 := 0
-	for _, r := range g.mock.Requests() {
+	for _, r := range g.requests() {
 		if r.Credential == "sk-test-k1" {
 			k1++
 		}
 	}
-	if k1 != 2 || len(g.mock.Requests()) != 9 {
-		t.Fatalf("k1 served %d of %d requests, want exactly its 2 per minute", k1, len(g.mock.Requests()))
+	if k1 != 2 || len(g.requests()) != 9 {
+		t.Fatalf("k1 served %d of %d requests, want exactly its 2 per minute", k1, len(g.requests()))
 	}
 }

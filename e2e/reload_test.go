@@ -32,14 +32,14 @@ func TestConfigFileReload(t *testing.T) {
 	g := startGateway(t, threeKeys)
 	served := func(n int) map[string]int {
 		t.Helper()
-		before := len(g.mock.Requests())
+		before := len(g.requests())
 		for range n {
 			if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 200 {
 				t.Fatalf("status %d: %s", resp.StatusCode, b)
 			}
 		}
 		out := map[string]int{}
-		for _, r := range g.mock.Requests()[before:] {
+		for _, r := range g.requests()[before:] {
 			out[r.Credential]++
 		}
 		return out

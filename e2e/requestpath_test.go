@@ -63,7 +63,7 @@ rules:
 			t.Fatalf("status %d: %s", resp.StatusCode, b)
 		}
 	}
-	reqs := g.mock.Requests()
+	reqs := g.requests()
 	if len(reqs) != 6 {
 		t.Fatalf("mock saw %d requests, want 6", len(reqs))
 	}
@@ -103,7 +103,7 @@ clients:
 	if resp.Model != "prod-gpt4o" {
 		t.Errorf("response model %q, want the deployment prod-gpt4o", resp.Model)
 	}
-	reqs := g.mock.Requests()
+	reqs := g.requests()
 	if len(reqs) != 1 {
 		t.Fatalf("mock saw %d requests, want 1", len(reqs))
 	}
@@ -124,7 +124,7 @@ clients:
 // token anywhere in its headers or body.
 func assertNoClientSecret(t *testing.T, g *gateway, token string) {
 	t.Helper()
-	for _, r := range g.mock.Requests() {
+	for _, r := range g.requests() {
 		for name, vs := range r.Header {
 			for _, v := range vs {
 				if strings.Contains(v, token) {
@@ -163,7 +163,7 @@ keys:
 	}
 	g.mock.SetDefault("sk-test-k1", mockBehaviourOK())
 	// While k1 cools down every request goes to k2.
-	n := len(g.mock.Requests())
+	n := len(g.requests())
 	for time.Since(limitedAt) < 1500*time.Millisecond {
 		chat(t, c, "gpt-4o")
 	}
@@ -189,7 +189,7 @@ keys:
 			Model: "gpt-4o", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}})
 	}
 	g.mock.SetDefault("sk-test-k2", mockBehaviourOK())
-	n = len(g.mock.Requests())
+	n = len(g.requests())
 	for range 6 {
 		chat(t, c, "gpt-4o")
 	}
@@ -245,9 +245,9 @@ clients:
 		{"GET", "/v1/files/file-abc?limit=2", "/openai/files/file-abc"},
 		{"DELETE", "/api/openai/v1/files/file-abc", "/openai/files/file-abc"},
 	} {
-		before := len(g.mock.Requests())
+		before := len(g.requests())
 		g.do(tc.method, tc.path, map[string]string{"authorization": "Bearer km-test-bodyless"}, "")
-		reqs := g.mock.Requests()[before:]
+		reqs := g.requests()[before:]
 		if len(reqs) != 1 {
 			t.Fatalf("%s %s: mock saw %d requests, want 1", tc.method, tc.path, len(reqs))
 		}

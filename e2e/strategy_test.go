@@ -11,7 +11,7 @@ import (
 // shares sends n chat requests and returns each credential's share of them.
 func shares(t *testing.T, g *gateway, n int) map[string]float64 {
 	t.Helper()
-	before := len(g.mock.Requests())
+	before := len(g.requests())
 	for range n {
 		resp, b := g.do("POST", "/v1/chat/completions", map[string]string{"content-type": "application/json"}, `{"model":"gpt-4o","messages":[]}`)
 		if resp.StatusCode != 200 && resp.StatusCode != 500 {
@@ -19,7 +19,7 @@ func shares(t *testing.T, g *gateway, n int) map[string]float64 {
 		}
 	}
 	out := map[string]float64{}
-	reqs := g.mock.Requests()[before:]
+	reqs := g.requests()[before:]
 	for _, r := range reqs {
 		out[r.Credential] += 1 / float64(len(reqs))
 	}

@@ -52,7 +52,7 @@ func TestStreamingThroughTheSDK(t *testing.T) {
 	if acc.Usage.TotalTokens == 0 || acc.Usage.TotalTokens != acc.Usage.PromptTokens+acc.Usage.CompletionTokens {
 		t.Errorf("usage = %+v, want the mock's final usage chunk", acc.Usage)
 	}
-	reqs := g.mock.Requests()
+	reqs := g.requests()
 	if len(reqs) != 1 || !reqs[0].Stream {
 		t.Fatalf("mock requests = %d (stream=%v), want 1 streamed", len(reqs), len(reqs) == 1 && reqs[0].Stream)
 	}
@@ -74,11 +74,11 @@ rules:
 		{`{"model":"gpt-4o","stream":false,"messages":[]}`, `{"model":"gpt-4o","stream":false,"messages":[]}`},
 	}
 	for _, tc := range tests {
-		before := len(g.mock.Requests())
+		before := len(g.requests())
 		if resp, b := g.do("POST", "/v1/chat/completions", map[string]string{"content-type": "application/json"}, tc.body); resp.StatusCode != 200 {
 			t.Fatalf("%s: status %d %s", tc.body, resp.StatusCode, b)
 		}
-		r := g.mock.Requests()[before]
+		r := g.requests()[before]
 		if string(r.Body) != tc.want {
 			t.Errorf("upstream body\n got %s\nwant %s", r.Body, tc.want)
 		}
@@ -87,7 +87,7 @@ rules:
 	for range 3 {
 		g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4","stream":true,"messages":[]}`)
 	}
-	for _, r := range g.mock.Requests() {
+	for _, r := range g.requests() {
 		if r.Credential == "sk-test-k1" && r.BodyModel == "gpt-4o-mini" {
 			if want := `{"stream_options":{"include_usage":true},"model":"gpt-4o-mini","stream":true,"messages":[]}`; string(r.Body) != want {
 				t.Errorf("k1 body %s, want %s", r.Body, want)
