@@ -20,6 +20,9 @@ type bodyInfo struct {
 	// streamUsage reports stream_options.include_usage = true.
 	streamOptions string
 	streamUsage   bool
+	// affinity is the body's prompt_cache_key, else its user: what the
+	// affinity strategy keeps on one key.
+	affinity string
 }
 
 // parseBody validates a JSON request body and extracts model and stream.
@@ -65,6 +68,14 @@ func parseBody(body []byte, need modelNeed) (bodyInfo, *apiError) {
 			default:
 				typeErr = badRequest("invalid_type", "stream_options", "Invalid type for 'stream_options': expected an object, got "+jsonTypeName(v)+".")
 				return false
+			}
+		case "prompt_cache_key":
+			if v.Type == gjson.String {
+				bi.affinity = strings.Clone(v.Str)
+			}
+		case "user":
+			if v.Type == gjson.String && bi.affinity == "" {
+				bi.affinity = strings.Clone(v.Str)
 			}
 		case "messages":
 			if !v.IsArray() {

@@ -158,6 +158,9 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		return x.refuse(aerr)
 	}
 	x.call.Stream = bi.stream
+	if x.hdr.affinity == "" {
+		x.hdr.affinity = bi.affinity
+	}
 	mut, aerr := x.forward(bi.model, body, bi)
 	if aerr != nil {
 		return x.refuse(aerr)
@@ -298,7 +301,7 @@ func (x *exchange) forward(model string, body []byte, bi bodyInfo) (*extprocv3.H
 	x.call.Strategy = x.settings.Strategy
 
 	t := target(k, x.route.op, x.route.path, final, x.route.query, x.hdr.anthropicVersion)
-	mut := &extprocv3.HeaderMutation{RemoveHeaders: clientCredentialHeaders}
+	mut := &extprocv3.HeaderMutation{RemoveHeaders: removedHeaders}
 	mut.SetHeaders = append(mut.SetHeaders,
 		setHeader(HeaderUpstream, t.scheme),
 		setHeader(hdrAuthority, t.authority),
@@ -361,7 +364,11 @@ func (x *exchange) choose(model string) (*store.Entry, *apiError) {
 	if len(buf.cands) == 0 {
 		return nil, x.noEligibleKey(model, pool, now)
 	}
-	i := policy.Select(buf.cands, strat, pool.Seq.Add(1)-1, rand.Float64())
+	seq := pool.Seq.Add(1) - 1
+	if x.hdr.affinity != "" && policy.UsesAffinity(strat) {
+		seq = policy.AffinityHash(x.hdr.affinity)
+	}
+	i := policy.Select(buf.cands, strat, seq, rand.Float64())
 	e := buf.entries[i]
 	e.RT.AddRequest()
 	e.RT.MinuteRequests.Add(now, 1)

@@ -19,6 +19,7 @@ const (
 	hdrTraceparent   = "traceparent"
 	hdrTracestate    = "tracestate"
 	hdrAnthropicVer  = "anthropic-version"
+	hdrAffinity      = "x-keymux-affinity"
 
 	// HeaderUpstream selects Envoy's upstream cluster: "https" or "http"
 	// (envoy/envoy.yaml routes on it and removes it before the upstream).
@@ -29,9 +30,9 @@ const (
 	MetadataNamespace = "keymux"
 )
 
-// clientCredentialHeaders are removed from every proxied request: the
-// client's credentials never reach an upstream.
-var clientCredentialHeaders = []string{hdrAuthorization, hdrXAPIKey, hdrAPIKey}
+// removedHeaders are removed from every proxied request: the client's
+// credentials never reach an upstream, nor does keymux's own affinity hint.
+var removedHeaders = []string{hdrAuthorization, hdrXAPIKey, hdrAPIKey, hdrAffinity}
 
 // requestHeaders are the request headers keymux looks at, read in one pass.
 type requestHeaders struct {
@@ -43,6 +44,7 @@ type requestHeaders struct {
 	requestID               string
 	traceparent, tracestate string
 	anthropicVersion        string
+	affinity                string // x-keymux-affinity
 }
 
 func readRequestHeaders(m *corev3.HeaderMap, jwtHeader string) requestHeaders {
@@ -75,6 +77,8 @@ func readRequestHeaders(m *corev3.HeaderMap, jwtHeader string) requestHeaders {
 			h.tracestate = v
 		case hdrAnthropicVer:
 			h.anthropicVersion = v
+		case hdrAffinity:
+			h.affinity = v
 		default:
 			if jwtHeader != "" && hv.GetKey() == jwtHeader {
 				h.jwtPayload = v

@@ -24,7 +24,7 @@ func mustStrategy(t testing.TB, name string) Strategy {
 }
 
 func TestRegistry(t *testing.T) {
-	want := []string{"adjust_by_error_rate", "least_used", "random", "round_robin", "weighted_by_usage"}
+	want := []string{"adjust_by_error_rate", "affinity", "least_used", "random", "round_robin", "weighted_by_usage"}
 	if got := Strategies(); !slices.Equal(got, want) {
 		t.Fatalf("Strategies() = %v, want %v", got, want)
 	}
@@ -38,7 +38,7 @@ func TestRegistry(t *testing.T) {
 	if !errors.Is(err, ErrUnknownStrategy) {
 		t.Fatalf("StrategyFor(fastest) error = %v, want ErrUnknownStrategy", err)
 	}
-	const msg = `unknown strategy "fastest" (want one of adjust_by_error_rate, least_used, random, round_robin, weighted_by_usage)`
+	const msg = `unknown strategy "fastest" (want one of adjust_by_error_rate, affinity, least_used, random, round_robin, weighted_by_usage)`
 	if err.Error() != msg {
 		t.Errorf("error = %q, want %q", err, msg)
 	}

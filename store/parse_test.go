@@ -113,7 +113,7 @@ var badFixtures = []struct {
 	{"settings-timeout-gt-interval", "settings: field \"health.timeout\": must not exceed health.interval (5s)"},
 	{"settings-unknown-field", "settings: unknown field \"ejections\""},
 	{"settings-unknown-nested", "settings: unknown field \"ejection.window\""},
-	{"settings-unknown-strategy", "settings: field \"strategy\": unknown strategy \"fastest\" (want adjust_by_error_rate, least_used, random, round_robin, weighted_by_usage)"},
+	{"settings-unknown-strategy", "settings: field \"strategy\": unknown strategy \"fastest\" (want adjust_by_error_rate, affinity, least_used, random, round_robin, weighted_by_usage)"},
 	{"settings-usage-negative", "settings: field \"alerts.usage\": want integer, got number -1"},
 	{"keys-field-case", `keys/k1: unknown field "Provider"`},
 	{"keys-duplicate-field", `keys/k1: field "provider": appears twice`},
