@@ -255,6 +255,20 @@ func (s *Source) Run(ctx context.Context) error {
 		consistent = false
 		s.lastContact = time.Now()
 		newIndex := meta.LastIndex
+		if len(s.docs) > 0 && !s.hasConfig(pairs) {
+			// The whole prefix vanished at once (a restarted dev agent, a
+			// lost or wrongly restored cluster): keep serving the last
+			// configuration, marked stale, instead of emptying every
+			// sidecar. Documents deleted one by one still apply, and the
+			// prefix coming back resumes at once.
+			if !s.stale {
+				s.log.Warn("consul prefix is empty; the last configuration keeps serving until entries return", "prefix", s.opts.Prefix, "index", newIndex)
+			}
+			s.markStale()
+			s.notify(0, nil, false)
+			index = max(newIndex, 1)
+			continue
+		}
 		switch {
 		case index != 0 && newIndex == index:
 			// Unchanged index: the wait timed out, nothing to do.
@@ -269,6 +283,17 @@ func (s *Source) Run(ctx context.Context) error {
 		s.process(pairs, newIndex)
 		index = max(newIndex, 1)
 	}
+}
+
+// hasConfig reports whether pairs hold a configuration document (health
+// records alone are not one).
+func (s *Source) hasConfig(pairs api.KVPairs) bool {
+	for _, p := range pairs {
+		if _, _, isHealth, ok := s.classify(p.Key); ok && !isHealth {
+			return true
+		}
+	}
+	return false
 }
 
 // forgetIndexes drops remembered ModifyIndexes so every entry is compared by

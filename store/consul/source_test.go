@@ -450,3 +450,33 @@ func readAll(rc interface {
 }
 
 var _ = context.Background
+
+// A prefix that vanishes at once (a restarted dev agent, a wrongly restored
+// cluster) does not empty the sidecars: the last configuration keeps
+// serving, stale, until entries return. Deleting documents one by one still
+// applies.
+func TestSourceKeepsServingWhenThePrefixVanishes(t *testing.T) {
+	a := consultest.Start(t)
+	seed(t, a)
+	r := startSource(t, a, consul.Options{})
+	waitStore(t, r.st, "first apply", r.st.Ready)
+
+	a.Delete(prefix + "keys/k2") // one by one: applied
+	waitStore(t, r.st, "k2 removed", poolIs(r.st, "gpt-4o", "k1"))
+
+	if _, err := a.Client().KV().DeleteTree(prefix, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitStore(t, r.st, "stale", func() bool { return r.st.Status().Stale })
+	if got := poolIDs(r.st, "gpt-4o"); !slices.Equal(got, []string{"k1"}) {
+		t.Fatalf("Pool(gpt-4o) after the prefix vanished = %v, want the last state [k1]", got)
+	}
+	if st := r.st.Status(); st.Source != consul.SourceConsul || st.Keys != 1 {
+		t.Errorf("Status = %+v, want source consul, 1 key, stale", st)
+	}
+
+	put(t, a, "keys/k9", keyK2)
+	waitStore(t, r.st, "entries return", func() bool {
+		return slices.Equal(poolIDs(r.st, "gpt-4o"), []string{"k9"}) && !r.st.Status().Stale
+	})
+}
