@@ -1,11 +1,9 @@
 package health_test
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +11,7 @@ import (
 	"github.com/keymux/keymux/health"
 	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/testutil/bg"
 	"github.com/keymux/keymux/testutil/syncbuf"
 )
 
@@ -74,25 +73,9 @@ func startChecker(t testing.TB, cfg health.Config) *runningChecker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("Run returned %v, want nil", err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Errorf("Run did not return within 10s of cancel")
-			}
-		})
-	}
+	stop := bg.Run(t, "checker", c.Run)
 	t.Cleanup(func() {
-		stop()
+		stop() // first: the logs are complete once Run returned
 		if strings.Contains(logs.String(), "sk-test-") {
 			t.Errorf("a secret reached the logs:\n%s", logs.String())
 		}

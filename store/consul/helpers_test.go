@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 
 	"github.com/keymux/keymux/store"
 	"github.com/keymux/keymux/store/consul"
+	"github.com/keymux/keymux/testutil/bg"
 	"github.com/keymux/keymux/testutil/consultest"
 	"github.com/keymux/keymux/testutil/syncbuf"
 )
@@ -61,25 +61,9 @@ func startSource(t testing.TB, a *consultest.Agent, opts consul.Options) *runnin
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("Run returned %v, want nil on cancel", err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Errorf("Run did not return within 10s of cancel")
-			}
-		})
-	}
+	stop := bg.Run(t, "source", src.Run)
 	t.Cleanup(func() {
-		stop()
+		stop() // first: the logs are complete once Run returned
 		if t.Failed() {
 			t.Logf("source logs:\n%s", logs.String())
 		}
