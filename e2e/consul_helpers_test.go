@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -69,24 +68,7 @@ func startConsulGateway(t *testing.T, mock *mockupstream.Server, prefix, stateDi
 		g.stopped <- err
 	}()
 	t.Cleanup(cg.stop)
-	sc := bufio.NewScanner(pr)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "keymux ready ")
-		if !ok {
-			continue
-		}
-		for _, f := range strings.Fields(rest) {
-			k, v, _ := strings.Cut(f, "=")
-			switch k {
-			case "grpc":
-				g.grpc = v
-			case "admin":
-				g.admin = "http://" + v
-			case "listen":
-				g.url = "http://" + v
-			}
-		}
-		go io.Copy(io.Discard, pr)
+	if g.readReady(pr) {
 		if waitReady {
 			cg.waitReady()
 		}

@@ -81,27 +81,38 @@ func startGatewayWith(t *testing.T, mock *mockupstream.Server, cfg string, extra
 			t.Errorf("keymux dev did not stop within 15s")
 		}
 	})
-	sc := bufio.NewScanner(pr)
-	for sc.Scan() {
-		line := sc.Text()
-		if rest, ok := strings.CutPrefix(line, "keymux ready "); ok {
-			for _, f := range strings.Fields(rest) {
-				k, v, _ := strings.Cut(f, "=")
-				switch k {
-				case "grpc":
-					g.grpc = v
-				case "admin":
-					g.admin = "http://" + v
-				case "listen":
-					g.url = "http://" + v
-				}
-			}
-			go io.Copy(io.Discard, pr)
-			return g
-		}
+	if g.readReady(pr) {
+		return g
 	}
 	t.Fatalf("keymux dev exited before it was ready: %v\nstderr:\n%s", <-g.stopped, g.stderr.String())
 	return nil
+}
+
+// readReady reads keymux's stdout up to its readiness line
+// ("keymux ready grpc=… admin=… listen=…"), takes the addresses from it and
+// drains the rest; false when the output ended first.
+func (g *gateway) readReady(out io.Reader) bool {
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), "keymux ready ")
+		if !ok {
+			continue
+		}
+		for _, f := range strings.Fields(rest) {
+			k, v, _ := strings.Cut(f, "=")
+			switch k {
+			case "grpc":
+				g.grpc = v
+			case "admin":
+				g.admin = "http://" + v
+			case "listen":
+				g.url = "http://" + v
+			}
+		}
+		go io.Copy(io.Discard, out)
+		return true
+	}
+	return false
 }
 
 func (g *gateway) writeConfig(cfg string) {

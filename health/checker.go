@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,11 +17,12 @@ import (
 
 	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/store/consul"
 )
 
 // Defaults of Config.
 const (
-	DefaultPrefix       = "keymux/"
+	DefaultPrefix       = consul.DefaultPrefix
 	DefaultRecoveryBase = 30 * time.Second // capped by the interval
 	DefaultRecoveryMax  = 5 * time.Minute  // capped by the interval
 	DefaultJitter       = 0.1
@@ -118,15 +118,11 @@ func New(cfg Config) (*Checker, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("health: Store is required")
 	}
-	if cfg.Prefix == "" {
-		cfg.Prefix = DefaultPrefix
+	prefix, err := consul.NormalizePrefix(cfg.Prefix)
+	if err != nil {
+		return nil, fmt.Errorf("health: %w", err)
 	}
-	if strings.HasPrefix(cfg.Prefix, "/") {
-		return nil, fmt.Errorf("health: prefix %q must not start with /", cfg.Prefix)
-	}
-	if !strings.HasSuffix(cfg.Prefix, "/") {
-		cfg.Prefix += "/"
-	}
+	cfg.Prefix = prefix
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}

@@ -95,20 +95,31 @@ type kvValue struct {
 	value       []byte
 }
 
+// NormalizePrefix checks a KV prefix and gives it its trailing slash; ""
+// is DefaultPrefix.
+func NormalizePrefix(prefix string) (string, error) {
+	if prefix == "" {
+		return DefaultPrefix, nil
+	}
+	if strings.HasPrefix(prefix, "/") {
+		return "", fmt.Errorf("prefix %q must not start with /", prefix)
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return prefix, nil
+}
+
 // New validates opts and returns a Source; Run starts it.
 func New(opts Options) (*Source, error) {
 	if opts.Store == nil {
 		return nil, errors.New("consul source: Store is required")
 	}
-	if opts.Prefix == "" {
-		opts.Prefix = DefaultPrefix
+	prefix, err := NormalizePrefix(opts.Prefix)
+	if err != nil {
+		return nil, fmt.Errorf("consul source: %w", err)
 	}
-	if strings.HasPrefix(opts.Prefix, "/") {
-		return nil, fmt.Errorf("consul source: prefix %q must not start with /", opts.Prefix)
-	}
-	if !strings.HasSuffix(opts.Prefix, "/") {
-		opts.Prefix += "/"
-	}
+	opts.Prefix = prefix
 	if opts.Client == nil {
 		c, err := api.NewClient(api.DefaultConfig())
 		if err != nil {
