@@ -19,7 +19,7 @@ keys:
   k1: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k1}
   k2: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k2}
 `)
-	g.mock.SetDefault("sk-test-k1", mockupstream.Behaviour{Status: 401})
+	g.mock.SetDefault("sk-test-k1", mockBehaviourStatus(401))
 	for range 2 { // one of these reaches k1 and disables it
 		g.do("POST", "/v1/chat/completions", map[string]string{"content-type": "application/json"}, `{"model":"gpt-4o","messages":[]}`)
 	}

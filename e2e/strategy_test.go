@@ -60,7 +60,7 @@ keys:
   k2: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k2}
   k3: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k3}
 `)
-	g.mock.SetDefault("sk-test-k1", mockupstream.Behaviour{Status: 500})
+	g.mock.SetDefault("sk-test-k1", mockBehaviourStatus(500))
 	warm := shares(t, g, 60) // k1 collects errors
 	failing := shares(t, g, 150)
 	// With e errors in the window k1 weighs 1/(e+1) against 1 and 1.

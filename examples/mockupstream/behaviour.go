@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -49,6 +50,15 @@ type Behaviour struct {
 	// Body, when not empty, is sent as is (content-type application/json)
 	// with Status (default 200) instead of any generated answer.
 	Body string
+	// Path, when set, limits the behaviour to requests whose path ends with
+	// it (e.g. "/chat/completions", so that health probes of /models still
+	// succeed); other requests answer normally and leave a script in place.
+	Path string
+}
+
+// appliesTo reports whether b is meant for a request to path.
+func (b Behaviour) appliesTo(path string) bool {
+	return b.Path == "" || strings.HasSuffix(path, b.Path)
 }
 
 func (b Behaviour) isError() bool { return b.Status >= 400 }

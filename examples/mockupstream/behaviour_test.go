@@ -468,3 +468,38 @@ func TestShortBody(t *testing.T) {
 		t.Errorf("recorded content-length %d body %q host %q status %d", rec.ContentLength, rec.Body, rec.Host, rec.Status)
 	}
 }
+
+func TestBehaviourPathLimitsWhereItApplies(t *testing.T) {
+	s := mockupstream.New(mockupstream.Options{})
+	if err := s.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	s.SetDefault("sk-test-a", mockupstream.Behaviour{Status: 500, Path: "/chat/completions"})
+	s.Script("sk-test-a", mockupstream.Behaviour{Status: 429, Path: "/chat/completions"})
+	do := func(method, path, body string) int {
+		req, _ := http.NewRequest(method, s.URL()+path, strings.NewReader(body))
+		req.Header.Set("authorization", "Bearer sk-test-a")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	chat := `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`
+	for _, tc := range []struct {
+		method, path, body string
+		want               int
+	}{
+		{"GET", "/v1/models", "", 200},              // the script waits for its path
+		{"POST", "/v1/chat/completions", chat, 429}, // the script
+		{"GET", "/v1/models", "", 200},              // the default is for chat only
+		{"POST", "/v1/chat/completions", chat, 500}, // the default
+		{"POST", "/v1/embeddings", `{"model":"m","input":"x"}`, 200},
+	} {
+		if got := do(tc.method, tc.path, tc.body); got != tc.want {
+			t.Errorf("%s %s: %d, want %d", tc.method, tc.path, got, tc.want)
+		}
+	}
+}

@@ -318,23 +318,27 @@ func (s *Server) SetDefault(credential string, b Behaviour) {
 	s.defaults[credential] = b
 }
 
-// next picks the behaviour for a request of credential and counts it.
-func (s *Server) next(credential string) (Behaviour, int) {
+// next picks the behaviour for a request of credential to path and counts it.
+func (s *Server) next(credential, path string) (Behaviour, int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.counts[credential]++
 	n := s.counts[credential]
 	for _, c := range []string{credential, ""} {
-		if q := s.scripts[c]; len(q) > 0 {
+		if q := s.scripts[c]; len(q) > 0 && q[0].appliesTo(path) {
 			b := q[0]
 			s.scripts[c] = q[1:]
 			return b, n
 		}
 	}
-	if b, ok := s.defaults[credential]; ok {
-		return b, n
+	b, ok := s.defaults[credential]
+	if !ok {
+		b = s.defaults[""]
 	}
-	return s.defaults[""], n
+	if !b.appliesTo(path) {
+		return Behaviour{}, n
+	}
+	return b, n
 }
 
 func (s *Server) notifyLocked() {
@@ -577,7 +581,7 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		s.writeError(w, d, behaviourError(Behaviour{Status: http.StatusUnauthorized}, d, rq.model))
 		return
 	}
-	rq.b, rq.count = s.next(cred)
+	rq.b, rq.count = s.next(cred, r.URL.Path)
 	b := rq.b
 	if b.Delay > 0 && !sleep(r.Context(), b.Delay) {
 		w.abort(false) // the client or the server went away: no answer at all
