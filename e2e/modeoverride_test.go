@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // An Envoy that does not take keymux's mode override (allow_mode_override
@@ -36,9 +37,14 @@ func TestWithoutModeOverride(t *testing.T) {
 			Errors uint64 `json:"errors"`
 		} `json:"top_keys"`
 	}
-	if err := json.Unmarshal(g.getAdmin("/stats"), &st); err != nil {
-		t.Fatal(err)
-	}
+	// A call is booked when its ext_proc stream ends, just after the client
+	// has its answer.
+	waitUntil(t, 5*time.Second, func() bool {
+		if err := json.Unmarshal(g.getAdmin("/stats"), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Total >= 3
+	})
 	if st.Total != 3 || st.Successes != 3 || st.ErrorRate != 0 {
 		t.Fatalf("stats %+v, want 3 successful calls", st)
 	}

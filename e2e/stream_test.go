@@ -100,9 +100,19 @@ rules:
 			Usage uint64 `json:"usage"`
 		} `json:"top_keys"`
 	}
-	if err := json.Unmarshal(g.getAdmin("/stats"), &stats); err != nil {
-		t.Fatal(err)
-	}
+	// Calls are booked when their ext_proc streams end, just after the
+	// clients have their answers.
+	waitUntil(t, 5*time.Second, func() bool {
+		if err := json.Unmarshal(g.getAdmin("/stats"), &stats); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range stats.TopKeys {
+			if k.Usage == 0 {
+				return false
+			}
+		}
+		return len(stats.TopKeys) == 3
+	})
 	for _, k := range stats.TopKeys {
 		if k.Usage == 0 {
 			t.Errorf("key %s has no token usage after streamed calls: %+v", k.ID, stats.TopKeys)
