@@ -124,7 +124,7 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3.Process
 	if route.op.model == modelRequired {
 		return x.refuse(badRequest("invalid_json", "", "The request body is empty; a JSON object with a model is required."))
 	}
-	mut, aerr := x.forward("", nil, bodyInfo{})
+	mut, aerr := x.forward("")
 	if aerr != nil {
 		return x.refuse(aerr)
 	}
@@ -147,7 +147,7 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	}
 	if x.route.op.model == modelNone {
 		// An object endpoint with a body keymux has no use for: forward it.
-		mut, aerr := x.forward("", nil, bodyInfo{})
+		mut, aerr := x.forward("")
 		if aerr != nil {
 			return x.refuse(aerr)
 		}
@@ -161,7 +161,7 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	if x.hdr.affinity == "" {
 		x.hdr.affinity = bi.affinity
 	}
-	mut, aerr := x.forward(bi.model, body, bi)
+	mut, aerr := x.forward(bi.model)
 	if aerr != nil {
 		return x.refuse(aerr)
 	}
@@ -272,10 +272,10 @@ func (x *exchange) jwtHeader() string {
 	return x.settings.Auth.PayloadHeader
 }
 
-// forward chooses a key for model (already authorized for the client) and
-// builds the request mutation towards its provider. body is nil for
-// body-less requests.
-func (x *exchange) forward(model string, body []byte, bi bodyInfo) (*extprocv3.HeaderMutation, *apiError) {
+// forward checks the client may use model, chooses a key for it ("" for
+// requests without a model) and builds the request mutation towards the
+// key's provider.
+func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) {
 	if model != "" && x.client != nil && !x.client.AllowsModel(model) {
 		return nil, &apiError{Status: 403, Type: typePermission, Code: "model_not_allowed", Param: "model",
 			Message: "The model `" + model + "` is not allowed for this client."}
