@@ -484,29 +484,13 @@ func (s *Snapshot) Models() []string { return s.meta().Models }
 
 // Keys returns every key, enabled or not, in id order.
 func (s *Snapshot) Keys() []*Entry {
-	it, err := s.txn.Get(tableKeys, indexID)
-	if err != nil {
-		return nil
-	}
-	var out []*Entry
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		out = append(out, raw.(*keyRow).Entry)
-	}
-	return out
+	return list(s, tableKeys, func(r *keyRow) *Entry { return r.Entry }, indexID)
 }
 
 // EnabledKeys returns the enabled keys in id order (the same entries as
 // Pool("")).
 func (s *Snapshot) EnabledKeys() []*Entry {
-	it, err := s.txn.Get(tableKeys, indexEnabled, true)
-	if err != nil {
-		return nil
-	}
-	var out []*Entry
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		out = append(out, raw.(*keyRow).Entry)
-	}
-	return out
+	return list(s, tableKeys, func(r *keyRow) *Entry { return r.Entry }, indexEnabled, true)
 }
 
 // Key returns the key with id, or nil.
@@ -520,26 +504,24 @@ func (s *Snapshot) Key(id string) *Entry {
 
 // Rules returns every rule, enabled or not, in id order.
 func (s *Snapshot) Rules() []*policy.Rule {
-	it, err := s.txn.Get(tableRules, indexID)
-	if err != nil {
-		return nil
-	}
-	var out []*policy.Rule
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		out = append(out, raw.(*ruleRow).Rule)
-	}
-	return out
+	return list(s, tableRules, func(r *ruleRow) *policy.Rule { return r.Rule }, indexID)
 }
 
 // Clients returns every client, enabled or not, in id order.
 func (s *Snapshot) Clients() []*policy.Client {
-	it, err := s.txn.Get(tableClients, indexID)
+	return list(s, tableClients, func(r *clientRow) *policy.Client { return r.Client }, indexID)
+}
+
+// list reads the rows of table through index (with its args) and converts
+// each with f.
+func list[R, T any](s *Snapshot, table string, f func(R) T, index string, args ...any) []T {
+	it, err := s.txn.Get(table, index, args...)
 	if err != nil {
 		return nil
 	}
-	var out []*policy.Client
+	var out []T
 	for raw := it.Next(); raw != nil; raw = it.Next() {
-		out = append(out, raw.(*clientRow).Client)
+		out = append(out, f(raw.(R)))
 	}
 	return out
 }
