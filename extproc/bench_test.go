@@ -63,6 +63,10 @@ func BenchmarkDecisionPath(b *testing.B) {
 							hv(":authority", "gw.local"), hv(":path", "/v1/chat/completions"), hv(":method", "POST"), hv(":scheme", "http"),
 							hv("authorization", "Bearer km-bench-token"), hv("content-type", "application/json"),
 							hv("content-length", fmt.Sprint(len(body.b))), hv("x-request-id", "bench"),
+							// What the official SDKs and Envoy add besides.
+							hv("user-agent", "OpenAI/Go 3.98.0"), hv("accept", "application/json"), hv("accept-encoding", "gzip"),
+							hv("x-stainless-lang", "go"), hv("x-stainless-os", "Linux"), hv("x-stainless-arch", "x64"),
+							hv("x-stainless-runtime", "go"), hv("x-stainless-retry-count", "0"), hv("x-forwarded-proto", "http"),
 						}},
 					}}}
 					bodyMsg := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: body.b, EndOfStream: true}}}

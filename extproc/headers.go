@@ -52,38 +52,43 @@ func readRequestHeaders(m *corev3.HeaderMap, jwtHeader string) requestHeaders {
 	if m == nil {
 		return h
 	}
+	// Only the headers keymux reads are converted to strings: clients send
+	// many more (user-agent, SDK telemetry) that would each cost an allocation.
 	for _, hv := range m.GetHeaders() {
-		v := headerValue(hv)
-		switch hv.GetKey() {
+		var dst *string
+		switch k := hv.GetKey(); k {
 		case hdrMethod:
-			h.method = v
+			dst = &h.method
 		case hdrPath:
-			h.path = v
+			dst = &h.path
 		case hdrAuthority:
-			h.authority = v
+			dst = &h.authority
 		case hdrAuthorization:
-			h.authorization = v
+			dst = &h.authorization
 		case hdrXAPIKey:
-			h.xAPIKey = v
+			dst = &h.xAPIKey
 		case hdrContentType:
-			h.contentType = v
+			dst = &h.contentType
 		case hdrContentLength:
-			h.contentLength = parseContentLength(v)
+			h.contentLength = parseContentLength(headerValue(hv))
+			continue
 		case hdrRequestID:
-			h.requestID = v
+			dst = &h.requestID
 		case hdrTraceparent:
-			h.traceparent = v
+			dst = &h.traceparent
 		case hdrTracestate:
-			h.tracestate = v
+			dst = &h.tracestate
 		case hdrAnthropicVer:
-			h.anthropicVersion = v
+			dst = &h.anthropicVersion
 		case hdrAffinity:
-			h.affinity = v
+			dst = &h.affinity
 		default:
-			if jwtHeader != "" && hv.GetKey() == jwtHeader {
-				h.jwtPayload = v
+			if jwtHeader == "" || k != jwtHeader {
+				continue
 			}
+			dst = &h.jwtPayload
 		}
+		*dst = headerValue(hv)
 	}
 	return h
 }
