@@ -13,6 +13,8 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // BenchmarkProcessOverGRPC is one request's ext_proc exchange as Envoy runs
@@ -75,4 +77,30 @@ func BenchmarkProcessOverGRPC(b *testing.B) {
 	sort.Slice(durations, func(i, j int) bool { return durations[i] < durations[j] })
 	b.ReportMetric(float64(durations[len(durations)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(durations[len(durations)*99/100].Microseconds()), "p99-µs")
+}
+
+// BenchmarkGRPCUnaryBaseline is the floor BenchmarkProcessOverGRPC is read
+// against: one trivial unary call (the gRPC health check) over the same
+// loopback transport.
+func BenchmarkGRPCUnaryBaseline(b *testing.B) {
+	srv := grpc.NewServer()
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go srv.Serve(lis)
+	b.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	client := healthpb.NewHealthClient(conn)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := client.Check(b.Context(), &healthpb.HealthCheckRequest{}); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
