@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/keymux/keymux/envoy"
 	"github.com/keymux/keymux/store"
@@ -34,7 +35,8 @@ func runValidate(_ context.Context, args []string, stdout, stderr io.Writer) err
 			failed = true
 		case len(refused) > 0:
 			for _, r := range refused {
-				fmt.Fprintf(stderr, "%s: %s: %s\n", config, r.Path, r.Reason)
+				// Reasons name their document already ("keys/k1: field …").
+				fmt.Fprintf(stderr, "%s: %s: %s\n", config, r.Path, strings.TrimPrefix(r.Reason, r.Path+": "))
 			}
 			failed = true
 		default:
