@@ -14,6 +14,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // runApp runs the command line to completion and returns its outputs.
@@ -145,12 +149,12 @@ func TestDevOfflineDemo(t *testing.T) {
 			t.Error("dev did not stop")
 		}
 	})
-	var admin, curl string
+	var admin, grpcAddr, curl string
 	sc := bufio.NewScanner(pr)
 	for curl == "" && sc.Scan() {
 		line := sc.Text()
-		if m := regexp.MustCompile(`admin=(\S+)`).FindStringSubmatch(line); m != nil {
-			admin = m[1]
+		if m := regexp.MustCompile(`grpc=(\S+) admin=(\S+)`).FindStringSubmatch(line); m != nil {
+			grpcAddr, admin = m[1], m[2]
 		}
 		if strings.HasPrefix(strings.TrimSpace(line), "curl ") {
 			curl = strings.TrimSpace(line)
@@ -194,6 +198,27 @@ func TestDevOfflineDemo(t *testing.T) {
 		}
 		if bytes.Contains(b, []byte("sk-demo-")) {
 			t.Errorf("GET %s shows a secret", path)
+		}
+	}
+	// The gRPC health service on the ext_proc port says SERVING once the
+	// configuration is loaded.
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	for _, svc := range []string{"", "envoy.service.ext_proc.v3.ExternalProcessor"} {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			r, err := hc.Check(t.Context(), &healthpb.HealthCheckRequest{Service: svc})
+			if err == nil && r.Status == healthpb.HealthCheckResponse_SERVING {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("gRPC health of %q: %v %v, want SERVING", svc, r, err)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {
