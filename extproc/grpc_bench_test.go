@@ -23,20 +23,9 @@ import (
 func BenchmarkProcessOverGRPC(b *testing.B) {
 	st := benchStore(b, 10, "round_robin")
 	s, _ := New(Config{Store: st})
-	srv := grpc.NewServer()
-	extprocv3.RegisterExternalProcessorServer(srv, s)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go srv.Serve(lis)
-	b.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	client := extprocv3.NewExternalProcessorClient(conn)
+	client := extprocv3.NewExternalProcessorClient(loopback(b, func(srv *grpc.Server) {
+		extprocv3.RegisterExternalProcessorServer(srv, s)
+	}))
 
 	body := []byte(`{"model":"gpt-4","messages":[{"role":"user","content":"` + strings.Repeat("lorem ipsum ", 80) + `"}]}`)
 	hdrs := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
@@ -83,8 +72,23 @@ func BenchmarkProcessOverGRPC(b *testing.B) {
 // against: one trivial unary call (the gRPC health check) over the same
 // loopback transport.
 func BenchmarkGRPCUnaryBaseline(b *testing.B) {
+	client := healthpb.NewHealthClient(loopback(b, func(srv *grpc.Server) {
+		healthpb.RegisterHealthServer(srv, health.NewServer())
+	}))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := client.Check(b.Context(), &healthpb.HealthCheckRequest{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// loopback serves a gRPC server with the services register adds on
+// 127.0.0.1:0 and returns a client connection to it, both closed at the end.
+func loopback(b *testing.B, register func(*grpc.Server)) *grpc.ClientConn {
+	b.Helper()
 	srv := grpc.NewServer()
-	healthpb.RegisterHealthServer(srv, health.NewServer())
+	register(srv)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -96,11 +100,5 @@ func BenchmarkGRPCUnaryBaseline(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { conn.Close() })
-	client := healthpb.NewHealthClient(conn)
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := client.Check(b.Context(), &healthpb.HealthCheckRequest{}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	return conn
 }
