@@ -8,7 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
+
+	"github.com/hashicorp/consul/api"
 )
 
 // Version is set at build time (-ldflags "-X github.com/keymux/keymux/cmd/keymux/app.Version=…").
@@ -27,8 +30,25 @@ Every flag can also be set from the environment: --consul-prefix ← KEYMUX_CONS
 Consul's address, token and TLS come from CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ….
 `
 
-// Run runs the keymux command line args (without the program name).
+// Env is what a command reads from and writes to.
+type Env struct {
+	Stdin  io.Reader // `--file -` of keymux kv
+	Stdout io.Writer
+	Stderr io.Writer
+	// Consul is the client of keymux kv; nil: one from the CONSUL_HTTP_*
+	// environment.
+	Consul *api.Client
+}
+
+// Run runs the keymux command line args (without the program name), reading
+// os.Stdin.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return Env{Stdin: os.Stdin, Stdout: stdout, Stderr: stderr}.Run(ctx, args)
+}
+
+// Run runs the keymux command line args (without the program name).
+func (e Env) Run(ctx context.Context, args []string) error {
+	stdout, stderr := e.Stdout, e.Stderr
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return &usageError{msg: "a subcommand is required"}
@@ -41,7 +61,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "validate":
 		return runValidate(ctx, args[1:], stdout, stderr)
 	case "kv":
-		return runKV(ctx, args[1:], stdout, stderr)
+		return e.runKV(ctx, args[1:])
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "keymux %s (%s, %s/%s)\n", Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return nil
