@@ -25,6 +25,7 @@ import (
 	"github.com/keymux/keymux/extproc"
 	"github.com/keymux/keymux/health"
 	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/store/consul"
 	"github.com/keymux/keymux/telemetry"
 )
 
@@ -47,7 +48,7 @@ type serveOptions struct {
 func (o *serveOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.config, "config", "", "configuration file (JSON or YAML); reloaded on change")
 	fs.BoolVar(&o.consul, "consul", false, "read the configuration from Consul KV (CONSUL_HTTP_* environment)")
-	fs.StringVar(&o.consulPrefix, "consul-prefix", "keymux/", "Consul KV prefix")
+	fs.StringVar(&o.consulPrefix, "consul-prefix", consul.DefaultPrefix, "Consul KV prefix (\"/\" appended when missing)")
 	fs.StringVar(&o.stateDir, "state-dir", "", "directory for the last-good snapshot of the Consul configuration")
 	fs.StringVar(&o.grpcAddr, "grpc", "127.0.0.1:50051", "ext_proc gRPC address, host:port or unix:PATH")
 	fs.StringVar(&o.adminAddr, "admin", "127.0.0.1:9464", "admin HTTP address (/healthz /readyz /status /stats /metrics)")
@@ -60,9 +61,11 @@ func (o *serveOptions) check() error {
 	if o.config != "" && o.consul {
 		return &usageError{msg: "--config and --consul are exclusive: choose one source"}
 	}
-	if o.consulPrefix == "" || !strings.HasSuffix(o.consulPrefix, "/") {
-		return &usageError{msg: fmt.Sprintf("--consul-prefix %q must end with \"/\"", o.consulPrefix)}
+	prefix, err := consul.NormalizePrefix(o.consulPrefix)
+	if err != nil {
+		return &usageError{msg: fmt.Sprintf("--consul-prefix: %v", err)}
 	}
+	o.consulPrefix = prefix
 	for _, a := range []struct{ flag, addr string }{{"--grpc", o.grpcAddr}, {"--admin", o.adminAddr}} {
 		if err := checkAddr(a.addr, a.flag == "--grpc"); err != nil {
 			return &usageError{msg: fmt.Sprintf("%s %q: %v", a.flag, a.addr, err)}
