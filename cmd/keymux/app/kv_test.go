@@ -288,3 +288,36 @@ func TestKVKeysRulesSettings(t *testing.T) {
 		t.Error("--consul-prefix team-b: team-b/keys/k1 not written")
 	}
 }
+
+// TestKVReadsStdin: `--file -` (and import's FILE -) read Env.Stdin.
+func TestKVReadsStdin(t *testing.T) {
+	a := consultest.Start(t)
+	steps := []struct {
+		stdin string
+		args  []string
+		rel   string // the entry written
+		want  string // its value
+	}{
+		{keyK1, []string{"keys", "add", "k1", "--file", "-"}, "keys/k1", keyK1},
+		{"{\n  \"key\": \"k1\", \"from\": \"gpt-4\", \"to\": \"gpt-4o\"\n}\n", []string{"rules", "add", "r1", "--file", "-"}, "rules/r1", `{"key":"k1","from":"gpt-4","to":"gpt-4o"}`},
+		{`{"strategy": "least_used"}`, []string{"settings", "set", "--file", "-"}, "settings", `{"strategy":"least_used"}`},
+		{"clients:\n  c1: {name: team a, token_sha256: \"" + strings.Repeat("ab", 32) + "\"}\n", []string{"import", "-"}, "clients/c1",
+			`{"name":"team a","token_sha256":"` + strings.Repeat("ab", 32) + `"}`},
+	}
+	for _, s := range steps {
+		if _, err := kvRunIn(t, a, s.stdin, s.args...); err != nil {
+			t.Fatalf("kv %v: %v", s.args, err)
+		}
+		if p := getKV(t, a, s.rel); p == nil || string(p.Value) != s.want {
+			t.Errorf("kv %v: %s = %v, want %s", s.args, s.rel, p, s.want)
+		}
+	}
+	_, err := kvRunIn(t, a, keyK2, "keys", "add", "k2", keyK2, "--file", "-")
+	if err == nil || err.Error() != "kv keys add: give the document either as an argument or with --file, not both" {
+		t.Errorf("keys add with a DOC and --file -: %v", err)
+	}
+	_, err = kvRunIn(t, a, `{"provider":"openai","secret":"sk-test-leak","weight":0}`, "keys", "add", "k2", "--file", "-")
+	if err == nil || err.Error() != `keymux/keys/k2: keys/k2: field "weight": must be > 0` || getKV(t, a, "keys/k2") != nil {
+		t.Errorf("keys add of a bad document from stdin: %v", err)
+	}
+}
