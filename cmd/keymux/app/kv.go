@@ -285,6 +285,31 @@ func (c *kvCmd) readFile(name string) ([]byte, error) {
 	return os.ReadFile(name)
 }
 
+// addArgs are the arguments of `kv KIND add ID [DOC|--file F] [--replace]`.
+type addArgs struct {
+	id      string
+	raw     []byte // the document given, if given
+	given   bool   // false: build it from the command's own flags
+	replace bool
+}
+
+// addArgs parses the arguments of `kv KIND add`: fs holds the command's
+// own flags (they build the document when none is given); --file and
+// --replace are added here.
+func (c *kvCmd) addArgs(fs *flag.FlagSet, args []string) (addArgs, error) {
+	file := fs.String("file", "", "read the document from this file (- = stdin)")
+	replace := fs.Bool("replace", false, "overwrite an existing document")
+	pos, err := c.parse(fs, args, "ID [DOC]", 1, 2)
+	if err != nil {
+		return addArgs{}, err
+	}
+	raw, given, err := c.docArg(pos[1:], *file)
+	if err != nil {
+		return addArgs{}, fmt.Errorf("kv %s: %w", fs.Name(), err)
+	}
+	return addArgs{id: pos[0], raw: raw, given: given, replace: *replace}, nil
+}
+
 // docArg reads a document from the positional argument or --file.
 func (c *kvCmd) docArg(pos []string, file string) ([]byte, bool, error) {
 	switch {

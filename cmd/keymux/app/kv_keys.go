@@ -28,8 +28,6 @@ func (c *kvCmd) keysList() func([]string) error {
 // keysAdd is `kv keys add ID [DOC|--file F|flags] [--replace]`.
 func (c *kvCmd) keysAdd(args []string) error {
 	fs := c.flags("keys add")
-	file := fs.String("file", "", "read the key document from this file (- = stdin)")
-	replace := fs.Bool("replace", false, "overwrite an existing key")
 	provider := fs.String("provider", "", "openai | azure | anthropic | huggingface | openai_compatible")
 	baseURL := fs.String("base-url", "", "upstream base URL (default per provider)")
 	secretRef := fs.String("secret-ref", "", "env:NAME or file:/path, resolved by each sidecar")
@@ -38,16 +36,11 @@ func (c *kvCmd) keysAdd(args []string) error {
 	weight := fs.Float64("weight", 0, "weight (default 1)")
 	priority := fs.Int("priority", 0, "priority (lower is preferred)")
 	disabled := fs.Bool("disabled", false, "add the key disabled")
-	pos, err := c.parse(fs, args, "ID [DOC]", 1, 2)
+	a, err := c.addArgs(fs, args)
 	if err != nil {
 		return err
 	}
-	id := pos[0]
-	raw, given, err := c.docArg(pos[1:], *file)
-	if err != nil {
-		return fmt.Errorf("kv keys add: %w", err)
-	}
-	if !given {
+	if !a.given {
 		d := map[string]any{"provider": *provider}
 		if *baseURL != "" {
 			d["base_url"] = *baseURL
@@ -70,9 +63,9 @@ func (c *kvCmd) keysAdd(args []string) error {
 		if *disabled {
 			d["enabled"] = false
 		}
-		raw, _ = json.Marshal(d)
+		a.raw, _ = json.Marshal(d)
 	}
-	return c.putDoc(store.KindKeys, id, raw, *replace)
+	return c.putDoc(store.KindKeys, a.id, a.raw, a.replace)
 }
 
 // keysEnable is `kv keys enable ID` or `kv keys disable ID`.

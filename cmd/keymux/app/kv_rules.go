@@ -22,30 +22,23 @@ func (c *kvCmd) rulesList() func([]string) error {
 // [--replace]`: the key the rule names must exist (or be *).
 func (c *kvCmd) rulesAdd(args []string) error {
 	fs := c.flags("rules add")
-	file := fs.String("file", "", "read the rule document from this file (- = stdin)")
-	replace := fs.Bool("replace", false, "overwrite an existing rule")
 	key := fs.String("key", "", "key id, or * for every key")
 	from := fs.String("from", "", "model requested")
 	to := fs.String("to", "", "model sent upstream")
 	disabled := fs.Bool("disabled", false, "add the rule disabled")
-	pos, err := c.parse(fs, args, "ID [DOC]", 1, 2)
+	a, err := c.addArgs(fs, args)
 	if err != nil {
 		return err
 	}
-	id := pos[0]
-	raw, given, err := c.docArg(pos[1:], *file)
-	if err != nil {
-		return fmt.Errorf("kv rules add: %w", err)
-	}
-	if !given {
+	if !a.given {
 		d := map[string]any{"key": *key, "from": *from, "to": *to}
 		if *disabled {
 			d["enabled"] = false
 		}
-		raw, _ = json.Marshal(d)
+		a.raw, _ = json.Marshal(d)
 	}
-	path := c.path(store.KindRules, id)
-	r, err := store.ParseRule(id, raw)
+	path := c.path(store.KindRules, a.id)
+	r, err := store.ParseRule(a.id, a.raw)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
@@ -59,5 +52,5 @@ func (c *kvCmd) rulesAdd(args []string) error {
 			return fmt.Errorf("%s: field \"key\": key %q does not exist at %s", path, r.KeyID, keyPath)
 		}
 	}
-	return c.putDoc(store.KindRules, id, raw, *replace)
+	return c.putDoc(store.KindRules, a.id, a.raw, a.replace)
 }
