@@ -1,6 +1,7 @@
-// Package app is the keymux command: flags, subcommands and the wiring of
-// the sidecar's parts. It holds no logic of its own beyond that, so that
-// every subcommand can be run, and tested, without a process.
+// Package app is the keymux command: flags, subcommands (`keymux kv`, the
+// Consul administration, among them: kv*.go) and the wiring of the
+// sidecar's parts. Every subcommand runs through Env, so that it can be run,
+// and tested, without a process.
 package app
 
 import (
