@@ -22,17 +22,22 @@ import (
 // used at all.
 var ErrBadFile = errors.New("bad config file")
 
-// fileDoc is the file source's format: every document in one object.
-type fileDoc struct {
+// File is a decoded configuration file: every document in one object,
+// each still raw, by id.
+type File struct {
 	Settings json.RawMessage            `json:"settings"`
 	Keys     map[string]json.RawMessage `json:"keys"`
 	Rules    map[string]json.RawMessage `json:"rules"`
 	Clients  map[string]json.RawMessage `json:"clients"`
 }
 
-// decodeFile reads the file format, JSON or YAML. Its errors never echo
-// document values.
-func decodeFile(data []byte) (*fileDoc, error) {
+// DecodeFile reads the file format, JSON or YAML: one object with the
+// members settings, keys, rules and clients, no other member, none twice,
+// and no document id twice within a section. It is the one decoder of
+// configuration files (`serve --config`, `validate`, `kv import`); the
+// documents themselves are not validated here. Its errors wrap ErrBadFile
+// and never echo document values.
+func DecodeFile(data []byte) (*File, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, fmt.Errorf("%w: the file is empty", ErrBadFile)
 	}
@@ -52,7 +57,7 @@ func decodeFile(data []byte) (*fileDoc, error) {
 		}
 		return nil, fmt.Errorf("%w: top-level field %q appears twice", ErrBadFile, name)
 	}
-	var d fileDoc
+	var d File
 	dec := json.NewDecoder(bytes.NewReader(js))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&d); err != nil {
@@ -83,7 +88,39 @@ func decodeFile(data []byte) (*fileDoc, error) {
 	return &d, nil
 }
 
-// fileRaw is fileDoc before the sections are split into documents.
+// FileDoc is one document of a File.
+type FileDoc struct {
+	Kind Kind
+	ID   string // "" for the settings
+	Raw  json.RawMessage
+}
+
+// Docs lists the documents of f: the settings when present (even null),
+// then keys, rules and clients, each in id order.
+func (f *File) Docs() []FileDoc {
+	var docs []FileDoc
+	if f.Settings != nil {
+		docs = append(docs, FileDoc{Kind: KindSettings, Raw: f.Settings})
+	}
+	for _, sec := range f.sections() {
+		for _, id := range sortedKeys(sec.docs) {
+			docs = append(docs, FileDoc{Kind: sec.kind, ID: id, Raw: sec.docs[id]})
+		}
+	}
+	return docs
+}
+
+// fileSection is one by-id section of a File.
+type fileSection struct {
+	kind Kind
+	docs map[string]json.RawMessage
+}
+
+func (f *File) sections() []fileSection {
+	return []fileSection{{KindKeys, f.Keys}, {KindRules, f.Rules}, {KindClients, f.Clients}}
+}
+
+// fileRaw is File before the sections are split into documents.
 type fileRaw struct {
 	Settings json.RawMessage `json:"settings"`
 	Keys     json.RawMessage `json:"keys"`
@@ -139,30 +176,26 @@ var yamlLine = regexp.MustCompile(`line (\d+)`)
 // a whole returns an error wrapping ErrBadFile and leaves the builder
 // unchanged.
 func (b *Builder) PutFile(data []byte) error {
-	d, err := decodeFile(data)
+	f, err := DecodeFile(data)
 	if err != nil {
 		return err
 	}
-	present := map[Kind]map[string]json.RawMessage{
-		KindKeys: d.Keys, KindRules: d.Rules, KindClients: d.Clients,
-	}
-	for kind, docs := range present {
-		for _, id := range b.IDs(kind) {
-			if _, ok := docs[id]; !ok {
-				b.Delete(kind, id)
+	for _, sec := range f.sections() {
+		for _, id := range b.IDs(sec.kind) {
+			if _, ok := sec.docs[id]; !ok {
+				b.Delete(sec.kind, id)
 			}
 		}
 	}
-	if d.Settings == nil {
+	if f.Settings == nil {
 		b.Delete(KindSettings, "")
-	} else {
-		_ = b.Put(KindSettings, "", d.Settings, string(KindSettings))
 	}
-	for _, kind := range []Kind{KindKeys, KindRules, KindClients} {
-		docs := present[kind]
-		for _, id := range sortedKeys(docs) {
-			_ = b.Put(kind, id, docs[id], string(kind)+"/"+id)
+	for _, d := range f.Docs() {
+		path := string(d.Kind)
+		if d.Kind != KindSettings {
+			path += "/" + d.ID
 		}
+		_ = b.Put(d.Kind, d.ID, d.Raw, path)
 	}
 	return nil
 }

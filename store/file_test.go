@@ -210,3 +210,22 @@ func TestFileSourceRunPolls(t *testing.T) {
 		t.Fatalf("status after restore %+v", s)
 	}
 }
+
+func TestDecodeFileDocs(t *testing.T) {
+	f, err := DecodeFile([]byte("clients: {c1: {}}\nrules: {r2: {}, r1: {}}\nsettings: null\nkeys: {k2: {weight: 2}, k1: {}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range f.Docs() {
+		got = append(got, string(d.Kind)+"/"+d.ID+"="+string(d.Raw))
+	}
+	want := []string{"settings/=null", "keys/k1={}", `keys/k2={"weight":2}`, "rules/r1={}", "rules/r2={}", "clients/c1={}"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("Docs() = %q\nwant %q", got, want)
+	}
+	f, err = DecodeFile([]byte(`{"keys":{}}`))
+	if err != nil || len(f.Docs()) != 0 {
+		t.Fatalf("DecodeFile(no documents) = %+v, %v; want no documents", f, err)
+	}
+}

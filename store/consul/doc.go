@@ -1,5 +1,7 @@
 // Package consul is keymux's Consul KV configuration source, its last-good
-// snapshot on disk, and the `keymux kv` administration commands.
+// snapshot on disk, and what the `keymux kv` command (cmd/keymux/app) needs
+// of KV: document paths (DocPath, Docs) and checked writes in transactions
+// (WriteAll).
 //
 // # KV layout
 //

@@ -1,17 +1,11 @@
 package consul_test
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"io"
 	"log/slog"
 	"slices"
-	"strings"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/consul/api"
 
 	"github.com/keymux/keymux/store"
 	"github.com/keymux/keymux/store/consul"
@@ -117,35 +111,3 @@ func put(t testing.TB, a *consultest.Agent, rel, value string) {
 	t.Helper()
 	a.Put(prefix+rel, []byte(value))
 }
-
-// kv runs `keymux kv ARGS` against agent a and returns stdout.
-func kv(t *testing.T, a *consultest.Agent, args ...string) (string, error) {
-	t.Helper()
-	var out, errOut bytes.Buffer
-	err := consul.RunKVWith(t.Context(), a.Client(), args, &out, &errOut)
-	if err != nil && errOut.Len() > 0 && !strings.Contains(errOut.String(), "usage:") {
-		t.Logf("kv %v stderr: %s", args, errOut.String())
-	}
-	return out.String(), err
-}
-
-func mustKV(t *testing.T, a *consultest.Agent, args ...string) string {
-	t.Helper()
-	out, err := kv(t, a, args...)
-	if err != nil {
-		t.Fatalf("kv %v: %v", args, err)
-	}
-	return out
-}
-
-func getKV(t *testing.T, a *consultest.Agent, rel string) *api.KVPair {
-	t.Helper()
-	p, _, err := a.Client().KV().Get(prefix+rel, nil)
-	if err != nil {
-		t.Fatalf("get %s: %v", rel, err)
-	}
-	return p
-}
-
-var _ = errors.New
-var _ io.Writer = (*syncBuffer)(nil)

@@ -1,33 +1,28 @@
 package consul
 
 import (
-	"bytes"
 	"context"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/consul/api"
-
 	"github.com/keymux/keymux/store"
 	"github.com/keymux/keymux/testutil/consultest"
 )
 
-func TestTxnReportsEveryFailedOperation(t *testing.T) {
+func TestWriteAllReportsEveryFailedOperation(t *testing.T) {
 	a := consultest.Start(t)
 	a.Put("keymux/keys/exists", []byte(`{}`))
 	a.Put("keymux/keys/moved", []byte(`{}`))
-	var out bytes.Buffer
-	prefix := "keymux/"
-	c := &kvCmd{ctx: t.Context(), client: a.Client(), kv: a.Client().KV(), prefix: &prefix, stdout: &out, stderr: &out}
-	ops := api.TxnOps{
-		{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: "keymux/keys/new", Value: []byte(`{}`), Index: 0}},
-		{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: "keymux/keys/exists", Value: []byte(`{}`), Index: 0}},
-		{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: "keymux/keys/moved", Value: []byte(`{}`), Index: 1}},
+	writes := []Write{
+		{Path: "keymux/keys/new", Value: []byte(`{}`), Index: 0},
+		{Path: "keymux/keys/exists", Value: []byte(`{}`), Index: 0},
+		{Path: "keymux/keys/moved", Value: []byte(`{}`), Index: 1},
 	}
-	err := c.txn(ops, []string{"keymux/keys/new", "keymux/keys/exists", "keymux/keys/moved"})
+	committed := 0
+	err := WriteAll(t.Context(), a.Client(), writes, func(int, int) { committed++ })
 	if err == nil {
-		t.Fatal("txn succeeded, want a rollback")
+		t.Fatal("WriteAll succeeded, want a rollback")
 	}
 	for _, w := range []string{"transaction 1 rolled back", "keymux/keys/exists: ", "keymux/keys/moved: "} {
 		if !strings.Contains(err.Error(), w) {
@@ -36,6 +31,9 @@ func TestTxnReportsEveryFailedOperation(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "keymux/keys/new:") {
 		t.Errorf("error blames the operation that did not fail: %q", err)
+	}
+	if committed != 0 {
+		t.Errorf("%d transactions reported written, want 0", committed)
 	}
 	if p, _, _ := a.Client().KV().Get("keymux/keys/new", nil); p != nil {
 		t.Error("keymux/keys/new written although its transaction rolled back")

@@ -102,32 +102,3 @@ func FuzzDecodeSnapshot(f *testing.F) {
 		}
 	})
 }
-
-// FuzzParseImportFile: `keymux kv import` reads operator files; any bytes
-// give documents that each pass the sidecar's validators, or an error.
-func FuzzParseImportFile(f *testing.F) {
-	for _, name := range []string{"import.good.yaml", "import.bad.json"} {
-		data, err := os.ReadFile(filepath.Join("testdata", name))
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(data)
-	}
-	f.Add([]byte(`{"keys":{"k1":{"provider":"openai","secret":"sk-test"}},"rules":{"r":{"key":"*","from":"a","to":"b"}}}`))
-	f.Add([]byte("keys: [1, 2]"))
-	f.Add([]byte("null"))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		docs, err := ParseImportFile(data, "keymux/")
-		if err != nil {
-			return
-		}
-		for _, d := range docs {
-			if err := checkDoc(d.Kind, d.ID, d.Value); err != nil {
-				t.Fatalf("accepted %s that the validators refuse: %v", d.Path, err)
-			}
-			if !bytes.HasPrefix([]byte(d.Path), []byte("keymux/")) {
-				t.Fatalf("path %q outside the prefix", d.Path)
-			}
-		}
-	})
-}

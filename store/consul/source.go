@@ -320,27 +320,9 @@ func (s *Source) forgetIndexes() {
 	}
 }
 
-// classify maps a KV path to a document.
+// classify maps a KV path under the source's prefix to a document.
 func (s *Source) classify(path string) (kind store.Kind, id string, health, ok bool) {
-	rel, found := strings.CutPrefix(path, s.opts.Prefix)
-	if !found || rel == "" || strings.HasSuffix(rel, "/") {
-		return "", "", false, false // folder entries
-	}
-	if rel == string(store.KindSettings) {
-		return store.KindSettings, "", false, true
-	}
-	top, rest, found := strings.Cut(rel, "/")
-	if !found {
-		return "", "", false, false
-	}
-	switch store.Kind(top) {
-	case store.KindKeys, store.KindRules, store.KindClients:
-		return store.Kind(top), rest, false, true
-	}
-	if top == "health" {
-		return "", rest, true, true
-	}
-	return "", "", false, false
+	return classify(s.opts.Prefix, path)
 }
 
 // process diffs one full answer against what the source knows, and applies

@@ -83,22 +83,26 @@ func TestSourceFollowsEdits(t *testing.T) {
 			rule := r.st.Read().Rule("k3", "gpt-4")
 			return rule != nil && rule.ID == "r2" && rule.To == "gpt-4o"
 		}},
-		{"kv keys add k4", func(t *testing.T) {
-			mustKV(t, a, "keys", "add", "k4", "--provider", "openai_compatible", "--base-url", "http://127.0.0.1:9/v1",
-				"--secret-ref", "env:KEYMUX_TEST_K4", "--models", "gpt-4o")
+		// The writes of `keymux kv keys add/disable/enable`, `rules add/rm`, `keys rm`.
+		{"PUT adds k4 with a secret_ref", func(t *testing.T) {
+			put(t, a, "keys/k4", `{"base_url":"http://127.0.0.1:9/v1","models":["gpt-4o"],"provider":"openai_compatible","secret_ref":"env:KEYMUX_TEST_K4"}`)
 		}, poolIs(r.st, "gpt-4o", "k3", "k4")},
-		{"kv keys disable k3", func(t *testing.T) { mustKV(t, a, "keys", "disable", "k3") }, poolIs(r.st, "gpt-4o", "k4")},
-		{"kv keys enable k3", func(t *testing.T) { mustKV(t, a, "keys", "enable", "k3") }, poolIs(r.st, "gpt-4o", "k3", "k4")},
-		{"kv rules add r3", func(t *testing.T) {
-			mustKV(t, a, "rules", "add", "r3", "--key", "k4", "--from", "gpt-4", "--to", "gpt-4o-mini")
+		{"PUT disables k3", func(t *testing.T) {
+			put(t, a, "keys/k3", `{"provider":"anthropic","secret":"sk-test-k3","models":["gpt-4o"],"enabled":false}`)
+		}, poolIs(r.st, "gpt-4o", "k4")},
+		{"PUT enables k3", func(t *testing.T) {
+			put(t, a, "keys/k3", `{"provider":"anthropic","secret":"sk-test-k3","models":["gpt-4o"],"enabled":true}`)
+		}, poolIs(r.st, "gpt-4o", "k3", "k4")},
+		{"PUT adds rule r3", func(t *testing.T) {
+			put(t, a, "rules/r3", `{"from":"gpt-4","key":"k4","to":"gpt-4o-mini"}`)
 		}, func() bool {
 			rule := r.st.Read().Rule("k4", "gpt-4")
 			return rule != nil && rule.ID == "r3" && rule.To == "gpt-4o-mini"
 		}},
-		{"kv rules rm r3", func(t *testing.T) { mustKV(t, a, "rules", "rm", "r3") }, func() bool {
+		{"DELETE removes rule r3", func(t *testing.T) { a.Delete(prefix + "rules/r3") }, func() bool {
 			return r.st.Read().Rule("k4", "gpt-4") == nil
 		}},
-		{"kv keys rm k4", func(t *testing.T) { mustKV(t, a, "keys", "rm", "k4") }, poolIs(r.st, "gpt-4o", "k3")},
+		{"DELETE removes k4", func(t *testing.T) { a.Delete(prefix + "keys/k4") }, poolIs(r.st, "gpt-4o", "k3")},
 	}
 	t.Setenv("KEYMUX_TEST_K4", "sk-test-k4")
 	for _, s := range steps {

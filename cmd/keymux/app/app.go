@@ -1,6 +1,7 @@
-// Package app is the keymux command: flags, subcommands and the wiring of
-// the sidecar's parts. It holds no logic of its own beyond that, so that
-// every subcommand can be run, and tested, without a process.
+// Package app is the keymux command: flags, subcommands (`keymux kv`, the
+// Consul administration, among them: kv*.go) and the wiring of the
+// sidecar's parts. Every subcommand runs through Env, so that it can be run,
+// and tested, without a process.
 package app
 
 import (
@@ -8,7 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
+
+	"github.com/hashicorp/consul/api"
 )
 
 // Version is set at build time (-ldflags "-X github.com/keymux/keymux/cmd/keymux/app.Version=…").
@@ -27,8 +31,25 @@ Every flag can also be set from the environment: --consul-prefix ← KEYMUX_CONS
 Consul's address, token and TLS come from CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ….
 `
 
-// Run runs the keymux command line args (without the program name).
+// Env is what a command reads from and writes to.
+type Env struct {
+	Stdin  io.Reader // `--file -` of keymux kv
+	Stdout io.Writer
+	Stderr io.Writer
+	// Consul is the client of keymux kv; nil: one from the CONSUL_HTTP_*
+	// environment.
+	Consul *api.Client
+}
+
+// Run runs the keymux command line args (without the program name), reading
+// os.Stdin.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return Env{Stdin: os.Stdin, Stdout: stdout, Stderr: stderr}.Run(ctx, args)
+}
+
+// Run runs the keymux command line args (without the program name).
+func (e Env) Run(ctx context.Context, args []string) error {
+	stdout, stderr := e.Stdout, e.Stderr
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return &usageError{msg: "a subcommand is required"}
@@ -41,7 +62,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "validate":
 		return runValidate(ctx, args[1:], stdout, stderr)
 	case "kv":
-		return runKV(ctx, args[1:], stdout, stderr)
+		return e.runKV(ctx, args[1:])
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "keymux %s (%s, %s/%s)\n", Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return nil

@@ -43,7 +43,15 @@ func TestCommandLineErrors(t *testing.T) {
 		{"bad grpc address", []string{"serve", "--config", "x", "--grpc", "nowhere"}, nil, `--grpc "nowhere": want host:port or unix:PATH`},
 		{"empty unix socket", []string{"serve", "--config", "x", "--grpc", "unix:"}, nil, "empty socket path"},
 		{"bad admin address", []string{"serve", "--config", "x", "--admin", "unix:/tmp/a"}, nil, `--admin "unix:/tmp/a": want host:port`},
-		{"prefix without slash", []string{"serve", "--consul", "--consul-prefix", "keymux"}, nil, `must end with "/"`},
+		{"prefix with a leading slash", []string{"serve", "--consul", "--consul-prefix", "/keymux"}, nil, `--consul-prefix: prefix "/keymux" must not start with /`},
+		{"kv without a command", []string{"kv"}, nil, "kv: missing command"},
+		{"kv unknown command", []string{"kv", "frobnicate"}, nil, `kv: unknown command "frobnicate"`},
+		{"kv keys without a subcommand", []string{"kv", "keys"}, nil, "kv keys: missing subcommand"},
+		{"kv keys add without an id", []string{"kv", "keys", "add", "--replace"}, nil, "kv keys add: want ID [DOC]"},
+		{"kv import of two files", []string{"kv", "import", "a.yaml", "b.yaml"}, nil, "kv import: want FILE"},
+		{"kv list with an argument", []string{"kv", "rules", "list", "r1"}, nil, "kv rules list: want no arguments"},
+		{"kv unknown flag", []string{"kv", "export", "--nope"}, nil, "flag provided but not defined: -nope"},
+		{"kv prefix with a leading slash", []string{"kv", "--consul-prefix", "/keymux", "keys", "list"}, nil, `--consul-prefix: prefix "/keymux" must not start with /`},
 		{"bad log level from env", []string{"serve", "--config", "x"}, map[string]string{"KEYMUX_LOG_LEVEL": "loud"}, `--log-level "loud"`},
 		{"bad bool from env", []string{"serve"}, map[string]string{"KEYMUX_CONSUL": "maybe"}, "environment KEYMUX_CONSUL"},
 		{"stray argument", []string{"validate", "--config", "x", "extra"}, nil, `unexpected argument "extra"`},
@@ -63,6 +71,17 @@ func TestCommandLineErrors(t *testing.T) {
 				t.Errorf("exit code %d, want 2 for a usage error", ExitCode(err))
 			}
 		})
+	}
+}
+
+// TestConsulPrefixNormalised: serve (and dev) append the missing slash, as
+// kv and the health checker do (consul.NormalizePrefix).
+func TestConsulPrefixNormalised(t *testing.T) {
+	for in, want := range map[string]string{"keymux": "keymux/", "team-b/": "team-b/", "a/b": "a/b/", "": "keymux/"} {
+		o := serveOptions{consul: true, consulPrefix: in, grpcAddr: "127.0.0.1:0", adminAddr: "127.0.0.1:0"}
+		if err := o.check(); err != nil || o.consulPrefix != want {
+			t.Errorf("--consul-prefix %q: %q, %v; want %q", in, o.consulPrefix, err, want)
+		}
 	}
 }
 

@@ -3,7 +3,6 @@ package app
 import (
 	"context"
 	"fmt"
-	"io"
 
 	"github.com/keymux/keymux/store/consul"
 )
@@ -24,9 +23,4 @@ func (sc *sidecar) startConsul(ctx context.Context, o serveOptions) error {
 	}
 	go func() { sc.sourceErr <- src.Run(ctx) }()
 	return nil
-}
-
-// runKV is `keymux kv`: Consul administration with the sidecar's validators.
-func runKV(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return consul.RunKV(ctx, args, stdout, stderr)
 }

@@ -18,6 +18,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/hashicorp/consul/api"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	grpchealth "google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -25,6 +26,7 @@ import (
 	"github.com/keymux/keymux/extproc"
 	"github.com/keymux/keymux/health"
 	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/store/consul"
 	"github.com/keymux/keymux/telemetry"
 )
 
@@ -47,7 +49,7 @@ type serveOptions struct {
 func (o *serveOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.config, "config", "", "configuration file (JSON or YAML); reloaded on change")
 	fs.BoolVar(&o.consul, "consul", false, "read the configuration from Consul KV (CONSUL_HTTP_* environment)")
-	fs.StringVar(&o.consulPrefix, "consul-prefix", "keymux/", "Consul KV prefix")
+	fs.StringVar(&o.consulPrefix, "consul-prefix", consul.DefaultPrefix, "Consul KV prefix (\"/\" appended when missing)")
 	fs.StringVar(&o.stateDir, "state-dir", "", "directory for the last-good snapshot of the Consul configuration")
 	fs.StringVar(&o.grpcAddr, "grpc", "127.0.0.1:50051", "ext_proc gRPC address, host:port or unix:PATH")
 	fs.StringVar(&o.adminAddr, "admin", "127.0.0.1:9464", "admin HTTP address (/healthz /readyz /status /stats /metrics)")
@@ -60,9 +62,11 @@ func (o *serveOptions) check() error {
 	if o.config != "" && o.consul {
 		return &usageError{msg: "--config and --consul are exclusive: choose one source"}
 	}
-	if o.consulPrefix == "" || !strings.HasSuffix(o.consulPrefix, "/") {
-		return &usageError{msg: fmt.Sprintf("--consul-prefix %q must end with \"/\"", o.consulPrefix)}
+	prefix, err := consul.NormalizePrefix(o.consulPrefix)
+	if err != nil {
+		return &usageError{msg: fmt.Sprintf("--consul-prefix: %v", err)}
 	}
+	o.consulPrefix = prefix
 	for _, a := range []struct{ flag, addr string }{{"--grpc", o.grpcAddr}, {"--admin", o.adminAddr}} {
 		if err := checkAddr(a.addr, a.flag == "--grpc"); err != nil {
 			return &usageError{msg: fmt.Sprintf("%s %q: %v", a.flag, a.addr, err)}
@@ -151,46 +155,61 @@ type sidecar struct {
 	health    *health.Checker // active probes (leader-elected with Consul)
 	healthErr chan error
 	cancel    context.CancelFunc
-	done      chan struct{} // closed when the background goroutines ended
 	sourceErr chan error
 }
 
+// startSidecar starts the sidecar's parts in order; on error, those
+// already started are stopped.
 func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdout io.Writer) (sc *sidecar, err error) {
 	ctx, cancel := context.WithCancel(parent)
-	sc = &sidecar{log: log, cancel: cancel, done: make(chan struct{})}
+	sc = &sidecar{log: log, cancel: cancel}
 	defer func() {
 		if err != nil {
 			_ = sc.close()
 		}
 	}()
-	st, err := store.New(store.Options{Logger: log})
+	if sc.store, err = store.New(store.Options{Logger: log}); err != nil {
+		return sc, err
+	}
+	tp, err := sc.startTelemetry(ctx, o.callLog, stdout)
 	if err != nil {
 		return sc, err
 	}
-	sc.store = st
+	// The health checker exists before the source, so that the Consul
+	// source can hand it the probe results other instances write.
+	if err := sc.newHealth(o); err != nil {
+		return sc, err
+	}
+	if err := sc.startSource(ctx, o); err != nil {
+		return sc, err
+	}
+	sc.healthErr = make(chan error, 1)
+	go func() { sc.healthErr <- sc.health.Run(ctx) }()
+	if err := sc.startGRPC(ctx, o.grpcAddr, tp); err != nil {
+		return sc, err
+	}
+	return sc, sc.startAdmin(o.adminAddr)
+}
 
+// startTelemetry sets up OpenTelemetry, the call log and the telemetry
+// that reads the store and the key health; it returns the tracer provider
+// of the gRPC server.
+func (sc *sidecar) startTelemetry(ctx context.Context, callLogDest string, stdout io.Writer) (trace.TracerProvider, error) {
 	tp, mp, otelDown, err := telemetry.SetupOTel(ctx)
 	if err != nil {
-		return sc, fmt.Errorf("opentelemetry: %w", err)
+		return nil, fmt.Errorf("opentelemetry: %w", err)
 	}
 	sc.otelDown = otelDown
-	var callLog io.Writer
-	switch o.callLog {
-	case "":
-	case "-":
-		callLog = stdout
-	default:
-		f, err := os.OpenFile(o.callLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			return sc, fmt.Errorf("--call-log: %w", err)
-		}
-		sc.callLog, callLog = f, f
-	}
-	tel, err := telemetry.New(telemetry.Config{Logger: log, CallLog: callLog, TracerProvider: tp, MeterProvider: mp})
+	callLog, err := sc.openCallLog(callLogDest, stdout)
 	if err != nil {
-		return sc, err
+		return nil, err
+	}
+	tel, err := telemetry.New(telemetry.Config{Logger: sc.log, CallLog: callLog, TracerProvider: tp, MeterProvider: mp})
+	if err != nil {
+		return nil, err
 	}
 	sc.tel = tel
+	st := sc.store
 	tel.SetKeyHealth(sc.keyHealth)
 	tel.SetConfigInfo(func() telemetry.ConfigInfo {
 		s := st.Status()
@@ -200,28 +219,49 @@ func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdo
 		a := st.Read().Settings().Alerts
 		return telemetry.Alerts{ErrorRate: a.ErrorRate, Usage: a.Usage}
 	})
+	return tp, nil
+}
 
-	// The health checker exists before the source, so that the Consul
-	// source can hand it the probe results other instances write.
+// openCallLog opens --call-log: nil for "", stdout for "-", else the file
+// (appended to, closed by close).
+func (sc *sidecar) openCallLog(dest string, stdout io.Writer) (io.Writer, error) {
+	switch dest {
+	case "":
+		return nil, nil
+	case "-":
+		return stdout, nil
+	}
+	f, err := os.OpenFile(dest, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("--call-log: %w", err)
+	}
+	sc.callLog = f
+	return f, nil
+}
+
+// newHealth creates the health checker (and, with --consul, the Consul
+// client that the checker and the source share).
+func (sc *sidecar) newHealth(o serveOptions) error {
 	if o.consul {
+		var err error
 		if sc.consul, err = api.NewClient(api.DefaultConfig()); err != nil {
-			return sc, fmt.Errorf("--consul: %w", err)
+			return fmt.Errorf("--consul: %w", err)
 		}
 	}
-	hc, err := health.New(health.Config{Store: st, Consul: sc.consul, Prefix: o.consulPrefix, Logger: log})
+	hc, err := health.New(health.Config{Store: sc.store, Consul: sc.consul, Prefix: o.consulPrefix, Logger: sc.log})
 	if err != nil {
-		return sc, err
+		return err
 	}
 	sc.health = hc
-	if err := sc.startSource(ctx, o); err != nil {
-		return sc, err
-	}
-	sc.healthErr = make(chan error, 1)
-	go func() { sc.healthErr <- hc.Run(ctx) }()
+	return nil
+}
 
-	srv, err := extproc.New(extproc.Config{Store: st, Logger: log, Observer: tel})
+// startGRPC serves ext_proc and the gRPC health service on addr; the
+// health service says SERVING once the store is ready.
+func (sc *sidecar) startGRPC(ctx context.Context, addr string, tp trace.TracerProvider) error {
+	srv, err := extproc.New(extproc.Config{Store: sc.store, Logger: sc.log, Observer: sc.tel})
 	if err != nil {
-		return sc, err
+		return err
 	}
 	sc.grpc = grpc.NewServer(
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp))),
@@ -232,26 +272,31 @@ func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdo
 	extprocv3.RegisterExternalProcessorServer(sc.grpc, srv)
 	hs := grpchealth.NewServer()
 	healthpb.RegisterHealthServer(sc.grpc, hs)
-	if sc.grpcLis, err = listen(o.grpcAddr); err != nil {
-		return sc, fmt.Errorf("--grpc: %w", err)
+	if sc.grpcLis, err = listen(addr); err != nil {
+		return fmt.Errorf("--grpc: %w", err)
 	}
 	go func() {
 		if err := sc.grpc.Serve(sc.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			log.Error("grpc server", "error", err)
+			sc.log.Error("grpc server", "error", err)
 		}
 	}()
-	go watchReady(ctx, st, hs)
+	go watchReady(ctx, sc.store, hs)
+	return nil
+}
 
-	if sc.adminLis, err = listen(o.adminAddr); err != nil {
-		return sc, fmt.Errorf("--admin: %w", err)
+// startAdmin serves the admin HTTP endpoints on addr.
+func (sc *sidecar) startAdmin(addr string) error {
+	var err error
+	if sc.adminLis, err = listen(addr); err != nil {
+		return fmt.Errorf("--admin: %w", err)
 	}
 	sc.admin = &http.Server{Handler: sc.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := sc.admin.Serve(sc.adminLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("admin server", "error", err)
+			sc.log.Error("admin server", "error", err)
 		}
 	}()
-	return sc, nil
+	return nil
 }
 
 // watchReady keeps the gRPC health status in step with the store.

@@ -31,7 +31,7 @@ func runValidate(_ context.Context, args []string, stdout, stderr io.Writer) err
 		cfg, refused, err := store.LoadFile(config, store.ResolveSecretRef)
 		switch {
 		case err != nil:
-			fmt.Fprintf(stderr, "%s: %v\n", config, err)
+			fmt.Fprintf(stderr, "%v\n", err) // it names the file
 			failed = true
 		case len(refused) > 0:
 			for _, r := range refused {

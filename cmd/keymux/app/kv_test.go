@@ -1,4 +1,4 @@
-package consul_test
+package app
 
 import (
 	"crypto/sha256"
@@ -11,13 +11,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/keymux/keymux/store/consul"
 	"github.com/keymux/keymux/testutil/consultest"
 )
 
 func TestKVImport(t *testing.T) {
 	a := consultest.Start(t)
-	file := filepath.Join("testdata", "import.good.yaml")
+	file := filepath.Join("testdata", "kv", "import.good.yaml")
 
 	out := mustKV(t, a, "import", "--dry-run", file)
 	wantPlan := []string{
@@ -30,7 +29,7 @@ func TestKVImport(t *testing.T) {
 			t.Errorf("dry run output lacks %q:\n%s", w, out)
 		}
 	}
-	if pairs, _, _ := a.Client().KV().List(prefix, nil); len(pairs) != 0 {
+	if pairs, _, _ := a.Client().KV().List(kvPrefix, nil); len(pairs) != 0 {
 		t.Fatalf("dry run wrote %d entries", len(pairs))
 	}
 
@@ -63,7 +62,7 @@ func TestKVImportRefusesInvalidFiles(t *testing.T) {
 	put(t, a, "keys/in-kv", keyK1) // a rule of the file may name it
 	dir := t.TempDir()
 	masked := filepath.Join(dir, "masked.json")
-	if err := os.WriteFile(masked, []byte(`{"keys":{"k1":{"provider":"openai","secret":"`+consul.MaskedSecret+`"}}}`), 0o600); err != nil {
+	if err := os.WriteFile(masked, []byte(`{"keys":{"k1":{"provider":"openai","secret":"`+maskedSecret+`"}}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	notYAML := filepath.Join(dir, "broken.yaml")
@@ -82,7 +81,7 @@ func TestKVImportRefusesInvalidFiles(t *testing.T) {
 		file string
 		want []string
 	}{
-		{filepath.Join("testdata", "import.bad.json"), []string{
+		{filepath.Join("testdata", "kv", "import.bad.json"), []string{
 			"2 invalid document(s), nothing written",
 			`keymux/keys/bad-provider: keys/bad-provider: field "provider": unknown provider "foo"`,
 			`keymux/keys/bad-weight: keys/bad-weight: field "weight"`,
@@ -92,12 +91,13 @@ func TestKVImportRefusesInvalidFiles(t *testing.T) {
 			`keymux/rules/r-missing: rules/r-missing: field "key": unknown key "nope"`,
 		}},
 		{masked, []string{`keymux/keys/k1: keys/k1: field "secret": is the export mask`}},
-		{notYAML, []string{"neither JSON nor YAML"}},
-		{unknownTop, []string{`unknown field "key"`}},
+		// The sidecar's file decoder (store.DecodeFile) words these.
+		{notYAML, []string{"bad config file: neither JSON nor valid YAML: line 2: syntax error"}},
+		{unknownTop, []string{`bad config file: unknown top-level field "key" (want settings, keys, rules, clients)`}},
 	}
 	for _, tc := range tests {
 		t.Run(filepath.Base(tc.file), func(t *testing.T) {
-			_, err := kv(t, a, "import", tc.file)
+			_, err := kvRun(t, a, "import", tc.file)
 			if err == nil {
 				t.Fatal("import succeeded, want an error")
 			}
@@ -109,7 +109,7 @@ func TestKVImportRefusesInvalidFiles(t *testing.T) {
 			if strings.Contains(err.Error(), "sk-test-leak") {
 				t.Errorf("error leaks a secret: %q", err)
 			}
-			if pairs, _, _ := a.Client().KV().List(prefix, nil); len(pairs) != 1 {
+			if pairs, _, _ := a.Client().KV().List(kvPrefix, nil); len(pairs) != 1 {
 				t.Errorf("a refused import wrote %d entries", len(pairs)-1)
 			}
 		})
@@ -136,14 +136,14 @@ func TestKVImportChunksTransactions(t *testing.T) {
 			t.Errorf("output lacks %q", w)
 		}
 	}
-	if pairs, _, _ := a.Client().KV().List(prefix+"keys/", nil); len(pairs) != 300 {
+	if pairs, _, _ := a.Client().KV().List(kvPrefix+"keys/", nil); len(pairs) != 300 {
 		t.Errorf("%d keys in KV, want 300", len(pairs))
 	}
 }
 
 func TestKVExportMasksSecrets(t *testing.T) {
 	a := consultest.Start(t)
-	mustKV(t, a, "import", filepath.Join("testdata", "import.good.yaml"))
+	mustKV(t, a, "import", filepath.Join("testdata", "kv", "import.good.yaml"))
 	put(t, a, "health/k1", `{"healthy":true}`)
 
 	var got struct {
@@ -156,8 +156,8 @@ func TestKVExportMasksSecrets(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
 		t.Fatalf("export is not JSON: %v\n%s", err, out)
 	}
-	if strings.Contains(out, "sk-test-k1") || got.Keys["k1"]["secret"] != consul.MaskedSecret {
-		t.Errorf("export without --show-secrets: k1 secret = %v, want %q", got.Keys["k1"]["secret"], consul.MaskedSecret)
+	if strings.Contains(out, "sk-test-k1") || got.Keys["k1"]["secret"] != maskedSecret {
+		t.Errorf("export without --show-secrets: k1 secret = %v, want %q", got.Keys["k1"]["secret"], maskedSecret)
 	}
 	if got.Keys["k2"]["secret_ref"] != "env:KEYMUX_TEST_AZURE_KEY" || got.Rules["r1"]["to"] != "gpt-4o" ||
 		got.Settings["strategy"] != "round_robin" || got.Clients["c1"]["name"] != "team a" || len(got.Keys) != 2 {
@@ -207,7 +207,7 @@ func TestKVClientsAdd(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^c1\s+team a\s+true\s+gpt-4o,gpt-4o-mini\s+60\s+0$`).MatchString(list) || strings.Contains(list, "km-") {
 		t.Errorf("clients list:\n%s", list)
 	}
-	_, err := kv(t, a, "clients", "add", "c1")
+	_, err := kvRun(t, a, "clients", "add", "c1")
 	if err == nil || !strings.Contains(err.Error(), "keymux/clients/c1: already exists") {
 		t.Errorf("second clients add c1: %v, want already exists naming the path", err)
 	}
@@ -261,7 +261,7 @@ func TestKVKeysRulesSettings(t *testing.T) {
 		{[]string{"keys", "frobnicate"}, `unknown subcommand "frobnicate"`},
 	}
 	for _, e := range errs {
-		_, err := kv(t, a, e.args...)
+		_, err := kvRun(t, a, e.args...)
 		if err == nil || !strings.Contains(err.Error(), e.want) {
 			t.Errorf("kv %v: error %v, want one containing %q", e.args, err, e.want)
 		}
@@ -282,9 +282,42 @@ func TestKVKeysRulesSettings(t *testing.T) {
 		t.Errorf("settings get = %q", out)
 	}
 
-	// Another prefix.
+	// Another prefix, given without its trailing slash.
 	mustKV(t, a, "--consul-prefix", "team-b", "keys", "add", "k1", keyK1)
 	if p, _, _ := a.Client().KV().Get("team-b/keys/k1", nil); p == nil {
 		t.Error("--consul-prefix team-b: team-b/keys/k1 not written")
+	}
+}
+
+// TestKVReadsStdin: `--file -` (and import's FILE -) read Env.Stdin.
+func TestKVReadsStdin(t *testing.T) {
+	a := consultest.Start(t)
+	steps := []struct {
+		stdin string
+		args  []string
+		rel   string // the entry written
+		want  string // its value
+	}{
+		{keyK1, []string{"keys", "add", "k1", "--file", "-"}, "keys/k1", keyK1},
+		{"{\n  \"key\": \"k1\", \"from\": \"gpt-4\", \"to\": \"gpt-4o\"\n}\n", []string{"rules", "add", "r1", "--file", "-"}, "rules/r1", `{"key":"k1","from":"gpt-4","to":"gpt-4o"}`},
+		{`{"strategy": "least_used"}`, []string{"settings", "set", "--file", "-"}, "settings", `{"strategy":"least_used"}`},
+		{"clients:\n  c1: {name: team a, token_sha256: \"" + strings.Repeat("ab", 32) + "\"}\n", []string{"import", "-"}, "clients/c1",
+			`{"name":"team a","token_sha256":"` + strings.Repeat("ab", 32) + `"}`},
+	}
+	for _, s := range steps {
+		if _, err := kvRunIn(t, a, s.stdin, s.args...); err != nil {
+			t.Fatalf("kv %v: %v", s.args, err)
+		}
+		if p := getKV(t, a, s.rel); p == nil || string(p.Value) != s.want {
+			t.Errorf("kv %v: %s = %v, want %s", s.args, s.rel, p, s.want)
+		}
+	}
+	_, err := kvRunIn(t, a, keyK2, "keys", "add", "k2", keyK2, "--file", "-")
+	if err == nil || err.Error() != "kv keys add: give the document either as an argument or with --file, not both" {
+		t.Errorf("keys add with a DOC and --file -: %v", err)
+	}
+	_, err = kvRunIn(t, a, `{"provider":"openai","secret":"sk-test-leak","weight":0}`, "keys", "add", "k2", "--file", "-")
+	if err == nil || err.Error() != `keymux/keys/k2: keys/k2: field "weight": must be > 0` || getKV(t, a, "keys/k2") != nil {
+		t.Errorf("keys add of a bad document from stdin: %v", err)
 	}
 }
