@@ -713,7 +713,7 @@ func later(a, b time.Time) time.Time {
 	return b
 }
 
-// backoff returns a full-jitter exponential wait for the n-th failure.
+// backoff returns an equal-jitter exponential wait for the n-th failure.
 func backoff(n int, base, ceil time.Duration, rnd func() float64) time.Duration {
 	d := base
 	for i := 1; i < n && d < ceil; i++ {

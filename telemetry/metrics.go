@@ -83,7 +83,7 @@ func newInstruments(mp metric.MeterProvider, t *Telemetry) (*instruments, error)
 		metric.WithDescription("1 when the key can serve (healthy or half_open), else 0."))
 	must(err)
 	keyState, err := m.Int64ObservableGauge(MetricKeyState,
-		metric.WithDescription("The key's current state (value 1): healthy, half_open, cooling_down, ejected, disabled, auth_failed, quota_exhausted, probe_failed."))
+		metric.WithDescription("The key's current state (value 1): healthy, half_open, cooling_down, ejected, disabled, probe_failed."))
 	must(err)
 	ejections, err := m.Int64ObservableCounter(MetricKeyEjections, metric.WithUnit("{ejection}"),
 		metric.WithDescription("Times the key was ejected after consecutive upstream failures."))

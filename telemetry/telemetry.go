@@ -38,8 +38,8 @@ type Config struct {
 }
 
 // KeyHealth is one key's state for /stats and the key gauges. State is
-// healthy, half_open, cooling_down, ejected, disabled, auth_failed,
-// quota_exhausted or probe_failed.
+// healthy, half_open, cooling_down, ejected, disabled or probe_failed (the
+// health.State* values; why a key is disabled is on /status).
 type KeyHealth struct {
 	ID       string    `json:"id"`
 	State    string    `json:"state"`

@@ -17,7 +17,7 @@
 // whose ModifyIndex and value did not change are not re-validated, and an
 // answer that changes nothing applies nothing; queries are rate-limited by a
 // token bucket that never waits while tokens remain; errors back off
-// exponentially with full jitter up to a cap, reset on the next success, and
+// exponentially with equal jitter (half fixed, half random) up to a cap, reset on the next success, and
 // the next query after an error is a fresh, non-blocking read; ctx cancels
 // the long poll.
 //
