@@ -49,7 +49,7 @@ type Outcome struct {
 // immutable; NextState returns a new one.
 type KeyState struct {
 	Disabled            bool      // auth failure or quota: out until a probe passes
-	DisabledReason      string    // "auth" | "quota" | "probe"
+	DisabledReason      string    // "auth" | "quota"
 	CooldownUntil       time.Time // 429
 	EjectedUntil        time.Time // consecutive 5xx/timeouts
 	Ejections           int       // consecutive ejections, the backoff exponent

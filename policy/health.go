@@ -10,7 +10,6 @@ import (
 const (
 	DisabledAuth  = "auth"  // 401/403: the credential was refused
 	DisabledQuota = "quota" // insufficient_quota: the account is out of credit
-	DisabledProbe = "probe" // set by a caller that disables a key on a failed probe
 )
 
 // The Ineligible.Reason values, from Eligible.
@@ -171,8 +170,6 @@ func Eligible(k *Key, s KeyState, now time.Time) (ok bool, reason Ineligible) {
 			return false, Ineligible{Reason: ReasonAuthFailed}
 		case DisabledQuota:
 			return false, Ineligible{Reason: ReasonQuotaExhausted}
-		case DisabledProbe:
-			return false, Ineligible{Reason: ReasonProbeFailed}
 		}
 		return false, Ineligible{Reason: ReasonDisabled}
 	case s.ProbeFailed:

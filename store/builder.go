@@ -106,14 +106,6 @@ func (b *Builder) Delete(kind Kind, id string) {
 	delete(b.refused, d)
 }
 
-// Reset forgets every document and refusal.
-func (b *Builder) Reset() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	clear(b.docs)
-	clear(b.refused)
-}
-
 // IDs returns the ids of the documents of kind held (good or refused),
 // sorted.
 func (b *Builder) IDs(kind Kind) []string {

@@ -34,8 +34,6 @@ const (
 	KindClients  Kind = "clients"
 )
 
-// Kinds lists the document kinds in a stable order.
-func Kinds() []Kind { return []Kind{KindSettings, KindKeys, KindRules, KindClients} }
 
 // Valid reports whether k is one of the four document kinds.
 func (k Kind) Valid() bool {
@@ -53,8 +51,8 @@ const MaxIDLen = 128
 const MaxErrorWindow = errBuckets * time.Second
 
 // KnownStrategies lists the accepted settings.strategy values: the
-// strategies registered with policy. Tests may replace it.
-var KnownStrategies = policy.Strategies
+// strategies registered with policy.
+func KnownStrategies() []string { return policy.Strategies() }
 
 // DefaultBaseURL returns the base URL used when a key of provider p has none
 // ("" when the provider needs one).
