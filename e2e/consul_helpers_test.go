@@ -125,9 +125,13 @@ type consulStatus struct {
 		Path   string `json:"path"`
 		Reason string `json:"reason"`
 	} `json:"refused"`
-	Keys    int `json:"keys"`
-	Rules   int `json:"rules"`
-	Clients int `json:"clients"`
+	Keys     int `json:"keys"`
+	Rules    int `json:"rules"`
+	Clients  int `json:"clients"`
+	Counters *struct {
+		Refusals   uint64 `json:"refusals"`
+		ReadErrors uint64 `json:"read_errors"`
+	} `json:"source_counters"`
 }
 
 func (g *consulGateway) status() (consulStatus, []byte) {

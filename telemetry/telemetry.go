@@ -59,6 +59,13 @@ type ConfigInfo struct {
 	Stale      bool
 	StaleSince time.Time
 	Refused    int
+	Counters   *SourceCounters // nil: the source keeps no counters (file)
+}
+
+// SourceCounters are a configuration source's totals since start.
+type SourceCounters struct {
+	Refusals   uint64 `json:"refusals"`    // entries refused, each (path, reason) once
+	ReadErrors uint64 `json:"read_errors"` // failed reads of the source
 }
 
 // Telemetry is keymux's Observer: spans, metrics, the call log, /stats and

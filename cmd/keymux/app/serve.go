@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -25,6 +26,7 @@ import (
 	"github.com/keymux/keymux/extproc"
 	"github.com/keymux/keymux/health"
 	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/store/consul"
 	"github.com/keymux/keymux/telemetry"
 )
 
@@ -147,8 +149,9 @@ type sidecar struct {
 	admin     *http.Server
 	adminLis  net.Listener
 	callLog   io.Closer
-	consul    *api.Client     // nil without --consul
-	health    *health.Checker // active probes (leader-elected with Consul)
+	consul    *api.Client                   // nil without --consul
+	consulSrc atomic.Pointer[consul.Source] // set once the Consul source exists
+	health    *health.Checker               // active probes (leader-elected with Consul)
 	healthErr chan error
 	cancel    context.CancelFunc
 	done      chan struct{} // closed when the background goroutines ended
@@ -194,7 +197,8 @@ func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdo
 	tel.SetKeyHealth(sc.keyHealth)
 	tel.SetConfigInfo(func() telemetry.ConfigInfo {
 		s := st.Status()
-		return telemetry.ConfigInfo{Generation: s.Generation, Source: s.Source, Stale: s.Stale, StaleSince: s.StaleSince, Refused: len(s.Refused)}
+		return telemetry.ConfigInfo{Generation: s.Generation, Source: s.Source, Stale: s.Stale, StaleSince: s.StaleSince, Refused: len(s.Refused),
+			Counters: sc.sourceCounters()}
 	})
 	tel.SetAlerts(func() telemetry.Alerts {
 		a := st.Read().Settings().Alerts
@@ -322,8 +326,9 @@ func (sc *sidecar) adminHandler() http.Handler {
 			Version string `json:"version"`
 			Ready   bool   `json:"ready"`
 			store.Status
-			Health healthDoc `json:"health"`
-		}{Version, sc.store.Ready(), sc.store.Status(), healthDoc{sc.health.Stats(), sc.health.Snapshot()}})
+			Counters *telemetry.SourceCounters `json:"source_counters,omitempty"`
+			Health   healthDoc                 `json:"health"`
+		}{Version, sc.store.Ready(), sc.store.Status(), sc.sourceCounters(), healthDoc{sc.health.Stats(), sc.health.Snapshot()}})
 	})
 	mux.Handle("GET /stats", sc.tel.StatsHandler())
 	mux.Handle("GET /metrics", sc.tel.MetricsHandler())
