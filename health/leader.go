@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/keymux/keymux/internal/backoff"
 )
 
 // Leader election defaults (see the package doc for the reasoning).
@@ -42,9 +44,9 @@ func (c *Checker) elect(ctx context.Context) {
 			continue
 		}
 		failures++
-		wait := backoff(failures, c.cfg.RetryBase, c.cfg.RetryMax, c.rand)
+		wait := backoff.Delay(failures, c.cfg.RetryBase, c.cfg.RetryMax, c.rand)
 		c.log.Warn("health leader election: retrying", "attempt", failures, "retry_in", wait.Round(time.Millisecond), "error", err)
-		if !sleepCtx(ctx, wait) {
+		if !backoff.Sleep(ctx, wait) {
 			return
 		}
 	}
@@ -120,7 +122,7 @@ func (c *Checker) term(ctx context.Context) (err error) {
 			// Not acquired with no holder: the lock-delay of the previous
 			// holder's session is running. Poll until it ends.
 			index = 0
-			if !sleepCtx(sctx, retry) {
+			if !backoff.Sleep(sctx, retry) {
 				return c.termErr(sctx, ctx, nil)
 			}
 			continue
@@ -147,7 +149,7 @@ func (c *Checker) term(ctx context.Context) (err error) {
 			// Consul may be briefly unavailable; the renewal decides
 			// whether the session survives.
 			c.log.Warn("health leader: lock watch failed", "error", err)
-			if !sleepCtx(sctx, retry) {
+			if !backoff.Sleep(sctx, retry) {
 				return c.termErr(sctx, ctx, nil)
 			}
 			index = 0
@@ -188,7 +190,7 @@ func (c *Checker) renew(ctx context.Context, id string) error {
 	wait := ttl / 2
 	last := time.Now()
 	for {
-		if !sleepCtx(ctx, wait) {
+		if !backoff.Sleep(ctx, wait) {
 			return nil
 		}
 		entry, _, err := c.consul.Session().Renew(id, (&api.WriteOptions{}).WithContext(ctx))

@@ -3,6 +3,8 @@ package store
 import (
 	"bytes"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -122,7 +124,7 @@ func (b *Builder) IDs(kind Kind) []string {
 			seen[d.id] = true
 		}
 	}
-	return sortedKeys(seen)
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // Build assembles the good documents into a Config and cross-checks them:

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"regexp"
 	"slices"
@@ -160,7 +161,7 @@ func (b *Builder) PutFile(data []byte) error {
 	}
 	for _, kind := range []Kind{KindKeys, KindRules, KindClients} {
 		docs := present[kind]
-		for _, id := range sortedKeys(docs) {
+		for _, id := range slices.Sorted(maps.Keys(docs)) {
 			_ = b.Put(kind, id, docs[id], string(kind)+"/"+id)
 		}
 	}

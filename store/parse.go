@@ -34,7 +34,6 @@ const (
 	KindClients  Kind = "clients"
 )
 
-
 // Valid reports whether k is one of the four document kinds.
 func (k Kind) Valid() bool {
 	switch k {
@@ -128,11 +127,13 @@ func docName(kind Kind, id string) string {
 	return string(kind) + "/" + strconv.Quote(truncate(id, MaxIDLen))
 }
 
+// truncate cuts s to at most n bytes, on a UTF-8 boundary, and marks the cut
+// with "…".
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n] + "…"
+	return policy.Truncate(s, n) + "…"
 }
 
 // decodeStrict decodes one JSON object into v, refusing unknown fields and

@@ -4,8 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,7 +157,7 @@ func checkConfig(cfg *Config) error {
 		}
 	}
 	seenRule := map[[2]string]string{}
-	for _, id := range sortedKeys(cfg.Rules) {
+	for _, id := range slices.Sorted(maps.Keys(cfg.Rules)) {
 		r := cfg.Rules[id]
 		if r == nil || r.ID != id || r.From == "" || r.KeyID == "" {
 			return fmt.Errorf("%w: rules/%s: missing, incomplete or id mismatch", ErrInvalidConfig, id)
@@ -174,7 +174,7 @@ func checkConfig(cfg *Config) error {
 		}
 	}
 	seenTok := map[[32]byte]string{}
-	for _, id := range sortedKeys(cfg.Clients) {
+	for _, id := range slices.Sorted(maps.Keys(cfg.Clients)) {
 		c := cfg.Clients[id]
 		if c == nil || c.ID != id {
 			return fmt.Errorf("%w: clients/%s: missing or id mismatch", ErrInvalidConfig, id)
@@ -219,7 +219,7 @@ func applyTxn(txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
 	}
 
 	// Keys.
-	for _, id := range sortedKeys(cfg.Keys) {
+	for _, id := range slices.Sorted(maps.Keys(cfg.Keys)) {
 		k := cfg.Keys[id]
 		rt := runtimes[id]
 		if rt == nil {
@@ -242,7 +242,7 @@ func applyTxn(txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
 	type kf struct{ key, from string }
 	rules := map[kf]*policy.Rule{}
 	listed := map[string]bool{}
-	for _, id := range sortedKeys(cfg.Rules) {
+	for _, id := range slices.Sorted(maps.Keys(cfg.Rules)) {
 		r := cfg.Rules[id]
 		if err := txn.Insert(tableRules, &ruleRow{ID: id, KeyID: r.KeyID, From: r.From, Rule: r}); err != nil {
 			return 0, fmt.Errorf("insert rules/%s: %w", id, err)
@@ -258,7 +258,7 @@ func applyTxn(txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
 		}
 	}
 	// Clients.
-	for _, id := range sortedKeys(cfg.Clients) {
+	for _, id := range slices.Sorted(maps.Keys(cfg.Clients)) {
 		if err := txn.Insert(tableClients, &clientRow{ID: id, Client: cfg.Clients[id]}); err != nil {
 			return 0, fmt.Errorf("insert clients/%s: %w", id, err)
 		}
@@ -302,7 +302,7 @@ func applyTxn(txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
 		return 0, err
 	}
 	var models []string
-	for _, m := range sortedKeys(listed) {
+	for _, m := range slices.Sorted(maps.Keys(listed)) {
 		var entries []*Entry
 		for _, e := range enabled {
 			if serves(e, m) {
@@ -524,13 +524,4 @@ func list[R, T any](s *Snapshot, table string, f func(R) T, index string, args .
 		out = append(out, f(raw.(R)))
 	}
 	return out
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
