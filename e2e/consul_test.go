@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/keymux/keymux/testutil/consultest"
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 // Acceptance of Consul KV as the source of truth (issue 4), through the real
@@ -331,19 +332,14 @@ func TestConsulRestartWhileDownServesSnapshot(t *testing.T) {
 	last := cWant{"sk-test-k1": "gpt-4o-mini", "sk-test-k2": "gpt-4"}
 	first.waitDecisions("seed", last)
 	snap := filepath.Join(stateDir, "consul-snapshot.json")
-	deadline := time.Now().Add(consulWait)
-	for {
-		fi, err := os.Stat(snap)
-		if err == nil {
-			if fi.Mode().Perm() != 0o600 {
-				t.Errorf("%s mode %v, want 0600", snap, fi.Mode().Perm())
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no snapshot in the state dir: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval
+	wait.For(t, consulWait, "the snapshot in the state dir", func() error {
+		_, err := os.Stat(snap)
+		return err
+	})
+	if fi, err := os.Stat(snap); err != nil {
+		t.Fatal(err)
+	} else if fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s mode %v, want 0600", snap, fi.Mode().Perm())
 	}
 
 	a.Stop()
