@@ -8,8 +8,9 @@
 //     on a loopback port and writes DemoConfig(URL) for the offline demo.
 //     This is why the keymux binary links the package; nothing else in the
 //     binary depends on it, and `keymux serve` never starts it.
-//   - The standalone command cmd/mockupstream (docker compose's "mock"
-//     service, manual tests).
+//   - The standalone command cmd/mockupstream (docker compose's
+//     mockupstream service, manual tests), which may also set a credential
+//     allow-list (Options.Keys) and serve TLS (StartTLS).
 //   - Tests: e2e (through the Envoy emulator), health (probe verdicts), the
 //     examples checks, and this package's own tests.
 //
@@ -30,7 +31,7 @@
 // # Test-only behaviours
 //
 // The demo and the standalone command use only the normal answers above. The
-// rest of the API exists for tests, and `keymux dev` never calls it:
+// rest of the API exists for tests, and neither of them calls it:
 //
 //   - Script (a FIFO of one-shot behaviours per credential) and SetDefault
 //     (a sticky one) take a Behaviour: an error status with the provider's
@@ -41,6 +42,6 @@
 //   - Requests, WaitRequests and Reset read and clear the record of every
 //     request received (credential, path, model, headers, body), so a test
 //     can assert which key, path and model reached the upstream.
-//   - Options.Keys (a credential allow-list), Options.StrictModels and
-//     Options.Now (a fake clock for "created" fields and rate-limit resets).
+//   - Options.StrictModels (404 for unknown models) and Options.Now (a fake
+//     clock for "created" fields and rate-limit resets).
 package mockupstream
