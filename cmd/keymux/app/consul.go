@@ -6,7 +6,6 @@ import (
 	"io"
 
 	"github.com/keymux/keymux/store/consul"
-	"github.com/keymux/keymux/telemetry"
 )
 
 // startConsul follows the Consul KV prefix (CONSUL_HTTP_* environment).
@@ -26,16 +25,6 @@ func (sc *sidecar) startConsul(ctx context.Context, o serveOptions) error {
 	sc.consulSrc.Store(src)
 	go func() { sc.sourceErr <- src.Run(ctx) }()
 	return nil
-}
-
-// sourceCounters are the Consul source's totals for /status and /metrics
-// (nil for the other sources, which keep none).
-func (sc *sidecar) sourceCounters() *telemetry.SourceCounters {
-	src := sc.consulSrc.Load()
-	if src == nil {
-		return nil
-	}
-	return &telemetry.SourceCounters{Refusals: src.RefusedTotal(), ReadErrors: src.Failures()}
 }
 
 // runKV is `keymux kv`: Consul administration with the sidecar's validators.

@@ -335,6 +335,16 @@ func (sc *sidecar) adminHandler() http.Handler {
 	return mux
 }
 
+// sourceCounters are the Consul source's totals for /status and /metrics
+// (nil for the other sources, which keep none).
+func (sc *sidecar) sourceCounters() *telemetry.SourceCounters {
+	src := sc.consulSrc.Load()
+	if src == nil {
+		return nil
+	}
+	return &telemetry.SourceCounters{Refusals: src.RefusedTotal(), ReadErrors: src.Failures()}
+}
+
 // keyHealth is every key's state for /stats and the key gauges.
 func (sc *sidecar) keyHealth() []telemetry.KeyHealth {
 	if sc.health == nil {
