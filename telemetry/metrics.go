@@ -117,53 +117,55 @@ func (obs *observers) all() []metric.Observable {
 }
 
 func newObservers(m metric.Meter, errs *errList) *observers {
-	var (
-		obs observers
-		err error
-	)
-	obs.inFlight, err = m.Int64ObservableGauge(MetricInFlight, metric.WithUnit("{request}"),
-		metric.WithDescription("Requests between Begin and End."))
-	errs.add(err)
-	obs.keyUp, err = m.Int64ObservableGauge(MetricKeyUp,
-		metric.WithDescription("1 when the key can serve (healthy or half_open), else 0."))
-	errs.add(err)
-	obs.keyState, err = m.Int64ObservableGauge(MetricKeyState,
-		metric.WithDescription("The key's current state (value 1): healthy, half_open, cooling_down, ejected, disabled, probe_failed."))
-	errs.add(err)
-	obs.ejections, err = m.Int64ObservableCounter(MetricKeyEjections, metric.WithUnit("{ejection}"),
-		metric.WithDescription("Times the key was ejected after consecutive upstream failures."))
-	errs.add(err)
-	obs.cooldowns, err = m.Int64ObservableCounter(MetricKeyCooldowns, metric.WithUnit("{cooldown}"),
-		metric.WithDescription("Times the key cooled down after a 429."))
-	errs.add(err)
-	obs.gen, err = m.Int64ObservableGauge(MetricConfigGeneration,
-		metric.WithDescription("Generation of the configuration in force, by source."))
-	errs.add(err)
-	obs.stale, err = m.Int64ObservableGauge(MetricConfigStale,
-		metric.WithDescription("1 while the configuration source cannot be read and the last good configuration serves."))
-	errs.add(err)
-	obs.staleFor, err = m.Float64ObservableGauge(MetricConfigStaleDuration, metric.WithUnit("s"),
-		metric.WithDescription("How long the configuration source has been stale (0 when fresh)."))
-	errs.add(err)
-	obs.refused, err = m.Int64ObservableGauge(MetricConfigRefused, metric.WithUnit("{entry}"),
-		metric.WithDescription("Configuration entries refused (the last good version of each keeps serving)."))
-	errs.add(err)
-	obs.refusals, err = m.Int64ObservableCounter(MetricConfigRefusals, metric.WithUnit("{entry}"),
-		metric.WithDescription("Refusals of configuration entries since start (Consul source), each (path, reason) once."))
-	errs.add(err)
-	obs.readErrors, err = m.Int64ObservableCounter(MetricConfigReadErrors, metric.WithUnit("{error}"),
-		metric.WithDescription("Failed reads of the configuration source since start (Consul source)."))
-	errs.add(err)
-	obs.threshold, err = m.Float64ObservableGauge(MetricAlertThreshold,
-		metric.WithDescription("Alert thresholds from settings.alerts: error_rate (a fraction) and usage (tokens per key)."))
-	errs.add(err)
-	obs.active, err = m.Int64ObservableGauge(MetricAlertActive,
-		metric.WithDescription("1 while an alert is active: error_rate (all calls, over 5m) or usage (per key)."))
-	errs.add(err)
-	obs.ratio, err = m.Float64ObservableGauge(MetricErrorRatio,
-		metric.WithDescription("Failed calls / calls over the last 5 minutes (minute buckets)."))
-	errs.add(err)
-	return &obs
+	b := observerMaker{m, errs}
+	return &observers{
+		inFlight: b.gauge(MetricInFlight, "{request}", "Requests between Begin and End."),
+		keyUp:    b.gauge(MetricKeyUp, "", "1 when the key can serve (healthy or half_open), else 0."),
+		keyState: b.gauge(MetricKeyState, "", "The key's current state (value 1): healthy, half_open, cooling_down, ejected, disabled, probe_failed."),
+		ejections: b.counter(MetricKeyEjections, "{ejection}",
+			"Times the key was ejected after consecutive upstream failures."),
+		cooldowns: b.counter(MetricKeyCooldowns, "{cooldown}", "Times the key cooled down after a 429."),
+		gen:       b.gauge(MetricConfigGeneration, "", "Generation of the configuration in force, by source."),
+		stale: b.gauge(MetricConfigStale, "",
+			"1 while the configuration source cannot be read and the last good configuration serves."),
+		staleFor: b.floatGauge(MetricConfigStaleDuration, "s",
+			"How long the configuration source has been stale (0 when fresh)."),
+		refused: b.gauge(MetricConfigRefused, "{entry}",
+			"Configuration entries refused (the last good version of each keeps serving)."),
+		refusals: b.counter(MetricConfigRefusals, "{entry}",
+			"Refusals of configuration entries since start (Consul source), each (path, reason) once."),
+		readErrors: b.counter(MetricConfigReadErrors, "{error}",
+			"Failed reads of the configuration source since start (Consul source)."),
+		threshold: b.floatGauge(MetricAlertThreshold, "",
+			"Alert thresholds from settings.alerts: error_rate (a fraction) and usage (tokens per key)."),
+		active: b.gauge(MetricAlertActive, "",
+			"1 while an alert is active: error_rate (all calls, over 5m) or usage (per key)."),
+		ratio: b.floatGauge(MetricErrorRatio, "", "Failed calls / calls over the last 5 minutes (minute buckets)."),
+	}
+}
+
+// observerMaker creates observable instruments, collecting their errors.
+type observerMaker struct {
+	m    metric.Meter
+	errs *errList
+}
+
+func (b observerMaker) gauge(name, unit, desc string) metric.Int64Observable {
+	g, err := b.m.Int64ObservableGauge(name, metric.WithUnit(unit), metric.WithDescription(desc))
+	b.errs.add(err)
+	return g
+}
+
+func (b observerMaker) counter(name, unit, desc string) metric.Int64Observable {
+	c, err := b.m.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+	b.errs.add(err)
+	return c
+}
+
+func (b observerMaker) floatGauge(name, unit, desc string) metric.Float64Observable {
+	g, err := b.m.Float64ObservableGauge(name, metric.WithUnit(unit), metric.WithDescription(desc))
+	b.errs.add(err)
+	return g
 }
 
 // observeKeys reports every key's health gauges and counters.
