@@ -197,7 +197,8 @@ func (x *exchange) wantsStreamUsage(bi bodyInfo) bool {
 	if n := x.route.op.name; x.route.op.anthropic || (n != "chat" && n != "text_completion") {
 		return false
 	}
-	return x.entry.Key.Provider != policy.ProviderAnthropic
+	spec, ok := policy.LookupProvider(x.entry.Key.Provider)
+	return ok && spec.StreamOptions
 }
 
 // authenticate applies settings.auth to the request.

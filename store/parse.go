@@ -56,25 +56,6 @@ const MaxErrorWindow = errBuckets * time.Second
 // strategies registered with policy. Tests may replace it.
 var KnownStrategies = policy.Strategies
 
-// DefaultBaseURL returns the base URL used when a key of provider p has none
-// ("" when the provider needs one).
-func DefaultBaseURL(p policy.Provider) string {
-	switch p {
-	case policy.ProviderOpenAI:
-		return "https://api.openai.com/v1"
-	case policy.ProviderAnthropic:
-		return "https://api.anthropic.com/v1"
-	case policy.ProviderHuggingFace:
-		return "https://router.huggingface.co/v1"
-	}
-	return ""
-}
-
-var providers = []policy.Provider{
-	policy.ProviderOpenAI, policy.ProviderAzure, policy.ProviderAnthropic,
-	policy.ProviderHuggingFace, policy.ProviderOpenAICompatible,
-}
-
 // DocError is a refused document: Doc is "kind/id" (or "settings"), Field
 // the JSON field path when one is to blame. It never holds a secret.
 type DocError struct {
@@ -615,17 +596,18 @@ func ParseKey(id string, raw []byte, resolve SecretResolver) (*policy.Key, error
 		return nil, err
 	}
 	k := &policy.Key{ID: id, Weight: 1, Enabled: true, Priority: d.Priority}
-	switch p := policy.Provider(d.Provider); {
+	spec, ok := policy.LookupProvider(policy.Provider(d.Provider))
+	switch {
 	case d.Provider == "":
 		return nil, fieldErr(doc, "provider", "required (want %s)", providerList())
-	case slices.Contains(providers, p):
-		k.Provider = p
+	case ok:
+		k.Provider = spec.Provider
 	default:
 		return nil, fieldErr(doc, "provider", "unknown provider %q (want %s)", truncate(d.Provider, 64), providerList())
 	}
 	base := d.BaseURL
 	if base == "" {
-		base = DefaultBaseURL(k.Provider)
+		base = spec.DefaultBaseURL
 		if base == "" {
 			return nil, fieldErr(doc, "base_url", "required for provider %s", k.Provider)
 		}
@@ -671,7 +653,7 @@ func ParseKey(id string, raw []byte, resolve SecretResolver) (*policy.Key, error
 		k.Enabled = *d.Enabled
 	}
 	if d.Azure != nil {
-		if k.Provider != policy.ProviderAzure {
+		if !spec.Azure {
 			return nil, fieldErr(doc, "azure", "only for provider azure")
 		}
 		k.Azure.APIVersion = d.Azure.APIVersion
@@ -688,8 +670,8 @@ func ParseKey(id string, raw []byte, resolve SecretResolver) (*policy.Key, error
 			}
 		}
 	}
-	if k.Provider == policy.ProviderAzure && k.Azure.APIVersion == "" {
-		return nil, fieldErr(doc, "azure.api_version", "required for provider azure")
+	if spec.Azure && k.Azure.APIVersion == "" {
+		return nil, fieldErr(doc, "azure.api_version", "required for provider %s", k.Provider)
 	}
 	if k.Azure.APIVersion != "" && !validPathSegment(k.Azure.APIVersion) {
 		return nil, fieldErr(doc, "azure.api_version", "want a version like \"2024-10-21\"")
@@ -712,9 +694,10 @@ func ParseKey(id string, raw []byte, resolve SecretResolver) (*policy.Key, error
 }
 
 func providerList() string {
-	names := make([]string, len(providers))
-	for i, p := range providers {
-		names[i] = string(p)
+	specs := policy.Providers()
+	names := make([]string, len(specs))
+	for i, p := range specs {
+		names[i] = string(p.Provider)
 	}
 	return strings.Join(names, ", ")
 }
