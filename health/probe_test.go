@@ -164,3 +164,18 @@ func TestProbeTransportErrors(t *testing.T) {
 		t.Errorf("Interpret error = %q", got.Error)
 	}
 }
+
+// TestInterpretEveryStatus: a probe classifies every status 100–599 as the
+// request path does (policy.StatusKind), 408 being a timeout.
+func TestInterpretEveryStatus(t *testing.T) {
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	for status := 100; status <= 599; status++ {
+		r := health.Interpret(status, nil, nil, nil, time.Millisecond, now, "sk-test")
+		if want := policy.StatusKind(status); r.Kind != want {
+			t.Errorf("Interpret(%d).Kind = %d, want %d", status, r.Kind, want)
+		}
+	}
+	if r := health.Interpret(408, nil, nil, nil, time.Millisecond, now, "sk-test"); r.OK || r.Kind != policy.OutcomeTimeout || r.Error != "upstream: status 408" {
+		t.Errorf("Interpret(408) = %+v, want a failed timeout", r)
+	}
+}
