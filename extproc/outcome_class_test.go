@@ -9,7 +9,6 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
 	"github.com/keymux/keymux/policy"
-	"github.com/keymux/keymux/store"
 	"github.com/keymux/keymux/telemetry"
 )
 
@@ -19,22 +18,24 @@ type lastCall struct{ c telemetry.Call }
 func (o *lastCall) Begin(*telemetry.Call) string { return "" }
 func (o *lastCall) End(c *telemetry.Call)        { o.c = *c }
 
+// forwarded is an exchange whose request went upstream with the store's
+// first key.
+func forwarded(s *Server) *exchange {
+	x := newExchange(s)
+	x.snap = s.store.Read()
+	x.settings = x.snap.Settings()
+	x.phase = phaseForwarded
+	x.entry = x.snap.Pool("").Entries[0]
+	x.call.KeyID = x.entry.Key.ID
+	return x
+}
+
 // TestResponseClassEveryStatus checks the one vocabulary end to end: for
 // every status 100–599 the error class the request path records (and
 // telemetry reports) is policy's, a call is a success for telemetry exactly
 // when policy gives it no class, and 408 is a timeout.
 func TestResponseClassEveryStatus(t *testing.T) {
-	c, refused, err := store.ParseFile([]byte("keys:\n  k1: {provider: openai, secret: sk-test-1}\n"), store.ResolveSecretRef)
-	if err != nil || len(refused) > 0 {
-		t.Fatalf("config: %v %v", err, refused)
-	}
-	st, err := store.New(store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Apply(c, store.SourceInfo{Source: "test"}); err != nil {
-		t.Fatal(err)
-	}
+	st := benchStore(t, 1, "round_robin")
 	obs := &lastCall{}
 	s, err := New(Config{Store: st, Observer: obs, Now: func() time.Time { return time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC) }})
 	if err != nil {
@@ -42,13 +43,9 @@ func TestResponseClassEveryStatus(t *testing.T) {
 	}
 	for status := 100; status <= 599; status++ {
 		for _, withKey := range []bool{true, false} {
-			x := newExchange(s)
-			x.snap = st.Read()
-			x.settings = x.snap.Settings()
-			x.phase = phaseForwarded
-			if withKey {
-				x.entry = x.snap.Pool("").Entries[0]
-				x.call.KeyID = x.entry.Key.ID
+			x := forwarded(s)
+			if !withKey {
+				x.entry, x.call.KeyID = nil, ""
 			}
 			x.onResponseHeaders(&extprocv3.HttpHeaders{EndOfStream: true, Headers: &corev3.HeaderMap{
 				Headers: []*corev3.HeaderValue{hv(":status", strconv.Itoa(status))}}})
@@ -87,24 +84,10 @@ func TestResponseClassFromBody(t *testing.T) {
 	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, _, err := store.ParseFile([]byte("keys:\n  k1: {provider: openai, secret: sk-test-1}\n"), store.ResolveSecretRef)
-			if err != nil {
-				t.Fatal(err)
-			}
-			st, err := store.New(store.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := st.Apply(c, store.SourceInfo{Source: "test"}); err != nil {
-				t.Fatal(err)
-			}
+			st := benchStore(t, 1, "round_robin")
 			obs := &lastCall{}
 			s, _ := New(Config{Store: st, Observer: obs, Now: func() time.Time { return now }})
-			x := newExchange(s)
-			x.snap = st.Read()
-			x.settings = x.snap.Settings()
-			x.phase = phaseForwarded
-			x.entry = x.snap.Pool("").Entries[0]
+			x := forwarded(s)
 			if tt.status != 0 {
 				x.onResponseHeaders(&extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
 					hv(":status", strconv.Itoa(tt.status)), hv("content-type", "application/json")}}})
