@@ -194,7 +194,8 @@ func (x *exchange) wantsStreamUsage(bi bodyInfo) bool {
 	if n := x.route.op.name; x.route.op.anthropic || (n != "chat" && n != "text_completion") {
 		return false
 	}
-	return x.entry.Key.Provider != policy.ProviderAnthropic
+	spec, ok := policy.LookupProvider(x.entry.Key.Provider)
+	return ok && spec.StreamOptions
 }
 
 // authenticate applies settings.auth to the request.
@@ -409,13 +410,10 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
 		ResponseHeaders: &extprocv3.HeadersResponse{},
 	}}
-	if x.entry == nil {
-		return resp
-	}
 	now := x.s.now()
 	o := policy.Classify(x.status, func(name string) string { return findHeader(hm, name) }, nil, now)
 	x.feedback(o, now)
-	if h.GetEndOfStream() {
+	if x.entry == nil || h.GetEndOfStream() {
 		return resp
 	}
 	// Read the body for token usage: STREAMED passes every chunk on at once.
@@ -432,8 +430,13 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	return resp
 }
 
-// feedback applies an upstream outcome to the chosen key's passive state.
+// feedback records an upstream outcome's error class on the call and
+// applies the outcome to the chosen key's passive state.
 func (x *exchange) feedback(o policy.Outcome, now time.Time) {
+	x.call.ErrorCode = o.Kind.Class()
+	if x.entry == nil {
+		return
+	}
 	rt := x.entry.RT
 	ej := x.settings.Ejection
 	var old policy.KeyState
@@ -448,7 +451,6 @@ func (x *exchange) feedback(o policy.Outcome, now time.Time) {
 	case policy.OutcomeSuccess, policy.OutcomeClient:
 	default:
 		rt.RecordError(now)
-		x.call.ErrorCode = outcomeClass(o.Kind)
 	}
 }
 
@@ -477,7 +479,7 @@ func (x *exchange) endOfResponse() {
 			x.s.clientMinute(x.client.ID).tokens.Add(now, tokens)
 		}
 	}
-	if (x.status == 429 || x.status == 403) && x.usage.errorCode == "insufficient_quota" {
+	if policy.QuotaExhausted(x.status, x.usage.errorCode, x.usage.errorType) {
 		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: x.status}, x.s.now())
 	}
 }
@@ -497,8 +499,8 @@ func (x *exchange) finish() {
 		// override — allow_mode_override off — not a cut.)
 		x.call.Truncated = x.reading && x.chunks > 0 && (!x.usage.eos || (x.usage.sse && !x.usage.done && x.status < 300))
 	}
-	if x.call.Truncated && x.call.ErrorCode == "" {
-		x.call.ErrorCode = "stream_cut"
+	if x.call.ErrorCode == "" && (x.call.Truncated || x.call.Status == 0) {
+		x.call.ErrorCode = policy.ClassStreamCut // cut, or no response at all
 	}
 	x.s.observer.End(&x.call)
 }
@@ -548,21 +550,4 @@ func bodyReply(mut *extprocv3.HeaderMutation, body []byte, reroute bool) *extpro
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{
 		RequestBody: &extprocv3.BodyResponse{Response: cr},
 	}}
-}
-
-// outcomeClass names an outcome's error class for metrics and logs.
-func outcomeClass(k policy.OutcomeKind) string {
-	switch k {
-	case policy.OutcomeRateLimited:
-		return "rate_limited"
-	case policy.OutcomeQuota, policy.OutcomeAuth:
-		return "auth"
-	case policy.OutcomeServer:
-		return "server"
-	case policy.OutcomeTimeout:
-		return "timeout"
-	case policy.OutcomeClient:
-		return "client"
-	}
-	return ""
 }

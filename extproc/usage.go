@@ -25,7 +25,8 @@ type usageScanner struct {
 
 	input, output int64
 	known         bool
-	errorCode     string // JSON error bodies: error.code, else error.type
+	errorCode     string // JSON error bodies: error.code
+	errorType     string // and error.type
 }
 
 func (u *usageScanner) feed(chunk []byte, eos bool) {
@@ -50,9 +51,7 @@ func (u *usageScanner) feed(chunk []byte, eos bool) {
 	if eos && !u.overflow && len(u.buf) > 0 {
 		res := gjson.GetManyBytes(u.buf, "usage", "error.code", "error.type")
 		u.readUsage(res[0])
-		if u.errorCode = res[1].Str; u.errorCode == "" {
-			u.errorCode = res[2].Str
-		}
+		u.errorCode, u.errorType = res[1].Str, res[2].Str
 		u.buf = nil
 	}
 }

@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"cmp"
 	"testing"
 )
 
@@ -49,8 +50,8 @@ func TestUsageScanner(t *testing.T) {
 			for i, c := range tc.chunks {
 				u.feed([]byte(c), i == len(tc.chunks)-1)
 			}
-			if u.input != tc.in || u.output != tc.out || u.known != tc.known || u.done != tc.done || u.errorCode != tc.errorCode {
-				t.Fatalf("got in=%d out=%d known=%v done=%v code=%q", u.input, u.output, u.known, u.done, u.errorCode)
+			if u.input != tc.in || u.output != tc.out || u.known != tc.known || u.done != tc.done || cmp.Or(u.errorCode, u.errorType) != tc.errorCode {
+				t.Fatalf("got in=%d out=%d known=%v done=%v code=%q type=%q", u.input, u.output, u.known, u.done, u.errorCode, u.errorType)
 			}
 		})
 	}
