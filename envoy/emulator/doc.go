@@ -1,16 +1,29 @@
 // Package emulator runs an Envoy v3 bootstrap without Envoy: one HTTP/1.1
 // listener with its HTTP connection manager, route table, clusters, access
 // log and — above all — the envoy.filters.http.ext_proc filter, talking real
-// gRPC to the configured external processor exactly as the project's design
-// note ENVOY_EXTPROC.md (shared/design/ENVOY_EXTPROC.md) describes Envoy's
-// behaviour. Tests and `keymux dev` drive keymux through
-// it, with the very YAML users deploy (envoy/envoy.yaml).
+// gRPC to the configured external processor as Envoy does. Tests and
+// `keymux dev` drive keymux through it, with the very YAML users deploy
+// (envoy/envoy.yaml).
 //
 //	b, _ := envoy.LoadBootstrap("envoy/envoy.yaml")
 //	em, _ := emulator.New(emulator.Config{Bootstrap: b, ListenAddr: "127.0.0.1:0",
 //		ClusterAddrs: map[string]string{"keymux_extproc": "unix:/tmp/keymux.sock"}})
 //	_ = em.Start(ctx) // listening when it returns
 //	defer em.Close()  // aborts in-flight requests, waits for every goroutine
+//
+// # Envoy version
+//
+// The emulator follows the Envoy release the project pins (EnvoyVersion,
+// 1.39). Behaviours that changed between releases are listed, with the
+// release that brought each, in one table (Behaviours in versions.go):
+//   - 1.33.1: local replies are not sent to ext_proc on the response path
+//     (emulated);
+//   - 1.37: the Process stream closes right after the last response ext_proc
+//     needs, e.g. after the response-headers reply with response body NONE
+//     (emulated);
+//   - 1.37: upstream-filter local replies reach an upstream ext_proc (not
+//     emulated: upstream ext_proc is not);
+//   - 1.38: envoy.filters.http.sse_to_metadata (not emulated).
 //
 // # What it reproduces
 //
@@ -141,8 +154,10 @@
 //     500 of a response body over the buffer limit; router-generated replies
 //     (no route, direct_response, cluster not found, upstream failure and
 //     timeout) and the request buffer limit's 413 go through the encoder
-//     filters, ext_proc included. A failure after the response headers reached the client resets
-//     the connection.
+//     filters (route response headers, header_mutation) but not to the
+//     processor: each ext_proc filter ends its stream (Envoy ≥ 1.33.1). A
+//     failure after the response headers reached the client resets the
+//     connection.
 //   - ext_proc in a cluster's upstream filter chain
 //     (HttpProtocolOptions.http_filters) is not emulated: New fails.
 //   - At the end of processing the stream is half-closed and cancelled once
