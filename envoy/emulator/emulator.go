@@ -20,6 +20,7 @@ import (
 	dfpfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/dynamic_forward_proxy/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
+	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	jwtauthnv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -71,6 +72,7 @@ type Emulator struct {
 	clusters             map[string]*cluster
 	grpcConns            map[string]*grpc.ClientConn
 	accessLogs           []*accessLogger
+	grpcLogs             []*grpcAccessLogger
 	serverName           string
 	early                []*mutationrulesv3.HeaderMutation
 	suppressEnvoyHeaders bool
@@ -174,6 +176,18 @@ func New(cfg Config) (*Emulator, error) {
 		e.filters = append(e.filters, f)
 	}
 	for i, al := range hcm.GetAccessLog() {
+		if al.GetTypedConfig().MessageIs(&grpcalsv3.HttpGrpcAccessLogConfig{}) {
+			var c grpcalsv3.HttpGrpcAccessLogConfig
+			if err := al.GetTypedConfig().UnmarshalTo(&c); err != nil {
+				return nil, fmt.Errorf("emulator: access_log[%d]: %w", i, err)
+			}
+			g, err := e.newGRPCAccessLogger(&c)
+			if err != nil {
+				return nil, fmt.Errorf("emulator: access_log[%d]: %w", i, err)
+			}
+			e.grpcLogs = append(e.grpcLogs, g)
+			continue
+		}
 		a, err := newAccessLogger(al, cfg.AccessLog)
 		if err != nil {
 			return nil, fmt.Errorf("emulator: access_log[%d]: %w", i, err)
@@ -285,6 +299,13 @@ func (e *Emulator) Start(ctx context.Context) error {
 		defer e.bg.Done()
 		_ = e.srv.Serve(ln)
 	}()
+	for _, g := range e.grpcLogs {
+		e.bg.Add(1)
+		go func() {
+			defer e.bg.Done()
+			g.run(e.bgCtx)
+		}()
+	}
 	stop := context.AfterFunc(ctx, func() { _ = e.Close() })
 	e.bg.Add(1)
 	go func() {

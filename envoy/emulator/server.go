@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
@@ -93,12 +94,25 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	stopBg()
 	rq.cleanup()
 	rq.info.end = time.Now()
-	if rq.aborted.Load() && !rq.wrote {
-		rq.info.status = 0
+	if rq.aborted.Load() {
+		// Envoy: the downstream went away before the response completed.
+		if !rq.wrote {
+			rq.info.status = 0
+		}
 		rq.info.responseFlags = addFlag(rq.info.responseFlags, "DC")
 	}
+	lastRx := rq.info.start
+	if rq.down != nil {
+		lastRx = rq.down.eofTime()
+	}
+	rq.info.mu.Lock()
+	rq.info.lastDownstreamRx = lastRx
+	rq.info.mu.Unlock()
 	for _, a := range e.accessLogs {
 		a.log(rq.info)
+	}
+	for _, g := range e.grpcLogs {
+		g.log(rq.info)
 	}
 	if rq.resetConn {
 		panic(http.ErrAbortHandler)
@@ -794,6 +808,21 @@ func (rq *request) forward(rt *route, cl *cluster, total, idle time.Duration) (*
 		idleTimer = time.AfterFunc(idle, func() { upCancel(errIdleTimeout) })
 		context.AfterFunc(upCtx, func() { idleTimer.Stop() })
 	}
+	connected := false // a connection was obtained: a failure is a reset, not a connect failure
+	li := rq.info
+	li.attempts++
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		GotConn: func(ci httptrace.GotConnInfo) {
+			li.mu.Lock()
+			defer li.mu.Unlock()
+			connected = true
+			li.upstreamRemote = ci.Conn.RemoteAddr().String()
+			li.upstreamLocal = ci.Conn.LocalAddr().String()
+		},
+		WroteHeaders:         func() { li.at(&li.firstUpstreamTx) },
+		WroteRequest:         func(httptrace.WroteRequestInfo) { li.at(&li.lastUpstreamTx) },
+		GotFirstResponseByte: func() { li.at(&li.firstUpstreamByte) },
+	}))
 	resp, err := cl.transport.RoundTrip(req)
 	if err != nil {
 		if la := rq.asyncLocal(); la != nil {
@@ -807,6 +836,18 @@ func (rq *request) forward(rt *route, cl *cluster, total, idle time.Duration) (*
 			rq.info.responseFlags = addFlag(rq.info.responseFlags, "SI")
 			return nil, &localReply{status: http.StatusGatewayTimeout, body: []byte("stream timeout"), details: "stream_idle_timeout"}
 		}
+		li.mu.Lock()
+		reset := connected
+		li.mu.Unlock()
+		if reset {
+			// The connection was up and closed before response headers.
+			rq.info.responseFlags = addFlag(rq.info.responseFlags, "UC")
+			return nil, &localReply{
+				status:  http.StatusServiceUnavailable,
+				body:    []byte("upstream connect error or disconnect/reset before headers. reset reason: connection termination"),
+				details: "upstream_reset_before_response_started{connection_termination}",
+			}
+		}
 		rq.info.responseFlags = addFlag(rq.info.responseFlags, "UF")
 		rq.info.upstreamFailure = err.Error()
 		return nil, &localReply{
@@ -815,7 +856,7 @@ func (rq *request) forward(rt *route, cl *cluster, total, idle time.Duration) (*
 			details: "upstream_reset_before_response_started{connection_failure}",
 		}
 	}
-	rq.info.firstUpstreamByte = time.Now()
+	li.at(&li.firstUpstreamByte)
 	if idleTimer != nil {
 		resp.Body = &idleReader{rc: resp.Body, t: idleTimer, d: idle}
 	}
@@ -990,7 +1031,13 @@ func (rq *request) write(h *headerMap, body io.Reader) {
 	rq.wrote = true
 	rc := http.NewResponseController(rq.w)
 	_ = rc.Flush()
+	li := rq.info
+	li.at(&li.firstDownstreamTx)
 	if body == nil {
+		if rq.upBody != nil {
+			li.at(&li.lastUpstreamRx)
+		}
+		li.at(&li.lastDownstreamTx)
 		return
 	}
 	buf := make([]byte, 32<<10)
@@ -1005,6 +1052,10 @@ func (rq *request) write(h *headerMap, body io.Reader) {
 			_ = rc.Flush()
 		}
 		if errors.Is(err, io.EOF) {
+			if rq.upBody != nil {
+				li.at(&li.lastUpstreamRx)
+			}
+			li.at(&li.lastDownstreamTx)
 			return
 		}
 		if err != nil {
