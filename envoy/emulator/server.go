@@ -969,6 +969,14 @@ func (rq *request) encode(h *headerMap, body io.Reader, local bool) {
 			if filterEnabled(f, rq.route) {
 				rq.applyHeaderMutationFilter(f, h, false)
 			}
+		case filterJSONMeta:
+			if filterEnabled(f, rq.route) {
+				body = f.jsonMeta.encode(rq.info, h, body, rq.bufferLimit())
+			}
+		case filterSSEMeta:
+			if filterEnabled(f, rq.route) {
+				body = f.sseMeta.encode(rq.info, h, body)
+			}
 		}
 	}
 	rq.write(h, body)
