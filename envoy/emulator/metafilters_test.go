@@ -173,3 +173,33 @@ func TestSSEEventSplit(t *testing.T) {
 		t.Errorf("sseData = %q %v", d, ok)
 	}
 }
+
+// TestUsageConfigRefused: fields outside the emulated subset make New fail
+// with a message naming them.
+func TestUsageConfigRefused(t *testing.T) {
+	const jsonType = "\"@type\": type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata\n"
+	for _, tc := range []struct {
+		name, old, new, want string
+	}{
+		{"json_to_metadata request rules", jsonType,
+			jsonType + "              request_rules: { rules: [{ selectors: [{ key: a }], on_present: { key: a } }] }\n",
+			"json_to_metadata: request_rules are not emulated"},
+		{"json_to_metadata content type regex", "response_rules:\n                rules:",
+			"response_rules:\n                allow_content_types_regex: { google_re2: {}, regex: \"application/.*\" }\n                rules:",
+			"json_to_metadata: allow_content_types_regex is not emulated"},
+		{"json_to_metadata on_missing without value", "on_missing: { metadata_namespace: envoy.lb, key: version, value: unknown,",
+			"on_missing: { metadata_namespace: envoy.lb, key: version,",
+			"cannot specify on_missing rule without non-empty value"},
+		{"http_grpc google_grpc", "grpc_service: { envoy_grpc: { cluster_name: keymux_als } }",
+			"grpc_service: { google_grpc: { target_uri: \"127.0.0.1:1\", stat_prefix: als } }",
+			"http_grpc: only grpc_service.envoy_grpc is emulated"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := fixtureWith(t, "../../testdata/usage.good.yaml", tc.old, tc.new)
+			_, err := New(Config{Bootstrap: b, ListenAddr: "127.0.0.1:0"})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New: %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
