@@ -27,5 +27,6 @@ var Behaviours = []Behaviour{
 		"not at the end of the HTTP response"},
 	{Since: "1.37", Emulated: false, What: "local replies generated in a cluster's upstream filter " +
 		"chain reach an upstream ext_proc filter (upstream ext_proc is not emulated: New fails)"},
-	{Since: "1.38", Emulated: false, What: "envoy.filters.http.sse_to_metadata exists"},
+	{Since: "1.38", Emulated: true, What: "envoy.filters.http.sse_to_metadata exists " +
+		"(with the envoy.content_parsers.json parser)"},
 }
