@@ -129,3 +129,50 @@ func TestLocalRepliesSkipExtProc(t *testing.T) {
 		})
 	}
 }
+
+// TestStreamEndsAfterLastResponse (Envoy >= 1.37): with response body NONE
+// the Process stream ends right after the response-headers reply, while the
+// response body is still flowing.
+func TestStreamEndsAfterLastResponse(t *testing.T) {
+	release := make(chan struct{})
+	proc := startProc(t, continueAll)
+	ev := start(t, proc.addr, options{upstream: func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("content-type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "data: [DONE]\n\n")
+	}})
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	req, _ := http.NewRequestWithContext(t.Context(), "POST", ev.em.URL()+"/x", strings.NewReader(`{}`))
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	ps := proc.firstStream(t)
+	if code := ps.endCode(t); code != "EOF" {
+		t.Fatalf("stream ended with %s, want a half-close (EOF) while the body is open", code)
+	}
+	close(release)
+	released = true
+	if b, err := io.ReadAll(resp.Body); err != nil || string(b) != "data: first\n\ndata: [DONE]\n\n" {
+		t.Fatalf("body %q %v", b, err)
+	}
+	var kinds []string
+	for _, m := range ps.messages() {
+		kinds = append(kinds, kindOf(m))
+	}
+	if strings.Join(kinds, ",") != "request_headers,request_body,response_headers" {
+		t.Fatalf("messages %v", kinds)
+	}
+}
