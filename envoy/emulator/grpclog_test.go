@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -243,16 +242,6 @@ func equalAny(a, b any) bool {
 // TestGRPCAccessLogFailures: the router's local replies, which the
 // processor never sees, reach the access log with Envoy's flags.
 func TestGRPCAccessLogFailures(t *testing.T) {
-	routeTimeout := func(hcm *hcmv3.HttpConnectionManager) {
-		routes := hcm.GetRouteConfig().GetVirtualHosts()[0].GetRoutes()
-		routes[len(routes)-1].GetRoute().Timeout = durationpb.New(100 * time.Millisecond)
-	}
-	slow := func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-r.Context().Done():
-		case <-time.After(5 * time.Second):
-		}
-	}
 	type flags = accesslogdata.ResponseFlags
 	for _, tc := range []struct {
 		name    string
@@ -276,7 +265,7 @@ func TestGRPCAccessLogFailures(t *testing.T) {
 				return options{cfg: func(c *Config) { c.ClusterAddrs["upstream_a"] = a }}
 			}},
 		{name: "route timeout", status: 504, details: "upstream_response_timeout", flag: (*flags).GetUpstreamRequestTimeout,
-			o: func(*testing.T) options { return options{hcm: routeTimeout, upstream: slow} }},
+			o: func(*testing.T) options { return options{hcm: shortRouteTimeout, upstream: slowUpstream} }},
 		{name: "cluster not found", status: 503, details: "cluster_not_found", flag: (*flags).GetNoClusterFound,
 			hdr: map[string]string{"x-cluster": "nowhere"}},
 	} {

@@ -40,21 +40,40 @@ func resettingUpstream(t *testing.T) string {
 	})
 }
 
+// shortRouteTimeout sets the default route's timeout to 100ms.
+func shortRouteTimeout(hcm *hcmv3.HttpConnectionManager) {
+	routes := hcm.GetRouteConfig().GetVirtualHosts()[0].GetRoutes()
+	routes[len(routes)-1].GetRoute().Timeout = durationpb.New(100 * time.Millisecond)
+}
+
+// slowUpstream answers after 5s, or not at all when the request goes away.
+func slowUpstream(_ http.ResponseWriter, r *http.Request) {
+	select {
+	case <-r.Context().Done():
+	case <-time.After(5 * time.Second):
+	}
+}
+
+// heldSSE sends one SSE event, then the last one once release is closed.
+func heldSSE(release <-chan struct{}) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("content-type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release: // blocks until the test has read the first event
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "data: [DONE]\n\n")
+	}
+}
+
 // TestLocalRepliesSkipExtProc: a reply Envoy generates itself (router,
 // direct_response, filter manager, ext_proc's own errors and immediate
 // responses) is never sent to the processor on the response path: the
 // processor sees its request messages, then only the end of its stream.
 func TestLocalRepliesSkipExtProc(t *testing.T) {
-	routeTimeout := func(hcm *hcmv3.HttpConnectionManager) {
-		routes := hcm.GetRouteConfig().GetVirtualHosts()[0].GetRoutes()
-		routes[len(routes)-1].GetRoute().Timeout = durationpb.New(100 * time.Millisecond)
-	}
-	slow := func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-r.Context().Done():
-		case <-time.After(5 * time.Second):
-		}
-	}
 	for _, tc := range []struct {
 		name     string
 		reply    replier
@@ -77,7 +96,7 @@ func TestLocalRepliesSkipExtProc(t *testing.T) {
 				return options{cfg: func(c *Config) { c.ClusterAddrs["upstream_a"] = a }}
 			}},
 		{name: "route timeout", status: 504, wantMsgs: []string{"request_headers"},
-			o: func(*testing.T) options { return options{hcm: routeTimeout, upstream: slow} }},
+			o: func(*testing.T) options { return options{hcm: shortRouteTimeout, upstream: slowUpstream} }},
 		{name: "cluster not found", status: 503, hdr: map[string]string{"x-cluster": "nowhere"}, wantMsgs: []string{"request_headers"}},
 		{name: "direct_response", path: "/direct", status: 404, wantMsgs: []string{"request_headers"}},
 		{name: "request buffer overflow", method: "POST", body: strings.Repeat("x", 4097), status: 413, wantMsgs: []string{"request_headers"}},
@@ -136,17 +155,7 @@ func TestLocalRepliesSkipExtProc(t *testing.T) {
 func TestStreamEndsAfterLastResponse(t *testing.T) {
 	release := make(chan struct{})
 	proc := startProc(t, continueAll)
-	ev := start(t, proc.addr, options{upstream: func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("content-type", "text/event-stream")
-		_, _ = io.WriteString(w, "data: first\n\n")
-		w.(http.Flusher).Flush()
-		select {
-		case <-release:
-		case <-r.Context().Done():
-			return
-		}
-		_, _ = io.WriteString(w, "data: [DONE]\n\n")
-	}})
+	ev := start(t, proc.addr, options{upstream: heldSSE(release)})
 	released := false
 	defer func() {
 		if !released {
