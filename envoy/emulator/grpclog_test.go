@@ -47,15 +47,8 @@ type fakeALS struct {
 
 func startALS(t *testing.T, breakAfter int) *fakeALS {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &fakeALS{addr: ln.Addr().String(), got: make(chan alsMsg, 256), breakAfter: breakAfter}
-	srv := grpc.NewServer()
-	alsv3.RegisterAccessLogServiceServer(srv, a)
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(srv.Stop)
+	a := &fakeALS{got: make(chan alsMsg, 256), breakAfter: breakAfter}
+	a.addr = serveGRPC(t, "tcp", "127.0.0.1:0", func(srv *grpc.Server) { alsv3.RegisterAccessLogServiceServer(srv, a) })
 	return a
 }
 
