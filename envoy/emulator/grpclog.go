@@ -61,6 +61,7 @@ type grpcAccessLogger struct {
 	dropped int
 
 	queue chan []*accesslogdata.HTTPAccessLogEntry
+	added chan struct{} // one signal per entry added, for tests; never blocks
 }
 
 func (e *Emulator) newGRPCAccessLogger(c *grpcalsv3.HttpGrpcAccessLogConfig) (*grpcAccessLogger, error) {
@@ -85,7 +86,7 @@ func (e *Emulator) newGRPCAccessLogger(c *grpcalsv3.HttpGrpcAccessLogConfig) (*g
 	l := &grpcAccessLogger{
 		cfg: c, logName: cc.GetLogName(), node: e.cfg.Bootstrap.GetNode(), cc: conn,
 		interval: defaultALSFlushInterval, maxBytes: defaultALSBufferBytes,
-		queue: make(chan []*accesslogdata.HTTPAccessLogEntry, 1024),
+		queue: make(chan []*accesslogdata.HTTPAccessLogEntry, 1024), added: make(chan struct{}, 64),
 	}
 	if d := cc.GetBufferFlushInterval(); d != nil {
 		l.interval = d.AsDuration()
@@ -181,6 +182,10 @@ func (l *grpcAccessLogger) add(entry *accesslogdata.HTTPAccessLogEntry) {
 	}
 	l.pending = append(l.pending, entry)
 	l.size += proto.Size(entry)
+	select {
+	case l.added <- struct{}{}:
+	default:
+	}
 	if l.size >= l.maxBytes {
 		l.flushLocked()
 	}

@@ -300,20 +300,34 @@ func TestGRPCAccessLogBatching(t *testing.T) {
 	ev := start(t, proc.addr, withALS(als, options{}, func(c *grpcalsv3.HttpGrpcAccessLogConfig) {
 		c.CommonConfig.BufferSizeBytes = wrapperspb.UInt32(1 << 20)
 	}))
+	g := ev.em.grpcLogs[0]
 	for range 3 {
 		do(t, ev, "GET", "/x", nil, nil)
+		waitAdded(t, g)
 	}
 	als.none(t, 100*time.Millisecond)
-	ev.em.grpcLogs[0].flush()
+	g.flush()
 	m := als.next(t)
 	if n := len(entries(m)); n != 3 || m.msg.GetIdentifier() == nil {
 		t.Fatalf("first flush: %d entries, identifier %v; want 3 with identifier", n, m.msg.GetIdentifier())
 	}
 	do(t, ev, "GET", "/x", nil, nil)
-	ev.em.grpcLogs[0].flush()
+	waitAdded(t, g)
+	g.flush()
 	m2 := als.next(t)
 	if n := len(entries(m2)); n != 1 || m2.msg.GetIdentifier() != nil || m2.stream != m.stream {
 		t.Fatalf("second flush: %d entries, identifier %v, stream %d/%d", n, m2.msg.GetIdentifier(), m2.stream, m.stream)
+	}
+}
+
+// waitAdded waits until the logger took one more entry (the client may
+// have its response before the access log is written).
+func waitAdded(t *testing.T, g *grpcAccessLogger) {
+	t.Helper()
+	select {
+	case <-g.added:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no access log entry added")
 	}
 }
 
