@@ -103,7 +103,11 @@ func (e *Emulator) newGRPCAccessLogger(c *grpcalsv3.HttpGrpcAccessLogConfig) (*g
 // run flushes on the timer and sends batches until ctx ends; batches not
 // yet sent then are lost, as when Envoy exits.
 func (l *grpcAccessLogger) run(ctx context.Context) {
+	var wg sync.WaitGroup // the timer and the streams' readers
+	defer wg.Wait()
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		t := time.NewTicker(l.interval)
 		defer t.Stop()
 		for {
@@ -124,7 +128,7 @@ func (l *grpcAccessLogger) run(ctx context.Context) {
 			}
 			return
 		case batch := <-l.queue:
-			s = l.send(ctx, s, batch)
+			s = l.send(ctx, s, batch, &wg)
 		}
 	}
 }
@@ -136,7 +140,7 @@ type alsStream struct {
 	broken chan struct{} // closed when the server ended the stream
 }
 
-func (l *grpcAccessLogger) send(ctx context.Context, s *alsStream, batch []*accesslogdata.HTTPAccessLogEntry) *alsStream {
+func (l *grpcAccessLogger) send(ctx context.Context, s *alsStream, batch []*accesslogdata.HTTPAccessLogEntry, wg *sync.WaitGroup) *alsStream {
 	if s != nil {
 		select {
 		case <-s.broken:
@@ -155,7 +159,9 @@ func (l *grpcAccessLogger) send(ctx context.Context, s *alsStream, batch []*acce
 			return nil // the batch is lost
 		}
 		s = &alsStream{stream: st, cancel: cancel, broken: make(chan struct{})}
+		wg.Add(1)
 		go func(s *alsStream) {
+			defer wg.Done()
 			// The server sends nothing until it closes the stream.
 			_ = s.stream.RecvMsg(new(alsv3.StreamAccessLogsResponse))
 			close(s.broken)
