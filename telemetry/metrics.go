@@ -110,7 +110,7 @@ func newInstruments(mp metric.MeterProvider, t *Telemetry) (*instruments, error)
 		metric.WithDescription("1 while an alert is active: error_rate (all calls, over 5m) or usage (per key)."))
 	must(err)
 	ratio, err := m.Float64ObservableGauge(MetricErrorRatio,
-		metric.WithDescription("Failed calls / calls over the last 5 minutes (minute buckets)."))
+		metric.WithDescription("Failed calls / calls over the last 5 minutes (minute buckets), without anonymous 401 refusals: the error-rate alert's input."))
 	must(err)
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("telemetry: instruments: %v", errs)
@@ -161,7 +161,8 @@ func newInstruments(mp metric.MeterProvider, t *Telemetry) (*instruments, error)
 			keys = append(keys, ka{id, on})
 		}
 		t.stats.mu.Unlock()
-		o.ObserveFloat64(ratio, w.errorRatio())
+		errRatio, _ := w.alertRatio()
+		o.ObserveFloat64(ratio, errRatio)
 		o.ObserveInt64(active, b2i(errActive), metric.WithAttributes(attribute.String(LabelAlert, AlertErrorRate), attribute.String(LabelKey, "")))
 		for _, k := range keys {
 			o.ObserveInt64(active, b2i(k.on), metric.WithAttributes(attribute.String(LabelAlert, AlertUsage), attribute.String(LabelKey, k.id)))
