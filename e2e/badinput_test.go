@@ -99,8 +99,47 @@ func TestBadInputTable(t *testing.T) {
 		{"root", "GET", "/", authA, ``, 404, "unknown_url"},
 		{"seed prefix", "POST", "/api/openai/v1/chat/completions", authA, ok, 200, ""},
 		{"seed prefix without v1", "POST", "/api/openai/chat/completions", authA, ok, 200, ""},
+		// Hostile bodies.
+		{"BOM before the object", "POST", "/v1/chat/completions", authA, "\xef\xbb\xbf" + ok, 400, "invalid_json"},
+		{"raw NUL in a string", "POST", "/v1/chat/completions", authA, "{\"model\":\"gpt-4o\x00\"}", 400, "invalid_json"},
+		{"raw NUL after the object", "POST", "/v1/chat/completions", authA, ok + "\x00", 400, "invalid_json"},
+		{"raw control character", "POST", "/v1/chat/completions", authA, "{\"model\":\"gpt-4o\",\"x\":\"a\x01b\"}", 400, "invalid_json"},
+		{"array of objects", "POST", "/v1/chat/completions", authA, "[" + ok + "]", 400, "invalid_json"},
+		{"whitespace only", "POST", "/v1/chat/completions", authA, " \n\t ", 400, "invalid_json"},
+		{"empty object", "POST", "/v1/chat/completions", authA, `{}`, 400, "missing_required_parameter"},
+		{"trailing comma", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o",}`, 400, "invalid_json"},
+		{"single quotes", "POST", "/v1/chat/completions", authA, `{'model':'gpt-4o'}`, 400, "invalid_json"},
+		{"NaN", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o","temperature":NaN}`, 400, "invalid_json"},
+		{"two documents", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o"}{"model":"o1"}`, 400, "invalid_json"},
+		{"overflowing number model", "POST", "/v1/chat/completions", authA, `{"model":1e400}`, 400, "invalid_type"},
+		{"negative zero model", "POST", "/v1/chat/completions", authA, `{"model":-0}`, 400, "invalid_type"},
+		{"model in another case", "POST", "/v1/chat/completions", authA, `{"Model":"gpt-4o"}`, 400, "missing_required_parameter"},
+		{"form body", "POST", "/v1/chat/completions", with(authA, "content-type", "application/x-www-form-urlencoded"), `model=gpt-4o`, 400, "invalid_json"},
+		{"escaped member name", "POST", "/v1/chat/completions", authA, `{"\u006d\u006f\u0064\u0065\u006c":"gpt-4o","messages":[]}`, 200, ""},
+		{"escaped model value", "POST", "/v1/chat/completions", authA, `{"model":"gpt\u002d4o","messages":[]}`, 200, ""},
+		{"long string under the limit", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o","messages":[],"pad":"` + strings.Repeat("x", 3000) + `"}`, 200, ""},
+		// Hostile headers (below Envoy's 60 KiB header limit).
+		{"50 KB token", "POST", "/v1/chat/completions", with(authA, "authorization", "Bearer "+strings.Repeat("a", 50000)), ok, 401, "invalid_api_key"},
+		{"Token scheme", "POST", "/v1/chat/completions", with(authA, "authorization", "Token km-test-a"), ok, 401, "invalid_api_key"},
+		{"tab after Bearer", "POST", "/v1/chat/completions", with(authA, "authorization", "Bearer\tkm-test-a"), ok, 401, "invalid_api_key"},
+		{"Bearer without a token", "POST", "/v1/chat/completions", with(authA, "authorization", "Bearer"), ok, 401, "missing_api_key"},
+		{"upper-case scheme", "POST", "/v1/chat/completions", with(authA, "authorization", "BEARER km-test-a"), ok, 200, ""},
+		{"non-ASCII token", "POST", "/v1/chat/completions", with(authA, "authorization", "Bearer km-tést-a"), ok, 401, "invalid_api_key"},
+		{"two credentials in one header", "POST", "/v1/chat/completions", with(authA, "authorization", "Bearer km-wrong, Bearer km-test-a"), ok, 401, "invalid_api_key"},
+		{"Azure-style api-key header", "POST", "/v1/chat/completions", with(with(authA, "authorization", ""), "api-key", "km-test-a"), ok, 401, "missing_api_key"},
+		{"authorization wins over x-api-key", "POST", "/v1/chat/completions", with(with(authA, "authorization", "Bearer km-wrong"), "x-api-key", "km-test-a"), ok, 401, "invalid_api_key"},
+		// Hostile paths.
+		{"dot segment", "POST", "/v1/./chat/completions", authA, ok, 200, ""},
+		{"trailing dot-dot", "POST", "/v1/chat/completions/..", authA, ok, 404, "unknown_url"},
+		{"encoded slash", "POST", "/v1/chat%2Fcompletions", authA, ok, 404, "unknown_url"},
+		{"backslashes", "POST", "/v1\\chat\\completions", authA, ok, 404, "unknown_url"},
+		{"encoded NUL", "POST", "/v1/chat/completions%00", authA, ok, 404, "unknown_url"},
+		{"upper-case version", "POST", "/V1/chat/completions", authA, ok, 404, "unknown_url"},
+		{"100 KB path", "POST", "/v1/" + strings.Repeat("a", 100000), authA, ok, 404, "unknown_url"},
+		{"model id with encoded dot-dot", "GET", "/v1/models/..%2f..%2fadmin", authA, ``, 404, "unknown_url"},
+		{"model id with encoded slash", "GET", "/v1/models/gpt-4o%2F..", authA, ``, 404, "unknown_url"},
 	}
-	if len(cases) < 40 {
+	if len(cases) < 85 {
 		t.Fatalf("only %d cases", len(cases))
 	}
 	for _, tc := range cases {
@@ -133,6 +172,13 @@ func TestBadInputTable(t *testing.T) {
 			}
 			if e.Error.Code != tc.code || e.Error.Type == "" || e.Error.Message == "" {
 				t.Errorf("error = %+v, want code %q with a type and a message", e.Error, tc.code)
+			}
+			// A refusal never echoes an unbounded input, nor a credential.
+			if len(b) > 1024 {
+				t.Errorf("error body of %d bytes", len(b))
+			}
+			if strings.Contains(string(b), "km-test") || strings.Contains(string(b), "sk-test") {
+				t.Errorf("error body carries a credential: %s", b)
 			}
 		})
 	}
