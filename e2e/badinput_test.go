@@ -1,9 +1,15 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 const badInputConfig = `
@@ -188,4 +194,100 @@ func TestBadInputTable(t *testing.T) {
 		t.Fatalf("after the table: status %d: %s", resp.StatusCode, b)
 	}
 	assertNoClientSecret(t, g, "km-test-a")
+}
+
+// Hostile requests that are forwarded: what reaches the upstream is what
+// keymux decided (its key, path and query), not what the client smuggled.
+func TestBadInputForwardedAsIntended(t *testing.T) {
+	g := startGateway(t, `
+keys:
+  k1: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k1, models: [gpt-4o]}
+  az: {provider: azure, base_url: "{{MOCK}}", secret: sk-test-az, models: [az-model], azure: {api_version: "2024-10-21"}}
+`)
+	const openaiBody = `{"model":"gpt-4o","messages":[]}`
+	const azureBody = `{"model":"az-model","messages":[]}`
+	jsonCT := map[string]string{"content-type": "application/json"}
+	cases := []struct {
+		name   string
+		path   string
+		header map[string]string
+		body   string
+		// What the mock received.
+		upPath, upQuery, credential string
+	}{
+		{"client-set x-keymux-upstream", "/v1/chat/completions", map[string]string{"content-type": "application/json", "x-keymux-upstream": "evil.example:443"}, openaiBody,
+			"/v1/chat/completions", "", "sk-test-k1"},
+		{"client-set host", "/v1/chat/completions", map[string]string{"content-type": "application/json", "host": "evil.example"}, openaiBody,
+			"/v1/chat/completions", "", "sk-test-k1"},
+		{"dot segments", "/v1/./embeddings/../chat/completions", jsonCT, openaiBody,
+			"/v1/chat/completions", "", "sk-test-k1"},
+		{"api-version smuggled to Azure", "/v1/chat/completions?api-version=2099-01-01", jsonCT, azureBody,
+			"/openai/deployments/az-model/chat/completions", "api-version=2024-10-21", "sk-test-az"},
+		{"api-version smuggled among other parameters", "/v1/chat/completions?x=1&api-version=2099-01-01&api-version=2098-01-01", jsonCT, azureBody,
+			"/openai/deployments/az-model/chat/completions", "api-version=2024-10-21&x=1", "sk-test-az"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(g.requests())
+			resp, b := g.do("POST", tc.path, tc.header, tc.body)
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d: %s", resp.StatusCode, b)
+			}
+			reqs := g.requests()
+			if len(reqs) != before+1 {
+				t.Fatalf("%d upstream requests, want 1", len(reqs)-before)
+			}
+			r := reqs[before]
+			if r.Path != tc.upPath || r.RawQuery != tc.upQuery || r.Credential != tc.credential {
+				t.Errorf("upstream got %s ?%s with %s, want %s ?%s with %s", r.Path, r.RawQuery, r.Credential, tc.upPath, tc.upQuery, tc.credential)
+			}
+			if v := r.Header.Get("x-keymux-upstream"); v != "" {
+				t.Errorf("upstream got x-keymux-upstream %q", v)
+			}
+		})
+	}
+}
+
+// Header bytes that Envoy's HTTP/1 codec refuses (CR, NUL, a space before
+// the colon, conflicting lengths) never reach keymux or the upstream: the
+// listener answers 400 itself.
+func TestBadInputRawHeaders(t *testing.T) {
+	g := startGateway(t, threeKeys)
+	addr := strings.TrimPrefix(g.url, "http://")
+	const body = `{"model":"gpt-4o","messages":[]}`
+	cases := []struct{ name, headers string }{
+		{"bare CR in a value", "Authorization: Bearer x\rX-Injected: 1\r\n"},
+		{"NUL in a value", "X-Api-Key: x\x00y\r\n"},
+		{"space before the colon", "Authorization : Bearer x\r\n"},
+		{"conflicting content-length", "Content-Length: 3\r\n"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(g.requests())
+			req := "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + tc.headers +
+				"Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.WriteString(c, req); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("no answer: %v", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 400 {
+				t.Errorf("status %d, want 400", resp.StatusCode)
+			}
+			if n := len(g.requests()) - before; n != 0 {
+				t.Errorf("%d requests reached the upstream", n)
+			}
+		})
+	}
 }
