@@ -274,7 +274,8 @@ func TestStatsEmpty(t *testing.T) {
 
 func TestStatsBadWindow(t *testing.T) {
 	tel := newTel(t, Config{})
-	for _, q := range []string{"abc", "30s", "25h", "-5m", "0", "1d"} {
+	for _, q := range []string{"abc", "30s", "25h", "-5m", "0", "1d",
+		"9223372036854775807ns", "99999999999h", "1e3h", "5m-5m", "ALL"} {
 		t.Run(q, func(t *testing.T) {
 			code, body := getStats(t, tel, "?window="+q)
 			if code != 400 {
