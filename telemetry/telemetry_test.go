@@ -164,8 +164,8 @@ func TestMetricsExact(t *testing.T) {
 		`keymux_calllog_dropped_total`:               0,
 		`keymux_alert_threshold{alert="error_rate"}`: 0.5,
 		`keymux_alert_threshold{alert="usage"}`:      10000,
-		`keymux_alert_active{alert="error_rate"}`:    0, // 5 of 7 calls in 5m failed, but fewer than AlertMinCalls
-		`keymux_error_ratio`:                         float64(5) / 7,
+		`keymux_alert_active{alert="error_rate"}`:    0, // 4 of 6 calls in 5m failed (the anonymous 401 left out), but fewer than AlertMinCalls
+		`keymux_error_ratio`:                         float64(4) / 6,
 	}
 	for k, v := range want {
 		got, ok := m[k]
@@ -281,7 +281,8 @@ func TestStatsEmpty(t *testing.T) {
 
 func TestStatsBadWindow(t *testing.T) {
 	tel := newTel(t, Config{})
-	for _, q := range []string{"abc", "30s", "25h", "-5m", "0", "1d"} {
+	for _, q := range []string{"abc", "30s", "25h", "-5m", "0", "1d",
+		"9223372036854775807ns", "99999999999h", "1e3h", "5m-5m", "ALL"} {
 		t.Run(q, func(t *testing.T) {
 			code, body := getStats(t, tel, "?window="+q)
 			if code != 400 {
@@ -378,7 +379,12 @@ func TestClassify(t *testing.T) {
 	}{
 		{"ok", Call{KeyID: "k", Status: 200}, outcome{counted: true, upstream: true}},
 		{"models list", Call{Local: true, Status: 200}, outcome{}},
-		{"local refusal", Call{Local: true, Status: 401, ErrorCode: "invalid_api_key"}, outcome{counted: true, failed: true, class: ClassLocal, errType: "invalid_api_key"}},
+		{"anonymous refusal", Call{Local: true, Status: 401, ErrorCode: "invalid_api_key"}, outcome{counted: true, failed: true, anonymous: true, class: ClassLocal, errType: "invalid_api_key"}},
+		{"anonymous, no credentials", Call{Local: true, Status: 401, ErrorCode: "missing_api_key"}, outcome{counted: true, failed: true, anonymous: true, class: ClassLocal, errType: "missing_api_key"}},
+		{"401 of an identified client", Call{Local: true, Status: 401, ClientID: "c1", ErrorCode: "invalid_api_key"}, outcome{counted: true, failed: true, class: ClassLocal, errType: "invalid_api_key"}},
+		{"anonymous 404", Call{Local: true, Status: 404, ErrorCode: "unknown_url"}, outcome{counted: true, failed: true, class: ClassLocal, errType: "unknown_url"}},
+		{"client refused a model", Call{Local: true, Status: 403, ClientID: "c1", ErrorCode: "model_not_allowed"}, outcome{counted: true, failed: true, class: ClassLocal, errType: "model_not_allowed"}},
+		{"forbidden jwt claim", Call{Local: true, Status: 403, ErrorCode: "insufficient_permissions"}, outcome{counted: true, failed: true, class: ClassLocal, errType: "insufficient_permissions"}},
 		{"local no code", Call{Local: true, Status: 503}, outcome{counted: true, failed: true, class: ClassLocal, errType: ClassLocal}},
 		{"class given", Call{KeyID: "k", Status: 403, ErrorCode: policy.ClassRateLimited}, outcome{counted: true, failed: true, upstream: true, class: policy.ClassRateLimited, errType: policy.ClassRateLimited}},
 		{"408 timeout", Call{KeyID: "k", Status: 408, ErrorCode: policy.ClassTimeout}, outcome{counted: true, failed: true, upstream: true, class: policy.ClassTimeout, errType: policy.ClassTimeout}},
@@ -441,6 +447,50 @@ func TestAlerts(t *testing.T) {
 		m := scrape(t, tel)
 		if m[`keymux_alert_active{alert="error_rate"}`] != 0 || m[`keymux_error_ratio`] != 0.2 {
 			t.Errorf("active=%v ratio=%v, want 0 and 0.2", m[`keymux_alert_active{alert="error_rate"}`], m[`keymux_error_ratio`])
+		}
+	})
+	t.Run("anonymous refusals do not count", func(t *testing.T) {
+		var logs syncBuffer
+		tel := newTel(t, Config{Logger: jsonLogger(&logs), Now: func() time.Time { return t0 }})
+		tel.SetAlerts(func() Alerts { return Alerts{ErrorRate: 0.2, Usage: 0} })
+		for range 8 {
+			tel.End(call("k1", "m", 200, time.Millisecond, t0))
+		}
+		// A scanner without a token: 50 anonymous 401s, and one unknown token.
+		for range 50 {
+			tel.End(local(401, "missing_api_key", "", t0))
+		}
+		tel.End(local(401, "invalid_api_key", "m", t0))
+		if logs.String() != "" {
+			t.Fatalf("anonymous refusals raised the alert: %s", logs.String())
+		}
+		m := scrape(t, tel)
+		if m[`keymux_alert_active{alert="error_rate"}`] != 0 || m[`keymux_error_ratio`] != 0 {
+			t.Errorf("active=%v ratio=%v, want 0 and 0", m[`keymux_alert_active{alert="error_rate"}`], m[`keymux_error_ratio`])
+		}
+		// They stay visible as local errors and in /stats.
+		if got := m[`keymux_errors_total{class="local"}`]; got != 51 {
+			t.Errorf(`keymux_errors_total{class="local"} = %v, want 51`, got)
+		}
+		if st := tel.Stats(AlertWindow); st.TotalCalls != 59 || st.SuccessfulCalls != 8 {
+			t.Errorf("/stats calls %d/%d, want 59 with 8 successful", st.TotalCalls, st.SuccessfulCalls)
+		}
+		// Identified failures still count: 8 ok + 2 refused for a model
+		// (403, client known) = 10 calls, 0.2 failed: not above; one more fires.
+		refusal := func() {
+			c := local(403, "model_not_allowed", "m", t0)
+			c.ClientID = "c1"
+			tel.End(c)
+		}
+		refusal()
+		refusal()
+		if logs.String() != "" {
+			t.Fatalf("alert at 2 of 10: %s", logs.String())
+		}
+		refusal()
+		want := `{"level":"WARN","msg":"alert threshold crossed","alert":"error_rate","value":0.2727272727272727,"threshold":0.2,"window":"5m0s","calls":11}` + "\n"
+		if logs.String() != want {
+			t.Fatalf("log:\n%s\nwant\n%s", logs.String(), want)
 		}
 	})
 	t.Run("usage per key fires once", func(t *testing.T) {
