@@ -345,7 +345,7 @@ func (d *ejectionDoc) UnmarshalJSON(b []byte) error {
 
 type authDoc struct {
 	Mode          string  `json:"mode"`
-	PayloadHeader *string `json:"payload_header"`
+	PayloadHeader *string `json:"payload_header"` // ignored: see checkPayloadHeader
 	Claim         *string `json:"claim"`
 	Value         *string `json:"value"`
 }
@@ -451,12 +451,8 @@ func ParseSettings(raw []byte) (policy.Settings, error) {
 		default:
 			return policy.Settings{}, fieldErr(doc, "auth.mode", "unknown mode %q (want none, client_keys, jwt_claim)", truncate(a.Mode, 64))
 		}
-		if a.PayloadHeader != nil {
-			h := *a.PayloadHeader
-			if !validHeaderName(h) {
-				return policy.Settings{}, fieldErr(doc, "auth.payload_header", "want a lower-case HTTP header name")
-			}
-			s.Auth.PayloadHeader = h
+		if err := checkPayloadHeader(doc, a.PayloadHeader); err != nil {
+			return policy.Settings{}, err
 		}
 		if a.Claim != nil {
 			if *a.Claim == "" {
@@ -889,4 +885,16 @@ func ParseClient(id string, raw []byte) (*policy.Client, error) {
 	}
 	c.Limits = lim
 	return c, nil
+}
+
+// checkPayloadHeader validates the obsolete auth.payload_header. keymux
+// reads the verified claims from jwt_authn's dynamic metadata, never from a
+// header a client could send, so the value is ignored; it is still accepted
+// so that an older settings document keeps parsing (a refused one would
+// leave keymux on its defaults, auth mode none).
+func checkPayloadHeader(doc string, h *string) error {
+	if h != nil && !validHeaderName(*h) {
+		return fieldErr(doc, "auth.payload_header", "want a lower-case HTTP header name")
+	}
+	return nil
 }
