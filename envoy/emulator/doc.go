@@ -44,7 +44,9 @@
 // message_timeout (default 200ms) and override_message_timeout within
 // max_message_timeout; failure_mode_allow and status_on_error; spurious
 // replies; dynamic metadata limited to receiving_namespaces.untyped and
-// visible to the access log; half-close at the end, cancel on client abort;
+// visible to the access log; metadata_context on every message with the
+// stream's metadata in forwarding_namespaces.untyped (typed namespaces,
+// per-route overrides and connection metadata not emulated); half-close at the end, cancel on client abort;
 // replies after completion ignored.
 //
 // Upstreams: STATIC / STRICT_DNS / LOGICAL_DNS clusters by address (round
@@ -103,7 +105,8 @@
 //     retry_policy ignored), RS/PS/ES/HS 256/384/512 signatures, issuer,
 //     audiences, exp/nbf with clock_skew_seconds, from_headers or the
 //     Authorization bearer token, forward, forward_payload_header
-//     (pad_forward_payload_header), payload_in_metadata; rules with
+//     (pad_forward_payload_header; a client-sent copy is removed whenever
+//     a rule matches), payload_in_metadata; rules with
 //     provider_name, provider_and_audiences, requires_any, requires_all,
 //     allow_missing, allow_missing_or_failed. Not emulated: from_params,
 //     from_cookies, subjects, require_expiration, max_lifetime,
