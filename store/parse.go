@@ -640,7 +640,8 @@ func ParseKey(id string, raw []byte, resolve SecretResolver) (*policy.Key, error
 	default:
 		ref := *d.SecretRef
 		if !strings.HasPrefix(ref, "env:") && !strings.HasPrefix(ref, "file:") || ref == "env:" || ref == "file:" {
-			return nil, fieldErr(doc, "secret_ref", "%v, got %q", ErrBadSecretRef, truncate(ref, 256))
+			// Never echoed: a value that is not a reference is often a pasted secret.
+			return nil, fieldErr(doc, "secret_ref", "%v (the value is not shown)", ErrBadSecretRef)
 		}
 		v, err := resolve(ref)
 		if err != nil {

@@ -6,8 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 
@@ -46,6 +48,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 
+	// The mock upstream and local test servers run on loopback; Envoy's
+	// admin address stays refused.
+	o.devUpstreams = []string{"127.0.0.0/8", "::1/128", "localhost"}
+	if sa := boot.GetAdmin().GetAddress().GetSocketAddress(); sa.GetAddress() != "" {
+		o.adminAddrs = append(o.adminAddrs, net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))))
+	}
 	demo := o.config == "" && !o.consul
 	if demo {
 		mock := mockupstream.New(mockupstream.Options{Logger: log})

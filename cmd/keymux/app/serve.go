@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -42,6 +43,45 @@ type serveOptions struct {
 	logLevel     string
 	logFormat    string
 	callLog      string
+	secretEnv    listFlag
+	secretDirs   listFlag
+	upstreams    listFlag
+	// devUpstreams are allowed in addition to --allow-upstream (dev: the
+	// loopback mock); adminAddrs are Envoy admin addresses refused as
+	// upstreams (dev: the bootstrap's).
+	devUpstreams []string
+	adminAddrs   []string
+}
+
+// listFlag is a comma-separated list flag; the default stands until the
+// flag is given.
+type listFlag struct {
+	vals []string
+	set  bool
+}
+
+func (l *listFlag) String() string { return strings.Join(l.vals, ",") }
+
+func (l *listFlag) Set(v string) error {
+	if !l.set {
+		l.vals, l.set = nil, true
+	}
+	for f := range strings.SplitSeq(v, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			l.vals = append(l.vals, f)
+		}
+	}
+	return nil
+}
+
+// scope is what key documents may reference (see store.Scope).
+func (o *serveOptions) scope() *store.Scope {
+	sc := store.DefaultScope()
+	sc.SecretEnv = o.secretEnv.vals
+	sc.SecretDirs = o.secretDirs.vals
+	sc.Upstreams = append(slices.Clone(o.upstreams.vals), o.devUpstreams...)
+	sc.AdminAddrs = append(sc.AdminAddrs, o.adminAddrs...)
+	return sc
 }
 
 func (o *serveOptions) register(fs *flag.FlagSet) {
@@ -54,6 +94,11 @@ func (o *serveOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&o.callLog, "call-log", "", "call log destination: a file path, \"-\" for stdout, empty for none")
+	o.secretEnv.vals = store.DefaultSecretEnv
+	o.secretDirs.vals = store.DefaultSecretDirs
+	fs.Var(&o.secretEnv, "secret-env", "environment variables a key's secret_ref env:NAME may name: comma-separated patterns")
+	fs.Var(&o.secretDirs, "secret-dir", "directories a key's secret_ref file:PATH may lie under, comma-separated")
+	fs.Var(&o.upstreams, "allow-upstream", "base_url hosts allowed although loopback, link-local or Envoy's admin: host, host:port or CIDR, comma-separated")
 }
 
 func (o *serveOptions) check() error {
