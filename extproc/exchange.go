@@ -114,6 +114,10 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 	if route.op.local {
 		return x.answerModels()
 	}
+	if policy.AuthorizeEndpoint(x.client, route.op.name, route.op.model != modelNone) != nil {
+		return x.refuse(&apiError{Status: 403, Type: typePermission, Code: "insufficient_permissions",
+			Message: "This client may not call " + route.op.name + " endpoints."})
+	}
 	if aerr := x.clientLimits(); aerr != nil {
 		return x.refuse(aerr)
 	}
@@ -282,9 +286,14 @@ func jwtClaims(md *corev3.Metadata) *structpb.Struct {
 // requests without a model) and builds the request mutation towards the
 // key's provider.
 func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) {
-	if model != "" && policy.AuthorizeModel(x.client, model) != nil {
-		return nil, &apiError{Status: 403, Type: typePermission, Code: "model_not_allowed", Param: "model",
-			Message: "The model `" + model + "` is not allowed for this client."}
+	// A model-bearing body without a model gets the provider's default
+	// model, which a client limited to some models may not use either.
+	if (model != "" || x.route.op.model != modelNone) && policy.AuthorizeModel(x.client, model) != nil {
+		msg := "The model `" + model + "` is not allowed for this client."
+		if model == "" {
+			msg = "This client must name one of its allowed models: the provider's default model is not allowed."
+		}
+		return nil, &apiError{Status: 403, Type: typePermission, Code: "model_not_allowed", Param: "model", Message: msg}
 	}
 	x.call.ModelOriginal = model
 	entry, aerr := x.choose(model)

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -18,7 +19,48 @@ var (
 	ErrBadCredentials  = errors.New("bad credentials")   // 401: unknown, malformed or disabled
 	ErrForbidden       = errors.New("forbidden")         // 403: authenticated but not allowed
 	ErrModelNotAllowed = errors.New("model not allowed") // 403: the client may not use this model
+	ErrEndpointDenied  = errors.New("endpoint not allowed") // 403: the client may not call this operation
 )
+
+// The operations a client's endpoints list may name: the proxied
+// OpenAI-compatible endpoints, by the operation name keymux reports.
+// ModelEndpoints carry a model in their body; the others (files, batches,
+// stored responses under "responses") act on the shared provider account.
+const (
+	EndpointChat            = "chat"
+	EndpointTextCompletion  = "text_completion"
+	EndpointEmbeddings      = "embeddings"
+	EndpointResponses       = "responses"
+	EndpointModerations     = "moderations"
+	EndpointImageGeneration = "image_generation"
+	EndpointSpeech          = "speech"
+	EndpointFiles           = "files"
+	EndpointBatches         = "batches"
+)
+
+// Endpoints lists every Endpoint* name.
+var Endpoints = []string{EndpointChat, EndpointTextCompletion, EndpointEmbeddings, EndpointResponses,
+	EndpointModerations, EndpointImageGeneration, EndpointSpeech, EndpointFiles, EndpointBatches}
+
+// AuthorizeEndpoint returns nil when client c may call operation op
+// (modelBearing: this request's operation carries a model in its body),
+// else an error wrapping ErrEndpointDenied. A client with an endpoints list
+// may call exactly those; without one, a client limited to some models may
+// call only model-bearing operations (not the account-wide files, batches
+// or stored responses); any other client, and a nil c, may call all.
+func AuthorizeEndpoint(c *Client, op string, modelBearing bool) error {
+	switch {
+	case c == nil:
+		return nil
+	case c.Endpoints != nil:
+		if slices.Contains(c.Endpoints, op) {
+			return nil
+		}
+	case len(c.Models) == 0 || modelBearing:
+		return nil
+	}
+	return fmt.Errorf("%w: client %q may not call %s", ErrEndpointDenied, c.ID, op)
+}
 
 // TokenFromHeaders extracts the client token from the request's
 // authorization header ("Bearer <token>", scheme case-insensitive) or, when
@@ -79,7 +121,8 @@ func AuthenticateClient(c *Client, sum [32]byte) error {
 
 // AuthorizeModel returns nil when client c may request model, else an error
 // wrapping ErrModelNotAllowed. A nil c (auth mode none or jwt_claim) may
-// request any model.
+// request any model. model "" stands for the provider's default model (a
+// body without one), which a client limited to some models may not use.
 func AuthorizeModel(c *Client, model string) error {
 	if c == nil || c.AllowsModel(model) {
 		return nil

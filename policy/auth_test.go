@@ -105,6 +105,8 @@ func TestAuthorizeModel(t *testing.T) {
 		{"exact only", limited, "gpt-4-turbo", `model not allowed: client "c1" may not use model "gpt-4-turbo"`},
 		{"no list allows any", anyModel, "anything", ""},
 		{"no client allows any", nil, "anything", ""},
+		{"provider default refused for a limited client", limited, "", `model not allowed: client "c1" may not use model ""`},
+		{"provider default for an unlimited client", anyModel, "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,6 +119,46 @@ func TestAuthorizeModel(t *testing.T) {
 			}
 			if !errors.Is(err, ErrModelNotAllowed) || err.Error() != tt.wantErr {
 				t.Errorf("AuthorizeModel = %v, want %q wrapping ErrModelNotAllowed", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestAuthorizeEndpoint(t *testing.T) {
+	limited := &Client{ID: "c1", Models: []string{"gpt-4o-mini"}}
+	anyModel := &Client{ID: "c2"}
+	listed := &Client{ID: "c3", Models: []string{"gpt-4o-mini"}, Endpoints: []string{EndpointChat, EndpointFiles}}
+	none := &Client{ID: "c4", Endpoints: []string{}}
+	tests := []struct {
+		name         string
+		c            *Client
+		op           string
+		modelBearing bool
+		wantErr      string
+	}{
+		{"limited: chat", limited, EndpointChat, true, ""},
+		{"limited: files", limited, EndpointFiles, false, `endpoint not allowed: client "c1" may not call files`},
+		{"limited: batches", limited, EndpointBatches, false, `endpoint not allowed: client "c1" may not call batches`},
+		{"limited: stored responses", limited, EndpointResponses, false, `endpoint not allowed: client "c1" may not call responses`},
+		{"limited: create response", limited, EndpointResponses, true, ""},
+		{"unlimited: files", anyModel, EndpointFiles, false, ""},
+		{"no client", nil, EndpointBatches, false, ""},
+		{"listed: files", listed, EndpointFiles, false, ""},
+		{"listed: chat", listed, EndpointChat, true, ""},
+		{"listed: embeddings not listed", listed, EndpointEmbeddings, true, `endpoint not allowed: client "c3" may not call embeddings`},
+		{"empty list: nothing", none, EndpointChat, true, `endpoint not allowed: client "c4" may not call chat`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := AuthorizeEndpoint(tt.c, tt.op, tt.modelBearing)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("AuthorizeEndpoint: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrEndpointDenied) || err.Error() != tt.wantErr {
+				t.Errorf("AuthorizeEndpoint = %v, want %q wrapping ErrEndpointDenied", err, tt.wantErr)
 			}
 		})
 	}

@@ -116,7 +116,11 @@ type Client struct {
 	Name        string
 	TokenSHA256 [32]byte
 	Models      []string // empty = any
-	Enabled     bool
+	// Endpoints are the operations (Endpoint* names) the client may call;
+	// nil = every operation, or only the model-bearing ones for a client
+	// with Models (see AuthorizeEndpoint).
+	Endpoints []string
+	Enabled   bool
 	Limits      Limits
 }
 

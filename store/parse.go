@@ -845,6 +845,7 @@ type clientDoc struct {
 	Name        string     `json:"name"`
 	TokenSHA256 string     `json:"token_sha256"`
 	Models      []string   `json:"models"`
+	Endpoints   []string   `json:"endpoints"`
 	Enabled     *bool      `json:"enabled"`
 	Limits      *limitsDoc `json:"limits"`
 }
@@ -877,6 +878,9 @@ func ParseClient(id string, raw []byte) (*policy.Client, error) {
 		return nil, err
 	}
 	c.Models = models
+	if c.Endpoints, err = parseEndpoints(doc, d.Endpoints); err != nil {
+		return nil, err
+	}
 	if d.Enabled != nil {
 		c.Enabled = *d.Enabled
 	}
@@ -898,4 +902,22 @@ func checkPayloadHeader(doc string, h *string) error {
 		return fieldErr(doc, "auth.payload_header", "want a lower-case HTTP header name")
 	}
 	return nil
+}
+
+// parseEndpoints validates a client's endpoints list (policy.Endpoints
+// names); absent stays nil (the default rights), [] allows nothing.
+func parseEndpoints(doc string, names []string) ([]string, error) {
+	if names == nil {
+		return nil, nil
+	}
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		if !slices.Contains(policy.Endpoints, n) {
+			return nil, fieldErr(doc, "endpoints", "unknown endpoint %q (want %s)", truncate(n, 64), strings.Join(policy.Endpoints, ", "))
+		}
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
 }
