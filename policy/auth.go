@@ -15,10 +15,10 @@ import (
 // Client authorization errors. Callers branch with errors.Is; the wrapped
 // messages name what was wrong but never the token or the JWT payload.
 var (
-	ErrNoCredentials   = errors.New("no credentials")    // 401: nothing to check
-	ErrBadCredentials  = errors.New("bad credentials")   // 401: unknown, malformed or disabled
-	ErrForbidden       = errors.New("forbidden")         // 403: authenticated but not allowed
-	ErrModelNotAllowed = errors.New("model not allowed") // 403: the client may not use this model
+	ErrNoCredentials   = errors.New("no credentials")       // 401: nothing to check
+	ErrBadCredentials  = errors.New("bad credentials")      // 401: unknown, malformed or disabled
+	ErrForbidden       = errors.New("forbidden")            // 403: authenticated but not allowed
+	ErrModelNotAllowed = errors.New("model not allowed")    // 403: the client may not use this model
 	ErrEndpointDenied  = errors.New("endpoint not allowed") // 403: the client may not call this operation
 )
 

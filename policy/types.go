@@ -121,7 +121,7 @@ type Client struct {
 	// with Models (see AuthorizeEndpoint).
 	Endpoints []string
 	Enabled   bool
-	Limits      Limits
+	Limits    Limits
 }
 
 // AllowsModel reports whether the client may request model.
