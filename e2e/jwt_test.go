@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
@@ -83,11 +84,18 @@ func jwtBootstrap(t *testing.T, key []byte) string {
 		t.Fatal(err)
 	}
 	fc.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: hcmAny}
+	return writeBootstrap(t, b)
+}
+
+// writeBootstrap writes b as JSON (which YAML loaders read) to a temporary
+// file for keymux dev --envoy.
+func writeBootstrap(t *testing.T, b *bootstrapv3.Bootstrap) string {
+	t.Helper()
 	out, err := protojson.Marshal(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "envoy-jwt.json")
+	path := filepath.Join(t.TempDir(), "envoy.json")
 	if err := os.WriteFile(path, out, 0o600); err != nil {
 		t.Fatal(err)
 	}

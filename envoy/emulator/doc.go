@@ -53,7 +53,8 @@
 // robin over the endpoints), dynamic_forward_proxy clusters by the request's
 // :authority, plain HTTP or TLS (UpstreamTlsContext: SNI = sni or the
 // authority host, verification against validation_context.trusted_ca, the
-// system roots, or Config.UpstreamTLS), HTTP/1.1 through net/http with no
+// system roots, or Config.UpstreamTLS; the first tls_certificates entry as
+// the client certificate), HTTP/1.1 through net/http with no
 // automatic decompression and no redirects. Response bodies in NONE and
 // STREAMED mode are copied chunk by chunk with a flush after each read.
 //
@@ -66,8 +67,10 @@
 //     the downstream side speaks HTTP/1.1 in clear text only (codec_type AUTO
 //     or HTTP2, h2c and listener TLS are not emulated). Upstreams are always
 //     HTTP/1.1 (auto_config and http2_protocol_options are ignored for HTTP
-//     upstreams; the ext_proc gRPC client is grpc-go over HTTP/2, always
-//     without TLS).
+//     upstreams; the ext_proc gRPC client is grpc-go over HTTP/2, with
+//     TLS when its cluster has an UpstreamTlsContext, where Go also checks
+//     the server's name or IP address against its certificate, which Envoy
+//     does only with match_typed_subject_alt_names).
 //   - Trailers are never sent to the processor nor forwarded:
 //     request_trailer_mode and response_trailer_mode SEND have no effect.
 //   - route_config must be inline (no RDS, no scoped routes).

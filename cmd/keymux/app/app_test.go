@@ -42,6 +42,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{"no source", []string{"serve"}, nil, "serve needs a source"},
 		{"bad grpc address", []string{"serve", "--config", "x", "--grpc", "nowhere"}, nil, `--grpc "nowhere": want host:port or unix:PATH`},
 		{"empty unix socket", []string{"serve", "--config", "x", "--grpc", "unix:"}, nil, "empty socket path"},
+		{"mTLS without a client CA", []string{"serve", "--config", "x", "--grpc-tls-cert", "c.pem", "--grpc-tls-key", "k.pem"}, nil, "--grpc-tls-cert, --grpc-tls-key and --grpc-tls-client-ca go together (mutual TLS)"},
 		{"bad admin address", []string{"serve", "--config", "x", "--admin", "unix:/tmp/a"}, nil, `--admin "unix:/tmp/a": want host:port`},
 		{"prefix without slash", []string{"serve", "--consul", "--consul-prefix", "keymux"}, nil, `must end with "/"`},
 		{"bad log level from env", []string{"serve", "--config", "x"}, map[string]string{"KEYMUX_LOG_LEVEL": "loud"}, `--log-level "loud"`},

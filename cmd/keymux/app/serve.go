@@ -51,6 +51,7 @@ type serveOptions struct {
 	// upstreams (dev: the bootstrap's).
 	devUpstreams []string
 	adminAddrs   []string
+	grpcTLS      grpcTLS
 }
 
 // listFlag is a comma-separated list flag; the default stands until the
@@ -98,12 +99,16 @@ func (o *serveOptions) register(fs *flag.FlagSet) {
 	o.secretDirs.vals = store.DefaultSecretDirs
 	fs.Var(&o.secretEnv, "secret-env", "environment variables a key's secret_ref env:NAME may name: comma-separated patterns")
 	fs.Var(&o.secretDirs, "secret-dir", "directories a key's secret_ref file:PATH may lie under, comma-separated")
+	o.grpcTLS.register(fs)
 	fs.Var(&o.upstreams, "allow-upstream", "base_url hosts allowed although loopback, link-local or Envoy's admin: host, host:port or CIDR, comma-separated")
 }
 
 func (o *serveOptions) check() error {
 	if o.config != "" && o.consul {
 		return &usageError{msg: "--config and --consul are exclusive: choose one source"}
+	}
+	if err := o.grpcTLS.check(); err != nil {
+		return err
 	}
 	if o.consulPrefix == "" || !strings.HasSuffix(o.consulPrefix, "/") {
 		return &usageError{msg: fmt.Sprintf("--consul-prefix %q must end with \"/\"", o.consulPrefix)}
@@ -268,12 +273,20 @@ func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdo
 	if err != nil {
 		return sc, err
 	}
-	sc.grpc = grpc.NewServer(
+	gopts := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp))),
 		// Envoy sends a BUFFERED body in one message; envoy.yaml buffers up
 		// to 16 MiB, above grpc-go's 4 MiB default.
 		grpc.MaxRecvMsgSize(maxGRPCMessage), grpc.MaxSendMsgSize(maxGRPCMessage),
-	)
+	}
+	creds, err := o.grpcTLS.serverOption()
+	if err != nil {
+		return sc, err
+	}
+	if creds != nil {
+		gopts = append(gopts, creds)
+	}
+	sc.grpc = grpc.NewServer(gopts...)
 	extprocv3.RegisterExternalProcessorServer(sc.grpc, srv)
 	hs := grpchealth.NewServer()
 	healthpb.RegisterHealthServer(sc.grpc, hs)
