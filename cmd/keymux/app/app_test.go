@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/keymux/keymux/policy"
 )
 
 // runApp runs the command line to completion and returns its outputs.
@@ -224,5 +226,28 @@ func TestDevOfflineDemo(t *testing.T) {
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		t.Fatal("cancelled early")
+	}
+}
+
+func TestOpenListenerWarning(t *testing.T) {
+	const warn = "auth.mode is none on a listener beyond loopback: anyone who reaches it uses the pool's keys; set auth.mode client_keys or jwt_claim"
+	for _, tc := range []struct {
+		addr string
+		mode policy.AuthMode
+		want string
+	}{
+		{"0.0.0.0:10000", policy.AuthNone, warn},
+		{"[::]:10000", policy.AuthNone, warn},
+		{"192.0.2.10:10000", policy.AuthNone, warn},
+		{":10000", policy.AuthNone, warn},
+		{"127.0.0.1:10000", policy.AuthNone, ""},
+		{"[::1]:10000", policy.AuthNone, ""},
+		{"localhost:10000", policy.AuthNone, ""},
+		{"0.0.0.0:10000", policy.AuthClientKeys, ""},
+		{"0.0.0.0:10000", policy.AuthJWTClaim, ""},
+	} {
+		if got := openListenerWarning(tc.addr, tc.mode); got != tc.want {
+			t.Errorf("openListenerWarning(%s, %s) = %q, want %q", tc.addr, tc.mode, got, tc.want)
+		}
 	}
 }
