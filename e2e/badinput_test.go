@@ -23,10 +23,11 @@ clients:
   a: {name: unrestricted, token_sha256: "` + "{{A}}" + `"}
   b: {name: disabled, token_sha256: "` + "{{B}}" + `", enabled: false}
   c: {name: mini only, token_sha256: "` + "{{C}}" + `", models: [gpt-4o-mini]}
+  d: {name: mini and files, token_sha256: "` + "{{D}}" + `", models: [gpt-4o-mini], endpoints: [chat, files]}
 `
 
 func TestBadInputTable(t *testing.T) {
-	cfg := strings.NewReplacer("{{A}}", sha256hex("km-test-a"), "{{B}}", sha256hex("km-test-b"), "{{C}}", sha256hex("km-test-c")).Replace(badInputConfig)
+	cfg := strings.NewReplacer("{{A}}", sha256hex("km-test-a"), "{{B}}", sha256hex("km-test-b"), "{{C}}", sha256hex("km-test-c"), "{{D}}", sha256hex("km-test-d")).Replace(badInputConfig)
 	g := startGateway(t, cfg)
 	authA := map[string]string{"authorization": "Bearer km-test-a", "content-type": "application/json"}
 	with := func(h map[string]string, k, v string) map[string]string {
@@ -85,6 +86,20 @@ func TestBadInputTable(t *testing.T) {
 		{"body over the limit", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o","pad":"` + strings.Repeat("x", 5000) + `"}`, 413, "request_too_large"},
 		// Models.
 		{"model not allowed for client", "POST", "/v1/chat/completions", with(authA, "authorization", "Bearer km-test-c"), ok, 403, "model_not_allowed"},
+		// Endpoint rights: a client limited to models stays off the shared account's objects.
+		{"limited client: its model", "POST", "/v1/chat/completions", with(authA, "authorization", "Bearer km-test-c"), `{"model":"gpt-4o-mini","messages":[]}`, 200, ""},
+		{"limited client: list files", "GET", "/v1/files", with(authA, "authorization", "Bearer km-test-c"), ``, 403, "insufficient_permissions"},
+		{"limited client: read a file", "GET", "/v1/files/file-abc", with(authA, "authorization", "Bearer km-test-c"), ``, 403, "insufficient_permissions"},
+		{"limited client: delete a file", "DELETE", "/v1/files/file-abc", with(authA, "authorization", "Bearer km-test-c"), ``, 403, "insufficient_permissions"},
+		{"limited client: batches", "GET", "/v1/batches", with(authA, "authorization", "Bearer km-test-c"), ``, 403, "insufficient_permissions"},
+		{"limited client: stored response", "GET", "/v1/responses/resp_abc", with(authA, "authorization", "Bearer km-test-c"), ``, 403, "insufficient_permissions"},
+		{"limited client: provider's default model", "POST", "/v1/moderations", with(authA, "authorization", "Bearer km-test-c"), `{"input":"hi"}`, 403, "model_not_allowed"},
+		// The mock has no files or moderations: its own 404 shows the request was forwarded.
+		{"listed endpoints: files", "GET", "/v1/files", with(authA, "authorization", "Bearer km-test-d"), ``, 404, ""},
+		{"listed endpoints: batches not listed", "GET", "/v1/batches", with(authA, "authorization", "Bearer km-test-d"), ``, 403, "insufficient_permissions"},
+		{"listed endpoints: embeddings not listed", "POST", "/v1/embeddings", with(authA, "authorization", "Bearer km-test-d"), `{"model":"gpt-4o-mini","input":"x"}`, 403, "insufficient_permissions"},
+		{"unrestricted client: files", "GET", "/v1/files", authA, ``, 404, ""},
+		{"unrestricted client: default model", "POST", "/v1/moderations", authA, `{"input":"hi"}`, 404, ""},
 		{"model no key serves", "POST", "/v1/chat/completions", authA, `{"model":"o1","messages":[]}`, 404, "model_not_found"},
 		{"unknown model id", "GET", "/v1/models/o1", authA, ``, 404, "model_not_found"},
 		{"model list", "GET", "/v1/models", authA, ``, 200, ""},
@@ -157,6 +172,9 @@ func TestBadInputTable(t *testing.T) {
 			}
 			reached := len(g.requests()) - before
 			if tc.code == "" {
+				if tc.status == 404 && reached != 1 {
+					t.Errorf("a forwarded request did not reach the upstream")
+				}
 				return
 			}
 			if reached != 0 {

@@ -1,6 +1,11 @@
 package extproc
 
-import "testing"
+import (
+	"slices"
+	"testing"
+
+	"github.com/keymux/keymux/policy"
+)
 
 func TestMatchRoute(t *testing.T) {
 	tests := []struct {
@@ -85,5 +90,21 @@ func TestErrorBody(t *testing.T) {
 	want = `{"error":{"message":"m","type":"server_error","param":null,"code":null}}`
 	if got := string(e.body()); got != want {
 		t.Fatalf("got %s\nwant %s", got, want)
+	}
+}
+
+// TestOperationsAreEndpoints: the names a client's endpoints list accepts
+// (policy.Endpoints) are exactly the proxied operations' names.
+func TestOperationsAreEndpoints(t *testing.T) {
+	var names []string
+	for _, op := range operations {
+		if !op.local && !slices.Contains(names, op.name) {
+			names = append(names, op.name)
+		}
+	}
+	slices.Sort(names)
+	want := slices.Sorted(slices.Values(policy.Endpoints))
+	if !slices.Equal(names, want) {
+		t.Fatalf("operations %v, policy.Endpoints %v", names, want)
 	}
 }

@@ -13,7 +13,6 @@ const (
 	DefaultCooldown            = 60 * time.Second
 	DefaultErrorWindow         = 60 * time.Second
 	DefaultAuthMode            = AuthNone
-	DefaultPayloadHeader       = "x-jwt-payload"
 	DefaultClaim               = "role"
 	DefaultClaimValue          = "ROLE_API_USER"
 	DefaultAlertErrorRate      = 0.2
@@ -44,9 +43,6 @@ func (s *Settings) WithDefaults() *Settings {
 	s.Ejection.WithDefaults()
 	if s.Auth.Mode == "" {
 		s.Auth.Mode = DefaultAuthMode
-	}
-	if s.Auth.PayloadHeader == "" {
-		s.Auth.PayloadHeader = DefaultPayloadHeader
 	}
 	if s.Auth.Claim == "" {
 		s.Auth.Claim = DefaultClaim

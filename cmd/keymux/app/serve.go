@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -45,6 +46,46 @@ type serveOptions struct {
 	logLevel     string
 	logFormat    string
 	callLog      string
+	secretEnv    listFlag
+	secretDirs   listFlag
+	upstreams    listFlag
+	// devUpstreams are allowed in addition to --allow-upstream (dev: the
+	// loopback mock); adminAddrs are Envoy admin addresses refused as
+	// upstreams (dev: the bootstrap's).
+	devUpstreams []string
+	adminAddrs   []string
+	grpcTLS      grpcTLS
+}
+
+// listFlag is a comma-separated list flag; the default stands until the
+// flag is given.
+type listFlag struct {
+	vals []string
+	set  bool
+}
+
+func (l *listFlag) String() string { return strings.Join(l.vals, ",") }
+
+func (l *listFlag) Set(v string) error {
+	if !l.set {
+		l.vals, l.set = nil, true
+	}
+	for f := range strings.SplitSeq(v, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			l.vals = append(l.vals, f)
+		}
+	}
+	return nil
+}
+
+// scope is what key documents may reference (see store.Scope).
+func (o *serveOptions) scope() *store.Scope {
+	sc := store.DefaultScope()
+	sc.SecretEnv = o.secretEnv.vals
+	sc.SecretDirs = o.secretDirs.vals
+	sc.Upstreams = append(slices.Clone(o.upstreams.vals), o.devUpstreams...)
+	sc.AdminAddrs = append(sc.AdminAddrs, o.adminAddrs...)
+	return sc
 }
 
 func (o *serveOptions) register(fs *flag.FlagSet) {
@@ -57,11 +98,20 @@ func (o *serveOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&o.callLog, "call-log", "", "call log destination: a file path, \"-\" for stdout, empty for none")
+	o.secretEnv.vals = store.DefaultSecretEnv
+	o.secretDirs.vals = store.DefaultSecretDirs
+	fs.Var(&o.secretEnv, "secret-env", "environment variables a key's secret_ref env:NAME may name: comma-separated patterns")
+	fs.Var(&o.secretDirs, "secret-dir", "directories a key's secret_ref file:PATH may lie under, comma-separated")
+	o.grpcTLS.register(fs)
+	fs.Var(&o.upstreams, "allow-upstream", "base_url hosts allowed although loopback, link-local or Envoy's admin: host, host:port or CIDR, comma-separated")
 }
 
 func (o *serveOptions) check() error {
 	if o.config != "" && o.consul {
 		return &usageError{msg: "--config and --consul are exclusive: choose one source"}
+	}
+	if err := o.grpcTLS.check(); err != nil {
+		return err
 	}
 	prefix, err := consul.NormalizePrefix(o.consulPrefix)
 	if err != nil {
@@ -187,7 +237,7 @@ func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdo
 	}
 	sc.healthErr = make(chan error, 1)
 	go func() { sc.healthErr <- sc.health.Run(ctx) }()
-	if err := sc.startGRPC(ctx, o.grpcAddr, tp); err != nil {
+	if err := sc.startGRPC(ctx, o, tp); err != nil {
 		return sc, err
 	}
 	return sc, sc.startAdmin(o.adminAddr)
@@ -259,23 +309,32 @@ func (sc *sidecar) newHealth(o serveOptions) error {
 	return nil
 }
 
-// startGRPC serves ext_proc and the gRPC health service on addr; the
-// health service says SERVING once the store is ready.
-func (sc *sidecar) startGRPC(ctx context.Context, addr string, tp trace.TracerProvider) error {
+// startGRPC serves ext_proc and the gRPC health service on --grpc (with
+// mutual TLS when configured); the health service says SERVING once the
+// store is ready.
+func (sc *sidecar) startGRPC(ctx context.Context, o serveOptions, tp trace.TracerProvider) error {
 	srv, err := extproc.New(extproc.Config{Store: sc.store, Logger: sc.log, Observer: sc.tel})
 	if err != nil {
 		return err
 	}
-	sc.grpc = grpc.NewServer(
+	gopts := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp))),
 		// Envoy sends a BUFFERED body in one message; envoy.yaml buffers up
 		// to 16 MiB, above grpc-go's 4 MiB default.
 		grpc.MaxRecvMsgSize(maxGRPCMessage), grpc.MaxSendMsgSize(maxGRPCMessage),
-	)
+	}
+	creds, err := o.grpcTLS.serverOption()
+	if err != nil {
+		return err
+	}
+	if creds != nil {
+		gopts = append(gopts, creds)
+	}
+	sc.grpc = grpc.NewServer(gopts...)
 	extprocv3.RegisterExternalProcessorServer(sc.grpc, srv)
 	hs := grpchealth.NewServer()
 	healthpb.RegisterHealthServer(sc.grpc, hs)
-	if sc.grpcLis, err = listen(addr); err != nil {
+	if sc.grpcLis, err = listen(o.grpcAddr); err != nil {
 		return fmt.Errorf("--grpc: %w", err)
 	}
 	go func() {
