@@ -41,7 +41,7 @@ func TestResponseFeedsKeyState(t *testing.T) {
 			respHeaders(false, ":status", "429", "content-type", "application/json", "retry-after", "3"),
 			respBody(`{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}`, true)),
 			// The headers cool the key down; the body then disables it.
-			state: policy.KeyState{CooldownUntil: t0.Add(3 * time.Second), Disabled: true, DisabledReason: policy.DisabledQuota},
+			state:    policy.KeyState{CooldownUntil: t0.Add(3 * time.Second), Disabled: true, DisabledReason: policy.DisabledQuota},
 			errClass: "auth", errors: 2, cooldowns: 1},
 		{name: "insufficient_quota type in a 403 body", responses: answers(
 			respHeaders(false, ":status", "403", "content-type", "application/json; charset=utf-8"),
