@@ -37,10 +37,13 @@ var t0 = time.Date(2026, 3, 4, 5, 6, 20, 0, time.UTC)
 // with sendErr instead. After cancelAt replies the stream's context is
 // cancelled, as when Envoy resets the stream. As Envoy does, the stream
 // sends nothing more after an ImmediateResponse: the rest of in is dropped.
+// upstream, when set, plays the upstream: it sees every reply and returns
+// the messages that follow it (e.g. the response of the key just chosen).
 type fakeStream struct {
 	grpc.ServerStream // nil: Process uses only Context, Recv and Send
 
 	in        []*extprocv3.ProcessingRequest
+	upstream  func(*extprocv3.ProcessingResponse) []*extprocv3.ProcessingRequest
 	recvErr   error
 	sendErr   error
 	sendErrAt int
@@ -81,6 +84,8 @@ func (f *fakeStream) Send(r *extprocv3.ProcessingResponse) error {
 	f.out = append(f.out, r)
 	if r.GetImmediateResponse() != nil {
 		f.in = nil
+	} else if f.upstream != nil {
+		f.in = append(f.in, f.upstream(r)...)
 	}
 	if f.cancelAt > 0 && len(f.out) == f.cancelAt {
 		f.cancel()
@@ -286,7 +291,12 @@ type exchangeResult struct {
 // a message got no reply or when the Observer did not get exactly one End.
 func (r *rig) run(msgs ...*extprocv3.ProcessingRequest) exchangeResult {
 	r.t.Helper()
-	st := newStream(r.t, msgs...)
+	return r.runStream(newStream(r.t, msgs...))
+}
+
+// runStream is run over a prepared stream.
+func (r *rig) runStream(st *fakeStream) exchangeResult {
+	r.t.Helper()
 	n := len(r.obs.ends)
 	if err := r.srv.Process(st); err != nil {
 		r.t.Fatalf("Process: %v", err)
@@ -298,6 +308,22 @@ func (r *rig) run(msgs ...*extprocv3.ProcessingRequest) exchangeResult {
 		r.t.Fatalf("Observer.End called %d times, want once", got)
 	}
 	return exchangeResult{replies: st.out, call: r.obs.ends[len(r.obs.ends)-1]}
+}
+
+// answerAs returns a fakeStream.upstream that answers a forwarded request
+// with the messages answer gives for the chosen key.
+func answerAs(answer func(key string) []*extprocv3.ProcessingRequest) func(*extprocv3.ProcessingResponse) []*extprocv3.ProcessingRequest {
+	return func(resp *extprocv3.ProcessingResponse) []*extprocv3.ProcessingRequest {
+		cr := resp.GetRequestBody().GetResponse()
+		if cr == nil {
+			cr = resp.GetRequestHeaders().GetResponse()
+		}
+		if !cr.GetClearRouteCache() {
+			return nil // not a forwarding reply
+		}
+		key := resp.GetDynamicMetadata().GetFields()[MetadataNamespace].GetStructValue().GetFields()["key_id"].GetStringValue()
+		return answer(key)
+	}
 }
 
 // entry returns the runtime entry of key id.
