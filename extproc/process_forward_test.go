@@ -285,3 +285,68 @@ func TestModelsAnsweredLocally(t *testing.T) {
 		}
 	})
 }
+
+// Older Envoys send header values in value rather than raw_value; a
+// content-length that is not a number is ignored (the body's own length
+// is checked).
+func TestRequestHeadersInValueField(t *testing.T) {
+	r := newRig(t, testKeys(settingsClientKeys))
+	body := `{"model":"gpt-4o"}`
+	msgs := request("POST", "/v1/chat/completions", body, bearer(tokenAll)...)
+	for _, h := range msgs[0].GetRequestHeaders().GetHeaders().GetHeaders() {
+		h.Value, h.RawValue = string(h.RawValue), nil
+		if h.Key == "content-length" {
+			h.Value = "18x"
+		}
+	}
+	res := r.run(msgs...)
+	f := forwardOf(t, res.replies[1])
+	if f.metadata["key_id"] != "oai" || f.metadata["client_id"] != "all" || f.set["content-length"] != "" || res.call.RequestID != "req-1" {
+		t.Errorf("forwarded %v %v, call %+v", f.metadata, f.set, res.call)
+	}
+}
+
+// The affinity strategy keeps requests that share an affinity key on one
+// upstream key: x-keymux-affinity, else the body's prompt_cache_key, else
+// its user. Requests without one are spread.
+func TestAffinityKeepsAKey(t *testing.T) {
+	r := newRig(t, `
+settings: {strategy: affinity}
+keys:
+  k1: {provider: openai, secret: sk-test-k1}
+  k2: {provider: openai, secret: sk-test-k2}
+  k3: {provider: openai, secret: sk-test-k3}
+  k4: {provider: openai, secret: sk-test-k4}
+`)
+	keyOf := func(body string, kv ...string) string {
+		t.Helper()
+		return forwardOf(t, r.run(request("POST", "/v1/chat/completions", body, kv...)...).replies[1]).metadata["key_id"]
+	}
+	used := map[string]bool{}
+	for _, u := range []string{"u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"} {
+		want := keyOf(`{"model":"gpt-4o","user":"` + u + `"}`)
+		used[want] = true
+		for _, tc := range []struct {
+			body string
+			kv   []string
+		}{
+			{`{"model":"gpt-4o","user":"` + u + `"}`, nil},
+			{`{"user":"someone-else","model":"gpt-4o","prompt_cache_key":"` + u + `"}`, nil},
+			{`{"model":"gpt-4o","user":"someone-else"}`, []string{"x-keymux-affinity", u}},
+		} {
+			if got := keyOf(tc.body, tc.kv...); got != want {
+				t.Errorf("affinity %s: %s %v went to %s, want %s", u, tc.body, tc.kv, got, want)
+			}
+		}
+	}
+	if len(used) < 2 {
+		t.Errorf("8 affinity keys all on %v", used)
+	}
+	spread := map[string]bool{}
+	for range 8 {
+		spread[keyOf(`{"model":"gpt-4o"}`)] = true
+	}
+	if len(spread) < 2 {
+		t.Errorf("requests without an affinity key all went to %v", spread)
+	}
+}

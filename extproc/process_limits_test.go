@@ -39,6 +39,7 @@ func TestClientLimitsPerMinute(t *testing.T) {
 			ok(0, tokenLimited, "gpt-4o", "oai"),
 			ok(time.Second, tokenLimited, "qwen", "compat"),
 			{at: 2 * time.Second, token: tokenLimited, model: "gpt-4o", typ: "requests", retryAfter: "38", limit: 2},
+			{at: 2*time.Second + 300*time.Millisecond, token: tokenLimited, model: "gpt-4o", typ: "requests", retryAfter: "38", limit: 2},
 			ok(2*time.Second, tokenAll, "gpt-4o", "oai"), // other clients are not affected
 			{at: 39*time.Second + 400*time.Millisecond, token: tokenLimited, model: "gpt-4o", typ: "requests", retryAfter: "1", limit: 2},
 			{at: 39*time.Second + 900*time.Millisecond, token: tokenLimited, model: "gpt-4o", typ: "requests", retryAfter: "1", limit: 2},
