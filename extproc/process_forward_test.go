@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"maps"
 	"slices"
 	"strconv"
 	"testing"
@@ -101,7 +102,7 @@ func TestForwardTargets(t *testing.T) {
 				}
 			}
 			f := forwardOf(t, res.replies[len(res.replies)-1])
-			if !equalMaps(f.set, tc.set) {
+			if !maps.Equal(f.set, tc.set) {
 				t.Errorf("set headers\n %v\nwant\n %v", f.set, tc.set)
 			}
 			if want := []string{"authorization", "x-api-key", "api-key", "x-keymux-affinity"}; !slices.Equal(f.removed, want) {
@@ -114,7 +115,7 @@ func TestForwardTargets(t *testing.T) {
 				t.Errorf("clear_route_cache not set: Envoy would keep the route chosen for the client's :authority")
 			}
 			wantMeta := map[string]string{"key_id": tc.key, "model_original": tc.modelIn, "model_final": tc.modelOut}
-			if !equalMaps(f.metadata, wantMeta) {
+			if !maps.Equal(f.metadata, wantMeta) {
 				t.Errorf("dynamic metadata %v, want %v", f.metadata, wantMeta)
 			}
 			c := res.call

@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"encoding/base64"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -141,7 +142,7 @@ func TestRequestRefusals(t *testing.T) {
 			for k, v := range tc.headers {
 				want[k] = v
 			}
-			if !equalMaps(l.headers, want) {
+			if !maps.Equal(l.headers, want) {
 				t.Errorf("headers %v, want %v", l.headers, want)
 			}
 			c := res.call
@@ -159,18 +160,6 @@ func TestRequestRefusals(t *testing.T) {
 			}
 		})
 	}
-}
-
-func equalMaps(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // A 503 names why no key could serve, with a Retry-After when some key
