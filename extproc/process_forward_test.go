@@ -351,3 +351,22 @@ keys:
 		t.Errorf("requests without an affinity key all went to %v", spread)
 	}
 }
+
+// Azure object endpoints live below /openai, without a deployment; the
+// key's api-version replaces the client's.
+func TestAzureObjectEndpoint(t *testing.T) {
+	r := newRig(t, `
+keys:
+  az: {provider: azure, base_url: "https://az.example.com/", secret: sk-test-az, azure: {api_version: "2024-10-21"}}
+`)
+	res := r.run(request("GET", "/v1/files/file-1?limit=2&api-version=2020-01-01", "")...)
+	f := forwardOf(t, res.replies[0])
+	want := map[string]string{"x-keymux-upstream": "https", ":authority": "az.example.com",
+		":path": "/openai/files/file-1?api-version=2024-10-21&limit=2", "api-key": "sk-test-az"}
+	if !maps.Equal(f.set, want) || f.body != nil {
+		t.Errorf("set headers %v body %q, want %v and no body", f.set, f.body, want)
+	}
+	if f.metadata["key_id"] != "az" || f.metadata["model_original"] != "" || res.call.Operation != "files" {
+		t.Errorf("metadata %v call %+v", f.metadata, res.call)
+	}
+}
