@@ -279,7 +279,7 @@ func newRig(t *testing.T, cfg string) *rig {
 	return r
 }
 
-// exchange is what one stream produced: the replies and the Call the
+// exchangeResult is what one stream produced: the replies and the Call the
 // Observer got at its end.
 type exchangeResult struct {
 	replies []*extprocv3.ProcessingResponse
