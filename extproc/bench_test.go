@@ -1,8 +1,6 @@
 package extproc
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"strings"
 	"testing"
@@ -16,28 +14,14 @@ import (
 // benchStore builds a store with n openai keys, a rule on k0 and one client.
 func benchStore(b testing.TB, n int, strategy string) *store.Store {
 	b.Helper()
-	sum := sha256.Sum256([]byte("km-bench-token"))
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "settings:\n  strategy: %s\n  auth: {mode: client_keys}\nkeys:\n", strategy)
 	for i := range n {
 		fmt.Fprintf(&cfg, "  k%d: {provider: openai, secret: sk-bench-%d}\n", i, i)
 	}
-	fmt.Fprintf(&cfg, "rules:\n  r0: {key: k0, from: gpt-4, to: gpt-4o-mini}\nclients:\n  c1: {name: bench, token_sha256: %q}\n", hex.EncodeToString(sum[:]))
-	c, refused, err := store.ParseFile([]byte(cfg.String()), store.ResolveSecretRef)
-	if err != nil || len(refused) > 0 {
-		b.Fatalf("config: %v %v", err, refused)
-	}
-	st, err := store.New(store.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := st.Apply(c, store.SourceInfo{Source: "bench"}); err != nil {
-		b.Fatal(err)
-	}
-	return st
+	fmt.Fprintf(&cfg, "rules:\n  r0: {key: k0, from: gpt-4, to: gpt-4o-mini}\nclients:\n  c1: {name: bench, token_sha256: %q}\n", tokenSHA("km-bench-token"))
+	return newTestStore(b, cfg.String())
 }
-
-func hv(k, v string) *corev3.HeaderValue { return &corev3.HeaderValue{Key: k, RawValue: []byte(v)} }
 
 // BenchmarkDecisionPath measures keymux's work for one chat request: the
 // request-headers message (route, client auth) and the request-body message

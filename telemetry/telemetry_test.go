@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keymux/keymux/policy"
+	"github.com/keymux/keymux/testutil/fakeclock"
 )
 
 // call builds a synthetic upstream call that ended at end after lat.
@@ -94,7 +95,7 @@ func healthFn() []KeyHealth {
 }
 
 func TestMetricsExact(t *testing.T) {
-	clk := &clock{now: t0}
+	clk := fakeclock.New(t0)
 	tel := newTel(t, Config{Now: clk.Now})
 	tel.SetKeyHealth(healthFn)
 	tel.SetConfigInfo(func() ConfigInfo {
@@ -207,7 +208,7 @@ const wantStatsAll = `{
 }`
 
 func TestStatsExact(t *testing.T) {
-	clk := &clock{now: t0}
+	clk := fakeclock.New(t0)
 	tel := newTel(t, Config{Now: clk.Now})
 	tel.SetKeyHealth(healthFn)
 	replay(tel, sequence())
@@ -296,7 +297,7 @@ func TestStatsBadWindow(t *testing.T) {
 
 // TestStatsRingReuse: a minute bucket is reused 24h later without mixing.
 func TestStatsRingReuse(t *testing.T) {
-	clk := &clock{now: t0}
+	clk := fakeclock.New(t0)
 	tel := newTel(t, Config{Now: clk.Now})
 	tel.End(withUsage(call("k1", "m1", 200, 10*time.Millisecond, t0), 1, 1))
 	day := t0.Add(24 * time.Hour)
