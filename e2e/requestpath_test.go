@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/openai/openai-go/v3"
-
 )
 
 func chat(t *testing.T, c openai.Client, model string) *openai.ChatCompletion {
