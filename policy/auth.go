@@ -118,7 +118,11 @@ func CheckJWTClaim(payloadHeader string, claim, value string) error {
 	if err != nil {
 		return fmt.Errorf("%w: JWT payload is not base64url", ErrBadCredentials)
 	}
-	if !gjson.ValidBytes(payload) {
+	switch CheckJSON(payload, DefaultMaxJSONDepth) {
+	case nil:
+	case ErrJSONTooDeep:
+		return fmt.Errorf("%w: JWT payload nests deeper than %d levels", ErrBadCredentials, DefaultMaxJSONDepth)
+	default:
 		return fmt.Errorf("%w: JWT payload is not JSON", ErrBadCredentials)
 	}
 	root := gjson.ParseBytes(payload)

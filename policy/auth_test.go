@@ -6,6 +6,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/keymux/keymux/testutil/deep"
 )
 
 func TestTokenFromHeaders(t *testing.T) {
@@ -170,6 +172,8 @@ func TestCheckJWTClaim(t *testing.T) {
 		{"whole JWT is not a payload", b64url(`{"alg":"RS256"}`) + "." + b64url(payload) + ".c2ln", "role", "ROLE_API_USER", ErrBadCredentials, "bad credentials: JWT payload is not base64url"},
 		{"not JSON", b64url("role=ROLE_API_USER"), "role", "ROLE_API_USER", ErrBadCredentials, "bad credentials: JWT payload is not JSON"},
 		{"truncated JSON", b64url(`{"role":"ROLE_API_USER"`), "role", "ROLE_API_USER", ErrBadCredentials, "bad credentials: JWT payload is not JSON"},
+		{"nested to the limit", b64url(`{"role":"ROLE_API_USER","x":` + string(deep.Arrays(DefaultMaxJSONDepth-1, "1")) + `}`), "role", "ROLE_API_USER", nil, ""},
+		{"nested too deep", b64url(`{"role":"ROLE_API_USER","x":` + string(deep.Arrays(20000, "1")) + `}`), "role", "ROLE_API_USER", ErrBadCredentials, "bad credentials: JWT payload nests deeper than 256 levels"},
 		{"array payload", b64url(`["ROLE_API_USER"]`), "role", "ROLE_API_USER", ErrBadCredentials, "bad credentials: JWT payload is not a JSON object"},
 		{"too large", strings.Repeat("A", maxJWTPayload+1), "role", "x", ErrBadCredentials, "bad credentials: JWT payload too large"},
 		{"no claim configured", b64url(payload), "", "x", ErrForbidden, "forbidden: no claim configured"},
@@ -203,6 +207,8 @@ func FuzzCheckJWTClaim(f *testing.F) {
 	f.Add("e30", "..", ".")
 	f.Add("", "role", "x")
 	f.Add("%%%", "@reverse", "#")
+	f.Add(b64url(string(deep.Objects(maxJWTPayload/8, `"x"`))), "a.a.a", "x")
+	f.Add(b64url(string(deep.Arrays(maxJWTPayload*3/8, "1"))), "role", "x")
 	f.Fuzz(func(t *testing.T, header, claim, value string) {
 		err := CheckJWTClaim(header, claim, value)
 		if err == nil {

@@ -184,6 +184,9 @@ type Settings struct {
 	Alerts   AlertSettings
 	// MaxBodyBytes is the largest request body keymux accepts; default 8 MiB.
 	MaxBodyBytes int64
+	// MaxJSONDepth is how deep arrays and objects may nest in a request
+	// body (and in other JSON keymux reads from outside); default 256.
+	MaxJSONDepth int
 	// StreamUsage asks OpenAI-style upstreams for the final usage chunk of a
 	// stream (stream_options.include_usage) when the client did not, so
 	// that token usage is known for every call; default true.
