@@ -50,9 +50,15 @@ func TestDeepDocuments(t *testing.T) {
 		{"key document", func() error { _, err := ParseKey("k1", []byte(deepKey), testResolve); return err }, "keys/k1: invalid JSON at offset 10055"},
 		{"key document within the limit", func() error { _, err := ParseKey("k1", []byte(within), testResolve); return err }, `keys/k1: field "labels": want string, got array`},
 		{"settings document", func() error { _, err := ParseSettings(deep.Objects(levels, "1")); return err }, `settings: unknown field "a"`},
-		{"rule document", func() error { _, err := ParseRule("r1", []byte(`{"from":`+string(deep.Arrays(levels, "1"))+`}`)); return err }, "rules/r1: invalid JSON at offset 10008"},
+		{"rule document", func() error {
+			_, err := ParseRule("r1", []byte(`{"from":`+string(deep.Arrays(levels, "1"))+`}`))
+			return err
+		}, "rules/r1: invalid JSON at offset 10008"},
 		{"client document", func() error { _, err := ParseClient("c1", deep.Arrays(levels, "1")); return err }, "clients/c1: invalid JSON at offset 10001"},
-		{"JSON file", func() error { _, _, err := ParseFile([]byte(`{"keys":{"k1":`+string(deep.Arrays(levels, "1"))+`}}`), testResolve); return err }, "bad config file: neither JSON nor valid YAML: syntax error"},
+		{"JSON file", func() error {
+			_, _, err := ParseFile([]byte(`{"keys":{"k1":`+string(deep.Arrays(levels, "1"))+`}}`), testResolve)
+			return err
+		}, "bad config file: neither JSON nor valid YAML: syntax error"},
 		{"YAML file", func() error { _, _, err := ParseFile([]byte(deepYAML), testResolve); return err }, "bad config file: neither JSON nor valid YAML: line 2: syntax error"},
 	}
 	for _, tc := range tests {
