@@ -149,3 +149,39 @@ func TestNonUTF8Refused(t *testing.T) {
 	}
 	g.getAdmin("/metrics")
 }
+
+// TestMadeUpModelsFoldToOther: model names no key lists and no rule names,
+// even when a key that serves any model forwards them, are counted as
+// "other": they cannot fill the bounded label set before the configured
+// models are seen.
+func TestMadeUpModelsFoldToOther(t *testing.T) {
+	g := startGateway(t, oneKey+"  k2: {provider: openai_compatible, base_url: \"{{MOCK}}/v1\", secret: sk-test-k2, models: [gpt-4o]}\n")
+	hdr := map[string]string{"content-type": "application/json"}
+	for i := range 105 {
+		if resp, b := g.do("POST", "/v1/chat/completions", hdr, `{"model":"made-up-`+strconv.Itoa(i)+`","messages":[]}`); resp.StatusCode != 200 {
+			t.Fatalf("made-up-%d: %d %s", i, resp.StatusCode, b)
+		}
+	}
+	if resp, b := g.do("POST", "/v1/chat/completions", hdr, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 200 {
+		t.Fatalf("gpt-4o: %d %s", resp.StatusCode, b)
+	}
+	metrics := string(g.getAdmin("/metrics"))
+	var other, gpt4o int
+	for _, line := range strings.Split(metrics, "\n") {
+		if !strings.HasPrefix(line, "keymux_requests_total{") {
+			continue
+		}
+		n, _ := strconv.Atoi(line[strings.LastIndexByte(line, ' ')+1:])
+		switch {
+		case strings.Contains(line, `model="other"`):
+			other += n
+		case strings.Contains(line, `model="gpt-4o"`):
+			gpt4o += n
+		case strings.Contains(line, "made-up"):
+			t.Errorf("a made-up model is a label: %s", line)
+		}
+	}
+	if other != 105 || gpt4o != 1 {
+		t.Errorf("requests labelled other %d, gpt-4o %d; want 105 and 1", other, gpt4o)
+	}
+}

@@ -192,6 +192,7 @@ func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdo
 	}
 	sc.tel = tel
 	tel.SetKeyHealth(sc.keyHealth)
+	tel.SetModelFilter(func(m string) bool { return st.Read().NamesModel(m) })
 	tel.SetConfigInfo(func() telemetry.ConfigInfo {
 		s := st.Status()
 		return telemetry.ConfigInfo{Generation: s.Generation, Source: s.Source, Stale: s.Stale, StaleSince: s.StaleSince, Refused: len(s.Refused)}
