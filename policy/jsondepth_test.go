@@ -152,3 +152,19 @@ func BenchmarkCheckJSON(b *testing.B) {
 		}
 	})
 }
+
+// TestClassifyDeepBody: an upstream error body nested millions of levels
+// deep is classified without growing the stack (gjson's Get skips what it
+// does not look into iteratively).
+func TestClassifyDeepBody(t *testing.T) {
+	body := append(deep.Objects(DefaultMaxBodyBytes/6, "1"), `,"error":{"code":"insufficient_quota"}}`...)
+	body = append([]byte(`{"x":`), body...)
+	var o Outcome
+	grew := deep.StackGrowth(func() { o = Classify(429, headers(), body, t0) })
+	if o.Kind != OutcomeQuota {
+		t.Errorf("kind %d, want quota (the error member after the nesting)", o.Kind)
+	}
+	if grew > 64<<10 {
+		t.Errorf("the stack grew by %d bytes", grew)
+	}
+}
