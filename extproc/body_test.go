@@ -98,6 +98,11 @@ func FuzzParseBody(f *testing.F) {
 	for _, s := range []string{`{"model":"gpt-4o","stream":true,"messages":[]}`, `{"model":"m","stream_options":null}`, `{"model":"m","stream_options":{"a":[1]}}`, `{"model":1}`, `{`, `[]`, `{"model":"a","model":"b"}`, `{"model":"\u0000"}`} {
 		f.Add([]byte(s))
 	}
+	// Deeply nested bodies: at the limit, past it, and at the full default
+	// max_body_bytes (8 MiB, generated here: too large for a corpus file).
+	f.Add([]byte(`{"model":"m","x":` + string(deep.Arrays(policy.DefaultMaxJSONDepth-1, "1")) + `}`))
+	f.Add(deep.Body(64 << 10))
+	f.Add(deep.Body(policy.DefaultMaxBodyBytes))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		bi, err := parseBody(body, modelRequired, policy.DefaultMaxJSONDepth)
 		if err != nil {
