@@ -41,6 +41,25 @@ func benchStore(b *testing.B, n int, strategy string) *store.Store {
 
 func hv(k, v string) *corev3.HeaderValue { return &corev3.HeaderValue{Key: k, RawValue: []byte(v)} }
 
+// chatRequest is the request-headers and request-body messages Envoy sends
+// for a chat completion with body, with the headers the official SDKs and
+// Envoy add.
+func chatRequest(body []byte) (hdrs, bodyMsg *extprocv3.ProcessingRequest) {
+	hdrs = &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
+		Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+			hv(":authority", "gw.local"), hv(":path", "/v1/chat/completions"), hv(":method", "POST"), hv(":scheme", "http"),
+			hv("authorization", "Bearer km-bench-token"), hv("content-type", "application/json"),
+			hv("content-length", fmt.Sprint(len(body))), hv("x-request-id", "bench"),
+			// What the official SDKs and Envoy add besides.
+			hv("user-agent", "OpenAI/Go 3.98.0"), hv("accept", "application/json"), hv("accept-encoding", "gzip"),
+			hv("x-stainless-lang", "go"), hv("x-stainless-os", "Linux"), hv("x-stainless-arch", "x64"),
+			hv("x-stainless-runtime", "go"), hv("x-stainless-retry-count", "0"), hv("x-forwarded-proto", "http"),
+		}},
+	}}}
+	bodyMsg = &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: body, EndOfStream: true}}}
+	return hdrs, bodyMsg
+}
+
 // BenchmarkDecisionPath measures keymux's work for one chat request: the
 // request-headers message (route, client auth) and the request-body message
 // (body scan, key selection, model rule, byte patch, mutations), as the
@@ -60,18 +79,7 @@ func BenchmarkDecisionPath(b *testing.B) {
 				b.Run(fmt.Sprintf("%s/keys=%d/body=%s", strategy, n, body.name), func(b *testing.B) {
 					st := benchStore(b, n, strategy)
 					s, _ := New(Config{Store: st})
-					hdrs := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
-						Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
-							hv(":authority", "gw.local"), hv(":path", "/v1/chat/completions"), hv(":method", "POST"), hv(":scheme", "http"),
-							hv("authorization", "Bearer km-bench-token"), hv("content-type", "application/json"),
-							hv("content-length", fmt.Sprint(len(body.b))), hv("x-request-id", "bench"),
-							// What the official SDKs and Envoy add besides.
-							hv("user-agent", "OpenAI/Go 3.98.0"), hv("accept", "application/json"), hv("accept-encoding", "gzip"),
-							hv("x-stainless-lang", "go"), hv("x-stainless-os", "Linux"), hv("x-stainless-arch", "x64"),
-							hv("x-stainless-runtime", "go"), hv("x-stainless-retry-count", "0"), hv("x-forwarded-proto", "http"),
-						}},
-					}}}
-					bodyMsg := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: body.b, EndOfStream: true}}}
+					hdrs, bodyMsg := chatRequest(body.b)
 					b.SetBytes(int64(len(body.b)))
 					b.ReportAllocs()
 					b.ResetTimer()
@@ -106,14 +114,7 @@ func BenchmarkBodyFullSize(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			st := benchStore(b, 10, "round_robin")
 			s, _ := New(Config{Store: st})
-			hdrs := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
-				Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
-					hv(":authority", "gw.local"), hv(":path", "/v1/chat/completions"), hv(":method", "POST"), hv(":scheme", "http"),
-					hv("authorization", "Bearer km-bench-token"), hv("content-type", "application/json"),
-					hv("content-length", fmt.Sprint(len(bc.body))),
-				}},
-			}}}
-			bodyMsg := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: bc.body, EndOfStream: true}}}
+			hdrs, bodyMsg := chatRequest(bc.body)
 			b.SetBytes(int64(len(bc.body)))
 			b.ReportAllocs()
 			for b.Loop() {
