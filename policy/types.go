@@ -185,7 +185,8 @@ type Settings struct {
 	// MaxBodyBytes is the largest request body keymux accepts; default 8 MiB.
 	MaxBodyBytes int64
 	// MaxJSONDepth is how deep arrays and objects may nest in a request
-	// body (and in other JSON keymux reads from outside); default 256.
+	// body; default 256 (DefaultMaxJSONDepth, which also bounds the
+	// forwarded JWT payload).
 	MaxJSONDepth int
 	// StreamUsage asks OpenAI-style upstreams for the final usage chunk of a
 	// stream (stream_options.include_usage) when the client did not, so
