@@ -158,7 +158,7 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		}
 		return x.withMetadata(bodyReply(mut, nil, true))
 	}
-	bi, aerr := parseBody(body, x.route.op.model)
+	bi, aerr := parseBody(body, x.route.op.model, x.settings.MaxJSONDepth)
 	if aerr != nil {
 		return x.refuse(aerr)
 	}

@@ -18,6 +18,7 @@ const (
 	DefaultAlertErrorRate      = 0.2
 	DefaultAlertUsage          = 10000
 	DefaultMaxBodyBytes        = 8 << 20
+	DefaultMaxJSONDepth        = 256
 )
 
 // Defaults returns the settings used when the settings document is absent.
@@ -58,6 +59,9 @@ func (s *Settings) WithDefaults() *Settings {
 	}
 	if s.MaxBodyBytes == 0 {
 		s.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if s.MaxJSONDepth == 0 {
+		s.MaxJSONDepth = DefaultMaxJSONDepth
 	}
 	return s
 }

@@ -271,6 +271,7 @@ func TestDefaults(t *testing.T) {
 		Alerts:   AlertSettings{ErrorRate: 0.2, Usage: 10000},
 
 		MaxBodyBytes: 8 << 20,
+		MaxJSONDepth: 256,
 		StreamUsage:  true,
 	}
 	if got := Defaults(); got != want {

@@ -175,6 +175,10 @@ type Settings struct {
 	Alerts   AlertSettings
 	// MaxBodyBytes is the largest request body keymux accepts; default 8 MiB.
 	MaxBodyBytes int64
+	// MaxJSONDepth is how deep arrays and objects may nest in a request
+	// body; default 256 (DefaultMaxJSONDepth, which also bounds the
+	// forwarded JWT payload).
+	MaxJSONDepth int
 	// StreamUsage asks OpenAI-style upstreams for the final usage chunk of a
 	// stream (stream_options.include_usage) when the client did not, so
 	// that token usage is known for every call; default true.

@@ -298,6 +298,7 @@ type settingsDoc struct {
 	Alerts       *alertsDoc   `json:"alerts"`
 	MaxBodyBytes *int64       `json:"max_body_bytes"`
 	StreamUsage  *bool        `json:"stream_usage"`
+	MaxJSONDepth *int         `json:"max_json_depth"`
 }
 
 type healthDoc struct {
@@ -526,6 +527,25 @@ func parseBodySettings(doc string, d *settingsDoc, s *policy.Settings) error {
 	if d.StreamUsage != nil {
 		s.StreamUsage = *d.StreamUsage
 	}
+	if err := parseMaxJSONDepth(d.MaxJSONDepth, s); err != nil {
+		return err
+	}
+	return nil
+}
+
+// MaxJSONDepthLimit is the largest max_json_depth: encoding/json's own
+// nesting limit, and a bound on what the libraries that read an accepted
+// body recursively may need.
+const MaxJSONDepthLimit = 10000
+
+func parseMaxJSONDepth(v *int, s *policy.Settings) error {
+	if v == nil {
+		return nil
+	}
+	if *v < 1 || *v > MaxJSONDepthLimit {
+		return fieldErr(settingsDocName, "max_json_depth", "must be between 1 and %d", MaxJSONDepthLimit)
+	}
+	s.MaxJSONDepth = *v
 	return nil
 }
 

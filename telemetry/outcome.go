@@ -73,9 +73,10 @@ func statusClass(status int) string {
 }
 
 // MaxModels bounds the distinct model names in metric labels and /stats.
-// A model is admitted when a call for it was forwarded upstream (so a key
-// serves it); names seen only in refusals, and any name once the set is
-// full, are folded to OtherModel.
+// A model is admitted when the configuration names it (see
+// Telemetry.SetModelFilter; without a filter: when a call for it was
+// forwarded upstream); other names, and any name once the set is full, are
+// folded to OtherModel.
 const MaxModels = 100
 
 // modelSet is the bounded set of admitted model names. Callers hold stats.mu.

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/testutil/fakeclock"
@@ -369,6 +370,54 @@ func TestModelFolding(t *testing.T) {
 	}
 	if n := len(series(m, "keymux_requests_total")); n != MaxModels+2 {
 		t.Errorf("%d requests series, want %d", n, MaxModels+2)
+	}
+}
+
+// TestModelFilter: with a filter, only the names it accepts become labels:
+// names made up by clients, even forwarded by a key that serves any model,
+// cannot fill the set before the configured models are seen.
+func TestModelFilter(t *testing.T) {
+	tel := newTel(t, Config{Now: func() time.Time { return t0 }})
+	tel.SetModelFilter(func(m string) bool { return m == "gpt-4o" || m == "gpt-4o-mini" })
+	for i := range MaxModels + 5 {
+		tel.End(call("k1", fmt.Sprintf("junk-%03d", i), 200, time.Millisecond, t0))
+	}
+	tel.End(call("k1", "gpt-4o", 200, time.Millisecond, t0))
+	rewritten := call("k1", "gpt-4o", 200, time.Millisecond, t0)
+	rewritten.ModelFinal = "gpt-4o-mini"
+	tel.End(withUsage(rewritten, 3, 4))
+	tel.End(local(503, "keys_cooling_down", "gpt-4o-mini", t0))
+	st := tel.Stats(0)
+	want := map[string]uint64{OtherModel: MaxModels + 5, "gpt-4o": 2, "gpt-4o-mini": 1}
+	if len(st.Models) != len(want) || st.Models[OtherModel] != want[OtherModel] || st.Models["gpt-4o"] != 2 || st.Models["gpt-4o-mini"] != 1 {
+		t.Fatalf("/stats models %v, want %v", st.Models, want)
+	}
+	m := scrape(t, tel)
+	for series, n := range map[string]float64{
+		`keymux_requests_total{key="k1",model="other",status_class="2xx"}`:  MaxModels + 5,
+		`keymux_requests_total{key="k1",model="gpt-4o",status_class="2xx"}`: 2,
+		`gen_ai_client_token_usage_count{gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o",gen_ai_response_model="gpt-4o-mini",gen_ai_token_type="input"}`: 1,
+	} {
+		if m[series] != n {
+			t.Errorf("%s = %v, want %v", series, m[series], n)
+		}
+	}
+}
+
+// TestInvalidUTF8Labels: strings that are not UTF-8 become labels with
+// U+FFFD, and /metrics keeps answering.
+func TestInvalidUTF8Labels(t *testing.T) {
+	tel := newTel(t, Config{Now: func() time.Time { return t0 }})
+	bad := call("k\xff", "gpt-4o\xff", 200, time.Millisecond, t0)
+	bad.Operation, bad.Provider = "chat\xc3", "openai\xfe"
+	tel.End(withUsage(bad, 1, 2))
+	tel.End(local(400, "invalid_value", "m\xed\xa0\x80", t0))
+	m := scrape(t, tel) // fails the test unless the registry gathers
+	if got := m["keymux_requests_total{key=\"k\ufffd\",model=\"gpt-4o\ufffd\",status_class=\"2xx\"}"]; got != 1 {
+		t.Errorf("cleaned series = %v, want 1; series: %v", got, series(m, "keymux_requests_total"))
+	}
+	if code, body := getStats(t, tel, ""); code != 200 || !utf8.ValidString(body) {
+		t.Errorf("/stats: %d %q", code, body)
 	}
 }
 

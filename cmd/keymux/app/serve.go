@@ -263,6 +263,7 @@ func (sc *sidecar) startTelemetry(ctx context.Context, callLogDest string, stdou
 	sc.tel = tel
 	st := sc.store
 	tel.SetKeyHealth(sc.keyHealth)
+	tel.SetModelFilter(func(m string) bool { return st.Read().NamesModel(m) })
 	tel.SetConfigInfo(func() telemetry.ConfigInfo {
 		s := st.Status()
 		return telemetry.ConfigInfo{Generation: s.Generation, Source: s.Source, Stale: s.Stale, StaleSince: s.StaleSince, Refused: len(s.Refused),
