@@ -14,24 +14,17 @@ package promtest
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"math"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/keymux/keymux/testutil/syncbuf"
+	"github.com/keymux/keymux/testutil/daemon"
 	"github.com/keymux/keymux/testutil/toolbin"
 )
 
@@ -90,11 +83,8 @@ const Job = "keymux"
 // Prometheus is one running Prometheus server.
 type Prometheus struct {
 	port int
-	cmd  *exec.Cmd
-	done chan struct{}
-	out  *syncbuf.Buffer
+	proc *daemon.Process
 	http *http.Client
-	once sync.Once
 }
 
 // Start runs Prometheus with opts and waits until /-/ready answers 200. It
@@ -116,8 +106,20 @@ func Start(t testing.TB, opts Options) *Prometheus {
 	}
 	var lastErr error
 	for attempt := 1; attempt <= startAttempts; attempt++ {
-		p := &Prometheus{port: freePort(t), out: &syncbuf.Buffer{}, http: &http.Client{Timeout: 10 * time.Second}}
-		err := p.start(bin, cfgPath, filepath.Join(dir, "data-"+strconv.Itoa(attempt)))
+		p := &Prometheus{port: daemon.FreePort(t), http: &http.Client{Timeout: 10 * time.Second}}
+		p.proc, err = daemon.Start("prometheus", bin,
+			"--config.file="+cfgPath,
+			"--storage.tsdb.path="+filepath.Join(dir, "data-"+strconv.Itoa(attempt)),
+			"--web.listen-address="+p.addr(),
+			"--log.level=warn",
+		)
+		if err != nil {
+			t.Fatalf("promtest: %v", err)
+		}
+		err = p.proc.WaitReady(startTimeout, func(ctx context.Context) bool {
+			code, _, err := daemon.Get(ctx, p.http, p.URL()+"/-/ready")
+			return err == nil && code == http.StatusOK
+		})
 		if err == nil {
 			t.Cleanup(func() {
 				p.Stop()
@@ -127,8 +129,9 @@ func Start(t testing.TB, opts Options) *Prometheus {
 			})
 			return p
 		}
+		p.Stop()
 		lastErr = err
-		if !strings.Contains(p.Output(), "address already in use") {
+		if !p.proc.AddrInUse() {
 			break
 		}
 	}
@@ -171,97 +174,16 @@ func config(opts Options) ([]byte, error) {
 	return json.MarshalIndent(doc, "", "  ")
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("promtest: free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func (p *Prometheus) start(bin, cfgPath, dataDir string) error {
-	cmd := exec.Command(bin,
-		"--config.file="+cfgPath,
-		"--storage.tsdb.path="+dataDir,
-		"--web.listen-address="+p.addr(),
-		"--log.level=warn",
-	)
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", bin, err)
-	}
-	p.cmd, p.done = cmd, make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(p.done)
-	}()
-	if err := p.waitReady(); err != nil {
-		p.Stop()
-		return fmt.Errorf("%w\nprometheus output:\n%s", err, p.out.String())
-	}
-	return nil
-}
-
-// waitReady polls /-/ready until it answers 200.
-func (p *Prometheus) waitReady() error {
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	tick := time.NewTicker(25 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if code, _, err := p.get(ctx, p.URL()+"/-/ready"); err == nil && code == http.StatusOK {
-			return nil
-		}
-		select {
-		case <-p.done:
-			return errors.New("prometheus exited before it was ready")
-		case <-ctx.Done():
-			return fmt.Errorf("prometheus was not ready after %s", startTimeout)
-		case <-tick.C:
-		}
-	}
-}
-
 func (p *Prometheus) addr() string { return "127.0.0.1:" + strconv.Itoa(p.port) }
 
 // URL is the server's base URL, "http://127.0.0.1:PORT".
 func (p *Prometheus) URL() string { return "http://" + p.addr() }
 
-// Stop ends Prometheus (SIGTERM, then SIGKILL after 5s) and waits for it.
-func (p *Prometheus) Stop() {
-	p.once.Do(func() {
-		if p.cmd == nil || p.cmd.Process == nil {
-			return
-		}
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(5 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-}
+// Stop ends Prometheus (SIGTERM, then SIGKILL) and waits for it.
+func (p *Prometheus) Stop() { p.proc.Stop() }
 
 // Output is what Prometheus printed so far.
-func (p *Prometheus) Output() string { return p.out.String() }
-
-func (p *Prometheus) get(ctx context.Context, u string) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	resp, err := p.http.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, body, err
-}
+func (p *Prometheus) Output() string { return p.proc.Output() }
 
 // Series is one element of an instant vector: its labels and value (the
 // value as Prometheus prints it: "NaN", "+Inf" and "1.5" alike).
@@ -287,7 +209,7 @@ type apiResponse struct {
 
 // api GETs /api/v1/<path>?q and returns its data, or the API's error.
 func (p *Prometheus) api(ctx context.Context, path string, q url.Values) (json.RawMessage, error) {
-	code, body, err := p.get(ctx, p.URL()+"/api/v1/"+path+"?"+q.Encode())
+	code, body, err := daemon.Get(ctx, p.http, p.URL()+"/api/v1/"+path+"?"+q.Encode())
 	if err != nil {
 		return nil, err
 	}
