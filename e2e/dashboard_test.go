@@ -245,6 +245,16 @@ func TestDashboardQueriesOnRealPrometheus(t *testing.T) {
 	round(1)
 	scraped(2)
 
+	// The alert rules work on keymux's real series: half of the requests
+	// failed (threshold 0.2), so KeymuxHighErrorRate is pending (for: 5m).
+	wait.For(t, dashPromWait, "KeymuxHighErrorRate to be pending", func() error {
+		s, err := prom.Query(t.Context(), `ALERTS{alertname="KeymuxHighErrorRate"}`)
+		if err == nil && (len(s) != 1 || s[0].Metric["alertstate"] != "pending" || s[0].Metric["instance"] != target) {
+			err = fmt.Errorf("ALERTS = %+v, want one pending for %s", s, target)
+		}
+		return err
+	})
+
 	subst, listed := dashVars(t, prom, d)
 	for name, want := range map[string][]string{"job": {promtest.Job}, "instance": {target}, "key": {"k1", "k2", "k3"}} {
 		if got := listed[name]; !slices.Equal(got, want) {
