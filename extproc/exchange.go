@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -39,10 +38,9 @@ type exchange struct {
 	client   *policy.Client
 	entry    *store.Entry
 	status   int
-	usage    usageScanner
 	bodySeen bool
-	reading  bool // the response body is read (mode overridden to STREAMED)
-	chunks   int  // response body messages received
+	respDone bool   // the response headers ended the response
+	callID   string // joins Envoy's access-log entry to this record (set when forwarded)
 	call     telemetry.Call
 }
 
@@ -52,6 +50,7 @@ func newExchange(s *Server) *exchange {
 
 // handle answers one message.
 func (x *exchange) handle(req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, error) {
+	x.s.countMessage(req)
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		return x.timed(func() *extprocv3.ProcessingResponse { return x.onRequestHeaders(r.RequestHeaders) }), nil
@@ -297,6 +296,7 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 	}
 	x.entry = entry
 	x.phase = phaseForwarded
+	x.callID = x.s.newCallID()
 	x.call.KeyID, x.call.Provider, x.call.UpstreamHost, x.call.ModelFinal = k.ID, string(k.Provider), k.Host, final
 	x.call.Strategy = x.settings.Strategy
 
@@ -418,20 +418,7 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	now := x.s.now()
 	o := policy.Classify(x.status, func(name string) string { return findHeader(hm, name) }, nil, now)
 	x.feedback(o, now)
-	if h.GetEndOfStream() {
-		return resp
-	}
-	// Read the body for token usage: STREAMED passes every chunk on at once.
-	ct := findHeader(hm, hdrContentType)
-	switch {
-	case strings.HasPrefix(ct, "text/event-stream"):
-		x.usage.sse = true
-	case strings.HasPrefix(ct, "application/json"):
-	default:
-		return resp
-	}
-	x.reading = true
-	resp.ModeOverride = &filterv3.ProcessingMode{ResponseBodyMode: filterv3.ProcessingMode_STREAMED}
+	x.respDone = h.GetEndOfStream()
 	return resp
 }
 
@@ -455,55 +442,81 @@ func (x *exchange) feedback(o policy.Outcome, now time.Time) {
 	}
 }
 
-func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
-	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
-	if x.entry == nil {
-		return resp
-	}
-	x.chunks++
-	x.usage.feed(b.GetBody(), b.GetEndOfStream())
-	if b.GetEndOfStream() {
-		x.endOfResponse()
-	}
-	return resp
+// onResponseBody passes a response body chunk on. keymux does not ask
+// for response bodies (token usage comes from the access log); it answers
+// one should Envoy's configuration send it.
+func (x *exchange) onResponseBody(*extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
 }
 
-// endOfResponse books token usage and refines the outcome from the body.
-func (x *exchange) endOfResponse() {
-	if x.usage.known {
-		x.call.InputTokens, x.call.OutputTokens, x.call.UsageKnown = x.usage.input, x.usage.output, true
-		tokens := uint64(x.usage.input + x.usage.output)
-		now := x.s.now()
-		x.entry.RT.AddUsage(tokens)
-		x.entry.RT.MinuteTokens.Add(now, tokens)
-		if x.client != nil {
-			x.s.clientMinute(x.client.ID).tokens.Add(now, tokens)
-		}
-	}
-	if (x.status == 429 || x.status == 403) && x.usage.errorCode == "insufficient_quota" {
-		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: x.status}, x.s.now())
-	}
-}
-
-// finish runs once when the stream ends.
+// finish runs once when the stream ends. A forwarded call waits for
+// Envoy's access-log entry, which completes it (book); without an
+// access-log stream it is booked at once from what keymux saw.
 func (x *exchange) finish() {
 	x.call.End = x.s.now()
 	switch x.phase {
 	case phaseStart:
 		return // Envoy opened the stream but nothing was answered
-	case phaseForwarded:
+	case phaseForwarded, phaseResponse:
+		if x.s.ledger.hold(x, x.call.End) {
+			return
+		}
+	}
+	x.book(nil)
+}
+
+// book completes the call with Envoy's entry (nil: none came) and hands it
+// to the observer.
+func (x *exchange) book(rec *envoyRecord) {
+	if rec != nil {
+		x.fromEntry(rec)
+	} else if x.phase == phaseForwarded {
 		x.call.Truncated = true // no response reached keymux
-	case phaseResponse:
-		// The body ended early (stream cut, client abort), or an SSE
-		// stream closed without its terminator.
-		// (No body message at all means Envoy did not take the mode
-		// override — allow_mode_override off — not a cut.)
-		x.call.Truncated = x.reading && x.chunks > 0 && (!x.usage.eos || (x.usage.sse && !x.usage.done && x.status < 300))
 	}
 	if x.call.Truncated && x.call.ErrorCode == "" {
 		x.call.ErrorCode = "stream_cut"
 	}
 	x.s.observer.End(&x.call)
+}
+
+// fromEntry takes Envoy's account of the call: its duration and status, a
+// failure keymux did not see (a local reply since Envoy 1.33.1 never
+// reaches ext_proc), a client abort, and the token usage Envoy's filters
+// read from the response body.
+func (x *exchange) fromEntry(r *envoyRecord) {
+	now := x.s.now()
+	if r.lastByte > 0 {
+		x.call.End = x.call.Start.Add(r.lastByte)
+	}
+	if x.call.Status == 0 {
+		x.call.Status = r.status
+	}
+	switch o, failed := r.upstreamFailure(); {
+	case r.clientAbort():
+		x.call.Truncated = true // the client left: not the key's fault
+	case failed:
+		x.feedback(o, now)
+		x.call.Truncated = x.phase == phaseResponse // cut after the headers
+	case x.phase == phaseForwarded && r.status == 0:
+		x.call.Truncated = true
+	}
+	if r.usageKnown {
+		x.bookUsage(r.input, r.output, now)
+	}
+	if st := x.call.Status; (st == 429 || st == 403) && r.errorCode == "insufficient_quota" {
+		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: st}, now)
+	}
+}
+
+// bookUsage counts a call's tokens on the call, its key and its client.
+func (x *exchange) bookUsage(input, output int64, now time.Time) {
+	x.call.InputTokens, x.call.OutputTokens, x.call.UsageKnown = input, output, true
+	tokens := uint64(input + output)
+	x.entry.RT.AddUsage(tokens)
+	x.entry.RT.MinuteTokens.Add(now, tokens)
+	if x.client != nil {
+		x.s.clientMinute(x.client.ID).tokens.Add(now, tokens)
+	}
 }
 
 // refuse answers the client locally with an OpenAI-style error.
@@ -517,7 +530,8 @@ func (x *exchange) refuse(e *apiError) *extprocv3.ProcessingResponse {
 // forwarding reply.
 func (x *exchange) withMetadata(resp *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
 	fields := map[string]*structpb.Value{
-		"key_id":         structpb.NewStringValue(x.call.KeyID),
+		metaCallID:       structpb.NewStringValue(x.callID),
+		metaKeyID:        structpb.NewStringValue(x.call.KeyID),
 		"model_original": structpb.NewStringValue(x.call.ModelOriginal),
 		"model_final":    structpb.NewStringValue(x.call.ModelFinal),
 	}
