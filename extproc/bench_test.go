@@ -14,7 +14,7 @@ import (
 )
 
 // benchStore builds a store with n openai keys, a rule on k0 and one client.
-func benchStore(b *testing.B, n int, strategy string) *store.Store {
+func benchStore(b testing.TB, n int, strategy string) *store.Store {
 	b.Helper()
 	sum := sha256.Sum256([]byte("km-bench-token"))
 	var cfg strings.Builder
