@@ -449,7 +449,6 @@ func TestBoundedTable(t *testing.T) {
 		t.Errorf("status %+v", st)
 	}
 
-
 	f = newALSFixture(t, Config{})
 	f.s.ledger.streamEnded(f.clock.Now())
 	f.clock.Advance(DefaultEntryWait - time.Millisecond)
