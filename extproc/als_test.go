@@ -533,3 +533,93 @@ func TestStreamAccessLogs(t *testing.T) {
 		t.Errorf("after Drain: %+v, %d calls", st, len(f.rec.all()))
 	}
 }
+
+// TestAccessLogOverGRPC: Envoy's two streams over real gRPC: the ext_proc
+// exchange of a streamed chat completion (no response body message, no
+// mode override), then the access-log entry that completes its booking.
+func TestAccessLogOverGRPC(t *testing.T) {
+	clock := &fakeClock{t: t0}
+	rec := &recorder{ended: make(chan telemetry.Call, 1)}
+	st := benchStore(t, 1, "round_robin")
+	s, err := New(Config{Store: st, Observer: rec, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := loopback(t, func(srv *grpc.Server) {
+		extprocv3.RegisterExternalProcessorServer(srv, s)
+		alsv3.RegisterAccessLogServiceServer(srv, s.AccessLogService())
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+
+	logs, err := alsv3.NewAccessLogServiceClient(conn).StreamAccessLogs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := logs.Send(&alsv3.StreamAccessLogsMessage{Identifier: &alsv3.StreamAccessLogsMessage_Identifier{LogName: "keymux"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pollUntil(ctx, time.Millisecond, func() bool { return s.AccessLogStatus().Streams == 1 }); err != nil {
+		t.Fatalf("access-log stream not connected: %v", err)
+	}
+
+	proc, err := extprocv3.NewExternalProcessorClient(conn).Process(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"model":"gpt-4","stream":true,"messages":[]}`)
+	var callID string
+	for _, m := range []*extprocv3.ProcessingRequest{
+		chatHeaders(),
+		{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: body, EndOfStream: true}}},
+		responseHeaders("200", false),
+	} {
+		if err := proc.Send(m); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := proc.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.GetModeOverride() != nil {
+			t.Errorf("mode override %v: keymux must not ask for response bodies", resp.GetModeOverride())
+		}
+		if md := resp.GetDynamicMetadata(); md != nil {
+			callID = md.GetFields()[MetadataNamespace].GetStructValue().GetFields()[metaCallID].GetStringValue()
+		}
+	}
+	if callID == "" {
+		t.Fatal("no call_id in keymux's dynamic metadata")
+	}
+	if err := proc.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := proc.Recv(); err != io.EOF {
+		t.Fatalf("end of the Process stream: %v", err)
+	}
+	if st := s.AccessLogStatus(); st.Pending != 1 {
+		t.Fatalf("pending %d, want the call waiting for its entry", st.Pending)
+	}
+
+	if err := logs.Send(batch(entry(callID, 200, lastByte(3*time.Second), usageMeta(map[string]*structpb.Value{
+		metaInputTokens: structpb.NewNumberValue(11), metaOutputTokens: structpb.NewNumberValue(22),
+	})))); err != nil {
+		t.Fatal(err)
+	}
+	var c telemetry.Call
+	select {
+	case c = <-rec.ended:
+	case <-ctx.Done():
+		t.Fatal("the call was not booked")
+	}
+	if c.Status != 200 || !c.UsageKnown || c.InputTokens != 11 || c.OutputTokens != 22 || c.End.Sub(c.Start) != 3*time.Second || c.Truncated || !c.Stream {
+		t.Errorf("booked %+v", c)
+	}
+	want := map[string]uint64{"request_headers": 1, "request_body": 1, "request_trailers": 0,
+		"response_headers": 1, "response_body": 0, "response_trailers": 0, "unknown": 0}
+	for k, n := range want {
+		if got := s.Messages()[k]; got != n {
+			t.Errorf("messages[%s] = %d, want %d", k, got, n)
+		}
+	}
+}
