@@ -18,6 +18,7 @@ import (
 	"github.com/keymux/keymux/cmd/keymux/app"
 	"github.com/keymux/keymux/examples/mockupstream"
 	"github.com/keymux/keymux/testutil/consultest"
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 // consulWait bounds every wait for a Consul change to show through the
@@ -96,20 +97,17 @@ func (g *consulGateway) stop() {
 
 func (g *consulGateway) waitReady() {
 	g.t.Helper()
-	deadline := time.Now().Add(consulWait)
-	for {
+	wait.For(g.t, consulWait, "keymux /readyz", func() error {
 		resp, err := http.Get(g.admin + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+		if err != nil {
+			return fmt.Errorf("%w\nstderr:\n%s", err, g.stderr.String())
 		}
-		if time.Now().After(deadline) {
-			g.t.Fatalf("keymux not ready within %s (last: %v)\nstderr:\n%s", consulWait, err, g.stderr.String())
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d\nstderr:\n%s", resp.StatusCode, g.stderr.String())
 		}
-		time.Sleep(10 * time.Millisecond) // polling interval of a readiness probe
-	}
+		return nil
+	})
 }
 
 // consulStatus is the part of /status these tests read.
@@ -125,9 +123,13 @@ type consulStatus struct {
 		Path   string `json:"path"`
 		Reason string `json:"reason"`
 	} `json:"refused"`
-	Keys    int `json:"keys"`
-	Rules   int `json:"rules"`
-	Clients int `json:"clients"`
+	Keys     int `json:"keys"`
+	Rules    int `json:"rules"`
+	Clients  int `json:"clients"`
+	Counters *struct {
+		Refusals   uint64 `json:"refusals"`
+		ReadErrors uint64 `json:"read_errors"`
+	} `json:"source_counters"`
 }
 
 func (g *consulGateway) status() (consulStatus, []byte) {
@@ -143,17 +145,16 @@ func (g *consulGateway) status() (consulStatus, []byte) {
 // waitStatus polls /status until cond holds.
 func (g *consulGateway) waitStatus(what string, cond func(consulStatus) bool) consulStatus {
 	g.t.Helper()
-	deadline := time.Now().Add(consulWait)
-	for {
-		st, raw := g.status()
+	var st consulStatus
+	wait.For(g.t, consulWait, "/status: "+what, func() error {
+		var raw []byte
+		st, raw = g.status()
 		if cond(st) {
-			return st
+			return nil
 		}
-		if time.Now().After(deadline) {
-			g.t.Fatalf("/status: %s not reached within %s; last:\n%s", what, consulWait, raw)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval
-	}
+		return fmt.Errorf("\n%s", raw)
+	})
+	return st
 }
 
 // cDecision is what one request through the emulator turned into at the

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/keymux/keymux/testutil/consultest"
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 // Acceptance of Consul KV as the source of truth (issue 4), through the real
@@ -190,7 +191,9 @@ func TestConsulRefusedEntriesAlone(t *testing.T) {
 
 	g.waitDecisions("good key k3 added next to the refused entries",
 		cWant{"sk-test-k1": "gpt-4o-mini", "sk-test-k2": "gpt-4", "sk-test-k3": "gpt-4"})
-	st := g.waitStatus("4 refusals", func(st consulStatus) bool { return len(st.Refused) == 4 })
+	st := g.waitStatus("4 refusals, counted", func(st consulStatus) bool {
+		return len(st.Refused) == 4 && st.Counters != nil && st.Counters.Refusals == 4
+	})
 	wantRefused := []struct{ path, reason string }{
 		{p + "keys/badjson", `keys/badjson: invalid JSON: unexpected end of input`},
 		{p + "keys/k2", `keys/k2: invalid JSON: unexpected end of input`},
@@ -213,8 +216,13 @@ func TestConsulRefusedEntriesAlone(t *testing.T) {
 			t.Errorf("a secret (sk-test…) appears on /status, /metrics or in the log")
 		}
 	}
-	if !strings.Contains(string(metrics), "\nkeymux_config_refused 4\n") {
-		t.Errorf("/metrics has no keymux_config_refused 4")
+	for _, line := range []string{"keymux_config_refused 4", "keymux_config_refusals_total 4", "keymux_config_read_errors_total 0"} {
+		if !strings.Contains(string(metrics), "\n"+line+"\n") {
+			t.Errorf("/metrics has no %s", line)
+		}
+	}
+	if c := st.Counters; c == nil || c.Refusals != 4 || c.ReadErrors != 0 {
+		t.Errorf("/status source_counters = %+v, want 4 refusals, 0 read errors", c)
 	}
 
 	// Fixing the broken key drops its refusal and serves its new version.
@@ -282,8 +290,9 @@ func TestConsulOutageKeepsServing(t *testing.T) {
 		t.Errorf("requests while Consul is down: %v, want all %v", during, last)
 	}
 	st := g.waitStatus("stale", func(st consulStatus) bool { return st.Stale })
-	if st.Source != "consul" || st.StaleSince.IsZero() || st.StaleSince.After(stopped) || !st.Ready || st.Keys != 2 || st.Rules != 1 {
-		t.Errorf("/status with Consul down = %+v, want ready, source consul, stale since the last contact (before %s), 2 keys, 1 rule",
+	if st.Source != "consul" || st.StaleSince.IsZero() || st.StaleSince.After(stopped) || !st.Ready || st.Keys != 2 || st.Rules != 1 ||
+		st.Counters == nil || st.Counters.ReadErrors == 0 {
+		t.Errorf("/status with Consul down = %+v, want ready, source consul, stale since the last contact (before %s), 2 keys, 1 rule, read errors counted",
 			st, stopped.Format(time.RFC3339Nano))
 	}
 	g.assertDecisions("Consul down, marked stale", 10, last)
@@ -323,19 +332,14 @@ func TestConsulRestartWhileDownServesSnapshot(t *testing.T) {
 	last := cWant{"sk-test-k1": "gpt-4o-mini", "sk-test-k2": "gpt-4"}
 	first.waitDecisions("seed", last)
 	snap := filepath.Join(stateDir, "consul-snapshot.json")
-	deadline := time.Now().Add(consulWait)
-	for {
-		fi, err := os.Stat(snap)
-		if err == nil {
-			if fi.Mode().Perm() != 0o600 {
-				t.Errorf("%s mode %v, want 0600", snap, fi.Mode().Perm())
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no snapshot in the state dir: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval
+	wait.For(t, consulWait, "the snapshot in the state dir", func() error {
+		_, err := os.Stat(snap)
+		return err
+	})
+	if fi, err := os.Stat(snap); err != nil {
+		t.Fatal(err)
+	} else if fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s mode %v, want 0600", snap, fi.Mode().Perm())
 	}
 
 	a.Stop()

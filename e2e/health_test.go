@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/keymux/keymux/examples/mockupstream"
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 // A key the upstream stops accepting (401) is taken out of rotation by the
@@ -40,7 +41,7 @@ keys:
 		}
 	}
 	// The recovery probe (GET /v1/models with k1) passes and k1 is back.
-	waitUntil(t, 10*time.Second, func() bool {
+	wait.Until(t, 10*time.Second, "k1 back in rotation after its recovery probe", func() bool {
 		g.do("POST", "/v1/chat/completions", map[string]string{"content-type": "application/json"}, `{"model":"gpt-4o","messages":[]}`)
 		reqs := g.mock.Requests()
 		last := reqs[len(reqs)-1]

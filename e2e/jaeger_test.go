@@ -11,6 +11,7 @@ import (
 
 	"github.com/keymux/keymux/telemetry"
 	"github.com/keymux/keymux/testutil/jaegertest"
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 // extprocOperation is the otelgrpc server span of every ext_proc stream.
@@ -177,7 +178,7 @@ func TestJaegerTraces(t *testing.T) {
 
 	// The otelgrpc server spans: one root trace per ext_proc stream, one
 	// stream per exchange, all outside the client's trace.
-	waitUntil(t, 15*time.Second, func() bool {
+	wait.Until(t, 15*time.Second, "one ext_proc server span per exchange in Jaeger", func() bool {
 		found, err := j.Find(ctx, telemetry.ServiceName, extprocOperation, 1000)
 		return err == nil && len(found) >= len(r.calls)
 	})

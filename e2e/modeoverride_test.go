@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 // An Envoy that does not take keymux's mode override (allow_mode_override
@@ -39,7 +41,7 @@ func TestWithoutModeOverride(t *testing.T) {
 	}
 	// A call is booked when its ext_proc stream ends, just after the client
 	// has its answer.
-	waitUntil(t, 5*time.Second, func() bool {
+	wait.Until(t, 5*time.Second, "3 calls booked on /stats", func() bool {
 		if err := json.Unmarshal(g.getAdmin("/stats"), &st); err != nil {
 			t.Fatal(err)
 		}

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 type statusDoc struct {
@@ -47,7 +49,7 @@ func TestConfigFileReload(t *testing.T) {
 	gen := g.status().Generation
 
 	g.writeConfig(strings.Replace(threeKeys, "k3: {provider: openai_compatible", "k3: {provider: nope", 1))
-	waitUntil(t, 10*time.Second, func() bool { return len(g.status().Refused) > 0 })
+	wait.Until(t, 10*time.Second, "a refusal on /status", func() bool { return len(g.status().Refused) > 0 })
 	st := g.status()
 	if len(st.Refused) != 1 || !strings.HasSuffix(st.Refused[0].Path, "keys/k3") || !strings.Contains(st.Refused[0].Reason, `unknown provider "nope"`) {
 		t.Fatalf("refused = %+v, want keys/k3 with the unknown provider", st.Refused)
@@ -60,7 +62,7 @@ func TestConfigFileReload(t *testing.T) {
 	}
 
 	g.writeConfig("keys: [this is: not: valid")
-	waitUntil(t, 10*time.Second, func() bool {
+	wait.Until(t, 10*time.Second, "the broken file refused on /status", func() bool {
 		for _, r := range g.status().Refused {
 			if strings.HasSuffix(r.Path, "keymux.yaml") {
 				return true
@@ -73,7 +75,7 @@ func TestConfigFileReload(t *testing.T) {
 	}
 
 	g.writeConfig(strings.Replace(threeKeys, "  k3: {provider: openai_compatible, base_url: \"{{MOCK}}/v1\", secret: sk-test-k3}\n", "", 1))
-	waitUntil(t, 10*time.Second, func() bool { s := g.status(); return len(s.Refused) == 0 && s.Generation > gen })
+	wait.Until(t, 10*time.Second, "a new generation without refusals", func() bool { s := g.status(); return len(s.Refused) == 0 && s.Generation > gen })
 	if got := served(4); got["sk-test-k3"] != 0 || got["sk-test-k1"] != 2 || got["sk-test-k2"] != 2 {
 		t.Fatalf("after removing k3: %v", got)
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/openai/openai-go/v3"
+
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 func chat(t *testing.T, c openai.Client, model string) *openai.ChatCompletion {
@@ -173,7 +175,7 @@ keys:
 		}
 	}
 	// After Retry-After k1 comes back.
-	waitUntil(t, 5*time.Second, func() bool {
+	wait.Until(t, 5*time.Second, "k1 serving again after Retry-After", func() bool {
 		chat(t, c, "gpt-4o")
 		creds := g.credentials()
 		return creds[len(creds)-1] == "sk-test-k1"
@@ -220,17 +222,6 @@ keys:
 	}
 	if ra := resp.Header.Get("Retry-After"); ra == "" {
 		t.Errorf("503 without Retry-After")
-	}
-}
-
-func waitUntil(t *testing.T, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", limit)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 // SIGHUP re-reads the configuration and the secrets it references: a
@@ -37,7 +39,7 @@ keys:
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, func() bool { return g.status().Generation > gen })
+	wait.Until(t, 10*time.Second, "a new generation after SIGHUP", func() bool { return g.status().Generation > gen })
 	if got := call(); got != "sk-test-rotated-2" {
 		t.Fatalf("after SIGHUP the credential is %q, want the rotated one", got)
 	}

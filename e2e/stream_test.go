@@ -8,6 +8,7 @@ import (
 	"github.com/openai/openai-go/v3"
 
 	"github.com/keymux/keymux/examples/mockupstream"
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 func TestStreamingThroughTheSDK(t *testing.T) {
@@ -102,7 +103,7 @@ rules:
 	}
 	// Calls are booked when their ext_proc streams end, just after the
 	// clients have their answers.
-	waitUntil(t, 5*time.Second, func() bool {
+	wait.Until(t, 5*time.Second, "the streamed calls booked on /stats", func() bool {
 		if err := json.Unmarshal(g.getAdmin("/stats"), &stats); err != nil {
 			t.Fatal(err)
 		}

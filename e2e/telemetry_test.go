@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/keymux/keymux/telemetry"
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 // The secrets of the telemetry run: no log line, call log record, span,
@@ -239,7 +240,7 @@ func startTelemetryRun(t *testing.T) *telRun {
 	if in2 <= in1 {
 		t.Fatalf("precondition: k2's prompt tokens %d must exceed k1's %d", in2, in1)
 	}
-	waitUntil(t, 10*time.Second, func() bool { return len(readCallLog(t, callLog)) >= len(r.calls) })
+	wait.Until(t, 10*time.Second, "every call in the call log", func() bool { return len(readCallLog(t, callLog)) >= len(r.calls) })
 	return r
 }
 

@@ -27,7 +27,8 @@ import (
 	"github.com/keymux/keymux/envoy"
 )
 
-// The Envoy ⇄ keymux routing contract (.coord/API.md). keymux's extproc
+// The Envoy ⇄ keymux routing contract (envoy/README.md, "Names keymux and
+// these files share"). keymux's extproc
 // package pins the same values on its side.
 const (
 	listenerName      = "keymux_listener"

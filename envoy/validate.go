@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -121,7 +123,7 @@ func LoadSnippet(path string) (*Snippet, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if !isSnippet(doc) {
-		return nil, fmt.Errorf("%s: not an ingress snippet: want top-level keys among %s", path, strings.Join(sortedKeys(snippetKeys), ", "))
+		return nil, fmt.Errorf("%s: not an ingress snippet: want top-level keys among %s", path, strings.Join(slices.Sorted(maps.Keys(snippetKeys)), ", "))
 	}
 	errs := &errList{}
 	s := decodeSnippet(doc.(map[string]any), errs)
@@ -170,10 +172,10 @@ func isSnippet(doc any) bool {
 
 func decodeSnippet(doc map[string]any, errs *errList) *Snippet {
 	s := &Snippet{}
-	for _, k := range sortedKeys(doc) {
+	for _, k := range slices.Sorted(maps.Keys(doc)) {
 		md, ok := snippetKeys[k]
 		if !ok {
-			errs.add(k, "unknown field %q in an ingress snippet (want %s)", k, strings.Join(sortedKeys(snippetKeys), ", "))
+			errs.add(k, "unknown field %q in an ingress snippet (want %s)", k, strings.Join(slices.Sorted(maps.Keys(snippetKeys)), ", "))
 			continue
 		}
 		list, ok := doc[k].([]any)
@@ -312,15 +314,6 @@ func describe(v any) string {
 	}
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
 // schemaChecker walks generic JSON against a message descriptor. protojson
 // reports the first problem without a usable position; this walk names the
 // field path of every unknown field, bad enum value, wrong JSON kind and
@@ -356,7 +349,7 @@ func (c *schemaChecker) message(path string, v any, md protoreflect.MessageDescr
 		return
 	}
 	oneofSeen := map[protoreflect.FullName]string{}
-	for _, k := range sortedKeys(obj) {
+	for _, k := range slices.Sorted(maps.Keys(obj)) {
 		p := joinPath(path, k)
 		fd := md.Fields().ByJSONName(k)
 		if fd == nil {
@@ -389,7 +382,7 @@ func (c *schemaChecker) field(path string, fd protoreflect.FieldDescriptor, v an
 			c.errs.add(path, "want an object (map), got %s", describe(v))
 			return
 		}
-		for _, k := range sortedKeys(obj) {
+		for _, k := range slices.Sorted(maps.Keys(obj)) {
 			c.single(fmt.Sprintf("%s[%s]", path, k), fd.MapValue(), obj[k])
 		}
 	case fd.IsList():
@@ -494,7 +487,7 @@ func (c *schemaChecker) anyValue(path string, v any) {
 		}
 	}
 	if wellKnown[md.FullName()] || md.FullName() == anyFullName {
-		for _, k := range sortedKeys(rest) {
+		for _, k := range slices.Sorted(maps.Keys(rest)) {
 			if k != "value" {
 				c.errs.add(joinPath(path, k), "unknown field %q in an Any holding %s (want \"value\")", k, md.FullName())
 			}

@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 
@@ -129,7 +130,7 @@ func (rc *refChecker) checkCluster(info *clusterInfo) {
 		}
 	}
 	// Every cluster and filter naming one DNS cache must configure it alike.
-	for _, name := range sortedKeys(rc.clusters) {
+	for _, name := range slices.Sorted(maps.Keys(rc.clusters)) {
 		other := rc.clusters[name]
 		if other == info || other.dfp == nil {
 			continue
@@ -144,7 +145,7 @@ func (rc *refChecker) checkCluster(info *clusterInfo) {
 // their path, if any.
 func httpProtocolOptions(info *clusterInfo) (string, *upstreamhttpv3.HttpProtocolOptions) {
 	opts := info.c.GetTypedExtensionProtocolOptions()
-	for _, k := range sortedKeys(opts) {
+	for _, k := range slices.Sorted(maps.Keys(opts)) {
 		if hpo, ok := unpack(opts[k]).(*upstreamhttpv3.HttpProtocolOptions); ok {
 			return fmt.Sprintf("%s.typed_extension_protocol_options[%s]", info.path, k), hpo
 		}
@@ -218,7 +219,7 @@ func (rc *refChecker) checkChain(ch httpChain) {
 			rc.checkFilterDNSCache(fp+".typed_config.dns_cache_config", c.GetDnsCacheConfig())
 		case *jwtv3.JwtAuthentication:
 			providers := c.GetProviders()
-			for _, name := range sortedKeys(providers) {
+			for _, name := range slices.Sorted(maps.Keys(providers)) {
 				if u := providers[name].GetRemoteJwks().GetHttpUri(); u != nil {
 					rc.cluster(fmt.Sprintf("%s.typed_config.providers[%s].remote_jwks.http_uri.cluster", fp, name), u.GetCluster())
 				}
@@ -286,7 +287,7 @@ func (rc *refChecker) checkFilterDNSCache(path string, cfg *dnscachev3.DnsCacheC
 	if cfg == nil {
 		return
 	}
-	for _, name := range sortedKeys(rc.clusters) {
+	for _, name := range slices.Sorted(maps.Keys(rc.clusters)) {
 		info := rc.clusters[name]
 		if other := info.dfp.GetDnsCacheConfig(); other != nil && other.GetName() == cfg.GetName() && !proto.Equal(cfg, other) {
 			rc.errs.add(path, "DNS cache %q is configured differently by cluster %q (%s); Envoy requires one configuration per cache name", cfg.GetName(), name, info.path)

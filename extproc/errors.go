@@ -23,10 +23,7 @@ type apiError struct {
 // Error types, as OpenAI names them.
 const (
 	typeInvalidRequest = "invalid_request_error"
-	typeAuthentication = "authentication_error"
 	typePermission     = "permission_error"
-	typeNotFound       = "not_found_error"
-	typeRateLimit      = "rate_limit_error"
 	typeServer         = "server_error"
 )
 

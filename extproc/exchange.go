@@ -91,11 +91,8 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3.Process
 		x.call.Path = x.call.Path[:i]
 	}
 
-	switch x.hdr.method {
-	case "GET", "POST", "PUT", "DELETE":
-	default:
-		return x.refuse(&apiError{Status: 405, Type: typeInvalidRequest, Code: "method_not_allowed",
-			Message: "method " + strconv.Quote(x.hdr.method) + " is not allowed; keymux accepts GET, POST, PUT and DELETE"})
+	if aerr := refuseMethod(x.hdr.method); aerr != nil {
+		return x.refuse(aerr)
 	}
 	route, aerr := matchRoute(x.hdr.method, x.hdr.path)
 	if aerr != nil {

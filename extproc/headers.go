@@ -128,7 +128,7 @@ func parseContentLength(v string) int64 {
 }
 
 // setHeader builds an overwrite (append=false) header option with raw_value,
-// the only form Envoy reads (ENVOY_EXTPROC.md, "Applying a HeaderMutation").
+// the only form Envoy reads (docs/envoy-extproc.md, "Applying a HeaderMutation").
 func setHeader(key, value string) *corev3.HeaderValueOption {
 	return &corev3.HeaderValueOption{
 		Header: &corev3.HeaderValue{Key: key, RawValue: []byte(value)},

@@ -1,6 +1,10 @@
 package extproc
 
-import "strings"
+import (
+	"slices"
+	"strconv"
+	"strings"
+)
 
 // operation is one OpenAI-compatible endpoint keymux proxies.
 type operation struct {
@@ -44,6 +48,33 @@ var operations = []operation{
 
 // opModel is GET /v1/models/{id}, answered locally as well.
 var opModel = operation{name: "retrieve_model", path: "/models/", methods: "GET", local: true}
+
+// acceptedMethods are the methods at least one operation accepts, sorted;
+// any other method is refused before the path is looked at.
+var acceptedMethods = methodsOf(append(operations[:len(operations):len(operations)], opModel))
+
+func methodsOf(ops []operation) []string {
+	var ms []string
+	for _, op := range ops {
+		for m := range strings.SplitSeq(op.methods, ", ") {
+			if !slices.Contains(ms, m) {
+				ms = append(ms, m)
+			}
+		}
+	}
+	slices.Sort(ms)
+	return ms
+}
+
+// refuseMethod returns the 405 for a method no operation accepts, or nil.
+func refuseMethod(method string) *apiError {
+	if slices.Contains(acceptedMethods, method) {
+		return nil
+	}
+	list := strings.Join(acceptedMethods[:len(acceptedMethods)-1], ", ") + " and " + acceptedMethods[len(acceptedMethods)-1]
+	return &apiError{Status: 405, Type: typeInvalidRequest, Code: "method_not_allowed",
+		Message: "method " + strconv.Quote(method) + " is not allowed; keymux accepts " + list}
+}
 
 // routeResult is the outcome of matching a request line.
 type routeResult struct {

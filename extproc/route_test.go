@@ -52,6 +52,29 @@ func TestMatchRoute(t *testing.T) {
 	}
 }
 
+func TestRefuseMethod(t *testing.T) {
+	tests := []struct {
+		method  string
+		message string // "" = accepted
+	}{
+		{"GET", ""},
+		{"POST", ""},
+		{"DELETE", ""},
+		{"PUT", `method "PUT" is not allowed; keymux accepts DELETE, GET and POST`},
+		{"PATCH", `method "PATCH" is not allowed; keymux accepts DELETE, GET and POST`},
+		{"get", `method "get" is not allowed; keymux accepts DELETE, GET and POST`},
+	}
+	for _, tc := range tests {
+		err := refuseMethod(tc.method)
+		switch {
+		case tc.message == "" && err != nil:
+			t.Errorf("%s: refused with %+v, want accepted", tc.method, err)
+		case tc.message != "" && (err == nil || err.Status != 405 || err.Code != "method_not_allowed" || err.Message != tc.message):
+			t.Errorf("%s: got %+v, want 405 method_not_allowed %q", tc.method, err, tc.message)
+		}
+	}
+}
+
 func TestAzureQuery(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{"", "?api-version=2024-10-21"},

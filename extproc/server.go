@@ -1,6 +1,6 @@
 // Package extproc is keymux's Envoy external processor: the gRPC Process loop,
 // a per-request state machine that follows Envoy's ext_proc protocol
-// (shared/design/ENVOY_EXTPROC.md), and the translation between Envoy's
+// (docs/envoy-extproc.md), and the translation between Envoy's
 // protos and keymux's decisions (policy) over the configuration mirrored in
 // memory (store).
 package extproc

@@ -712,25 +712,3 @@ func later(a, b time.Time) time.Time {
 	}
 	return b
 }
-
-// backoff returns a full-jitter exponential wait for the n-th failure.
-func backoff(n int, base, ceil time.Duration, rnd func() float64) time.Duration {
-	d := base
-	for i := 1; i < n && d < ceil; i++ {
-		d *= 2
-	}
-	d = min(d, ceil)
-	return time.Duration(float64(d)/2 + rnd()*float64(d)/2)
-}
-
-// sleepCtx waits d or until ctx ends; it reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}

@@ -13,6 +13,7 @@ import (
 	"github.com/keymux/keymux/store"
 	"github.com/keymux/keymux/testutil/bg"
 	"github.com/keymux/keymux/testutil/syncbuf"
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 // waitTimeout bounds every wait for a condition.
@@ -86,29 +87,15 @@ func startChecker(t testing.TB, cfg health.Config) *runningChecker {
 	return &runningChecker{c: c, logs: logs, stop: stop}
 }
 
-// waitFor polls cond after every checker change and every 10ms (time-bound
-// states change without an event) until it holds or waitTimeout passes.
+// waitFor waits until cond holds, re-checked after every checker change and
+// every wait.Interval (time-bound states change without an event).
 func waitFor(t testing.TB, c *health.Checker, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.NewTimer(waitTimeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		var ch <-chan struct{}
-		if c != nil {
-			ch = c.Changed()
-		}
-		if cond() {
-			return
-		}
-		select {
-		case <-ch:
-		case <-tick.C:
-		case <-deadline.C:
-			t.Fatalf("timed out after %s waiting for %s", waitTimeout, what)
-		}
+	var changed func() <-chan struct{}
+	if c != nil {
+		changed = c.Changed
 	}
+	wait.UntilChanged(t, waitTimeout, what, changed, cond)
 }
 
 // eligible returns policy.Eligible for key id in st at now.

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/keymux/keymux/internal/backoff"
 )
 
 // Leader election defaults (see the package doc for the reasoning).
@@ -42,24 +44,23 @@ func (c *Checker) elect(ctx context.Context) {
 			continue
 		}
 		failures++
-		wait := backoff(failures, c.cfg.RetryBase, c.cfg.RetryMax, c.rand)
+		wait := backoff.Delay(failures, c.cfg.RetryBase, c.cfg.RetryMax, c.rand)
 		c.log.Warn("health leader election: retrying", "attempt", failures, "retry_in", wait.Round(time.Millisecond), "error", err)
-		if !sleepCtx(ctx, wait) {
+		if !backoff.Sleep(ctx, wait) {
 			return
 		}
 	}
 }
 
 // term is one session's life: acquire, lead, step down.
-func (c *Checker) term(ctx context.Context) (err error) {
+func (c *Checker) term(ctx context.Context) error {
 	sess := c.consul.Session()
-	wo := (&api.WriteOptions{}).WithContext(ctx)
 	id, _, err := sess.Create(&api.SessionEntry{
 		Name:      "keymux-health " + c.cfg.ID,
 		TTL:       c.cfg.SessionTTL.String(),
 		LockDelay: c.cfg.LockDelay,
 		Behavior:  api.SessionBehaviorRelease,
-	}, wo)
+	}, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("create session: %w", err)
 	}
@@ -76,87 +77,82 @@ func (c *Checker) term(ctx context.Context) (err error) {
 		c.setLeader(false)
 		cancel(context.Canceled)
 		<-renewDone
-		if c.abandon.Load() {
-			return // test hook: behave like a crashed process, leave the session to expire
-		}
-		// Release and destroy with a short context of their own: ctx may be
-		// done already.
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer rcancel()
-		wo := (&api.WriteOptions{}).WithContext(rctx)
-		if held {
-			if _, _, err := c.kv.Release(&api.KVPair{Key: c.lockKey, Session: id}, wo); err != nil {
-				c.log.Warn("health leader: release failed", "error", err)
-			}
-		}
-		if _, err := sess.Destroy(id, wo); err != nil {
-			c.log.Debug("health leader: session destroy failed", "error", err)
-		}
+		c.endSession(ctx, id, held)
 	}()
 
-	value, _ := json.Marshal(lockValue{Holder: c.cfg.ID, Since: c.now().UTC()})
 	retry := min(max(c.cfg.LockDelay/5, 50*time.Millisecond), time.Second)
+	if err := c.acquire(sctx, id, retry); err != nil || sctx.Err() != nil {
+		return c.termErr(sctx, ctx, err)
+	}
+	held = true
+	c.terms.Add(1)
+	c.setLeader(true)
+	c.log.Info("health leader: lock acquired; this instance probes", "lock", c.lockKey, "session_ttl", c.cfg.SessionTTL, "lock_delay", c.cfg.LockDelay)
+	if c.hold(sctx, id, retry) {
+		held = false
+		c.log.Warn("health leader: lock lost; stepping down", "lock", c.lockKey)
+		return nil
+	}
+	return c.termErr(sctx, ctx, nil)
+}
+
+// acquire waits until session id holds the lock. It returns nil once held,
+// or when sctx ends (the caller checks sctx), or a Consul error.
+func (c *Checker) acquire(sctx context.Context, id string, retry time.Duration) error {
+	value, _ := json.Marshal(lockValue{Holder: c.cfg.ID, Since: c.now().UTC()})
 	var index uint64
 	for {
 		pair, meta, err := c.kv.Get(c.lockKey, (&api.QueryOptions{WaitIndex: index, WaitTime: lockWait}).WithContext(sctx))
 		if err != nil {
-			return c.termErr(sctx, ctx, fmt.Errorf("read lock: %w", err))
+			return fmt.Errorf("read lock: %w", err)
 		}
 		if meta.LastIndex < index {
 			index = 0 // the index went backwards: start over
 		}
 		switch {
 		case pair != nil && pair.Session == id:
-			held = true
+			return nil
 		case pair == nil || pair.Session == "":
 			ok, _, err := c.kv.Acquire(&api.KVPair{Key: c.lockKey, Value: value, Session: id}, (&api.WriteOptions{}).WithContext(sctx))
 			if err != nil {
-				return c.termErr(sctx, ctx, fmt.Errorf("acquire lock: %w", err))
+				return fmt.Errorf("acquire lock: %w", err)
 			}
 			if ok {
-				held = true
-				break
+				return nil
 			}
 			// Not acquired with no holder: the lock-delay of the previous
 			// holder's session is running. Poll until it ends.
 			index = 0
-			if !sleepCtx(sctx, retry) {
-				return c.termErr(sctx, ctx, nil)
+			if !backoff.Sleep(sctx, retry) {
+				return nil
 			}
-			continue
 		default:
 			index = max(meta.LastIndex, 1)
-			continue
-		}
-		if held {
-			break
 		}
 	}
+}
 
-	c.terms.Add(1)
-	c.setLeader(true)
-	c.log.Info("health leader: lock acquired; this instance probes", "lock", c.lockKey, "session_ttl", c.cfg.SessionTTL, "lock_delay", c.cfg.LockDelay)
-	// Lead until the key stops naming our session or the session is lost.
-	index = 0
+// hold leads until the lock stops naming session id (it returns true: the
+// lock is lost) or sctx ends (false).
+func (c *Checker) hold(sctx context.Context, id string, retry time.Duration) (lost bool) {
+	var index uint64
 	for {
 		pair, meta, err := c.kv.Get(c.lockKey, (&api.QueryOptions{WaitIndex: index, WaitTime: lockWait}).WithContext(sctx))
 		if err != nil {
 			if sctx.Err() != nil {
-				return c.termErr(sctx, ctx, nil)
+				return false
 			}
 			// Consul may be briefly unavailable; the renewal decides
 			// whether the session survives.
 			c.log.Warn("health leader: lock watch failed", "error", err)
-			if !sleepCtx(sctx, retry) {
-				return c.termErr(sctx, ctx, nil)
+			if !backoff.Sleep(sctx, retry) {
+				return false
 			}
 			index = 0
 			continue
 		}
 		if pair == nil || pair.Session != id {
-			held = false
-			c.log.Warn("health leader: lock lost; stepping down", "lock", c.lockKey)
-			return nil
+			return true
 		}
 		if meta.LastIndex < index {
 			index = 0
@@ -166,8 +162,25 @@ func (c *Checker) term(ctx context.Context) (err error) {
 	}
 }
 
-// termErr returns the reason a term ended: the session's loss when the
-// renewal ended it, nothing when ctx did, else err.
+// endSession releases the lock (when held) and destroys session id, with a
+// short context of their own: ctx may be done already.
+func (c *Checker) endSession(ctx context.Context, id string, held bool) {
+	if c.abandon.Load() {
+		return // test hook: behave like a crashed process, leave the session to expire
+	}
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer rcancel()
+	wo := (&api.WriteOptions{}).WithContext(rctx)
+	if held {
+		if _, _, err := c.kv.Release(&api.KVPair{Key: c.lockKey, Session: id}, wo); err != nil {
+			c.log.Warn("health leader: release failed", "error", err)
+		}
+	}
+	if _, err := c.consul.Session().Destroy(id, wo); err != nil {
+		c.log.Debug("health leader: session destroy failed", "error", err)
+	}
+}
+
 func (c *Checker) termErr(sctx, ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return nil
@@ -188,7 +201,7 @@ func (c *Checker) renew(ctx context.Context, id string) error {
 	wait := ttl / 2
 	last := time.Now()
 	for {
-		if !sleepCtx(ctx, wait) {
+		if !backoff.Sleep(ctx, wait) {
 			return nil
 		}
 		entry, _, err := c.consul.Session().Renew(id, (&api.WriteOptions{}).WithContext(ctx))

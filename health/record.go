@@ -89,12 +89,4 @@ func (r Record) Apply(s policy.KeyState) policy.KeyState {
 }
 
 // truncate cuts s to at most n bytes without splitting a UTF-8 sequence.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && s[n]&0xC0 == 0x80 {
-		n--
-	}
-	return s[:n]
-}
+var truncate = policy.Truncate

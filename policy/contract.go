@@ -5,8 +5,10 @@ import "time"
 // Candidate is an eligible key offered to a Strategy, with the counters the
 // strategies weigh. Candidates are passed in stable key-id order.
 type Candidate struct {
-	Key    *Key
-	Usage  uint64 // tokens used by this key (requests when no usage is known)
+	Key *Key
+	// Usage is the number of requests this instance has sent with the key,
+	// not tokens (docs/design/0002-weighted-by-usage-counts-requests.md).
+	Usage  uint64
 	Errors uint64 // errors within the error window
 }
 
@@ -47,7 +49,7 @@ type Outcome struct {
 // immutable; NextState returns a new one.
 type KeyState struct {
 	Disabled            bool      // auth failure or quota: out until a probe passes
-	DisabledReason      string    // "auth" | "quota" | "probe"
+	DisabledReason      string    // "auth" | "quota"
 	CooldownUntil       time.Time // 429
 	EjectedUntil        time.Time // consecutive 5xx/timeouts
 	Ejections           int       // consecutive ejections, the backoff exponent

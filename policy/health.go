@@ -10,7 +10,6 @@ import (
 const (
 	DisabledAuth  = "auth"  // 401/403: the credential was refused
 	DisabledQuota = "quota" // insufficient_quota: the account is out of credit
-	DisabledProbe = "probe" // set by a caller that disables a key on a failed probe
 )
 
 // The Ineligible.Reason values, from Eligible.
@@ -128,7 +127,7 @@ func ProbeResult(s KeyState, ok bool, errMsg string, now time.Time) KeyState {
 	s.ProbedAt = now
 	if !ok {
 		s.ProbeFailed = true
-		s.ProbeError = truncate(errMsg, maxProbeError)
+		s.ProbeError = Truncate(errMsg, maxProbeError)
 		return s
 	}
 	s.Disabled, s.DisabledReason = false, ""
@@ -136,17 +135,6 @@ func ProbeResult(s KeyState, ok bool, errMsg string, now time.Time) KeyState {
 	s.EjectedUntil = time.Time{}
 	s.Ejections, s.ConsecutiveFailures, s.HalfOpen = 0, 0, false
 	return s
-}
-
-// truncate cuts s to at most n bytes without splitting a UTF-8 sequence.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && s[n]&0xC0 == 0x80 {
-		n--
-	}
-	return s[:n]
 }
 
 // HalfOpenAt reports whether the key is on its half-open trial at now: its
@@ -171,8 +159,6 @@ func Eligible(k *Key, s KeyState, now time.Time) (ok bool, reason Ineligible) {
 			return false, Ineligible{Reason: ReasonAuthFailed}
 		case DisabledQuota:
 			return false, Ineligible{Reason: ReasonQuotaExhausted}
-		case DisabledProbe:
-			return false, Ineligible{Reason: ReasonProbeFailed}
 		}
 		return false, Ineligible{Reason: ReasonDisabled}
 	case s.ProbeFailed:

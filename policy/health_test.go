@@ -177,7 +177,6 @@ func TestEligible(t *testing.T) {
 		{"config wins over auth", off, KeyState{Disabled: true, DisabledReason: DisabledAuth}, false, Ineligible{Reason: ReasonDisabled}},
 		{"auth failed", on, KeyState{Disabled: true, DisabledReason: DisabledAuth}, false, Ineligible{Reason: ReasonAuthFailed}},
 		{"quota", on, KeyState{Disabled: true, DisabledReason: DisabledQuota, CooldownUntil: t0.Add(sec(5))}, false, Ineligible{Reason: ReasonQuotaExhausted}},
-		{"disabled by probe", on, KeyState{Disabled: true, DisabledReason: DisabledProbe}, false, Ineligible{Reason: ReasonProbeFailed}},
 		{"disabled other reason", on, KeyState{Disabled: true, DisabledReason: "manual"}, false, Ineligible{Reason: ReasonDisabled}},
 		{"probe failed", on, KeyState{ProbeFailed: true}, false, Ineligible{Reason: ReasonProbeFailed}},
 		{"cooling down", on, KeyState{CooldownUntil: t0.Add(sec(2))}, false, Ineligible{ReasonCoolingDown, t0.Add(sec(2))}},

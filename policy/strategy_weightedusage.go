@@ -5,7 +5,8 @@ const StrategyWeightedByUsage = "weighted_by_usage"
 
 // WeightedByUsage favours the keys that have been used least: a candidate is
 // chosen with probability proportional to Weight / (Usage + 1), so a fresh key
-// (Usage 0) weighs its full Weight and a key that has spent many tokens fades.
+// (Usage 0) weighs its full Weight and a key that has served many requests
+// fades.
 type WeightedByUsage struct{}
 
 var _ Strategy = WeightedByUsage{}

@@ -3,6 +3,8 @@ package store
 import (
 	"bytes"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -106,14 +108,6 @@ func (b *Builder) Delete(kind Kind, id string) {
 	delete(b.refused, d)
 }
 
-// Reset forgets every document and refusal.
-func (b *Builder) Reset() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	clear(b.docs)
-	clear(b.refused)
-}
-
 // IDs returns the ids of the documents of kind held (good or refused),
 // sorted.
 func (b *Builder) IDs(kind Kind) []string {
@@ -130,7 +124,7 @@ func (b *Builder) IDs(kind Kind) []string {
 			seen[d.id] = true
 		}
 	}
-	return sortedKeys(seen)
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // Build assembles the good documents into a Config and cross-checks them:

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"regexp"
 	"slices"
@@ -103,7 +104,7 @@ func (f *File) Docs() []FileDoc {
 		docs = append(docs, FileDoc{Kind: KindSettings, Raw: f.Settings})
 	}
 	for _, sec := range f.sections() {
-		for _, id := range sortedKeys(sec.docs) {
+		for _, id := range slices.Sorted(maps.Keys(sec.docs)) {
 			docs = append(docs, FileDoc{Kind: sec.kind, ID: id, Raw: sec.docs[id]})
 		}
 	}

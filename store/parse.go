@@ -34,9 +34,6 @@ const (
 	KindClients  Kind = "clients"
 )
 
-// Kinds lists the document kinds in a stable order.
-func Kinds() []Kind { return []Kind{KindSettings, KindKeys, KindRules, KindClients} }
-
 // Valid reports whether k is one of the four document kinds.
 func (k Kind) Valid() bool {
 	switch k {
@@ -53,8 +50,8 @@ const MaxIDLen = 128
 const MaxErrorWindow = errBuckets * time.Second
 
 // KnownStrategies lists the accepted settings.strategy values: the
-// strategies registered with policy. Tests may replace it.
-var KnownStrategies = policy.Strategies
+// strategies registered with policy.
+func KnownStrategies() []string { return policy.Strategies() }
 
 // DefaultBaseURL returns the base URL used when a key of provider p has none
 // ("" when the provider needs one).
@@ -130,11 +127,13 @@ func docName(kind Kind, id string) string {
 	return string(kind) + "/" + strconv.Quote(truncate(id, MaxIDLen))
 }
 
+// truncate cuts s to at most n bytes, on a UTF-8 boundary, and marks the cut
+// with "…".
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n] + "…"
+	return policy.Truncate(s, n) + "…"
 }
 
 // decodeStrict decodes one JSON object into v, refusing unknown fields and

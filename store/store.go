@@ -4,8 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,7 +157,7 @@ func checkConfig(cfg *Config) error {
 		}
 	}
 	seenRule := map[[2]string]string{}
-	for _, id := range sortedKeys(cfg.Rules) {
+	for _, id := range slices.Sorted(maps.Keys(cfg.Rules)) {
 		r := cfg.Rules[id]
 		if r == nil || r.ID != id || r.From == "" || r.KeyID == "" {
 			return fmt.Errorf("%w: rules/%s: missing, incomplete or id mismatch", ErrInvalidConfig, id)
@@ -174,7 +174,7 @@ func checkConfig(cfg *Config) error {
 		}
 	}
 	seenTok := map[[32]byte]string{}
-	for _, id := range sortedKeys(cfg.Clients) {
+	for _, id := range slices.Sorted(maps.Keys(cfg.Clients)) {
 		c := cfg.Clients[id]
 		if c == nil || c.ID != id {
 			return fmt.Errorf("%w: clients/%s: missing or id mismatch", ErrInvalidConfig, id)
@@ -187,98 +187,153 @@ func checkConfig(cfg *Config) error {
 	return nil
 }
 
+// applyTxn replaces every configuration table in txn with cfg: one helper
+// per table, in dependency order (pools need the keys and rules).
 func applyTxn(txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
-	// What survives from the previous generation.
-	var gen uint64
-	if raw, err := txn.First(tableMeta, indexID, singletonID); err != nil {
-		return 0, err
-	} else if m, ok := raw.(*metaRow); ok {
-		gen = m.Generation
-	}
-	runtimes := map[string]*Runtime{}
-	it, err := txn.Get(tableKeys, indexID)
+	prev, err := readCarryOver(txn)
 	if err != nil {
 		return 0, err
-	}
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		r := raw.(*keyRow)
-		runtimes[r.ID] = r.Entry.RT
-	}
-	seqs := map[string]*atomic.Uint64{}
-	if it, err = txn.Get(tablePools, indexID); err != nil {
-		return 0, err
-	}
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		r := raw.(*poolRow)
-		seqs[r.Model] = r.Pool.Seq
 	}
 	for _, t := range []string{tableKeys, tableRules, tableClients, tableSettings, tablePools} {
 		if _, err := txn.DeleteAll(t, indexID); err != nil {
 			return 0, fmt.Errorf("clear %s: %w", t, err)
 		}
 	}
+	enabled, err := insertKeys(txn, cfg.Keys, prev.runtimes)
+	if err != nil {
+		return 0, err
+	}
+	rules, err := insertRules(txn, cfg.Rules)
+	if err != nil {
+		return 0, err
+	}
+	if err := insertClients(txn, cfg.Clients); err != nil {
+		return 0, err
+	}
+	settings := cfg.Settings
+	if err := txn.Insert(tableSettings, &settingsRow{ID: singletonID, Settings: &settings}); err != nil {
+		return 0, fmt.Errorf("insert settings: %w", err)
+	}
+	models, err := insertPools(txn, poolModels(cfg.Keys, rules), enabled, rules, prev.seqs)
+	if err != nil {
+		return 0, err
+	}
+	gen := prev.gen + 1
+	src.Refused = slices.Clone(src.Refused)
+	meta := &metaRow{ID: singletonID, Generation: gen, Source: src, Models: models,
+		Keys: len(cfg.Keys), Rules: len(cfg.Rules), Clients: len(cfg.Clients)}
+	if err := txn.Insert(tableMeta, meta); err != nil {
+		return 0, fmt.Errorf("insert meta: %w", err)
+	}
+	return gen, nil
+}
 
-	// Keys.
-	for _, id := range sortedKeys(cfg.Keys) {
-		k := cfg.Keys[id]
+// carryOver is what survives from the previous generation: its number, each
+// key's Runtime and each pool's selection counter.
+type carryOver struct {
+	gen      uint64
+	runtimes map[string]*Runtime
+	seqs     map[string]*atomic.Uint64
+}
+
+func readCarryOver(txn *memdb.Txn) (carryOver, error) {
+	c := carryOver{runtimes: map[string]*Runtime{}, seqs: map[string]*atomic.Uint64{}}
+	if raw, err := txn.First(tableMeta, indexID, singletonID); err != nil {
+		return c, err
+	} else if m, ok := raw.(*metaRow); ok {
+		c.gen = m.Generation
+	}
+	it, err := txn.Get(tableKeys, indexID)
+	if err != nil {
+		return c, err
+	}
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		r := raw.(*keyRow)
+		c.runtimes[r.ID] = r.Entry.RT
+	}
+	if it, err = txn.Get(tablePools, indexID); err != nil {
+		return c, err
+	}
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		r := raw.(*poolRow)
+		c.seqs[r.Model] = r.Pool.Seq
+	}
+	return c, nil
+}
+
+// insertKeys inserts the keys, each with its previous Runtime (or a new
+// one), and returns the enabled ones in id order (through the conditional
+// index).
+func insertKeys(txn *memdb.Txn, keys map[string]*policy.Key, runtimes map[string]*Runtime) ([]*Entry, error) {
+	for _, id := range slices.Sorted(maps.Keys(keys)) {
+		k := keys[id]
 		rt := runtimes[id]
 		if rt == nil {
 			rt = NewRuntime()
 		}
 		e := &Entry{Key: k, RT: rt}
 		if err := txn.Insert(tableKeys, &keyRow{ID: id, Enabled: k.Enabled, Entry: e}); err != nil {
-			return 0, fmt.Errorf("insert keys/%s: %w", id, err)
+			return nil, fmt.Errorf("insert keys/%s: %w", id, err)
 		}
 	}
-	// The enabled keys in id order, through the conditional index.
 	var enabled []*Entry
-	if it, err = txn.Get(tableKeys, indexEnabled, true); err != nil {
-		return 0, err
+	it, err := txn.Get(tableKeys, indexEnabled, true)
+	if err != nil {
+		return nil, err
 	}
 	for raw := it.Next(); raw != nil; raw = it.Next() {
 		enabled = append(enabled, raw.(*keyRow).Entry)
 	}
-	// Rules; the enabled ones also feed the pools.
-	type kf struct{ key, from string }
-	rules := map[kf]*policy.Rule{}
-	listed := map[string]bool{}
-	for _, id := range sortedKeys(cfg.Rules) {
-		r := cfg.Rules[id]
+	return enabled, nil
+}
+
+// ruleKey finds the enabled rule of a key (or policy.AnyKey) for a model.
+type ruleKey struct{ key, from string }
+
+// insertRules inserts the rules and returns the enabled ones by (key, from).
+func insertRules(txn *memdb.Txn, rules map[string]*policy.Rule) (map[ruleKey]*policy.Rule, error) {
+	enabled := map[ruleKey]*policy.Rule{}
+	for _, id := range slices.Sorted(maps.Keys(rules)) {
+		r := rules[id]
 		if err := txn.Insert(tableRules, &ruleRow{ID: id, KeyID: r.KeyID, From: r.From, Rule: r}); err != nil {
-			return 0, fmt.Errorf("insert rules/%s: %w", id, err)
+			return nil, fmt.Errorf("insert rules/%s: %w", id, err)
 		}
 		if r.Enabled {
-			rules[kf{r.KeyID, r.From}] = r
-			listed[r.From] = true
+			enabled[ruleKey{r.KeyID, r.From}] = r
 		}
 	}
-	for _, k := range cfg.Keys {
+	return enabled, nil
+}
+
+func insertClients(txn *memdb.Txn, clients map[string]*policy.Client) error {
+	for _, id := range slices.Sorted(maps.Keys(clients)) {
+		if err := txn.Insert(tableClients, &clientRow{ID: id, Client: clients[id]}); err != nil {
+			return fmt.Errorf("insert clients/%s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// poolModels lists, sorted, the models that get a pool: every model a key
+// lists and every model an enabled rule rewrites.
+func poolModels(keys map[string]*policy.Key, rules map[ruleKey]*policy.Rule) []string {
+	listed := map[string]bool{}
+	for rk := range rules {
+		listed[rk.from] = true
+	}
+	for _, k := range keys {
 		for _, m := range k.Models {
 			listed[m] = true
 		}
 	}
-	// Clients.
-	for _, id := range sortedKeys(cfg.Clients) {
-		if err := txn.Insert(tableClients, &clientRow{ID: id, Client: cfg.Clients[id]}); err != nil {
-			return 0, fmt.Errorf("insert clients/%s: %w", id, err)
-		}
-	}
-	// Settings.
-	settings := cfg.Settings
-	if err := txn.Insert(tableSettings, &settingsRow{ID: singletonID, Settings: &settings}); err != nil {
-		return 0, fmt.Errorf("insert settings: %w", err)
-	}
-	// Pools.
-	serves := func(e *Entry, model string) bool {
-		to := model
-		if r := rules[kf{e.Key.ID, model}]; r != nil {
-			to = r.To
-		} else if r := rules[kf{policy.AnyKey, model}]; r != nil {
-			to = r.To
-		}
-		return e.Key.ServesModel(to)
-	}
-	insertPool := func(model string, entries []*Entry) error {
+	return slices.Sorted(maps.Keys(listed))
+}
+
+// insertPools inserts the pool of every enabled key (""), of the keys that
+// list no model (unlistedPool) and of each listed model; it returns the
+// listed models that some key serves. Pools keep their selection counter.
+func insertPools(txn *memdb.Txn, listed []string, enabled []*Entry, rules map[ruleKey]*policy.Rule, seqs map[string]*atomic.Uint64) ([]string, error) {
+	insert := func(model string, entries []*Entry) error {
 		seq := seqs[model]
 		if seq == nil {
 			seq = new(atomic.Uint64)
@@ -289,8 +344,8 @@ func applyTxn(txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
 		}
 		return nil
 	}
-	if err := insertPool("", slices.Clip(enabled)); err != nil {
-		return 0, err
+	if err := insert("", slices.Clip(enabled)); err != nil {
+		return nil, err
 	}
 	var unlisted []*Entry
 	for _, e := range enabled {
@@ -298,33 +353,37 @@ func applyTxn(txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
 			unlisted = append(unlisted, e)
 		}
 	}
-	if err := insertPool(unlistedPool, unlisted); err != nil {
-		return 0, err
+	if err := insert(unlistedPool, unlisted); err != nil {
+		return nil, err
 	}
 	var models []string
-	for _, m := range sortedKeys(listed) {
+	for _, m := range listed {
 		var entries []*Entry
 		for _, e := range enabled {
-			if serves(e, m) {
+			if servesAfterRule(e, m, rules) {
 				entries = append(entries, e)
 			}
 		}
-		if err := insertPool(m, entries); err != nil {
-			return 0, err
+		if err := insert(m, entries); err != nil {
+			return nil, err
 		}
 		if len(entries) > 0 {
 			models = append(models, m)
 		}
 	}
-	// Meta.
-	gen++
-	src.Refused = slices.Clone(src.Refused)
-	meta := &metaRow{ID: singletonID, Generation: gen, Source: src, Models: models,
-		Keys: len(cfg.Keys), Rules: len(cfg.Rules), Clients: len(cfg.Clients)}
-	if err := txn.Insert(tableMeta, meta); err != nil {
-		return 0, fmt.Errorf("insert meta: %w", err)
+	return models, nil
+}
+
+// servesAfterRule reports whether e serves a request for model once its
+// rule (its own before policy.AnyKey's) has rewritten the model.
+func servesAfterRule(e *Entry, model string, rules map[ruleKey]*policy.Rule) bool {
+	to := model
+	if r := rules[ruleKey{e.Key.ID, model}]; r != nil {
+		to = r.To
+	} else if r := rules[ruleKey{policy.AnyKey, model}]; r != nil {
+		to = r.To
 	}
-	return gen, nil
+	return e.Key.ServesModel(to)
 }
 
 // SetSourceInfo records the source's freshness (and refusals) without
@@ -524,13 +583,4 @@ func list[R, T any](s *Snapshot, table string, f func(R) T, index string, args .
 		out = append(out, f(raw.(R)))
 	}
 	return out
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -471,3 +471,21 @@ func TestReadersNeverSeeAMix(t *testing.T) {
 		t.Errorf("generation %d, want %d", g, writes+1)
 	}
 }
+
+func TestTruncateMarksTheCutOnARuneBoundary(t *testing.T) {
+	tests := []struct {
+		s    string
+		n    int
+		want string
+	}{
+		{"short", 8, "short"},
+		{"abcdef", 3, "abc…"},
+		{"ab€cd", 3, "ab…"}, // € (3 bytes) does not fit whole
+		{"ab€cd", 5, "ab€…"},
+	}
+	for _, tc := range tests {
+		if got := truncate(tc.s, tc.n); got != tc.want {
+			t.Errorf("truncate(%q, %d) = %q, want %q", tc.s, tc.n, got, tc.want)
+		}
+	}
+}

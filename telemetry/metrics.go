@@ -39,139 +39,195 @@ type instruments struct {
 	dropped    metric.Int64Counter
 }
 
+// errList collects the errors of a series of instrument creations.
+type errList []error
+
+func (e *errList) add(err error) {
+	if err != nil {
+		*e = append(*e, err)
+	}
+}
+
 func newInstruments(mp metric.MeterProvider, t *Telemetry) (*instruments, error) {
 	m := mp.Meter(TracerName)
-	var (
-		in   instruments
-		errs []error
-	)
-	must := func(err error) {
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	var err error
-	in.requests, err = m.Int64Counter(MetricRequests, metric.WithUnit("{request}"),
-		metric.WithDescription("Requests keymux handled, by key, requested model and status class."))
-	must(err)
-	in.errors, err = m.Int64Counter(MetricErrors, metric.WithUnit("{error}"),
-		metric.WithDescription("Failed calls by key and error class (rate_limited, auth, server, timeout, client, stream_cut, local)."))
-	must(err)
-	in.duration, err = m.Float64Histogram(MetricDuration, metric.WithUnit("s"),
-		metric.WithDescription("End-to-end request duration, from the request headers to the end of the response."),
-		metric.WithExplicitBucketBoundaries(durationBuckets...))
-	must(err)
-	in.overhead, err = m.Float64Histogram(MetricOverhead, metric.WithUnit("us"),
-		metric.WithDescription("Time keymux spent deciding on the request path (ext_proc request phases)."),
-		metric.WithExplicitBucketBoundaries(overheadBuckets...))
-	must(err)
-	in.tokens, err = m.Int64Counter(MetricTokens, metric.WithUnit("{token}"),
-		metric.WithDescription("Tokens reported by the upstream, by key and type (input, output)."))
-	must(err)
-	in.tokenUsage, err = m.Int64Histogram(MetricTokenUsage, metric.WithUnit("{token}"),
-		metric.WithDescription("Number of input and output tokens used."),
-		metric.WithExplicitBucketBoundaries(tokenBuckets...))
-	must(err)
-	in.dropped, err = m.Int64Counter(MetricCallLogDropped, metric.WithUnit("{record}"),
-		metric.WithDescription("Call log records dropped because the queue was full or the log closed."))
-	must(err)
-
-	inFlight, err := m.Int64ObservableGauge(MetricInFlight, metric.WithUnit("{request}"),
-		metric.WithDescription("Requests between Begin and End."))
-	must(err)
-	keyUp, err := m.Int64ObservableGauge(MetricKeyUp,
-		metric.WithDescription("1 when the key can serve (healthy or half_open), else 0."))
-	must(err)
-	keyState, err := m.Int64ObservableGauge(MetricKeyState,
-		metric.WithDescription("The key's current state (value 1): healthy, half_open, cooling_down, ejected, disabled, auth_failed, quota_exhausted, probe_failed."))
-	must(err)
-	ejections, err := m.Int64ObservableCounter(MetricKeyEjections, metric.WithUnit("{ejection}"),
-		metric.WithDescription("Times the key was ejected after consecutive upstream failures."))
-	must(err)
-	cooldowns, err := m.Int64ObservableCounter(MetricKeyCooldowns, metric.WithUnit("{cooldown}"),
-		metric.WithDescription("Times the key cooled down after a 429."))
-	must(err)
-	gen, err := m.Int64ObservableGauge(MetricConfigGeneration,
-		metric.WithDescription("Generation of the configuration in force, by source."))
-	must(err)
-	stale, err := m.Int64ObservableGauge(MetricConfigStale,
-		metric.WithDescription("1 while the configuration source cannot be read and the last good configuration serves."))
-	must(err)
-	staleFor, err := m.Float64ObservableGauge(MetricConfigStaleDuration, metric.WithUnit("s"),
-		metric.WithDescription("How long the configuration source has been stale (0 when fresh)."))
-	must(err)
-	refused, err := m.Int64ObservableGauge(MetricConfigRefused, metric.WithUnit("{entry}"),
-		metric.WithDescription("Configuration entries refused (the last good version of each keeps serving)."))
-	must(err)
-	threshold, err := m.Float64ObservableGauge(MetricAlertThreshold,
-		metric.WithDescription("Alert thresholds from settings.alerts: error_rate (a fraction) and usage (tokens per key)."))
-	must(err)
-	active, err := m.Int64ObservableGauge(MetricAlertActive,
-		metric.WithDescription("1 while an alert is active: error_rate (all calls, over 5m) or usage (per key)."))
-	must(err)
-	ratio, err := m.Float64ObservableGauge(MetricErrorRatio,
-		metric.WithDescription("Failed calls / calls over the last 5 minutes (minute buckets)."))
-	must(err)
+	var errs errList
+	in := newRecorders(m, &errs)
+	obs := newObservers(m, &errs)
 	if len(errs) > 0 {
-		return nil, fmt.Errorf("telemetry: instruments: %v", errs)
+		return nil, fmt.Errorf("telemetry: instruments: %v", []error(errs))
 	}
 	in.dropped.Add(context.Background(), 0) // the series exists from the start
-
-	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		o.ObserveInt64(inFlight, t.inFlight.Load())
-		for _, kh := range t.keyHealth() {
-			up := int64(0)
-			if kh.State == "healthy" || kh.State == "half_open" {
-				up = 1
-			}
-			o.ObserveInt64(keyUp, up, metric.WithAttributes(attribute.String(LabelKey, kh.ID)))
-			o.ObserveInt64(keyState, 1, metric.WithAttributes(attribute.String(LabelKey, kh.ID), attribute.String(LabelState, kh.State)))
-			o.ObserveInt64(ejections, int64(kh.Ejections), metric.WithAttributes(attribute.String(LabelKey, kh.ID)))
-			o.ObserveInt64(cooldowns, int64(kh.Cooldowns), metric.WithAttributes(attribute.String(LabelKey, kh.ID)))
-		}
-		if f := t.configFn.Load(); f != nil {
-			ci := (*f)()
-			o.ObserveInt64(gen, int64(ci.Generation), metric.WithAttributes(attribute.String(LabelSource, ci.Source)))
-			var st int64
-			var since float64
-			if ci.Stale {
-				st = 1
-				if !ci.StaleSince.IsZero() {
-					since = max(t.now().Sub(ci.StaleSince).Seconds(), 0)
-				}
-			}
-			o.ObserveInt64(stale, st)
-			o.ObserveFloat64(staleFor, since)
-			o.ObserveInt64(refused, int64(ci.Refused))
-		}
-		th := t.thresholds()
-		o.ObserveFloat64(threshold, th.ErrorRate, metric.WithAttributes(attribute.String(LabelAlert, AlertErrorRate)))
-		o.ObserveFloat64(threshold, float64(th.Usage), metric.WithAttributes(attribute.String(LabelAlert, AlertUsage)))
-
-		now := t.now()
-		t.stats.mu.Lock()
-		w := t.stats.window(now, AlertWindow, false)
-		errActive := t.stats.alerts.errorRate
-		type ka struct {
-			id string
-			on bool
-		}
-		keys := make([]ka, 0, len(t.stats.alerts.usage))
-		for id, on := range t.stats.alerts.usage {
-			keys = append(keys, ka{id, on})
-		}
-		t.stats.mu.Unlock()
-		o.ObserveFloat64(ratio, w.errorRatio())
-		o.ObserveInt64(active, b2i(errActive), metric.WithAttributes(attribute.String(LabelAlert, AlertErrorRate), attribute.String(LabelKey, "")))
-		for _, k := range keys {
-			o.ObserveInt64(active, b2i(k.on), metric.WithAttributes(attribute.String(LabelAlert, AlertUsage), attribute.String(LabelKey, k.id)))
-		}
+	_, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(obs.inFlight, t.inFlight.Load())
+		t.observeKeys(o, obs)
+		t.observeConfig(o, obs)
+		t.observeAlerts(o, obs)
 		return nil
-	}, inFlight, keyUp, keyState, ejections, cooldowns, gen, stale, staleFor, refused, threshold, active, ratio)
+	}, obs.all()...)
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: register callback: %w", err)
 	}
-	return &in, nil
+	return in, nil
+}
+
+// newRecorders creates the instruments Telemetry records into as calls end.
+func newRecorders(m metric.Meter, errs *errList) *instruments {
+	var (
+		in  instruments
+		err error
+	)
+	in.requests, err = m.Int64Counter(MetricRequests, metric.WithUnit("{request}"),
+		metric.WithDescription("Requests keymux handled, by key, requested model and status class."))
+	errs.add(err)
+	in.errors, err = m.Int64Counter(MetricErrors, metric.WithUnit("{error}"),
+		metric.WithDescription("Failed calls by key and error class (rate_limited, auth, server, timeout, client, stream_cut, local)."))
+	errs.add(err)
+	in.duration, err = m.Float64Histogram(MetricDuration, metric.WithUnit("s"),
+		metric.WithDescription("End-to-end request duration, from the request headers to the end of the response."),
+		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	errs.add(err)
+	in.overhead, err = m.Float64Histogram(MetricOverhead, metric.WithUnit("us"),
+		metric.WithDescription("Time keymux spent deciding on the request path (ext_proc request phases)."),
+		metric.WithExplicitBucketBoundaries(overheadBuckets...))
+	errs.add(err)
+	in.tokens, err = m.Int64Counter(MetricTokens, metric.WithUnit("{token}"),
+		metric.WithDescription("Tokens reported by the upstream, by key and type (input, output)."))
+	errs.add(err)
+	in.tokenUsage, err = m.Int64Histogram(MetricTokenUsage, metric.WithUnit("{token}"),
+		metric.WithDescription("Number of input and output tokens used."),
+		metric.WithExplicitBucketBoundaries(tokenBuckets...))
+	errs.add(err)
+	in.dropped, err = m.Int64Counter(MetricCallLogDropped, metric.WithUnit("{record}"),
+		metric.WithDescription("Call log records dropped because the queue was full or the log closed."))
+	errs.add(err)
+	return &in
+}
+
+// observers are the instruments read at collection time, in one callback.
+type observers struct {
+	inFlight, keyUp, keyState, ejections, cooldowns   metric.Int64Observable
+	gen, stale, refused, refusals, readErrors, active metric.Int64Observable
+	staleFor, threshold, ratio                        metric.Float64Observable
+}
+
+func (obs *observers) all() []metric.Observable {
+	return []metric.Observable{obs.inFlight, obs.keyUp, obs.keyState, obs.ejections, obs.cooldowns,
+		obs.gen, obs.stale, obs.refused, obs.refusals, obs.readErrors, obs.active,
+		obs.staleFor, obs.threshold, obs.ratio}
+}
+
+func newObservers(m metric.Meter, errs *errList) *observers {
+	b := observerMaker{m, errs}
+	return &observers{
+		inFlight: b.gauge(MetricInFlight, "{request}", "Requests between Begin and End."),
+		keyUp:    b.gauge(MetricKeyUp, "", "1 when the key can serve (healthy or half_open), else 0."),
+		keyState: b.gauge(MetricKeyState, "", "The key's current state (value 1): healthy, half_open, cooling_down, ejected, disabled, probe_failed."),
+		ejections: b.counter(MetricKeyEjections, "{ejection}",
+			"Times the key was ejected after consecutive upstream failures."),
+		cooldowns: b.counter(MetricKeyCooldowns, "{cooldown}", "Times the key cooled down after a 429."),
+		gen:       b.gauge(MetricConfigGeneration, "", "Generation of the configuration in force, by source."),
+		stale: b.gauge(MetricConfigStale, "",
+			"1 while the configuration source cannot be read and the last good configuration serves."),
+		staleFor: b.floatGauge(MetricConfigStaleDuration, "s",
+			"How long the configuration source has been stale (0 when fresh)."),
+		refused: b.gauge(MetricConfigRefused, "{entry}",
+			"Configuration entries refused (the last good version of each keeps serving)."),
+		refusals: b.counter(MetricConfigRefusals, "{entry}",
+			"Refusals of configuration entries since start (Consul source), each (path, reason) once."),
+		readErrors: b.counter(MetricConfigReadErrors, "{error}",
+			"Failed reads of the configuration source since start (Consul source)."),
+		threshold: b.floatGauge(MetricAlertThreshold, "",
+			"Alert thresholds from settings.alerts: error_rate (a fraction) and usage (tokens per key)."),
+		active: b.gauge(MetricAlertActive, "",
+			"1 while an alert is active: error_rate (all calls, over 5m) or usage (per key)."),
+		ratio: b.floatGauge(MetricErrorRatio, "", "Failed calls / calls over the last 5 minutes (minute buckets)."),
+	}
+}
+
+// observerMaker creates observable instruments, collecting their errors.
+type observerMaker struct {
+	m    metric.Meter
+	errs *errList
+}
+
+func (b observerMaker) gauge(name, unit, desc string) metric.Int64Observable {
+	g, err := b.m.Int64ObservableGauge(name, metric.WithUnit(unit), metric.WithDescription(desc))
+	b.errs.add(err)
+	return g
+}
+
+func (b observerMaker) counter(name, unit, desc string) metric.Int64Observable {
+	c, err := b.m.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+	b.errs.add(err)
+	return c
+}
+
+func (b observerMaker) floatGauge(name, unit, desc string) metric.Float64Observable {
+	g, err := b.m.Float64ObservableGauge(name, metric.WithUnit(unit), metric.WithDescription(desc))
+	b.errs.add(err)
+	return g
+}
+
+// observeKeys reports every key's health gauges and counters.
+func (t *Telemetry) observeKeys(o metric.Observer, obs *observers) {
+	for _, kh := range t.keyHealth() {
+		up := int64(0)
+		if kh.State == "healthy" || kh.State == "half_open" {
+			up = 1
+		}
+		key := metric.WithAttributes(attribute.String(LabelKey, kh.ID))
+		o.ObserveInt64(obs.keyUp, up, key)
+		o.ObserveInt64(obs.keyState, 1, metric.WithAttributes(attribute.String(LabelKey, kh.ID), attribute.String(LabelState, kh.State)))
+		o.ObserveInt64(obs.ejections, int64(kh.Ejections), key)
+		o.ObserveInt64(obs.cooldowns, int64(kh.Cooldowns), key)
+	}
+}
+
+// observeConfig reports the configuration in force, when it is known.
+func (t *Telemetry) observeConfig(o metric.Observer, obs *observers) {
+	f := t.configFn.Load()
+	if f == nil {
+		return
+	}
+	ci := (*f)()
+	o.ObserveInt64(obs.gen, int64(ci.Generation), metric.WithAttributes(attribute.String(LabelSource, ci.Source)))
+	var since float64
+	if ci.Stale && !ci.StaleSince.IsZero() {
+		since = max(t.now().Sub(ci.StaleSince).Seconds(), 0)
+	}
+	o.ObserveInt64(obs.stale, b2i(ci.Stale))
+	o.ObserveFloat64(obs.staleFor, since)
+	o.ObserveInt64(obs.refused, int64(ci.Refused))
+	if c := ci.Counters; c != nil {
+		o.ObserveInt64(obs.refusals, int64(c.Refusals))
+		o.ObserveInt64(obs.readErrors, int64(c.ReadErrors))
+	}
+}
+
+// observeAlerts reports the alert thresholds, the error ratio and which
+// alerts are active.
+func (t *Telemetry) observeAlerts(o metric.Observer, obs *observers) {
+	th := t.thresholds()
+	o.ObserveFloat64(obs.threshold, th.ErrorRate, metric.WithAttributes(attribute.String(LabelAlert, AlertErrorRate)))
+	o.ObserveFloat64(obs.threshold, float64(th.Usage), metric.WithAttributes(attribute.String(LabelAlert, AlertUsage)))
+	now := t.now()
+	t.stats.mu.Lock()
+	w := t.stats.window(now, AlertWindow, false)
+	errActive := t.stats.alerts.errorRate
+	type ka struct {
+		id string
+		on bool
+	}
+	keys := make([]ka, 0, len(t.stats.alerts.usage))
+	for id, on := range t.stats.alerts.usage {
+		keys = append(keys, ka{id, on})
+	}
+	t.stats.mu.Unlock()
+	o.ObserveFloat64(obs.ratio, w.errorRatio())
+	o.ObserveInt64(obs.active, b2i(errActive), metric.WithAttributes(attribute.String(LabelAlert, AlertErrorRate), attribute.String(LabelKey, "")))
+	for _, k := range keys {
+		o.ObserveInt64(obs.active, b2i(k.on), metric.WithAttributes(attribute.String(LabelAlert, AlertUsage), attribute.String(LabelKey, k.id)))
+	}
 }
 
 func b2i(b bool) int64 {

@@ -95,6 +95,8 @@ const (
 	MetricConfigStale         = "keymux.config.stale"          // gauge 0/1
 	MetricConfigStaleDuration = "keymux.config.stale.duration" // gauge, s since the source went stale
 	MetricConfigRefused       = "keymux.config.refused"        // gauge: refused entries
+	MetricConfigRefusals      = "keymux.config.refusals"       // counter: refusals since start (Consul)
+	MetricConfigReadErrors    = "keymux.config.read_errors"    // counter: failed source reads (Consul)
 	MetricCallLogDropped      = "keymux.calllog.dropped"       // counter
 	MetricAlertThreshold      = "keymux.alert.threshold"       // gauge {alert}
 	MetricAlertActive         = "keymux.alert.active"          // gauge {alert, key} 0/1

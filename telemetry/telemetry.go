@@ -38,8 +38,8 @@ type Config struct {
 }
 
 // KeyHealth is one key's state for /stats and the key gauges. State is
-// healthy, half_open, cooling_down, ejected, disabled, auth_failed,
-// quota_exhausted or probe_failed.
+// healthy, half_open, cooling_down, ejected, disabled or probe_failed (the
+// health.State* values; why a key is disabled is on /status).
 type KeyHealth struct {
 	ID       string    `json:"id"`
 	State    string    `json:"state"`
@@ -59,6 +59,13 @@ type ConfigInfo struct {
 	Stale      bool
 	StaleSince time.Time
 	Refused    int
+	Counters   *SourceCounters // nil: the source keeps no counters (file)
+}
+
+// SourceCounters are a configuration source's totals since start.
+type SourceCounters struct {
+	Refusals   uint64 `json:"refusals"`    // entries refused, each (path, reason) once
+	ReadErrors uint64 `json:"read_errors"` // failed reads of the source
 }
 
 // Telemetry is keymux's Observer: spans, metrics, the call log, /stats and

@@ -94,7 +94,8 @@ func TestMetricsExact(t *testing.T) {
 	tel := newTel(t, Config{Now: clk.Now})
 	tel.SetKeyHealth(healthFn)
 	tel.SetConfigInfo(func() ConfigInfo {
-		return ConfigInfo{Generation: 7, Source: "consul", Stale: true, StaleSince: t0.Add(-90 * time.Second), Refused: 2}
+		return ConfigInfo{Generation: 7, Source: "consul", Stale: true, StaleSince: t0.Add(-90 * time.Second), Refused: 2,
+			Counters: &SourceCounters{Refusals: 5, ReadErrors: 3}}
 	})
 	tel.SetAlerts(func() Alerts { return Alerts{ErrorRate: 0.5, Usage: 10000} })
 
@@ -153,6 +154,8 @@ func TestMetricsExact(t *testing.T) {
 		`keymux_config_stale`:                       1,
 		`keymux_config_stale_duration_seconds`:      90,
 		`keymux_config_refused`:                     2,
+		`keymux_config_refusals_total`:              5,
+		`keymux_config_read_errors_total`:           3,
 
 		`keymux_calllog_dropped_total`:               0,
 		`keymux_alert_threshold{alert="error_rate"}`: 0.5,

@@ -1,8 +1,8 @@
 // Package emulator runs an Envoy v3 bootstrap without Envoy: one HTTP/1.1
 // listener with its HTTP connection manager, route table, clusters, access
 // log and — above all — the envoy.filters.http.ext_proc filter, talking real
-// gRPC to the configured external processor exactly as the project's design
-// note ENVOY_EXTPROC.md (shared/design/ENVOY_EXTPROC.md) describes Envoy's
+// gRPC to the configured external processor exactly as the project's notes
+// docs/envoy-extproc.md describe Envoy's
 // behaviour. Tests and `keymux dev` drive keymux through
 // it, with the very YAML users deploy (envoy/envoy.yaml).
 //
@@ -131,10 +131,10 @@
 //     end_of_stream=false and the rest passes unprocessed.
 //   - STREAMED: one message per 16 KiB read of the source; the message timer
 //     is re-armed while chunks are outstanding (per outstanding message, as
-//     ENVOY_EXTPROC.md says) where Envoy stops it at each reply.
+//     docs/envoy-extproc.md says) where Envoy stops it at each reply.
 //   - Header and trailer DEFAULT in a mode override keep the current setting
-//     (ENVOY_EXTPROC.md); a spurious reply is a 500, or close and continue
-//     with failure_mode_allow (ENVOY_EXTPROC.md; older Envoy releases always
+//     (docs/envoy-extproc.md); a spurious reply is a 500, or close and continue
+//     with failure_mode_allow (docs/envoy-extproc.md; older Envoy releases always
 //     continued).
 //   - Local replies decided by ext_proc (immediate responses, errors,
 //     timeouts) and by jwt_authn go straight to the client, and so does the

@@ -25,10 +25,9 @@ import (
 )
 
 var (
-	errLocalReply    = errors.New("local reply sent")
-	errRouteTimeout  = errors.New("upstream request timeout")
-	errIdleTimeout   = errors.New("stream idle timeout")
-	errClientAborted = errors.New("downstream connection terminated")
+	errLocalReply   = errors.New("local reply sent")
+	errRouteTimeout = errors.New("upstream request timeout")
+	errIdleTimeout  = errors.New("stream idle timeout")
 )
 
 // request is one downstream HTTP request going through the filter chain.

@@ -1,9 +1,22 @@
-// Package mockupstream is an OpenAI-compatible upstream for tests and for
-// `keymux dev`: it answers like the real APIs (status codes, error JSON,
-// headers, SSE framing) and records every request it receives, so a test can
-// assert which credential, path and model reached the upstream.
+// Package mockupstream is an OpenAI-compatible upstream that answers like the
+// real APIs (status codes, error JSON, headers, SSE framing) without a
+// network or a real key.
 //
-// Endpoints, matched under any path prefix (/v1/..., /api/v1/..., Azure's
+// # Who uses it
+//
+//   - `keymux dev` with no source flag (cmd/keymux/app): it starts one mock
+//     on a loopback port and writes DemoConfig(URL) for the offline demo.
+//     This is why the keymux binary links the package; nothing else in the
+//     binary depends on it, and `keymux serve` never starts it.
+//   - The standalone command cmd/mockupstream (docker compose's
+//     mockupstream service, manual tests), which may also set a credential
+//     allow-list (Options.Keys) and serve TLS (StartTLS).
+//   - Tests: e2e (through the Envoy emulator), health (probe verdicts), the
+//     examples checks, and this package's own tests.
+//
+// # Endpoints
+//
+// Matched under any path prefix (/v1/..., /api/v1/..., Azure's
 // /openai/deployments/{deployment}/...?api-version=...):
 //
 //	POST .../chat/completions   OpenAI chat completion, JSON or SSE (stream: true)
@@ -15,7 +28,20 @@
 // messages) and its usage is PromptTokens / CompletionTokens, so tests can
 // compute the expected values.
 //
-// A test steers the answers per credential with Script (a FIFO of one-shot
-// behaviours) and SetDefault (a sticky behaviour): an error status with the
-// provider's error body and headers, a delay, a stream cut after N events.
+// # Test-only behaviours
+//
+// The demo and the standalone command use only the normal answers above. The
+// rest of the API exists for tests, and neither of them calls it:
+//
+//   - Script (a FIFO of one-shot behaviours per credential) and SetDefault
+//     (a sticky one) take a Behaviour: an error status with the provider's
+//     error body and headers (Status, ErrorCode, RetryAfter, Headers), a
+//     delayed answer (Delay), a stream cut after N SSE events
+//     (CutStreamAfter), paced SSE events (ChunkDelay), replaced content or a
+//     raw body (Content, Body), limited to one endpoint (Path).
+//   - Requests, WaitRequests and Reset read and clear the record of every
+//     request received (credential, path, model, headers, body), so a test
+//     can assert which key, path and model reached the upstream.
+//   - Options.StrictModels (404 for unknown models) and Options.Now (a fake
+//     clock for "created" fields and rate-limit resets).
 package mockupstream

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/tidwall/gjson"
+
+	"github.com/keymux/keymux/internal/backoff"
 )
 
 // The OpenAI chat completion shapes, field order as the API writes them.
@@ -283,7 +285,7 @@ func (e *sseWriter) event(name string, data []byte) bool {
 	if e.cut > 0 && e.n >= e.cut {
 		e.w.abort(true)
 	}
-	if e.n > 0 && e.delay > 0 && !sleep(e.ctx, e.delay) {
+	if e.n > 0 && e.delay > 0 && !backoff.Sleep(e.ctx, e.delay) {
 		e.w.abort(false) // never end a stream cleanly after an interruption
 	}
 	buf := make([]byte, 0, len(name)+len(data)+16)

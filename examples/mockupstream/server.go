@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/tidwall/gjson"
+
+	"github.com/keymux/keymux/internal/backoff"
 )
 
 // DefaultModels are the models GET .../models lists when Options.Models is empty.
@@ -583,7 +585,7 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 	}
 	rq.b, rq.count = s.next(cred, r.URL.Path)
 	b := rq.b
-	if b.Delay > 0 && !sleep(r.Context(), b.Delay) {
+	if b.Delay > 0 && !backoff.Sleep(r.Context(), b.Delay) {
 		w.abort(false) // the client or the server went away: no answer at all
 	}
 	s.rateLimitHeaders(w, rq)
@@ -663,16 +665,4 @@ func (s *Server) writeError(w http.ResponseWriter, d dialect, e apiError) {
 	w.Header().Set("content-type", "application/json")
 	w.WriteHeader(e.status)
 	_, _ = w.Write(e.body(d))
-}
-
-// sleep waits for d; false when ctx ended first.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -6,20 +6,20 @@
 // # KV layout
 //
 // Under a prefix (default "keymux/"), JSON documents as described in
-// ARCHITECTURE.md: "settings", "keys/<id>", "rules/<id>", "clients/<id>",
+// README.md ("Configuration"): "settings", "keys/<id>", "rules/<id>", "clients/<id>",
 // and "health/<key id>" (written by the health leader, handed to
 // Options.OnHealth). Other paths under the prefix are ignored.
 //
 // # Watching
 //
 // Source.Run does one consistent read of the prefix, then a blocking-query
-// loop (STYLE.md #16): an unchanged index is skipped; an index that goes
+// loop: an unchanged index is skipped; an index that goes
 // backwards (Consul restored or a dev agent restarted) resets the wait index
 // to 0 and the next answer is diffed in full; the index is kept ≥ 1; entries
 // whose ModifyIndex and value did not change are not re-validated, and an
 // answer that changes nothing applies nothing; queries are rate-limited by a
 // token bucket that never waits while tokens remain; errors back off
-// exponentially with full jitter up to a cap, reset on the next success, and
+// exponentially with equal jitter (half fixed, half random) up to a cap, reset on the next success, and
 // the next query after an error is a fresh, non-blocking read; ctx cancels
 // the long poll.
 //

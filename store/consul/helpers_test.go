@@ -12,6 +12,7 @@ import (
 	"github.com/keymux/keymux/testutil/bg"
 	"github.com/keymux/keymux/testutil/consultest"
 	"github.com/keymux/keymux/testutil/syncbuf"
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 // waitTimeout bounds every wait for a condition in these tests.
@@ -69,19 +70,7 @@ func startSource(t testing.TB, a *consultest.Agent, opts consul.Options) *runnin
 // store commit).
 func waitStore(t testing.TB, st *store.Store, what string, cond func() bool) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
-	defer cancel()
-	for {
-		ch := st.Changed()
-		if cond() {
-			return
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
+	wait.UntilChanged(t, waitTimeout, what, st.Changed, cond)
 }
 
 // waitSource waits until cond holds, checked after every source change.

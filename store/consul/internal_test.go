@@ -4,7 +4,6 @@ import (
 	"context"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/keymux/keymux/store"
 	"github.com/keymux/keymux/testutil/consultest"
@@ -66,33 +65,6 @@ func TestClassify(t *testing.T) {
 		kind, id, health, ok := s.classify(tc.path)
 		if kind != tc.kind || id != tc.id || health != tc.health || ok != tc.ok {
 			t.Errorf("classify(%q) = %q %q %t %t, want %q %q %t %t", tc.path, kind, id, health, ok, tc.kind, tc.id, tc.health, tc.ok)
-		}
-	}
-}
-
-func TestBackoff(t *testing.T) {
-	base, maxWait := 100*time.Millisecond, time.Second
-	tests := []struct {
-		n      int
-		lo, hi time.Duration
-	}{
-		{1, 50 * time.Millisecond, 100 * time.Millisecond},
-		{2, 100 * time.Millisecond, 200 * time.Millisecond},
-		{4, 400 * time.Millisecond, 800 * time.Millisecond},
-		{5, 500 * time.Millisecond, time.Second}, // capped
-		{60, 500 * time.Millisecond, time.Second},
-	}
-	for _, tc := range tests {
-		seen := map[time.Duration]bool{}
-		for range 200 {
-			d := backoff(tc.n, base, maxWait)
-			if d < tc.lo || d > tc.hi {
-				t.Fatalf("backoff(%d) = %v, want in [%v, %v]", tc.n, d, tc.lo, tc.hi)
-			}
-			seen[d] = true
-		}
-		if len(seen) < 10 {
-			t.Errorf("backoff(%d): %d distinct values in 200 draws, want jitter", tc.n, len(seen))
 		}
 	}
 }

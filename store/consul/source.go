@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/keymux/keymux/internal/backoff"
 	"github.com/keymux/keymux/store"
 )
 
@@ -254,10 +255,10 @@ func (s *Source) Run(ctx context.Context) error {
 			}
 			s.markStale()
 			s.notify(0, nil, false)
-			wait := backoff(failures, s.opts.BackoffBase, s.opts.BackoffMax)
+			wait := backoff.Delay(failures, s.opts.BackoffBase, s.opts.BackoffMax, rand.Float64)
 			s.log.Warn("consul read failed; retrying", "attempt", failures, "retry_in", wait.Round(time.Millisecond), "error", err)
 			index, consistent = 0, true
-			if !sleepCtx(ctx, wait) {
+			if !backoff.Sleep(ctx, wait) {
 				return nil
 			}
 			continue
@@ -504,28 +505,6 @@ func (s *Source) loadSnapshot() {
 	s.apply(SourceSnapshot, 0, snap.ReadAt)
 }
 
-// backoff is min(max, base·2^(n-1)) with equal jitter: half fixed, half random.
-func backoff(n int, base, maxWait time.Duration) time.Duration {
-	d := base
-	for i := 1; i < n && d < maxWait; i++ {
-		d *= 2
-	}
-	d = min(d, maxWait)
-	half := d / 2
-	return half + rand.N(half+1)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
 // bucket is a token bucket: wait returns at once while tokens remain.
 type bucket struct {
 	rate   float64
@@ -547,7 +526,7 @@ func (b *bucket) wait(ctx context.Context) error {
 		return nil
 	}
 	d := time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
-	if !sleepCtx(ctx, d) {
+	if !backoff.Sleep(ctx, d) {
 		return ctx.Err()
 	}
 	b.tokens, b.last = 0, time.Now()

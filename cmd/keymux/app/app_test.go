@@ -6,11 +6,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +20,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 // runApp runs the command line to completion and returns its outputs.
@@ -228,17 +232,16 @@ func TestDevOfflineDemo(t *testing.T) {
 	defer conn.Close()
 	hc := healthpb.NewHealthClient(conn)
 	for _, svc := range []string{"", "envoy.service.ext_proc.v3.ExternalProcessor"} {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		wait.For(t, 5*time.Second, "gRPC health of "+strconv.Quote(svc)+" SERVING", func() error {
 			r, err := hc.Check(t.Context(), &healthpb.HealthCheckRequest{Service: svc})
-			if err == nil && r.Status == healthpb.HealthCheckResponse_SERVING {
-				break
+			if err != nil {
+				return err
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("gRPC health of %q: %v %v, want SERVING", svc, r, err)
+			if r.Status != healthpb.HealthCheckResponse_SERVING {
+				return fmt.Errorf("status %v", r.Status)
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		t.Fatal("cancelled early")

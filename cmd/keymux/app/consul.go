@@ -21,6 +21,7 @@ func (sc *sidecar) startConsul(ctx context.Context, o serveOptions) error {
 		sc.sourceErr = nil
 		return fmt.Errorf("--consul: %w", err)
 	}
+	sc.consulSrc.Store(src)
 	go func() { sc.sourceErr <- src.Run(ctx) }()
 	return nil
 }

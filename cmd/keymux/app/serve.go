@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
@@ -160,8 +161,9 @@ type sidecar struct {
 	admin     *http.Server
 	adminLis  net.Listener
 	callLog   io.Closer
-	consul    *api.Client     // nil without --consul
-	health    *health.Checker // active probes (leader-elected with Consul)
+	consul    *api.Client                   // nil without --consul
+	consulSrc atomic.Pointer[consul.Source] // set once the Consul source exists
+	health    *health.Checker               // active probes (leader-elected with Consul)
 	healthErr chan error
 	cancel    context.CancelFunc
 	sourceErr chan error
@@ -223,7 +225,8 @@ func (sc *sidecar) startTelemetry(ctx context.Context, callLogDest string, stdou
 	tel.SetKeyHealth(sc.keyHealth)
 	tel.SetConfigInfo(func() telemetry.ConfigInfo {
 		s := st.Status()
-		return telemetry.ConfigInfo{Generation: s.Generation, Source: s.Source, Stale: s.Stale, StaleSince: s.StaleSince, Refused: len(s.Refused)}
+		return telemetry.ConfigInfo{Generation: s.Generation, Source: s.Source, Stale: s.Stale, StaleSince: s.StaleSince, Refused: len(s.Refused),
+			Counters: sc.sourceCounters()}
 	})
 	tel.SetAlerts(func() telemetry.Alerts {
 		a := st.Read().Settings().Alerts
@@ -384,13 +387,24 @@ func (sc *sidecar) adminHandler() http.Handler {
 			Version string `json:"version"`
 			Ready   bool   `json:"ready"`
 			store.Status
-			Health    healthDoc               `json:"health"`
-			AccessLog extproc.AccessLogStatus `json:"access_log"`
-		}{Version, sc.store.Ready(), sc.store.Status(), healthDoc{sc.health.Stats(), sc.health.Snapshot()}, sc.extproc.AccessLogStatus()})
+			Counters  *telemetry.SourceCounters `json:"source_counters,omitempty"`
+			Health    healthDoc                 `json:"health"`
+			AccessLog extproc.AccessLogStatus   `json:"access_log"`
+		}{Version, sc.store.Ready(), sc.store.Status(), sc.sourceCounters(), healthDoc{sc.health.Stats(), sc.health.Snapshot()}, sc.extproc.AccessLogStatus()})
 	})
 	mux.Handle("GET /stats", sc.tel.StatsHandler())
 	mux.Handle("GET /metrics", sc.tel.MetricsHandler())
 	return mux
+}
+
+// sourceCounters are the Consul source's totals for /status and /metrics
+// (nil for the other sources, which keep none).
+func (sc *sidecar) sourceCounters() *telemetry.SourceCounters {
+	src := sc.consulSrc.Load()
+	if src == nil {
+		return nil
+	}
+	return &telemetry.SourceCounters{Refusals: src.RefusedTotal(), ReadErrors: src.Failures()}
 }
 
 // keyHealth is every key's state for /stats and the key gauges.
