@@ -9,14 +9,19 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	dfpclusterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/dynamic_forward_proxy/v3"
 	dnscachev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/dynamic_forward_proxy/v3"
+	jsonparserv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/content_parsers/json/v3"
 	dfpfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/dynamic_forward_proxy/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	jsonmetav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/json_to_metadata/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	ssemetav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/sse_to_metadata/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -192,7 +197,11 @@ func (rc *refChecker) checkFilterChain(path string, fc *listenerv3.FilterChain) 
 			}
 		}
 		for ai, al := range hcm.GetAccessLog() {
-			ch.accessLogs = append(ch.accessLogs, locatedAccessLog{fmt.Sprintf("%s.access_log[%d]", hp, ai), al})
+			ap := fmt.Sprintf("%s.access_log[%d]", hp, ai)
+			ch.accessLogs = append(ch.accessLogs, locatedAccessLog{ap, al})
+			if g, ok := unpack(al.GetTypedConfig()).(*grpcalsv3.HttpGrpcAccessLogConfig); ok {
+				rc.grpcCluster(ap+".typed_config.common_config.grpc_service", g.GetCommonConfig().GetGrpcService())
+			}
 		}
 		rc.checkChain(ch)
 	}
@@ -214,6 +223,16 @@ func (rc *refChecker) checkChain(ch httpChain) {
 		case *extprocv3.ExternalProcessor:
 			extProc = true
 			rc.checkExtProc(fp+".typed_config", c, received)
+		case *jsonmetav3.JsonToMetadata:
+			for _, r := range append(c.GetRequestRules().GetRules(), c.GetResponseRules().GetRules()...) {
+				addRuleNamespaces(r, received)
+			}
+		case *ssemetav3.SseToMetadata:
+			if jp, ok := unpack(c.GetResponseRules().GetContentParser().GetTypedConfig()).(*jsonparserv3.JsonContentParser); ok {
+				for _, r := range jp.GetRules() {
+					addRuleNamespaces(r.GetRule(), received)
+				}
+			}
 		case *dfpfilterv3.FilterConfig:
 			dfpFilter = true
 			rc.checkFilterDNSCache(fp+".typed_config.dns_cache_config", c.GetDnsCacheConfig())
@@ -270,16 +289,22 @@ func (rc *refChecker) checkExtProc(path string, c *extprocv3.ExternalProcessor, 
 	for _, n := range ns {
 		received[n] = true
 	}
-	g := c.GetGrpcService().GetEnvoyGrpc()
+	rc.grpcCluster(path+".grpc_service", c.GetGrpcService())
+	if c.GetGrpcService().GetEnvoyGrpc().GetClusterName() == extProcCluster && !slices.Contains(ns, metadataNamespace) {
+		rc.errs.add(path+".metadata_options.receiving_namespaces.untyped", "namespace %q is not listed: Envoy drops keymux's dynamic metadata (key_id, model_original, model_final, client_id)", metadataNamespace)
+	}
+}
+
+// grpcCluster checks that an envoy_grpc service names a cluster that
+// speaks HTTP/2.
+func (rc *refChecker) grpcCluster(path string, gs *corev3.GrpcService) {
+	g := gs.GetEnvoyGrpc()
 	if g == nil {
 		return
 	}
-	p := path + ".grpc_service.envoy_grpc.cluster_name"
+	p := path + ".envoy_grpc.cluster_name"
 	if info := rc.cluster(p, g.GetClusterName()); info != nil && !speaksHTTP2(info) {
 		rc.errs.add(p, "cluster %q carries gRPC but is not configured for HTTP/2 (typed_extension_protocol_options: HttpProtocolOptions explicit_http_config.http2_protocol_options)", g.GetClusterName())
-	}
-	if g.GetClusterName() == extProcCluster && !slices.Contains(ns, metadataNamespace) {
-		rc.errs.add(path+".metadata_options.receiving_namespaces.untyped", "namespace %q is not listed: Envoy drops keymux's dynamic metadata (key_id, model_original, model_final, client_id)", metadataNamespace)
 	}
 }
 
@@ -326,6 +351,16 @@ func dynamicMetadataNamespaces(al *accesslogv3.AccessLog) []string {
 		}
 	}
 	return out
+}
+
+// addRuleNamespaces records the metadata namespaces a json_to_metadata rule
+// writes (an empty one is the filter's own envoy.* name).
+func addRuleNamespaces(r *jsonmetav3.JsonToMetadata_Rule, received map[string]bool) {
+	for _, kv := range []*jsonmetav3.JsonToMetadata_KeyValuePair{r.GetOnPresent(), r.GetOnMissing(), r.GetOnError()} {
+		if ns := kv.GetMetadataNamespace(); ns != "" {
+			received[ns] = true
+		}
+	}
 }
 
 // isEnvoyNamespace: Envoy's own filters write under their extension names.

@@ -81,6 +81,8 @@ var brokenFixtures = map[string]string{
 		`a dynamic_forward_proxy cluster with HttpProtocolOptions needs auto_sni and auto_san_validation true`,
 	"grpc_not_http2.bad.yaml": `static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.grpc_service.envoy_grpc.cluster_name: ` +
 		`cluster "keymux_extproc" carries gRPC but is not configured for HTTP/2`,
+	"als_not_http2.bad.yaml": `static_resources.listeners[0].filter_chains[0].filters[0].typed_config.access_log[1].typed_config.common_config.grpc_service.envoy_grpc.cluster_name: ` +
+		`cluster "up" carries gRPC but is not configured for HTTP/2`,
 	"snippet_unknown_key.bad.yaml":          `listeners: unknown field "listeners" in an ingress snippet`,
 	"snippet_missing_cluster.bad.yaml":      `routes[1].route.cluster: cluster "nowhere" is not defined in this snippet's clusters`,
 	"snippet_filter_never_enabled.bad.yaml": `http_filters[0].disabled: filter "envoy.filters.http.ext_proc" is disabled by default and no route or virtual host enables it`,

@@ -205,11 +205,11 @@ func TestBookingByFlag(t *testing.T) {
 		}, 0, "stream_cut", true, 0, 0},
 		{"UO overflow is not the key's", "", func(id string) *accesslogv3.HTTPAccessLogEntry {
 			return entry(id, 503, flags(&accesslogv3.ResponseFlags{UpstreamOverflow: true}))
-		}, 503, "", false, 0, 0},
+		}, 503, "server", false, 0, 0},
 		{"NR no route is not the key's", "", func(id string) *accesslogv3.HTTPAccessLogEntry {
 			return entry(id, 404, flags(&accesslogv3.ResponseFlags{NoRouteFound: true}))
-		}, 404, "", false, 0, 0},
-		{"413 buffer overflow local reply", "", func(id string) *accesslogv3.HTTPAccessLogEntry { return entry(id, 413) }, 413, "", false, 0, 0},
+		}, 404, "client", false, 0, 0},
+		{"413 buffer overflow local reply", "", func(id string) *accesslogv3.HTTPAccessLogEntry { return entry(id, 413) }, 413, "client", false, 0, 0},
 		{"200 complete", "200", func(id string) *accesslogv3.HTTPAccessLogEntry { return entry(id, 200) }, 200, "", false, 0, 0},
 	}
 	for _, tc := range tests {
@@ -620,6 +620,43 @@ func TestAccessLogOverGRPC(t *testing.T) {
 	for k, n := range want {
 		if got := s.Messages()[k]; got != n {
 			t.Errorf("messages[%s] = %d, want %d", k, got, n)
+		}
+	}
+}
+
+// TestWithoutAccessLog: with no access-log stream keymux reads usage from
+// the response body as before (mode override to STREAMED) and books the
+// call when its Process stream ends; with one it asks for no body.
+func TestWithoutAccessLog(t *testing.T) {
+	for _, connected := range []bool{false, true} {
+		f := newALSFixture(t, Config{})
+		if !connected {
+			f.s.ledger.streamEnded(f.clock.Now())
+			f.clock.Advance(DefaultEntryWait)
+		}
+		x, _ := f.forward(t)
+		resp, err := x.handle(responseHeaders("200", false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := resp.GetModeOverride() != nil; got != !connected {
+			t.Fatalf("connected %v: mode override %v", connected, resp.GetModeOverride())
+		}
+		if connected {
+			continue
+		}
+		sse := "data: {\"choices\":[]}\n\ndata: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n"
+		if _, err := x.handle(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{
+			ResponseBody: &extprocv3.HttpBody{Body: []byte(sse), EndOfStream: true}}}); err != nil {
+			t.Fatal(err)
+		}
+		x.finish()
+		calls := f.rec.all()
+		if len(calls) != 1 || !calls[0].UsageKnown || calls[0].InputTokens != 3 || calls[0].OutputTokens != 4 || calls[0].Truncated {
+			t.Fatalf("booked %+v", calls)
+		}
+		if st := f.s.AccessLogStatus(); st.Unmatched[unmatchedNoLog] != 1 || f.key().RT.Usage() != 7 {
+			t.Errorf("status %+v, key usage %d", st, f.key().RT.Usage())
 		}
 	}
 }

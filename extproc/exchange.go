@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -38,7 +39,10 @@ type exchange struct {
 	client   *policy.Client
 	entry    *store.Entry
 	status   int
+	usage    usageScanner
 	bodySeen bool
+	reading  bool   // the response body is read (mode overridden to STREAMED; no access-log stream)
+	chunks   int    // response body messages received while reading
 	respDone bool   // the response headers ended the response
 	callID   string // joins Envoy's access-log entry to this record (set when forwarded)
 	call     telemetry.Call
@@ -193,7 +197,8 @@ func (x *exchange) wantsStreamUsage(bi bodyInfo) bool {
 	if n := x.route.op.name; x.route.op.anthropic || (n != "chat" && n != "text_completion") {
 		return false
 	}
-	return x.entry.Key.Provider != policy.ProviderAnthropic
+	spec, ok := policy.LookupProvider(x.entry.Key.Provider)
+	return ok && spec.StreamOptions
 }
 
 // authenticate applies settings.auth to the request.
@@ -409,18 +414,35 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
 		ResponseHeaders: &extprocv3.HeadersResponse{},
 	}}
-	if x.entry == nil {
-		return resp
-	}
 	now := x.s.now()
 	o := policy.Classify(x.status, func(name string) string { return findHeader(hm, name) }, nil, now)
 	x.feedback(o, now)
 	x.respDone = h.GetEndOfStream()
+	if x.entry == nil || x.respDone || x.s.ledger.active(now) {
+		return resp
+	}
+	// No access-log stream (Envoy without the http_grpc logger): read the
+	// body for token usage; STREAMED passes every chunk on at once.
+	ct := findHeader(hm, hdrContentType)
+	switch {
+	case strings.HasPrefix(ct, "text/event-stream"):
+		x.usage.sse = true
+	case strings.HasPrefix(ct, "application/json"):
+	default:
+		return resp
+	}
+	x.reading = true
+	resp.ModeOverride = &filterv3.ProcessingMode{ResponseBodyMode: filterv3.ProcessingMode_STREAMED}
 	return resp
 }
 
-// feedback applies an upstream outcome to the chosen key's passive state.
+// feedback records an upstream outcome's error class on the call and
+// applies the outcome to the chosen key's passive state.
 func (x *exchange) feedback(o policy.Outcome, now time.Time) {
+	x.call.ErrorCode = o.Kind.Class()
+	if x.entry == nil {
+		return
+	}
 	rt := x.entry.RT
 	ej := x.settings.Ejection
 	var old policy.KeyState
@@ -435,14 +457,16 @@ func (x *exchange) feedback(o policy.Outcome, now time.Time) {
 	case policy.OutcomeSuccess, policy.OutcomeClient:
 	default:
 		rt.RecordError(now)
-		x.call.ErrorCode = outcomeClass(o.Kind)
 	}
 }
 
-// onResponseBody passes a response body chunk on. keymux does not ask
-// for response bodies (token usage comes from the access log); it answers
-// one should Envoy's configuration send it.
-func (x *exchange) onResponseBody(*extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+// onResponseBody passes a response body chunk on, reading it for token
+// usage when keymux asked for it (no access-log stream).
+func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	if x.reading {
+		x.chunks++
+		x.usage.feed(b.GetBody(), b.GetEndOfStream())
+	}
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
 }
 
@@ -467,11 +491,11 @@ func (x *exchange) finish() {
 func (x *exchange) book(rec *envoyRecord) {
 	if rec != nil {
 		x.fromEntry(rec)
-	} else if x.phase == phaseForwarded {
-		x.call.Truncated = true // no response reached keymux
+	} else {
+		x.fromStream()
 	}
-	if x.call.Truncated && x.call.ErrorCode == "" {
-		x.call.ErrorCode = "stream_cut"
+	if x.call.ErrorCode == "" && (x.call.Truncated || x.call.Status == 0) {
+		x.call.ErrorCode = policy.ClassStreamCut // cut, or no response at all
 	}
 	x.s.observer.End(&x.call)
 }
@@ -485,8 +509,10 @@ func (x *exchange) fromEntry(r *envoyRecord) {
 	if r.lastByte > 0 {
 		x.call.End = x.call.Start.Add(r.lastByte)
 	}
-	if x.call.Status == 0 {
+	if x.call.Status == 0 && r.status != 0 {
+		// A reply of Envoy's own, which keymux never saw.
 		x.call.Status = r.status
+		x.call.ErrorCode = policy.StatusKind(r.status).Class()
 	}
 	switch o, failed := r.upstreamFailure(); {
 	case r.clientAbort():
@@ -500,8 +526,34 @@ func (x *exchange) fromEntry(r *envoyRecord) {
 	if r.usageKnown {
 		x.bookUsage(r.input, r.output, now)
 	}
-	if st := x.call.Status; (st == 429 || st == 403) && r.errorCode == "insufficient_quota" {
+	if st := x.call.Status; policy.QuotaExhausted(st, r.errorCode, r.errorType) {
 		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: st}, now)
+	}
+}
+
+// fromStream completes a call from what keymux saw on its Process stream
+// alone (no access-log entry): a response that never came, or one cut
+// before its end, and the usage read from a body keymux asked for.
+func (x *exchange) fromStream() {
+	switch x.phase {
+	case phaseForwarded:
+		x.call.Truncated = true // no response reached keymux
+	case phaseResponse:
+		// The body ended early (stream cut, client abort), or an SSE
+		// stream closed without its terminator. (No body message at all
+		// means keymux did not read it, or Envoy did not take the mode
+		// override — allow_mode_override off — not a cut.)
+		x.call.Truncated = x.reading && x.chunks > 0 && (!x.usage.eos || (x.usage.sse && !x.usage.done && x.status < 300))
+	}
+	if !x.usage.eos {
+		return
+	}
+	now := x.s.now()
+	if x.usage.known {
+		x.bookUsage(x.usage.input, x.usage.output, now)
+	}
+	if policy.QuotaExhausted(x.status, x.usage.errorCode, x.usage.errorType) {
+		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: x.status}, now)
 	}
 }
 
@@ -562,21 +614,4 @@ func bodyReply(mut *extprocv3.HeaderMutation, body []byte, reroute bool) *extpro
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{
 		RequestBody: &extprocv3.BodyResponse{Response: cr},
 	}}
-}
-
-// outcomeClass names an outcome's error class for metrics and logs.
-func outcomeClass(k policy.OutcomeKind) string {
-	switch k {
-	case policy.OutcomeRateLimited:
-		return "rate_limited"
-	case policy.OutcomeQuota, policy.OutcomeAuth:
-		return "auth"
-	case policy.OutcomeServer:
-		return "server"
-	case policy.OutcomeTimeout:
-		return "timeout"
-	case policy.OutcomeClient:
-		return "client"
-	}
-	return ""
 }

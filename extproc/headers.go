@@ -1,7 +1,11 @@
 package extproc
 
 import (
+	"slices"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/keymux/keymux/policy"
 )
 
 // Header names keymux reads or writes.
@@ -10,15 +14,14 @@ const (
 	hdrPath          = ":path"
 	hdrMethod        = ":method"
 	hdrStatus        = ":status"
-	hdrAuthorization = "authorization"
-	hdrXAPIKey       = "x-api-key"
-	hdrAPIKey        = "api-key"
+	hdrAuthorization = policy.HeaderAuthorization
+	hdrXAPIKey       = policy.HeaderXAPIKey
 	hdrContentLength = "content-length"
 	hdrContentType   = "content-type"
 	hdrRequestID     = "x-request-id"
 	hdrTraceparent   = "traceparent"
 	hdrTracestate    = "tracestate"
-	hdrAnthropicVer  = "anthropic-version"
+	hdrAnthropicVer  = policy.HeaderAnthropicVersion
 	hdrAffinity      = "x-keymux-affinity"
 
 	// HeaderUpstream selects Envoy's upstream cluster: "https" or "http"
@@ -31,8 +34,17 @@ const (
 )
 
 // removedHeaders are removed from every proxied request: the client's
-// credentials never reach an upstream, nor does keymux's own affinity hint.
-var removedHeaders = []string{hdrAuthorization, hdrXAPIKey, hdrAPIKey, hdrAffinity}
+// credentials (and any header a provider takes a key in) never reach an
+// upstream, nor does keymux's own affinity hint.
+var removedHeaders = func() []string {
+	out := []string{hdrAuthorization, hdrXAPIKey}
+	for _, h := range policy.CredentialHeaders() {
+		if !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	return append(out, hdrAffinity)
+}()
 
 // requestHeaders are the request headers keymux looks at, read in one pass.
 type requestHeaders struct {

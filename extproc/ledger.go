@@ -78,14 +78,14 @@ type ledger struct {
 	entryWait, responseWait time.Duration
 	capacity                int
 
-	mu       sync.Mutex
-	pending  map[string]held
-	early    map[string]early
-	done     map[string]booked
-	lastGone time.Time // when the last access-log stream ended
-	closed   bool
+	mu      sync.Mutex
+	pending map[string]held
+	early   map[string]early
+	done    map[string]booked
 
 	streams   atomic.Int64
+	lastGone  atomic.Int64 // when the last access-log stream ended (Unix ns; 0: never)
+	closed    atomic.Bool
 	entries   atomic.Uint64 // final entries of forwarded calls received
 	matched   atomic.Uint64 // records booked with their entry
 	lagNanos  atomic.Int64  // arrival − Envoy's end of the latest entry
@@ -115,10 +115,18 @@ func indexOf(list []string, s string) int {
 	panic("extproc: unknown reason " + s)
 }
 
-// activeLocked reports whether entries are expected: a stream is
-// connected, or one was within the entry wait (Envoy reconnects).
-func (l *ledger) activeLocked(now time.Time) bool {
-	return !l.closed && (l.streams.Load() > 0 || (!l.lastGone.IsZero() && now.Sub(l.lastGone) < l.entryWait))
+// active reports whether entries are expected: a stream is connected, or
+// one was within the entry wait (Envoy reconnects). Lock-free: the
+// response-headers path asks it.
+func (l *ledger) active(now time.Time) bool {
+	if l.closed.Load() {
+		return false
+	}
+	if l.streams.Load() > 0 {
+		return true
+	}
+	gone := l.lastGone.Load()
+	return gone != 0 && now.Sub(time.Unix(0, gone)) < l.entryWait
 }
 
 // hold takes x, whose Process stream ended, until its entry arrives. It
@@ -135,7 +143,7 @@ func (l *ledger) hold(x *exchange, now time.Time) bool {
 		x.book(&e.rec)
 		return true
 	}
-	if !l.activeLocked(now) {
+	if !l.active(now) {
 		l.mu.Unlock()
 		l.miss(unmatchedNoLog, 1)
 		return false
@@ -239,8 +247,8 @@ func (l *ledger) pendingLen() int {
 // close books every waiting record from what keymux saw; records that end
 // afterwards are booked at once.
 func (l *ledger) close() {
+	l.closed.Store(true)
 	l.mu.Lock()
-	l.closed = true
 	due := make([]*exchange, 0, len(l.pending))
 	for id, h := range l.pending {
 		delete(l.pending, id)
@@ -257,10 +265,8 @@ func (l *ledger) close() {
 func (l *ledger) streamStarted() { l.streams.Add(1) }
 
 func (l *ledger) streamEnded(now time.Time) {
-	l.mu.Lock()
+	l.lastGone.Store(now.UnixNano())
 	l.streams.Add(-1)
-	l.lastGone = now
-	l.mu.Unlock()
 }
 
 // waitEmpty returns when no record waits for its entry, or ctx ends.

@@ -75,19 +75,6 @@ func TestRefuseMethod(t *testing.T) {
 	}
 }
 
-func TestAzureQuery(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"", "?api-version=2024-10-21"},
-		{"?api-version=old&x=1", "?api-version=2024-10-21&x=1"},
-		{"?x=1&api-version", "?api-version=2024-10-21&x=1"},
-	}
-	for _, tc := range tests {
-		if got := azureQuery(tc.in, "2024-10-21"); got != tc.want {
-			t.Errorf("azureQuery(%q) = %q, want %q", tc.in, got, tc.want)
-		}
-	}
-}
-
 func TestErrorBody(t *testing.T) {
 	e := &apiError{Status: 400, Type: typeInvalidRequest, Code: "invalid_type", Param: "model", Message: "bad \"x\"\n"}
 	want := `{"error":{"message":"bad \"x\"\n","type":"invalid_request_error","param":"model","code":"invalid_type"}}`

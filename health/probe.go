@@ -17,14 +17,12 @@ import (
 	"github.com/keymux/keymux/policy"
 )
 
-// AnthropicVersion is the anthropic-version header of Anthropic probes.
-const AnthropicVersion = "2023-06-01"
-
 // maxProbeBody is how much of a probe answer is read (to tell
 // insufficient_quota from other errors); the rest is discarded.
 const maxProbeBody = 64 << 10
 
-// ProbeRequest builds the cheapest request that proves key k works:
+// ProbeRequest builds the cheapest request that proves key k works, as the
+// provider table says (policy.ProviderSpec.Probe):
 //
 //	openai, huggingface, openai_compatible   GET {base_url}/models                          authorization: Bearer
 //	azure                                     GET {base_url}/openai/models?api-version=V    api-key
@@ -35,24 +33,16 @@ func ProbeRequest(ctx context.Context, k *policy.Key) (*http.Request, error) {
 	if k == nil {
 		return nil, errors.New("probe: nil key")
 	}
-	u := k.BaseURL + "/models"
-	if k.Provider == policy.ProviderAzure {
-		u = k.BaseURL + "/openai/models?api-version=" + url.QueryEscape(k.Azure.APIVersion)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	spec := policy.SpecFor(k.Provider)
+	u := spec.Shape(k, spec.Probe.Request)
+	req, err := http.NewRequestWithContext(ctx, spec.Probe.Method, k.BaseURL+u.Path, nil)
 	if err != nil {
 		// The URL comes from a validated base_url; do not echo it anyway.
 		return nil, fmt.Errorf("probe: key %s: bad base_url", k.ID)
 	}
-	secret := k.Secret.Reveal()
-	switch k.Provider {
-	case policy.ProviderAzure:
-		req.Header.Set("api-key", secret)
-	case policy.ProviderAnthropic:
-		req.Header.Set("x-api-key", secret)
-		req.Header.Set("anthropic-version", AnthropicVersion)
-	default:
-		req.Header.Set("authorization", "Bearer "+secret)
+	req.Header.Set(u.Auth.Name, u.Auth.Value)
+	if u.Version.Name != "" {
+		req.Header.Set(u.Version.Name, u.Version.Value)
 	}
 	req.Header.Set("accept", "application/json")
 	req.Header.Set("user-agent", "keymux-health")

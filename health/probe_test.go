@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,11 +17,12 @@ import (
 
 func TestProbeRequestPerProvider(t *testing.T) {
 	m := startMock(t)
-	tests := []struct {
+	type probeCase struct {
 		name, doc                       string
 		wantPath, wantQuery, wantHeader string
 		wantValue, wantAnthropicVersion string
-	}{
+	}
+	tests := []probeCase{
 		{name: "openai", doc: `{"provider":"openai","base_url":"` + m.URL() + `/v1","secret":"sk-test-p1"}`,
 			wantPath: "/v1/models", wantHeader: "authorization", wantValue: "Bearer sk-test-p1"},
 		{name: "huggingface", doc: `{"provider":"huggingface","base_url":"` + m.URL() + `/hf/v1","secret":"sk-test-p2"}`,
@@ -30,7 +32,14 @@ func TestProbeRequestPerProvider(t *testing.T) {
 		{name: "azure", doc: `{"provider":"azure","base_url":"` + m.URL() + `","secret":"sk-test-p4","azure":{"api_version":"2024-10-21"}}`,
 			wantPath: "/openai/models", wantQuery: "api-version=2024-10-21", wantHeader: "api-key", wantValue: "sk-test-p4"},
 		{name: "anthropic", doc: `{"provider":"anthropic","base_url":"` + m.URL() + `/v1","secret":"sk-test-p5"}`,
-			wantPath: "/v1/models", wantHeader: "x-api-key", wantValue: "sk-test-p5", wantAnthropicVersion: health.AnthropicVersion},
+			wantPath: "/v1/models", wantHeader: "x-api-key", wantValue: "sk-test-p5", wantAnthropicVersion: policy.AnthropicVersion},
+	}
+	// Every provider of the table has its row: adding one to policy's table
+	// without a probe expectation fails here.
+	for _, spec := range policy.Providers() {
+		if !slices.ContainsFunc(tests, func(tt probeCase) bool { return tt.name == string(spec.Provider) }) {
+			t.Errorf("provider %s has no probe expectation", spec.Provider)
+		}
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -153,5 +162,20 @@ func TestProbeTransportErrors(t *testing.T) {
 	got := health.Interpret(0, nil, nil, errors.New(`Get "http://h/v1/models": sk-test-x`+"\x00bad"), 0, time.Now(), "sk-test-x")
 	if got.OK || strings.Contains(got.Error, "sk-test-x") || strings.ContainsRune(got.Error, 0) {
 		t.Errorf("Interpret error = %q", got.Error)
+	}
+}
+
+// TestInterpretEveryStatus: a probe classifies every status 100–599 as the
+// request path does (policy.StatusKind), 408 being a timeout.
+func TestInterpretEveryStatus(t *testing.T) {
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	for status := 100; status <= 599; status++ {
+		r := health.Interpret(status, nil, nil, nil, time.Millisecond, now, "sk-test")
+		if want := policy.StatusKind(status); r.Kind != want {
+			t.Errorf("Interpret(%d).Kind = %d, want %d", status, r.Kind, want)
+		}
+	}
+	if r := health.Interpret(408, nil, nil, nil, time.Millisecond, now, "sk-test"); r.OK || r.Kind != policy.OutcomeTimeout || r.Error != "upstream: status 408" {
+		t.Errorf("Interpret(408) = %+v, want a failed timeout", r)
 	}
 }

@@ -28,56 +28,94 @@ const (
 	insufficientQuota            = "insufficient_quota"
 )
 
-// Classify turns an upstream answer into an Outcome:
+// Error classes: the one vocabulary for why a forwarded call failed. The
+// request path records them on the call (telemetry's "class" label, a
+// failed span's error.type, the call log's "error").
+const (
+	ClassRateLimited = "rate_limited"
+	ClassAuth        = "auth" // 401/403 and insufficient_quota
+	ClassServer      = "server"
+	ClassTimeout     = "timeout"
+	ClassClient      = "client"
+	ClassStreamCut   = "stream_cut" // the response ended early, or none came
+)
+
+// ErrorClasses lists every error class, in a stable order.
+func ErrorClasses() []string {
+	return []string{ClassRateLimited, ClassAuth, ClassServer, ClassTimeout, ClassClient, ClassStreamCut}
+}
+
+// Class names the error class of an outcome: "" for OutcomeSuccess;
+// OutcomeQuota is an auth failure (the key, not the caller, is refused).
+func (k OutcomeKind) Class() string {
+	switch k {
+	case OutcomeRateLimited:
+		return ClassRateLimited
+	case OutcomeQuota, OutcomeAuth:
+		return ClassAuth
+	case OutcomeServer:
+		return ClassServer
+	case OutcomeTimeout:
+		return ClassTimeout
+	case OutcomeClient:
+		return ClassClient
+	}
+	return ""
+}
+
+// StatusKind is the one status → outcome mapping, before the body or
+// headers are read:
 //
 //   - 1xx, 2xx, 3xx: OutcomeSuccess;
-//   - 429 or 403 whose JSON body has error.code or error.type
-//     "insufficient_quota": OutcomeQuota;
-//   - 429: OutcomeRateLimited, with RetryAt from RetryAt(header, now) (zero
-//     when no header says, meaning the caller's default cooldown);
+//   - 429: OutcomeRateLimited;
 //   - 401, 403: OutcomeAuth;
-//   - 504: OutcomeTimeout; 408 and other 5xx: OutcomeServer;
+//   - 408 (request timeout), 504 (gateway timeout): OutcomeTimeout;
 //   - other 4xx: OutcomeClient;
-//   - a status outside 100–599 (no valid answer): OutcomeServer.
+//   - 5xx, and a status outside 100–599 (no valid answer): OutcomeServer.
+func StatusKind(status int) OutcomeKind {
+	switch {
+	case status >= 100 && status < 400:
+		return OutcomeSuccess
+	case status == http.StatusTooManyRequests:
+		return OutcomeRateLimited
+	case status == http.StatusUnauthorized || status == http.StatusForbidden:
+		return OutcomeAuth
+	case status == http.StatusRequestTimeout || status == http.StatusGatewayTimeout:
+		return OutcomeTimeout
+	case status >= 400 && status < 500:
+		return OutcomeClient
+	}
+	return OutcomeServer
+}
+
+// QuotaExhausted reports whether an answer says the key's account has no
+// quota left: status 429 or 403 with error.code or error.type
+// "insufficient_quota" (code and typ as read from the error body).
+func QuotaExhausted(status int, code, typ string) bool {
+	return (status == http.StatusTooManyRequests || status == http.StatusForbidden) &&
+		(code == insufficientQuota || typ == insufficientQuota)
+}
+
+// Classify turns an upstream answer into an Outcome: StatusKind(status),
+// except that a QuotaExhausted answer is OutcomeQuota, and a 429 carries
+// RetryAt from RetryAt(header, now) (zero when no header says, meaning the
+// caller's default cooldown).
 //
 // header looks a response header up by lower-case name and may be nil; body
 // may be nil and is only looked at for 429 and 403.
 func Classify(status int, header func(string) string, body []byte, now time.Time) Outcome {
-	o := Outcome{Status: status}
-	switch {
-	case status >= 100 && status < 400:
-		o.Kind = OutcomeSuccess
-	case status == http.StatusTooManyRequests:
-		if isInsufficientQuota(body) {
+	o := Outcome{Status: status, Kind: StatusKind(status)}
+	if len(body) > 0 {
+		res := gjson.GetManyBytes(body, "error.code", "error.type")
+		if QuotaExhausted(status, res[0].Str, res[1].Str) {
 			o.Kind = OutcomeQuota
-			break
+			return o
 		}
-		o.Kind = OutcomeRateLimited
+	}
+	if o.Kind == OutcomeRateLimited {
 		o.RetryAt = RetryAt(header, now)
-	case status == http.StatusForbidden && isInsufficientQuota(body):
-		o.Kind = OutcomeQuota
-	case status == http.StatusUnauthorized || status == http.StatusForbidden:
-		o.Kind = OutcomeAuth
-	case status == http.StatusGatewayTimeout:
-		o.Kind = OutcomeTimeout
-	case status == http.StatusRequestTimeout || (status >= 500 && status < 600):
-		o.Kind = OutcomeServer
-	case status >= 400 && status < 500:
-		o.Kind = OutcomeClient
-	default:
-		o.Kind = OutcomeServer
 	}
 	return o
-}
-
-// isInsufficientQuota reports whether an OpenAI-style error body says the
-// account has no quota left.
-func isInsufficientQuota(body []byte) bool {
-	if len(body) == 0 {
-		return false
-	}
-	res := gjson.GetManyBytes(body, "error.code", "error.type")
-	return res[0].Str == insufficientQuota || res[1].Str == insufficientQuota
 }
 
 // RetryAt returns when a rate-limited key may be used again according to the

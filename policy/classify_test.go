@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -45,7 +46,7 @@ func TestClassify(t *testing.T) {
 		{"403", 403, nil, `{"error":{"code":"forbidden"}}`, Outcome{Kind: OutcomeAuth, Status: 403}},
 		{"401", 401, nil, "", Outcome{Kind: OutcomeAuth, Status: 401}},
 		{"401 quota body is still auth", 401, nil, quotaBody, Outcome{Kind: OutcomeAuth, Status: 401}},
-		{"408", 408, nil, "", Outcome{Kind: OutcomeServer, Status: 408}},
+		{"408", 408, nil, "", Outcome{Kind: OutcomeTimeout, Status: 408}},
 		{"500", 500, nil, "", Outcome{Kind: OutcomeServer, Status: 500}},
 		{"502", 502, nil, "", Outcome{Kind: OutcomeServer, Status: 502}},
 		{"503", 503, headers("retry-after", "5"), "", Outcome{Kind: OutcomeServer, Status: 503}},
@@ -173,5 +174,74 @@ func BenchmarkClassify(b *testing.B) {
 				_ = Classify(c.status, c.header, c.body, t0)
 			}
 		})
+	}
+}
+
+// TestStatusClassEveryStatus is the one status → class table: every status
+// 100–599 has exactly one class, Classify agrees with StatusKind, and 408
+// is a timeout like 504.
+func TestStatusClassEveryStatus(t *testing.T) {
+	want := func(s int) string {
+		switch {
+		case s < 400:
+			return ""
+		case s == 429:
+			return ClassRateLimited
+		case s == 401 || s == 403:
+			return ClassAuth
+		case s == 408 || s == 504:
+			return ClassTimeout
+		case s < 500:
+			return ClassClient
+		}
+		return ClassServer
+	}
+	for s := 100; s <= 599; s++ {
+		k := StatusKind(s)
+		if got := k.Class(); got != want(s) {
+			t.Errorf("StatusKind(%d).Class() = %q, want %q", s, got, want(s))
+		}
+		if (k == OutcomeSuccess) != (k.Class() == "") {
+			t.Errorf("status %d: kind %d has class %q", s, k, k.Class())
+		}
+		if c := k.Class(); c != "" && !slices.Contains(ErrorClasses(), c) {
+			t.Errorf("status %d: class %q not in ErrorClasses", s, c)
+		}
+		if got := Classify(s, nil, nil, t0).Kind; got != k {
+			t.Errorf("Classify(%d).Kind = %d, StatusKind = %d", s, got, k)
+		}
+	}
+	for _, s := range []int{0, 99, 600, -1} {
+		if got := StatusKind(s).Class(); got != ClassServer {
+			t.Errorf("StatusKind(%d).Class() = %q, want %q", s, got, ClassServer)
+		}
+	}
+	kinds := map[OutcomeKind]string{OutcomeSuccess: "", OutcomeRateLimited: ClassRateLimited, OutcomeQuota: ClassAuth,
+		OutcomeAuth: ClassAuth, OutcomeServer: ClassServer, OutcomeTimeout: ClassTimeout, OutcomeClient: ClassClient}
+	for k, c := range kinds {
+		if got := k.Class(); got != c {
+			t.Errorf("OutcomeKind(%d).Class() = %q, want %q", k, got, c)
+		}
+	}
+}
+
+func TestQuotaExhausted(t *testing.T) {
+	tests := []struct {
+		status    int
+		code, typ string
+		want      bool
+	}{
+		{429, "insufficient_quota", "", true},
+		{429, "", "insufficient_quota", true},
+		{403, "rate_limit_exceeded", "insufficient_quota", true},
+		{429, "rate_limit_exceeded", "requests", false},
+		{401, "insufficient_quota", "insufficient_quota", false},
+		{400, "insufficient_quota", "", false},
+		{500, "insufficient_quota", "", false},
+	}
+	for _, tt := range tests {
+		if got := QuotaExhausted(tt.status, tt.code, tt.typ); got != tt.want {
+			t.Errorf("QuotaExhausted(%d, %q, %q) = %v, want %v", tt.status, tt.code, tt.typ, got, tt.want)
+		}
 	}
 }

@@ -34,7 +34,7 @@ const (
 	OutcomeQuota                          // 429/403 insufficient_quota: parked until a probe passes
 	OutcomeAuth                           // 401/403: disabled until a probe passes
 	OutcomeServer                         // 5xx: counts towards ejection
-	OutcomeTimeout                        // no answer in time: counts towards ejection
+	OutcomeTimeout                        // 408, 504, no answer in time: counts towards ejection
 	OutcomeClient                         // other 4xx: the caller's fault, the key is fine
 )
 

@@ -16,18 +16,6 @@ import (
 	"time"
 )
 
-// Provider names an upstream API family.
-type Provider string
-
-// The providers keymux knows how to call.
-const (
-	ProviderOpenAI           Provider = "openai"
-	ProviderAzure            Provider = "azure"
-	ProviderAnthropic        Provider = "anthropic"
-	ProviderHuggingFace      Provider = "huggingface"
-	ProviderOpenAICompatible Provider = "openai_compatible"
-)
-
 // Secret is an upstream credential. It redacts itself in every formatting
 // path (fmt, slog, JSON) so that it cannot leak by accident; Reveal returns
 // the value for the one place that must send it upstream.

@@ -53,25 +53,6 @@ const MaxErrorWindow = errBuckets * time.Second
 // strategies registered with policy.
 func KnownStrategies() []string { return policy.Strategies() }
 
-// DefaultBaseURL returns the base URL used when a key of provider p has none
-// ("" when the provider needs one).
-func DefaultBaseURL(p policy.Provider) string {
-	switch p {
-	case policy.ProviderOpenAI:
-		return "https://api.openai.com/v1"
-	case policy.ProviderAnthropic:
-		return "https://api.anthropic.com/v1"
-	case policy.ProviderHuggingFace:
-		return "https://router.huggingface.co/v1"
-	}
-	return ""
-}
-
-var providers = []policy.Provider{
-	policy.ProviderOpenAI, policy.ProviderAzure, policy.ProviderAnthropic,
-	policy.ProviderHuggingFace, policy.ProviderOpenAICompatible,
-}
-
 // DocError is a refused document: Doc is "kind/id" (or "settings"), Field
 // the JSON field path when one is to blame. It never holds a secret.
 type DocError struct {
@@ -382,115 +363,174 @@ func ParseSettings(raw []byte) (policy.Settings, error) {
 	if err := decodeStrict(doc, raw, &d); err != nil {
 		return policy.Settings{}, err
 	}
-	if d.Strategy != "" {
-		known := KnownStrategies()
-		if !slices.Contains(known, d.Strategy) {
-			return policy.Settings{}, fieldErr(doc, "strategy", "unknown strategy %q (want %s)", truncate(d.Strategy, 64), strings.Join(known, ", "))
-		}
-		s.Strategy = d.Strategy
+	if err := parseStrategy(doc, d.Strategy, &s); err != nil {
+		return policy.Settings{}, err
 	}
-	dur := func(field string, v *string, dst *time.Duration) error {
-		if v == nil {
-			return nil
-		}
-		d, err := time.ParseDuration(*v)
-		if err != nil {
-			return fieldErr(doc, field, "want a duration like \"10m\", got %q", truncate(*v, 32))
-		}
-		if d <= 0 {
-			return fieldErr(doc, field, "must be > 0")
-		}
-		*dst = d
+	if err := parseHealth(doc, d.Health, &s.Health); err != nil {
+		return policy.Settings{}, err
+	}
+	if err := parseEjection(doc, d.Ejection, &s.Ejection); err != nil {
+		return policy.Settings{}, err
+	}
+	if err := parseAuth(doc, d.Auth, &s.Auth); err != nil {
+		return policy.Settings{}, err
+	}
+	if err := parseAlerts(doc, d.Alerts, &s.Alerts); err != nil {
+		return policy.Settings{}, err
+	}
+	if err := parseBodySettings(doc, &d, &s); err != nil {
+		return policy.Settings{}, err
+	}
+	return s, nil
+}
+
+// parseStrategy applies settings.strategy.
+func parseStrategy(doc, strategy string, s *policy.Settings) error {
+	if strategy == "" {
 		return nil
 	}
-	if h := d.Health; h != nil {
-		if err := dur("health.interval", h.Interval, &s.Health.Interval); err != nil {
-			return policy.Settings{}, err
+	known := KnownStrategies()
+	if !slices.Contains(known, strategy) {
+		return fieldErr(doc, "strategy", "unknown strategy %q (want %s)", truncate(strategy, 64), strings.Join(known, ", "))
+	}
+	s.Strategy = strategy
+	return nil
+}
+
+// parseDuration sets *dst from the positive duration v, when given.
+func parseDuration(doc, field string, v *string, dst *time.Duration) error {
+	if v == nil {
+		return nil
+	}
+	d, err := time.ParseDuration(*v)
+	if err != nil {
+		return fieldErr(doc, field, "want a duration like \"10m\", got %q", truncate(*v, 32))
+	}
+	if d <= 0 {
+		return fieldErr(doc, field, "must be > 0")
+	}
+	*dst = d
+	return nil
+}
+
+// parseHealth applies settings.health; the timeout may not exceed the
+// interval (defaults included).
+func parseHealth(doc string, h *healthDoc, s *policy.HealthSettings) error {
+	if h != nil {
+		if err := parseDuration(doc, "health.interval", h.Interval, &s.Interval); err != nil {
+			return err
 		}
-		if err := dur("health.timeout", h.Timeout, &s.Health.Timeout); err != nil {
-			return policy.Settings{}, err
+		if err := parseDuration(doc, "health.timeout", h.Timeout, &s.Timeout); err != nil {
+			return err
 		}
 	}
-	if s.Health.Timeout > s.Health.Interval {
-		return policy.Settings{}, fieldErr(doc, "health.timeout", "must not exceed health.interval (%s)", s.Health.Interval)
+	if s.Timeout > s.Interval {
+		return fieldErr(doc, "health.timeout", "must not exceed health.interval (%s)", s.Interval)
 	}
-	if e := d.Ejection; e != nil {
+	return nil
+}
+
+// parseEjection applies settings.ejection and checks the result (defaults
+// included): max >= base, an error window a Runtime can count.
+func parseEjection(doc string, e *ejectionDoc, s *policy.EjectionSettings) error {
+	if e != nil {
 		if e.ConsecutiveFailures != nil {
 			if *e.ConsecutiveFailures < 1 {
-				return policy.Settings{}, fieldErr(doc, "ejection.consecutive_failures", "must be >= 1")
+				return fieldErr(doc, "ejection.consecutive_failures", "must be >= 1")
 			}
-			s.Ejection.ConsecutiveFailures = *e.ConsecutiveFailures
+			s.ConsecutiveFailures = *e.ConsecutiveFailures
 		}
 		for _, f := range []struct {
 			name string
 			v    *string
 			dst  *time.Duration
 		}{
-			{"ejection.base", e.Base, &s.Ejection.Base},
-			{"ejection.max", e.Max, &s.Ejection.Max},
-			{"ejection.cooldown", e.Cooldown, &s.Ejection.Cooldown},
-			{"ejection.error_window", e.ErrorWindow, &s.Ejection.ErrorWindow},
+			{"ejection.base", e.Base, &s.Base},
+			{"ejection.max", e.Max, &s.Max},
+			{"ejection.cooldown", e.Cooldown, &s.Cooldown},
+			{"ejection.error_window", e.ErrorWindow, &s.ErrorWindow},
 		} {
-			if err := dur(f.name, f.v, f.dst); err != nil {
-				return policy.Settings{}, err
+			if err := parseDuration(doc, f.name, f.v, f.dst); err != nil {
+				return err
 			}
 		}
 	}
-	if s.Ejection.Max < s.Ejection.Base {
-		return policy.Settings{}, fieldErr(doc, "ejection.max", "must be >= ejection.base (%s)", s.Ejection.Base)
+	if s.Max < s.Base {
+		return fieldErr(doc, "ejection.max", "must be >= ejection.base (%s)", s.Base)
 	}
-	if s.Ejection.ErrorWindow < time.Second || s.Ejection.ErrorWindow > MaxErrorWindow {
-		return policy.Settings{}, fieldErr(doc, "ejection.error_window", "must be between 1s and %s", MaxErrorWindow)
+	if s.ErrorWindow < time.Second || s.ErrorWindow > MaxErrorWindow {
+		return fieldErr(doc, "ejection.error_window", "must be between 1s and %s", MaxErrorWindow)
 	}
-	if a := d.Auth; a != nil {
-		switch m := policy.AuthMode(a.Mode); m {
-		case "":
-		case policy.AuthNone, policy.AuthClientKeys, policy.AuthJWTClaim:
-			s.Auth.Mode = m
-		default:
-			return policy.Settings{}, fieldErr(doc, "auth.mode", "unknown mode %q (want none, client_keys, jwt_claim)", truncate(a.Mode, 64))
-		}
-		if a.PayloadHeader != nil {
-			h := *a.PayloadHeader
-			if !validHeaderName(h) {
-				return policy.Settings{}, fieldErr(doc, "auth.payload_header", "want a lower-case HTTP header name")
-			}
-			s.Auth.PayloadHeader = h
-		}
-		if a.Claim != nil {
-			if *a.Claim == "" {
-				return policy.Settings{}, fieldErr(doc, "auth.claim", "must not be empty")
-			}
-			s.Auth.Claim = *a.Claim
-		}
-		if a.Value != nil {
-			if *a.Value == "" {
-				return policy.Settings{}, fieldErr(doc, "auth.value", "must not be empty")
-			}
-			s.Auth.Value = *a.Value
-		}
+	return nil
+}
+
+// parseAuth applies settings.auth.
+func parseAuth(doc string, a *authDoc, s *policy.AuthSettings) error {
+	if a == nil {
+		return nil
 	}
-	if a := d.Alerts; a != nil {
-		if a.ErrorRate != nil {
-			if r := *a.ErrorRate; r < 0 || r > 1 || math.IsNaN(r) {
-				return policy.Settings{}, fieldErr(doc, "alerts.error_rate", "must be between 0 and 1")
-			}
-			s.Alerts.ErrorRate = *a.ErrorRate
-		}
-		if a.Usage != nil {
-			s.Alerts.Usage = *a.Usage
-		}
+	switch m := policy.AuthMode(a.Mode); m {
+	case "":
+	case policy.AuthNone, policy.AuthClientKeys, policy.AuthJWTClaim:
+		s.Mode = m
+	default:
+		return fieldErr(doc, "auth.mode", "unknown mode %q (want none, client_keys, jwt_claim)", truncate(a.Mode, 64))
 	}
+	if a.PayloadHeader != nil {
+		h := *a.PayloadHeader
+		if !validHeaderName(h) {
+			return fieldErr(doc, "auth.payload_header", "want a lower-case HTTP header name")
+		}
+		s.PayloadHeader = h
+	}
+	for _, f := range []struct {
+		name string
+		v    *string
+		dst  *string
+	}{
+		{"auth.claim", a.Claim, &s.Claim},
+		{"auth.value", a.Value, &s.Value},
+	} {
+		if f.v == nil {
+			continue
+		}
+		if *f.v == "" {
+			return fieldErr(doc, f.name, "must not be empty")
+		}
+		*f.dst = *f.v
+	}
+	return nil
+}
+
+// parseAlerts applies settings.alerts.
+func parseAlerts(doc string, a *alertsDoc, s *policy.AlertSettings) error {
+	if a == nil {
+		return nil
+	}
+	if a.ErrorRate != nil {
+		if r := *a.ErrorRate; r < 0 || r > 1 || math.IsNaN(r) {
+			return fieldErr(doc, "alerts.error_rate", "must be between 0 and 1")
+		}
+		s.ErrorRate = *a.ErrorRate
+	}
+	if a.Usage != nil {
+		s.Usage = *a.Usage
+	}
+	return nil
+}
+
+// parseBodySettings applies settings.max_body_bytes and settings.stream_usage.
+func parseBodySettings(doc string, d *settingsDoc, s *policy.Settings) error {
 	if d.MaxBodyBytes != nil {
 		if *d.MaxBodyBytes <= 0 {
-			return policy.Settings{}, fieldErr(doc, "max_body_bytes", "must be > 0")
+			return fieldErr(doc, "max_body_bytes", "must be > 0")
 		}
 		s.MaxBodyBytes = *d.MaxBodyBytes
 	}
 	if d.StreamUsage != nil {
 		s.StreamUsage = *d.StreamUsage
 	}
-	return s, nil
+	return nil
 }
 
 // validHeaderName accepts lower-case RFC 9110 tokens (Envoy header names are
@@ -614,52 +654,20 @@ func ParseKey(id string, raw []byte, resolve SecretResolver) (*policy.Key, error
 		return nil, err
 	}
 	k := &policy.Key{ID: id, Weight: 1, Enabled: true, Priority: d.Priority}
-	switch p := policy.Provider(d.Provider); {
-	case d.Provider == "":
-		return nil, fieldErr(doc, "provider", "required (want %s)", providerList())
-	case slices.Contains(providers, p):
-		k.Provider = p
-	default:
-		return nil, fieldErr(doc, "provider", "unknown provider %q (want %s)", truncate(d.Provider, 64), providerList())
-	}
-	base := d.BaseURL
-	if base == "" {
-		base = DefaultBaseURL(k.Provider)
-		if base == "" {
-			return nil, fieldErr(doc, "base_url", "required for provider %s", k.Provider)
-		}
-	}
-	if err := parseBaseURL(doc, base, k); err != nil {
-		return nil, err
-	}
-	switch {
-	case d.Secret != nil && d.SecretRef != nil, d.Secret == nil && d.SecretRef == nil:
-		return nil, docErr(doc, `need exactly one of "secret" or "secret_ref"`)
-	case d.Secret != nil:
-		if !validSecret(*d.Secret) {
-			return nil, fieldErr(doc, "secret", "must be non-empty without control characters")
-		}
-		k.Secret = policy.Secret(*d.Secret)
-	default:
-		ref := *d.SecretRef
-		if !strings.HasPrefix(ref, "env:") && !strings.HasPrefix(ref, "file:") || ref == "env:" || ref == "file:" {
-			return nil, fieldErr(doc, "secret_ref", "%v, got %q", ErrBadSecretRef, truncate(ref, 256))
-		}
-		v, err := resolve(ref)
-		if err != nil {
-			return nil, fieldErr(doc, "secret_ref", "cannot resolve %q: %v", ref, err)
-		}
-		if !validSecret(v) {
-			return nil, fieldErr(doc, "secret_ref", "%q resolves to an empty value or one with control characters", ref)
-		}
-		k.Secret = policy.Secret(v)
-		k.SecretRef = ref
-	}
-	models, err := parseModels(doc, "models", d.Models)
+	spec, err := parseProvider(doc, d.Provider)
 	if err != nil {
 		return nil, err
 	}
-	k.Models = models
+	k.Provider = spec.Provider
+	if err := parseKeyBaseURL(doc, d.BaseURL, spec, k); err != nil {
+		return nil, err
+	}
+	if err := parseSecret(doc, &d, resolve, k); err != nil {
+		return nil, err
+	}
+	if k.Models, err = parseModels(doc, "models", d.Models); err != nil {
+		return nil, err
+	}
 	if d.Weight != nil {
 		if w := *d.Weight; !(w > 0) || math.IsInf(w, 0) {
 			return nil, fieldErr(doc, "weight", "must be > 0")
@@ -669,51 +677,121 @@ func ParseKey(id string, raw []byte, resolve SecretResolver) (*policy.Key, error
 	if d.Enabled != nil {
 		k.Enabled = *d.Enabled
 	}
-	if d.Azure != nil {
-		if k.Provider != policy.ProviderAzure {
-			return nil, fieldErr(doc, "azure", "only for provider azure")
+	if err := parseAzure(doc, d.Azure, spec, k); err != nil {
+		return nil, err
+	}
+	if k.Limits, err = parseLimits(doc, d.Limits); err != nil {
+		return nil, err
+	}
+	if k.Labels, err = parseLabels(doc, d.Labels); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// parseProvider looks the provider up in policy's provider table.
+func parseProvider(doc, name string) (policy.ProviderSpec, error) {
+	if name == "" {
+		return policy.ProviderSpec{}, fieldErr(doc, "provider", "required (want %s)", providerList())
+	}
+	spec, ok := policy.LookupProvider(policy.Provider(name))
+	if !ok {
+		return policy.ProviderSpec{}, fieldErr(doc, "provider", "unknown provider %q (want %s)", truncate(name, 64), providerList())
+	}
+	return spec, nil
+}
+
+// parseKeyBaseURL parses the key's base_url, or its provider's default when
+// it has none.
+func parseKeyBaseURL(doc, raw string, spec policy.ProviderSpec, k *policy.Key) error {
+	if raw == "" {
+		raw = spec.DefaultBaseURL
+		if raw == "" {
+			return fieldErr(doc, "base_url", "required for provider %s", spec.Provider)
 		}
-		k.Azure.APIVersion = d.Azure.APIVersion
-		if len(d.Azure.Deployments) > 0 {
-			k.Azure.Deployments = make(map[string]string, len(d.Azure.Deployments))
-			for m, dep := range d.Azure.Deployments {
+	}
+	return parseBaseURL(doc, raw, k)
+}
+
+// parseSecret sets k's secret from exactly one of secret and secret_ref
+// (resolved with resolve). Errors name the ref, never the value.
+func parseSecret(doc string, d *keyDoc, resolve SecretResolver, k *policy.Key) error {
+	switch {
+	case d.Secret != nil && d.SecretRef != nil, d.Secret == nil && d.SecretRef == nil:
+		return docErr(doc, `need exactly one of "secret" or "secret_ref"`)
+	case d.Secret != nil:
+		if !validSecret(*d.Secret) {
+			return fieldErr(doc, "secret", "must be non-empty without control characters")
+		}
+		k.Secret = policy.Secret(*d.Secret)
+		return nil
+	}
+	ref := *d.SecretRef
+	if !strings.HasPrefix(ref, "env:") && !strings.HasPrefix(ref, "file:") || ref == "env:" || ref == "file:" {
+		return fieldErr(doc, "secret_ref", "%v, got %q", ErrBadSecretRef, truncate(ref, 256))
+	}
+	v, err := resolve(ref)
+	if err != nil {
+		return fieldErr(doc, "secret_ref", "cannot resolve %q: %v", ref, err)
+	}
+	if !validSecret(v) {
+		return fieldErr(doc, "secret_ref", "%q resolves to an empty value or one with control characters", ref)
+	}
+	k.Secret = policy.Secret(v)
+	k.SecretRef = ref
+	return nil
+}
+
+// parseAzure applies the azure section, which only providers with one take
+// (spec.Azure), and requires their api_version.
+func parseAzure(doc string, a *azureDoc, spec policy.ProviderSpec, k *policy.Key) error {
+	if a != nil {
+		if !spec.Azure {
+			return fieldErr(doc, "azure", "only for provider azure")
+		}
+		k.Azure.APIVersion = a.APIVersion
+		if len(a.Deployments) > 0 {
+			k.Azure.Deployments = make(map[string]string, len(a.Deployments))
+			for m, dep := range a.Deployments {
 				if m == "" {
-					return nil, fieldErr(doc, "azure.deployments", "model names must not be empty")
+					return fieldErr(doc, "azure.deployments", "model names must not be empty")
 				}
 				if !validPathSegment(dep) {
-					return nil, fieldErr(doc, "azure.deployments."+truncate(m, 64), "want a deployment name of A-Z a-z 0-9 . _ -")
+					return fieldErr(doc, "azure.deployments."+truncate(m, 64), "want a deployment name of A-Z a-z 0-9 . _ -")
 				}
 				k.Azure.Deployments[m] = dep
 			}
 		}
 	}
-	if k.Provider == policy.ProviderAzure && k.Azure.APIVersion == "" {
-		return nil, fieldErr(doc, "azure.api_version", "required for provider azure")
+	if spec.Azure && k.Azure.APIVersion == "" {
+		return fieldErr(doc, "azure.api_version", "required for provider %s", k.Provider)
 	}
 	if k.Azure.APIVersion != "" && !validPathSegment(k.Azure.APIVersion) {
-		return nil, fieldErr(doc, "azure.api_version", "want a version like \"2024-10-21\"")
+		return fieldErr(doc, "azure.api_version", "want a version like \"2024-10-21\"")
 	}
-	lim, err := parseLimits(doc, d.Limits)
-	if err != nil {
-		return nil, err
+	return nil
+}
+
+// parseLabels copies the key's labels; names must not be empty.
+func parseLabels(doc string, in map[string]string) (map[string]string, error) {
+	if len(in) == 0 {
+		return nil, nil
 	}
-	k.Limits = lim
-	if len(d.Labels) > 0 {
-		k.Labels = make(map[string]string, len(d.Labels))
-		for name, v := range d.Labels {
-			if name == "" {
-				return nil, fieldErr(doc, "labels", "label names must not be empty")
-			}
-			k.Labels[name] = v
+	out := make(map[string]string, len(in))
+	for name, v := range in {
+		if name == "" {
+			return nil, fieldErr(doc, "labels", "label names must not be empty")
 		}
+		out[name] = v
 	}
-	return k, nil
+	return out, nil
 }
 
 func providerList() string {
-	names := make([]string, len(providers))
-	for i, p := range providers {
-		names[i] = string(p)
+	specs := policy.Providers()
+	names := make([]string, len(specs))
+	for i, p := range specs {
+		names[i] = string(p.Provider)
 	}
 	return strings.Join(names, ", ")
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/keymux/keymux/policy"
 )
 
 // ruleFile is the Prometheus rule file format (the fields keymux uses).
@@ -105,7 +107,7 @@ func TestAlertRules(t *testing.T) {
 				}
 			}
 			for _, m := range classRefRE.FindAllStringSubmatch(r.Expr, -1) {
-				if m[1] != ClassAuth && !upstreamClasses[m[1]] && m[1] != ClassLocal {
+				if !slices.Contains(policy.ErrorClasses(), m[1]) && m[1] != ClassLocal {
 					t.Errorf("%s: unknown class %q", r.Alert, m[1])
 				}
 			}

@@ -34,8 +34,8 @@ type Call struct {
 
 	Status    int    // HTTP status the client got (0: the exchange ended before any)
 	Local     bool   // answered by keymux itself (ImmediateResponse)
-	ErrorCode string // keymux's code for a local refusal, or the error class of an upstream failure:
-	// rate_limited, auth, server, timeout, client, stream_cut
+	ErrorCode string // keymux's code for a local refusal, or the error class of a failed upstream call:
+	// rate_limited, auth, server, timeout, client, stream_cut (set by the request path for every failure)
 
 	Truncated bool // the response ended before its end (stream cut, client abort)
 
@@ -49,7 +49,7 @@ type Call struct {
 
 // Success reports whether the call counts as successful in statistics.
 func (c *Call) Success() bool {
-	return !c.Local && !c.Truncated && c.Status >= 200 && c.Status < 400
+	return !c.Local && !c.Truncated && c.Status >= 100 && c.Status < 400
 }
 
 // Observer receives every call. Begin runs on the request path once the key

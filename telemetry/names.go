@@ -115,16 +115,12 @@ const (
 	LabelAlert       = "alert"
 )
 
-// Error classes (the "class" label of keymux_errors_total, error.type of a
-// failed span of an upstream call).
+// Error classes telemetry adds to the ones the request path puts in
+// Call.ErrorCode (rate_limited, auth, server, timeout, client, stream_cut:
+// keymux's policy package owns that vocabulary and the status mapping).
 const (
-	ClassRateLimited = "rate_limited"
-	ClassAuth        = "auth"
-	ClassServer      = "server"
-	ClassTimeout     = "timeout"
-	ClassClient      = "client"
-	ClassStreamCut   = "stream_cut"
-	ClassLocal       = "local"
+	ClassLocal   = "local"   // refused by keymux itself
+	ClassUnknown = "unknown" // a failed upstream call that came without a class
 )
 
 // Alert names (the "alert" label).

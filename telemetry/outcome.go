@@ -13,17 +13,13 @@ type outcome struct {
 	counted  bool   // a call in /stats
 	failed   bool   // counted and not successful
 	upstream bool   // forwarded to a key
-	class    string // error class when failed: rate_limited|auth|server|timeout|client|stream_cut|local
+	class    string // error class when failed: Call.ErrorCode of an upstream call, ClassLocal for a refusal
 	errType  string // error.type of the span and "error" of the call log: class, or the local refusal's code
 }
 
-// upstreamClasses are the classes the request path may put in
-// Call.ErrorCode for an upstream failure.
-var upstreamClasses = map[string]bool{
-	ClassRateLimited: true, ClassAuth: true, ClassServer: true,
-	ClassTimeout: true, ClassClient: true, ClassStreamCut: true,
-}
-
+// classify reads a finished call. The error class of a failed upstream call
+// is the one the request path computed (Call.ErrorCode, from policy's single
+// status → class mapping); telemetry does not classify statuses itself.
 func classify(c *Call) outcome {
 	if c.Local {
 		if c.Status >= 200 && c.Status < 400 {
@@ -40,21 +36,9 @@ func classify(c *Call) outcome {
 		return o
 	}
 	o.failed = true
-	switch {
-	case upstreamClasses[c.ErrorCode]:
-		o.class = c.ErrorCode
-	case c.Status == 429:
-		o.class = ClassRateLimited
-	case c.Status == 401 || c.Status == 403:
-		o.class = ClassAuth
-	case c.Status == 408 || c.Status == 504:
-		o.class = ClassTimeout
-	case c.Status >= 500:
-		o.class = ClassServer
-	case c.Status >= 400:
-		o.class = ClassClient
-	default: // cut before its end, or no response at all
-		o.class = ClassStreamCut
+	o.class = c.ErrorCode
+	if o.class == "" {
+		o.class = ClassUnknown
 	}
 	o.errType = o.class
 	return o

@@ -16,6 +16,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/keymux/keymux/policy"
 )
 
 func newRecorder() (*tracetest.SpanRecorder, *sdktrace.TracerProvider) {
@@ -66,13 +68,13 @@ func TestSpans(t *testing.T) {
 	}
 	failCall := func() *Call {
 		c := call("k2", "gpt-4o", 503, 50*time.Millisecond, t0)
-		c.Provider, c.UpstreamHost, c.ErrorCode = "azure", "acme.openai.azure.test", ClassServer
+		c.Provider, c.UpstreamHost, c.ErrorCode = "azure", "acme.openai.azure.test", policy.ClassServer
 		c.TraceParent = clientTP
 		return c
 	}
 	cutCall := func() *Call {
 		c := call("k3", "claude-x", 200, 50*time.Millisecond, t0)
-		c.Provider, c.Truncated, c.ErrorCode, c.Stream = "anthropic", true, ClassStreamCut, true
+		c.Provider, c.Truncated, c.ErrorCode, c.Stream = "anthropic", true, policy.ClassStreamCut, true
 		return c
 	}
 	tests := []struct {

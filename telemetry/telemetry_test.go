@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/keymux/keymux/policy"
 )
 
 // call builds a synthetic upstream call that ended at end after lat.
@@ -50,13 +52,15 @@ func withUsage(c *Call, in, out int64) *Call {
 //	9 k1 gpt-4o        400   30ms  usage 7/0      t0-5s
 func sequence() []*Call {
 	c3 := call("k2", "gpt-4o-mini", 429, 20*time.Millisecond, t0.Add(-time.Minute))
-	c3.ErrorCode = ClassRateLimited
+	c3.ErrorCode = policy.ClassRateLimited
 	c4 := call("k2", "gpt-4o-mini", 200, 300*time.Millisecond, t0.Add(-30*time.Second))
-	c4.Truncated, c4.ErrorCode, c4.Stream = true, ClassStreamCut, true
+	c4.Truncated, c4.ErrorCode, c4.Stream = true, policy.ClassStreamCut, true
 	c5 := call("k3", "text-embedding-3-small", 500, 50*time.Millisecond, t0.Add(-2*time.Hour))
-	c5.Operation, c5.ErrorCode = "embeddings", ClassServer
+	c5.Operation, c5.ErrorCode = "embeddings", policy.ClassServer
 	c8 := local(200, "", "", t0.Add(-10*time.Second))
 	c8.Method, c8.Path, c8.Operation = "GET", "/v1/models", "list_models"
+	c9 := withUsage(call("k1", "gpt-4o", 400, 30*time.Millisecond, t0.Add(-5*time.Second)), 7, 0)
+	c9.ErrorCode = policy.ClassClient
 	return []*Call{
 		withUsage(call("k1", "gpt-4o", 200, 100*time.Millisecond, t0.Add(-20*time.Minute)), 100, 50),
 		withUsage(call("k1", "gpt-4o", 200, 200*time.Millisecond, t0.Add(-2*time.Minute)), 10, 5),
@@ -66,7 +70,7 @@ func sequence() []*Call {
 		local(401, "invalid_api_key", "", t0.Add(-10*time.Second)),
 		local(404, "model_not_found", "nope", t0.Add(-10*time.Second)),
 		c8,
-		withUsage(call("k1", "gpt-4o", 400, 30*time.Millisecond, t0.Add(-5*time.Second)), 7, 0),
+		c9,
 	}
 }
 
@@ -376,15 +380,13 @@ func TestClassify(t *testing.T) {
 		{"models list", Call{Local: true, Status: 200}, outcome{}},
 		{"local refusal", Call{Local: true, Status: 401, ErrorCode: "invalid_api_key"}, outcome{counted: true, failed: true, class: ClassLocal, errType: "invalid_api_key"}},
 		{"local no code", Call{Local: true, Status: 503}, outcome{counted: true, failed: true, class: ClassLocal, errType: ClassLocal}},
-		{"code wins", Call{KeyID: "k", Status: 403, ErrorCode: ClassRateLimited}, outcome{counted: true, failed: true, upstream: true, class: ClassRateLimited, errType: ClassRateLimited}},
-		{"429", Call{KeyID: "k", Status: 429}, outcome{counted: true, failed: true, upstream: true, class: ClassRateLimited, errType: ClassRateLimited}},
-		{"401", Call{KeyID: "k", Status: 401}, outcome{counted: true, failed: true, upstream: true, class: ClassAuth, errType: ClassAuth}},
-		{"504", Call{KeyID: "k", Status: 504}, outcome{counted: true, failed: true, upstream: true, class: ClassTimeout, errType: ClassTimeout}},
-		{"502", Call{KeyID: "k", Status: 502}, outcome{counted: true, failed: true, upstream: true, class: ClassServer, errType: ClassServer}},
-		{"404 upstream", Call{KeyID: "k", Status: 404}, outcome{counted: true, failed: true, upstream: true, class: ClassClient, errType: ClassClient}},
-		{"no response", Call{KeyID: "k"}, outcome{counted: true, failed: true, upstream: true, class: ClassStreamCut, errType: ClassStreamCut}},
-		{"cut 200", Call{KeyID: "k", Status: 200, Truncated: true}, outcome{counted: true, failed: true, upstream: true, class: ClassStreamCut, errType: ClassStreamCut}},
-		{"unknown code", Call{KeyID: "k", Status: 500, ErrorCode: "weird"}, outcome{counted: true, failed: true, upstream: true, class: ClassServer, errType: ClassServer}},
+		{"class given", Call{KeyID: "k", Status: 403, ErrorCode: policy.ClassRateLimited}, outcome{counted: true, failed: true, upstream: true, class: policy.ClassRateLimited, errType: policy.ClassRateLimited}},
+		{"408 timeout", Call{KeyID: "k", Status: 408, ErrorCode: policy.ClassTimeout}, outcome{counted: true, failed: true, upstream: true, class: policy.ClassTimeout, errType: policy.ClassTimeout}},
+		{"404 upstream", Call{KeyID: "k", Status: 404, ErrorCode: policy.ClassClient}, outcome{counted: true, failed: true, upstream: true, class: policy.ClassClient, errType: policy.ClassClient}},
+		{"no response", Call{KeyID: "k", ErrorCode: policy.ClassStreamCut}, outcome{counted: true, failed: true, upstream: true, class: policy.ClassStreamCut, errType: policy.ClassStreamCut}},
+		{"cut 200", Call{KeyID: "k", Status: 200, Truncated: true, ErrorCode: policy.ClassStreamCut}, outcome{counted: true, failed: true, upstream: true, class: policy.ClassStreamCut, errType: policy.ClassStreamCut}},
+		{"no class", Call{KeyID: "k", Status: 500}, outcome{counted: true, failed: true, upstream: true, class: ClassUnknown, errType: ClassUnknown}},
+		{"101 is a success", Call{KeyID: "k", Status: 101}, outcome{counted: true, upstream: true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -529,7 +531,7 @@ func TestCallLogLines(t *testing.T) {
 	c2 := local(401, "invalid_api_key", "", t0)
 	c2.ClientID = ""
 	c3 := call("k2", "gpt-4o", 502, 2*time.Second, t0)
-	c3.ErrorCode = ClassServer
+	c3.ErrorCode = policy.ClassServer
 	for _, c := range []*Call{c1, c2, c3} {
 		tel.End(c)
 	}

@@ -44,9 +44,28 @@ type logInfo struct {
 	downstreamRemote  string
 	downstreamLocal   string
 	protocol          string
+	attempts          uint32 // upstream requests made
 
-	mu       sync.Mutex
-	metadata map[string]*structpb.Struct
+	// Set by the upstream transport's goroutines too: guarded by mu.
+	mu                sync.Mutex
+	metadata          map[string]*structpb.Struct
+	firstUpstreamTx   time.Time
+	lastUpstreamTx    time.Time
+	lastUpstreamRx    time.Time
+	firstDownstreamTx time.Time
+	lastDownstreamTx  time.Time
+	lastDownstreamRx  time.Time
+	upstreamRemote    string
+	upstreamLocal     string
+}
+
+// at records now into one of the guarded timestamps, once.
+func (li *logInfo) at(t *time.Time) {
+	li.mu.Lock()
+	defer li.mu.Unlock()
+	if t.IsZero() {
+		*t = time.Now()
+	}
 }
 
 func (li *logInfo) setMetadata(ns string, s *structpb.Struct) {

@@ -32,6 +32,7 @@ type downstreamBody struct {
 	reading  bool
 	stopped  bool
 	eof      bool
+	eofAt    time.Time
 	broken   bool // a read failed: where the body ends is unknown
 	received int64
 }
@@ -67,6 +68,7 @@ func (b *downstreamBody) Read(p []byte) (int, error) {
 	switch {
 	case errors.Is(err, io.EOF):
 		b.eof = true
+		b.eofAt = time.Now()
 	case err != nil:
 		b.broken = true
 	}
@@ -148,4 +150,11 @@ func (rq *request) requestComplete() bool {
 		return false
 	}
 	return b.drain(limit)
+}
+
+// eofTime is when the client's body ended (zero: it did not).
+func (b *downstreamBody) eofTime() time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.eofAt
 }

@@ -155,17 +155,7 @@ func countKind(p *fakeProc, kind string) int {
 func TestSSEPassThroughNONE(t *testing.T) {
 	release := make(chan struct{})
 	proc := startProc(t, continueAll)
-	ev := start(t, proc.addr, options{upstream: func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("content-type", "text/event-stream")
-		_, _ = io.WriteString(w, "data: first\n\n")
-		w.(http.Flusher).Flush()
-		select {
-		case <-release: // blocks until the test has read the first event
-		case <-r.Context().Done():
-			return
-		}
-		_, _ = io.WriteString(w, "data: [DONE]\n\n")
-	}})
+	ev := start(t, proc.addr, options{upstream: heldSSE(release)})
 	defer func() {
 		select {
 		case <-release:

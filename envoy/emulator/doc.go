@@ -1,16 +1,30 @@
 // Package emulator runs an Envoy v3 bootstrap without Envoy: one HTTP/1.1
 // listener with its HTTP connection manager, route table, clusters, access
 // log and — above all — the envoy.filters.http.ext_proc filter, talking real
-// gRPC to the configured external processor exactly as the project's notes
-// docs/envoy-extproc.md describe Envoy's
-// behaviour. Tests and `keymux dev` drive keymux through
-// it, with the very YAML users deploy (envoy/envoy.yaml).
+// gRPC to the configured external processor as Envoy does (the project's
+// notes on that protocol are in docs/envoy-extproc.md). Tests and
+// `keymux dev` drive keymux through it, with the very YAML users deploy
+// (envoy/envoy.yaml).
 //
 //	b, _ := envoy.LoadBootstrap("envoy/envoy.yaml")
 //	em, _ := emulator.New(emulator.Config{Bootstrap: b, ListenAddr: "127.0.0.1:0",
 //		ClusterAddrs: map[string]string{"keymux_extproc": "unix:/tmp/keymux.sock"}})
 //	_ = em.Start(ctx) // listening when it returns
 //	defer em.Close()  // aborts in-flight requests, waits for every goroutine
+//
+// # Envoy version
+//
+// The emulator follows the Envoy release the project pins (EnvoyVersion,
+// 1.39). Behaviours that changed between releases are listed, with the
+// release that brought each, in one table (Behaviours in versions.go):
+//   - 1.33.1: local replies are not sent to ext_proc on the response path
+//     (emulated);
+//   - 1.37: the Process stream closes right after the last response ext_proc
+//     needs, e.g. after the response-headers reply with response body NONE
+//     (emulated);
+//   - 1.37: upstream-filter local replies reach an upstream ext_proc (not
+//     emulated: upstream ext_proc is not);
+//   - 1.38: envoy.filters.http.sse_to_metadata (emulated).
 //
 // # What it reproduces
 //
@@ -97,7 +111,26 @@
 //     dns_cache_config is ignored), router (suppress_envoy_headers honoured;
 //     it adds x-envoy-expected-rq-timeout-ms and x-envoy-upstream-service-time
 //     otherwise), header_mutation (request and response append/remove only),
-//     jwt_authn (below). Any other filter makes New fail.
+//     jwt_authn, json_to_metadata and sse_to_metadata (below). Any other
+//     filter makes New fail.
+//   - json_to_metadata: response_rules only (request_rules and
+//     allow_content_types_regex make New fail); key selectors, on_present /
+//     on_missing / on_error with value or type (PROTOBUF_VALUE, STRING,
+//     NUMBER), preserve_existing_metadata_value, allow_content_types (exact
+//     match of the whole content-type value, default application/json) and
+//     allow_empty_content_type. The whole body is read before it passes on,
+//     as Envoy buffers it; a body over the route's buffer limit runs the
+//     on_error actions and passes through unread (Envoy's limit handling on
+//     the response path is not reproduced).
+//   - sse_to_metadata: the envoy.content_parsers.json parser only (another
+//     parser makes New fail), its rules with stop_processing_after_matches,
+//     max_event_size (default 8192). Bytes pass through unchanged as they
+//     are read; events (blank-line delimited, any line ending; the last one
+//     at the end of the body even without its blank line) whose data fields
+//     parse as a JSON object run on_present at once; at the end of the body
+//     a rule that never matched runs on_error if an event failed to parse,
+//     else on_missing. Default namespace envoy.content_parsers.json. Stats
+//     are not kept.
 //   - jwt_authn: providers with local_jwks or remote_jwks (fetched through
 //     their cluster on first use, cached for cache_duration; async_fetch and
 //     retry_policy ignored), RS/PS/ES/HS 256/384/512 signatures, issuer,
@@ -141,8 +174,10 @@
 //     500 of a response body over the buffer limit; router-generated replies
 //     (no route, direct_response, cluster not found, upstream failure and
 //     timeout) and the request buffer limit's 413 go through the encoder
-//     filters, ext_proc included. A failure after the response headers reached the client resets
-//     the connection.
+//     filters (route response headers, header_mutation) but not to the
+//     processor: each ext_proc filter ends its stream (Envoy ≥ 1.33.1). A
+//     failure after the response headers reached the client resets the
+//     connection.
 //   - ext_proc in a cluster's upstream filter chain
 //     (HttpProtocolOptions.http_filters) is not emulated: New fails.
 //   - At the end of processing the stream is half-closed and cancelled once
@@ -167,9 +202,11 @@
 //     does. Config.ClusterAddrs entries that name no cluster are ignored.
 //
 // Access log
+//   - Loggers: file, stdout, stderr and http_grpc (below); any other makes
+//     New fail.
 //   - Operators: REQ, RESP, DYNAMIC_METADATA, START_TIME (default format and
-//     a strftime subset), RESPONSE_CODE, RESPONSE_FLAGS (NR, NC, UF, UT, SI,
-//     UR, DC only), RESPONSE_CODE_DETAILS, BYTES_RECEIVED, BYTES_SENT,
+//     a strftime subset), RESPONSE_CODE, RESPONSE_FLAGS (NR, NC, UF, UC, UT,
+//     SI, UR, DC only), RESPONSE_CODE_DETAILS, BYTES_RECEIVED, BYTES_SENT,
 //     DURATION, REQUEST_DURATION, RESPONSE_DURATION, RESPONSE_TX_DURATION,
 //     UPSTREAM_HOST, UPSTREAM_CLUSTER, ROUTE_NAME, PROTOCOL,
 //     UPSTREAM_PROTOCOL, DOWNSTREAM_*_ADDRESS, UPSTREAM_TRANSPORT_FAILURE_REASON,
@@ -180,4 +217,39 @@
 //     UPSTREAM_HOST is the address dialled: host:port of the authority for a
 //     dynamic forward proxy (Envoy logs the resolved IP:port).
 //     Access log filters are ignored: every request is logged.
+//   - Response flags the emulator sets: NR (no route), NC (no cluster), UF
+//     (connect failure, with the transport failure reason — Go's error text,
+//     not Envoy's), UC (the upstream closed the connection before response
+//     headers), UT (route timeout), SI (idle timeout), UR (upstream reset
+//     after headers), DC (the client went away before the response ended,
+//     also mid-response). URX, LR and the others are never set (no retries,
+//     no local resets).
+//   - http_grpc (envoy.access_loggers.http_grpc): envoy_grpc services only
+//     (google_grpc, filter_state_objects_to_log and custom_tags make New
+//     fail). Batching as Envoy's GrpcAccessLogger: an entry is added to the
+//     pending message, which is flushed when its approximate size reaches
+//     buffer_size_bytes (default 16384) and every buffer_flush_interval
+//     (default 1s); each flush clears the pending message whatever happens
+//     to it. The first message of each StreamAccessLogs stream carries the
+//     identifier (bootstrap node, log_name); a stream the server ended is
+//     replaced by a new one at the next flush, and a batch sent while the
+//     stream breaks, or when no stream can be opened, is lost — Envoy keeps
+//     no retry buffer. Entries arriving while the pending message is full
+//     and cannot be flushed are dropped. Sending runs on one goroutine per
+//     logger (Envoy writes into a buffered stream); pending batches are not
+//     flushed at Close, as Envoy does not flush at exit. Entry fields:
+//     common_properties (downstream remote/local addresses, start_time,
+//     time_to_last_rx_byte, time_to_first/last_upstream_tx_byte,
+//     time_to_first/last_upstream_rx_byte, time_to_first/last_downstream_tx_byte,
+//     upstream remote/local address of the connection used, upstream_cluster,
+//     response_flags, upstream_transport_failure_reason, route_name, every
+//     namespace's dynamic metadata, duration, upstream_request_attempt_count,
+//     stream_id = x-request-id, access_log_type DownstreamEnd), protocol_version,
+//     request (method, scheme, authority, path, user_agent, referer,
+//     forwarded_for, request_id, original_path, header and body bytes,
+//     additional_request_headers_to_log) and response (code, code details,
+//     header and body bytes, additional_response_headers_to_log). Not filled:
+//     tls_properties, sample_rate, filter_state_objects, custom_tags,
+//     connection_termination_details, wire byte counts, response trailers,
+//     intermediate entries.
 package emulator

@@ -17,11 +17,14 @@ import (
 	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	dfpfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/dynamic_forward_proxy/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
+	jsonmetav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/json_to_metadata/v3"
 	jwtauthnv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	ssemetav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/sse_to_metadata/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	earlyhmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	"google.golang.org/grpc"
@@ -71,6 +74,7 @@ type Emulator struct {
 	clusters             map[string]*cluster
 	grpcConns            map[string]*grpc.ClientConn
 	accessLogs           []*accessLogger
+	grpcLogs             []*grpcAccessLogger
 	serverName           string
 	early                []*mutationrulesv3.HeaderMutation
 	suppressEnvoyHeaders bool
@@ -93,6 +97,8 @@ const (
 	filterRouter
 	filterJWT
 	filterHeaderMutation
+	filterJSONMeta
+	filterSSEMeta
 )
 
 type httpFilter struct {
@@ -102,6 +108,8 @@ type httpFilter struct {
 	extProc  *extProcFilter
 	jwt      *jwtFilter
 	hm       *headermutationv3.HeaderMutation
+	jsonMeta *jsonMetaFilter
+	sseMeta  *sseMetaFilter
 }
 
 // New validates cfg and builds the emulator; it does not listen yet.
@@ -174,6 +182,18 @@ func New(cfg Config) (*Emulator, error) {
 		e.filters = append(e.filters, f)
 	}
 	for i, al := range hcm.GetAccessLog() {
+		if al.GetTypedConfig().MessageIs(&grpcalsv3.HttpGrpcAccessLogConfig{}) {
+			var c grpcalsv3.HttpGrpcAccessLogConfig
+			if err := al.GetTypedConfig().UnmarshalTo(&c); err != nil {
+				return nil, fmt.Errorf("emulator: access_log[%d]: %w", i, err)
+			}
+			g, err := e.newGRPCAccessLogger(&c)
+			if err != nil {
+				return nil, fmt.Errorf("emulator: access_log[%d]: %w", i, err)
+			}
+			e.grpcLogs = append(e.grpcLogs, g)
+			continue
+		}
 		a, err := newAccessLogger(al, cfg.AccessLog)
 		if err != nil {
 			return nil, fmt.Errorf("emulator: access_log[%d]: %w", i, err)
@@ -229,6 +249,16 @@ func (e *Emulator) newFilter(hf *hcmv3.HttpFilter) (*httpFilter, error) {
 	case *headermutationv3.HeaderMutation:
 		f.kind = filterHeaderMutation
 		f.hm = c
+	case *jsonmetav3.JsonToMetadata:
+		f.kind = filterJSONMeta
+		if f.jsonMeta, err = newJSONMetaFilter(c); err != nil {
+			return nil, err
+		}
+	case *ssemetav3.SseToMetadata:
+		f.kind = filterSSEMeta
+		if f.sseMeta, err = newSSEMetaFilter(c); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, fmt.Errorf("filter type %s is not emulated", m.ProtoReflect().Descriptor().FullName())
 	}
@@ -285,6 +315,13 @@ func (e *Emulator) Start(ctx context.Context) error {
 		defer e.bg.Done()
 		_ = e.srv.Serve(ln)
 	}()
+	for _, g := range e.grpcLogs {
+		e.bg.Add(1)
+		go func() {
+			defer e.bg.Done()
+			g.run(e.bgCtx)
+		}()
+	}
 	stop := context.AfterFunc(ctx, func() { _ = e.Close() })
 	e.bg.Add(1)
 	go func() {

@@ -185,3 +185,12 @@ func validHeaderValue(v string) bool {
 	}
 	return true
 }
+
+// byteSize is Envoy's HeaderMap::byteSize: the length of every key and value.
+func (h *headerMap) byteSize() int {
+	n := 0
+	for _, f := range h.fields {
+		n += len(f.key) + len(f.value)
+	}
+	return n
+}

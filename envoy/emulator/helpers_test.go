@@ -83,16 +83,24 @@ func startProc(t testing.TB, reply replier) *fakeProc {
 
 func startProcOn(t testing.TB, network, address string, reply replier) *fakeProc {
 	t.Helper()
+	p := &fakeProc{reply: reply, opened: make(chan *procStream, 64)}
+	p.addr = serveGRPC(t, network, address, func(srv *grpc.Server) { extprocsvc.RegisterExternalProcessorServer(srv, p) })
+	return p
+}
+
+// serveGRPC serves the services register adds on a new listener until the
+// test ends; it returns the listener's address.
+func serveGRPC(t testing.TB, network, address string, register func(*grpc.Server)) string {
+	t.Helper()
 	ln, err := net.Listen(network, address)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &fakeProc{addr: ln.Addr().String(), reply: reply, opened: make(chan *procStream, 64)}
 	srv := grpc.NewServer()
-	extprocsvc.RegisterExternalProcessorServer(srv, p)
+	register(srv)
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(srv.Stop)
-	return p
+	return ln.Addr().String()
 }
 
 func (p *fakeProc) Process(stream grpc.BidiStreamingServer[extprocsvc.ProcessingRequest, extprocsvc.ProcessingResponse]) error {

@@ -1,6 +1,7 @@
 package emulator
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -247,4 +248,35 @@ func FuzzParseFormat(f *testing.F) {
 		}
 		_ = fm.format(&logInfo{reqHeaders: hdrs(":path", "/")})
 	})
+}
+
+// TestBehavioursNotNewerThanEnvoyVersion: the emulator follows EnvoyVersion,
+// so no listed behaviour can come from a later release.
+func TestBehavioursNotNewerThanEnvoyVersion(t *testing.T) {
+	for _, b := range Behaviours {
+		if versionLess(EnvoyVersion, b.Since) {
+			t.Errorf("behaviour since %s is newer than EnvoyVersion %s: %s", b.Since, EnvoyVersion, b.What)
+		}
+	}
+	if !versionLess("1.33.1", "1.37") || versionLess("1.39", "1.33.1") || versionLess("1.37", "1.37") {
+		t.Fatal("versionLess is wrong")
+	}
+}
+
+// versionLess compares dotted release numbers.
+func versionLess(a, b string) bool {
+	as, bs := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(as) || i < len(bs); i++ {
+		var x, y int
+		if i < len(as) {
+			x, _ = strconv.Atoi(as[i])
+		}
+		if i < len(bs) {
+			y, _ = strconv.Atoi(bs[i])
+		}
+		if x != y {
+			return x < y
+		}
+	}
+	return false
 }
