@@ -269,9 +269,10 @@ func (l *ledger) streamEnded(now time.Time) {
 	l.streams.Add(-1)
 }
 
-// waitEmpty returns when no record waits for its entry, or ctx ends.
+// waitEmpty returns when no record waits for its entry, or no access-log
+// stream is left to bring one, or ctx ends.
 func (l *ledger) waitEmpty(ctx context.Context, tick time.Duration) error {
-	return pollUntil(ctx, tick, func() bool { return l.pendingLen() == 0 })
+	return pollUntil(ctx, tick, func() bool { return l.pendingLen() == 0 || l.streams.Load() == 0 })
 }
 
 // pollUntil calls cond every tick until it holds or ctx ends.
