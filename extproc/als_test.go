@@ -660,3 +660,26 @@ func TestWithoutAccessLog(t *testing.T) {
 		}
 	}
 }
+
+// TestLateEntryFeedsKeyHealth: Envoy opens its access-log stream with its
+// first entry, so the first calls are booked before their entries; a late
+// entry still counts its upstream failure against the key, once.
+func TestLateEntryFeedsKeyHealth(t *testing.T) {
+	f := newALSFixture(t, Config{})
+	f.s.ledger.streamEnded(f.clock.Now())
+	f.clock.Advance(DefaultEntryWait)
+	x, id := f.forward(t)
+	x.finish()
+	if n := len(f.rec.all()); n != 1 {
+		t.Fatalf("booked %d, want 1 at once", n)
+	}
+	f.s.ledger.streamStarted()
+	e := entry(id, 503, flags(&accesslogv3.ResponseFlags{UpstreamConnectionFailure: true}))
+	f.s.accessLogs(batch(e, e))
+	if got := f.key().RT.State().ConsecutiveFailures; got != 1 {
+		t.Errorf("consecutive failures %d, want 1", got)
+	}
+	if st := f.s.AccessLogStatus(); st.Dropped[dropLate] != 1 || st.Dropped[dropDuplicate] != 1 || len(f.rec.all()) != 1 {
+		t.Errorf("status %+v, %d calls", st, len(f.rec.all()))
+	}
+}

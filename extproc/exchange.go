@@ -440,6 +440,11 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 // applies the outcome to the chosen key's passive state.
 func (x *exchange) feedback(o policy.Outcome, now time.Time) {
 	x.call.ErrorCode = o.Kind.Class()
+	x.keyFeedback(o, now)
+}
+
+// keyFeedback applies an upstream outcome to the chosen key's passive state.
+func (x *exchange) keyFeedback(o policy.Outcome, now time.Time) {
 	if x.entry == nil {
 		return
 	}
@@ -528,6 +533,14 @@ func (x *exchange) fromEntry(r *envoyRecord) {
 	}
 	if st := x.call.Status; policy.QuotaExhausted(st, r.errorCode, r.errorType) {
 		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: st}, now)
+	}
+}
+
+// lateEntry takes what an entry that came after the call was booked still
+// tells: an upstream failure of the key.
+func (x *exchange) lateEntry(r *envoyRecord, now time.Time) {
+	if o, failed := r.upstreamFailure(); failed {
+		x.keyFeedback(o, now)
 	}
 }
 

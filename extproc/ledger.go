@@ -66,9 +66,12 @@ type early struct {
 }
 
 // booked is a call id already booked, kept until deadline to tell
-// duplicates and late entries from unknown ones.
+// duplicates and late entries from unknown ones. x is the exchange of a
+// call booked without its entry: a late entry still tells its key's
+// health (Envoy opens its access-log stream with its first entry).
 type booked struct {
 	withEntry bool
+	x         *exchange
 	deadline  time.Time
 }
 
@@ -137,18 +140,20 @@ func (l *ledger) hold(x *exchange, now time.Time) bool {
 	l.mu.Lock()
 	if e, ok := l.early[id]; ok {
 		delete(l.early, id)
-		l.rememberLocked(id, true, now)
+		l.rememberLocked(id, nil, now)
 		l.mu.Unlock()
 		l.matched.Add(1)
 		x.book(&e.rec)
 		return true
 	}
 	if !l.active(now) {
+		l.rememberLocked(id, x, now)
 		l.mu.Unlock()
 		l.miss(unmatchedNoLog, 1)
 		return false
 	}
 	if len(l.pending) >= l.capacity {
+		l.rememberLocked(id, x, now)
 		l.mu.Unlock()
 		l.miss(unmatchedFull, 1)
 		return false
@@ -163,10 +168,11 @@ func (l *ledger) hold(x *exchange, now time.Time) bool {
 }
 
 // rememberLocked keeps a booked call id for the entry wait (while there is
-// room).
-func (l *ledger) rememberLocked(id string, withEntry bool, now time.Time) {
+// room); x is the exchange of a call booked without its entry, nil when
+// booked with it.
+func (l *ledger) rememberLocked(id string, x *exchange, now time.Time) {
 	if len(l.done) < l.capacity {
-		l.done[id] = booked{withEntry: withEntry, deadline: now.Add(l.entryWait)}
+		l.done[id] = booked{withEntry: x == nil, x: x, deadline: now.Add(l.entryWait)}
 	}
 }
 
@@ -180,18 +186,21 @@ func (l *ledger) entry(rec envoyRecord, now time.Time) {
 	l.mu.Lock()
 	if h, ok := l.pending[rec.callID]; ok {
 		delete(l.pending, rec.callID)
-		l.rememberLocked(rec.callID, true, now)
+		l.rememberLocked(rec.callID, nil, now)
 		l.mu.Unlock()
 		l.matched.Add(1)
 		h.x.book(&rec)
 		return
 	}
 	reason := ""
+	var late *exchange
 	if b, ok := l.done[rec.callID]; ok {
 		reason = dropLate
 		if b.withEntry {
 			reason = dropDuplicate
 		}
+		late = b.x
+		l.done[rec.callID] = booked{withEntry: true, deadline: b.deadline}
 	} else if _, ok := l.early[rec.callID]; ok {
 		reason = dropDuplicate
 	} else if len(l.early) >= l.capacity {
@@ -202,6 +211,9 @@ func (l *ledger) entry(rec envoyRecord, now time.Time) {
 	l.mu.Unlock()
 	if reason != "" {
 		l.drop(reason, 1)
+	}
+	if late != nil {
+		late.lateEntry(&rec, now)
 	}
 }
 
@@ -214,7 +226,7 @@ func (l *ledger) sweep(now time.Time) {
 	for id, h := range l.pending {
 		if !now.Before(h.deadline) {
 			delete(l.pending, id)
-			l.rememberLocked(id, false, now)
+			l.rememberLocked(id, h.x, now)
 			due = append(due, h.x)
 		}
 	}
