@@ -683,3 +683,17 @@ func TestLateEntryFeedsKeyHealth(t *testing.T) {
 		t.Errorf("status %+v, %d calls", st, len(f.rec.all()))
 	}
 }
+
+// TestEntryForAnotherKey: an entry whose key_id is not the key keymux
+// chose for the call is distrusted: dropped, the call left waiting.
+func TestEntryForAnotherKey(t *testing.T) {
+	f := newALSFixture(t, Config{})
+	x, id := f.forward(t)
+	x.finish()
+	e := entry(id, 503, flags(&accesslogv3.ResponseFlags{UpstreamConnectionFailure: true}))
+	e.CommonProperties.Metadata.FilterMetadata[MetadataNamespace].Fields[metaKeyID] = structpb.NewStringValue("k9")
+	f.s.accessLogs(batch(e))
+	if st := f.s.AccessLogStatus(); st.Dropped[dropMalformed] != 1 || st.Pending != 1 || f.key().RT.State().ConsecutiveFailures != 0 {
+		t.Errorf("status %+v, key %+v", st, f.key().RT.State())
+	}
+}

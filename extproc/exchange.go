@@ -1,7 +1,9 @@
 package extproc
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -511,6 +513,12 @@ func (x *exchange) book(rec *envoyRecord) {
 // read from the response body.
 func (x *exchange) fromEntry(r *envoyRecord) {
 	now := x.s.now()
+	if x.s.log.Enabled(context.Background(), slog.LevelDebug) {
+		x.s.log.Debug("access-log entry", "call_id", r.callID, "key_id", r.keyID, "status", r.status,
+			"flags", r.flags, "upstream_failure", r.failure, "attempts", r.attempts,
+			"first_upstream_byte", r.firstUpstreamByte, "last_byte", r.lastByte,
+			"bytes_sent", r.bytesSent, "bytes_received", r.bytesReceived)
+	}
 	if r.lastByte > 0 {
 		x.call.End = x.call.Start.Add(r.lastByte)
 	}

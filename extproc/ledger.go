@@ -184,6 +184,12 @@ func (l *ledger) entry(rec envoyRecord, now time.Time) {
 		l.lagNanos.Store(int64(now.Sub(rec.end)))
 	}
 	l.mu.Lock()
+	if h, ok := l.pending[rec.callID]; ok && rec.keyID != "" && rec.keyID != h.x.call.KeyID {
+		// Not the key keymux chose for this call: an entry to distrust.
+		l.mu.Unlock()
+		l.drop(dropMalformed, 1)
+		return
+	}
 	if h, ok := l.pending[rec.callID]; ok {
 		delete(l.pending, rec.callID)
 		l.rememberLocked(rec.callID, nil, now)
