@@ -1,9 +1,15 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 const badInputConfig = `
@@ -17,10 +23,11 @@ clients:
   a: {name: unrestricted, token_sha256: "` + "{{A}}" + `"}
   b: {name: disabled, token_sha256: "` + "{{B}}" + `", enabled: false}
   c: {name: mini only, token_sha256: "` + "{{C}}" + `", models: [gpt-4o-mini]}
+  d: {name: mini and files, token_sha256: "` + "{{D}}" + `", models: [gpt-4o-mini], endpoints: [chat, files]}
 `
 
 func TestBadInputTable(t *testing.T) {
-	cfg := strings.NewReplacer("{{A}}", sha256hex("km-test-a"), "{{B}}", sha256hex("km-test-b"), "{{C}}", sha256hex("km-test-c")).Replace(badInputConfig)
+	cfg := strings.NewReplacer("{{A}}", sha256hex("km-test-a"), "{{B}}", sha256hex("km-test-b"), "{{C}}", sha256hex("km-test-c"), "{{D}}", sha256hex("km-test-d")).Replace(badInputConfig)
 	g := startGateway(t, cfg)
 	authA := map[string]string{"authorization": "Bearer km-test-a", "content-type": "application/json"}
 	with := func(h map[string]string, k, v string) map[string]string {
@@ -79,6 +86,20 @@ func TestBadInputTable(t *testing.T) {
 		{"body over the limit", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o","pad":"` + strings.Repeat("x", 5000) + `"}`, 413, "request_too_large"},
 		// Models.
 		{"model not allowed for client", "POST", "/v1/chat/completions", with(authA, "authorization", "Bearer km-test-c"), ok, 403, "model_not_allowed"},
+		// Endpoint rights: a client limited to models stays off the shared account's objects.
+		{"limited client: its model", "POST", "/v1/chat/completions", with(authA, "authorization", "Bearer km-test-c"), `{"model":"gpt-4o-mini","messages":[]}`, 200, ""},
+		{"limited client: list files", "GET", "/v1/files", with(authA, "authorization", "Bearer km-test-c"), ``, 403, "insufficient_permissions"},
+		{"limited client: read a file", "GET", "/v1/files/file-abc", with(authA, "authorization", "Bearer km-test-c"), ``, 403, "insufficient_permissions"},
+		{"limited client: delete a file", "DELETE", "/v1/files/file-abc", with(authA, "authorization", "Bearer km-test-c"), ``, 403, "insufficient_permissions"},
+		{"limited client: batches", "GET", "/v1/batches", with(authA, "authorization", "Bearer km-test-c"), ``, 403, "insufficient_permissions"},
+		{"limited client: stored response", "GET", "/v1/responses/resp_abc", with(authA, "authorization", "Bearer km-test-c"), ``, 403, "insufficient_permissions"},
+		{"limited client: provider's default model", "POST", "/v1/moderations", with(authA, "authorization", "Bearer km-test-c"), `{"input":"hi"}`, 403, "model_not_allowed"},
+		// The mock has no files or moderations: its own 404 shows the request was forwarded.
+		{"listed endpoints: files", "GET", "/v1/files", with(authA, "authorization", "Bearer km-test-d"), ``, 404, ""},
+		{"listed endpoints: batches not listed", "GET", "/v1/batches", with(authA, "authorization", "Bearer km-test-d"), ``, 403, "insufficient_permissions"},
+		{"listed endpoints: embeddings not listed", "POST", "/v1/embeddings", with(authA, "authorization", "Bearer km-test-d"), `{"model":"gpt-4o-mini","input":"x"}`, 403, "insufficient_permissions"},
+		{"unrestricted client: files", "GET", "/v1/files", authA, ``, 404, ""},
+		{"unrestricted client: default model", "POST", "/v1/moderations", authA, `{"input":"hi"}`, 404, ""},
 		{"model no key serves", "POST", "/v1/chat/completions", authA, `{"model":"o1","messages":[]}`, 404, "model_not_found"},
 		{"unknown model id", "GET", "/v1/models/o1", authA, ``, 404, "model_not_found"},
 		{"model list", "GET", "/v1/models", authA, ``, 200, ""},
@@ -99,8 +120,47 @@ func TestBadInputTable(t *testing.T) {
 		{"root", "GET", "/", authA, ``, 404, "unknown_url"},
 		{"seed prefix", "POST", "/api/openai/v1/chat/completions", authA, ok, 200, ""},
 		{"seed prefix without v1", "POST", "/api/openai/chat/completions", authA, ok, 200, ""},
+		// Hostile bodies.
+		{"BOM before the object", "POST", "/v1/chat/completions", authA, "\xef\xbb\xbf" + ok, 400, "invalid_json"},
+		{"raw NUL in a string", "POST", "/v1/chat/completions", authA, "{\"model\":\"gpt-4o\x00\"}", 400, "invalid_json"},
+		{"raw NUL after the object", "POST", "/v1/chat/completions", authA, ok + "\x00", 400, "invalid_json"},
+		{"raw control character", "POST", "/v1/chat/completions", authA, "{\"model\":\"gpt-4o\",\"x\":\"a\x01b\"}", 400, "invalid_json"},
+		{"array of objects", "POST", "/v1/chat/completions", authA, "[" + ok + "]", 400, "invalid_json"},
+		{"whitespace only", "POST", "/v1/chat/completions", authA, " \n\t ", 400, "invalid_json"},
+		{"empty object", "POST", "/v1/chat/completions", authA, `{}`, 400, "missing_required_parameter"},
+		{"trailing comma", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o",}`, 400, "invalid_json"},
+		{"single quotes", "POST", "/v1/chat/completions", authA, `{'model':'gpt-4o'}`, 400, "invalid_json"},
+		{"NaN", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o","temperature":NaN}`, 400, "invalid_json"},
+		{"two documents", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o"}{"model":"o1"}`, 400, "invalid_json"},
+		{"overflowing number model", "POST", "/v1/chat/completions", authA, `{"model":1e400}`, 400, "invalid_type"},
+		{"negative zero model", "POST", "/v1/chat/completions", authA, `{"model":-0}`, 400, "invalid_type"},
+		{"model in another case", "POST", "/v1/chat/completions", authA, `{"Model":"gpt-4o"}`, 400, "missing_required_parameter"},
+		{"form body", "POST", "/v1/chat/completions", with(authA, "content-type", "application/x-www-form-urlencoded"), `model=gpt-4o`, 400, "invalid_json"},
+		{"escaped member name", "POST", "/v1/chat/completions", authA, `{"\u006d\u006f\u0064\u0065\u006c":"gpt-4o","messages":[]}`, 200, ""},
+		{"escaped model value", "POST", "/v1/chat/completions", authA, `{"model":"gpt\u002d4o","messages":[]}`, 200, ""},
+		{"long string under the limit", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o","messages":[],"pad":"` + strings.Repeat("x", 3000) + `"}`, 200, ""},
+		// Hostile headers (below Envoy's 60 KiB header limit).
+		{"50 KB token", "POST", "/v1/chat/completions", with(authA, "authorization", "Bearer "+strings.Repeat("a", 50000)), ok, 401, "invalid_api_key"},
+		{"Token scheme", "POST", "/v1/chat/completions", with(authA, "authorization", "Token km-test-a"), ok, 401, "invalid_api_key"},
+		{"tab after Bearer", "POST", "/v1/chat/completions", with(authA, "authorization", "Bearer\tkm-test-a"), ok, 401, "invalid_api_key"},
+		{"Bearer without a token", "POST", "/v1/chat/completions", with(authA, "authorization", "Bearer"), ok, 401, "missing_api_key"},
+		{"upper-case scheme", "POST", "/v1/chat/completions", with(authA, "authorization", "BEARER km-test-a"), ok, 200, ""},
+		{"non-ASCII token", "POST", "/v1/chat/completions", with(authA, "authorization", "Bearer km-tést-a"), ok, 401, "invalid_api_key"},
+		{"two credentials in one header", "POST", "/v1/chat/completions", with(authA, "authorization", "Bearer km-wrong, Bearer km-test-a"), ok, 401, "invalid_api_key"},
+		{"Azure-style api-key header", "POST", "/v1/chat/completions", with(with(authA, "authorization", ""), "api-key", "km-test-a"), ok, 401, "missing_api_key"},
+		{"authorization wins over x-api-key", "POST", "/v1/chat/completions", with(with(authA, "authorization", "Bearer km-wrong"), "x-api-key", "km-test-a"), ok, 401, "invalid_api_key"},
+		// Hostile paths.
+		{"dot segment", "POST", "/v1/./chat/completions", authA, ok, 200, ""},
+		{"trailing dot-dot", "POST", "/v1/chat/completions/..", authA, ok, 404, "unknown_url"},
+		{"encoded slash", "POST", "/v1/chat%2Fcompletions", authA, ok, 404, "unknown_url"},
+		{"backslashes", "POST", "/v1\\chat\\completions", authA, ok, 404, "unknown_url"},
+		{"encoded NUL", "POST", "/v1/chat/completions%00", authA, ok, 404, "unknown_url"},
+		{"upper-case version", "POST", "/V1/chat/completions", authA, ok, 404, "unknown_url"},
+		{"100 KB path", "POST", "/v1/" + strings.Repeat("a", 100000), authA, ok, 404, "unknown_url"},
+		{"model id with encoded dot-dot", "GET", "/v1/models/..%2f..%2fadmin", authA, ``, 404, "unknown_url"},
+		{"model id with encoded slash", "GET", "/v1/models/gpt-4o%2F..", authA, ``, 404, "unknown_url"},
 	}
-	if len(cases) < 40 {
+	if len(cases) < 85 {
 		t.Fatalf("only %d cases", len(cases))
 	}
 	for _, tc := range cases {
@@ -112,6 +172,9 @@ func TestBadInputTable(t *testing.T) {
 			}
 			reached := len(g.requests()) - before
 			if tc.code == "" {
+				if tc.status == 404 && reached != 1 {
+					t.Errorf("a forwarded request did not reach the upstream")
+				}
 				return
 			}
 			if reached != 0 {
@@ -134,6 +197,13 @@ func TestBadInputTable(t *testing.T) {
 			if e.Error.Code != tc.code || e.Error.Type == "" || e.Error.Message == "" {
 				t.Errorf("error = %+v, want code %q with a type and a message", e.Error, tc.code)
 			}
+			// A refusal never echoes an unbounded input, nor a credential.
+			if len(b) > 1024 {
+				t.Errorf("error body of %d bytes", len(b))
+			}
+			if strings.Contains(string(b), "km-test") || strings.Contains(string(b), "sk-test") {
+				t.Errorf("error body carries a credential: %s", b)
+			}
 		})
 	}
 	// Still serving, and the refused requests left no trace upstream.
@@ -142,4 +212,100 @@ func TestBadInputTable(t *testing.T) {
 		t.Fatalf("after the table: status %d: %s", resp.StatusCode, b)
 	}
 	assertNoClientSecret(t, g, "km-test-a")
+}
+
+// Hostile requests that are forwarded: what reaches the upstream is what
+// keymux decided (its key, path and query), not what the client smuggled.
+func TestBadInputForwardedAsIntended(t *testing.T) {
+	g := startGateway(t, `
+keys:
+  k1: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k1, models: [gpt-4o]}
+  az: {provider: azure, base_url: "{{MOCK}}", secret: sk-test-az, models: [az-model], azure: {api_version: "2024-10-21"}}
+`)
+	const openaiBody = `{"model":"gpt-4o","messages":[]}`
+	const azureBody = `{"model":"az-model","messages":[]}`
+	jsonCT := map[string]string{"content-type": "application/json"}
+	cases := []struct {
+		name   string
+		path   string
+		header map[string]string
+		body   string
+		// What the mock received.
+		upPath, upQuery, credential string
+	}{
+		{"client-set x-keymux-upstream", "/v1/chat/completions", map[string]string{"content-type": "application/json", "x-keymux-upstream": "evil.example:443"}, openaiBody,
+			"/v1/chat/completions", "", "sk-test-k1"},
+		{"client-set host", "/v1/chat/completions", map[string]string{"content-type": "application/json", "host": "evil.example"}, openaiBody,
+			"/v1/chat/completions", "", "sk-test-k1"},
+		{"dot segments", "/v1/./embeddings/../chat/completions", jsonCT, openaiBody,
+			"/v1/chat/completions", "", "sk-test-k1"},
+		{"api-version smuggled to Azure", "/v1/chat/completions?api-version=2099-01-01", jsonCT, azureBody,
+			"/openai/deployments/az-model/chat/completions", "api-version=2024-10-21", "sk-test-az"},
+		{"api-version smuggled among other parameters", "/v1/chat/completions?x=1&api-version=2099-01-01&api-version=2098-01-01", jsonCT, azureBody,
+			"/openai/deployments/az-model/chat/completions", "api-version=2024-10-21&x=1", "sk-test-az"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(g.requests())
+			resp, b := g.do("POST", tc.path, tc.header, tc.body)
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d: %s", resp.StatusCode, b)
+			}
+			reqs := g.requests()
+			if len(reqs) != before+1 {
+				t.Fatalf("%d upstream requests, want 1", len(reqs)-before)
+			}
+			r := reqs[before]
+			if r.Path != tc.upPath || r.RawQuery != tc.upQuery || r.Credential != tc.credential {
+				t.Errorf("upstream got %s ?%s with %s, want %s ?%s with %s", r.Path, r.RawQuery, r.Credential, tc.upPath, tc.upQuery, tc.credential)
+			}
+			if v := r.Header.Get("x-keymux-upstream"); v != "" {
+				t.Errorf("upstream got x-keymux-upstream %q", v)
+			}
+		})
+	}
+}
+
+// Header bytes that Envoy's HTTP/1 codec refuses (CR, NUL, a space before
+// the colon, conflicting lengths) never reach keymux or the upstream: the
+// listener answers 400 itself.
+func TestBadInputRawHeaders(t *testing.T) {
+	g := startGateway(t, threeKeys)
+	addr := strings.TrimPrefix(g.url, "http://")
+	const body = `{"model":"gpt-4o","messages":[]}`
+	cases := []struct{ name, headers string }{
+		{"bare CR in a value", "Authorization: Bearer x\rX-Injected: 1\r\n"},
+		{"NUL in a value", "X-Api-Key: x\x00y\r\n"},
+		{"space before the colon", "Authorization : Bearer x\r\n"},
+		{"conflicting content-length", "Content-Length: 3\r\n"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(g.requests())
+			req := "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + tc.headers +
+				"Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.WriteString(c, req); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("no answer: %v", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 400 {
+				t.Errorf("status %d, want 400", resp.StatusCode)
+			}
+			if n := len(g.requests()) - before; n != 0 {
+				t.Errorf("%d requests reached the upstream", n)
+			}
+		})
+	}
 }

@@ -13,14 +13,15 @@ import (
 // SIGHUP re-reads the configuration and the secrets it references: a
 // rotated secret file is picked up without a restart.
 func TestSIGHUPReloadsSecrets(t *testing.T) {
-	secret := filepath.Join(t.TempDir(), "k1.secret")
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "k1.secret")
 	if err := os.WriteFile(secret, []byte("sk-test-rotated-1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	g := startGateway(t, `
 keys:
   k1: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret_ref: "file:`+secret+`"}
-`)
+`, "--secret-dir", dir)
 	call := func() string {
 		t.Helper()
 		before := len(g.requests())

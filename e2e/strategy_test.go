@@ -3,9 +3,6 @@ package e2e
 import (
 	"math"
 	"testing"
-	"time"
-
-	"github.com/keymux/keymux/examples/mockupstream"
 )
 
 // shares sends n chat requests and returns each credential's share of them.
@@ -48,13 +45,16 @@ keys:
 	}
 }
 
-func TestAdjustByErrorRateShrinksAndRestoresShare(t *testing.T) {
-	// Ejection is set out of reach so that only the strategy reacts; the
-	// error window is 2s so that recovery is quick.
+// The failing key's share shrinks through the real wiring. How it comes
+// back once its errors leave the window is tested on a fake clock in
+// extproc (TestErrorWindowShrinksAndRestoresShare), without waiting for
+// the window here.
+func TestAdjustByErrorRateShrinksShare(t *testing.T) {
+	// Ejection is set out of reach so that only the strategy reacts.
 	g := startGateway(t, `
 settings:
   strategy: adjust_by_error_rate
-  ejection: {consecutive_failures: 100000, error_window: 2s}
+  ejection: {consecutive_failures: 100000, error_window: 5m}
 keys:
   k1: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k1}
   k2: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k2}
@@ -66,12 +66,5 @@ keys:
 	// With e errors in the window k1 weighs 1/(e+1) against 1 and 1.
 	if failing["sk-test-k1"] > 0.12 {
 		t.Errorf("failing key kept a share of %.3f (warm-up %.3f), want < 0.12", failing["sk-test-k1"], warm["sk-test-k1"])
-	}
-	g.mock.SetDefault("sk-test-k1", mockupstream.Behaviour{})
-	time.Sleep(2100 * time.Millisecond) // let the errors leave the 2s window
-	recovered := shares(t, g, 240)
-	// 240 picks at p = 1/3: σ ≈ 0.03; ±0.12 is 4σ.
-	if math.Abs(recovered["sk-test-k1"]-1.0/3) > 0.12 {
-		t.Errorf("recovered key share %.3f, want 0.333 ± 0.12 (all: %v)", recovered["sk-test-k1"], recovered)
 	}
 }

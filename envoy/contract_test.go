@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/keymux/keymux/envoy"
+	"github.com/keymux/keymux/extproc"
 )
 
 // The Envoy ⇄ keymux routing contract (envoy/README.md, "Names keymux and
@@ -221,6 +222,10 @@ func checkExtProc(t *testing.T, c *extprocv3.ExternalProcessor) {
 	if got := c.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(); !slices.Equal(got, []string{metadataNamespace}) {
 		t.Errorf("receiving_namespaces.untyped = %v, want [%s]", got, metadataNamespace)
 	}
+	// keymux's jwt_claim mode reads the verified claims there and nowhere else.
+	if got := c.GetMetadataOptions().GetForwardingNamespaces().GetUntyped(); !slices.Equal(got, []string{extproc.JWTMetadataNamespace}) {
+		t.Errorf("forwarding_namespaces.untyped = %v, want [%s]", got, extproc.JWTMetadataNamespace)
+	}
 	if c.GetRouteCacheAction() != extprocv3.ExternalProcessor_DEFAULT || c.GetDisableClearRouteCache() {
 		t.Error("route cache clearing must stay on: it is how x-keymux-upstream re-routes")
 	}
@@ -376,7 +381,7 @@ func TestBootstrapContract(t *testing.T) {
 			for _, e := range hcm.GetEarlyHeaderMutationExtensions() {
 				early = append(early, e.GetTypedConfig())
 			}
-			checkEarlyMutation(t, early, upstreamHeader)
+			checkEarlyMutation(t, early, upstreamHeader, jwtPayloadHeader)
 
 			// Filter order: ext_proc, the usage readers, then the forward proxy, then the router.
 			fs := hcm.GetHttpFilters()
@@ -425,9 +430,9 @@ func TestBootstrapContract(t *testing.T) {
 				t.Fatalf("want one virtual host for domains [*] (keymux rewrites :authority)")
 			}
 			routes := vhs[0].GetRoutes()
-			checkUpstreamRoute(t, matchRoute(t, routes, "/v1/chat/completions", map[string]string{upstreamHeader: "https"}), httpsCluster)
-			checkUpstreamRoute(t, matchRoute(t, routes, "/openai/deployments/gpt/chat/completions?api-version=2024-10-21", map[string]string{upstreamHeader: "https"}), httpsCluster)
-			checkUpstreamRoute(t, matchRoute(t, routes, "/v1/messages", map[string]string{upstreamHeader: "http"}), httpCluster)
+			checkUpstreamRoute(t, matchRoute(t, routes, "/v1/chat/completions", map[string]string{upstreamHeader: "https"}), httpsCluster, jwtPayloadHeader)
+			checkUpstreamRoute(t, matchRoute(t, routes, "/openai/deployments/gpt/chat/completions?api-version=2024-10-21", map[string]string{upstreamHeader: "https"}), httpsCluster, jwtPayloadHeader)
+			checkUpstreamRoute(t, matchRoute(t, routes, "/v1/messages", map[string]string{upstreamHeader: "http"}), httpCluster, jwtPayloadHeader)
 			checkNotRouted(t, matchRoute(t, routes, "/v1/chat/completions", nil))
 			checkNotRouted(t, matchRoute(t, routes, "/v1/chat/completions", map[string]string{upstreamHeader: "ftp"}))
 
@@ -477,7 +482,7 @@ func TestSnippetContract(t *testing.T) {
 		jwt     bool
 		removed []string
 	}{
-		{"ingress-snippet.yaml", false, []string{upstreamHeader}},
+		{"ingress-snippet.yaml", false, []string{upstreamHeader, jwtPayloadHeader}},
 		{"ingress-jwt-snippet.yaml", true, []string{upstreamHeader, jwtPayloadHeader}},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
@@ -557,7 +562,8 @@ func TestSnippetContract(t *testing.T) {
 }
 
 // TestJWTSnippet: jwt_authn verifies before keymux runs and hands it the
-// verified payload in x-jwt-payload on both of keymux's path prefixes.
+// verified claims in dynamic metadata (never a header) on both of keymux's
+// path prefixes.
 func TestJWTSnippet(t *testing.T) {
 	s, err := envoy.LoadSnippet("ingress-jwt-snippet.yaml")
 	if err != nil {
@@ -570,8 +576,11 @@ func TestJWTSnippet(t *testing.T) {
 	var provider string
 	for name, p := range ja.GetProviders() {
 		provider = name
-		if p.GetForwardPayloadHeader() != jwtPayloadHeader {
-			t.Errorf("forward_payload_header = %q, want %q", p.GetForwardPayloadHeader(), jwtPayloadHeader)
+		if p.GetPayloadInMetadata() != extproc.JWTPayloadKey {
+			t.Errorf("payload_in_metadata = %q, want %q", p.GetPayloadInMetadata(), extproc.JWTPayloadKey)
+		}
+		if h := p.GetForwardPayloadHeader(); h != "" {
+			t.Errorf("forward_payload_header = %q: keymux reads the metadata, and a header invites trusting one", h)
 		}
 		if p.GetForward() {
 			t.Error("forward = true: the JWT would travel on towards keymux and providers")

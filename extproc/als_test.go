@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,43 +20,25 @@ import (
 	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/store"
 	"github.com/keymux/keymux/telemetry"
+	"github.com/keymux/keymux/testutil/fakeclock"
 )
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-// recorder is an Observer that keeps the calls that ended, and signals
-// each on ended.
-type recorder struct {
-	telemetry.Nop
-	mu    sync.Mutex
-	calls []telemetry.Call
-	ended chan telemetry.Call
-}
-
-func (r *recorder) End(c *telemetry.Call) {
-	r.mu.Lock()
-	r.calls = append(r.calls, *c)
-	r.mu.Unlock()
-	if r.ended != nil {
-		r.ended <- *c
-	}
-}
-
+// all returns a copy of the calls that ended.
 func (r *recorder) all() []telemetry.Call {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]telemetry.Call(nil), r.calls...)
+	return append([]telemetry.Call(nil), r.ends...)
+}
+
+// signalRecorder is a recorder that also sends each ended call on ended.
+type signalRecorder struct {
+	recorder
+	ended chan telemetry.Call
+}
+
+func (r *signalRecorder) End(c *telemetry.Call) {
+	r.recorder.End(c)
+	r.ended <- *c
 }
 
 // alsFixture is a Server over one key (k0) and client (c1), on a fake
@@ -65,15 +46,13 @@ func (r *recorder) all() []telemetry.Call {
 type alsFixture struct {
 	s     *Server
 	st    *store.Store
-	clock *fakeClock
+	clock *fakeclock.Clock
 	rec   *recorder
 }
 
-var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
-
 func newALSFixture(t *testing.T, cfg Config) *alsFixture {
 	t.Helper()
-	f := &alsFixture{st: benchStore(t, 1, "round_robin"), clock: &fakeClock{t: t0}, rec: &recorder{}}
+	f := &alsFixture{st: benchStore(t, 1, "round_robin"), clock: fakeclock.New(t0), rec: &recorder{}}
 	cfg.Store, cfg.Now, cfg.Observer = f.st, f.clock.Now, f.rec
 	s, err := New(cfg)
 	if err != nil {
@@ -538,8 +517,8 @@ func TestStreamAccessLogs(t *testing.T) {
 // exchange of a streamed chat completion (no response body message, no
 // mode override), then the access-log entry that completes its booking.
 func TestAccessLogOverGRPC(t *testing.T) {
-	clock := &fakeClock{t: t0}
-	rec := &recorder{ended: make(chan telemetry.Call, 1)}
+	clock := fakeclock.New(t0)
+	rec := &signalRecorder{ended: make(chan telemetry.Call, 1)}
 	st := benchStore(t, 1, "round_robin")
 	s, err := New(Config{Store: st, Observer: rec, Now: clock.Now})
 	if err != nil {

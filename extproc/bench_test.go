@@ -1,8 +1,6 @@
 package extproc
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"strings"
 	"testing"
@@ -10,34 +8,41 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
+	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/testutil/deep"
 )
 
 // benchStore builds a store with n openai keys, a rule on k0 and one client.
 func benchStore(b testing.TB, n int, strategy string) *store.Store {
 	b.Helper()
-	sum := sha256.Sum256([]byte("km-bench-token"))
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "settings:\n  strategy: %s\n  auth: {mode: client_keys}\nkeys:\n", strategy)
 	for i := range n {
 		fmt.Fprintf(&cfg, "  k%d: {provider: openai, secret: sk-bench-%d}\n", i, i)
 	}
-	fmt.Fprintf(&cfg, "rules:\n  r0: {key: k0, from: gpt-4, to: gpt-4o-mini}\nclients:\n  c1: {name: bench, token_sha256: %q}\n", hex.EncodeToString(sum[:]))
-	c, refused, err := store.ParseFile([]byte(cfg.String()), store.ResolveSecretRef)
-	if err != nil || len(refused) > 0 {
-		b.Fatalf("config: %v %v", err, refused)
-	}
-	st, err := store.New(store.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := st.Apply(c, store.SourceInfo{Source: "bench"}); err != nil {
-		b.Fatal(err)
-	}
-	return st
+	fmt.Fprintf(&cfg, "rules:\n  r0: {key: k0, from: gpt-4, to: gpt-4o-mini}\nclients:\n  c1: {name: bench, token_sha256: %q}\n", tokenSHA("km-bench-token"))
+	return newTestStore(b, cfg.String())
 }
 
-func hv(k, v string) *corev3.HeaderValue { return &corev3.HeaderValue{Key: k, RawValue: []byte(v)} }
+// chatRequest is the request-headers and request-body messages Envoy sends
+// for a chat completion with body, with the headers the official SDKs and
+// Envoy add.
+func chatRequest(body []byte) (hdrs, bodyMsg *extprocv3.ProcessingRequest) {
+	hdrs = &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
+		Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+			hv(":authority", "gw.local"), hv(":path", "/v1/chat/completions"), hv(":method", "POST"), hv(":scheme", "http"),
+			hv("authorization", "Bearer km-bench-token"), hv("content-type", "application/json"),
+			hv("content-length", fmt.Sprint(len(body))), hv("x-request-id", "bench"),
+			// What the official SDKs and Envoy add besides.
+			hv("user-agent", "OpenAI/Go 3.98.0"), hv("accept", "application/json"), hv("accept-encoding", "gzip"),
+			hv("x-stainless-lang", "go"), hv("x-stainless-os", "Linux"), hv("x-stainless-arch", "x64"),
+			hv("x-stainless-runtime", "go"), hv("x-stainless-retry-count", "0"), hv("x-forwarded-proto", "http"),
+		}},
+	}}}
+	bodyMsg = &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: body, EndOfStream: true}}}
+	return hdrs, bodyMsg
+}
 
 // BenchmarkDecisionPath measures keymux's work for one chat request: the
 // request-headers message (route, client auth) and the request-body message
@@ -58,18 +63,7 @@ func BenchmarkDecisionPath(b *testing.B) {
 				b.Run(fmt.Sprintf("%s/keys=%d/body=%s", strategy, n, body.name), func(b *testing.B) {
 					st := benchStore(b, n, strategy)
 					s, _ := New(Config{Store: st})
-					hdrs := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
-						Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
-							hv(":authority", "gw.local"), hv(":path", "/v1/chat/completions"), hv(":method", "POST"), hv(":scheme", "http"),
-							hv("authorization", "Bearer km-bench-token"), hv("content-type", "application/json"),
-							hv("content-length", fmt.Sprint(len(body.b))), hv("x-request-id", "bench"),
-							// What the official SDKs and Envoy add besides.
-							hv("user-agent", "OpenAI/Go 3.98.0"), hv("accept", "application/json"), hv("accept-encoding", "gzip"),
-							hv("x-stainless-lang", "go"), hv("x-stainless-os", "Linux"), hv("x-stainless-arch", "x64"),
-							hv("x-stainless-runtime", "go"), hv("x-stainless-retry-count", "0"), hv("x-forwarded-proto", "http"),
-						}},
-					}}}
-					bodyMsg := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: body.b, EndOfStream: true}}}
+					hdrs, bodyMsg := chatRequest(body.b)
 					b.SetBytes(int64(len(body.b)))
 					b.ReportAllocs()
 					b.ResetTimer()
@@ -86,5 +80,40 @@ func BenchmarkDecisionPath(b *testing.B) {
 				})
 			}
 		}
+	}
+}
+
+// BenchmarkBodyFullSize runs the request-body message at the default
+// max_body_bytes (8 MiB): a flat chat body (accepted: scan, key, rule,
+// model patch) and a body nested millions of levels deep (refused with 400
+// at max_json_depth, after a scan that stops at the limit).
+func BenchmarkBodyFullSize(b *testing.B) {
+	const size = policy.DefaultMaxBodyBytes
+	flat := []byte(`{"model":"gpt-4","messages":[{"role":"user","content":"` + strings.Repeat("x", size-100) + `"}]}`)
+	for _, bc := range []struct {
+		name   string
+		body   []byte
+		status int // 0: forwarded
+	}{{"flat_8MiB", flat, 0}, {"nested_8MiB", deep.Body(size), 400}} {
+		b.Run(bc.name, func(b *testing.B) {
+			st := benchStore(b, 10, "round_robin")
+			s, _ := New(Config{Store: st})
+			hdrs, bodyMsg := chatRequest(bc.body)
+			b.SetBytes(int64(len(bc.body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				x := newExchange(s)
+				if _, err := x.handle(hdrs); err != nil {
+					b.Fatal(err)
+				}
+				resp, err := x.handle(bodyMsg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if got := int(resp.GetImmediateResponse().GetStatus().GetCode()); got != bc.status || (bc.status == 0 && resp.GetRequestBody() == nil) {
+					b.Fatalf("status %d, want %d", got, bc.status)
+				}
+			}
+		})
 	}
 }

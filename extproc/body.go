@@ -2,11 +2,15 @@ package extproc
 
 import (
 	"bytes"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 	"unsafe"
 
 	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
+
+	"github.com/keymux/keymux/policy"
 )
 
 // bodyInfo is what keymux needs from a request body. It is read by scanning
@@ -25,14 +29,25 @@ type bodyInfo struct {
 	affinity string
 }
 
-// parseBody validates a JSON request body and extracts model and stream.
-// need says whether a missing model is an error.
-func parseBody(body []byte, need modelNeed) (bodyInfo, *apiError) {
+// parseBody validates a JSON request body, nested at most maxDepth levels
+// (settings.max_json_depth), and extracts model and stream. need says
+// whether a missing model is an error.
+func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) {
 	var bi bodyInfo
 	if len(body) == 0 {
 		return bi, badRequest("invalid_json", "", "The request body is empty; a JSON object is required.")
 	}
-	if !gjson.ValidBytes(body) {
+	// An iterative pre-pass: gjson's own validation recurses once per level,
+	// and a body millions of levels deep would grow the stack without bound.
+	if maxDepth <= 0 {
+		maxDepth = policy.DefaultMaxJSONDepth
+	}
+	switch policy.CheckJSON(body, maxDepth) {
+	case nil:
+	case policy.ErrJSONTooDeep:
+		return bi, badRequest("invalid_json", "", "The JSON body of your request nests arrays and objects more than "+
+			strconv.Itoa(maxDepth)+" levels deep (the limit, max_json_depth).")
+	default:
 		return bi, badRequest("invalid_json", "", "We could not parse the JSON body of your request: it is not valid JSON.")
 	}
 	// Parse a string view of body: gjson.ParseBytes would copy it.
@@ -69,12 +84,15 @@ func parseBody(body []byte, need modelNeed) (bodyInfo, *apiError) {
 				typeErr = badRequest("invalid_type", "stream_options", "Invalid type for 'stream_options': expected an object, got "+jsonTypeName(v)+".")
 				return false
 			}
-		case "prompt_cache_key":
-			if v.Type == gjson.String {
-				bi.affinity = strings.Clone(v.Str)
+		case "prompt_cache_key", "user":
+			if v.Type != gjson.String {
+				break
 			}
-		case "user":
-			if v.Type == gjson.String && bi.affinity == "" {
+			if !utf8.ValidString(v.Str) {
+				typeErr = notUTF8(k.Str)
+				return false
+			}
+			if k.Str == "prompt_cache_key" || bi.affinity == "" {
 				bi.affinity = strings.Clone(v.Str)
 			}
 		case "messages":
@@ -101,6 +119,8 @@ func parseBody(body []byte, need modelNeed) (bodyInfo, *apiError) {
 		return bi, badRequest("invalid_value", "model", "'model' must not be empty.")
 	case len(modelV.Str) > 256:
 		return bi, badRequest("invalid_value", "model", "'model' is longer than 256 bytes.")
+	case !utf8.ValidString(modelV.Str):
+		return bi, notUTF8("model")
 	}
 	bi.model = strings.Clone(modelV.Str) // outlives the request body
 	// gjson sets Index to the raw value's offset for results of a parsed
@@ -112,6 +132,12 @@ func parseBody(body []byte, need modelNeed) (bodyInfo, *apiError) {
 		bi.modelStart, bi.modelEnd = r.Index, r.Index+len(r.Raw)
 	}
 	return bi, nil
+}
+
+// notUTF8 refuses a string member whose value is not valid UTF-8: such a
+// value cannot go into metadata, spans or metric labels.
+func notUTF8(field string) *apiError {
+	return badRequest("invalid_value", field, "'"+field+"' is not valid UTF-8.")
 }
 
 func jsonTypeName(v gjson.Result) string {

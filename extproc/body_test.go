@@ -3,6 +3,9 @@ package extproc
 import (
 	"strings"
 	"testing"
+
+	"github.com/keymux/keymux/policy"
+	"github.com/keymux/keymux/testutil/deep"
 )
 
 func TestParseBody(t *testing.T) {
@@ -31,10 +34,16 @@ func TestParseBody(t *testing.T) {
 		{"stream string", `{"model":"a","stream":"true"}`, modelRequired, "", false, "invalid_type", "stream"},
 		{"messages object", `{"model":"a","messages":{}}`, modelRequired, "", false, "invalid_type", "messages"},
 		{"empty model", `{"model":""}`, modelRequired, "", false, "invalid_value", "model"},
+		{"nested to the limit", `{"model":"m","messages":[{"content":[1]}]}`, modelRequired, "m", false, "", ""},
+		{"nested past the limit", `{"model":"m","messages":[{"content":[{}]}]}`, modelRequired, "", false, "invalid_json", ""},
+		{"model not UTF-8", "{\"model\":\"gpt-4\xff\"}", modelRequired, "", false, "invalid_value", "model"},
+		{"user not UTF-8", "{\"model\":\"m\",\"user\":\"\xc3\"}", modelRequired, "", false, "invalid_value", "user"},
+		{"prompt_cache_key not UTF-8", "{\"prompt_cache_key\":\"a\xed\xa0\x80\",\"model\":\"m\"}", modelRequired, "", false, "invalid_value", "prompt_cache_key"},
+		{"escaped lone surrogate is replaced", `{"model":"a\ud800"}`, modelRequired, "a\ufffd", false, "", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			bi, err := parseBody([]byte(tc.body), tc.need)
+			bi, err := parseBody([]byte(tc.body), tc.need, 4)
 			if tc.code != "" {
 				if err == nil || err.Code != tc.code || err.Param != tc.param || err.Status != 400 {
 					t.Fatalf("error = %+v, want 400 %s param %q", err, tc.code, tc.param)
@@ -51,6 +60,22 @@ func TestParseBody(t *testing.T) {
 	}
 }
 
+// TestParseBodyDeepBody: a body of the default max_body_bytes nested
+// millions of levels deep is refused naming the limit, without growing the
+// goroutine stack (the recursive validation it replaced needed ~512 MiB).
+func TestParseBodyDeepBody(t *testing.T) {
+	body := deep.Body(policy.DefaultMaxBodyBytes)
+	var aerr *apiError
+	grew := deep.StackGrowth(func() { _, aerr = parseBody(body, modelRequired, policy.DefaultMaxJSONDepth) })
+	const want = "The JSON body of your request nests arrays and objects more than 256 levels deep (the limit, max_json_depth)."
+	if aerr == nil || aerr.Status != 400 || aerr.Code != "invalid_json" || aerr.Message != want {
+		t.Fatalf("parseBody = %+v, want 400 invalid_json %q", aerr, want)
+	}
+	if grew > 64<<10 {
+		t.Fatalf("the stack grew by %d bytes", grew)
+	}
+}
+
 func TestPatchModelKeepsEveryOtherByte(t *testing.T) {
 	tests := []struct{ body, to, want string }{
 		{`{"model":"gpt-4","x":1}`, "gpt-4o-mini", `{"model":"gpt-4o-mini","x":1}`},
@@ -59,7 +84,7 @@ func TestPatchModelKeepsEveryOtherByte(t *testing.T) {
 		{`{"model":"x","model_extra":"x"}`, "y", `{"model":"y","model_extra":"x"}`},
 	}
 	for _, tc := range tests {
-		bi, err := parseBody([]byte(tc.body), modelRequired)
+		bi, err := parseBody([]byte(tc.body), modelRequired, policy.DefaultMaxJSONDepth)
 		if err != nil {
 			t.Fatalf("%s: %+v", tc.body, err)
 		}
@@ -73,8 +98,13 @@ func FuzzParseBody(f *testing.F) {
 	for _, s := range []string{`{"model":"gpt-4o","stream":true,"messages":[]}`, `{"model":"m","stream_options":null}`, `{"model":"m","stream_options":{"a":[1]}}`, `{"model":1}`, `{`, `[]`, `{"model":"a","model":"b"}`, `{"model":"\u0000"}`} {
 		f.Add([]byte(s))
 	}
+	// Deeply nested bodies: at the limit, past it, and at the full default
+	// max_body_bytes (8 MiB, generated here: too large for a corpus file).
+	f.Add([]byte(`{"model":"m","x":` + string(deep.Arrays(policy.DefaultMaxJSONDepth-1, "1")) + `}`))
+	f.Add(deep.Body(64 << 10))
+	f.Add(deep.Body(policy.DefaultMaxBodyBytes))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		bi, err := parseBody(body, modelRequired)
+		bi, err := parseBody(body, modelRequired, policy.DefaultMaxJSONDepth)
 		if err != nil {
 			if err.Status != 400 || err.Code == "" {
 				t.Fatalf("bad error %+v", err)
@@ -85,7 +115,7 @@ func FuzzParseBody(f *testing.F) {
 			t.Fatalf("accepted without a model: %q", body)
 		}
 		patched := patchModel(body, bi, "patched-model")
-		again, err := parseBody(patched, modelRequired)
+		again, err := parseBody(patched, modelRequired, policy.DefaultMaxJSONDepth)
 		if err != nil || again.model != "patched-model" {
 			t.Fatalf("patched body %q does not parse back: %+v %+v", patched, again, err)
 		}
@@ -96,7 +126,7 @@ func FuzzParseBody(f *testing.F) {
 		if err2 != nil {
 			return // sjson refuses some odd member names; keymux then leaves the body alone
 		}
-		third, err := parseBody(withUsage, modelRequired)
+		third, err := parseBody(withUsage, modelRequired, policy.DefaultMaxJSONDepth)
 		if err != nil || !third.streamUsage || third.model != "patched-model" || third.stream != bi.stream {
 			t.Fatalf("stream usage patch of %q gave %q: %+v %+v", patched, withUsage, third, err)
 		}

@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -10,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -59,7 +61,9 @@ func (x *exchange) handle(req *extprocv3.ProcessingRequest) (*extprocv3.Processi
 	x.s.countMessage(req)
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return x.timed(func() *extprocv3.ProcessingResponse { return x.onRequestHeaders(r.RequestHeaders) }), nil
+		return x.timed(func() *extprocv3.ProcessingResponse {
+			return x.onRequestHeaders(r.RequestHeaders, req.GetMetadataContext())
+		}), nil
 	case *extprocv3.ProcessingRequest_RequestBody:
 		return x.timed(func() *extprocv3.ProcessingResponse { return x.onRequestBody(r.RequestBody) }), nil
 	case *extprocv3.ProcessingRequest_RequestTrailers:
@@ -83,13 +87,13 @@ func (x *exchange) timed(f func() *extprocv3.ProcessingResponse) *extprocv3.Proc
 	return resp
 }
 
-func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadata) *extprocv3.ProcessingResponse {
 	if x.phase != phaseStart {
 		return x.refuse(&apiError{Status: 500, Type: typeServer, Code: "protocol_error", Message: "keymux received request headers twice"})
 	}
 	x.snap = x.s.store.Read()
 	x.settings = x.snap.Settings()
-	x.hdr = readRequestHeaders(h.GetHeaders(), x.jwtHeader())
+	x.hdr = readRequestHeaders(h.GetHeaders())
 	x.call.RequestID, x.call.TraceParent, x.call.TraceState = x.hdr.requestID, x.hdr.traceparent, x.hdr.tracestate
 	x.call.Method = x.hdr.method
 	x.call.Path = x.hdr.path
@@ -106,11 +110,15 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3.Process
 	}
 	x.route = route
 	x.call.Operation = route.op.name
-	if aerr := x.authenticate(); aerr != nil {
+	if aerr := x.authenticate(md); aerr != nil {
 		return x.refuse(aerr)
 	}
 	if route.op.local {
 		return x.answerModels()
+	}
+	if policy.AuthorizeEndpoint(x.client, route.op.name, route.op.model != modelNone) != nil {
+		return x.refuse(&apiError{Status: 403, Type: typePermission, Code: "insufficient_permissions",
+			Message: "This client may not call " + route.op.name + " endpoints."})
 	}
 	if aerr := x.clientLimits(); aerr != nil {
 		return x.refuse(aerr)
@@ -155,7 +163,7 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		}
 		return x.withMetadata(bodyReply(mut, nil, true))
 	}
-	bi, aerr := parseBody(body, x.route.op.model)
+	bi, aerr := parseBody(body, x.route.op.model, x.settings.MaxJSONDepth)
 	if aerr != nil {
 		return x.refuse(aerr)
 	}
@@ -203,8 +211,10 @@ func (x *exchange) wantsStreamUsage(bi bodyInfo) bool {
 	return ok && spec.StreamOptions
 }
 
-// authenticate applies settings.auth to the request.
-func (x *exchange) authenticate() *apiError {
+// authenticate applies settings.auth to the request; md is the dynamic
+// metadata Envoy forwarded with the request headers (jwt_claim mode reads
+// jwt_authn's verified claims there).
+func (x *exchange) authenticate(md *corev3.Metadata) *apiError {
 	switch x.settings.Auth.Mode {
 	case policy.AuthClientKeys:
 		token, ok := policy.TokenFromHeaders(x.hdr.authorization, x.hdr.xAPIKey)
@@ -218,7 +228,7 @@ func (x *exchange) authenticate() *apiError {
 		}
 		sum := policy.HashToken(token)
 		c := x.snap.ClientByTokenSHA256(sum)
-		if c == nil || !c.Enabled || !policy.TokenMatches(c, sum) {
+		if policy.AuthenticateClient(c, sum) != nil {
 			return &apiError{Status: 401, Type: typeInvalidRequest, Code: "invalid_api_key",
 				Message: "Incorrect API key provided."}
 		}
@@ -226,11 +236,11 @@ func (x *exchange) authenticate() *apiError {
 		x.call.ClientID = c.ID
 	case policy.AuthJWTClaim:
 		a := x.settings.Auth
-		if err := policy.CheckJWTClaim(x.hdr.jwtPayload, a.Claim, a.Value); err != nil {
-			if x.hdr.jwtPayload == "" {
-				return &apiError{Status: 401, Type: typeInvalidRequest, Code: "missing_api_key",
-					Message: "A verified JWT is required."}
-			}
+		switch err := policy.CheckJWTClaims(jwtClaims(md), a.Claim, a.Value); {
+		case errors.Is(err, policy.ErrNoCredentials):
+			return &apiError{Status: 401, Type: typeInvalidRequest, Code: "missing_api_key",
+				Message: "A verified JWT is required."}
+		case err != nil:
 			return &apiError{Status: 403, Type: typePermission, Code: "insufficient_permissions",
 				Message: "The token does not carry the claim " + a.Claim + "=" + a.Value + "."}
 		}
@@ -268,20 +278,25 @@ func credentialGiven(authorization string) bool {
 	return a != "" && !strings.EqualFold(a, "bearer")
 }
 
-func (x *exchange) jwtHeader() string {
-	if x.settings.Auth.Mode != policy.AuthJWTClaim {
-		return ""
-	}
-	return x.settings.Auth.PayloadHeader
+// jwtClaims returns the claims jwt_authn verified (its payload_in_metadata
+// entry JWTPayloadKey, forwarded through forwarding_namespaces), nil when
+// there are none. A client cannot set dynamic metadata.
+func jwtClaims(md *corev3.Metadata) *structpb.Struct {
+	return md.GetFilterMetadata()[JWTMetadataNamespace].GetFields()[JWTPayloadKey].GetStructValue()
 }
 
 // forward checks the client may use model, chooses a key for it ("" for
 // requests without a model) and builds the request mutation towards the
 // key's provider.
 func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) {
-	if model != "" && x.client != nil && !x.client.AllowsModel(model) {
-		return nil, &apiError{Status: 403, Type: typePermission, Code: "model_not_allowed", Param: "model",
-			Message: "The model `" + model + "` is not allowed for this client."}
+	// A model-bearing body without a model gets the provider's default
+	// model, which a client limited to some models may not use either.
+	if (model != "" || x.route.op.model != modelNone) && policy.AuthorizeModel(x.client, model) != nil {
+		msg := "The model `" + model + "` is not allowed for this client."
+		if model == "" {
+			msg = "This client must name one of its allowed models: the provider's default model is not allowed."
+		}
+		return nil, &apiError{Status: 403, Type: typePermission, Code: "model_not_allowed", Param: "model", Message: msg}
 	}
 	x.call.ModelOriginal = model
 	entry, aerr := x.choose(model)

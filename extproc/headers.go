@@ -31,6 +31,13 @@ const (
 	// MetadataNamespace is the dynamic metadata namespace keymux writes
 	// (listed in the filter's metadata_options.receiving_namespaces).
 	MetadataNamespace = "keymux"
+
+	// JWTMetadataNamespace is jwt_authn's dynamic metadata namespace, which
+	// the filter forwards to keymux (metadata_options.forwarding_namespaces);
+	// JWTPayloadKey is the key of the verified claims in it (the provider's
+	// payload_in_metadata).
+	JWTMetadataNamespace = "envoy.filters.http.jwt_authn"
+	JWTPayloadKey        = "jwt_payload"
 )
 
 // removedHeaders are removed from every proxied request: the client's
@@ -50,7 +57,6 @@ var removedHeaders = func() []string {
 type requestHeaders struct {
 	method, path, authority string
 	authorization, xAPIKey  string
-	jwtPayload              string
 	contentType             string
 	contentLength           int64 // -1 when absent
 	requestID               string
@@ -59,7 +65,7 @@ type requestHeaders struct {
 	affinity                string // x-keymux-affinity
 }
 
-func readRequestHeaders(m *corev3.HeaderMap, jwtHeader string) requestHeaders {
+func readRequestHeaders(m *corev3.HeaderMap) requestHeaders {
 	h := requestHeaders{contentLength: -1}
 	if m == nil {
 		return h
@@ -95,10 +101,7 @@ func readRequestHeaders(m *corev3.HeaderMap, jwtHeader string) requestHeaders {
 		case hdrAffinity:
 			dst = &h.affinity
 		default:
-			if jwtHeader == "" || k != jwtHeader {
-				continue
-			}
-			dst = &h.jwtPayload
+			continue
 		}
 		*dst = headerValue(hv)
 	}

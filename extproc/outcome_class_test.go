@@ -18,9 +18,9 @@ type lastCall struct{ c telemetry.Call }
 func (o *lastCall) Begin(*telemetry.Call) string { return "" }
 func (o *lastCall) End(c *telemetry.Call)        { o.c = *c }
 
-// forwarded is an exchange whose request went upstream with the store's
+// forwardedExchange is an exchange whose request went upstream with the store's
 // first key.
-func forwarded(s *Server) *exchange {
+func forwardedExchange(s *Server) *exchange {
 	x := newExchange(s)
 	x.snap = s.store.Read()
 	x.settings = x.snap.Settings()
@@ -43,7 +43,7 @@ func TestResponseClassEveryStatus(t *testing.T) {
 	}
 	for status := 100; status <= 599; status++ {
 		for _, withKey := range []bool{true, false} {
-			x := forwarded(s)
+			x := forwardedExchange(s)
 			if !withKey {
 				x.entry, x.call.KeyID = nil, ""
 			}
@@ -87,7 +87,7 @@ func TestResponseClassFromBody(t *testing.T) {
 			st := benchStore(t, 1, "round_robin")
 			obs := &lastCall{}
 			s, _ := New(Config{Store: st, Observer: obs, Now: func() time.Time { return now }})
-			x := forwarded(s)
+			x := forwardedExchange(s)
 			if tt.status != 0 {
 				x.onResponseHeaders(&extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
 					hv(":status", strconv.Itoa(tt.status)), hv("content-type", "application/json")}}})

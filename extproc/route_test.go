@@ -1,6 +1,15 @@
 package extproc
 
-import "testing"
+import (
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/keymux/keymux/policy"
+)
 
 func TestMatchRoute(t *testing.T) {
 	tests := []struct {
@@ -86,4 +95,54 @@ func TestErrorBody(t *testing.T) {
 	if got := string(e.body()); got != want {
 		t.Fatalf("got %s\nwant %s", got, want)
 	}
+}
+
+// TestOperationsAreEndpoints: the names a client's endpoints list accepts
+// (policy.Endpoints) are exactly the proxied operations' names.
+func TestOperationsAreEndpoints(t *testing.T) {
+	var names []string
+	for _, op := range operations {
+		if !op.local && !slices.Contains(names, op.name) {
+			names = append(names, op.name)
+		}
+	}
+	slices.Sort(names)
+	want := slices.Sorted(slices.Values(policy.Endpoints))
+	if !slices.Equal(names, want) {
+		t.Fatalf("operations %v, policy.Endpoints %v", names, want)
+	}
+}
+
+// FuzzRequestHeaders feeds the request-header reading keymux does before any
+// decision (method, path, content-length, the affinity header; a client's
+// x-jwt-payload is never read) with
+// arbitrary values: no panic, a content length of -1 or the digits sent, a
+// refusal with 404 or 405 or a route whose path stays below the API prefix.
+func FuzzRequestHeaders(f *testing.F) {
+	f.Add("POST", "/v1/chat/completions?x=1", "12", "session-1", "e30")
+	f.Add("GET", "/v1/models/gpt-4o\xff", "", "", "")
+	f.Add("DELETE", "/api/openai/v1/files/../models", "99999999999999999999", "\x00", "%%%")
+	f.Add("POST", "/v1//chat/completions", "-1", strings.Repeat("a", 70000), strings.Repeat("[", 4096))
+	f.Fuzz(func(t *testing.T, method, path, contentLength, affinity, jwt string) {
+		h := readRequestHeaders(&corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+			hv(":method", method), hv(":path", path), hv("content-length", contentLength),
+			hv(hdrAffinity, affinity), hv("x-jwt-payload", jwt),
+		}})
+		if h.method != method || h.path != path || h.affinity != affinity {
+			t.Fatalf("headers read as %+v", h)
+		}
+		if n, err := strconv.ParseInt(contentLength, 10, 64); h.contentLength != -1 && (err != nil || n != h.contentLength || contentLength[0] == '+' || contentLength[0] == '-') {
+			t.Fatalf("content-length %q read as %d", contentLength, h.contentLength)
+		}
+		r, aerr := matchRoute(h.method, h.path)
+		if aerr != nil {
+			if aerr.Status != 404 && aerr.Status != 405 {
+				t.Fatalf("refusal %+v", aerr)
+			}
+			return
+		}
+		if r.op == nil || strings.Contains(r.path, "/../") || strings.HasSuffix(r.path, "/..") {
+			t.Fatalf("route %+v for %q", r, path)
+		}
+	})
 }

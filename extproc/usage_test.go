@@ -3,6 +3,8 @@ package extproc
 import (
 	"cmp"
 	"testing"
+
+	"github.com/keymux/keymux/testutil/deep"
 )
 
 func TestUsageScannerSSEAcrossChunkBoundaries(t *testing.T) {
@@ -57,7 +59,47 @@ func TestUsageScanner(t *testing.T) {
 	}
 }
 
+// TestUsageScannerDeepAnswers: answers nested as deep as the scanner keeps
+// (a 4 MiB JSON body, a 1 MiB SSE line) are read without growing the
+// goroutine stack: gjson skips values it does not look into iteratively.
+func TestUsageScannerDeepAnswers(t *testing.T) {
+	const usage = `"usage":{"prompt_tokens":5,"completion_tokens":6}}`
+	nestedJSON := append(append([]byte(`{"x":`), deep.Arrays((maxJSONScan-200)/2, "1")...), ","+usage...)
+	nestedSSE := "data: {\"x\":" + string(deep.Objects((maxSSELine-200)/6, "1")) + "," + usage + "\n\ndata: [DONE]\n\n"
+	unclosed := append([]byte(`{"usage":`), deep.Arrays(maxJSONScan-100, "")[:maxJSONScan-100]...)
+	tests := []struct {
+		name    string
+		sse     bool
+		body    []byte
+		in, out int64
+		known   bool
+	}{
+		{"json", false, nestedJSON, 5, 6, true},
+		{"sse", true, []byte(nestedSSE), 5, 6, true},
+		{"json unclosed", false, unclosed, 0, 0, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			u := usageScanner{sse: tc.sse}
+			grew := deep.StackGrowth(func() {
+				for i := 0; i < len(tc.body); i += 64 << 10 {
+					u.feed(tc.body[i:min(i+64<<10, len(tc.body))], false)
+				}
+				u.feed(nil, true)
+			})
+			if u.known != tc.known || u.input != tc.in || u.output != tc.out {
+				t.Errorf("known=%v in=%d out=%d, want %v %d %d", u.known, u.input, u.output, tc.known, tc.in, tc.out)
+			}
+			if grew > 64<<10 {
+				t.Errorf("the stack grew by %d bytes", grew)
+			}
+		})
+	}
+}
+
 func FuzzUsageScanner(f *testing.F) {
+	f.Add(deep.Arrays(maxJSONScan/2, "1"), uint8(31))
+	f.Add(append([]byte("data: "), deep.Objects(maxSSELine/6, `{"usage":{"prompt_tokens":1}}`)...), uint8(7))
 	f.Add([]byte("data: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n"), uint8(3))
 	f.Add([]byte("data: {\"message\":{\"usage\":{\"input_tokens\":-5}}}\n"), uint8(1))
 	f.Fuzz(func(t *testing.T, data []byte, cut uint8) {

@@ -534,7 +534,7 @@ func (c *Checker) OnHealth(keyID string, raw []byte) {
 		c.mu.Unlock()
 		return
 	}
-	rec, err := ParseRecord(raw)
+	rec, err := ParseRecord(raw, c.now())
 	if err != nil {
 		c.recordsBad.Add(1)
 		c.log.Warn("health: ignoring a bad health record", "path", c.healthP+keyID, "error", err)

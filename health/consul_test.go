@@ -74,7 +74,7 @@ func readRecord(t *testing.T, a *consultest.Agent, id string) (health.Record, bo
 	if p == nil {
 		return health.Record{}, false
 	}
-	r, err := health.ParseRecord(p.Value)
+	r, err := health.ParseRecord(p.Value, time.Now())
 	if err != nil {
 		t.Fatalf("health/%s: %v", id, err)
 	}

@@ -2,6 +2,7 @@ package health_test
 
 import (
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -96,5 +97,40 @@ func TestNewValidates(t *testing.T) {
 				t.Errorf("LockKey %q HealthPrefix %q IsLeader %v", c.LockKey(), c.HealthPrefix(), c.IsLeader())
 			}
 		})
+	}
+}
+
+// A record whose checked_at is beyond the clock skew is refused: applied, it
+// would pin the key's state, since every real probe result is older.
+func TestOnHealthFutureRecordRefused(t *testing.T) {
+	m := startMock(t)
+	st := newStore(t, testSettings(), map[string]string{"k1": openAIKey(m, "sk-test-k1")})
+	now := time.Date(2026, 11, 25, 20, 0, 0, 0, time.UTC)
+	var later atomic.Int64 // the fake clock's advance, read by the checker
+	c := startChecker(t, health.Config{Store: st, Interval: time.Hour, Timeout: time.Second, ID: "solo",
+		Now: func() time.Time { return now.Add(time.Duration(later.Load())) }}).c
+
+	future := health.Record{Healthy: false, CheckedAt: now.Add(time.Hour), Error: "auth: status 401", Status: 401, Failures: 1}
+	c.OnHealth("k1", future.Marshal())
+	if got := c.Stats().RecordsBad; got != 1 {
+		t.Fatalf("RecordsBad = %d, want 1 (the future record refused)", got)
+	}
+	if s := state(st, "k1"); !s.ProbedAt.IsZero() || s.ProbeFailed {
+		t.Fatalf("a future record changed k1's state: %+v", s)
+	}
+	// A record within the skew applies, and a later real one still does.
+	skewed := health.Record{Healthy: false, CheckedAt: now.Add(health.MaxRecordSkew), Error: "auth: status 401", Status: 401, Failures: 1}
+	c.OnHealth("k1", skewed.Marshal())
+	if s := state(st, "k1"); !s.ProbeFailed || !s.ProbedAt.Equal(skewed.CheckedAt) {
+		t.Fatalf("a record within the skew was not applied: %+v", s)
+	}
+	passed := health.Record{Healthy: true, CheckedAt: now.Add(health.MaxRecordSkew + time.Second)}
+	later.Store(int64(time.Minute))
+	c.OnHealth("k1", passed.Marshal())
+	if ok, why := eligible(st, "k1"); !ok {
+		t.Errorf("k1 not back after a passing record: %+v", why)
+	}
+	if got := c.Stats().RecordsBad; got != 1 {
+		t.Errorf("RecordsBad = %d, want 1", got)
 	}
 }

@@ -16,6 +16,11 @@ const MaxErrorLen = 256
 // maxRecordBytes bounds a health/<id> value that ParseRecord accepts.
 const maxRecordBytes = 4096
 
+// MaxRecordSkew is how far in the future of the reader's clock a record's
+// checked_at may be (clock skew between instances). A later checked_at would
+// pin the key: every real probe result, older than it, would be ignored.
+const MaxRecordSkew = time.Minute
+
 // Record is the result of one active probe, as the leader writes it to
 // <prefix>health/<key id> and every instance applies it. It never holds a
 // secret: Error is built by keymux from the status and a short error class.
@@ -41,9 +46,10 @@ var ErrBadRecord = errors.New("bad health record")
 
 // ParseRecord decodes and checks a health/<id> value written by a leader
 // (possibly another keymux version, possibly an operator): checked_at is
-// required, latency_ms and failures must not be negative, error is cut to
-// MaxErrorLen bytes.
-func ParseRecord(raw []byte) (Record, error) {
+// required and not more than MaxRecordSkew after now, cooldown_until not more
+// than policy.MaxRetryDelay after checked_at, latency_ms and failures not
+// negative; error is cut to MaxErrorLen bytes.
+func ParseRecord(raw []byte, now time.Time) (Record, error) {
 	var r Record
 	if len(raw) > maxRecordBytes {
 		return Record{}, fmt.Errorf("%w: %d bytes (max %d)", ErrBadRecord, len(raw), maxRecordBytes)
@@ -54,6 +60,11 @@ func ParseRecord(raw []byte) (Record, error) {
 	switch {
 	case r.CheckedAt.IsZero():
 		return Record{}, fmt.Errorf("%w: checked_at is missing", ErrBadRecord)
+	case r.CheckedAt.After(now.Add(MaxRecordSkew)):
+		return Record{}, fmt.Errorf("%w: checked_at %s is more than %s in the future (now %s)",
+			ErrBadRecord, r.CheckedAt.UTC().Format(time.RFC3339), MaxRecordSkew, now.UTC().Format(time.RFC3339))
+	case r.CooldownUntil.After(r.CheckedAt.Add(policy.MaxRetryDelay)):
+		return Record{}, fmt.Errorf("%w: cooldown_until is more than %s after checked_at", ErrBadRecord, policy.MaxRetryDelay)
 	case r.LatencyMS < 0:
 		return Record{}, fmt.Errorf("%w: latency_ms is negative", ErrBadRecord)
 	case r.Failures < 0:

@@ -32,10 +32,23 @@ func TestParseRecord(t *testing.T) {
 		{name: "not json", raw: `healthy`, wantErr: "invalid character"},
 		{name: "wrong type", raw: `{"healthy":"yes","checked_at":"2026-11-25T20:00:00Z"}`, wantErr: "cannot unmarshal"},
 		{name: "too big", raw: `{"error":"` + strings.Repeat("x", 5000) + `"}`, wantErr: "bytes (max 4096)"},
+		// A record from the future would pin the key: every real probe, older, would be ignored.
+		{name: "within the clock skew", raw: `{"healthy":true,"checked_at":"2026-11-25T20:01:00Z"}`,
+			want: health.Record{Healthy: true, CheckedAt: at.Add(time.Minute)}},
+		{name: "future checked_at", raw: `{"healthy":false,"checked_at":"2026-11-25T20:01:01Z","failures":1}`,
+			wantErr: "bad health record: checked_at 2026-11-25T20:01:01Z is more than 1m0s in the future (now 2026-11-25T20:00:00Z)"},
+		{name: "far future checked_at", raw: `{"healthy":true,"checked_at":"9999-12-31T23:59:59Z"}`,
+			wantErr: "bad health record: checked_at 9999-12-31T23:59:59Z is more than 1m0s in the future (now 2026-11-25T20:00:00Z)"},
+		{name: "future in another zone", raw: `{"healthy":true,"checked_at":"2026-11-25T23:00:00+02:00"}`,
+			wantErr: "bad health record: checked_at 2026-11-25T21:00:00Z is more than 1m0s in the future (now 2026-11-25T20:00:00Z)"},
+		{name: "cooldown at the limit", raw: `{"healthy":true,"checked_at":"2026-11-25T20:00:00Z","cooldown_until":"2026-12-02T20:00:00Z"}`,
+			want: health.Record{Healthy: true, CheckedAt: at, CooldownUntil: at.Add(policy.MaxRetryDelay)}},
+		{name: "cooldown beyond the limit", raw: `{"healthy":true,"checked_at":"2026-11-25T20:00:00Z","cooldown_until":"2026-12-02T20:00:01Z"}`,
+			wantErr: "bad health record: cooldown_until is more than 168h0m0s after checked_at"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := health.ParseRecord([]byte(tt.raw))
+			got, err := health.ParseRecord([]byte(tt.raw), at)
 			if tt.wantErr != "" {
 				if err == nil || !errors.Is(err, health.ErrBadRecord) || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want ErrBadRecord with %q", err, tt.wantErr)
@@ -59,7 +72,7 @@ func TestParseRecord(t *testing.T) {
 func TestRecordRoundTripAndLongError(t *testing.T) {
 	r := health.Record{Healthy: false, CheckedAt: time.Now().UTC().Round(0), LatencyMS: 7,
 		Error: strings.Repeat("é", 200), Status: 503, Failures: 4, By: "i2"}
-	got, err := health.ParseRecord(r.Marshal())
+	got, err := health.ParseRecord(r.Marshal(), r.CheckedAt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,17 +148,18 @@ func FuzzParseRecord(f *testing.F) {
 	f.Add([]byte(`null`))
 	f.Add([]byte(`{"error":"\u00e9\u00e9"}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		r, err := health.ParseRecord(raw)
+		now := time.Date(2026, 11, 25, 20, 0, 0, 0, time.UTC)
+		r, err := health.ParseRecord(raw, now)
 		if err != nil {
 			if !errors.Is(err, health.ErrBadRecord) {
 				t.Fatalf("error %v does not wrap ErrBadRecord", err)
 			}
 			return
 		}
-		if r.CheckedAt.IsZero() || r.LatencyMS < 0 || r.Failures < 0 || len(r.Error) > health.MaxErrorLen {
+		if r.CheckedAt.IsZero() || r.CheckedAt.After(now.Add(health.MaxRecordSkew)) || r.LatencyMS < 0 || r.Failures < 0 || len(r.Error) > health.MaxErrorLen {
 			t.Fatalf("accepted an invalid record %+v", r)
 		}
-		again, err := health.ParseRecord(r.Marshal())
+		again, err := health.ParseRecord(r.Marshal(), now)
 		if err != nil {
 			t.Fatalf("re-parse of an accepted record: %v", err)
 		}

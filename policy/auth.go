@@ -3,25 +3,64 @@ package policy
 import (
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 
-	"github.com/tidwall/gjson"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // Client authorization errors. Callers branch with errors.Is; the wrapped
 // messages name what was wrong but never the token or the JWT payload.
 var (
-	ErrNoCredentials   = errors.New("no credentials")    // 401: nothing to check
-	ErrBadCredentials  = errors.New("bad credentials")   // 401: unknown, malformed or disabled
-	ErrForbidden       = errors.New("forbidden")         // 403: authenticated but not allowed
-	ErrModelNotAllowed = errors.New("model not allowed") // 403: the client may not use this model
+	ErrNoCredentials   = errors.New("no credentials")       // 401: nothing to check
+	ErrBadCredentials  = errors.New("bad credentials")      // 401: unknown, malformed or disabled
+	ErrForbidden       = errors.New("forbidden")            // 403: authenticated but not allowed
+	ErrModelNotAllowed = errors.New("model not allowed")    // 403: the client may not use this model
+	ErrEndpointDenied  = errors.New("endpoint not allowed") // 403: the client may not call this operation
 )
 
-// maxJWTPayload bounds the forwarded payload header CheckJWTClaim decodes.
-const maxJWTPayload = 64 << 10
+// The operations a client's endpoints list may name: the proxied
+// OpenAI-compatible endpoints, by the operation name keymux reports.
+// ModelEndpoints carry a model in their body; the others (files, batches,
+// stored responses under "responses") act on the shared provider account.
+const (
+	EndpointChat            = "chat"
+	EndpointTextCompletion  = "text_completion"
+	EndpointEmbeddings      = "embeddings"
+	EndpointResponses       = "responses"
+	EndpointModerations     = "moderations"
+	EndpointImageGeneration = "image_generation"
+	EndpointSpeech          = "speech"
+	EndpointFiles           = "files"
+	EndpointBatches         = "batches"
+)
+
+// Endpoints lists every Endpoint* name.
+var Endpoints = []string{EndpointChat, EndpointTextCompletion, EndpointEmbeddings, EndpointResponses,
+	EndpointModerations, EndpointImageGeneration, EndpointSpeech, EndpointFiles, EndpointBatches}
+
+// AuthorizeEndpoint returns nil when client c may call operation op
+// (modelBearing: this request's operation carries a model in its body),
+// else an error wrapping ErrEndpointDenied. A client with an endpoints list
+// may call exactly those; without one, a client limited to some models may
+// call only model-bearing operations (not the account-wide files, batches
+// or stored responses); any other client, and a nil c, may call all.
+func AuthorizeEndpoint(c *Client, op string, modelBearing bool) error {
+	switch {
+	case c == nil:
+		return nil
+	case c.Endpoints != nil:
+		if slices.Contains(c.Endpoints, op) {
+			return nil
+		}
+	case len(c.Models) == 0 || modelBearing:
+		return nil
+	}
+	return fmt.Errorf("%w: client %q may not call %s", ErrEndpointDenied, c.ID, op)
+}
 
 // TokenFromHeaders extracts the client token from the request's
 // authorization header ("Bearer <token>", scheme case-insensitive) or, when
@@ -82,7 +121,8 @@ func AuthenticateClient(c *Client, sum [32]byte) error {
 
 // AuthorizeModel returns nil when client c may request model, else an error
 // wrapping ErrModelNotAllowed. A nil c (auth mode none or jwt_claim) may
-// request any model.
+// request any model. model "" stands for the provider's default model (a
+// body without one), which a client limited to some models may not use.
 func AuthorizeModel(c *Client, model string) error {
 	if c == nil || c.AllowsModel(model) {
 		return nil
@@ -90,9 +130,10 @@ func AuthorizeModel(c *Client, model string) error {
 	return fmt.Errorf("%w: client %q may not use model %q", ErrModelNotAllowed, c.ID, model)
 }
 
-// CheckJWTClaim checks the JWT payload that Envoy's jwt_authn filter verified
-// and forwarded (forward_payload_header): payloadHeader is base64url JSON,
-// with or without padding. The claim must grant value:
+// CheckJWTClaims checks the claims of a JWT that Envoy's jwt_authn filter
+// verified and stored in its dynamic metadata (payload_in_metadata), which a
+// client cannot set: claims is that Struct, nil when no JWT was verified.
+// The claim must grant value:
 //
 //   - a string claim equal to value, or holding value as one of its
 //     space-separated words (an OAuth "scope");
@@ -103,33 +144,17 @@ func AuthorizeModel(c *Client, model string) error {
 // top-level claim has that exact name, a dotted path into nested objects
 // ("realm_access.roles").
 //
-// Errors wrap ErrNoCredentials (empty header), ErrBadCredentials (not
-// base64url JSON object, too large) or ErrForbidden (claim missing or not
-// granting value); they name the claim, never the payload.
-func CheckJWTClaim(payloadHeader string, claim, value string) error {
-	p := strings.TrimSpace(payloadHeader)
-	if p == "" {
-		return fmt.Errorf("%w: no verified JWT payload", ErrNoCredentials)
-	}
-	if len(p) > maxJWTPayload {
-		return fmt.Errorf("%w: JWT payload too large", ErrBadCredentials)
-	}
-	payload, err := decodeBase64URL(p)
-	if err != nil {
-		return fmt.Errorf("%w: JWT payload is not base64url", ErrBadCredentials)
-	}
-	if !gjson.ValidBytes(payload) {
-		return fmt.Errorf("%w: JWT payload is not JSON", ErrBadCredentials)
-	}
-	root := gjson.ParseBytes(payload)
-	if !root.IsObject() {
-		return fmt.Errorf("%w: JWT payload is not a JSON object", ErrBadCredentials)
+// Errors wrap ErrNoCredentials (no verified JWT) or ErrForbidden (claim
+// missing or not granting value); they name the claim, never the claims.
+func CheckJWTClaims(claims *structpb.Struct, claim, value string) error {
+	if claims == nil {
+		return fmt.Errorf("%w: no verified JWT", ErrNoCredentials)
 	}
 	if claim == "" || value == "" {
 		return fmt.Errorf("%w: no claim configured", ErrForbidden)
 	}
-	v := lookupClaim(root, claim)
-	if !v.Exists() {
+	v := lookupClaim(claims, claim)
+	if v == nil {
 		return fmt.Errorf("%w: claim %q is missing", ErrForbidden, claim)
 	}
 	if !claimGrants(v, value) {
@@ -138,60 +163,48 @@ func CheckJWTClaim(payloadHeader string, claim, value string) error {
 	return nil
 }
 
-// decodeBase64URL decodes base64url with or without padding. Standard
-// base64 ('+', '/') is accepted too, since some issuers' payloads pass
-// through tools that produce it.
-func decodeBase64URL(s string) ([]byte, error) {
-	s = strings.TrimRight(s, "=")
-	enc := base64.RawURLEncoding
-	if strings.ContainsAny(s, "+/") {
-		enc = base64.RawStdEncoding
-	}
-	return enc.DecodeString(s)
-}
-
 // lookupClaim finds claim as a literal top-level name first, then as a dotted
-// path.
-func lookupClaim(root gjson.Result, claim string) gjson.Result {
-	if v := root.Get(gjson.Escape(claim)); v.Exists() || !strings.Contains(claim, ".") {
+// path; nil when neither exists.
+func lookupClaim(root *structpb.Struct, claim string) *structpb.Value {
+	if v, ok := root.GetFields()[claim]; ok || !strings.Contains(claim, ".") {
 		return v
 	}
-	v := root
+	cur := root
+	var v *structpb.Value
 	for seg := range strings.SplitSeq(claim, ".") {
-		if seg == "" || !v.IsObject() {
-			return gjson.Result{}
+		if cur == nil || seg == "" {
+			return nil
 		}
-		v = v.Get(gjson.Escape(seg))
-		if !v.Exists() {
-			return v
+		var ok bool
+		if v, ok = cur.GetFields()[seg]; !ok {
+			return nil
 		}
+		cur = v.GetStructValue()
 	}
 	return v
 }
 
-func claimGrants(v gjson.Result, value string) bool {
-	switch v.Type {
-	case gjson.String:
-		if v.Str == value {
+func claimGrants(v *structpb.Value, value string) bool {
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_StringValue:
+		if k.StringValue == value {
 			return true
 		}
-		for w := range strings.FieldsSeq(v.Str) {
+		for w := range strings.FieldsSeq(k.StringValue) {
 			if w == value {
 				return true
 			}
 		}
-	case gjson.Number, gjson.True, gjson.False:
-		return v.Raw == value
-	case gjson.JSON:
-		if !v.IsArray() {
-			return false
+	case *structpb.Value_NumberValue:
+		return strconv.FormatFloat(k.NumberValue, 'f', -1, 64) == value
+	case *structpb.Value_BoolValue:
+		return strconv.FormatBool(k.BoolValue) == value
+	case *structpb.Value_ListValue:
+		for _, e := range k.ListValue.GetValues() {
+			if s, ok := e.GetKind().(*structpb.Value_StringValue); ok && s.StringValue == value {
+				return true
+			}
 		}
-		granted := false
-		v.ForEach(func(_, e gjson.Result) bool {
-			granted = e.Type == gjson.String && e.Str == value
-			return !granted
-		})
-		return granted
 	}
 	return false
 }

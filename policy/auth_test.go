@@ -1,11 +1,13 @@
 package policy
 
 import (
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"strings"
 	"testing"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 func TestTokenFromHeaders(t *testing.T) {
@@ -103,6 +105,8 @@ func TestAuthorizeModel(t *testing.T) {
 		{"exact only", limited, "gpt-4-turbo", `model not allowed: client "c1" may not use model "gpt-4-turbo"`},
 		{"no list allows any", anyModel, "anything", ""},
 		{"no client allows any", nil, "anything", ""},
+		{"provider default refused for a limited client", limited, "", `model not allowed: client "c1" may not use model ""`},
+		{"provider default for an unlimited client", anyModel, "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -120,106 +124,151 @@ func TestAuthorizeModel(t *testing.T) {
 	}
 }
 
-func b64url(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
-
-func TestCheckJWTClaim(t *testing.T) {
-	const payload = `{"sub":"u-1","role":"ROLE_API_USER","roles":["reader","ROLE_API_USER"],"scope":"openid llm:call profile",` +
-		`"realm_access":{"roles":["offline","llm-user"]},"https://example.com/roles":["gw"],"admin":true,"tier":2,` +
-		`"a.b":"literal","a":{"b":"nested"},"bad.path":{"x":1},"ünï":"ok","s":"ROLE_API_USER_X"}`
-	// A payload whose base64url needs '-' and '_' (bytes 0xfb 0xff).
-	const urlPayload = `{"role":"ROLE_API_USER","n":"\u00fb\u00ff?>"}`
+func TestAuthorizeEndpoint(t *testing.T) {
+	limited := &Client{ID: "c1", Models: []string{"gpt-4o-mini"}}
+	anyModel := &Client{ID: "c2"}
+	listed := &Client{ID: "c3", Models: []string{"gpt-4o-mini"}, Endpoints: []string{EndpointChat, EndpointFiles}}
+	none := &Client{ID: "c4", Endpoints: []string{}}
 	tests := []struct {
-		name    string
-		header  string
-		claim   string
-		value   string
-		wantErr error
-		wantMsg string
+		name         string
+		c            *Client
+		op           string
+		modelBearing bool
+		wantErr      string
 	}{
-		{"string equal", b64url(payload), "role", "ROLE_API_USER", nil, ""},
-		{"string unequal", b64url(payload), "role", "ROLE_ADMIN", ErrForbidden, `forbidden: claim "role" does not grant access`},
-		{"string prefix is not equal", b64url(payload), "s", "ROLE_API_USER", ErrForbidden, `forbidden: claim "s" does not grant access`},
-		{"array contains", b64url(payload), "roles", "ROLE_API_USER", nil, ""},
-		{"array lacks", b64url(payload), "roles", "writer", ErrForbidden, `forbidden: claim "roles" does not grant access`},
-		{"scope word", b64url(payload), "scope", "llm:call", nil, ""},
-		{"scope partial word", b64url(payload), "scope", "llm", ErrForbidden, `forbidden: claim "scope" does not grant access`},
-		{"scope whole string", b64url(payload), "scope", "openid llm:call profile", nil, ""},
-		{"dotted path", b64url(payload), "realm_access.roles", "llm-user", nil, ""},
-		{"dotted path lacks", b64url(payload), "realm_access.roles", "admin", ErrForbidden, `forbidden: claim "realm_access.roles" does not grant access`},
-		{"dotted path missing", b64url(payload), "realm_access.groups", "x", ErrForbidden, `forbidden: claim "realm_access.groups" is missing`},
-		{"dotted path through a non-object", b64url(payload), "role.x", "x", ErrForbidden, `forbidden: claim "role.x" is missing`},
-		{"dotted empty segment", b64url(payload), "realm_access..roles", "llm-user", ErrForbidden, `forbidden: claim "realm_access..roles" is missing`},
-		{"literal name with dots first", b64url(payload), "a.b", "literal", nil, ""},
-		{"literal name wins over path", b64url(payload), "a.b", "nested", ErrForbidden, `forbidden: claim "a.b" does not grant access`},
-		{"url claim name", b64url(payload), "https://example.com/roles", "gw", nil, ""},
-		{"gjson syntax is literal", b64url(payload), "roles.#", "2", ErrForbidden, `forbidden: claim "roles.#" is missing`},
-		{"gjson modifier is literal", b64url(payload), "@this", "x", ErrForbidden, `forbidden: claim "@this" is missing`},
-		{"wildcard is literal", b64url(payload), "rol*", "ROLE_API_USER", ErrForbidden, `forbidden: claim "rol*" is missing`},
-		{"unicode name", b64url(payload), "ünï", "ok", nil, ""},
-		{"bool", b64url(payload), "admin", "true", nil, ""},
-		{"number", b64url(payload), "tier", "2", nil, ""},
-		{"object claim", b64url(payload), "realm_access", "llm-user", ErrForbidden, `forbidden: claim "realm_access" does not grant access`},
-		{"missing", b64url(payload), "groups", "x", ErrForbidden, `forbidden: claim "groups" is missing`},
-		{"padded", base64.URLEncoding.EncodeToString([]byte(payload)), "role", "ROLE_API_USER", nil, ""},
-		{"url alphabet", b64url(urlPayload), "role", "ROLE_API_USER", nil, ""},
-		{"standard alphabet", base64.StdEncoding.EncodeToString([]byte(urlPayload)), "role", "ROLE_API_USER", nil, ""},
-		{"surrounding spaces", " " + b64url(payload) + " ", "role", "ROLE_API_USER", nil, ""},
-		{"empty header", "", "role", "ROLE_API_USER", ErrNoCredentials, "no credentials: no verified JWT payload"},
-		{"blank header", "   ", "role", "ROLE_API_USER", ErrNoCredentials, "no credentials: no verified JWT payload"},
-		{"not base64", "eyJ!!!", "role", "x", ErrBadCredentials, "bad credentials: JWT payload is not base64url"},
-		{"whole JWT is not a payload", b64url(`{"alg":"RS256"}`) + "." + b64url(payload) + ".c2ln", "role", "ROLE_API_USER", ErrBadCredentials, "bad credentials: JWT payload is not base64url"},
-		{"not JSON", b64url("role=ROLE_API_USER"), "role", "ROLE_API_USER", ErrBadCredentials, "bad credentials: JWT payload is not JSON"},
-		{"truncated JSON", b64url(`{"role":"ROLE_API_USER"`), "role", "ROLE_API_USER", ErrBadCredentials, "bad credentials: JWT payload is not JSON"},
-		{"array payload", b64url(`["ROLE_API_USER"]`), "role", "ROLE_API_USER", ErrBadCredentials, "bad credentials: JWT payload is not a JSON object"},
-		{"too large", strings.Repeat("A", maxJWTPayload+1), "role", "x", ErrBadCredentials, "bad credentials: JWT payload too large"},
-		{"no claim configured", b64url(payload), "", "x", ErrForbidden, "forbidden: no claim configured"},
-		{"no value configured", b64url(`{"role":""}`), "role", "", ErrForbidden, "forbidden: no claim configured"},
+		{"limited: chat", limited, EndpointChat, true, ""},
+		{"limited: files", limited, EndpointFiles, false, `endpoint not allowed: client "c1" may not call files`},
+		{"limited: batches", limited, EndpointBatches, false, `endpoint not allowed: client "c1" may not call batches`},
+		{"limited: stored responses", limited, EndpointResponses, false, `endpoint not allowed: client "c1" may not call responses`},
+		{"limited: create response", limited, EndpointResponses, true, ""},
+		{"unlimited: files", anyModel, EndpointFiles, false, ""},
+		{"no client", nil, EndpointBatches, false, ""},
+		{"listed: files", listed, EndpointFiles, false, ""},
+		{"listed: chat", listed, EndpointChat, true, ""},
+		{"listed: embeddings not listed", listed, EndpointEmbeddings, true, `endpoint not allowed: client "c3" may not call embeddings`},
+		{"empty list: nothing", none, EndpointChat, true, `endpoint not allowed: client "c4" may not call chat`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := CheckJWTClaim(tt.header, tt.claim, tt.value)
-			if tt.wantErr == nil {
+			err := AuthorizeEndpoint(tt.c, tt.op, tt.modelBearing)
+			if tt.wantErr == "" {
 				if err != nil {
-					t.Fatalf("CheckJWTClaim: %v", err)
+					t.Fatalf("AuthorizeEndpoint: %v", err)
 				}
 				return
 			}
-			if !errors.Is(err, tt.wantErr) || err.Error() != tt.wantMsg {
-				t.Errorf("CheckJWTClaim = %v, want %q wrapping %v", err, tt.wantMsg, tt.wantErr)
+			if !errors.Is(err, ErrEndpointDenied) || err.Error() != tt.wantErr {
+				t.Errorf("AuthorizeEndpoint = %v, want %q wrapping ErrEndpointDenied", err, tt.wantErr)
 			}
 		})
 	}
 }
 
-// FuzzCheckJWTClaim: no panic, every error wraps one of the three
-// sentinels, and no error repeats the payload it was given.
-func FuzzCheckJWTClaim(f *testing.F) {
-	f.Add(b64url(`{"role":"ROLE_API_USER"}`), "role", "ROLE_API_USER")
-	f.Add(b64url(`{"realm_access":{"roles":["a","b"]}}`), "realm_access.roles", "b")
-	f.Add(b64url(`{"scope":"a b c"}`)+"==", "scope", "b")
-	f.Add(b64url(`{"a.b":{"c":[1,"x"]}}`), "a.b.c", "x")
-	f.Add(b64url(`{"x":`), "x", "y")
-	f.Add(b64url(`[1,2]`), "0", "1")
-	f.Add("e30", "..", ".")
-	f.Add("", "role", "x")
-	f.Add("%%%", "@reverse", "#")
-	f.Fuzz(func(t *testing.T, header, claim, value string) {
-		err := CheckJWTClaim(header, claim, value)
+// claimsOf parses a JWT payload into the Struct jwt_authn stores in its
+// metadata (payload_in_metadata).
+func claimsOf(t testing.TB, payload string) *structpb.Struct {
+	t.Helper()
+	s := &structpb.Struct{}
+	if err := protojson.Unmarshal([]byte(payload), s); err != nil {
+		t.Fatalf("claims %s: %v", payload, err)
+	}
+	return s
+}
+
+func TestCheckJWTClaims(t *testing.T) {
+	const payload = `{"sub":"u-1","role":"ROLE_API_USER","roles":["reader","ROLE_API_USER",7,true],"scope":"openid llm:call profile",` +
+		`"realm_access":{"roles":["offline","llm-user"]},"https://example.com/roles":["gw"],"admin":true,"tier":2,"ratio":0.5,` +
+		`"a.b":"literal","a":{"b":"nested"},"bad.path":{"x":1},"ünï":"ok","s":"ROLE_API_USER_X","nil":null}`
+	claims := claimsOf(t, payload)
+	tests := []struct {
+		name    string
+		claims  *structpb.Struct
+		claim   string
+		value   string
+		wantErr error
+		wantMsg string
+	}{
+		{"string equal", claims, "role", "ROLE_API_USER", nil, ""},
+		{"string unequal", claims, "role", "ROLE_ADMIN", ErrForbidden, `forbidden: claim "role" does not grant access`},
+		{"string prefix is not equal", claims, "s", "ROLE_API_USER", ErrForbidden, `forbidden: claim "s" does not grant access`},
+		{"array contains", claims, "roles", "ROLE_API_USER", nil, ""},
+		{"array lacks", claims, "roles", "writer", ErrForbidden, `forbidden: claim "roles" does not grant access`},
+		{"array number is not a string", claims, "roles", "7", ErrForbidden, `forbidden: claim "roles" does not grant access`},
+		{"array bool is not a string", claims, "roles", "true", ErrForbidden, `forbidden: claim "roles" does not grant access`},
+		{"scope word", claims, "scope", "llm:call", nil, ""},
+		{"scope partial word", claims, "scope", "llm", ErrForbidden, `forbidden: claim "scope" does not grant access`},
+		{"scope whole string", claims, "scope", "openid llm:call profile", nil, ""},
+		{"dotted path", claims, "realm_access.roles", "llm-user", nil, ""},
+		{"dotted path lacks", claims, "realm_access.roles", "admin", ErrForbidden, `forbidden: claim "realm_access.roles" does not grant access`},
+		{"dotted path missing", claims, "realm_access.groups", "x", ErrForbidden, `forbidden: claim "realm_access.groups" is missing`},
+		{"dotted path through a non-object", claims, "role.x", "x", ErrForbidden, `forbidden: claim "role.x" is missing`},
+		{"dotted empty segment", claims, "realm_access..roles", "llm-user", ErrForbidden, `forbidden: claim "realm_access..roles" is missing`},
+		{"literal name with dots first", claims, "a.b", "literal", nil, ""},
+		{"literal name wins over path", claims, "a.b", "nested", ErrForbidden, `forbidden: claim "a.b" does not grant access`},
+		{"url claim name", claims, "https://example.com/roles", "gw", nil, ""},
+		{"path syntax is literal", claims, "roles.#", "2", ErrForbidden, `forbidden: claim "roles.#" is missing`},
+		{"wildcard is literal", claims, "rol*", "ROLE_API_USER", ErrForbidden, `forbidden: claim "rol*" is missing`},
+		{"unicode name", claims, "ünï", "ok", nil, ""},
+		{"bool", claims, "admin", "true", nil, ""},
+		{"bool unequal", claims, "admin", "false", ErrForbidden, `forbidden: claim "admin" does not grant access`},
+		{"number", claims, "tier", "2", nil, ""},
+		{"number as float text", claims, "tier", "2.0", ErrForbidden, `forbidden: claim "tier" does not grant access`},
+		{"fraction", claims, "ratio", "0.5", nil, ""},
+		{"null claim", claims, "nil", "null", ErrForbidden, `forbidden: claim "nil" does not grant access`},
+		{"object claim", claims, "realm_access", "llm-user", ErrForbidden, `forbidden: claim "realm_access" does not grant access`},
+		{"missing", claims, "groups", "x", ErrForbidden, `forbidden: claim "groups" is missing`},
+		{"no verified JWT", nil, "role", "ROLE_API_USER", ErrNoCredentials, "no credentials: no verified JWT"},
+		{"empty claims", &structpb.Struct{}, "role", "ROLE_API_USER", ErrForbidden, `forbidden: claim "role" is missing`},
+		{"no claim configured", claims, "", "x", ErrForbidden, "forbidden: no claim configured"},
+		{"no value configured", claimsOf(t, `{"role":""}`), "role", "", ErrForbidden, "forbidden: no claim configured"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := CheckJWTClaims(tt.claims, tt.claim, tt.value)
+			if tt.wantErr == nil {
+				if err != nil {
+					t.Fatalf("CheckJWTClaims: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, tt.wantErr) || err.Error() != tt.wantMsg {
+				t.Errorf("CheckJWTClaims = %v, want %q wrapping %v", err, tt.wantMsg, tt.wantErr)
+			}
+		})
+	}
+}
+
+// FuzzCheckJWTClaims: no panic, every error wraps one of the two sentinels
+// and never repeats a claim value it was given.
+func FuzzCheckJWTClaims(f *testing.F) {
+	f.Add(`{"role":"ROLE_API_USER"}`, "role", "ROLE_API_USER")
+	f.Add(`{"realm_access":{"roles":["a","b"]}}`, "realm_access.roles", "b")
+	f.Add(`{"scope":"a b c"}`, "scope", "b")
+	f.Add(`{"a.b":{"c":[1,"x"]}}`, "a.b.c", "x")
+	f.Add(`{"x":{"y":null}}`, "x.y.z", "y")
+	f.Add(`{}`, "..", ".")
+	f.Fuzz(func(t *testing.T, payload, claim, value string) {
+		claims := &structpb.Struct{}
+		if protojson.Unmarshal([]byte(payload), claims) != nil {
+			return
+		}
+		err := CheckJWTClaims(claims, claim, value)
 		if err == nil {
 			return
 		}
-		if !errors.Is(err, ErrNoCredentials) && !errors.Is(err, ErrBadCredentials) && !errors.Is(err, ErrForbidden) {
+		if !errors.Is(err, ErrNoCredentials) && !errors.Is(err, ErrForbidden) {
 			t.Fatalf("error %q wraps no sentinel", err)
 		}
-		p := strings.TrimSpace(header)
-		if len(p) >= 8 && !strings.Contains(claim, p) && strings.Contains(err.Error(), p) {
-			t.Fatalf("error %q echoes the payload", err)
+		for name, v := range claims.GetFields() {
+			if s := v.GetStringValue(); len(s) >= 8 && !strings.Contains(claim, s) && !strings.Contains(name, s) && strings.Contains(err.Error(), s) {
+				t.Fatalf("error %q echoes a claim value", err)
+			}
 		}
 	})
 }
 
-func BenchmarkCheckJWTClaim(b *testing.B) {
-	header := b64url(`{"iss":"https://idp.example.com","sub":"u-1","aud":"keymux","exp":1900000000,"role":"ROLE_API_USER",` +
+func BenchmarkCheckJWTClaims(b *testing.B) {
+	claims := claimsOf(b, `{"iss":"https://idp.example.com","sub":"u-1","aud":"keymux","exp":1900000000,"role":"ROLE_API_USER",`+
 		`"realm_access":{"roles":["offline_access","uma_authorization","llm-user"]},"scope":"openid profile email"}`)
 	for _, c := range []struct{ name, claim, value string }{
 		{"string", "role", "ROLE_API_USER"},
@@ -228,7 +277,7 @@ func BenchmarkCheckJWTClaim(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				if err := CheckJWTClaim(header, c.claim, c.value); err != nil {
+				if err := CheckJWTClaims(claims, c.claim, c.value); err != nil {
 					b.Fatal(err)
 				}
 			}

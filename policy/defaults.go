@@ -13,12 +13,12 @@ const (
 	DefaultCooldown            = 60 * time.Second
 	DefaultErrorWindow         = 60 * time.Second
 	DefaultAuthMode            = AuthNone
-	DefaultPayloadHeader       = "x-jwt-payload"
 	DefaultClaim               = "role"
 	DefaultClaimValue          = "ROLE_API_USER"
 	DefaultAlertErrorRate      = 0.2
 	DefaultAlertUsage          = 10000
 	DefaultMaxBodyBytes        = 8 << 20
+	DefaultMaxJSONDepth        = 256
 )
 
 // Defaults returns the settings used when the settings document is absent.
@@ -45,9 +45,6 @@ func (s *Settings) WithDefaults() *Settings {
 	if s.Auth.Mode == "" {
 		s.Auth.Mode = DefaultAuthMode
 	}
-	if s.Auth.PayloadHeader == "" {
-		s.Auth.PayloadHeader = DefaultPayloadHeader
-	}
 	if s.Auth.Claim == "" {
 		s.Auth.Claim = DefaultClaim
 	}
@@ -62,6 +59,9 @@ func (s *Settings) WithDefaults() *Settings {
 	}
 	if s.MaxBodyBytes == 0 {
 		s.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if s.MaxJSONDepth == 0 {
+		s.MaxJSONDepth = DefaultMaxJSONDepth
 	}
 	return s
 }

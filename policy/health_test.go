@@ -267,10 +267,11 @@ func TestDefaults(t *testing.T) {
 		Strategy: "round_robin",
 		Health:   HealthSettings{Interval: 10 * time.Minute, Timeout: 10 * time.Second},
 		Ejection: EjectionSettings{ConsecutiveFailures: 3, Base: 30 * time.Second, Max: 5 * time.Minute, Cooldown: 60 * time.Second, ErrorWindow: 60 * time.Second},
-		Auth:     AuthSettings{Mode: AuthNone, PayloadHeader: "x-jwt-payload", Claim: "role", Value: "ROLE_API_USER"},
+		Auth:     AuthSettings{Mode: AuthNone, Claim: "role", Value: "ROLE_API_USER"},
 		Alerts:   AlertSettings{ErrorRate: 0.2, Usage: 10000},
 
 		MaxBodyBytes: 8 << 20,
+		MaxJSONDepth: 256,
 		StreamUsage:  true,
 	}
 	if got := Defaults(); got != want {

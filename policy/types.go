@@ -104,8 +104,12 @@ type Client struct {
 	Name        string
 	TokenSHA256 [32]byte
 	Models      []string // empty = any
-	Enabled     bool
-	Limits      Limits
+	// Endpoints are the operations (Endpoint* names) the client may call;
+	// nil = every operation, or only the model-bearing ones for a client
+	// with Models (see AuthorizeEndpoint).
+	Endpoints []string
+	Enabled   bool
+	Limits    Limits
 }
 
 // AllowsModel reports whether the client may request model.
@@ -134,12 +138,11 @@ const (
 // AuthSettings configures client authentication.
 type AuthSettings struct {
 	Mode AuthMode
-	// jwt_claim mode: Envoy's jwt_authn forwards the verified payload
-	// (base64url JSON) in PayloadHeader; the claim Claim must equal, or (for
-	// an array claim) contain, Value.
-	PayloadHeader string // default "x-jwt-payload"
-	Claim         string // default "role"
-	Value         string // default "ROLE_API_USER"
+	// jwt_claim mode: Envoy's jwt_authn verifies the JWT and hands its
+	// claims to keymux in dynamic metadata (payload_in_metadata); the claim
+	// Claim must equal, or (for an array claim) contain, Value.
+	Claim string // default "role"
+	Value string // default "ROLE_API_USER"
 }
 
 // HealthSettings configures active probes.
@@ -172,6 +175,10 @@ type Settings struct {
 	Alerts   AlertSettings
 	// MaxBodyBytes is the largest request body keymux accepts; default 8 MiB.
 	MaxBodyBytes int64
+	// MaxJSONDepth is how deep arrays and objects may nest in a request
+	// body; default 256 (DefaultMaxJSONDepth, which also bounds the
+	// forwarded JWT payload).
+	MaxJSONDepth int
 	// StreamUsage asks OpenAI-style upstreams for the final usage chunk of a
 	// stream (stream_options.include_usage) when the client did not, so
 	// that token usage is known for every call; default true.

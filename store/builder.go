@@ -34,6 +34,7 @@ type good struct {
 // safe for concurrent use.
 type Builder struct {
 	resolve SecretResolver
+	scope   *Scope // nil: unlimited
 
 	mu      sync.Mutex
 	seq     uint64
@@ -50,12 +51,25 @@ func NewBuilder(resolve SecretResolver) *Builder {
 	return &Builder{resolve: resolve, docs: map[docID]*good{}, refused: map[docID]Refusal{}}
 }
 
+// SetScope limits the key documents b accepts to sc (secret references
+// and upstreams). Call it before the first Put.
+func (b *Builder) SetScope(sc *Scope) {
+	b.scope = sc
+	b.resolve = sc.Resolver(b.resolve)
+}
+
 func (b *Builder) parse(kind Kind, id string, raw []byte) (any, error) {
 	switch kind {
 	case KindSettings:
 		return ParseSettings(raw)
 	case KindKeys:
-		return ParseKey(id, raw, b.resolve)
+		k, err := ParseKey(id, raw, b.resolve)
+		if err == nil && b.scope != nil {
+			if err := b.scope.CheckUpstream(k); err != nil {
+				return nil, fieldErr(docName(KindKeys, id), "base_url", "%v", err)
+			}
+		}
+		return k, err
 	case KindRules:
 		return ParseRule(id, raw)
 	case KindClients:

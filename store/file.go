@@ -254,6 +254,10 @@ func NewFileSource(path string, st *Store, logger *slog.Logger) *FileSource {
 	return &FileSource{path: path, st: st, logger: logger, b: NewBuilder(ResolveSecretRef)}
 }
 
+// SetScope limits the key documents the source accepts (see Scope). Call
+// it before Load.
+func (f *FileSource) SetScope(sc *Scope) { f.b.SetScope(sc) }
+
 // Source is the name the source reports in Status.
 func (f *FileSource) Source() string { return "file:" + f.path }
 

@@ -36,6 +36,17 @@ func TestParseFileErrors(t *testing.T) {
 		{"key id twice", `{"keys":{"k1":{},"k2":{},"k1":{}}}`, `bad config file: keys/k1 appears twice`},
 		{"yaml key id twice", "rules:\n  r1: {}\n  r1: {}\n", `bad config file: neither JSON nor valid YAML: line 3: duplicate key`},
 		{"scalar", `"sk-test-oops"`, "bad config file: want an object with settings, keys, rules, clients"},
+		// Hostile files.
+		{"yaml alias bomb", "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n" +
+			"d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n" +
+			"g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\ni: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]\n", "bad config file: neither JSON nor valid YAML: syntax error"},
+		{"binary", "\x00\x01\x02\xff", "bad config file: neither JSON nor valid YAML: syntax error"},
+		{"yaml binary tag", "keys: !!binary aGVsbG8=\n", `bad config file: field "keys": want an object of documents`},
+		{"yaml infinity", "keys:\n  k1: {provider: openai, secret: sk-test-k1, weight: .inf}\n", "bad config file: neither JSON nor valid YAML: syntax error"},
+		{"yaml settings twice", "settings: {strategy: random}\nsettings: {strategy: round_robin}\n", "bad config file: neither JSON nor valid YAML: line 2: duplicate key"},
+		{"rules an array", `{"rules":[{"key":"*","from":"a","to":"b"}]}`, `bad config file: field "rules": want an object of documents`},
+		{"clients a string", "clients: sk-test-oops\n", `bad config file: field "clients": want an object of documents`},
+		{"truncated json", `{"keys":{"k1":{"provider":"openai"`, "bad config file: neither JSON nor valid YAML: line 1: syntax error"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

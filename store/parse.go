@@ -298,6 +298,7 @@ type settingsDoc struct {
 	Alerts       *alertsDoc   `json:"alerts"`
 	MaxBodyBytes *int64       `json:"max_body_bytes"`
 	StreamUsage  *bool        `json:"stream_usage"`
+	MaxJSONDepth *int         `json:"max_json_depth"`
 }
 
 type healthDoc struct {
@@ -325,7 +326,7 @@ func (d *ejectionDoc) UnmarshalJSON(b []byte) error {
 
 type authDoc struct {
 	Mode          string  `json:"mode"`
-	PayloadHeader *string `json:"payload_header"`
+	PayloadHeader *string `json:"payload_header"` // ignored: see checkPayloadHeader
 	Claim         *string `json:"claim"`
 	Value         *string `json:"value"`
 }
@@ -476,12 +477,8 @@ func parseAuth(doc string, a *authDoc, s *policy.AuthSettings) error {
 	default:
 		return fieldErr(doc, "auth.mode", "unknown mode %q (want none, client_keys, jwt_claim)", truncate(a.Mode, 64))
 	}
-	if a.PayloadHeader != nil {
-		h := *a.PayloadHeader
-		if !validHeaderName(h) {
-			return fieldErr(doc, "auth.payload_header", "want a lower-case HTTP header name")
-		}
-		s.PayloadHeader = h
+	if err := checkPayloadHeader(doc, a.PayloadHeader); err != nil {
+		return err
 	}
 	for _, f := range []struct {
 		name string
@@ -530,6 +527,25 @@ func parseBodySettings(doc string, d *settingsDoc, s *policy.Settings) error {
 	if d.StreamUsage != nil {
 		s.StreamUsage = *d.StreamUsage
 	}
+	if err := parseMaxJSONDepth(d.MaxJSONDepth, s); err != nil {
+		return err
+	}
+	return nil
+}
+
+// MaxJSONDepthLimit is the largest max_json_depth: encoding/json's own
+// nesting limit, and a bound on what the libraries that read an accepted
+// body recursively may need.
+const MaxJSONDepthLimit = 10000
+
+func parseMaxJSONDepth(v *int, s *policy.Settings) error {
+	if v == nil {
+		return nil
+	}
+	if *v < 1 || *v > MaxJSONDepthLimit {
+		return fieldErr(settingsDocName, "max_json_depth", "must be between 1 and %d", MaxJSONDepthLimit)
+	}
+	s.MaxJSONDepth = *v
 	return nil
 }
 
@@ -728,7 +744,8 @@ func parseSecret(doc string, d *keyDoc, resolve SecretResolver, k *policy.Key) e
 	}
 	ref := *d.SecretRef
 	if !strings.HasPrefix(ref, "env:") && !strings.HasPrefix(ref, "file:") || ref == "env:" || ref == "file:" {
-		return fieldErr(doc, "secret_ref", "%v, got %q", ErrBadSecretRef, truncate(ref, 256))
+		// Never echoed: a value that is not a reference is often a pasted secret.
+		return fieldErr(doc, "secret_ref", "%v (the value is not shown)", ErrBadSecretRef)
 	}
 	v, err := resolve(ref)
 	if err != nil {
@@ -925,6 +942,7 @@ type clientDoc struct {
 	Name        string     `json:"name"`
 	TokenSHA256 string     `json:"token_sha256"`
 	Models      []string   `json:"models"`
+	Endpoints   []string   `json:"endpoints"`
 	Enabled     *bool      `json:"enabled"`
 	Limits      *limitsDoc `json:"limits"`
 }
@@ -957,6 +975,9 @@ func ParseClient(id string, raw []byte) (*policy.Client, error) {
 		return nil, err
 	}
 	c.Models = models
+	if c.Endpoints, err = parseEndpoints(doc, d.Endpoints); err != nil {
+		return nil, err
+	}
 	if d.Enabled != nil {
 		c.Enabled = *d.Enabled
 	}
@@ -966,4 +987,34 @@ func ParseClient(id string, raw []byte) (*policy.Client, error) {
 	}
 	c.Limits = lim
 	return c, nil
+}
+
+// checkPayloadHeader validates the obsolete auth.payload_header. keymux
+// reads the verified claims from jwt_authn's dynamic metadata, never from a
+// header a client could send, so the value is ignored; it is still accepted
+// so that an older settings document keeps parsing (a refused one would
+// leave keymux on its defaults, auth mode none).
+func checkPayloadHeader(doc string, h *string) error {
+	if h != nil && !validHeaderName(*h) {
+		return fieldErr(doc, "auth.payload_header", "want a lower-case HTTP header name")
+	}
+	return nil
+}
+
+// parseEndpoints validates a client's endpoints list (policy.Endpoints
+// names); absent stays nil (the default rights), [] allows nothing.
+func parseEndpoints(doc string, names []string) ([]string, error) {
+	if names == nil {
+		return nil, nil
+	}
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		if !slices.Contains(policy.Endpoints, n) {
+			return nil, fieldErr(doc, "endpoints", "unknown endpoint %q (want %s)", truncate(n, 64), strings.Join(policy.Endpoints, ", "))
+		}
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
 }

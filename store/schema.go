@@ -74,6 +74,7 @@ type metaRow struct {
 	Generation uint64
 	Source     SourceInfo
 	Models     []string
+	Named      map[string]bool // every model a key lists or a rule names (from or to)
 	Keys       int
 	Rules      int
 	Clients    int

@@ -220,7 +220,7 @@ func applyTxn(txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
 	}
 	gen := prev.gen + 1
 	src.Refused = slices.Clone(src.Refused)
-	meta := &metaRow{ID: singletonID, Generation: gen, Source: src, Models: models,
+	meta := &metaRow{ID: singletonID, Generation: gen, Source: src, Models: models, Named: namedModels(cfg),
 		Keys: len(cfg.Keys), Rules: len(cfg.Rules), Clients: len(cfg.Clients)}
 	if err := txn.Insert(tableMeta, meta); err != nil {
 		return 0, fmt.Errorf("insert meta: %w", err)
@@ -540,6 +540,24 @@ func (s *Snapshot) Client(id string) *policy.Client {
 // Models returns the sorted model ids some enabled key serves by name (for
 // GET /v1/models). Keys without a model list serve other models too.
 func (s *Snapshot) Models() []string { return s.meta().Models }
+
+// NamesModel reports whether the configuration names model: a key lists
+// it or a rule maps from or to it, enabled or not. Telemetry admits only
+// such names as metric labels.
+func (s *Snapshot) NamesModel(model string) bool { return s.meta().Named[model] }
+
+func namedModels(cfg *Config) map[string]bool {
+	named := map[string]bool{}
+	for _, k := range cfg.Keys {
+		for _, m := range k.Models {
+			named[m] = true
+		}
+	}
+	for _, r := range cfg.Rules {
+		named[r.From], named[r.To] = true, true
+	}
+	return named
+}
 
 // Keys returns every key, enabled or not, in id order.
 func (s *Snapshot) Keys() []*Entry {

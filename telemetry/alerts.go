@@ -18,7 +18,8 @@ var DefaultAlerts = Alerts{ErrorRate: 0.2, Usage: 10000}
 
 // AlertWindow is the window of the error-rate alert, and AlertMinCalls the
 // fewest calls in it for the alert to fire (so that one failure out of one
-// call does not page).
+// call does not page). Anonymous refusals are not calls of the alert (see
+// outcome).
 const (
 	AlertWindow   = 5 * time.Minute
 	AlertMinCalls = 10
@@ -45,11 +46,11 @@ type alertEvent struct {
 // Callers hold s.mu.
 func (s *stats) evalAlerts(th Alerts, now time.Time, keyID string, ev []alertEvent) []alertEvent {
 	w := s.window(now, AlertWindow, false)
-	rate := w.errorRatio()
-	firing := th.ErrorRate > 0 && w.total >= AlertMinCalls && rate > th.ErrorRate
+	rate, calls := w.alertRatio()
+	firing := th.ErrorRate > 0 && calls >= AlertMinCalls && rate > th.ErrorRate
 	if firing != s.alerts.errorRate {
 		s.alerts.errorRate = firing
-		ev = append(ev, alertEvent{alert: AlertErrorRate, firing: firing, value: rate, threshold: th.ErrorRate, calls: w.total})
+		ev = append(ev, alertEvent{alert: AlertErrorRate, firing: firing, value: rate, threshold: th.ErrorRate, calls: calls})
 	}
 	if keyID == "" {
 		return ev

@@ -4,7 +4,10 @@
 // it a Call.
 package telemetry
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Call is what keymux knows about one request when its exchange ends. It is
 // handed to the Observer; it never holds a secret.
@@ -45,6 +48,16 @@ type Call struct {
 
 	// Data is the Observer's own per-call state (e.g. its span).
 	Data any
+}
+
+// clean replaces invalid UTF-8 in the strings that become span attributes,
+// metric labels and call log fields (with U+FFFD): a label value that is
+// not UTF-8 makes the Prometheus registry fail every later scrape.
+func (c *Call) clean() {
+	for _, p := range [...]*string{&c.RequestID, &c.TraceState, &c.Method, &c.Path, &c.Operation, &c.ClientID,
+		&c.KeyID, &c.Provider, &c.UpstreamHost, &c.Strategy, &c.RuleID, &c.ModelOriginal, &c.ModelFinal, &c.ErrorCode} {
+		*p = strings.ToValidUTF8(*p, "\uFFFD")
+	}
 }
 
 // Success reports whether the call counts as successful in statistics.

@@ -140,7 +140,7 @@ func newObservers(m metric.Meter, errs *errList) *observers {
 			"Alert thresholds from settings.alerts: error_rate (a fraction) and usage (tokens per key)."),
 		active: b.gauge(MetricAlertActive, "",
 			"1 while an alert is active: error_rate (all calls, over 5m) or usage (per key)."),
-		ratio: b.floatGauge(MetricErrorRatio, "", "Failed calls / calls over the last 5 minutes (minute buckets)."),
+		ratio: b.floatGauge(MetricErrorRatio, "", "Failed calls / calls over the last 5 minutes (minute buckets), without anonymous 401 refusals: the error-rate alert's input."),
 	}
 }
 

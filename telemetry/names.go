@@ -100,7 +100,7 @@ const (
 	MetricCallLogDropped      = "keymux.calllog.dropped"       // counter
 	MetricAlertThreshold      = "keymux.alert.threshold"       // gauge {alert}
 	MetricAlertActive         = "keymux.alert.active"          // gauge {alert, key} 0/1
-	MetricErrorRatio          = "keymux.error.ratio"           // gauge: failed/calls over AlertWindow
+	MetricErrorRatio          = "keymux.error.ratio"           // gauge: failed/calls over AlertWindow, as the alert sees them
 )
 
 // Metric label (attribute) keys of keymux's own metrics.

@@ -8,13 +8,20 @@ package telemetry
 //     answers (GET /v1/models): upstream calls and local refusals;
 //   - a call is successful when Call.Success() holds; every other call failed;
 //   - top_keys, latency and token figures only see upstream calls (a key
-//     was chosen and the request was forwarded).
+//     was chosen and the request was forwarded);
+//   - the error-rate alert (and keymux_error_ratio) leaves out anonymous
+//     refusals: local 401s where no client was identified (no credentials,
+//     an unknown or disabled token, no verified JWT). Anyone who can reach
+//     the listener can send those, so they would let a stranger page the
+//     operator or mask a real failure rate; they stay in /stats and in
+//     keymux_errors_total{class="local"}.
 type outcome struct {
-	counted  bool   // a call in /stats
-	failed   bool   // counted and not successful
-	upstream bool   // forwarded to a key
-	class    string // error class when failed: Call.ErrorCode of an upstream call, ClassLocal for a refusal
-	errType  string // error.type of the span and "error" of the call log: class, or the local refusal's code
+	counted   bool   // a call in /stats
+	failed    bool   // counted and not successful
+	anonymous bool   // a local 401 with no client identified: not in the error-rate alert
+	upstream  bool   // forwarded to a key
+	class     string // error class when failed: Call.ErrorCode of an upstream call, ClassLocal for a refusal
+	errType   string // error.type of the span and "error" of the call log: class, or the local refusal's code
 }
 
 // classify reads a finished call. The error class of a failed upstream call
@@ -29,7 +36,8 @@ func classify(c *Call) outcome {
 		if code == "" {
 			code = ClassLocal
 		}
-		return outcome{counted: true, failed: true, class: ClassLocal, errType: code}
+		return outcome{counted: true, failed: true, anonymous: c.Status == 401 && c.ClientID == "",
+			class: ClassLocal, errType: code}
 	}
 	o := outcome{counted: true, upstream: c.KeyID != ""}
 	if c.Success() {
@@ -65,9 +73,10 @@ func statusClass(status int) string {
 }
 
 // MaxModels bounds the distinct model names in metric labels and /stats.
-// A model is admitted when a call for it was forwarded upstream (so a key
-// serves it); names seen only in refusals, and any name once the set is
-// full, are folded to OtherModel.
+// A model is admitted when the configuration names it (see
+// Telemetry.SetModelFilter; without a filter: when a call for it was
+// forwarded upstream); other names, and any name once the set is full, are
+// folded to OtherModel.
 const MaxModels = 100
 
 // modelSet is the bounded set of admitted model names. Callers hold stats.mu.

@@ -135,6 +135,7 @@ type agg struct {
 	minute   int64 // Unix minute of a ring bucket
 	total    uint64
 	success  uint64
+	anon     uint64 // anonymous refusals among total (outcome.anonymous)
 	upstream uint64 // calls in lat
 	keys     map[string]*keyAgg
 	models   map[string]uint64
@@ -142,7 +143,7 @@ type agg struct {
 }
 
 func (a *agg) reset(minute int64) {
-	a.minute, a.total, a.success, a.upstream = minute, 0, 0, 0
+	a.minute, a.total, a.success, a.anon, a.upstream = minute, 0, 0, 0, 0
 	clear(a.keys)
 	clear(a.models)
 	if a.lat != nil {
@@ -154,6 +155,9 @@ func (a *agg) add(o outcome, keyID, model string, tokens uint64, ms uint64) {
 	a.total++
 	if !o.failed {
 		a.success++
+	}
+	if o.anonymous {
+		a.anon++
 	}
 	if model != "" {
 		if a.models == nil {
@@ -186,6 +190,7 @@ func (a *agg) add(o outcome, keyID, model string, tokens uint64, ms uint64) {
 func (a *agg) merge(b *agg) {
 	a.total += b.total
 	a.success += b.success
+	a.anon += b.anon
 	a.upstream += b.upstream
 	for id, k := range b.keys {
 		if a.keys == nil {
@@ -266,7 +271,7 @@ func (s *stats) window(now time.Time, w time.Duration, withDetail bool) agg {
 		if withDetail {
 			out.merge(&s.all)
 		} else {
-			out.total, out.success = s.all.total, s.all.success
+			out.total, out.success, out.anon = s.all.total, s.all.success, s.all.anon
 		}
 		return out
 	}
@@ -283,6 +288,7 @@ func (s *stats) window(now time.Time, w time.Duration, withDetail bool) agg {
 		} else {
 			out.total += b.total
 			out.success += b.success
+			out.anon += b.anon
 		}
 	}
 	return out
@@ -294,6 +300,16 @@ func (a *agg) errorRatio() float64 {
 		return 0
 	}
 	return float64(a.total-a.success) / float64(a.total)
+}
+
+// alertRatio is the error-rate alert's view of a: failed/total and total
+// without the anonymous refusals.
+func (a *agg) alertRatio() (ratio float64, calls uint64) {
+	calls = a.total - a.anon
+	if calls == 0 {
+		return 0, 0
+	}
+	return float64(a.total-a.success-a.anon) / float64(calls), calls
 }
 
 // Stats returns the /stats document for the calls that ended in the last

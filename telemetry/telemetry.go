@@ -85,6 +85,7 @@ type Telemetry struct {
 	stats stats
 
 	healthFn atomic.Pointer[func() []KeyHealth]
+	modelFn  atomic.Pointer[func(string) bool]
 	configFn atomic.Pointer[func() ConfigInfo]
 	alertsFn atomic.Pointer[func() Alerts]
 }
@@ -159,6 +160,7 @@ type begun struct{}
 // It returns the traceparent of that span to send upstream, or "" without
 // a TracerProvider. No I/O.
 func (t *Telemetry) Begin(c *Call) string {
+	c.clean()
 	t.inFlight.Add(1)
 	if t.tracer == nil {
 		c.Data = begun{}
@@ -176,6 +178,7 @@ func (t *Telemetry) Begin(c *Call) string {
 // for a call that never went through Begin, such as a local refusal),
 // books the metrics, /stats and alerts, and queues the call log record.
 func (t *Telemetry) End(c *Call) {
+	c.clean()
 	var span trace.Span
 	switch d := c.Data.(type) {
 	case trace.Span:
@@ -209,9 +212,10 @@ func (t *Telemetry) End(c *Call) {
 	}
 
 	th := t.thresholds()
+	admitOriginal, admitFinal := t.admitsModel(c.ModelOriginal, o.upstream), t.admitsModel(c.ModelFinal, o.upstream)
 	t.stats.mu.Lock()
-	model := t.stats.models.fold(c.ModelOriginal, o.upstream)
-	modelFinal := t.stats.models.fold(c.ModelFinal, o.upstream)
+	model := t.stats.models.fold(c.ModelOriginal, admitOriginal)
+	modelFinal := t.stats.models.fold(c.ModelFinal, admitFinal)
 	ca := t.stats.sets.attrs(c, o, model, modelFinal)
 	var events []alertEvent
 	if o.counted {
@@ -264,6 +268,30 @@ func (t *Telemetry) keyHealth() []KeyHealth {
 		return (*f)()
 	}
 	return nil
+}
+
+// SetModelFilter installs the test of which model names may become metric
+// labels and /stats entries: those the configuration names (a key's models,
+// a rule's from and to). Other names are counted as OtherModel, so that
+// names clients make up cannot fill the bounded set (MaxModels) before the
+// real models are seen. Without a filter, a model is admitted once a call
+// for it was forwarded upstream.
+func (t *Telemetry) SetModelFilter(f func(model string) bool) {
+	if f == nil {
+		t.modelFn.Store(nil)
+		return
+	}
+	t.modelFn.Store(&f)
+}
+
+func (t *Telemetry) admitsModel(name string, upstream bool) bool {
+	if name == "" {
+		return false
+	}
+	if f := t.modelFn.Load(); f != nil {
+		return (*f)(name)
+	}
+	return upstream
 }
 
 // SetConfigInfo installs the configuration source for the config gauges.

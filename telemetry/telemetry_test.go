@@ -12,8 +12,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/keymux/keymux/policy"
+	"github.com/keymux/keymux/testutil/fakeclock"
 )
 
 // call builds a synthetic upstream call that ended at end after lat.
@@ -94,7 +96,7 @@ func healthFn() []KeyHealth {
 }
 
 func TestMetricsExact(t *testing.T) {
-	clk := &clock{now: t0}
+	clk := fakeclock.New(t0)
 	tel := newTel(t, Config{Now: clk.Now})
 	tel.SetKeyHealth(healthFn)
 	tel.SetConfigInfo(func() ConfigInfo {
@@ -164,8 +166,8 @@ func TestMetricsExact(t *testing.T) {
 		`keymux_calllog_dropped_total`:               0,
 		`keymux_alert_threshold{alert="error_rate"}`: 0.5,
 		`keymux_alert_threshold{alert="usage"}`:      10000,
-		`keymux_alert_active{alert="error_rate"}`:    0, // 5 of 7 calls in 5m failed, but fewer than AlertMinCalls
-		`keymux_error_ratio`:                         float64(5) / 7,
+		`keymux_alert_active{alert="error_rate"}`:    0, // 4 of 6 calls in 5m failed (the anonymous 401 left out), but fewer than AlertMinCalls
+		`keymux_error_ratio`:                         float64(4) / 6,
 	}
 	for k, v := range want {
 		got, ok := m[k]
@@ -207,7 +209,7 @@ const wantStatsAll = `{
 }`
 
 func TestStatsExact(t *testing.T) {
-	clk := &clock{now: t0}
+	clk := fakeclock.New(t0)
 	tel := newTel(t, Config{Now: clk.Now})
 	tel.SetKeyHealth(healthFn)
 	replay(tel, sequence())
@@ -281,7 +283,8 @@ func TestStatsEmpty(t *testing.T) {
 
 func TestStatsBadWindow(t *testing.T) {
 	tel := newTel(t, Config{})
-	for _, q := range []string{"abc", "30s", "25h", "-5m", "0", "1d"} {
+	for _, q := range []string{"abc", "30s", "25h", "-5m", "0", "1d",
+		"9223372036854775807ns", "99999999999h", "1e3h", "5m-5m", "ALL"} {
 		t.Run(q, func(t *testing.T) {
 			code, body := getStats(t, tel, "?window="+q)
 			if code != 400 {
@@ -295,7 +298,7 @@ func TestStatsBadWindow(t *testing.T) {
 
 // TestStatsRingReuse: a minute bucket is reused 24h later without mixing.
 func TestStatsRingReuse(t *testing.T) {
-	clk := &clock{now: t0}
+	clk := fakeclock.New(t0)
 	tel := newTel(t, Config{Now: clk.Now})
 	tel.End(withUsage(call("k1", "m1", 200, 10*time.Millisecond, t0), 1, 1))
 	day := t0.Add(24 * time.Hour)
@@ -370,6 +373,54 @@ func TestModelFolding(t *testing.T) {
 	}
 }
 
+// TestModelFilter: with a filter, only the names it accepts become labels:
+// names made up by clients, even forwarded by a key that serves any model,
+// cannot fill the set before the configured models are seen.
+func TestModelFilter(t *testing.T) {
+	tel := newTel(t, Config{Now: func() time.Time { return t0 }})
+	tel.SetModelFilter(func(m string) bool { return m == "gpt-4o" || m == "gpt-4o-mini" })
+	for i := range MaxModels + 5 {
+		tel.End(call("k1", fmt.Sprintf("junk-%03d", i), 200, time.Millisecond, t0))
+	}
+	tel.End(call("k1", "gpt-4o", 200, time.Millisecond, t0))
+	rewritten := call("k1", "gpt-4o", 200, time.Millisecond, t0)
+	rewritten.ModelFinal = "gpt-4o-mini"
+	tel.End(withUsage(rewritten, 3, 4))
+	tel.End(local(503, "keys_cooling_down", "gpt-4o-mini", t0))
+	st := tel.Stats(0)
+	want := map[string]uint64{OtherModel: MaxModels + 5, "gpt-4o": 2, "gpt-4o-mini": 1}
+	if len(st.Models) != len(want) || st.Models[OtherModel] != want[OtherModel] || st.Models["gpt-4o"] != 2 || st.Models["gpt-4o-mini"] != 1 {
+		t.Fatalf("/stats models %v, want %v", st.Models, want)
+	}
+	m := scrape(t, tel)
+	for series, n := range map[string]float64{
+		`keymux_requests_total{key="k1",model="other",status_class="2xx"}`:  MaxModels + 5,
+		`keymux_requests_total{key="k1",model="gpt-4o",status_class="2xx"}`: 2,
+		`gen_ai_client_token_usage_count{gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o",gen_ai_response_model="gpt-4o-mini",gen_ai_token_type="input"}`: 1,
+	} {
+		if m[series] != n {
+			t.Errorf("%s = %v, want %v", series, m[series], n)
+		}
+	}
+}
+
+// TestInvalidUTF8Labels: strings that are not UTF-8 become labels with
+// U+FFFD, and /metrics keeps answering.
+func TestInvalidUTF8Labels(t *testing.T) {
+	tel := newTel(t, Config{Now: func() time.Time { return t0 }})
+	bad := call("k\xff", "gpt-4o\xff", 200, time.Millisecond, t0)
+	bad.Operation, bad.Provider = "chat\xc3", "openai\xfe"
+	tel.End(withUsage(bad, 1, 2))
+	tel.End(local(400, "invalid_value", "m\xed\xa0\x80", t0))
+	m := scrape(t, tel) // fails the test unless the registry gathers
+	if got := m["keymux_requests_total{key=\"k\ufffd\",model=\"gpt-4o\ufffd\",status_class=\"2xx\"}"]; got != 1 {
+		t.Errorf("cleaned series = %v, want 1; series: %v", got, series(m, "keymux_requests_total"))
+	}
+	if code, body := getStats(t, tel, ""); code != 200 || !utf8.ValidString(body) {
+		t.Errorf("/stats: %d %q", code, body)
+	}
+}
+
 func TestClassify(t *testing.T) {
 	tests := []struct {
 		name string
@@ -378,7 +429,12 @@ func TestClassify(t *testing.T) {
 	}{
 		{"ok", Call{KeyID: "k", Status: 200}, outcome{counted: true, upstream: true}},
 		{"models list", Call{Local: true, Status: 200}, outcome{}},
-		{"local refusal", Call{Local: true, Status: 401, ErrorCode: "invalid_api_key"}, outcome{counted: true, failed: true, class: ClassLocal, errType: "invalid_api_key"}},
+		{"anonymous refusal", Call{Local: true, Status: 401, ErrorCode: "invalid_api_key"}, outcome{counted: true, failed: true, anonymous: true, class: ClassLocal, errType: "invalid_api_key"}},
+		{"anonymous, no credentials", Call{Local: true, Status: 401, ErrorCode: "missing_api_key"}, outcome{counted: true, failed: true, anonymous: true, class: ClassLocal, errType: "missing_api_key"}},
+		{"401 of an identified client", Call{Local: true, Status: 401, ClientID: "c1", ErrorCode: "invalid_api_key"}, outcome{counted: true, failed: true, class: ClassLocal, errType: "invalid_api_key"}},
+		{"anonymous 404", Call{Local: true, Status: 404, ErrorCode: "unknown_url"}, outcome{counted: true, failed: true, class: ClassLocal, errType: "unknown_url"}},
+		{"client refused a model", Call{Local: true, Status: 403, ClientID: "c1", ErrorCode: "model_not_allowed"}, outcome{counted: true, failed: true, class: ClassLocal, errType: "model_not_allowed"}},
+		{"forbidden jwt claim", Call{Local: true, Status: 403, ErrorCode: "insufficient_permissions"}, outcome{counted: true, failed: true, class: ClassLocal, errType: "insufficient_permissions"}},
 		{"local no code", Call{Local: true, Status: 503}, outcome{counted: true, failed: true, class: ClassLocal, errType: ClassLocal}},
 		{"class given", Call{KeyID: "k", Status: 403, ErrorCode: policy.ClassRateLimited}, outcome{counted: true, failed: true, upstream: true, class: policy.ClassRateLimited, errType: policy.ClassRateLimited}},
 		{"408 timeout", Call{KeyID: "k", Status: 408, ErrorCode: policy.ClassTimeout}, outcome{counted: true, failed: true, upstream: true, class: policy.ClassTimeout, errType: policy.ClassTimeout}},
@@ -441,6 +497,50 @@ func TestAlerts(t *testing.T) {
 		m := scrape(t, tel)
 		if m[`keymux_alert_active{alert="error_rate"}`] != 0 || m[`keymux_error_ratio`] != 0.2 {
 			t.Errorf("active=%v ratio=%v, want 0 and 0.2", m[`keymux_alert_active{alert="error_rate"}`], m[`keymux_error_ratio`])
+		}
+	})
+	t.Run("anonymous refusals do not count", func(t *testing.T) {
+		var logs syncBuffer
+		tel := newTel(t, Config{Logger: jsonLogger(&logs), Now: func() time.Time { return t0 }})
+		tel.SetAlerts(func() Alerts { return Alerts{ErrorRate: 0.2, Usage: 0} })
+		for range 8 {
+			tel.End(call("k1", "m", 200, time.Millisecond, t0))
+		}
+		// A scanner without a token: 50 anonymous 401s, and one unknown token.
+		for range 50 {
+			tel.End(local(401, "missing_api_key", "", t0))
+		}
+		tel.End(local(401, "invalid_api_key", "m", t0))
+		if logs.String() != "" {
+			t.Fatalf("anonymous refusals raised the alert: %s", logs.String())
+		}
+		m := scrape(t, tel)
+		if m[`keymux_alert_active{alert="error_rate"}`] != 0 || m[`keymux_error_ratio`] != 0 {
+			t.Errorf("active=%v ratio=%v, want 0 and 0", m[`keymux_alert_active{alert="error_rate"}`], m[`keymux_error_ratio`])
+		}
+		// They stay visible as local errors and in /stats.
+		if got := m[`keymux_errors_total{class="local"}`]; got != 51 {
+			t.Errorf(`keymux_errors_total{class="local"} = %v, want 51`, got)
+		}
+		if st := tel.Stats(AlertWindow); st.TotalCalls != 59 || st.SuccessfulCalls != 8 {
+			t.Errorf("/stats calls %d/%d, want 59 with 8 successful", st.TotalCalls, st.SuccessfulCalls)
+		}
+		// Identified failures still count: 8 ok + 2 refused for a model
+		// (403, client known) = 10 calls, 0.2 failed: not above; one more fires.
+		refusal := func() {
+			c := local(403, "model_not_allowed", "m", t0)
+			c.ClientID = "c1"
+			tel.End(c)
+		}
+		refusal()
+		refusal()
+		if logs.String() != "" {
+			t.Fatalf("alert at 2 of 10: %s", logs.String())
+		}
+		refusal()
+		want := `{"level":"WARN","msg":"alert threshold crossed","alert":"error_rate","value":0.2727272727272727,"threshold":0.2,"window":"5m0s","calls":11}` + "\n"
+		if logs.String() != want {
+			t.Fatalf("log:\n%s\nwant\n%s", logs.String(), want)
 		}
 	})
 	t.Run("usage per key fires once", func(t *testing.T) {

@@ -58,14 +58,17 @@
 // message_timeout (default 200ms) and override_message_timeout within
 // max_message_timeout; failure_mode_allow and status_on_error; spurious
 // replies; dynamic metadata limited to receiving_namespaces.untyped and
-// visible to the access log; half-close at the end, cancel on client abort;
+// visible to the access log; metadata_context on every message with the
+// stream's metadata in forwarding_namespaces.untyped (typed namespaces,
+// per-route overrides and connection metadata not emulated); half-close at the end, cancel on client abort;
 // replies after completion ignored.
 //
 // Upstreams: STATIC / STRICT_DNS / LOGICAL_DNS clusters by address (round
 // robin over the endpoints), dynamic_forward_proxy clusters by the request's
 // :authority, plain HTTP or TLS (UpstreamTlsContext: SNI = sni or the
 // authority host, verification against validation_context.trusted_ca, the
-// system roots, or Config.UpstreamTLS), HTTP/1.1 through net/http with no
+// system roots, or Config.UpstreamTLS; the first tls_certificates entry as
+// the client certificate), HTTP/1.1 through net/http with no
 // automatic decompression and no redirects. Response bodies in NONE and
 // STREAMED mode are copied chunk by chunk with a flush after each read.
 //
@@ -78,8 +81,10 @@
 //     the downstream side speaks HTTP/1.1 in clear text only (codec_type AUTO
 //     or HTTP2, h2c and listener TLS are not emulated). Upstreams are always
 //     HTTP/1.1 (auto_config and http2_protocol_options are ignored for HTTP
-//     upstreams; the ext_proc gRPC client is grpc-go over HTTP/2, always
-//     without TLS).
+//     upstreams; the ext_proc gRPC client is grpc-go over HTTP/2, with
+//     TLS when its cluster has an UpstreamTlsContext, where Go also checks
+//     the server's name or IP address against its certificate, which Envoy
+//     does only with match_typed_subject_alt_names).
 //   - Trailers are never sent to the processor nor forwarded:
 //     request_trailer_mode and response_trailer_mode SEND have no effect.
 //   - route_config must be inline (no RDS, no scoped routes).
@@ -136,7 +141,8 @@
 //     retry_policy ignored), RS/PS/ES/HS 256/384/512 signatures, issuer,
 //     audiences, exp/nbf with clock_skew_seconds, from_headers or the
 //     Authorization bearer token, forward, forward_payload_header
-//     (pad_forward_payload_header), payload_in_metadata; rules with
+//     (pad_forward_payload_header; a client-sent copy is removed whenever
+//     a rule matches), payload_in_metadata; rules with
 //     provider_name, provider_and_audiences, requires_any, requires_all,
 //     allow_missing, allow_missing_or_failed. Not emulated: from_params,
 //     from_cookies, subjects, require_expiration, max_lifetime,

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -296,6 +297,7 @@ func (s *session) send(d direction, kind msgKind, req *extprocsvc.ProcessingRequ
 			req.Attributes = map[string]*structpb.Struct{extProcAttributesKey: s.rq.attributes(attrs)}
 		}
 	}
+	req.MetadataContext = s.forwardedMetadata()
 	if kind == kindHeaders {
 		st.headersSent = true
 	}
@@ -707,4 +709,25 @@ func (f *extProcFilter) perRoute(r *route) (disabled bool, mode *extprocv3.Proce
 		}
 	}
 	return false, mode, failOpen
+}
+
+// forwardedMetadata is Filter::addDynamicMetadata: the stream's dynamic
+// metadata in the namespaces of metadata_options.forwarding_namespaces.untyped,
+// as it stands when the message is sent, on every message (an empty
+// Metadata when none is configured or set). Typed namespaces, per-route
+// overrides and connection-level metadata are not emulated.
+func (s *session) forwardedMetadata() *corev3.Metadata {
+	md := &corev3.Metadata{}
+	li := s.rq.info
+	li.mu.Lock()
+	defer li.mu.Unlock()
+	for _, ns := range s.f.cfg.GetMetadataOptions().GetForwardingNamespaces().GetUntyped() {
+		if v, ok := li.metadata[ns]; ok {
+			if md.FilterMetadata == nil {
+				md.FilterMetadata = map[string]*structpb.Struct{}
+			}
+			md.FilterMetadata[ns] = proto.Clone(v).(*structpb.Struct)
+		}
+	}
+	return md
 }

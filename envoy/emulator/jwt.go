@@ -197,6 +197,7 @@ func (f *jwtFilter) decode(rq *request) *localReply {
 	if req == nil {
 		return nil
 	}
+	f.sanitize(rq, req)
 	if err := f.eval(rq, req, nil); err != nil {
 		je := errJwtBad
 		errors.As(err, &je)
@@ -208,6 +209,33 @@ func (f *jwtFilter) decode(rq *request) *localReply {
 		}
 	}
 	return nil
+}
+
+// sanitize is the extractor's sanitizeHeaders: before verifying, a matched
+// requirement removes the forward_payload_header of each of its providers
+// (every provider for allow_missing*), so only a verified payload can
+// arrive in it.
+func (f *jwtFilter) sanitize(rq *request, req *jwtauthnv3.JwtRequirement) {
+	var names []string
+	switch {
+	case req.GetProviderName() != "":
+		names = []string{req.GetProviderName()}
+	case req.GetProviderAndAudiences() != nil:
+		names = []string{req.GetProviderAndAudiences().GetProviderName()}
+	case req.GetRequiresAny() != nil || req.GetRequiresAll() != nil:
+		for _, r := range append(req.GetRequiresAny().GetRequirements(), req.GetRequiresAll().GetRequirements()...) {
+			f.sanitize(rq, r)
+		}
+	case req.GetAllowMissing() != nil, req.GetAllowMissingOrFailed() != nil:
+		for name := range f.providers {
+			names = append(names, name)
+		}
+	}
+	for _, name := range names {
+		if p := f.providers[name]; p != nil && p.cfg.GetForwardPayloadHeader() != "" {
+			rq.hdr.remove(strings.ToLower(p.cfg.GetForwardPayloadHeader()))
+		}
+	}
 }
 
 func (f *jwtFilter) eval(rq *request, req *jwtauthnv3.JwtRequirement, _ []string) error {

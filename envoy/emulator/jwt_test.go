@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/big"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -69,6 +70,10 @@ func TestJWTAuthn(t *testing.T) {
 				m[k] = v
 			}
 		}
+		// Forwarded dynamic metadata: only the configured namespaces that are set.
+		fm := req.GetMetadataContext().GetFilterMetadata()
+		m["namespaces"] = strconv.Itoa(len(fm))
+		m["metadata role"] = fm["envoy.filters.http.jwt_authn"].GetFields()["claims"].GetStructValue().GetFields()["role"].GetStringValue()
 		seen <- m
 		return []*extprocsvc.ProcessingResponse{continueReply(req)}
 	}))
@@ -92,6 +97,7 @@ func TestJWTAuthn(t *testing.T) {
 	audTok, _ := local.sign(t, map[string]any{"iss": "https://idp.test/", "aud": "other", "exp": now + 600})
 	issTok, _ := local.sign(t, map[string]any{"iss": "https://evil.test/", "aud": "keymux", "exp": now + 600})
 	forgedTok, _ := other.sign(t, good)
+	forgedPayload := base64.RawURLEncoding.EncodeToString([]byte(`{"role":"ROLE_API_USER"}`))
 	remoteTok, remotePayload := remote.sign(t, map[string]any{"iss": "https://remote.test/", "exp": now + 600})
 
 	tests := []struct {
@@ -100,18 +106,22 @@ func TestJWTAuthn(t *testing.T) {
 		status     int
 		body       string
 		payload    string // x-jwt-payload seen by the processor ("" = none)
+		role       string // role in the forwarded jwt_authn metadata ("" = none)
 	}{
-		{"missing token", "/v1/chat", nil, 401, "Jwt is missing", ""},
-		{"valid token", "/v1/chat", map[string]string{"Authorization": "Bearer " + goodTok}, 200, "upstream says hi", goodPayload},
-		{"expired", "/v1/chat", map[string]string{"Authorization": "Bearer " + expiredTok}, 401, "Jwt is expired", ""},
-		{"wrong audience", "/v1/chat", map[string]string{"Authorization": "Bearer " + audTok}, 403, "Audiences in Jwt are not allowed", ""},
-		{"wrong issuer", "/v1/chat", map[string]string{"Authorization": "Bearer " + issTok}, 401, "Jwt issuer is not configured", ""},
-		{"forged signature", "/v1/chat", map[string]string{"Authorization": "Bearer " + forgedTok}, 401, "Jwt verification fails", ""},
-		{"garbage", "/v1/chat", map[string]string{"Authorization": "Bearer a.b.c"}, 401, "Jwt verification fails", ""},
-		{"no rule: no check", "/health", nil, 200, "upstream says hi", ""},
-		{"remote jwks from a header", "/remote/x", map[string]string{"X-Token": remoteTok}, 200, "upstream says hi", remotePayload},
-		{"allow_missing without token", "/optional", nil, 200, "upstream says hi", ""},
-		{"allow_missing with a bad token", "/optional", map[string]string{"Authorization": "Bearer " + forgedTok}, 401, "Jwt verification fails", ""},
+		{"missing token", "/v1/chat", nil, 401, "Jwt is missing", "", ""},
+		{"valid token", "/v1/chat", map[string]string{"Authorization": "Bearer " + goodTok}, 200, "upstream says hi", goodPayload, "ROLE_API_USER"},
+		{"valid token, forged payload header", "/v1/chat", map[string]string{"Authorization": "Bearer " + goodTok, "X-Jwt-Payload": forgedPayload}, 200, "upstream says hi", goodPayload, "ROLE_API_USER"},
+		{"expired", "/v1/chat", map[string]string{"Authorization": "Bearer " + expiredTok}, 401, "Jwt is expired", "", ""},
+		{"wrong audience", "/v1/chat", map[string]string{"Authorization": "Bearer " + audTok}, 403, "Audiences in Jwt are not allowed", "", ""},
+		{"wrong issuer", "/v1/chat", map[string]string{"Authorization": "Bearer " + issTok}, 401, "Jwt issuer is not configured", "", ""},
+		{"forged signature", "/v1/chat", map[string]string{"Authorization": "Bearer " + forgedTok}, 401, "Jwt verification fails", "", ""},
+		{"garbage", "/v1/chat", map[string]string{"Authorization": "Bearer a.b.c"}, 401, "Jwt verification fails", "", ""},
+		{"no rule: no check", "/health", nil, 200, "upstream says hi", "", ""},
+		{"no rule: a client header passes", "/health", map[string]string{"X-Jwt-Payload": forgedPayload}, 200, "upstream says hi", forgedPayload, ""},
+		{"remote jwks from a header", "/remote/x", map[string]string{"X-Token": remoteTok}, 200, "upstream says hi", remotePayload, ""},
+		{"allow_missing without token", "/optional", nil, 200, "upstream says hi", "", ""},
+		{"allow_missing strips a forged payload header", "/optional", map[string]string{"X-Jwt-Payload": forgedPayload}, 200, "upstream says hi", "", ""},
+		{"allow_missing with a bad token", "/optional", map[string]string{"Authorization": "Bearer " + forgedTok}, 401, "Jwt verification fails", "", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -128,6 +138,13 @@ func TestJWTAuthn(t *testing.T) {
 			m := <-seen
 			if m["x-jwt-payload"] != tc.payload {
 				t.Fatalf("processor saw x-jwt-payload %q, want %q", m["x-jwt-payload"], tc.payload)
+			}
+			wantNS := "0"
+			if tc.role != "" {
+				wantNS = "1"
+			}
+			if m["metadata role"] != tc.role || m["namespaces"] != wantNS {
+				t.Fatalf("processor saw metadata role %q in %s namespaces, want %q in %s", m["metadata role"], m["namespaces"], tc.role, wantNS)
 			}
 			if tc.payload != "" && (m["authorization"] != "" || m["x-token"] != "") {
 				t.Fatalf("token forwarded although forward is false: %v", m)

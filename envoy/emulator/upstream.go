@@ -20,6 +20,7 @@ import (
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -144,6 +145,19 @@ func upstreamTLS(utc *tlsv3.UpstreamTlsContext, override *tls.Config) (*tls.Conf
 		t = &tls.Config{} // system roots
 	}
 	t.MinVersion = tls.VersionTLS12
+	if certs := utc.GetCommonTlsContext().GetTlsCertificates(); len(certs) > 0 {
+		// The client certificate (mTLS); only the first is used.
+		chain, err1 := dataSource(certs[0].GetCertificateChain())
+		key, err2 := dataSource(certs[0].GetPrivateKey())
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, fmt.Errorf("tls_certificates: %w", err)
+		}
+		c, err := tls.X509KeyPair(chain, key)
+		if err != nil {
+			return nil, fmt.Errorf("tls_certificates: %w", err)
+		}
+		t.Certificates = []tls.Certificate{c}
+	}
 	if sni := utc.GetSni(); sni != "" {
 		t.ServerName = sni
 	}
@@ -213,8 +227,14 @@ func (c *cluster) grpcTarget() (string, error) {
 }
 
 func (c *cluster) grpcDialOptions() []grpc.DialOption {
+	creds := insecure.NewCredentials()
+	if c.tls != nil {
+		t := c.tls.Clone()
+		t.NextProtos = nil // gRPC negotiates h2 itself
+		creds = credentials.NewTLS(t)
+	}
 	return []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.DefaultConfig, MinConnectTimeout: c.connectTimeout}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32), grpc.MaxCallSendMsgSize(math.MaxInt32)),
 	}

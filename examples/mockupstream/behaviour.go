@@ -47,7 +47,8 @@ type Behaviour struct {
 	// Content replaces the assistant text Reply would give; the usage
 	// follows it.
 	Content string
-	// Body, when not empty, is sent as is (content-type application/json)
+	// Body, when not empty, is sent as is (content-type application/json
+	// unless Headers set one, e.g. text/event-stream for a scripted stream)
 	// with Status (default 200) instead of any generated answer.
 	Body string
 	// Path, when set, limits the behaviour to requests whose path ends with

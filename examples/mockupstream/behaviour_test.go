@@ -85,6 +85,12 @@ func TestBodyOverride(t *testing.T) {
 	if status != 502 || string(body) != `{"not":"openai"` || hdr.Get("content-type") != "application/json" {
 		t.Errorf("status %d body %q", status, body)
 	}
+	// A content-type in Headers stays: a scripted raw stream.
+	srv.Script("sk-test-k1", mockupstream.Behaviour{Body: "data: {}\n\n", Headers: map[string]string{"content-type": "text/event-stream"}})
+	status, hdr, body = do(t, "POST", srv.URL()+"/v1/chat/completions", map[string]string{"authorization": "Bearer sk-test-k1"}, chatBody)
+	if status != 200 || string(body) != "data: {}\n\n" || hdr.Get("content-type") != "text/event-stream" {
+		t.Errorf("raw stream: status %d body %q content-type %q", status, body, hdr.Get("content-type"))
+	}
 	srv.Script("sk-test-k1", mockupstream.Behaviour{Content: "one two"})
 	client := sdk(srv, "sk-test-k1")
 	resp, err := client.Chat.Completions.New(t.Context(), openai.ChatCompletionNewParams{Model: "gpt-4",

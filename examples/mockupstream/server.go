@@ -600,7 +600,9 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		if status == 0 {
 			status = http.StatusOK
 		}
-		w.Header().Set("content-type", "application/json")
+		if w.Header().Get("content-type") == "" {
+			w.Header().Set("content-type", "application/json")
+		}
 		w.WriteHeader(status)
 		_, _ = io.WriteString(w, b.Body)
 		return

@@ -55,6 +55,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Resolve turns secret_ref values into secrets; nil: store.ResolveSecretRef.
 	Resolve store.SecretResolver
+	// Scope limits the key documents accepted (nil: unlimited).
+	Scope *store.Scope
 	// OnHealth, when set, is called from Run's goroutine for every changed
 	// health/<key id> entry; raw is nil when the entry was deleted.
 	OnHealth func(keyID string, raw []byte)
@@ -149,11 +151,15 @@ func New(opts Options) (*Source, error) {
 	if opts.BackoffMax < opts.BackoffBase {
 		opts.BackoffMax = max(DefaultBackoffMax, opts.BackoffBase)
 	}
+	b := store.NewBuilder(opts.Resolve)
+	if opts.Scope != nil {
+		b.SetScope(opts.Scope)
+	}
 	return &Source{
 		opts:    opts,
 		kv:      opts.Client.KV(),
 		log:     opts.Logger.With("source", "consul", "prefix", opts.Prefix),
-		builder: store.NewBuilder(opts.Resolve),
+		builder: b,
 		docs:    map[string]kvValue{},
 		health:  map[string]kvValue{},
 		changed: make(chan struct{}),

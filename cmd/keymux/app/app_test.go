@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/testutil/wait"
 )
 
@@ -46,6 +47,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{"no source", []string{"serve"}, nil, "serve needs a source"},
 		{"bad grpc address", []string{"serve", "--config", "x", "--grpc", "nowhere"}, nil, `--grpc "nowhere": want host:port or unix:PATH`},
 		{"empty unix socket", []string{"serve", "--config", "x", "--grpc", "unix:"}, nil, "empty socket path"},
+		{"mTLS without a client CA", []string{"serve", "--config", "x", "--grpc-tls-cert", "c.pem", "--grpc-tls-key", "k.pem"}, nil, "--grpc-tls-cert, --grpc-tls-key and --grpc-tls-client-ca go together (mutual TLS)"},
 		{"bad admin address", []string{"serve", "--config", "x", "--admin", "unix:/tmp/a"}, nil, `--admin "unix:/tmp/a": want host:port`},
 		{"prefix with a leading slash", []string{"serve", "--consul", "--consul-prefix", "/keymux"}, nil, `--consul-prefix: prefix "/keymux" must not start with /`},
 		{"kv without a command", []string{"kv"}, nil, "kv: missing command"},
@@ -245,5 +247,28 @@ func TestDevOfflineDemo(t *testing.T) {
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		t.Fatal("cancelled early")
+	}
+}
+
+func TestOpenListenerWarning(t *testing.T) {
+	const warn = "auth.mode is none on a listener beyond loopback: anyone who reaches it uses the pool's keys; set auth.mode client_keys or jwt_claim"
+	for _, tc := range []struct {
+		addr string
+		mode policy.AuthMode
+		want string
+	}{
+		{"0.0.0.0:10000", policy.AuthNone, warn},
+		{"[::]:10000", policy.AuthNone, warn},
+		{"192.0.2.10:10000", policy.AuthNone, warn},
+		{":10000", policy.AuthNone, warn},
+		{"127.0.0.1:10000", policy.AuthNone, ""},
+		{"[::1]:10000", policy.AuthNone, ""},
+		{"localhost:10000", policy.AuthNone, ""},
+		{"0.0.0.0:10000", policy.AuthClientKeys, ""},
+		{"0.0.0.0:10000", policy.AuthJWTClaim, ""},
+	} {
+		if got := openListenerWarning(tc.addr, tc.mode); got != tc.want {
+			t.Errorf("openListenerWarning(%s, %s) = %q, want %q", tc.addr, tc.mode, got, tc.want)
+		}
 	}
 }

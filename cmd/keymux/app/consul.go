@@ -15,6 +15,7 @@ func (sc *sidecar) startConsul(ctx context.Context, o serveOptions) error {
 		Store:    sc.store,
 		StateDir: o.stateDir,
 		Logger:   sc.log,
+		Scope:    o.scope(),
 		OnHealth: sc.health.OnHealth,
 	})
 	if err != nil {

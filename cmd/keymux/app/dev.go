@@ -6,14 +6,18 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 
 	"github.com/keymux/keymux/envoy"
 	"github.com/keymux/keymux/envoy/emulator"
 	"github.com/keymux/keymux/examples/mockupstream"
+	"github.com/keymux/keymux/policy"
 )
 
 // extprocCluster is the bootstrap cluster whose address follows --grpc.
@@ -46,6 +50,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 
+	// The mock upstream and local test servers run on loopback; Envoy's
+	// admin address stays refused.
+	o.devUpstreams = []string{"127.0.0.0/8", "::1/128", "localhost"}
+	if sa := boot.GetAdmin().GetAddress().GetSocketAddress(); sa.GetAddress() != "" {
+		o.adminAddrs = append(o.adminAddrs, net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))))
+	}
 	demo := o.config == "" && !o.consul
 	if demo {
 		mock := mockupstream.New(mockupstream.Options{Logger: log})
@@ -82,6 +92,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return errors.Join(fmt.Errorf("envoy emulator: %w", err), sc.close())
 	}
+	if msg := openListenerWarning(listenAddr, sc.store.Read().Settings().Auth.Mode); msg != "" {
+		log.Warn(msg, "listen", listenAddr)
+	}
 	fmt.Fprintf(stdout, "keymux ready grpc=%s admin=%s listen=%s\n", sc.grpcAddr(), sc.adminAddr(), em.Addr())
 	if demo {
 		fmt.Fprintf(stdout, "try:\n  curl -s %s/v1/chat/completions -H 'content-type: application/json' -d '{\"model\":\"gpt-4\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'\n", em.URL())
@@ -105,4 +118,20 @@ func loadDevBootstrap(path string) (*bootstrapv3.Bootstrap, error) {
 		return nil, fmt.Errorf("built-in envoy.yaml: %w", err)
 	}
 	return b, nil
+}
+
+// openListenerWarning is the warning for a listener beyond loopback that
+// lets anyone use the keys (auth.mode none), "" when there is none.
+func openListenerWarning(listenAddr string, mode policy.AuthMode) string {
+	if mode != policy.AuthNone {
+		return ""
+	}
+	host, _, err := net.SplitHostPort(listenAddr)
+	if err != nil {
+		return ""
+	}
+	if ip, err := netip.ParseAddr(host); host == "localhost" || (err == nil && ip.Unmap().IsLoopback()) {
+		return ""
+	}
+	return "auth.mode is none on a listener beyond loopback: anyone who reaches it uses the pool's keys; set auth.mode client_keys or jwt_claim"
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -47,6 +48,46 @@ type serveOptions struct {
 	logFormat    string
 	callLog      string
 	drainTimeout time.Duration
+	secretEnv    listFlag
+	secretDirs   listFlag
+	upstreams    listFlag
+	// devUpstreams are allowed in addition to --allow-upstream (dev: the
+	// loopback mock); adminAddrs are Envoy admin addresses refused as
+	// upstreams (dev: the bootstrap's).
+	devUpstreams []string
+	adminAddrs   []string
+	grpcTLS      grpcTLS
+}
+
+// listFlag is a comma-separated list flag; the default stands until the
+// flag is given.
+type listFlag struct {
+	vals []string
+	set  bool
+}
+
+func (l *listFlag) String() string { return strings.Join(l.vals, ",") }
+
+func (l *listFlag) Set(v string) error {
+	if !l.set {
+		l.vals, l.set = nil, true
+	}
+	for f := range strings.SplitSeq(v, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			l.vals = append(l.vals, f)
+		}
+	}
+	return nil
+}
+
+// scope is what key documents may reference (see store.Scope).
+func (o *serveOptions) scope() *store.Scope {
+	sc := store.DefaultScope()
+	sc.SecretEnv = o.secretEnv.vals
+	sc.SecretDirs = o.secretDirs.vals
+	sc.Upstreams = append(slices.Clone(o.upstreams.vals), o.devUpstreams...)
+	sc.AdminAddrs = append(sc.AdminAddrs, o.adminAddrs...)
+	return sc
 }
 
 func (o *serveOptions) register(fs *flag.FlagSet) {
@@ -60,11 +101,20 @@ func (o *serveOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&o.callLog, "call-log", "", "call log destination: a file path, \"-\" for stdout, empty for none")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on shutdown, how long to wait for open ext_proc streams and their access-log entries")
+	o.secretEnv.vals = store.DefaultSecretEnv
+	o.secretDirs.vals = store.DefaultSecretDirs
+	fs.Var(&o.secretEnv, "secret-env", "environment variables a key's secret_ref env:NAME may name: comma-separated patterns")
+	fs.Var(&o.secretDirs, "secret-dir", "directories a key's secret_ref file:PATH may lie under, comma-separated")
+	o.grpcTLS.register(fs)
+	fs.Var(&o.upstreams, "allow-upstream", "base_url hosts allowed although loopback, link-local or Envoy's admin: host, host:port or CIDR, comma-separated")
 }
 
 func (o *serveOptions) check() error {
 	if o.config != "" && o.consul {
 		return &usageError{msg: "--config and --consul are exclusive: choose one source"}
+	}
+	if err := o.grpcTLS.check(); err != nil {
+		return err
 	}
 	prefix, err := consul.NormalizePrefix(o.consulPrefix)
 	if err != nil {
@@ -197,7 +247,7 @@ func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdo
 	sc.healthErr = make(chan error, 1)
 	go func() { sc.healthErr <- sc.health.Run(ctx) }()
 	sc.drain = o.drainTimeout
-	if err := sc.startGRPC(ctx, o.grpcAddr, tp); err != nil {
+	if err := sc.startGRPC(ctx, o, tp); err != nil {
 		return sc, err
 	}
 	return sc, sc.startAdmin(o.adminAddr)
@@ -223,6 +273,7 @@ func (sc *sidecar) startTelemetry(ctx context.Context, callLogDest string, stdou
 	sc.tel = tel
 	st := sc.store
 	tel.SetKeyHealth(sc.keyHealth)
+	tel.SetModelFilter(func(m string) bool { return st.Read().NamesModel(m) })
 	tel.SetConfigInfo(func() telemetry.ConfigInfo {
 		s := st.Status()
 		return telemetry.ConfigInfo{Generation: s.Generation, Source: s.Source, Stale: s.Stale, StaleSince: s.StaleSince, Refused: len(s.Refused),
@@ -270,8 +321,9 @@ func (sc *sidecar) newHealth(o serveOptions) error {
 }
 
 // startGRPC serves ext_proc, Envoy's AccessLogService and the gRPC health
-// service on addr; the health service says SERVING once the store is ready.
-func (sc *sidecar) startGRPC(ctx context.Context, addr string, tp trace.TracerProvider) error {
+// service on --grpc (with mutual TLS when configured); the health service
+// says SERVING once the store is ready.
+func (sc *sidecar) startGRPC(ctx context.Context, o serveOptions, tp trace.TracerProvider) error {
 	srv, err := extproc.New(extproc.Config{Store: sc.store, Logger: sc.log, Observer: sc.tel})
 	if err != nil {
 		return err
@@ -281,18 +333,26 @@ func (sc *sidecar) startGRPC(ctx context.Context, addr string, tp trace.TracerPr
 	}
 	sc.extproc = srv
 	go srv.Run(ctx)
-	sc.grpc = grpc.NewServer(
+	gopts := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp))),
 		// Envoy sends a BUFFERED body in one message; envoy.yaml buffers up
 		// to 16 MiB, above grpc-go's 4 MiB default.
 		grpc.MaxRecvMsgSize(maxGRPCMessage), grpc.MaxSendMsgSize(maxGRPCMessage),
-	)
+	}
+	creds, err := o.grpcTLS.serverOption()
+	if err != nil {
+		return err
+	}
+	if creds != nil {
+		gopts = append(gopts, creds)
+	}
+	sc.grpc = grpc.NewServer(gopts...)
 	extprocv3.RegisterExternalProcessorServer(sc.grpc, srv)
 	alsv3.RegisterAccessLogServiceServer(sc.grpc, srv.AccessLogService())
 	hs := grpchealth.NewServer()
 	sc.grpcHS = hs
 	healthpb.RegisterHealthServer(sc.grpc, hs)
-	if sc.grpcLis, err = listen(addr); err != nil {
+	if sc.grpcLis, err = listen(o.grpcAddr); err != nil {
 		return fmt.Errorf("--grpc: %w", err)
 	}
 	go func() {

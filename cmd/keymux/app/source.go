@@ -18,6 +18,7 @@ func (sc *sidecar) startSource(ctx context.Context, o serveOptions) error {
 	switch {
 	case o.config != "":
 		fsrc := store.NewFileSource(o.config, sc.store, sc.log)
+		fsrc.SetScope(o.scope())
 		if err := fsrc.Load(); err != nil {
 			sc.sourceErr = nil
 			return fmt.Errorf("--config: %w", err)

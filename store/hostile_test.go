@@ -1,0 +1,98 @@
+package store
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// jsonList renders n strings made by f as a JSON array.
+func jsonList(n int, f func(i int) string) string {
+	var b strings.Builder
+	b.WriteByte('[')
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Quote(f(i)))
+	}
+	b.WriteByte(']')
+	return b.String()
+}
+
+// Hostile documents too big to keep as fixtures: huge arrays, huge strings,
+// huge ids. Each gets the error naming its field (or id), without echoing
+// the bulk of the input or a secret.
+func TestParseHugeDocuments(t *testing.T) {
+	// n stays moderate: the duplicate check of a models list is quadratic
+	// today (100k models take about a minute).
+	const n = 5_000
+	token := `"token_sha256":"` + strings.Repeat("a", 64) + `"`
+	bigSecret := "sk-test-" + strings.Repeat("s", 1<<20)
+	tests := []struct {
+		name string
+		kind Kind
+		id   string
+		raw  string
+		err  string
+	}{
+		{"key models, duplicate at the end", KindKeys, "k1",
+			`{"provider":"openai","secret":"sk-test-k1","models":` + jsonList(n+1, func(i int) string { return "m-" + strconv.Itoa(i%n) }) + `}`,
+			`keys/k1: field "models[5000]": duplicate model "m-0"`},
+		{"key models, empty at the end", KindKeys, "k1",
+			`{"provider":"openai","secret":"sk-test-k1","models":` + jsonList(n, func(i int) string {
+				if i == n-1 {
+					return ""
+				}
+				return "m-" + strconv.Itoa(i)
+			}) + `}`,
+			`keys/k1: field "models[4999]": must not be empty`},
+		{"client models, reserved at the end", KindClients, "c1",
+			`{` + token + `,"models":` + jsonList(n, func(i int) string {
+				if i == n-1 {
+					return "*"
+				}
+				return "m-" + strconv.Itoa(i)
+			}) + `}`,
+			`clients/c1: field "models[4999]": "*" is reserved`},
+		{"huge secret with a control character", KindKeys, "k1",
+			`{"provider":"openai","secret":"` + bigSecret + `\u0007"}`,
+			`keys/k1: field "secret": must be non-empty without control characters`},
+		{"huge unknown field name", KindKeys, "k1",
+			`{"provider":"openai","secret":"sk-test-k1","` + strings.Repeat("x", 1<<20) + `":1}`,
+			`keys/k1: unknown field "` + strings.Repeat("x", 128) + `…"`},
+		{"huge invalid id", KindKeys, strings.Repeat("k", 1<<16) + "/..",
+			`{"provider":"openai","secret":"sk-test-k1"}`,
+			`keys/"` + strings.Repeat("k", 128) + `…": invalid id (want 1 to 128 of A-Z a-z 0-9 . _ -)`},
+		{"id with a NUL byte", KindRules, "r1\x00",
+			`{"key":"*","from":"a","to":"b"}`,
+			`rules/"r1\x00": invalid id (want 1 to 128 of A-Z a-z 0-9 . _ -)`},
+		{"huge number", KindSettings, "",
+			`{"max_body_bytes":1` + strings.Repeat("0", 1<<16) + `}`,
+			`settings: field "max_body_bytes": want integer, got number 1` + strings.Repeat("0", 1<<16)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var err error
+			switch tc.kind {
+			case KindKeys:
+				_, err = ParseKey(tc.id, []byte(tc.raw), testResolve)
+			case KindRules:
+				_, err = ParseRule(tc.id, []byte(tc.raw))
+			case KindClients:
+				_, err = ParseClient(tc.id, []byte(tc.raw))
+			case KindSettings:
+				_, err = ParseSettings([]byte(tc.raw))
+			}
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if err.Error() != tc.err {
+				t.Fatalf("error\n got: %.300s\nwant: %.300s", err, tc.err)
+			}
+			if strings.Contains(err.Error(), "sk-test") {
+				t.Errorf("error leaks a secret")
+			}
+		})
+	}
+}
