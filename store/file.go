@@ -177,6 +177,13 @@ var yamlLine = regexp.MustCompile(`line (\d+)`)
 // a whole returns an error wrapping ErrBadFile and leaves the builder
 // unchanged.
 func (b *Builder) PutFile(data []byte) error {
+	return b.PutFileContext(context.Background(), data)
+}
+
+// PutFileContext is PutFile that stops between documents once ctx ends,
+// with an error that wraps ctx.Err(); the builder then holds part of the
+// file (for a source that is stopping).
+func (b *Builder) PutFileContext(ctx context.Context, data []byte) error {
 	f, err := DecodeFile(data)
 	if err != nil {
 		return err
@@ -192,6 +199,9 @@ func (b *Builder) PutFile(data []byte) error {
 		b.Delete(KindSettings, "")
 	}
 	for _, d := range f.Docs() {
+		if err := Cancelled(ctx); err != nil {
+			return err
+		}
 		path := string(d.Kind)
 		if d.Kind != KindSettings {
 			path += "/" + d.ID
@@ -262,38 +272,44 @@ func (f *FileSource) SetScope(sc *Scope) { f.b.SetScope(sc) }
 func (f *FileSource) Source() string { return "file:" + f.path }
 
 // Load applies the file for the first time. It fails when the file cannot
-// be used at all; bad entries are refused alone.
-func (f *FileSource) Load() error {
-	return f.Reload()
+// be used at all, or when ctx ends first (the error wraps ctx.Err()); bad
+// entries are refused alone.
+func (f *FileSource) Load(ctx context.Context) error {
+	return f.Reload(ctx)
 }
 
 // Reload re-reads the file and applies it even when unchanged (secret refs
 // are resolved again): the SIGHUP path. A file that cannot be used is
 // refused: the previous config keeps serving, the refusal is logged and
-// shown in Status.Refused, and the error is returned.
-func (f *FileSource) Reload() error {
+// shown in Status.Refused, and the error is returned. When ctx ends during
+// the apply, the store is left as it was and the error wraps ctx.Err().
+func (f *FileSource) Reload(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	data, err := os.ReadFile(f.path)
 	if err != nil {
-		return f.refuseLocked(fmt.Errorf("%w: %w", ErrBadFile, err), [sha256.Size]byte{})
+		return f.refuseLocked(ctx, fmt.Errorf("%w: %w", ErrBadFile, err), [sha256.Size]byte{})
 	}
 	f.readFailed = false
-	return f.applyLocked(data, sha256.Sum256(data))
+	return f.applyLocked(ctx, data, sha256.Sum256(data))
 }
 
-func (f *FileSource) applyLocked(data []byte, sum [sha256.Size]byte) error {
-	if err := f.b.PutFile(data); err != nil {
-		return f.refuseLocked(err, sum)
+func (f *FileSource) applyLocked(ctx context.Context, data []byte, sum [sha256.Size]byte) error {
+	f.logger.Info("applying config file", "path", f.path, "bytes", len(data))
+	if err := f.b.PutFileContext(ctx, data); err != nil {
+		return f.refuseLocked(ctx, err, sum)
+	}
+	cfg, refused, err := f.b.BuildContext(ctx)
+	if err != nil {
+		return err
 	}
 	f.lastHash = sum
-	cfg, refused := f.b.Build()
 	for _, r := range refused {
 		f.logger.Warn("config entry refused", "source", f.Source(), "path", r.Path, "reason", r.Reason)
 	}
-	gen, err := f.st.Apply(cfg, SourceInfo{Source: f.Source(), LastSync: time.Now(), Refused: refused})
+	gen, err := f.st.ApplyContext(ctx, cfg, SourceInfo{Source: f.Source(), LastSync: time.Now(), Refused: refused})
 	if err != nil {
-		return f.refuseLocked(err, sum)
+		return f.refuseLocked(ctx, err, sum)
 	}
 	f.loaded = true
 	f.refused = refused
@@ -301,7 +317,12 @@ func (f *FileSource) applyLocked(data []byte, sum [sha256.Size]byte) error {
 	return nil
 }
 
-func (f *FileSource) refuseLocked(err error, sum [sha256.Size]byte) error {
+// refuseLocked records a file that cannot be used; an apply stopped by the
+// end of ctx is not a refusal and changes nothing.
+func (f *FileSource) refuseLocked(ctx context.Context, err error, sum [sha256.Size]byte) error {
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return err
+	}
 	f.lastHash = sum
 	f.readFailed = sum == [sha256.Size]byte{}
 	f.logger.Error("config file refused, previous config kept", "path", f.path, "error", err)
@@ -315,13 +336,13 @@ func (f *FileSource) refuseLocked(err error, sum [sha256.Size]byte) error {
 }
 
 // poll reloads when the file's content changed since the last attempt.
-func (f *FileSource) poll() {
+func (f *FileSource) poll(ctx context.Context) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	data, err := os.ReadFile(f.path)
 	if err != nil {
 		if !f.readFailed {
-			_ = f.refuseLocked(fmt.Errorf("%w: %w", ErrBadFile, err), [sha256.Size]byte{})
+			_ = f.refuseLocked(ctx, fmt.Errorf("%w: %w", ErrBadFile, err), [sha256.Size]byte{})
 		}
 		return
 	}
@@ -330,7 +351,7 @@ func (f *FileSource) poll() {
 	if sum == f.lastHash {
 		return
 	}
-	_ = f.applyLocked(data, sum)
+	_ = f.applyLocked(ctx, data, sum)
 }
 
 // Run watches the file until ctx ends, applying every change. It returns
@@ -340,7 +361,7 @@ func (f *FileSource) Run(ctx context.Context) error {
 	loaded := f.loaded
 	f.mu.Unlock()
 	if !loaded {
-		_ = f.Reload()
+		_ = f.Reload(ctx)
 	}
 	iv := f.Interval
 	if iv <= 0 {
@@ -353,7 +374,7 @@ func (f *FileSource) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			f.poll()
+			f.poll(ctx)
 		}
 	}
 }

@@ -185,6 +185,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	sc, err := startSidecar(ctx, o, log, stdout)
 	if err != nil {
+		if stopped(ctx, err) {
+			return nil
+		}
 		return err
 	}
 	fmt.Fprintf(stdout, "keymux ready grpc=%s admin=%s\n", sc.grpcAddr(), sc.adminAddr())
