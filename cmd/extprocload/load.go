@@ -218,7 +218,7 @@ func runLoad(ctx context.Context, o options, stdout, stderr io.Writer) (err erro
 	args := []string{"serve", "--config", cfg, "--grpc", "127.0.0.1:0", "--admin", "127.0.0.1:0",
 		"--allow-upstream", upstream, "--log-level", "warn"}
 	var pprofAddr string
-	if o.cpuProfile != "" {
+	if o.cpuProfile != "" || o.allocProfile != "" {
 		if pprofAddr, err = freeAddr(); err != nil {
 			return err
 		}
@@ -250,7 +250,8 @@ func runLoad(ctx context.Context, o options, stdout, stderr io.Writer) (err erro
 		perRound := 2 * o.duration
 		total := time.Duration(len(levels)*o.rounds) * perRound
 		prof = make(chan error, 1)
-		go func() { prof <- fetchProfile(ctx, pprofAddr, total, o.cpuProfile) }()
+		secs := max(int(total.Round(time.Second)/time.Second), 1)
+		go func() { prof <- fetchProfile(ctx, pprofAddr, fmt.Sprintf("profile?seconds=%d", secs), o.cpuProfile) }()
 	}
 	results := make(map[string][]result, len(servers))
 	for _, s := range servers {
@@ -272,24 +273,29 @@ func runLoad(ctx context.Context, o options, stdout, stderr io.Writer) (err erro
 			return err
 		}
 	}
+	if o.allocProfile != "" {
+		if err := fetchProfile(ctx, pprofAddr, "allocs", o.allocProfile); err != nil {
+			return err
+		}
+	}
 	writeTable(stdout, levels, results["keymux"], results["noop"])
 	return nil
 }
 
-// fetchProfile saves a CPU profile of d from keymux's --pprof endpoint.
-func fetchProfile(ctx context.Context, addr string, d time.Duration, path string) error {
-	secs := max(int(d.Round(time.Second)/time.Second), 1)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs), nil)
+// fetchProfile saves the profile /debug/pprof/NAME from keymux's --pprof
+// endpoint.
+func fetchProfile(ctx context.Context, addr, name, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/debug/pprof/"+name, nil)
 	if err != nil {
 		return err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("cpu profile: %w", err)
+		return fmt.Errorf("profile %s: %w", name, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("cpu profile: %s", resp.Status)
+		return fmt.Errorf("profile %s: %s", name, resp.Status)
 	}
 	f, err := os.Create(path)
 	if err != nil {

@@ -25,17 +25,18 @@ import (
 
 // options are the command line of extprocload.
 type options struct {
-	noop        bool
-	grpc        string // -noop: the address to serve on
-	keymux      string
-	keys        int
-	rounds      int
-	duration    time.Duration
-	requests    int
-	warmup      int
-	conc        string
-	cpuProfile  string
-	readyWithin time.Duration
+	noop         bool
+	grpc         string // -noop: the address to serve on
+	keymux       string
+	keys         int
+	rounds       int
+	duration     time.Duration
+	requests     int
+	warmup       int
+	conc         string
+	cpuProfile   string
+	allocProfile string
+	readyWithin  time.Duration
 }
 
 func (o *options) register(fs *flag.FlagSet) {
@@ -49,6 +50,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.IntVar(&o.warmup, "warmup", 200, "requests sent to each server before measuring")
 	fs.StringVar(&o.conc, "concurrency", "1,8,64", "concurrency levels, comma-separated")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the keymux process over the measured rounds to this file (starts keymux with --pprof)")
+	fs.StringVar(&o.allocProfile, "allocprofile", "", "write the keymux process's allocation profile (since its start) to this file at the end (starts keymux with --pprof)")
 	fs.DurationVar(&o.readyWithin, "ready-within", time.Minute, "how long each server may take to become SERVING")
 }
 
