@@ -39,6 +39,12 @@ type File struct {
 // documents themselves are not validated here. Its errors wrap ErrBadFile
 // and never echo document values.
 func DecodeFile(data []byte) (*File, error) {
+	return decodeFile(context.Background(), data)
+}
+
+// decodeFile is DecodeFile that gives up between its passes, and between
+// the members of a section, once ctx ends.
+func decodeFile(ctx context.Context, data []byte) (*File, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, fmt.Errorf("%w: the file is empty", ErrBadFile)
 	}
@@ -58,6 +64,9 @@ func DecodeFile(data []byte) (*File, error) {
 		}
 		return nil, fmt.Errorf("%w: top-level field %q appears twice", ErrBadFile, name)
 	}
+	if err := Cancelled(ctx); err != nil {
+		return nil, err
+	}
 	var d File
 	dec := json.NewDecoder(bytes.NewReader(js))
 	dec.DisallowUnknownFields()
@@ -74,6 +83,9 @@ func DecodeFile(data []byte) (*File, error) {
 		}
 		return nil, fmt.Errorf("%w: %v", ErrBadFile, err)
 	}
+	if err := Cancelled(ctx); err != nil {
+		return nil, err
+	}
 	var r fileRaw
 	if err := json.Unmarshal(js, &r); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadFile, err)
@@ -82,7 +94,11 @@ func DecodeFile(data []byte) (*File, error) {
 		kind Kind
 		raw  json.RawMessage
 	}{{KindKeys, r.Keys}, {KindRules, r.Rules}, {KindClients, r.Clients}} {
-		if id := duplicateMember(sec.raw); id != "" {
+		id, err := duplicateMember(ctx, sec.raw)
+		if err != nil {
+			return nil, err
+		}
+		if id != "" {
 			return nil, fmt.Errorf("%w: %s appears twice", ErrBadFile, docName(sec.kind, id))
 		}
 	}
@@ -130,29 +146,32 @@ type fileRaw struct {
 }
 
 // duplicateMember returns a member name that the JSON object raw holds
-// twice, or "".
-func duplicateMember(raw []byte) string {
+// twice, or "" (an error once ctx ends).
+func duplicateMember(ctx context.Context, raw []byte) (string, error) {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return ""
+		return "", nil
 	}
 	seen := map[string]bool{}
 	for dec.More() {
+		if err := Cancelled(ctx); err != nil {
+			return "", err
+		}
 		tok, err := dec.Token()
 		if err != nil {
-			return ""
+			return "", nil
 		}
 		key, _ := tok.(string)
 		if seen[key] {
-			return key
+			return key, nil
 		}
 		seen[key] = true
 		var skip json.RawMessage
 		if err := dec.Decode(&skip); err != nil {
-			return ""
+			return "", nil
 		}
 	}
-	return ""
+	return "", nil
 }
 
 // yamlMsg keeps the line of a YAML error; the rest may quote document
@@ -184,7 +203,7 @@ func (b *Builder) PutFile(data []byte) error {
 // with an error that wraps ctx.Err(); the builder then holds part of the
 // file (for a source that is stopping).
 func (b *Builder) PutFileContext(ctx context.Context, data []byte) error {
-	f, err := DecodeFile(data)
+	f, err := decodeFile(ctx, data)
 	if err != nil {
 		return err
 	}
