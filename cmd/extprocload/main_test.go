@@ -5,6 +5,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/keymux/keymux/testutil/syncbuf"
 )
 
 // TestMain lets the test binary stand in for the command: the load starts
@@ -25,7 +27,8 @@ func TestSmoke(t *testing.T) {
 		t.Skip("builds keymux")
 	}
 	t.Setenv("EXTPROCLOAD_AS_COMMAND", "1")
-	var out, logs bytes.Buffer
+	var out bytes.Buffer
+	var logs syncbuf.Buffer // both servers' stderr, copied concurrently
 	err := run(t.Context(), []string{"-keys", "3", "-rounds", "2", "-requests", "5", "-warmup", "2", "-concurrency", "1,4"}, &out, &logs)
 	if err != nil {
 		t.Fatalf("run: %v\nlogs:\n%s", err, logs.String())
