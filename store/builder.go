@@ -169,7 +169,7 @@ func (b *Builder) BuildContext(ctx context.Context) (*Config, []Refusal, error) 
 	}
 	var rules, clients []*good
 	for d, g := range b.docs {
-		if err := Cancelled(ctx); err != nil {
+		if err := checkStop(ctx); err != nil {
 			return nil, nil, err
 		}
 		switch d.kind {
@@ -195,7 +195,7 @@ func (b *Builder) BuildContext(ctx context.Context) (*Config, []Refusal, error) 
 	type kf struct{ key, from string }
 	ruleOwner := map[kf]string{}
 	for _, g := range rules {
-		if err := Cancelled(ctx); err != nil {
+		if err := checkStop(ctx); err != nil {
 			return nil, nil, err
 		}
 		r := g.val.(*policy.Rule)

@@ -64,7 +64,7 @@ func decodeFile(ctx context.Context, data []byte) (*File, error) {
 		}
 		return nil, fmt.Errorf("%w: top-level field %q appears twice", ErrBadFile, name)
 	}
-	if err := Cancelled(ctx); err != nil {
+	if err := checkStop(ctx); err != nil {
 		return nil, err
 	}
 	var d File
@@ -83,7 +83,7 @@ func decodeFile(ctx context.Context, data []byte) (*File, error) {
 		}
 		return nil, fmt.Errorf("%w: %v", ErrBadFile, err)
 	}
-	if err := Cancelled(ctx); err != nil {
+	if err := checkStop(ctx); err != nil {
 		return nil, err
 	}
 	var r fileRaw
@@ -154,7 +154,7 @@ func duplicateMember(ctx context.Context, raw []byte) (string, error) {
 	}
 	seen := map[string]bool{}
 	for dec.More() {
-		if err := Cancelled(ctx); err != nil {
+		if err := checkStop(ctx); err != nil {
 			return "", err
 		}
 		tok, err := dec.Token()
@@ -218,7 +218,7 @@ func (b *Builder) PutFileContext(ctx context.Context, data []byte) error {
 		b.Delete(KindSettings, "")
 	}
 	for _, d := range f.Docs() {
-		if err := Cancelled(ctx); err != nil {
+		if err := checkStop(ctx); err != nil {
 			return err
 		}
 		path := string(d.Kind)

@@ -154,10 +154,10 @@ func (s *Store) ApplyContext(ctx context.Context, cfg *Config, src SourceInfo) (
 	return gen, nil
 }
 
-// Cancelled returns nil while ctx lasts, then an error that wraps ctx.Err():
+// checkStop returns nil while ctx lasts, then an error that wraps ctx.Err():
 // the check of the loops that apply a configuration, so that a stop is
 // honoured during a large one.
-func Cancelled(ctx context.Context) error {
+func checkStop(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("configuration apply stopped: %w", err)
 	}
@@ -285,7 +285,7 @@ func readCarryOver(txn *memdb.Txn) (carryOver, error) {
 // index).
 func insertKeys(ctx context.Context, txn *memdb.Txn, keys map[string]*policy.Key, runtimes map[string]*Runtime) ([]*Entry, error) {
 	for _, id := range slices.Sorted(maps.Keys(keys)) {
-		if err := Cancelled(ctx); err != nil {
+		if err := checkStop(ctx); err != nil {
 			return nil, err
 		}
 		k := keys[id]
@@ -316,7 +316,7 @@ type ruleKey struct{ key, from string }
 func insertRules(ctx context.Context, txn *memdb.Txn, rules map[string]*policy.Rule) (map[ruleKey]*policy.Rule, error) {
 	enabled := map[ruleKey]*policy.Rule{}
 	for _, id := range slices.Sorted(maps.Keys(rules)) {
-		if err := Cancelled(ctx); err != nil {
+		if err := checkStop(ctx); err != nil {
 			return nil, err
 		}
 		r := rules[id]
@@ -332,7 +332,7 @@ func insertRules(ctx context.Context, txn *memdb.Txn, rules map[string]*policy.R
 
 func insertClients(ctx context.Context, txn *memdb.Txn, clients map[string]*policy.Client) error {
 	for _, id := range slices.Sorted(maps.Keys(clients)) {
-		if err := Cancelled(ctx); err != nil {
+		if err := checkStop(ctx); err != nil {
 			return err
 		}
 		if err := txn.Insert(tableClients, &clientRow{ID: id, Client: clients[id]}); err != nil {
@@ -386,7 +386,7 @@ func insertPools(ctx context.Context, txn *memdb.Txn, listed []string, enabled [
 	}
 	var models []string
 	for _, m := range listed {
-		if err := Cancelled(ctx); err != nil {
+		if err := checkStop(ctx); err != nil {
 			return nil, err
 		}
 		var entries []*Entry
