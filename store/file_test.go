@@ -84,7 +84,7 @@ func TestFileSourceReload(t *testing.T) {
 	}
 	st := newStore(t)
 	fs := NewFileSource(path, st, nil)
-	if err := fs.Load(); err != nil {
+	if err := fs.Load(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if s := st.Status(); s.Generation != 1 || s.Source != "file:"+path || len(s.Refused) != 0 || keyIDs(st.Read()) != "k1,k2" {
@@ -95,7 +95,7 @@ func TestFileSourceReload(t *testing.T) {
 	if err := writeFile(path, `{"keys": {"k1": `); err != nil {
 		t.Fatal(err)
 	}
-	err := fs.Reload()
+	err := fs.Reload(t.Context())
 	if !errors.Is(err, ErrBadFile) {
 		t.Fatalf("Reload(broken) = %v", err)
 	}
@@ -112,7 +112,7 @@ func TestFileSourceReload(t *testing.T) {
 	if err := writeFile(path, fileV2); err != nil {
 		t.Fatal(err)
 	}
-	if err := fs.Reload(); err != nil {
+	if err := fs.Reload(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	snap := st.Read()
@@ -128,7 +128,7 @@ func TestFileSourceReload(t *testing.T) {
 	if err := writeFile(path, fileV3); err != nil {
 		t.Fatal(err)
 	}
-	if err := fs.Reload(); err != nil {
+	if err := fs.Reload(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	snap = st.Read()
@@ -140,7 +140,7 @@ func TestFileSourceReload(t *testing.T) {
 func TestFileSourceLoadFails(t *testing.T) {
 	st := newStore(t)
 	path := filepath.Join(t.TempDir(), "missing.json")
-	if err := NewFileSource(path, st, nil).Load(); !errors.Is(err, os.ErrNotExist) {
+	if err := NewFileSource(path, st, nil).Load(t.Context()); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("Load(missing) = %v", err)
 	}
 	if st.Ready() {
