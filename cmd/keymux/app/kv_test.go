@@ -321,3 +321,27 @@ func TestKVReadsStdin(t *testing.T) {
 		t.Errorf("keys add of a bad document from stdin: %v", err)
 	}
 }
+
+func TestMaskSecret(t *testing.T) {
+	const m = `"` + maskedSecret + `"`
+	for _, tc := range []struct{ name, in, want string }{
+		{"one secret", `{"provider":"openai","secret":"sk-a"}`, `{"provider":"openai","secret":` + m + `}`},
+		{"duplicate secret", `{"secret":"sk-a","secret":"sk-b"}`, `{"secret":` + m + `,"secret":` + m + `}`},
+		{"escaped name", `{"secr\u0065t":"sk-a"}`, `{"secret":` + m + `}`},
+		{"other case", `{"SECRET":"sk-a"}`, `{"SECRET":` + m + `}`},
+		{"non-string secret", `{"secret":{"v":"sk-a"}}`, `{"secret":` + m + `}`},
+		{"env reference kept", `{"secret_ref":"env:OPENAI_API_KEY"}`, `{"secret_ref":"env:OPENAI_API_KEY"}`},
+		{"file reference kept", `{"secret_ref":"file:/run/secrets/k"}`, `{"secret_ref":"file:/run/secrets/k"}`},
+		{"pasted secret_ref", `{"secret_ref":"sk-a"}`, `{"secret_ref":` + m + `}`},
+		{"nested secret kept", `{"labels":{"secret":"x"}}`, `{"labels":{"secret":"x"}}`},
+		{"not an object", `["sk-a"]`, `{"error":"cannot mask this document"}`},
+		{"trailing data", `{"secret":"sk-a"} "sk-b"`, `{"error":"cannot mask this document"}`},
+		{"truncated", `{"secret":"sk-a","secret":`, `{"error":"cannot mask this document"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := string(maskSecret([]byte(tc.in))); got != tc.want {
+				t.Errorf("maskSecret(%s) = %s, want %s", tc.in, got, tc.want)
+			}
+		})
+	}
+}
