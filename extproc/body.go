@@ -121,6 +121,9 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 		return bi, badRequest("invalid_value", "model", "'model' is longer than 256 bytes.")
 	case !utf8.ValidString(modelV.Str):
 		return bi, notUTF8("model")
+	case policy.HasDotSegment(modelV.Str):
+		// It may become a path segment upstream (an Azure deployment).
+		return bi, badRequest("invalid_value", "model", "'model' must not have a '.' or '..' path segment.")
 	}
 	bi.model = strings.Clone(modelV.Str) // outlives the request body
 	// gjson sets Index to the raw value's offset for results of a parsed

@@ -39,6 +39,10 @@ func TestParseBody(t *testing.T) {
 		{"model not UTF-8", "{\"model\":\"gpt-4\xff\"}", modelRequired, "", false, "invalid_value", "model"},
 		{"user not UTF-8", "{\"model\":\"m\",\"user\":\"\xc3\"}", modelRequired, "", false, "invalid_value", "user"},
 		{"prompt_cache_key not UTF-8", "{\"prompt_cache_key\":\"a\xed\xa0\x80\",\"model\":\"m\"}", modelRequired, "", false, "invalid_value", "prompt_cache_key"},
+		{"model dot-dot segment", `{"model":"../x"}`, modelRequired, "", false, "invalid_value", "model"},
+		{"model dot-dot alone", `{"model":".."}`, modelRequired, "", false, "invalid_value", "model"},
+		{"model inner dot segment", `{"model":"org/./m"}`, modelRequired, "", false, "invalid_value", "model"},
+		{"model with slash and dots", `{"model":"org/m-1.5..x"}`, modelRequired, "org/m-1.5..x", false, "", ""},
 		{"escaped lone surrogate is replaced", `{"model":"a\ud800"}`, modelRequired, "a\ufffd", false, "", ""},
 	}
 	for _, tc := range tests {

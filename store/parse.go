@@ -815,7 +815,7 @@ func providerList() string {
 
 // validPathSegment accepts a value that may be put in a URL path or query
 // without escaping.
-func validPathSegment(s string) bool { return ValidID(s) }
+func validPathSegment(s string) bool { return ValidID(s) && !policy.HasDotSegment(s) }
 
 func parseBaseURL(doc, raw string, k *policy.Key) error {
 	const field = "base_url"
