@@ -131,8 +131,8 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 		return bi, badRequest("invalid_type", "model", "Invalid type for 'model': expected a string, got "+jsonTypeName(modelV)+".")
 	case modelV.Str == "":
 		return bi, badRequest("invalid_value", "model", "'model' must not be empty.")
-	case len(modelV.Str) > 256:
-		return bi, badRequest("invalid_value", "model", "'model' is longer than 256 bytes.")
+	case len(modelV.Str) > maxModelLen:
+		return bi, badRequest("invalid_value", "model", "'model' is longer than "+strconv.Itoa(maxModelLen)+" bytes.")
 	case !utf8.ValidString(modelV.Str):
 		return bi, notUTF8("model")
 	case policy.HasControl(modelV.Str):
@@ -164,6 +164,9 @@ func onceMembers(name string) uint8 {
 	}
 	return 0
 }
+
+// maxModelLen is the longest model name keymux accepts (and echoes).
+const maxModelLen = 256
 
 // notUTF8 refuses a string member whose value is not valid UTF-8: such a
 // value cannot go into metadata, spans or metric labels.

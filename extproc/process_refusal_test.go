@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
@@ -129,6 +130,12 @@ func TestRequestRefusals(t *testing.T) {
 			message: "The model `gpt-5` does not exist or no key serves it.", atBody: true},
 		{name: "retrieve a model nobody serves", msgs: request("GET", "/v1/models/gpt-5", ""),
 			status: 404, typ: typeInvalidRequest, code: "model_not_found", param: "model", op: "retrieve_model"},
+		{name: "retrieve a long model id", msgs: request("GET", "/v1/models/"+strings.Repeat("m", 255)+"é"+strings.Repeat("x", 5000), ""),
+			status: 404, typ: typeInvalidRequest, code: "model_not_found", param: "model", op: "retrieve_model",
+			message: "The model `" + strings.Repeat("m", 255) + "…` does not exist or no key serves it."},
+		{name: "retrieve a model id that is not UTF-8", msgs: request("GET", "/v1/models/gpt-4o\xff", ""),
+			status: 404, typ: typeInvalidRequest, code: "model_not_found", param: "model", op: "retrieve_model",
+			message: "The model `gpt-4o\ufffd` does not exist or no key serves it."},
 		{name: "retrieve a model the client may not use", settings: settingsClientKeys, msgs: request("GET", "/v1/models/gpt-4o-mini", "", bearer(tokenLimited)...),
 			status: 404, typ: typeInvalidRequest, code: "model_not_found", param: "model", op: "retrieve_model"},
 	}
@@ -143,6 +150,9 @@ func TestRequestRefusals(t *testing.T) {
 			if l.status != tc.status || l.err.Type != tc.typ || l.code() != tc.code || l.param() != tc.param {
 				t.Fatalf("got %d %s %s param %q (%s), want %d %s %s param %q",
 					l.status, l.err.Type, l.code(), l.param(), l.err.Message, tc.status, tc.typ, tc.code, tc.param)
+			}
+			if !utf8.Valid(l.body) {
+				t.Errorf("error body is not valid UTF-8: %q", l.body)
 			}
 			if tc.message != "" && l.err.Message != tc.message {
 				t.Errorf("message %q, want %q", l.err.Message, tc.message)
