@@ -864,6 +864,7 @@ func parseModels(doc, field string, in []string) ([]string, error) {
 		return nil, nil
 	}
 	out := make([]string, 0, len(in))
+	seen := make(map[string]struct{}, len(in))
 	for i, m := range in {
 		f := field + "[" + strconv.Itoa(i) + "]"
 		if m == "" {
@@ -872,9 +873,10 @@ func parseModels(doc, field string, in []string) ([]string, error) {
 		if m == ReservedModel {
 			return nil, fieldErr(doc, f, "%q is reserved", ReservedModel)
 		}
-		if slices.Contains(out, m) {
+		if _, dup := seen[m]; dup {
 			return nil, fieldErr(doc, f, "duplicate model %q", truncate(m, 128))
 		}
+		seen[m] = struct{}{}
 		out = append(out, m)
 	}
 	return out, nil
