@@ -643,17 +643,7 @@ func ResolveSecretRef(ref string) (string, error) {
 	return "", ErrBadSecretRef
 }
 
-func validSecret(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == 0x7f {
-			return false
-		}
-	}
-	return true
-}
+func validSecret(s string) bool { return s != "" && !policy.HasControl(s) }
 
 // ParseKey validates the keys/<id> document, resolves its secret and applies
 // defaults (weight 1, enabled, the provider's base URL).
@@ -770,8 +760,8 @@ func parseAzure(doc string, a *azureDoc, spec policy.ProviderSpec, k *policy.Key
 		if len(a.Deployments) > 0 {
 			k.Azure.Deployments = make(map[string]string, len(a.Deployments))
 			for m, dep := range a.Deployments {
-				if m == "" {
-					return fieldErr(doc, "azure.deployments", "model names must not be empty")
+				if m == "" || policy.HasControl(m) {
+					return fieldErr(doc, "azure.deployments", "model names must not be empty or contain control characters")
 				}
 				if !validPathSegment(dep) {
 					return fieldErr(doc, "azure.deployments."+truncate(m, 64), "want a deployment name of A-Z a-z 0-9 . _ -")
@@ -855,6 +845,10 @@ func parseBaseURL(doc, raw string, k *policy.Key) error {
 	return nil
 }
 
+// noControl refuses a name with a control character: it would reach logs,
+// metric labels and upstream bodies.
+const noControl = "must not contain control characters (NUL, newline, tab, …)"
+
 // ReservedModel is the model name that stands for "every model not listed";
 // documents may not use it.
 const ReservedModel = "*"
@@ -872,6 +866,9 @@ func parseModels(doc, field string, in []string) ([]string, error) {
 		}
 		if m == ReservedModel {
 			return nil, fieldErr(doc, f, "%q is reserved", ReservedModel)
+		}
+		if policy.HasControl(m) {
+			return nil, fieldErr(doc, f, noControl)
 		}
 		if _, dup := seen[m]; dup {
 			return nil, fieldErr(doc, f, "duplicate model %q", truncate(m, 128))
@@ -924,10 +921,14 @@ func ParseRule(id string, raw []byte) (*policy.Rule, error) {
 		return nil, fieldErr(doc, "from", "required")
 	case d.From == ReservedModel:
 		return nil, fieldErr(doc, "from", "%q is reserved", ReservedModel)
+	case policy.HasControl(d.From):
+		return nil, fieldErr(doc, "from", noControl)
 	case d.To == "":
 		return nil, fieldErr(doc, "to", "required")
 	case d.To == ReservedModel:
 		return nil, fieldErr(doc, "to", "%q is reserved", ReservedModel)
+	case policy.HasControl(d.To):
+		return nil, fieldErr(doc, "to", noControl)
 	case d.To == d.From:
 		return nil, fieldErr(doc, "to", "same as \"from\"")
 	}
@@ -958,6 +959,9 @@ func ParseClient(id string, raw []byte) (*policy.Client, error) {
 	var d clientDoc
 	if err := decodeStrict(doc, raw, &d); err != nil {
 		return nil, err
+	}
+	if policy.HasControl(d.Name) {
+		return nil, fieldErr(doc, "name", noControl)
 	}
 	c := &policy.Client{ID: id, Name: d.Name, Enabled: true}
 	if c.Name == "" {
