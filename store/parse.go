@@ -837,6 +837,11 @@ func parseBaseURL(doc, raw string, k *policy.Key) error {
 	if u.Hostname() == "" {
 		return fieldErr(doc, field, "want an absolute http or https URL with a host")
 	}
+	// Decoded, with "\\" as a separator too: "/v1/../x", "%2f..%2f" and
+	// "%2e%2e" could all climb out of the prefix at the upstream.
+	if policy.HasDotSegment(strings.ReplaceAll(u.Path, "\\", "/")) {
+		return fieldErr(doc, field, "must not contain a \".\" or \"..\" path segment (plain or percent-encoded)")
+	}
 	path := strings.TrimRight(u.EscapedPath(), "/")
 	k.Scheme = scheme
 	k.Host = host
