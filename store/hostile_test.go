@@ -112,7 +112,19 @@ func TestParseHugeDocuments(t *testing.T) {
 			`keys/k1: field "azure.api_version": want a version like "2024-10-21"`},
 		{"huge number", KindSettings, "",
 			`{"max_body_bytes":1` + strings.Repeat("0", 1<<16) + `}`,
-			`settings: field "max_body_bytes": want integer, got number 1` + strings.Repeat("0", 1<<16)},
+			`settings: field "max_body_bytes": integer out of range`},
+		{"weight beyond float64", KindKeys, "k1",
+			`{"provider":"openai","secret":"sk-test-k1","weight":1e309}`,
+			`keys/k1: field "weight": number out of range`},
+		{"rpm beyond int", KindClients, "c1",
+			`{` + token + `,"limits":{"rpm":99999999999999999999}}`,
+			`clients/c1: field "limits.rpm": integer out of range`},
+		{"rpm not an integer", KindClients, "c1",
+			`{` + token + `,"limits":{"rpm":1.5}}`,
+			`clients/c1: field "limits.rpm": want integer, got number 1.5`},
+		{"null key document", KindKeys, "k1", ` null `, `keys/k1: want a JSON object, got null`},
+		{"null rule document", KindRules, "r1", `null`, `rules/r1: want a JSON object, got null`},
+		{"null client document", KindClients, "c1", `null`, `clients/c1: want a JSON object, got null`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

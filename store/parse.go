@@ -120,6 +120,9 @@ func truncate(s string, n int) string {
 // decodeStrict decodes one JSON object into v, refusing unknown fields and
 // trailing data. Its errors name the field and never echo input bytes.
 func decodeStrict(doc string, raw []byte, v any) error {
+	if string(bytes.TrimSpace(raw)) == "null" {
+		return docErr(doc, "want a JSON object, got null")
+	}
 	if name, why := checkFieldNames(raw, v); name != "" {
 		if why == "unknown" {
 			return docErr(doc, "unknown field %q", truncate(name, 128))
@@ -197,7 +200,11 @@ func jsonErr(doc string, err error) error {
 		if field == "" {
 			return docErr(doc, "want a JSON object, got %s", te.Value)
 		}
-		return fieldErr(doc, field, "want %s, got %s", jsonTypeName(te.Type.String()), te.Value)
+		want := jsonTypeName(te.Type.String())
+		if outOfRange(te) {
+			return fieldErr(doc, field, "%s out of range", want)
+		}
+		return fieldErr(doc, field, "want %s, got %s", want, truncate(te.Value, 64))
 	case errors.Is(err, io.EOF):
 		return docErr(doc, "empty document")
 	case errors.Is(err, io.ErrUnexpectedEOF):
@@ -210,6 +217,24 @@ func jsonErr(doc string, err error) error {
 	// Other decoder errors do not carry input values; keep the message but
 	// drop the package prefix.
 	return docErr(doc, "invalid JSON: %s", strings.TrimPrefix(msg, "json: "))
+}
+
+// outOfRange reports whether a type error is a JSON number too large for
+// its Go field: any number for a float, an integer literal for an integer.
+func outOfRange(te *json.UnmarshalTypeError) bool {
+	lit, ok := strings.CutPrefix(te.Value, "number ")
+	if !ok || te.Type == nil {
+		return false
+	}
+	switch te.Type.Kind() {
+	case reflect.Float32, reflect.Float64:
+		return true
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return strings.Trim(strings.TrimPrefix(lit, "-"), "0123456789") == ""
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return strings.Trim(lit, "0123456789") == "" // a negative one is no unsigned integer at all
+	}
+	return false
 }
 
 // checkFieldNames looks at the member names of the JSON object raw (if it
