@@ -35,6 +35,8 @@ type composeService struct {
 	Volumes     []string                    `json:"volumes"`
 	DependsOn   map[string]composeDependsOn `json:"depends_on"`
 	Healthcheck *composeHealthcheck         `json:"healthcheck"`
+	User        string                      `json:"user"`
+	GroupAdd    []any                       `json:"group_add"`
 }
 
 type composeBuild struct {
