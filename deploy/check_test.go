@@ -321,6 +321,7 @@ func (c *checker) composeKeymux(s *composeService, ports []portMapping) (string,
 		if vol = namedVolumeAt(s, path.Dir(sock)); vol == "" {
 			c.errf(composePath, "service %s: the socket's folder %s is not a named volume (%s must mount it too)", svcKeymux, path.Dir(sock), svcEnvoy)
 		}
+		c.ownedFolder(path.Dir(sock))
 	}
 	admin := c.setting(env, "admin")
 	ah, ap := hostPort(admin)
@@ -379,6 +380,23 @@ func (c *checker) keymuxStage() *dockerStage {
 
 func envOf(flagName string) string {
 	return "KEYMUX_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// ownedFolder checks that the keymux image creates dir owned by its USER
+// (COPY --chown=USER … dir): a named volume starts as a copy of it, and
+// keymux could not create its socket in a folder root owns.
+func (c *checker) ownedFolder(dir string) {
+	k := c.keymuxStage()
+	if k == nil {
+		return
+	}
+	for _, cp := range k.Copies {
+		f := strings.Fields(cp)
+		if len(f) > 0 && path.Clean(f[len(f)-1]) == path.Clean(dir) && slices.Contains(f, "--chown="+k.User) {
+			return
+		}
+	}
+	c.errf(dockerfilePath, "stage %s: no COPY --chown=%s … %s: keymux could not create its socket there", keymuxStage, k.User, dir)
 }
 
 // namedVolumeAt returns the named volume (not a host path) s mounts at dir.

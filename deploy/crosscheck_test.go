@@ -147,6 +147,8 @@ func TestCrossCheckCatchesDrift(t *testing.T) {
 			`builder golang:1.26.0 is older than go.mod's go 1.26`},
 		{"dockerfile expose", dockerfilePath, `EXPOSE 50051 9464`, `EXPOSE 50051 9465`, 1,
 			`EXPOSE [50051 9465], want keymux's default ports [50051 9464]`},
+		{"dockerfile socket folder owner", dockerfilePath, `--chown=65532:65532 /out/run /run/keymux`, `/out/run /run/keymux`, 1,
+			`stage keymux: no COPY --chown=65532:65532 … /run/keymux`},
 		{"dockerfile root", dockerfilePath, "USER 65532:65532\n# Where", "USER root\n# Where", 1,
 			`stage keymux: USER "root", want a non-root user`},
 		{"dockerfile version ldflags", dockerfilePath, `cmd/keymux/app.Version=`, `cmd/keymux/app.version=`, 1,

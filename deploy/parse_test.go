@@ -121,6 +121,7 @@ type dockerStage struct {
 	Cmd        []string
 	Env        map[string]string
 	Runs       []string
+	Copies     []string // COPY arguments
 }
 
 type dockerfile struct {
@@ -193,6 +194,8 @@ func parseDockerfile(data []byte) (*dockerfile, error) {
 				}
 				st.Expose = append(st.Expose, n)
 			}
+		case "COPY":
+			st.Copies = append(st.Copies, args)
 		case "USER":
 			st.User = args
 		case "ENTRYPOINT", "CMD":
