@@ -4,6 +4,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -115,6 +116,10 @@ func TestForwardTargets(t *testing.T) {
 				t.Errorf("clear_route_cache not set: Envoy would keep the route chosen for the client's :authority")
 			}
 			wantMeta := map[string]string{"key_id": tc.key, "model_original": tc.modelIn, "model_final": tc.modelOut}
+			if !strings.HasPrefix(f.metadata["call_id"], r.srv.callPrefix) {
+				t.Errorf("call_id %q, want a new id of this server", f.metadata["call_id"])
+			}
+			delete(f.metadata, "call_id")
 			if !maps.Equal(f.metadata, wantMeta) {
 				t.Errorf("dynamic metadata %v, want %v", f.metadata, wantMeta)
 			}
@@ -161,7 +166,7 @@ func TestForwardClientAndTrace(t *testing.T) {
 	}
 	// A JWT client is let through without a client id.
 	j := newRig(t, testKeys(settingsJWT))
-	res = j.run(chat("gpt-4o", "x-jwt-payload", jwt(`{"role":["x","ROLE_API_USER"]}`))...)
+	res = j.run(verified(`{"role":["x","ROLE_API_USER"]}`, chat("gpt-4o"))...)
 	if f := forwardOf(t, res.replies[1]); f.metadata["key_id"] != "oai" || f.metadata["client_id"] != "" || res.call.ClientID != "" {
 		t.Errorf("jwt client: metadata %v call %+v", f.metadata, res.call)
 	}
