@@ -959,6 +959,9 @@ func ParseRule(id string, raw []byte) (*policy.Rule, error) {
 		return nil, fieldErr(doc, "to", "%q is reserved", ReservedModel)
 	case policy.HasControl(d.To):
 		return nil, fieldErr(doc, "to", noControl)
+	case policy.HasDotSegment(d.To):
+		// The model may become a path segment upstream (an Azure deployment).
+		return nil, fieldErr(doc, "to", "must not have a \".\" or \"..\" path segment")
 	case d.To == d.From:
 		return nil, fieldErr(doc, "to", "same as \"from\"")
 	}
