@@ -166,6 +166,12 @@ func TestKVExportMasksSecrets(t *testing.T) {
 	if strings.Contains(out, "health") {
 		t.Errorf("export includes health entries:\n%s", out)
 	}
+	// A document written straight to KV with its secret twice: both masked.
+	put(t, a, "keys/k3", `{"provider":"openai","secret":"sk-test-dup-1","secret":"sk-test-dup-2"}`)
+	if out := mustKV(t, a, "export"); strings.Contains(out, "sk-test-dup") || strings.Count(out, maskedSecret) != 3 { // k1 and k3 twice
+		t.Errorf("export of a duplicate secret:\n%s", out)
+	}
+	mustKV(t, a, "keys", "rm", "k3", "--force")
 	out = mustKV(t, a, "export", "--show-secrets")
 	if !strings.Contains(out, `"secret": "sk-test-k1"`) {
 		t.Errorf("export --show-secrets lacks the secret:\n%s", out)
