@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	yamlv2 "go.yaml.in/yaml/v2"
 	"sigs.k8s.io/yaml"
 )
 
@@ -53,6 +55,10 @@ func decodeFile(ctx context.Context, data []byte) (*File, error) {
 		var err error
 		if js, err = yaml.YAMLToJSONStrict(data); err != nil {
 			return nil, fmt.Errorf("%w: neither JSON nor valid YAML: %s", ErrBadFile, yamlMsg(err))
+		}
+		if yamlDocuments(data) > 1 {
+			// YAMLToJSONStrict reads the first document only.
+			return nil, fmt.Errorf("%w: more than one YAML document", ErrBadFile)
 		}
 	}
 	if t := bytes.TrimSpace(js); len(t) == 0 || t[0] != '{' {
@@ -172,6 +178,25 @@ func duplicateMember(ctx context.Context, raw []byte) (string, error) {
 		}
 	}
 	return "", nil
+}
+
+// yamlDocuments counts the YAML documents of data, stopping at two (one
+// that does not parse counts).
+func yamlDocuments(data []byte) int {
+	dec := yamlv2.NewDecoder(bytes.NewReader(data))
+	n := 0
+	for n < 2 {
+		var v any
+		err := dec.Decode(&v)
+		if err == io.EOF {
+			break
+		}
+		n++
+		if err != nil {
+			break
+		}
+	}
+	return n
 }
 
 // yamlMsg keeps the line of a YAML error; the rest may quote document

@@ -35,6 +35,9 @@ func TestParseFileErrors(t *testing.T) {
 		{"top-level twice", `{"keys":{},"keys":{}}`, `bad config file: top-level field "keys" appears twice`},
 		{"key id twice", `{"keys":{"k1":{},"k2":{},"k1":{}}}`, `bad config file: keys/k1 appears twice`},
 		{"yaml key id twice", "rules:\n  r1: {}\n  r1: {}\n", `bad config file: neither JSON nor valid YAML: line 3: duplicate key`},
+		{"yaml second document", "keys: {}\n---\nkeys: {k1: {provider: openai}}\n", "bad config file: more than one YAML document"},
+		{"yaml empty second document", "keys: {}\n---\n", "bad config file: more than one YAML document"},
+		{"yaml second document does not parse", "keys: {}\n---\n[\n", "bad config file: more than one YAML document"},
 		{"scalar", `"sk-test-oops"`, "bad config file: want an object with settings, keys, rules, clients"},
 		// Hostile files.
 		{"yaml alias bomb", "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n" +
