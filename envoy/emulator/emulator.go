@@ -78,6 +78,10 @@ type Emulator struct {
 	serverName           string
 	early                []*mutationrulesv3.HeaderMutation
 	suppressEnvoyHeaders bool
+	// sleep waits out a retry back-off and randN draws its jitter in
+	// [0, n); tests replace them.
+	sleep func(ctx context.Context, d time.Duration) error
+	randN func(n uint64) uint64
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -121,7 +125,8 @@ func New(cfg Config) (*Emulator, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Emulator{log: log, cfg: cfg, clusters: map[string]*cluster{}, grpcConns: map[string]*grpc.ClientConn{}}
+	e := &Emulator{log: log, cfg: cfg, clusters: map[string]*cluster{}, grpcConns: map[string]*grpc.ClientConn{},
+		sleep: sleepCtx, randN: defaultRandN}
 	e.bgCtx, e.bgCancel = context.WithCancel(context.Background())
 	sr := cfg.Bootstrap.GetStaticResources()
 	if len(sr.GetListeners()) == 0 {
@@ -155,6 +160,11 @@ func New(cfg Config) (*Emulator, error) {
 			return nil, fmt.Errorf("emulator: cluster %q: %w", c.GetName(), err)
 		}
 		e.clusters[c.GetName()] = cl
+	}
+	for _, c := range sr.GetClusters() {
+		if err := e.newUpstreamFilters(e.clusters[c.GetName()]); err != nil {
+			return nil, fmt.Errorf("emulator: cluster %q: %w", c.GetName(), err)
+		}
 	}
 	for i, ext := range hcm.GetEarlyHeaderMutationExtensions() {
 		m, err := anypb.UnmarshalNew(ext.GetTypedConfig(), proto.UnmarshalOptions{})
