@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -11,10 +12,17 @@ import (
 	"testing"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/keymux/keymux/envoy"
 )
 
 // retryEnv is the emulator on testdata/retry.yaml: a downstream processor
@@ -437,4 +445,168 @@ func TestUpstreamLocalReplyReachesEarlierUpstreamExtProc(t *testing.T) {
 	equal(t, "first upstream ext_proc response statuses", statusesSeen(re.up), []string{"500"})
 	equal(t, "downstream ext_proc response statuses", statusesSeen(re.down), nil)
 	equal(t, "access log", re.accessLog(t, 1), []string{"500 flags=- attempts=1 details=ext_proc_error_gRPC_error_14"})
+}
+
+// The http_grpc access log entry carries the attempt count and URX when
+// the retries ran out.
+func TestGRPCAccessLogRetries(t *testing.T) {
+	als := startALS(t, 0)
+	proc := startProc(t, continueAll)
+	o := options{
+		upstream: func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) },
+		hcm: func(h *hcmv3.HttpConnectionManager) {
+			for _, r := range h.GetRouteConfig().GetVirtualHosts()[0].GetRoutes() {
+				if r.GetName() == "default" {
+					r.GetRoute().RetryPolicy = &routev3.RetryPolicy{RetryOn: "gateway-error", NumRetries: wrapperspb.UInt32(2)}
+				}
+			}
+		},
+	}
+	ev := start(t, proc.addr, withALS(als, o, nil))
+	if res := do(t, ev, "GET", "/x", nil, nil); res.status != 503 {
+		t.Fatalf("status %d, want 503", res.status)
+	}
+	if n := len(ev.a.requests()); n != 3 {
+		t.Fatalf("upstream attempts = %d, want 3", n)
+	}
+	es := entries(als.next(t))
+	if len(es) != 1 {
+		t.Fatalf("%d entries", len(es))
+	}
+	c := es[0].GetCommonProperties()
+	if c.GetUpstreamRequestAttemptCount() != 3 || !c.GetResponseFlags().GetUpstreamRetryLimitExceeded() {
+		t.Fatalf("attempt count %d, flags %v; want 3 and URX", c.GetUpstreamRequestAttemptCount(), c.GetResponseFlags())
+	}
+}
+
+// The back-off is Envoy's fully jittered exponential one: a draw below an
+// interval that doubles from base_interval up to max_interval.
+func TestRetryBackoff(t *testing.T) {
+	st := newRetryState(&routev3.RetryPolicy{RetryOn: "5xx", RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
+		BaseInterval: durationpb.New(100 * time.Millisecond), MaxInterval: durationpb.New(250 * time.Millisecond)}}, &headerMap{})
+	var got, bounds []time.Duration
+	for range 4 {
+		got = append(got, st.backoff(func(n uint64) uint64 {
+			bounds = append(bounds, time.Duration(n)*time.Millisecond)
+			return n - 1
+		}))
+	}
+	equal(t, "draw bounds", bounds, []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 250 * time.Millisecond, 250 * time.Millisecond})
+	equal(t, "back-offs", got, []time.Duration{99 * time.Millisecond, 199 * time.Millisecond, 249 * time.Millisecond, 249 * time.Millisecond})
+}
+
+// Which outcomes each retry_on condition retries (wouldRetryFromHeaders and
+// wouldRetryFromReset).
+func TestRetryConditions(t *testing.T) {
+	status := func(code string, extra ...string) *headerMap {
+		h := &headerMap{}
+		h.add(":status", code)
+		for i := 0; i+1 < len(extra); i += 2 {
+			h.add(extra[i], extra[i+1])
+		}
+		return h
+	}
+	for _, tc := range []struct {
+		on, codes string
+		h         *headerMap
+		want      bool
+	}{
+		{"5xx", "", status("500"), true},
+		{"5xx", "", status("429"), false},
+		{"gateway-error", "", status("500"), false},
+		{"gateway-error", "", status("504"), true},
+		{"retriable-4xx", "", status("409"), true},
+		{"retriable-4xx", "", status("429"), false},
+		{"retriable-status-codes", "429", status("429"), true},
+		{"retriable-status-codes", "", status("429"), false},
+		{"connect-failure, reset", "", status("503"), false},
+		{"5xx", "", status("503", "x-envoy-ratelimited", "true"), false},
+		{"envoy-ratelimited", "", status("429", "x-envoy-ratelimited", "true"), true},
+	} {
+		h := &headerMap{}
+		h.add("x-envoy-retry-on", tc.on)
+		if tc.codes != "" {
+			h.add("x-envoy-retriable-status-codes", tc.codes)
+		}
+		st := newRetryState(&routev3.RetryPolicy{}, h)
+		if got := st.wouldRetryHeaders(tc.h); got != tc.want {
+			t.Errorf("retry_on %q codes %q on %s: %v, want %v", tc.on, tc.codes, tc.h.value(":status"), got, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		on      string
+		reason  resetReason
+		started bool
+		want    bool
+	}{
+		{"connect-failure", resetConnectFailure, false, true},
+		{"connect-failure", resetTermination, true, false},
+		{"reset", resetTermination, true, true},
+		{"5xx", resetLocal, true, true},
+		{"gateway-error", resetConnectFailure, false, true},
+		{"reset-before-request", resetConnectFailure, false, true},
+		{"reset-before-request", resetTermination, true, false},
+		{"refused-stream", resetTermination, true, false},
+		{"retriable-status-codes", resetTermination, true, false},
+	} {
+		h := &headerMap{}
+		h.add("x-envoy-retry-on", tc.on)
+		if got := newRetryState(nil, h).wouldRetryReset(tc.reason, tc.started); got != tc.want {
+			t.Errorf("retry_on %q reset %d started %v: %v, want %v", tc.on, tc.reason, tc.started, got, tc.want)
+		}
+	}
+}
+
+// x-envoy-max-retries counts only when some retry_on applies; without any
+// retry_on there is no retry state, yet the headers are consumed.
+func TestRetryStateFromHeaders(t *testing.T) {
+	h := &headerMap{}
+	h.add("x-envoy-max-retries", "5")
+	h.add("x-envoy-retriable-status-codes", "429")
+	if st := newRetryState(nil, h); st != nil {
+		t.Fatalf("retry state %+v without retry_on, want none", st)
+	}
+	if len(h.fields) != 0 {
+		t.Fatalf("headers left: %v", h.fields)
+	}
+	h.add("x-envoy-retry-on", "bogus, 5xx")
+	h.add("x-envoy-max-retries", "5")
+	st := newRetryState(&routev3.RetryPolicy{NumRetries: wrapperspb.UInt32(1)}, h)
+	if st == nil || st.on != retryOn5xx || st.remaining != 5 {
+		t.Fatalf("retry state %+v, want 5xx with 5 retries", st)
+	}
+}
+
+// New refuses upstream filter chains and retry policies it cannot run.
+func TestNewRefusesUpstreamAndRetryConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name, edit, want string
+	}{
+		{"codec not last", "- name: envoy.filters.http.upstream_codec\n          typed_config:\n            \"@type\": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec\n        - name: upstream_second",
+			`cluster "upstream_b": upstream http_filters[1] "envoy.filters.http.upstream_codec": upstream_codec must be last`},
+		{"retry_on not emulated", `retry_on: "5xx,connect-failure,retriable-status-codes"`,
+			`retry_policy.retry_on "retriable-headers" is not emulated`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data, err := os.ReadFile("testdata/retry.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := string(data)
+			switch tc.name {
+			case "codec not last":
+				s = strings.Replace(s, "- name: upstream_second", tc.edit, 1)
+			default:
+				s = strings.Replace(s, tc.edit, `retry_on: "5xx,retriable-headers"`, 1)
+			}
+			b := &bootstrapv3.Bootstrap{}
+			if err := envoy.Unmarshal([]byte(s), b); err != nil {
+				t.Fatal(err)
+			}
+			_, err = New(Config{Bootstrap: b, ListenAddr: "127.0.0.1:0"})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New: %v, want %q", err, tc.want)
+			}
+		})
+	}
 }
