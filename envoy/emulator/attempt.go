@@ -58,7 +58,7 @@ func (rq *request) forward(rt *route, cl *cluster, to timeouts, st *retryState) 
 		if a.final != nil {
 			return *a.final
 		}
-		started = started || a.wroteHeaders
+		started = started || a.sent
 		if rb != nil && rb.overflowed() {
 			st = nil // the router gave up buffering: no more retries
 		}
@@ -74,6 +74,9 @@ func (rq *request) forward(rt *route, cl *cluster, to timeouts, st *retryState) 
 			a.discard()
 			rq.e.log.Debug("upstream attempt retried", "request_id", rq.requestID, "attempt", n)
 			if err := rq.e.sleep(glCtx, st.backoff(rq.e.randN)); err != nil {
+				if la := rq.asyncLocal(); la != nil {
+					return outcome{lr: la}
+				}
 				return rq.failure(glCtx, a, n)
 			}
 			continue
@@ -103,6 +106,7 @@ type attemptResult struct {
 	cause        error // why the attempt's context ended, if it did
 	connected    bool  // a connection was obtained (guarded by logInfo.mu)
 	wroteHeaders bool  // the request headers went out (guarded by logInfo.mu)
+	sent         bool  // wroteHeaders when the transport returned
 	sessions     []*session
 	reqBody      io.Reader
 	stopPerTry   func()
@@ -181,7 +185,7 @@ func (rq *request) attempt(n int, rt *route, cl *cluster, glCtx context.Context,
 	rq.info.mu.Lock()
 	connected, wrote := a.connected, a.wroteHeaders
 	rq.info.mu.Unlock()
-	a.wroteHeaders = wrote
+	a.sent = wrote
 	if err != nil {
 		a.err, a.cause = err, context.Cause(attCtx)
 		switch {
