@@ -73,7 +73,7 @@ func (rq *request) forward(rt *route, cl *cluster, to timeouts, st *retryState) 
 		if status == retryYes {
 			a.discard()
 			rq.e.log.Debug("upstream attempt retried", "request_id", rq.requestID, "attempt", n)
-			if err := rq.e.sleep(glCtx, st.backoff(rq.e.randN)); err != nil {
+			if !rq.e.sleep(glCtx, st.backoff(rq.e.randN)) {
 				if la := rq.asyncLocal(); la != nil {
 					return outcome{lr: la}
 				}
@@ -227,8 +227,19 @@ func (rq *request) attempt(n int, rt *route, cl *cluster, glCtx context.Context,
 	if resp.Body == http.NoBody || resp.ContentLength == 0 || rq.r.Method == http.MethodHead {
 		rbody = nil
 	}
-	// Upstream filters, response path, in reverse order.
-	for i := len(cl.upFilters) - 1; i >= 0; i-- {
+	rbody, lr, i := rq.upstreamEncode(a, cl, len(cl.upFilters)-1, rh, rbody)
+	if lr != nil {
+		_ = resp.Body.Close()
+		return rq.upstreamLocal(a, cl, i, lr)
+	}
+	a.h, a.body = rh, rbody
+	return a
+}
+
+// upstreamEncode runs the upstream filters from index from down to 0 on the
+// response path; a local reply stops it at the filter i that made it.
+func (rq *request) upstreamEncode(a *attemptResult, cl *cluster, from int, h *headerMap, body io.Reader) (_ io.Reader, _ *localReply, i int) {
+	for i = from; i >= 0; i-- {
 		f := cl.upFilters[i]
 		switch f.kind {
 		case filterExtProc:
@@ -237,16 +248,14 @@ func (rq *request) attempt(n int, rt *route, cl *cluster, glCtx context.Context,
 				continue
 			}
 			var lr *localReply
-			if rbody, lr = rq.phase(s, dirResponse, rh, rbody); lr != nil {
-				_ = resp.Body.Close()
-				return rq.upstreamLocal(a, cl, i, lr)
+			if body, lr = rq.phase(s, dirResponse, h, body); lr != nil {
+				return body, lr, i
 			}
 		case filterHeaderMutation:
-			rq.applyHeaderMutationFilter(f, rh, false)
+			rq.applyHeaderMutationFilter(f, h, false)
 		}
 	}
-	a.h, a.body = rh, rbody
-	return a
+	return body, nil, -1
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -271,23 +280,10 @@ func (rq *request) upstreamLocal(a *attemptResult, cl *cluster, i int, lr *local
 	if len(b) > 0 {
 		body = bytes.NewReader(b)
 	}
-	out := &outcome{local: true, h: h, body: body, details: lr.details}
-	for j := i - 1; j >= 0; j-- {
-		f := cl.upFilters[j]
-		switch f.kind {
-		case filterExtProc:
-			s := a.session(f.extProc)
-			if s == nil || s.isComplete() {
-				continue
-			}
-			var lr2 *localReply
-			if out.body, lr2 = rq.phase(s, dirResponse, h, out.body); lr2 != nil {
-				out = &outcome{lr: lr2}
-				j = -1
-			}
-		case filterHeaderMutation:
-			rq.applyHeaderMutationFilter(f, h, false)
-		}
+	out := &outcome{local: true, h: h, details: lr.details}
+	var lr2 *localReply
+	if out.body, lr2, _ = rq.upstreamEncode(a, cl, i-1, h, body); lr2 != nil {
+		out = &outcome{lr: lr2}
 	}
 	a.final = out
 	a.stopPerTry()

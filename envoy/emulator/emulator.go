@@ -31,6 +31,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/keymux/keymux/internal/backoff"
+
 	// The emulator loads bootstraps through package envoy, which registers
 	// every extension type the shipped YAML may carry.
 	_ "github.com/keymux/keymux/envoy"
@@ -80,7 +82,7 @@ type Emulator struct {
 	suppressEnvoyHeaders bool
 	// sleep waits out a retry back-off and randN draws its jitter in
 	// [0, n); tests replace them.
-	sleep func(ctx context.Context, d time.Duration) error
+	sleep func(ctx context.Context, d time.Duration) bool
 	randN func(n uint64) uint64
 
 	mu       sync.Mutex
@@ -126,7 +128,7 @@ func New(cfg Config) (*Emulator, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	e := &Emulator{log: log, cfg: cfg, clusters: map[string]*cluster{}, grpcConns: map[string]*grpc.ClientConn{},
-		sleep: sleepCtx, randN: defaultRandN}
+		sleep: backoff.Sleep, randN: defaultRandN}
 	e.bgCtx, e.bgCancel = context.WithCancel(context.Background())
 	sr := cfg.Bootstrap.GetStaticResources()
 	if len(sr.GetListeners()) == 0 {

@@ -1,7 +1,6 @@
 package emulator
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -247,18 +246,6 @@ func (st *retryState) backoff(randN func(uint64) uint64) time.Duration {
 }
 
 func defaultRandN(n uint64) uint64 { return rand.Uint64N(n) }
-
-// sleepCtx waits d or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
-}
 
 // replayBody is the router's copy of the request body for retries: it
 // keeps what was read from the source up to limit bytes; beyond that it

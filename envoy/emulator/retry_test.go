@@ -74,11 +74,11 @@ func startRetry(t *testing.T, o retryOpts) *retryEnv {
 		t.Fatal(err)
 	}
 	// The back-off waits no time and its jitter is the largest possible.
-	em.sleep = func(_ context.Context, d time.Duration) error {
+	em.sleep = func(_ context.Context, d time.Duration) bool {
 		re.mu.Lock()
 		defer re.mu.Unlock()
 		re.sleeps = append(re.sleeps, d)
-		return nil
+		return true
 	}
 	em.randN = func(n uint64) uint64 { return n - 1 }
 	if err := em.Start(t.Context()); err != nil {
@@ -104,34 +104,16 @@ func byAttempt(codes ...int) http.HandlerFunc {
 	}
 }
 
-// statusesSeen lists the :status of every response_headers message of p,
-// stream by stream.
-func statusesSeen(p *fakeProc) []string {
+// seen lists, stream by stream, header key of every message of the given
+// kind p received ("-" when absent).
+func seen(p *fakeProc, kind, key string) []string {
 	p.mu.Lock()
 	streams := slices.Clone(p.streams)
 	p.mu.Unlock()
 	var out []string
 	for _, ps := range streams {
 		for _, m := range ps.messages() {
-			if kindOf(m) == "response_headers" {
-				v, _ := headerOf(m, ":status")
-				out = append(out, v)
-			}
-		}
-	}
-	return out
-}
-
-// requestHeaderSeen lists header key of the request_headers message of
-// every stream of p ("-" when absent).
-func requestHeaderSeen(p *fakeProc, key string) []string {
-	p.mu.Lock()
-	streams := slices.Clone(p.streams)
-	p.mu.Unlock()
-	var out []string
-	for _, ps := range streams {
-		for _, m := range ps.messages() {
-			if kindOf(m) == "request_headers" {
+			if kindOf(m) == kind {
 				v, ok := headerOf(m, key)
 				if !ok {
 					v = "-"
@@ -142,6 +124,10 @@ func requestHeaderSeen(p *fakeProc, key string) []string {
 	}
 	return out
 }
+
+func statusesSeen(p *fakeProc) []string { return seen(p, "response_headers", ":status") }
+
+func requestHeaderSeen(p *fakeProc, key string) []string { return seen(p, "request_headers", key) }
 
 func bodies(rs []recorded) []string {
 	var out []string
