@@ -161,7 +161,7 @@ func TestForwardClientAndTrace(t *testing.T) {
 	}
 	// A JWT client is let through without a client id.
 	j := newRig(t, testKeys(settingsJWT))
-	res = j.run(chat("gpt-4o", "x-jwt-payload", jwt(`{"role":["x","ROLE_API_USER"]}`))...)
+	res = j.run(verified(`{"role":["x","ROLE_API_USER"]}`, chat("gpt-4o"))...)
 	if f := forwardOf(t, res.replies[1]); f.metadata["key_id"] != "oai" || f.metadata["client_id"] != "" || res.call.ClientID != "" {
 		t.Errorf("jwt client: metadata %v call %+v", f.metadata, res.call)
 	}

@@ -7,13 +7,29 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/keymux/keymux/policy"
 )
 
-// jwt is the base64url payload Envoy's jwt_authn forwards for claims.
-func jwt(claims string) string { return base64.RawURLEncoding.EncodeToString([]byte(claims)) }
+// verified attaches claims as Envoy's jwt_authn verified them (its dynamic
+// metadata, forwarded on the first ext_proc message) to msgs.
+func verified(claims string, msgs []*extprocv3.ProcessingRequest) []*extprocv3.ProcessingRequest {
+	var st structpb.Struct
+	if err := protojson.Unmarshal([]byte(claims), &st); err != nil {
+		panic(err)
+	}
+	msgs[0].MetadataContext = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+		JWTMetadataNamespace: {Fields: map[string]*structpb.Value{JWTPayloadKey: structpb.NewStructValue(&st)}},
+	}}
+	return msgs
+}
+
+// forgedJWT is a payload header a client sends itself: keymux never reads it.
+var forgedJWT = base64.RawURLEncoding.EncodeToString([]byte(`{"role":"ROLE_API_USER"}`))
 
 const (
 	settingsClientKeys = "settings:\n  auth: {mode: client_keys}\n  max_body_bytes: 100\n"
@@ -40,9 +56,9 @@ func TestRequestRefusals(t *testing.T) {
 	}{
 		{name: "method not allowed anywhere", msgs: request("TRACE", "/v1/chat/completions", ""),
 			status: 405, typ: typeInvalidRequest, code: "method_not_allowed"},
-		{name: "method not allowed on the operation", msgs: request("PUT", "/v1/chat/completions", `{"model":"gpt-4o"}`),
+		{name: "method not allowed on the operation", msgs: request("DELETE", "/v1/chat/completions", `{"model":"gpt-4o"}`),
 			status: 405, typ: typeInvalidRequest, code: "method_not_allowed",
-			message: "method PUT is not allowed on /v1/chat/completions (allowed: POST)", headers: map[string]string{"allow": "POST"}},
+			message: "method DELETE is not allowed on /v1/chat/completions (allowed: POST)", headers: map[string]string{"allow": "POST"}},
 		{name: "delete on models", msgs: request("DELETE", "/v1/models", ""),
 			status: 405, typ: typeInvalidRequest, code: "method_not_allowed", headers: map[string]string{"allow": "GET"}},
 		{name: "unknown path", msgs: request("GET", "/v1/unknown?x=1", ""),
@@ -70,13 +86,13 @@ func TestRequestRefusals(t *testing.T) {
 
 		{name: "jwt missing", settings: settingsJWT, msgs: chat("gpt-4o"),
 			status: 401, typ: typeInvalidRequest, code: "missing_api_key", op: "chat", message: "A verified JWT is required."},
-		{name: "jwt claim missing", settings: settingsJWT, msgs: chat("gpt-4o", "x-jwt-payload", jwt(`{"sub":"u1"}`)),
+		{name: "jwt claim missing", settings: settingsJWT, msgs: verified(`{"sub":"u1"}`, chat("gpt-4o")),
 			status: 403, typ: typePermission, code: "insufficient_permissions", op: "chat",
 			message: "The token does not carry the claim role=ROLE_API_USER."},
-		{name: "jwt claim forbids", settings: settingsJWT, msgs: chat("gpt-4o", "x-jwt-payload", jwt(`{"role":"ROLE_GUEST"}`)),
+		{name: "jwt claim forbids", settings: settingsJWT, msgs: verified(`{"role":"ROLE_GUEST"}`, chat("gpt-4o")),
 			status: 403, typ: typePermission, code: "insufficient_permissions", op: "chat"},
-		{name: "jwt payload not base64", settings: settingsJWT, msgs: chat("gpt-4o", "x-jwt-payload", "%%%"),
-			status: 403, typ: typePermission, code: "insufficient_permissions", op: "chat"},
+		{name: "jwt header forged, none verified", settings: settingsJWT, msgs: chat("gpt-4o", "x-jwt-payload", forgedJWT),
+			status: 401, typ: typeInvalidRequest, code: "missing_api_key", op: "chat", message: "A verified JWT is required."},
 
 		{name: "declared body too large", settings: settingsClientKeys,
 			msgs:   []*extprocv3.ProcessingRequest{reqHeaders(false, ":method", "POST", ":path", "/v1/chat/completions", "content-length", "101", "authorization", "Bearer "+tokenAll)},

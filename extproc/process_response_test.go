@@ -59,7 +59,7 @@ func TestResponseFeedsKeyState(t *testing.T) {
 			state: policy.KeyState{ConsecutiveFailures: 1}, errClass: "server", errors: 2},
 		{name: "a client error leaves the key alone", responses: answers(
 			respHeaders(false, ":status", "400", "content-type", "application/json"),
-			respBody(`{"error":{"code":"invalid_request_error"}}`, true)), errClass: ""},
+			respBody(`{"error":{"code":"invalid_request_error"}}`, true)), errClass: policy.ClassClient},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -223,7 +223,8 @@ func (t *Telemetry) observeAlerts(o metric.Observer, obs *observers) {
 		keys = append(keys, ka{id, on})
 	}
 	t.stats.mu.Unlock()
-	o.ObserveFloat64(obs.ratio, w.errorRatio())
+	errRatio, _ := w.alertRatio()
+	o.ObserveFloat64(obs.ratio, errRatio)
 	o.ObserveInt64(obs.active, b2i(errActive), metric.WithAttributes(attribute.String(LabelAlert, AlertErrorRate), attribute.String(LabelKey, "")))
 	for _, k := range keys {
 		o.ObserveInt64(obs.active, b2i(k.on), metric.WithAttributes(attribute.String(LabelAlert, AlertUsage), attribute.String(LabelKey, k.id)))

@@ -52,8 +52,12 @@ func TestSourceInitialLoad(t *testing.T) {
 	if st.LastSync.IsZero() {
 		t.Error("Status.LastSync is zero")
 	}
-	if r.src.Index() == 0 {
-		t.Error("Index() = 0 after the first read")
+	// The store is ready as soon as Apply returns; the source records the
+	// index it applied right after.
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := r.src.Wait(ctx, func() bool { return r.src.Index() != 0 }); err != nil {
+		t.Errorf("Index() = 0 after the first read: %v", err)
 	}
 }
 
