@@ -256,7 +256,7 @@ func TestRetryConnectFailure(t *testing.T) {
 		t.Fatalf("upstream ext_proc streams = %d, want 3 (one per attempt)", n)
 	}
 	equal(t, "upstream ext_proc response statuses", statusesSeen(re.up), nil)
-	equal(t, "access log", re.accessLog(t, 1), []string{"503 flags=URX,UF attempts=3 details=upstream_reset_before_response_started{connection_failure}"})
+	equal(t, "access log", re.accessLog(t, 1), []string{"503 flags=UF,URX attempts=3 details=upstream_reset_before_response_started{connection_failure}"})
 }
 
 // A connection closed before the response headers is retried (5xx covers

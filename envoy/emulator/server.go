@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -117,11 +118,24 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// flagOrder is the order in which Envoy prints the response flags the
+// emulator sets (the order of its flag enumeration).
+var flagOrder = []string{"UT", "UR", "UF", "UC", "NR", "DC", "URX", "SI", "NC"}
+
+// addFlag adds response flag f to a RESPONSE_FLAGS string, in Envoy's order.
 func addFlag(flags, f string) string {
-	if flags == "" {
-		return f
+	var set []string
+	if flags != "" {
+		set = strings.Split(flags, ",")
 	}
-	return flags + "," + f
+	if slices.Contains(set, f) {
+		return flags
+	}
+	set = append(set, f)
+	slices.SortStableFunc(set, func(a, b string) int {
+		return slices.Index(flagOrder, a) - slices.Index(flagOrder, b)
+	})
+	return strings.Join(set, ",")
 }
 
 // abort is a client abort (or emulator shutdown): cancel everything.
