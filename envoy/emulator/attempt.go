@@ -1,7 +1,6 @@
 package emulator
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -276,13 +275,9 @@ func (a *attemptResult) session(f *extProcFilter) *session {
 // a retry.
 func (rq *request) upstreamLocal(a *attemptResult, cl *cluster, i int, lr *localReply) *attemptResult {
 	h, b := localHeaders(lr)
-	var body io.Reader
-	if len(b) > 0 {
-		body = bytes.NewReader(b)
-	}
 	out := &outcome{local: true, h: h, details: lr.details}
 	var lr2 *localReply
-	if out.body, lr2, _ = rq.upstreamEncode(a, cl, i-1, h, body); lr2 != nil {
+	if out.body, lr2, _ = rq.upstreamEncode(a, cl, i-1, h, readerOf(b)); lr2 != nil {
 		out = &outcome{lr: lr2}
 	}
 	a.final = out

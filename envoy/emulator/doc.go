@@ -68,7 +68,8 @@
 // with envoy.filters.http.upstream_codec) runs once per upstream attempt,
 // each ext_proc on its own Process stream: it sees that attempt's request
 // headers (x-envoy-attempt-count when the virtual host sets
-// include_request_attempt_count) and body per its processing mode, may
+// include_request_attempt_count; include_attempt_count_in_response puts it
+// on the router's responses) and body per its processing mode, may
 // mutate both, sees that attempt's response headers (and body), and its
 // clear_route_cache is ignored. As in Envoy the upstream filters work on the
 // router's request header map, so header mutations of one attempt are still

@@ -161,6 +161,9 @@ func TestRetryRetriableStatusReplaysBody(t *testing.T) {
 	if res.status != 200 || res.body != "attempt 2" {
 		t.Fatalf("client got %d %q, want 200 %q", res.status, res.body, "attempt 2")
 	}
+	if got := res.header.Get("x-envoy-attempt-count"); got != "2" {
+		t.Fatalf("response x-envoy-attempt-count %q, want 2", got)
+	}
 	rs := re.a.requests()
 	equal(t, "upstream bodies", bodies(rs), []string{`{"model":"m"}`, `{"model":"m"}`})
 	equal(t, "upstream x-envoy-attempt-count", headerValues(rs, "x-envoy-attempt-count"), []string{"1", "2"})
@@ -251,6 +254,9 @@ func TestRetryConnectFailure(t *testing.T) {
 	res := do(t, re.env, "GET", "/", nil, nil)
 	if res.status != 503 || !strings.HasPrefix(res.body, "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection failure") {
 		t.Fatalf("client got %d %q, want 503 with the retried connect failure", res.status, res.body)
+	}
+	if got := res.header.Get("x-envoy-attempt-count"); got != "3" {
+		t.Fatalf("response x-envoy-attempt-count %q, want 3", got)
 	}
 	if n := re.up.streamCount(); n != 3 {
 		t.Fatalf("upstream ext_proc streams = %d, want 3 (one per attempt)", n)

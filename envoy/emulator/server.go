@@ -770,7 +770,9 @@ func (rq *request) router() {
 	case out.lr != nil && out.lr == rq.asyncLocal():
 		rq.sendLocal(out.lr) // decided by a STREAMED ext_proc body
 	case out.lr != nil:
-		rq.routerLocal(rt, out.lr)
+		h, body := localHeaders(out.lr)
+		rq.attemptCountInResponse(rt, h)
+		rq.encodeLocal(rt, h, readerOf(body), out.lr.details)
 	case out.h != nil && out.local:
 		rq.encodeLocal(rt, out.h, out.body, out.details)
 	default:
@@ -799,6 +801,7 @@ func (rq *request) respondUpstream(rt *route, h *headerMap, body io.Reader) {
 		h.set("x-envoy-upstream-service-time", strconv.FormatInt(time.Since(rq.info.start).Milliseconds(), 10))
 	}
 	rq.finalizeResponseHeaders(rt, h)
+	rq.attemptCountInResponse(rt, h)
 	rq.info.details = "via_upstream"
 	rq.encode(h, body, false)
 }
@@ -818,11 +821,24 @@ func (rq *request) finalizeResponseHeaders(rt *route, h *headerMap) {
 // to the processor (behaviour localRepliesSkipExtProc): its stream just ends.
 func (rq *request) routerLocal(rt *route, lr *localReply) {
 	h, body := localHeaders(lr)
-	var b io.Reader
-	if len(body) > 0 {
-		b = bytes.NewReader(body)
+	rq.encodeLocal(rt, h, readerOf(body), lr.details)
+}
+
+// readerOf is a body reader, nil for no body.
+func readerOf(b []byte) io.Reader {
+	if len(b) == 0 {
+		return nil
 	}
-	rq.encodeLocal(rt, h, b, lr.details)
+	return bytes.NewReader(b)
+}
+
+// attemptCountInResponse is the router's x-envoy-attempt-count response
+// header (include_attempt_count_in_response), on upstream responses and on
+// the router's replies after an attempt.
+func (rq *request) attemptCountInResponse(rt *route, h *headerMap) {
+	if rq.info.attempts > 0 && rt.vh.cfg.GetIncludeAttemptCountInResponse() {
+		h.set("x-envoy-attempt-count", strconv.FormatUint(uint64(rq.info.attempts), 10))
+	}
 }
 
 // encodeLocal sends a local reply whose headers are built (routerLocal, or
