@@ -45,6 +45,7 @@ type retryOpts struct {
 	down, up, up2 replier
 	a, b          http.HandlerFunc
 	addrA         string // replaces upstream_a's address (a closed port)
+	hcm           func(*hcmv3.HttpConnectionManager)
 }
 
 func startRetry(t *testing.T, o retryOpts) *retryEnv {
@@ -60,8 +61,12 @@ func startRetry(t *testing.T, o retryOpts) *retryEnv {
 	if o.addrA != "" {
 		addrA = o.addrA
 	}
+	b := loadFixture(t, "retry.yaml")
+	if o.hcm != nil {
+		editHCM(t, b, o.hcm)
+	}
 	em, err := New(Config{
-		Bootstrap:  loadFixture(t, "retry.yaml"),
+		Bootstrap:  b,
 		ListenAddr: "127.0.0.1:0",
 		ClusterAddrs: map[string]string{
 			"extproc": re.down.addr, "extproc_up": re.up.addr, "extproc_up2": re.up2.addr,
@@ -606,4 +611,33 @@ func TestNewRefusesUpstreamAndRetryConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The route timeout covers all the attempts and is not retried: the second
+// attempt hangs, the timeout ends the request with 504 UT, no third try.
+func TestRetryRouteTimeoutEndsRetries(t *testing.T) {
+	re := startRetry(t, retryOpts{
+		a: func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("x-envoy-attempt-count") == "1" {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			<-r.Context().Done()
+		},
+		hcm: func(h *hcmv3.HttpConnectionManager) {
+			for _, r := range h.GetRouteConfig().GetVirtualHosts()[0].GetRoutes() {
+				if r.GetName() == "retried" {
+					r.GetRoute().Timeout = durationpb.New(200 * time.Millisecond)
+				}
+			}
+		},
+	})
+	res := do(t, re.env, "GET", "/", nil, nil)
+	if res.status != 504 || res.body != "upstream request timeout" {
+		t.Fatalf("client got %d %q, want 504 upstream request timeout", res.status, res.body)
+	}
+	if n := len(re.a.requests()); n != 2 {
+		t.Fatalf("upstream attempts = %d, want 2", n)
+	}
+	equal(t, "access log", re.accessLog(t, 1), []string{"504 flags=UT attempts=2 details=upstream_response_timeout"})
 }
