@@ -152,6 +152,9 @@ func (rq *request) attempt(n int, rt *route, cl *cluster, glCtx context.Context,
 		h.set("x-envoy-attempt-count", strconv.Itoa(n))
 	}
 	rq.info.resetAttempt(cl.hostFor(h.value(":authority")))
+	rq.pipesMu.Lock()
+	rq.upBody = nil // a previous attempt's response was closed by discard
+	rq.pipesMu.Unlock()
 	attCtx, attCancel := context.WithCancelCause(glCtx)
 	a.cancel = attCancel
 	if to.perTry > 0 {
