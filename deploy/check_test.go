@@ -237,7 +237,7 @@ func (c *checker) checkCompose() {
 		return
 	}
 	svc := map[string]*composeService{}
-	for _, name := range []string{svcEnvoy, svcKeymux, svcConsul, svcSeed, svcJaeger, svcMock} {
+	for _, name := range []string{svcEnvoy, svcKeymux, svcConsul, svcSeed, svcJaeger, svcMock, svcPrometheus, svcGrafana} {
 		if svc[name] = cf.Services[name]; svc[name] == nil {
 			c.errf(composePath, "no service %q", name)
 		}
@@ -260,6 +260,7 @@ func (c *checker) checkCompose() {
 				c.errf(composePath, "service %s: build target %q is no stage of the Dockerfile", name, s.Build.Target)
 			}
 		}
+		c.checkMounts(name, s)
 		for _, p := range s.Ports {
 			pm, err := parsePort(p)
 			if err != nil {
@@ -286,6 +287,7 @@ func (c *checker) checkCompose() {
 	c.composeEnvoy(svc[svcEnvoy], ports[svcEnvoy], grpcHost, grpcPort, adminPort)
 	c.composeConsul(svc, ports)
 	c.composeJaeger(kenv, ports[svcJaeger])
+	c.composeGrafana(svc[svcGrafana], c.composePrometheus(svc[svcPrometheus], ports[svcPrometheus], adminPort))
 	mockHost := c.composeMock(svc[svcMock])
 	c.composeSeed(svc[svcSeed], svc[svcMock], kenv, mockHost)
 }

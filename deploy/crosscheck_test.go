@@ -73,6 +73,9 @@ func TestCrossCheckCatchesDrift(t *testing.T) {
 		envoyComp = "envoy/envoy-compose.yaml"
 		seedKey   = "examples/compose-seed/keymux/keys/mock-1.json"
 		seedSet   = "examples/compose-seed/keymux/settings.json"
+		promCfg   = "examples/prometheus/prometheus.yml"
+		grafanaDS = "examples/grafana/provisioning/datasources/prometheus.yaml"
+		grafanaDP = "examples/grafana/provisioning/dashboards/keymux.yaml"
 	)
 	cases := []struct {
 		name      string
@@ -150,6 +153,39 @@ func TestCrossCheckCatchesDrift(t *testing.T) {
 			`auth mode "client_keys", but the documented curl sends no client key`},
 		{"seed model", "examples/compose-seed/keymux/keys/mock-2.json", `["gpt-4o", "gpt-4o-mini"]`, `["gpt-4o-mini"]`, 1,
 			""}, // mock-1 still serves gpt-4o: no error (a control case)
+		// Prometheus and Grafana.
+		{"prometheus scrape port", promCfg, `"keymux:9464"`, `"keymux:9465"`, 1,
+			`scrape targets [keymux:9465] do not include keymux:9464 (keymux's admin port)`},
+		{"prometheus scrape path", promCfg, `  - job_name: keymux`, "  - job_name: keymux\n    metrics_path: /stats", 1,
+			`job keymux scrapes http://keymux:9464/stats, keymux serves http://keymux:9464/metrics`},
+		{"prometheus follows the admin port", compose, `KEYMUX_ADMIN: 0.0.0.0:9464`, `KEYMUX_ADMIN: 0.0.0.0:9465`, 1,
+			`scrape targets [keymux:9464] do not include keymux:9465`},
+		{"prometheus rule file", promCfg, `  - alerts.yaml`, `  - alert.yaml`, 1,
+			`rule file alert.yaml: examples/prometheus/alert.yaml is not in the repository`},
+		{"prometheus no rules", promCfg, "rule_files:\n  - alerts.yaml\n", "", 1,
+			`no rule_files`},
+		{"prometheus config not mounted", compose, `--config.file=/etc/prometheus/prometheus.yml`, `--config.file=/etc/prom/prometheus.yml`, 1,
+			`service prometheus: its --config.file /etc/prom/prometheus.yml is not mounted from the repository`},
+		{"prometheus mount missing", compose, `./examples/prometheus:/etc/prometheus:ro`, `./examples/prom:/etc/prometheus:ro`, 1,
+			`service prometheus: mounts ./examples/prom, which is not in the repository`},
+		{"prometheus published port", compose, `"127.0.0.1:9090:9090"`, `"127.0.0.1:9090:9091"`, 1,
+			`service prometheus: publishes "127.0.0.1:9090:9091", Prometheus listens on 9090`},
+		{"prometheus image untagged", compose, `image: prom/prometheus:v2.42.0`, `image: prom/prometheus`, 1,
+			`service prometheus: image prom/prometheus has no tag`},
+		{"grafana image latest", compose, `grafana/grafana:12.0.0`, `grafana/grafana:latest`, 1,
+			`service grafana: image grafana/grafana:latest uses the floating tag "latest"`},
+		{"grafana datasource port", grafanaDS, `url: http://prometheus:9090`, `url: http://prometheus:9091`, 1,
+			`data source Prometheus: url "http://prometheus:9091", want the compose Prometheus http://prometheus:9090`},
+		{"grafana follows prometheus's port", compose, `--web.listen-address=0.0.0.0:9090`, `--web.listen-address=0.0.0.0:9091`, 1,
+			`want the compose Prometheus http://prometheus:9091`},
+		{"grafana dashboard folder", grafanaDP, `path: /etc/grafana/dashboards`, `path: /var/lib/grafana/dashboards`, 1,
+			`no file dashboard provider whose options.path holds examples/grafana/keymux.json`},
+		{"grafana dashboard mount", compose, `./examples/grafana/keymux.json:`, `./examples/grafana/fleet.json:`, 1,
+			`service grafana: mounts ./examples/grafana/fleet.json, which is not in the repository`},
+		{"grafana provisioning mount", compose, `./examples/grafana/provisioning:/etc/grafana/provisioning:ro`, `./examples/grafana/provisioning:/etc/grafana/prov:ro`, 1,
+			`service grafana: nothing of the repository is mounted at its provisioning folder /etc/grafana/provisioning`},
+		{"dashboard datasource type", "examples/grafana/keymux.json", `"query": "prometheus"`, `"query": "loki"`, 1,
+			`variable datasource: data source type "loki", want "prometheus"`},
 		// Kubernetes.
 		{"k8s socket path", sidecar, `unix:/var/run/keymux/extproc.sock`, `unix:/var/run/keymux/ext.sock`, 1,
 			`--grpc unix:/var/run/keymux/ext.sock, but the Envoy ConfigMap's keymux_extproc pipe is /var/run/keymux/extproc.sock`},

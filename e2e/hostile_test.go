@@ -9,9 +9,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/testutil/deep"
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 const oneKey = `
@@ -165,22 +167,26 @@ func TestMadeUpModelsFoldToOther(t *testing.T) {
 	if resp, b := g.do("POST", "/v1/chat/completions", hdr, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 200 {
 		t.Fatalf("gpt-4o: %d %s", resp.StatusCode, b)
 	}
-	metrics := string(g.getAdmin("/metrics"))
 	var other, gpt4o int
-	for _, line := range strings.Split(metrics, "\n") {
-		if !strings.HasPrefix(line, "keymux_requests_total{") {
-			continue
+	// A call is booked when its access-log entry comes (every 100 ms).
+	wait.Until(t, 5*time.Second, "106 calls booked", func() bool {
+		other, gpt4o = 0, 0
+		for _, line := range strings.Split(string(g.getAdmin("/metrics")), "\n") {
+			if !strings.HasPrefix(line, "keymux_requests_total{") {
+				continue
+			}
+			n, _ := strconv.Atoi(line[strings.LastIndexByte(line, ' ')+1:])
+			switch {
+			case strings.Contains(line, `model="other"`):
+				other += n
+			case strings.Contains(line, `model="gpt-4o"`):
+				gpt4o += n
+			case strings.Contains(line, "made-up"):
+				t.Errorf("a made-up model is a label: %s", line)
+			}
 		}
-		n, _ := strconv.Atoi(line[strings.LastIndexByte(line, ' ')+1:])
-		switch {
-		case strings.Contains(line, `model="other"`):
-			other += n
-		case strings.Contains(line, `model="gpt-4o"`):
-			gpt4o += n
-		case strings.Contains(line, "made-up"):
-			t.Errorf("a made-up model is a label: %s", line)
-		}
-	}
+		return other+gpt4o >= 106
+	})
 	if other != 105 || gpt4o != 1 {
 		t.Errorf("requests labelled other %d, gpt-4o %d; want 105 and 1", other, gpt4o)
 	}

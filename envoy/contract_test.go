@@ -11,12 +11,16 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	dfpclusterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/dynamic_forward_proxy/v3"
+	jsonparserv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/content_parsers/json/v3"
 	dfpfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/dynamic_forward_proxy/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	jsonmetav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/json_to_metadata/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	ssemetav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/sse_to_metadata/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	earlyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -41,6 +45,9 @@ const (
 	jwtPayloadHeader  = "x-jwt-payload"
 	extProcFilter     = "envoy.filters.http.ext_proc"
 	dfpFilter         = "envoy.filters.http.dynamic_forward_proxy"
+	jsonMetaFilter    = "envoy.filters.http.json_to_metadata"
+	sseMetaFilter     = "envoy.filters.http.sse_to_metadata"
+	usageNamespace    = "keymux.usage"
 	maxPromptBytes    = 16 << 20
 	systemCABundle    = "/etc/ssl/certs/ca-certificates.crt"
 	unixSocketPath    = "/var/run/keymux/extproc.sock"
@@ -140,6 +147,45 @@ func matchRoute(t *testing.T, routes []*routev3.Route, path string, hdr map[stri
 }
 
 // checkExtProc pins the ext_proc settings of the contract.
+// checkGRPCAccessLog: every request's entry goes to keymux's
+// AccessLogService on the ext_proc cluster, flushed often enough for health.
+func checkGRPCAccessLog(t *testing.T, c *grpcalsv3.HttpGrpcAccessLogConfig) {
+	t.Helper()
+	cc := c.GetCommonConfig()
+	if got := cc.GetGrpcService().GetEnvoyGrpc().GetClusterName(); got != extProcCluster {
+		t.Errorf("http_grpc access log cluster = %q, want %q", got, extProcCluster)
+	}
+	if d := cc.GetBufferFlushInterval(); d == nil || d.AsDuration() > 200*time.Millisecond {
+		t.Errorf("http_grpc buffer_flush_interval = %v, want <= 200ms", d)
+	}
+}
+
+// checkUsageRules: the JSON and SSE filters write the token counts keymux
+// reads (keymux.usage input_tokens and output_tokens) as numbers.
+func checkUsageRules(t *testing.T, j *jsonmetav3.JsonToMetadata, s *ssemetav3.SseToMetadata) {
+	t.Helper()
+	keys := map[string]int{}
+	for _, r := range j.GetResponseRules().GetRules() {
+		if kv := r.GetOnPresent(); kv.GetMetadataNamespace() == usageNamespace {
+			keys["json:"+kv.GetKey()]++
+		}
+	}
+	var parser jsonparserv3.JsonContentParser
+	if err := s.GetResponseRules().GetContentParser().GetTypedConfig().UnmarshalTo(&parser); err != nil {
+		t.Fatalf("sse_to_metadata content parser: %v", err)
+	}
+	for _, r := range parser.GetRules() {
+		if kv := r.GetRule().GetOnPresent(); kv.GetMetadataNamespace() == usageNamespace {
+			keys["sse:"+kv.GetKey()]++
+		}
+	}
+	for _, k := range []string{"json:input_tokens", "json:output_tokens", "sse:input_tokens", "sse:output_tokens"} {
+		if keys[k] == 0 {
+			t.Errorf("no usage rule writes %s", k)
+		}
+	}
+}
+
 func checkExtProc(t *testing.T, c *extprocv3.ExternalProcessor) {
 	t.Helper()
 	if got := c.GetGrpcService().GetEnvoyGrpc().GetClusterName(); got != extProcCluster {
@@ -337,27 +383,29 @@ func TestBootstrapContract(t *testing.T) {
 			}
 			checkEarlyMutation(t, early, upstreamHeader, jwtPayloadHeader)
 
-			// Filter order: ext_proc, then the forward proxy, then the router.
+			// Filter order: ext_proc, the usage readers, then the forward proxy, then the router.
 			fs := hcm.GetHttpFilters()
 			var names []string
 			for _, f := range fs {
 				names = append(names, f.GetName())
 			}
-			if want := []string{extProcFilter, dfpFilter, "envoy.filters.http.router"}; !slices.Equal(names, want) {
+			if want := []string{extProcFilter, jsonMetaFilter, sseMetaFilter, dfpFilter, "envoy.filters.http.router"}; !slices.Equal(names, want) {
 				t.Fatalf("http_filters = %v, want %v", names, want)
 			}
 			checkExtProc(t, mustUnpack[*extprocv3.ExternalProcessor](t, fs[0].GetTypedConfig()))
-			if got := mustUnpack[*dfpfilterv3.FilterConfig](t, fs[1].GetTypedConfig()).GetDnsCacheConfig().GetName(); got != "keymux_dns_cache" {
+			checkUsageRules(t, mustUnpack[*jsonmetav3.JsonToMetadata](t, fs[1].GetTypedConfig()), mustUnpack[*ssemetav3.SseToMetadata](t, fs[2].GetTypedConfig()))
+			if got := mustUnpack[*dfpfilterv3.FilterConfig](t, fs[3].GetTypedConfig()).GetDnsCacheConfig().GetName(); got != "keymux_dns_cache" {
 				t.Errorf("dynamic_forward_proxy filter cache = %q", got)
 			}
-			if !mustUnpack[*routerv3.Router](t, fs[2].GetTypedConfig()).GetSuppressEnvoyHeaders() {
+			if !mustUnpack[*routerv3.Router](t, fs[4].GetTypedConfig()).GetSuppressEnvoyHeaders() {
 				t.Error("router suppress_envoy_headers = false: x-envoy-* would reach providers")
 			}
 
 			// Access log: keymux's metadata next to the usual fields.
-			if len(hcm.GetAccessLog()) != 1 {
-				t.Fatalf("access_log entries = %d, want 1", len(hcm.GetAccessLog()))
+			if len(hcm.GetAccessLog()) != 2 {
+				t.Fatalf("access_log entries = %d, want 2 (stdout, keymux's AccessLogService)", len(hcm.GetAccessLog()))
 			}
+			checkGRPCAccessLog(t, mustUnpack[*grpcalsv3.HttpGrpcAccessLogConfig](t, hcm.GetAccessLog()[1].GetTypedConfig()))
 			fields := mustUnpack[*streamv3.StdoutAccessLog](t, hcm.GetAccessLog()[0].GetTypedConfig()).GetLogFormat().GetJsonFormat().GetFields()
 			for _, f := range metadataFields {
 				want := "%DYNAMIC_METADATA(" + metadataNamespace + ":" + f + ")%"

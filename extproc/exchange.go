@@ -1,8 +1,10 @@
 package extproc
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -43,8 +45,10 @@ type exchange struct {
 	status   int
 	usage    usageScanner
 	bodySeen bool
-	reading  bool // the response body is read (mode overridden to STREAMED)
-	chunks   int  // response body messages received
+	reading  bool   // the response body is read (mode overridden to STREAMED; no access-log stream)
+	chunks   int    // response body messages received while reading
+	respDone bool   // the response headers ended the response
+	callID   string // joins Envoy's access-log entry to this record (set when forwarded)
 	call     telemetry.Call
 }
 
@@ -54,6 +58,7 @@ func newExchange(s *Server) *exchange {
 
 // handle answers one message.
 func (x *exchange) handle(req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, error) {
+	x.s.countMessage(req)
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		return x.timed(func() *extprocv3.ProcessingResponse {
@@ -310,6 +315,7 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 	}
 	x.entry = entry
 	x.phase = phaseForwarded
+	x.callID = x.s.newCallID()
 	x.call.KeyID, x.call.Provider, x.call.UpstreamHost, x.call.ModelFinal = k.ID, string(k.Provider), k.Host, final
 	x.call.Strategy = x.settings.Strategy
 
@@ -428,10 +434,12 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	now := x.s.now()
 	o := policy.Classify(x.status, func(name string) string { return findHeader(hm, name) }, nil, now)
 	x.feedback(o, now)
-	if x.entry == nil || h.GetEndOfStream() {
+	x.respDone = h.GetEndOfStream()
+	if x.entry == nil || x.respDone || x.s.ledger.active(now) {
 		return resp
 	}
-	// Read the body for token usage: STREAMED passes every chunk on at once.
+	// No access-log stream (Envoy without the http_grpc logger): read the
+	// body for token usage; STREAMED passes every chunk on at once.
 	ct := findHeader(hm, hdrContentType)
 	switch {
 	case strings.HasPrefix(ct, "text/event-stream"):
@@ -449,6 +457,11 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 // applies the outcome to the chosen key's passive state.
 func (x *exchange) feedback(o policy.Outcome, now time.Time) {
 	x.call.ErrorCode = o.Kind.Class()
+	x.keyFeedback(o, now)
+}
+
+// keyFeedback applies an upstream outcome to the chosen key's passive state.
+func (x *exchange) keyFeedback(o policy.Outcome, now time.Time) {
 	if x.entry == nil {
 		return
 	}
@@ -469,55 +482,126 @@ func (x *exchange) feedback(o policy.Outcome, now time.Time) {
 	}
 }
 
+// onResponseBody passes a response body chunk on, reading it for token
+// usage when keymux asked for it (no access-log stream).
 func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
-	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
-	if x.entry == nil {
-		return resp
+	if x.reading {
+		x.chunks++
+		x.usage.feed(b.GetBody(), b.GetEndOfStream())
 	}
-	x.chunks++
-	x.usage.feed(b.GetBody(), b.GetEndOfStream())
-	if b.GetEndOfStream() {
-		x.endOfResponse()
-	}
-	return resp
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
 }
 
-// endOfResponse books token usage and refines the outcome from the body.
-func (x *exchange) endOfResponse() {
-	if x.usage.known {
-		x.call.InputTokens, x.call.OutputTokens, x.call.UsageKnown = x.usage.input, x.usage.output, true
-		tokens := uint64(x.usage.input + x.usage.output)
-		now := x.s.now()
-		x.entry.RT.AddUsage(tokens)
-		x.entry.RT.MinuteTokens.Add(now, tokens)
-		if x.client != nil {
-			x.s.clientMinute(x.client.ID).tokens.Add(now, tokens)
-		}
-	}
-	if policy.QuotaExhausted(x.status, x.usage.errorCode, x.usage.errorType) {
-		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: x.status}, x.s.now())
-	}
-}
-
-// finish runs once when the stream ends.
+// finish runs once when the stream ends. A forwarded call waits for
+// Envoy's access-log entry, which completes it (book); without an
+// access-log stream it is booked at once from what keymux saw.
 func (x *exchange) finish() {
 	x.call.End = x.s.now()
 	switch x.phase {
 	case phaseStart:
 		return // Envoy opened the stream but nothing was answered
-	case phaseForwarded:
-		x.call.Truncated = true // no response reached keymux
-	case phaseResponse:
-		// The body ended early (stream cut, client abort), or an SSE
-		// stream closed without its terminator.
-		// (No body message at all means Envoy did not take the mode
-		// override — allow_mode_override off — not a cut.)
-		x.call.Truncated = x.reading && x.chunks > 0 && (!x.usage.eos || (x.usage.sse && !x.usage.done && x.status < 300))
+	case phaseForwarded, phaseResponse:
+		if x.s.ledger.hold(x, x.call.End) {
+			return
+		}
+	}
+	x.book(nil)
+}
+
+// book completes the call with Envoy's entry (nil: none came) and hands it
+// to the observer.
+func (x *exchange) book(rec *envoyRecord) {
+	if rec != nil {
+		x.fromEntry(rec)
+	} else {
+		x.fromStream()
 	}
 	if x.call.ErrorCode == "" && (x.call.Truncated || x.call.Status == 0) {
 		x.call.ErrorCode = policy.ClassStreamCut // cut, or no response at all
 	}
 	x.s.observer.End(&x.call)
+}
+
+// fromEntry takes Envoy's account of the call: its duration and status, a
+// failure keymux did not see (a local reply since Envoy 1.33.1 never
+// reaches ext_proc), a client abort, and the token usage Envoy's filters
+// read from the response body.
+func (x *exchange) fromEntry(r *envoyRecord) {
+	now := x.s.now()
+	if x.s.log.Enabled(context.Background(), slog.LevelDebug) {
+		x.s.log.Debug("access-log entry", "call_id", r.callID, "key_id", r.keyID, "status", r.status,
+			"flags", r.flags, "upstream_failure", r.failure, "attempts", r.attempts,
+			"first_upstream_byte", r.firstUpstreamByte, "last_byte", r.lastByte,
+			"bytes_sent", r.bytesSent, "bytes_received", r.bytesReceived)
+	}
+	if r.lastByte > 0 {
+		x.call.End = x.call.Start.Add(r.lastByte)
+	}
+	if x.call.Status == 0 && r.status != 0 {
+		// A reply of Envoy's own, which keymux never saw.
+		x.call.Status = r.status
+		x.call.ErrorCode = policy.StatusKind(r.status).Class()
+	}
+	switch o, failed := r.upstreamFailure(); {
+	case r.clientAbort():
+		x.call.Truncated = true // the client left: not the key's fault
+	case failed:
+		x.feedback(o, now)
+		x.call.Truncated = x.phase == phaseResponse // cut after the headers
+	case x.phase == phaseForwarded && r.status == 0:
+		x.call.Truncated = true
+	}
+	if r.usageKnown {
+		x.bookUsage(r.input, r.output, now)
+	}
+	if st := x.call.Status; policy.QuotaExhausted(st, r.errorCode, r.errorType) {
+		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: st}, now)
+	}
+}
+
+// lateEntry takes what an entry that came after the call was booked still
+// tells: an upstream failure of the key.
+func (x *exchange) lateEntry(r *envoyRecord, now time.Time) {
+	if o, failed := r.upstreamFailure(); failed {
+		x.keyFeedback(o, now)
+	}
+}
+
+// fromStream completes a call from what keymux saw on its Process stream
+// alone (no access-log entry): a response that never came, or one cut
+// before its end, and the usage read from a body keymux asked for.
+func (x *exchange) fromStream() {
+	switch x.phase {
+	case phaseForwarded:
+		x.call.Truncated = true // no response reached keymux
+	case phaseResponse:
+		// The body ended early (stream cut, client abort), or an SSE
+		// stream closed without its terminator. (No body message at all
+		// means keymux did not read it, or Envoy did not take the mode
+		// override — allow_mode_override off — not a cut.)
+		x.call.Truncated = x.reading && x.chunks > 0 && (!x.usage.eos || (x.usage.sse && !x.usage.done && x.status < 300))
+	}
+	if !x.usage.eos {
+		return
+	}
+	now := x.s.now()
+	if x.usage.known {
+		x.bookUsage(x.usage.input, x.usage.output, now)
+	}
+	if policy.QuotaExhausted(x.status, x.usage.errorCode, x.usage.errorType) {
+		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: x.status}, now)
+	}
+}
+
+// bookUsage counts a call's tokens on the call, its key and its client.
+func (x *exchange) bookUsage(input, output int64, now time.Time) {
+	x.call.InputTokens, x.call.OutputTokens, x.call.UsageKnown = input, output, true
+	tokens := uint64(input + output)
+	x.entry.RT.AddUsage(tokens)
+	x.entry.RT.MinuteTokens.Add(now, tokens)
+	if x.client != nil {
+		x.s.clientMinute(x.client.ID).tokens.Add(now, tokens)
+	}
 }
 
 // refuse answers the client locally with an OpenAI-style error.
@@ -531,7 +615,8 @@ func (x *exchange) refuse(e *apiError) *extprocv3.ProcessingResponse {
 // forwarding reply.
 func (x *exchange) withMetadata(resp *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
 	fields := map[string]*structpb.Value{
-		"key_id":         structpb.NewStringValue(x.call.KeyID),
+		metaCallID:       structpb.NewStringValue(x.callID),
+		metaKeyID:        structpb.NewStringValue(x.call.KeyID),
 		"model_original": structpb.NewStringValue(x.call.ModelOriginal),
 		"model_final":    structpb.NewStringValue(x.call.ModelFinal),
 	}

@@ -85,7 +85,7 @@ func BenchmarkGRPCUnaryBaseline(b *testing.B) {
 
 // loopback serves a gRPC server with the services register adds on
 // 127.0.0.1:0 and returns a client connection to it, both closed at the end.
-func loopback(b *testing.B, register func(*grpc.Server)) *grpc.ClientConn {
+func loopback(b testing.TB, register func(*grpc.Server)) *grpc.ClientConn {
 	b.Helper()
 	srv := grpc.NewServer()
 	register(srv)

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -115,6 +116,10 @@ func TestForwardTargets(t *testing.T) {
 				t.Errorf("clear_route_cache not set: Envoy would keep the route chosen for the client's :authority")
 			}
 			wantMeta := map[string]string{"key_id": tc.key, "model_original": tc.modelIn, "model_final": tc.modelOut}
+			if !strings.HasPrefix(f.metadata["call_id"], r.srv.callPrefix) {
+				t.Errorf("call_id %q, want a new id of this server", f.metadata["call_id"])
+			}
+			delete(f.metadata, "call_id")
 			if !maps.Equal(f.metadata, wantMeta) {
 				t.Errorf("dynamic metadata %v, want %v", f.metadata, wantMeta)
 			}

@@ -6,11 +6,16 @@
 package extproc
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -27,6 +32,16 @@ type Config struct {
 	Logger   *slog.Logger       // optional
 	Observer telemetry.Observer // optional: call log, stats, traces
 	Now      func() time.Time   // optional: the clock (tests)
+
+	// The join of each forwarded call with Envoy's access-log entry
+	// (AccessLogService): how long a record waits for its entry, when its
+	// response ended or never came (EntryWait, default DefaultEntryWait)
+	// and when its response was still under way at the end of the Process
+	// stream (ResponseWait, default DefaultResponseWait), and how many
+	// records may wait (PendingCap, default DefaultPendingCap).
+	EntryWait    time.Duration
+	ResponseWait time.Duration
+	PendingCap   int
 }
 
 // Server implements Envoy's ExternalProcessor service.
@@ -37,6 +52,24 @@ type Server struct {
 	observer telemetry.Observer
 	now      func() time.Time
 	clients  sync.Map // client id → *clientCounters
+
+	ledger     *ledger
+	closing    chan struct{} // closed by Drain: access-log streams end
+	closeOnce  sync.Once
+	open       atomic.Int64 // Process streams open
+	messages   [len(messageKindList)]atomic.Uint64
+	callPrefix string // random per process: call ids are unique across instances
+	callSeq    atomic.Uint64
+}
+
+// The kinds of ext_proc messages (the "kind" label).
+var messageKindList = [...]string{"request_headers", "request_body", "request_trailers",
+	"response_headers", "response_body", "response_trailers", "unknown"}
+
+// newCallID returns a new call id: it joins Envoy's access-log entry to
+// keymux's record of the call (x-request-id is the client's to set).
+func (s *Server) newCallID() string {
+	return s.callPrefix + strconv.FormatUint(s.callSeq.Add(1), 36)
 }
 
 // clientCounters are a client's requests and tokens of the current minute.
@@ -58,7 +91,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("extproc: Config.Store is required")
 	}
-	s := &Server{store: cfg.Store, log: cfg.Logger, observer: cfg.Observer, now: cfg.Now}
+	s := &Server{store: cfg.Store, log: cfg.Logger, observer: cfg.Observer, now: cfg.Now, closing: make(chan struct{})}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -68,7 +101,62 @@ func New(cfg Config) (*Server, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	for _, v := range []struct {
+		d   *time.Duration
+		def time.Duration
+	}{{&cfg.EntryWait, DefaultEntryWait}, {&cfg.ResponseWait, DefaultResponseWait}} {
+		if *v.d <= 0 {
+			*v.d = v.def
+		}
+	}
+	if cfg.PendingCap <= 0 {
+		cfg.PendingCap = DefaultPendingCap
+	}
+	s.ledger = newLedger(cfg.EntryWait, cfg.ResponseWait, cfg.PendingCap)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	s.callPrefix = hex.EncodeToString(b[:]) + "-"
 	return s, nil
+}
+
+// sweepInterval is how often Run books the records whose entry did not
+// come in time.
+const sweepInterval = time.Second
+
+// Run books, until ctx ends, the records whose access-log entry did not
+// come within the wait.
+func (s *Server) Run(ctx context.Context) {
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.ledger.sweep(s.now())
+		}
+	}
+}
+
+// Drain is the first step of a shutdown, once Envoy was told keymux is
+// not serving: it waits for the open Process streams to end and for the
+// access-log entries of the calls that ended, until ctx ends. Then it books
+// the calls still waiting from what keymux saw and ends the access-log
+// streams (Envoy reconnects elsewhere and resends nothing it had not sent).
+func (s *Server) Drain(ctx context.Context) error {
+	const tick = 20 * time.Millisecond
+	err := pollUntil(ctx, tick, func() bool { return s.open.Load() == 0 })
+	if err == nil {
+		err = s.ledger.waitEmpty(ctx, tick)
+	}
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		s.ledger.close()
+	})
+	if err != nil {
+		return fmt.Errorf("extproc: drain: %w", err)
+	}
+	return nil
 }
 
 // Process serves one HTTP request's ext_proc stream: one reply per message,
@@ -76,6 +164,8 @@ func New(cfg Config) (*Server, error) {
 // Canceled are the normal ends of a stream.
 func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	ctx := stream.Context()
+	s.open.Add(1)
+	defer s.open.Add(-1)
 	x := newExchange(s)
 	defer x.finish()
 	for {

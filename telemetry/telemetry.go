@@ -244,6 +244,15 @@ func (t *Telemetry) End(c *Call) {
 	}
 }
 
+// RegisterCollector adds c's metrics to /metrics (only: the OpenTelemetry
+// MeterProvider does not see them).
+func (t *Telemetry) RegisterCollector(c prometheus.Collector) error {
+	if err := t.registry.Register(c); err != nil {
+		return fmt.Errorf("telemetry: register collector: %w", err)
+	}
+	return nil
+}
+
 // SetKeyHealth installs the key health source for /stats and the key
 // gauges; it is called on every /stats request and metrics collection.
 func (t *Telemetry) SetKeyHealth(f func() []KeyHealth) {

@@ -15,7 +15,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/keymux/keymux/testutil/daemon"
 	"github.com/keymux/keymux/testutil/syncbuf"
 	"github.com/keymux/keymux/testutil/toolbin"
 )
@@ -76,7 +76,7 @@ func Start(t testing.TB) *Agent {
 		t.Fatalf("consultest: %v", err)
 	}
 	a := &Agent{t: t, bin: bin, dataDir: t.TempDir()}
-	a.ports = ports{http: freePort(t), serfLAN: freePort(t), serfWAN: freePort(t), server: freePort(t)}
+	a.ports = ports{http: daemon.FreePort(t), serfLAN: daemon.FreePort(t), serfWAN: daemon.FreePort(t), server: daemon.FreePort(t)}
 	t.Cleanup(func() {
 		a.stop()
 		if t.Failed() {
@@ -85,17 +85,6 @@ func Start(t testing.TB) *Agent {
 	})
 	a.start()
 	return a
-}
-
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("consultest: free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func (a *Agent) start() {

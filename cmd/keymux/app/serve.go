@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/hashicorp/consul/api"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
@@ -46,6 +47,7 @@ type serveOptions struct {
 	logLevel     string
 	logFormat    string
 	callLog      string
+	drainTimeout time.Duration
 	secretEnv    listFlag
 	secretDirs   listFlag
 	upstreams    listFlag
@@ -98,6 +100,7 @@ func (o *serveOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&o.callLog, "call-log", "", "call log destination: a file path, \"-\" for stdout, empty for none")
+	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on shutdown, how long to wait for open ext_proc streams and their access-log entries")
 	o.secretEnv.vals = store.DefaultSecretEnv
 	o.secretDirs.vals = store.DefaultSecretDirs
 	fs.Var(&o.secretEnv, "secret-env", "environment variables a key's secret_ref env:NAME may name: comma-separated patterns")
@@ -118,6 +121,9 @@ func (o *serveOptions) check() error {
 		return &usageError{msg: fmt.Sprintf("--consul-prefix: %v", err)}
 	}
 	o.consulPrefix = prefix
+	if o.drainTimeout < 0 {
+		return &usageError{msg: fmt.Sprintf("--drain-timeout %v: must not be negative", o.drainTimeout)}
+	}
 	for _, a := range []struct{ flag, addr string }{{"--grpc", o.grpcAddr}, {"--admin", o.adminAddr}} {
 		if err := checkAddr(a.addr, a.flag == "--grpc"); err != nil {
 			return &usageError{msg: fmt.Sprintf("%s %q: %v", a.flag, a.addr, err)}
@@ -199,6 +205,9 @@ type sidecar struct {
 	otelDown  func(context.Context) error
 	grpc      *grpc.Server
 	grpcLis   net.Listener
+	grpcHS    *grpchealth.Server
+	extproc   *extproc.Server
+	drain     time.Duration
 	admin     *http.Server
 	adminLis  net.Listener
 	callLog   io.Closer
@@ -237,6 +246,7 @@ func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdo
 	}
 	sc.healthErr = make(chan error, 1)
 	go func() { sc.healthErr <- sc.health.Run(ctx) }()
+	sc.drain = o.drainTimeout
 	if err := sc.startGRPC(ctx, o, tp); err != nil {
 		return sc, err
 	}
@@ -310,14 +320,19 @@ func (sc *sidecar) newHealth(o serveOptions) error {
 	return nil
 }
 
-// startGRPC serves ext_proc and the gRPC health service on --grpc (with
-// mutual TLS when configured); the health service says SERVING once the
-// store is ready.
+// startGRPC serves ext_proc, Envoy's AccessLogService and the gRPC health
+// service on --grpc (with mutual TLS when configured); the health service
+// says SERVING once the store is ready.
 func (sc *sidecar) startGRPC(ctx context.Context, o serveOptions, tp trace.TracerProvider) error {
 	srv, err := extproc.New(extproc.Config{Store: sc.store, Logger: sc.log, Observer: sc.tel})
 	if err != nil {
 		return err
 	}
+	if err := sc.tel.RegisterCollector(srv); err != nil {
+		return err
+	}
+	sc.extproc = srv
+	go srv.Run(ctx)
 	gopts := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp))),
 		// Envoy sends a BUFFERED body in one message; envoy.yaml buffers up
@@ -333,7 +348,9 @@ func (sc *sidecar) startGRPC(ctx context.Context, o serveOptions, tp trace.Trace
 	}
 	sc.grpc = grpc.NewServer(gopts...)
 	extprocv3.RegisterExternalProcessorServer(sc.grpc, srv)
+	alsv3.RegisterAccessLogServiceServer(sc.grpc, srv.AccessLogService())
 	hs := grpchealth.NewServer()
+	sc.grpcHS = hs
 	healthpb.RegisterHealthServer(sc.grpc, hs)
 	if sc.grpcLis, err = listen(o.grpcAddr); err != nil {
 		return fmt.Errorf("--grpc: %w", err)
@@ -430,9 +447,10 @@ func (sc *sidecar) adminHandler() http.Handler {
 			Version string `json:"version"`
 			Ready   bool   `json:"ready"`
 			store.Status
-			Counters *telemetry.SourceCounters `json:"source_counters,omitempty"`
-			Health   healthDoc                 `json:"health"`
-		}{Version, sc.store.Ready(), sc.store.Status(), sc.sourceCounters(), healthDoc{sc.health.Stats(), sc.health.Snapshot()}})
+			Counters  *telemetry.SourceCounters `json:"source_counters,omitempty"`
+			Health    healthDoc                 `json:"health"`
+			AccessLog extproc.AccessLogStatus   `json:"access_log"`
+		}{Version, sc.store.Ready(), sc.store.Status(), sc.sourceCounters(), healthDoc{sc.health.Stats(), sc.health.Snapshot()}, sc.extproc.AccessLogStatus()})
 	})
 	mux.Handle("GET /stats", sc.tel.StatsHandler())
 	mux.Handle("GET /metrics", sc.tel.MetricsHandler())
@@ -466,8 +484,20 @@ func (sc *sidecar) keyHealth() []telemetry.KeyHealth {
 	return out
 }
 
-// close stops everything in reverse order, waiting boundedly.
+// close stops everything in reverse order, waiting boundedly. The gRPC
+// health service says NOT_SERVING first; then the open ext_proc streams
+// and the access-log entries of their calls are waited for (--drain-timeout).
 func (sc *sidecar) close() error {
+	if sc.grpcHS != nil {
+		sc.grpcHS.Shutdown() // NOT_SERVING from now on
+	}
+	if sc.extproc != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), sc.drain)
+		if err := sc.extproc.Drain(ctx); err != nil {
+			sc.log.Warn("drain incomplete: calls booked without their access-log entry", "error", err)
+		}
+		cancel()
+	}
 	if sc.grpc != nil {
 		stopped := make(chan struct{})
 		go func() { sc.grpc.GracefulStop(); close(stopped) }()

@@ -1,0 +1,150 @@
+package e2e
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/keymux/keymux/testutil/wait"
+)
+
+// accessLog is /status's access_log.
+type accessLog struct {
+	Streams int               `json:"streams"`
+	Matched uint64            `json:"matched"`
+	Dropped map[string]uint64 `json:"dropped"`
+}
+
+func (g *gateway) accessLog() accessLog {
+	var st struct {
+		AccessLog accessLog `json:"access_log"`
+	}
+	if err := json.Unmarshal(g.getAdmin("/status"), &st); err != nil {
+		g.t.Fatal(err)
+	}
+	return st.AccessLog
+}
+
+// responseBodyMessages is keymux_extproc_messages_total{kind="response_body"}.
+func (g *gateway) responseBodyMessages() int {
+	m := regexp.MustCompile(`(?m)^keymux_extproc_messages_total\{kind="response_body"\} (\d+)$`).FindSubmatch(g.getAdmin("/metrics"))
+	if m == nil {
+		g.t.Fatal("/metrics lacks keymux_extproc_messages_total{kind=\"response_body\"}")
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// A key whose upstream resets every chat request (its probe, GET /models,
+// passes) is ejected after ejection.consecutive_failures requests: Envoy
+// answers them itself (503, UC) and keymux learns it from the access log
+// only, the response never reaching ext_proc.
+func TestResettingUpstreamEjectsKey(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			w.Header().Set("content-type", "application/json")
+			io.WriteString(w, `{"object":"list","data":[{"id":"gpt-4o","object":"model"}]}`)
+			return
+		}
+		c, _, err := w.(http.Hijacker).Hijack()
+		if err == nil {
+			c.Close()
+		}
+	}))
+	t.Cleanup(up.Close)
+	g := startGateway(t, `settings: {ejection: {consecutive_failures: 2}}
+keys:
+  k1: {provider: openai_compatible, base_url: "`+up.URL+`/v1", secret: sk-test-k1}
+`)
+	for i := range 2 {
+		if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 503 {
+			t.Fatalf("request %d: status %d: %s", i, resp.StatusCode, b)
+		}
+	}
+	type keyStats struct {
+		ID        string `json:"id"`
+		State     string `json:"state"`
+		Ejections uint64 `json:"ejections"`
+	}
+	var st struct {
+		Keys []keyStats `json:"keys"`
+	}
+	wait.Until(t, 5*time.Second, "k1 ejected on /stats", func() bool {
+		if err := json.Unmarshal(g.getAdmin("/stats"), &st); err != nil {
+			t.Fatal(err)
+		}
+		return len(st.Keys) == 1 && st.Keys[0].State == "ejected"
+	})
+	if st.Keys[0].Ejections != 1 {
+		t.Errorf("k1 %+v, want one ejection", st.Keys[0])
+	}
+	// Now out: keymux answers the next request itself.
+	if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 503 || !regexp.MustCompile(`keys_ejected`).Match(b) {
+		t.Errorf("after the ejection: %d %s, want keymux's 503 keys_ejected", resp.StatusCode, b)
+	}
+}
+
+// With the access-log stream connected, JSON and SSE usage is booked
+// exactly from Envoy's filters, and keymux receives no response body.
+func TestUsageFromEnvoyFilters(t *testing.T) {
+	g := startGateway(t, threeKeys)
+	// Envoy opens its access-log stream with its first entry.
+	if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	wait.Until(t, 5*time.Second, "access-log stream connected", func() bool { return g.accessLog().Streams == 1 })
+	bodies, before := g.responseBodyMessages(), g.keyTokens()
+	type usage struct {
+		Prompt     int64 `json:"prompt_tokens"`
+		Completion int64 `json:"completion_tokens"`
+	}
+	var want usage
+	resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[{"role":"user","content":"count my tokens"}]}`)
+	var completion struct {
+		Usage usage `json:"usage"`
+	}
+	if err := json.Unmarshal(b, &completion); err != nil || resp.StatusCode != 200 || completion.Usage.Prompt == 0 {
+		t.Fatalf("JSON call: %d %v %s", resp.StatusCode, err, b)
+	}
+	want.Prompt += completion.Usage.Prompt
+	want.Completion += completion.Usage.Completion
+	resp, b = g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"and these"}]}`)
+	m := regexp.MustCompile(`"usage":\{"prompt_tokens":(\d+),"completion_tokens":(\d+)`).FindSubmatch(b)
+	if resp.StatusCode != 200 || m == nil {
+		t.Fatalf("SSE call: %d %s", resp.StatusCode, b)
+	}
+	p, _ := strconv.ParseInt(string(m[1]), 10, 64)
+	c, _ := strconv.ParseInt(string(m[2]), 10, 64)
+	want.Prompt += p
+	want.Completion += c
+
+	wait.Until(t, 5*time.Second, "both calls matched with their entries", func() bool { return g.accessLog().Matched >= 2 })
+	if n := g.responseBodyMessages(); n != bodies {
+		t.Errorf("response body messages went from %d to %d, want none", bodies, n)
+	}
+	if got := g.keyTokens() - before; got != uint64(want.Prompt+want.Completion) {
+		t.Errorf("keys' tokens grew by %d, want the two calls' %d (%+v)", got, want.Prompt+want.Completion, want)
+	}
+}
+
+// keyTokens is the sum of the keys' tokens on /stats.
+func (g *gateway) keyTokens() uint64 {
+	var st struct {
+		Keys []struct {
+			Tokens uint64 `json:"tokens"`
+		} `json:"keys"`
+	}
+	if err := json.Unmarshal(g.getAdmin("/stats"), &st); err != nil {
+		g.t.Fatal(err)
+	}
+	var total uint64
+	for _, k := range st.Keys {
+		total += k.Tokens
+	}
+	return total
+}
