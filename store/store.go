@@ -357,6 +357,78 @@ func poolModels(keys map[string]*policy.Key, rules map[ruleKey]*policy.Rule) []s
 	return slices.Sorted(maps.Keys(listed))
 }
 
+// poolIndex answers, for one model, which enabled keys serve it after their
+// rule, from the rules and the keys' model lists: the work is proportional
+// to the keys that list the model's target or have their own rule for it
+// (plus the keys that list no model), never to every key.
+type poolIndex struct {
+	order    map[*Entry]int           // position in the enabled keys (key id order)
+	listing  map[string][]*Entry      // model -> enabled keys that list it, in order
+	unlisted []*Entry                 // enabled keys that list no model (serve any)
+	own      map[string][]*Entry      // from -> enabled keys with their own enabled rule
+	rules    map[ruleKey]*policy.Rule // enabled rules by (key, from)
+	buf      []*Entry                 // scratch for one pool
+	seen     map[*Entry]struct{}      // scratch: keys with their own rule for one model
+}
+
+func newPoolIndex(enabled []*Entry, rules map[ruleKey]*policy.Rule) *poolIndex {
+	x := &poolIndex{order: make(map[*Entry]int, len(enabled)), listing: map[string][]*Entry{},
+		own: map[string][]*Entry{}, rules: rules, seen: map[*Entry]struct{}{}}
+	byID := make(map[string]*Entry, len(enabled))
+	for i, e := range enabled {
+		x.order[e] = i
+		byID[e.Key.ID] = e
+		if len(e.Key.Models) == 0 {
+			x.unlisted = append(x.unlisted, e)
+		}
+		for _, m := range e.Key.Models {
+			if l := x.listing[m]; len(l) > 0 && l[len(l)-1] == e {
+				continue // a model listed twice
+			}
+			x.listing[m] = append(x.listing[m], e)
+		}
+	}
+	for rk := range rules {
+		if e := byID[rk.key]; e != nil {
+			x.own[rk.from] = append(x.own[rk.from], e)
+		}
+	}
+	return x
+}
+
+// pool returns the enabled keys that serve model once their rule (their own
+// before policy.AnyKey's) has rewritten it, in key id order: the keys with
+// their own rule whose target they serve, and the others if they serve the
+// "*" rule's target (or model itself without one); nil when none does.
+func (x *poolIndex) pool(model string) []*Entry {
+	target := model
+	if r := x.rules[ruleKey{policy.AnyKey, model}]; r != nil {
+		target = r.To
+	}
+	clear(x.seen)
+	out := x.buf[:0]
+	for _, e := range x.own[model] {
+		x.seen[e] = struct{}{}
+		if e.Key.ServesModel(x.rules[ruleKey{e.Key.ID, model}].To) {
+			out = append(out, e)
+		}
+	}
+	for _, list := range [][]*Entry{x.listing[target], x.unlisted} {
+		for _, e := range list {
+			if _, ok := x.seen[e]; !ok {
+				out = append(out, e)
+			}
+		}
+	}
+	x.buf = out
+	if len(out) == 0 {
+		return nil
+	}
+	entries := slices.Clone(out)
+	slices.SortFunc(entries, func(a, b *Entry) int { return x.order[a] - x.order[b] })
+	return entries
+}
+
 // insertPools inserts the pool of every enabled key (""), of the keys that
 // list no model (unlistedPool) and of each listed model; it returns the
 // listed models that some key serves. Pools keep their selection counter.
@@ -375,13 +447,8 @@ func insertPools(ctx context.Context, txn *memdb.Txn, listed []string, enabled [
 	if err := insert("", slices.Clip(enabled)); err != nil {
 		return nil, err
 	}
-	var unlisted []*Entry
-	for _, e := range enabled {
-		if len(e.Key.Models) == 0 {
-			unlisted = append(unlisted, e)
-		}
-	}
-	if err := insert(unlistedPool, unlisted); err != nil {
+	x := newPoolIndex(enabled, rules)
+	if err := insert(unlistedPool, slices.Clone(x.unlisted)); err != nil {
 		return nil, err
 	}
 	var models []string
@@ -389,12 +456,7 @@ func insertPools(ctx context.Context, txn *memdb.Txn, listed []string, enabled [
 		if err := checkStop(ctx); err != nil {
 			return nil, err
 		}
-		var entries []*Entry
-		for _, e := range enabled {
-			if servesAfterRule(e, m, rules) {
-				entries = append(entries, e)
-			}
-		}
+		entries := x.pool(m)
 		if err := insert(m, entries); err != nil {
 			return nil, err
 		}
@@ -403,18 +465,6 @@ func insertPools(ctx context.Context, txn *memdb.Txn, listed []string, enabled [
 		}
 	}
 	return models, nil
-}
-
-// servesAfterRule reports whether e serves a request for model once its
-// rule (its own before policy.AnyKey's) has rewritten the model.
-func servesAfterRule(e *Entry, model string, rules map[ruleKey]*policy.Rule) bool {
-	to := model
-	if r := rules[ruleKey{e.Key.ID, model}]; r != nil {
-		to = r.To
-	} else if r := rules[ruleKey{policy.AnyKey, model}]; r != nil {
-		to = r.To
-	}
-	return e.Key.ServesModel(to)
 }
 
 // SetSourceInfo records the source's freshness (and refusals) without
