@@ -29,3 +29,28 @@ func Aliases(keys, rules int) []byte {
 	b.WriteString(`}}`)
 	return []byte(b.String())
 }
+
+// Shared is a JSON configuration file of keys keys, each listing three
+// models, and keys × aliases rules: every key rewrites the same aliases
+// ("alias-0" … ) to one of its models, so each alias's pool holds every key.
+func Shared(keys, aliases int) []byte {
+	var b strings.Builder
+	b.WriteString(`{"settings":{"strategy":"round_robin"},"keys":{`)
+	for i := range keys {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"k%d":{"provider":"openai","secret":"sk-shared-%d","models":["gpt-4o","gpt-4o-mini","o3"]}`, i, i)
+	}
+	b.WriteString(`},"rules":{`)
+	for i := range keys {
+		for j := range aliases {
+			if i > 0 || j > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, `"r%d-%d":{"key":"k%d","from":"alias-%d","to":"gpt-4o-mini"}`, i, j, i, j)
+		}
+	}
+	b.WriteString(`}}`)
+	return []byte(b.String())
+}
