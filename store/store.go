@@ -81,8 +81,12 @@ type Options struct {
 
 // Store is the in-memory mirror of the configuration (go-memdb). Every
 // configuration change is one write transaction; readers take a Snapshot.
+// Apply builds each configuration in a fresh database and swaps it in:
+// clearing the tables of the previous one costs more than filling new ones,
+// and the previous generation is left whole to the readers that still hold
+// it, then to the garbage collector.
 type Store struct {
-	db     *memdb.MemDB
+	db     atomic.Pointer[memdb.MemDB]
 	logger *slog.Logger
 	ready  atomic.Bool
 
@@ -99,11 +103,14 @@ func New(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store schema: %w", err)
 	}
+	s := &Store{changed: make(chan struct{})}
+	s.db.Store(db)
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Store{db: db, logger: logger, changed: make(chan struct{})}, nil
+	s.logger = logger
+	return s, nil
 }
 
 // Ready reports whether a configuration has been applied.
@@ -140,13 +147,18 @@ func (s *Store) ApplyContext(ctx context.Context, cfg *Config, src SourceInfo) (
 	defer s.mu.Unlock()
 
 	s.logger.Debug("applying configuration", "source", src.Source, "keys", len(cfg.Keys), "rules", len(cfg.Rules), "clients", len(cfg.Clients))
-	txn := s.db.Txn(true)
+	db, err := memdb.NewMemDB(schema())
+	if err != nil {
+		return 0, fmt.Errorf("store schema: %w", err)
+	}
+	txn := db.Txn(true)
 	defer txn.Abort()
-	gen, err := applyTxn(ctx, txn, cfg, src)
+	gen, err := applyTxn(ctx, s.db.Load().Txn(false), txn, cfg, src)
 	if err != nil {
 		return 0, err
 	}
 	txn.Commit()
+	s.db.Store(db)
 	s.ready.Store(true)
 	s.notifyLocked()
 	s.logger.Info("config applied", "generation", gen, "source", src.Source,
@@ -206,17 +218,13 @@ func checkConfig(cfg *Config) error {
 	return nil
 }
 
-// applyTxn replaces every configuration table in txn with cfg: one helper
-// per table, in dependency order (pools need the keys and rules).
-func applyTxn(ctx context.Context, txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
-	prev, err := readCarryOver(txn)
+// applyTxn fills the empty database of txn with cfg, carrying over from
+// the previous generation (read through prevTxn) what survives it: one
+// helper per table, in dependency order (pools need the keys and rules).
+func applyTxn(ctx context.Context, prevTxn, txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
+	prev, err := readCarryOver(prevTxn)
 	if err != nil {
 		return 0, err
-	}
-	for _, t := range []string{tableKeys, tableRules, tableClients, tableSettings, tablePools} {
-		if _, err := txn.DeleteAll(t, indexID); err != nil {
-			return 0, fmt.Errorf("clear %s: %w", t, err)
-		}
 	}
 	enabled, err := insertKeys(ctx, txn, cfg.Keys, prev.runtimes)
 	if err != nil {
@@ -472,7 +480,7 @@ func insertPools(ctx context.Context, txn *memdb.Txn, listed []string, enabled [
 func (s *Store) SetSourceInfo(src SourceInfo) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	txn := s.db.Txn(true)
+	txn := s.db.Load().Txn(true)
 	defer txn.Abort()
 	meta := &metaRow{ID: singletonID}
 	if raw, err := txn.First(tableMeta, indexID, singletonID); err == nil && raw != nil {
@@ -517,7 +525,7 @@ func (s *Store) Status() Status {
 // Read returns a consistent, read-only view of the current configuration.
 // It is cheap (one memdb read transaction) and never blocks writers.
 func (s *Store) Read() *Snapshot {
-	return &Snapshot{txn: s.db.Txn(false)}
+	return &Snapshot{txn: s.db.Load().Txn(false)}
 }
 
 // Snapshot is one generation of the configuration. Objects it returns are
