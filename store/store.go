@@ -368,37 +368,47 @@ func poolModels(keys map[string]*policy.Key, rules map[ruleKey]*policy.Rule) []s
 // poolIndex answers, for one model, which enabled keys serve it after their
 // rule, from the rules and the keys' model lists: the work is proportional
 // to the keys that list the model's target or have their own rule for it
-// (plus the keys that list no model), never to every key.
+// (plus the keys that list no model), never to every key. Keys are
+// positions in enabled (key id order).
 type poolIndex struct {
-	order    map[*Entry]int           // position in the enabled keys (key id order)
-	listing  map[string][]*Entry      // model -> enabled keys that list it, in order
-	unlisted []*Entry                 // enabled keys that list no model (serve any)
-	own      map[string][]*Entry      // from -> enabled keys with their own enabled rule
-	rules    map[ruleKey]*policy.Rule // enabled rules by (key, from)
-	buf      []*Entry                 // scratch for one pool
-	seen     map[*Entry]struct{}      // scratch: keys with their own rule for one model
+	enabled  []*Entry
+	listing  map[string][]int32   // model -> keys that list it, in order
+	unlisted []int32              // keys that list no model (serve any)
+	own      map[string][]ownRule // from -> keys with their own enabled rule
+	anyTo    map[string]string    // from -> to of the enabled "*" rule
+	stamp    []uint32             // per key: the pool call that last saw its own rule
+	calls    uint32
+	buf      []int32 // scratch for one pool
+}
+
+// ownRule is a key's own enabled rule for one model: the key and its target.
+type ownRule struct {
+	key int32
+	to  string
 }
 
 func newPoolIndex(enabled []*Entry, rules map[ruleKey]*policy.Rule) *poolIndex {
-	x := &poolIndex{order: make(map[*Entry]int, len(enabled)), listing: map[string][]*Entry{},
-		own: map[string][]*Entry{}, rules: rules, seen: map[*Entry]struct{}{}}
-	byID := make(map[string]*Entry, len(enabled))
+	x := &poolIndex{enabled: enabled, listing: map[string][]int32{}, own: map[string][]ownRule{},
+		anyTo: map[string]string{}, stamp: make([]uint32, len(enabled))}
+	byID := make(map[string]int32, len(enabled))
 	for i, e := range enabled {
-		x.order[e] = i
-		byID[e.Key.ID] = e
+		byID[e.Key.ID] = int32(i)
 		if len(e.Key.Models) == 0 {
-			x.unlisted = append(x.unlisted, e)
+			x.unlisted = append(x.unlisted, int32(i))
 		}
 		for _, m := range e.Key.Models {
-			if l := x.listing[m]; len(l) > 0 && l[len(l)-1] == e {
+			if l := x.listing[m]; len(l) > 0 && l[len(l)-1] == int32(i) {
 				continue // a model listed twice
 			}
-			x.listing[m] = append(x.listing[m], e)
+			x.listing[m] = append(x.listing[m], int32(i))
 		}
 	}
-	for rk := range rules {
-		if e := byID[rk.key]; e != nil {
-			x.own[rk.from] = append(x.own[rk.from], e)
+	for rk, r := range rules {
+		if rk.key == policy.AnyKey {
+			x.anyTo[rk.from] = r.To
+		}
+		if i, ok := byID[rk.key]; ok { // an enabled key (even one named "*")
+			x.own[rk.from] = append(x.own[rk.from], ownRule{i, r.To})
 		}
 	}
 	return x
@@ -410,21 +420,21 @@ func newPoolIndex(enabled []*Entry, rules map[ruleKey]*policy.Rule) *poolIndex {
 // "*" rule's target (or model itself without one); nil when none does.
 func (x *poolIndex) pool(model string) []*Entry {
 	target := model
-	if r := x.rules[ruleKey{policy.AnyKey, model}]; r != nil {
-		target = r.To
+	if to, ok := x.anyTo[model]; ok {
+		target = to
 	}
-	clear(x.seen)
+	x.calls++
 	out := x.buf[:0]
-	for _, e := range x.own[model] {
-		x.seen[e] = struct{}{}
-		if e.Key.ServesModel(x.rules[ruleKey{e.Key.ID, model}].To) {
-			out = append(out, e)
+	for _, o := range x.own[model] {
+		x.stamp[o.key] = x.calls
+		if x.enabled[o.key].Key.ServesModel(o.to) {
+			out = append(out, o.key)
 		}
 	}
-	for _, list := range [][]*Entry{x.listing[target], x.unlisted} {
-		for _, e := range list {
-			if _, ok := x.seen[e]; !ok {
-				out = append(out, e)
+	for _, list := range [][]int32{x.listing[target], x.unlisted} {
+		for _, i := range list {
+			if x.stamp[i] != x.calls {
+				out = append(out, i)
 			}
 		}
 	}
@@ -432,8 +442,11 @@ func (x *poolIndex) pool(model string) []*Entry {
 	if len(out) == 0 {
 		return nil
 	}
-	entries := slices.Clone(out)
-	slices.SortFunc(entries, func(a, b *Entry) int { return x.order[a] - x.order[b] })
+	slices.Sort(out)
+	entries := make([]*Entry, len(out))
+	for j, i := range out {
+		entries[j] = x.enabled[i]
+	}
 	return entries
 }
 
@@ -456,7 +469,11 @@ func insertPools(ctx context.Context, txn *memdb.Txn, listed []string, enabled [
 		return nil, err
 	}
 	x := newPoolIndex(enabled, rules)
-	if err := insert(unlistedPool, slices.Clone(x.unlisted)); err != nil {
+	var unlisted []*Entry
+	for _, i := range x.unlisted {
+		unlisted = append(unlisted, enabled[i])
+	}
+	if err := insert(unlistedPool, unlisted); err != nil {
 		return nil, err
 	}
 	var models []string
