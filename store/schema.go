@@ -14,7 +14,6 @@ const (
 	tableRules    = "rules"
 	tableClients  = "clients"
 	tableSettings = "settings"
-	tablePools    = "pools"
 	tableMeta     = "meta"
 )
 
@@ -31,7 +30,7 @@ const (
 	singletonID = "singleton"
 )
 
-// Pool rows: "" is every enabled key, unlistedPool serves every model that no
+// Pools (metaRow.Pools): "" is every enabled key, unlistedPool serves every model that no
 // key or rule names.
 const unlistedPool = ReservedModel
 
@@ -62,17 +61,12 @@ type settingsRow struct {
 	Settings *policy.Settings
 }
 
-// poolRow is a row of the pools table, keyed by model ("" included).
-type poolRow struct {
-	Model string
-	Pool  *Pool
-}
-
 // metaRow is the single row of the meta table.
 type metaRow struct {
 	ID         string
 	Generation uint64
 	Source     SourceInfo
+	Pools      map[string]*Pool // by model: "", unlistedPool and each listed model
 	Models     []string
 	Named      map[string]bool // every model a key lists or a rule names (from or to)
 	Keys       int
@@ -86,7 +80,6 @@ func schema() *memdb.DBSchema {
 		tableRules:    rulesTableSchema(),
 		tableClients:  clientsTableSchema(),
 		tableSettings: settingsTableSchema(),
-		tablePools:    poolsTableSchema(),
 		tableMeta:     metaTableSchema(),
 	}}
 }
@@ -135,15 +128,6 @@ func settingsTableSchema() *memdb.TableSchema {
 		Name: tableSettings,
 		Indexes: map[string]*memdb.IndexSchema{
 			indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
-		},
-	}
-}
-
-func poolsTableSchema() *memdb.TableSchema {
-	return &memdb.TableSchema{
-		Name: tablePools,
-		Indexes: map[string]*memdb.IndexSchema{
-			indexID: {Name: indexID, Unique: true, Indexer: poolModelIndex{}},
 		},
 	}
 }
@@ -231,32 +215,4 @@ func (tokenIndex) FromArgs(args ...any) ([]byte, error) {
 		return v, nil
 	}
 	return nil, fmt.Errorf("token_sha256: unexpected argument %T", args[0])
-}
-
-// poolModelIndex indexes pools by model, the empty model included (which
-// memdb.StringFieldIndex would treat as missing).
-type poolModelIndex struct{}
-
-var (
-	_ memdb.SingleIndexer = poolModelIndex{}
-	_ memdb.Indexer       = poolModelIndex{}
-)
-
-func (poolModelIndex) FromObject(obj any) (bool, []byte, error) {
-	r, ok := obj.(*poolRow)
-	if !ok {
-		return false, nil, fmt.Errorf("pools: unexpected row %T", obj)
-	}
-	return true, append([]byte(r.Model), 0), nil
-}
-
-func (poolModelIndex) FromArgs(args ...any) ([]byte, error) {
-	if len(args) != 1 {
-		return nil, fmt.Errorf("pools: want one argument, got %d", len(args))
-	}
-	s, ok := args[0].(string)
-	if !ok {
-		return nil, fmt.Errorf("pools: unexpected argument %T", args[0])
-	}
-	return append([]byte(s), 0), nil
 }

@@ -2,7 +2,6 @@ package store
 
 import (
 	"bytes"
-	"sync/atomic"
 	"testing"
 
 	"github.com/hashicorp/go-memdb"
@@ -36,10 +35,6 @@ func sampleRows() map[string]struct {
 		tableSettings: {
 			row:  &settingsRow{ID: singletonID, Settings: &policy.Settings{}},
 			args: map[string][]any{indexID: {singletonID}},
-		},
-		tablePools: {
-			row:  &poolRow{Model: "", Pool: &Pool{Seq: new(atomic.Uint64)}},
-			args: map[string][]any{indexID: {""}},
 		},
 		tableMeta: {
 			row:  &metaRow{ID: singletonID},
@@ -104,9 +99,6 @@ func TestCustomIndexersRejectBadInput(t *testing.T) {
 		{"token short slice", func() error { _, err := tokenIndex{}.FromArgs([]byte{1, 2}); return err }},
 		{"token string", func() error { _, err := tokenIndex{}.FromArgs("aa"); return err }},
 		{"token wrong row", func() error { _, _, err := tokenIndex{}.FromObject(&keyRow{}); return err }},
-		{"pool two args", func() error { _, err := poolModelIndex{}.FromArgs("a", "b"); return err }},
-		{"pool int", func() error { _, err := poolModelIndex{}.FromArgs(1); return err }},
-		{"pool wrong row", func() error { _, _, err := poolModelIndex{}.FromObject(&keyRow{}); return err }},
 		{"key_from one arg", func() error { _, err := ruleKeyFromIndex{}.FromArgs("k1"); return err }},
 		{"key_from int", func() error { _, err := ruleKeyFromIndex{}.FromArgs("k1", 2); return err }},
 		{"key_from wrong row", func() error { _, _, err := ruleKeyFromIndex{}.FromObject(&keyRow{}); return err }},
@@ -125,9 +117,5 @@ func TestCustomIndexersRejectBadInput(t *testing.T) {
 	// A disabled rule is not in the key_from index.
 	if ok, _, err := (ruleKeyFromIndex{}).FromObject(&ruleRow{ID: "r1", KeyID: "k1", From: "a", Rule: &policy.Rule{}}); ok || err != nil {
 		t.Fatalf("disabled rule indexed: %v, %v", ok, err)
-	}
-	// The empty model is a real pool ("every enabled key"), not a missing value.
-	if b, err := (poolModelIndex{}).FromArgs(""); err != nil || !bytes.Equal(b, []byte{0}) {
-		t.Fatalf("FromArgs(\"\") = %q, %v", b, err)
 	}
 }

@@ -241,13 +241,13 @@ func applyTxn(ctx context.Context, prevTxn, txn *memdb.Txn, cfg *Config, src Sou
 	if err := txn.Insert(tableSettings, &settingsRow{ID: singletonID, Settings: &settings}); err != nil {
 		return 0, fmt.Errorf("insert settings: %w", err)
 	}
-	models, err := insertPools(ctx, txn, poolModels(cfg.Keys, rules), enabled, rules, prev.seqs)
+	pools, models, err := buildPools(ctx, poolModels(cfg.Keys, rules), enabled, rules, prev.seqs)
 	if err != nil {
 		return 0, err
 	}
 	gen := prev.gen + 1
 	src.Refused = slices.Clone(src.Refused)
-	meta := &metaRow{ID: singletonID, Generation: gen, Source: src, Models: models, Named: namedModels(cfg),
+	meta := &metaRow{ID: singletonID, Generation: gen, Source: src, Pools: pools, Models: models, Named: namedModels(cfg),
 		Keys: len(cfg.Keys), Rules: len(cfg.Rules), Clients: len(cfg.Clients)}
 	if err := txn.Insert(tableMeta, meta); err != nil {
 		return 0, fmt.Errorf("insert meta: %w", err)
@@ -265,9 +265,11 @@ type carryOver struct {
 
 func readCarryOver(txn *memdb.Txn) (carryOver, error) {
 	c := carryOver{runtimes: map[string]*Runtime{}, seqs: map[string]*atomic.Uint64{}}
-	if raw, err := txn.First(tableMeta, indexID, singletonID); err != nil {
+	raw, err := txn.First(tableMeta, indexID, singletonID)
+	if err != nil {
 		return c, err
-	} else if m, ok := raw.(*metaRow); ok {
+	}
+	if m, ok := raw.(*metaRow); ok {
 		c.gen = m.Generation
 	}
 	it, err := txn.Get(tableKeys, indexID)
@@ -278,12 +280,10 @@ func readCarryOver(txn *memdb.Txn) (carryOver, error) {
 		r := raw.(*keyRow)
 		c.runtimes[r.ID] = r.Entry.RT
 	}
-	if it, err = txn.Get(tablePools, indexID); err != nil {
-		return c, err
-	}
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		r := raw.(*poolRow)
-		c.seqs[r.Model] = r.Pool.Seq
+	if m, ok := raw.(*metaRow); ok {
+		for model, p := range m.Pools {
+			c.seqs[model] = p.Seq
+		}
 	}
 	return c, nil
 }
@@ -450,46 +450,38 @@ func (x *poolIndex) pool(model string) []*Entry {
 	return entries
 }
 
-// insertPools inserts the pool of every enabled key (""), of the keys that
-// list no model (unlistedPool) and of each listed model; it returns the
-// listed models that some key serves. Pools keep their selection counter.
-func insertPools(ctx context.Context, txn *memdb.Txn, listed []string, enabled []*Entry, rules map[ruleKey]*policy.Rule, seqs map[string]*atomic.Uint64) ([]string, error) {
-	insert := func(model string, entries []*Entry) error {
+// buildPools builds the pool of every enabled key (""), of the keys that
+// list no model (unlistedPool) and of each listed model; it also returns
+// the listed models that some key serves. Pools keep their selection
+// counter.
+func buildPools(ctx context.Context, listed []string, enabled []*Entry, rules map[ruleKey]*policy.Rule, seqs map[string]*atomic.Uint64) (map[string]*Pool, []string, error) {
+	pools := make(map[string]*Pool, len(listed)+2)
+	insert := func(model string, entries []*Entry) {
 		seq := seqs[model]
 		if seq == nil {
 			seq = new(atomic.Uint64)
 		}
-		p := &Pool{Model: model, Entries: entries, Seq: seq}
-		if err := txn.Insert(tablePools, &poolRow{Model: model, Pool: p}); err != nil {
-			return fmt.Errorf("insert pool %q: %w", model, err)
-		}
-		return nil
+		pools[model] = &Pool{Model: model, Entries: entries, Seq: seq}
 	}
-	if err := insert("", slices.Clip(enabled)); err != nil {
-		return nil, err
-	}
+	insert("", slices.Clip(enabled))
 	x := newPoolIndex(enabled, rules)
 	var unlisted []*Entry
 	for _, i := range x.unlisted {
 		unlisted = append(unlisted, enabled[i])
 	}
-	if err := insert(unlistedPool, unlisted); err != nil {
-		return nil, err
-	}
+	insert(unlistedPool, unlisted)
 	var models []string
 	for _, m := range listed {
 		if err := checkStop(ctx); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		entries := x.pool(m)
-		if err := insert(m, entries); err != nil {
-			return nil, err
-		}
+		insert(m, entries)
 		if len(entries) > 0 {
 			models = append(models, m)
 		}
 	}
-	return models, nil
+	return pools, models, nil
 }
 
 // SetSourceInfo records the source's freshness (and refusals) without
@@ -590,12 +582,13 @@ func (s *Snapshot) Settings() *policy.Settings {
 // Pool returns the enabled keys that serve model after their rule, in key id
 // order; "" returns every enabled key. Never nil.
 func (s *Snapshot) Pool(model string) *Pool {
-	if raw, err := s.txn.First(tablePools, indexID, model); err == nil && raw != nil {
-		return raw.(*poolRow).Pool
+	pools := s.meta().Pools
+	if p := pools[model]; p != nil {
+		return p
 	}
 	if model != "" {
-		if raw, err := s.txn.First(tablePools, indexID, unlistedPool); err == nil && raw != nil {
-			return raw.(*poolRow).Pool
+		if p := pools[unlistedPool]; p != nil {
+			return p
 		}
 	}
 	return &Pool{Model: model, Seq: new(atomic.Uint64)}
