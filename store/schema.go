@@ -11,7 +11,6 @@ import (
 // Table names.
 const (
 	tableKeys     = "keys"
-	tableRules    = "rules"
 	tableClients  = "clients"
 	tableSettings = "settings"
 	tableMeta     = "meta"
@@ -21,7 +20,6 @@ const (
 const (
 	indexID          = "id"
 	indexEnabled     = "enabled"
-	indexKeyFrom     = "key_from"
 	indexTokenSHA256 = "token_sha256"
 )
 
@@ -41,14 +39,6 @@ type keyRow struct {
 	Entry   *Entry
 }
 
-// ruleRow is a row of the rules table.
-type ruleRow struct {
-	ID    string
-	KeyID string
-	From  string
-	Rule  *policy.Rule
-}
-
 // clientRow is a row of the clients table.
 type clientRow struct {
 	ID     string
@@ -66,7 +56,9 @@ type metaRow struct {
 	ID         string
 	Generation uint64
 	Source     SourceInfo
-	Pools      map[string]*Pool // by model: "", unlistedPool and each listed model
+	RuleIndex  map[ruleKey]*policy.Rule // the enabled rules by (key, from)
+	RuleList   []*policy.Rule           // every rule, in id order
+	Pools      map[string]*Pool         // by model: "", unlistedPool and each listed model
 	Models     []string
 	Named      map[string]bool // every model a key lists or a rule names (from or to)
 	Keys       int
@@ -77,7 +69,6 @@ type metaRow struct {
 func schema() *memdb.DBSchema {
 	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 		tableKeys:     keysTableSchema(),
-		tableRules:    rulesTableSchema(),
 		tableClients:  clientsTableSchema(),
 		tableSettings: settingsTableSchema(),
 		tableMeta:     metaTableSchema(),
@@ -98,17 +89,6 @@ func keysTableSchema() *memdb.TableSchema {
 					return r.Enabled, nil
 				},
 			}},
-		},
-	}
-}
-
-func rulesTableSchema() *memdb.TableSchema {
-	return &memdb.TableSchema{
-		Name: tableRules,
-		Indexes: map[string]*memdb.IndexSchema{
-			indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
-			// Enabled rules only: at most one per (key, from).
-			indexKeyFrom: {Name: indexKeyFrom, Unique: true, AllowMissing: true, Indexer: ruleKeyFromIndex{}},
 		},
 	}
 }
@@ -139,46 +119,6 @@ func metaTableSchema() *memdb.TableSchema {
 			indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
 		},
 	}
-}
-
-// ruleKeyFromIndex is the compound index (key id, from) of the enabled
-// rules; disabled rules are not in it. Arguments: key id, model.
-type ruleKeyFromIndex struct{}
-
-var (
-	_ memdb.SingleIndexer = ruleKeyFromIndex{}
-	_ memdb.Indexer       = ruleKeyFromIndex{}
-)
-
-func keyFrom(key, from string) []byte {
-	b := make([]byte, 0, len(key)+len(from)+2)
-	b = append(b, key...)
-	b = append(b, 0)
-	b = append(b, from...)
-	return append(b, 0)
-}
-
-func (ruleKeyFromIndex) FromObject(obj any) (bool, []byte, error) {
-	r, ok := obj.(*ruleRow)
-	if !ok || r.Rule == nil {
-		return false, nil, fmt.Errorf("rules: unexpected row %T", obj)
-	}
-	if !r.Rule.Enabled {
-		return false, nil, nil
-	}
-	return true, keyFrom(r.KeyID, r.From), nil
-}
-
-func (ruleKeyFromIndex) FromArgs(args ...any) ([]byte, error) {
-	if len(args) != 2 {
-		return nil, fmt.Errorf("key_from: want two arguments, got %d", len(args))
-	}
-	key, ok1 := args[0].(string)
-	from, ok2 := args[1].(string)
-	if !ok1 || !ok2 {
-		return nil, fmt.Errorf("key_from: want two strings, got %T, %T", args[0], args[1])
-	}
-	return keyFrom(key, from), nil
 }
 
 // tokenIndex indexes clients by the SHA-256 of their token; arguments are

@@ -230,7 +230,7 @@ func applyTxn(ctx context.Context, prevTxn, txn *memdb.Txn, cfg *Config, src Sou
 	if err != nil {
 		return 0, err
 	}
-	rules, err := insertRules(ctx, txn, cfg.Rules)
+	rules, ruleList, err := indexRules(ctx, cfg.Rules)
 	if err != nil {
 		return 0, err
 	}
@@ -247,7 +247,7 @@ func applyTxn(ctx context.Context, prevTxn, txn *memdb.Txn, cfg *Config, src Sou
 	}
 	gen := prev.gen + 1
 	src.Refused = slices.Clone(src.Refused)
-	meta := &metaRow{ID: singletonID, Generation: gen, Source: src, Pools: pools, Models: models, Named: namedModels(cfg),
+	meta := &metaRow{ID: singletonID, Generation: gen, Source: src, RuleIndex: rules, RuleList: ruleList, Pools: pools, Models: models, Named: namedModels(cfg),
 		Keys: len(cfg.Keys), Rules: len(cfg.Rules), Clients: len(cfg.Clients)}
 	if err := txn.Insert(tableMeta, meta); err != nil {
 		return 0, fmt.Errorf("insert meta: %w", err)
@@ -320,22 +320,24 @@ func insertKeys(ctx context.Context, txn *memdb.Txn, keys map[string]*policy.Key
 // ruleKey finds the enabled rule of a key (or policy.AnyKey) for a model.
 type ruleKey struct{ key, from string }
 
-// insertRules inserts the rules and returns the enabled ones by (key, from).
-func insertRules(ctx context.Context, txn *memdb.Txn, rules map[string]*policy.Rule) (map[ruleKey]*policy.Rule, error) {
-	enabled := map[ruleKey]*policy.Rule{}
+// indexRules returns the enabled rules by (key, from) and every rule in id
+// order. Rules live on the generation's meta row rather than in a memdb
+// table: at 100k rules the radix trees of their two indexes cost more
+// memory and apply time than everything else.
+func indexRules(ctx context.Context, rules map[string]*policy.Rule) (map[ruleKey]*policy.Rule, []*policy.Rule, error) {
+	enabled := make(map[ruleKey]*policy.Rule, len(rules))
+	list := make([]*policy.Rule, 0, len(rules))
 	for _, id := range slices.Sorted(maps.Keys(rules)) {
 		if err := checkStop(ctx); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		r := rules[id]
-		if err := txn.Insert(tableRules, &ruleRow{ID: id, KeyID: r.KeyID, From: r.From, Rule: r}); err != nil {
-			return nil, fmt.Errorf("insert rules/%s: %w", id, err)
-		}
+		list = append(list, r)
 		if r.Enabled {
 			enabled[ruleKey{r.KeyID, r.From}] = r
 		}
 	}
-	return enabled, nil
+	return enabled, list, nil
 }
 
 func insertClients(ctx context.Context, txn *memdb.Txn, clients map[string]*policy.Client) error {
@@ -607,11 +609,7 @@ func (s *Snapshot) Rule(keyID, model string) *policy.Rule {
 }
 
 func (s *Snapshot) rule(keyID, model string) *policy.Rule {
-	raw, err := s.txn.First(tableRules, indexKeyFrom, keyID, model)
-	if err != nil || raw == nil {
-		return nil
-	}
-	return raw.(*ruleRow).Rule
+	return s.meta().RuleIndex[ruleKey{keyID, model}]
 }
 
 // ClientByTokenSHA256 returns the enabled client whose token hashes to sum,
@@ -680,7 +678,10 @@ func (s *Snapshot) Key(id string) *Entry {
 
 // Rules returns every rule, enabled or not, in id order.
 func (s *Snapshot) Rules() []*policy.Rule {
-	return list(s, tableRules, func(r *ruleRow) *policy.Rule { return r.Rule }, indexID)
+	if l := s.meta().RuleList; len(l) > 0 {
+		return slices.Clone(l)
+	}
+	return nil
 }
 
 // Clients returns every client, enabled or not, in id order.
