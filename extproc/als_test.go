@@ -9,6 +9,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
@@ -411,8 +412,8 @@ func TestResponseWait(t *testing.T) {
 	}
 }
 
-// TestBoundedTable: past PendingCap records are booked at once; without an
-// access-log stream nothing waits.
+// TestBoundedTable: past PendingCap records are booked at once; with
+// UsageFromBody and no access-log stream nothing waits.
 func TestBoundedTable(t *testing.T) {
 	f := newALSFixture(t, Config{PendingCap: 1})
 	x1, _ := f.forward(t)
@@ -428,7 +429,7 @@ func TestBoundedTable(t *testing.T) {
 		t.Errorf("status %+v", st)
 	}
 
-	f = newALSFixture(t, Config{})
+	f = newALSFixture(t, Config{UsageFromBody: true})
 	f.s.ledger.streamEnded(f.clock.Now())
 	f.clock.Advance(DefaultEntryWait - time.Millisecond)
 	x3, _ := f.forward(t)
@@ -603,48 +604,76 @@ func TestAccessLogOverGRPC(t *testing.T) {
 	}
 }
 
-// TestWithoutAccessLog: with no access-log stream keymux reads usage from
-// the response body as before (mode override to STREAMED) and books the
-// call when its Process stream ends; with one it asks for no body.
-func TestWithoutAccessLog(t *testing.T) {
-	for _, connected := range []bool{false, true} {
-		f := newALSFixture(t, Config{})
-		if !connected {
-			f.s.ledger.streamEnded(f.clock.Now())
-			f.clock.Advance(DefaultEntryWait)
-		}
-		x, _ := f.forward(t)
-		resp, err := x.handle(responseHeaders("200", false))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := resp.GetModeOverride() != nil; got != !connected {
-			t.Fatalf("connected %v: mode override %v", connected, resp.GetModeOverride())
-		}
-		if connected {
-			continue
-		}
-		sse := "data: {\"choices\":[]}\n\ndata: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n"
-		if _, err := x.handle(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{
-			ResponseBody: &extprocv3.HttpBody{Body: []byte(sse), EndOfStream: true}}}); err != nil {
-			t.Fatal(err)
-		}
-		x.finish()
-		calls := f.rec.all()
-		if len(calls) != 1 || !calls[0].UsageKnown || calls[0].InputTokens != 3 || calls[0].OutputTokens != 4 || calls[0].Truncated {
-			t.Fatalf("booked %+v", calls)
-		}
-		if st := f.s.AccessLogStatus(); st.Unmatched[unmatchedNoLog] != 1 || f.key().RT.Usage() != 7 {
-			t.Errorf("status %+v, key usage %d", st, f.key().RT.Usage())
-		}
+// TestUsageFromBody: by default keymux never overrides the response body
+// mode, connected or not (Envoy opens its access-log stream with its first
+// flush), and the call waits for its entry; with UsageFromBody it asks for
+// the body (STREAMED), books at once without a stream and reads usage from
+// the chunks when the entry carries none.
+func TestUsageFromBody(t *testing.T) {
+	sse := "data: {\"choices\":[]}\n\ndata: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n"
+	for _, tc := range []struct {
+		name                string
+		fromBody, connected bool
+		entryUsage          bool // the entry carries the usage filters' 11+22
+		wantUsage           uint64
+		wantNoLog           uint64
+	}{
+		{name: "default, no stream yet", entryUsage: true, wantUsage: 33},
+		{name: "default, connected", connected: true, entryUsage: true, wantUsage: 33},
+		{name: "from body, no stream", fromBody: true, wantUsage: 7, wantNoLog: 1},
+		{name: "from body, connected, entry without usage", fromBody: true, connected: true, wantUsage: 7},
+		{name: "from body, connected, entry with usage", fromBody: true, connected: true, entryUsage: true, wantUsage: 33},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newALSFixture(t, Config{UsageFromBody: tc.fromBody})
+			if !tc.connected {
+				f.s.ledger.streamEnded(f.clock.Now())
+				f.clock.Advance(DefaultEntryWait)
+			}
+			x, id := f.forward(t)
+			resp, err := x.handle(responseHeaders("200", false))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := resp.GetModeOverride().GetResponseBodyMode(); (got == filterv3.ProcessingMode_STREAMED) != tc.fromBody {
+				t.Fatalf("mode override %v", resp.GetModeOverride())
+			}
+			if tc.fromBody {
+				if _, err := x.handle(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{
+					ResponseBody: &extprocv3.HttpBody{Body: []byte(sse), EndOfStream: true}}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			x.finish()
+			if tc.wantNoLog == 0 {
+				if n := len(f.rec.all()); n != 0 {
+					t.Fatalf("booked %d before the entry", n)
+				}
+				var opts []entryOpt
+				if tc.entryUsage {
+					opts = append(opts, usageMeta(map[string]*structpb.Value{
+						metaInputTokens: structpb.NewNumberValue(11), metaOutputTokens: structpb.NewNumberValue(22)}))
+				}
+				f.s.ledger.streamStarted()
+				f.s.accessLogs(batch(entry(id, 200, opts...)))
+			}
+			calls := f.rec.all()
+			if len(calls) != 1 || !calls[0].UsageKnown || uint64(calls[0].InputTokens+calls[0].OutputTokens) != tc.wantUsage || calls[0].Truncated {
+				t.Fatalf("booked %+v", calls)
+			}
+			if st := f.s.AccessLogStatus(); st.Unmatched[unmatchedNoLog] != tc.wantNoLog || f.key().RT.Usage() != tc.wantUsage {
+				t.Errorf("status %+v, key usage %d", st, f.key().RT.Usage())
+			}
+		})
 	}
 }
 
-// TestLateEntryFeedsKeyHealth: Envoy opens its access-log stream with its
-// first entry, so the first calls are booked before their entries; a late
+// TestLateEntryFeedsKeyHealth: with UsageFromBody and no stream connected
+// (Envoy opens its stream with its first flush) the first calls are booked
+// before their entries; a late
 // entry still counts its upstream failure against the key, once.
 func TestLateEntryFeedsKeyHealth(t *testing.T) {
-	f := newALSFixture(t, Config{})
+	f := newALSFixture(t, Config{UsageFromBody: true})
 	f.s.ledger.streamEnded(f.clock.Now())
 	f.clock.Advance(DefaultEntryWait)
 	x, id := f.forward(t)
