@@ -542,6 +542,7 @@ func validateDeep(msg proto.Message, path string, errs *errList) {
 			errs.add(p, "cannot decode %s: %v", a.GetTypeUrl(), err)
 			return
 		}
+		checkVersion(p, inner, errs)
 		validateDeep(inner, p, errs)
 	})
 }
