@@ -31,8 +31,9 @@ RUN --mount=type=cache,target=/go/pkg/mod \
       -o /out/keymux ./cmd/keymux \
  && go build -trimpath -ldflags "-s -w" \
       -o /out/mockupstream ./examples/mockupstream/cmd/mockupstream \
- && mkdir -p /out/state
-# /out/state becomes /var/lib/keymux (--state-dir: the last-good Consul snapshot), owned by the
+ && mkdir -p /out/state /out/run
+# /out/state becomes /var/lib/keymux (--state-dir: the last-good Consul snapshot) and /out/run
+# /run/keymux (where docker-compose.yml's keymux creates its ext_proc socket), both owned by the
 # runtime user, so a named volume mounted there starts with the right owner.
 
 # ---- mock: the mock upstream (docker build --target mock) -------------------------------------
@@ -48,15 +49,17 @@ CMD ["-listen", "0.0.0.0:8080"]
 FROM gcr.io/distroless/static-debian12:nonroot AS keymux
 COPY --from=build /out/keymux /keymux
 COPY --from=build --chown=65532:65532 /out/state /var/lib/keymux
+COPY --from=build --chown=65532:65532 /out/run /run/keymux
 USER 65532:65532
 # Where the Consul source keeps its last-good snapshot (served when Consul is unreachable at start).
 ENV KEYMUX_STATE_DIR=/var/lib/keymux
 # ext_proc gRPC and admin HTTP (/healthz /readyz /status /stats /metrics): keymux's defaults.
 # Both listen on 127.0.0.1 unless told otherwise, which is right for a sidecar sharing Envoy's
 # network namespace (a Kubernetes pod). When Envoy runs in another container (docker compose),
-# set KEYMUX_GRPC=0.0.0.0:50051 and KEYMUX_ADMIN=0.0.0.0:9464, and never publish 50051 beyond
-# Envoy: ext_proc replies carry the upstream API keys. --grpc unix:/var/run/keymux/extproc.sock
-# avoids the TCP port entirely.
+# use KEYMUX_GRPC=unix:/run/keymux/extproc.sock on a volume both mount: ext_proc replies carry the
+# upstream API keys, so the processor gets no TCP port. keymux creates the socket with mode 0660
+# (user and group 65532): Envoy must run with uid or group 65532. The admin server then needs
+# KEYMUX_ADMIN=0.0.0.0:9464 to be reachable from other containers.
 EXPOSE 50051 9464
 ENTRYPOINT ["/keymux"]
 # Consul is the source of truth (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN… from the environment);

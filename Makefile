@@ -2,15 +2,19 @@
 GO ?= go
 export GOFLAGS ?= -buildvcs=false
 
-.PHONY: test tools js dev bench fmt vet
+.PHONY: test tools prometheus js dev bench fmt vet
 
-## test: build the real Consul and Jaeger (once), install the npm client, then run every test, unit and end to end.
-test: tools js
+## test: build the real Consul and Jaeger (once), install Prometheus and the npm client, then run every test, unit and end to end.
+test: tools prometheus js
 	$(GO) test -count=1 -timeout 25m -v ./... 
 
 ## tools: build Consul v1.14.11 and Jaeger v1.76.0 into tools/bin (skipped when up to date).
 tools:
 	bash tools/build.sh
+
+## prometheus: install prometheus and promtool (the distribution's package; skipped when on $PATH).
+prometheus:
+	bash tools/install-prometheus.sh
 
 ## js: the official npm `openai` client the JavaScript end-to-end test runs (pinned in package-lock.json).
 js:

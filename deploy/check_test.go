@@ -237,7 +237,7 @@ func (c *checker) checkCompose() {
 		return
 	}
 	svc := map[string]*composeService{}
-	for _, name := range []string{svcEnvoy, svcKeymux, svcConsul, svcSeed, svcJaeger, svcMock} {
+	for _, name := range []string{svcEnvoy, svcKeymux, svcConsul, svcSeed, svcJaeger, svcMock, svcPrometheus, svcGrafana} {
 		if svc[name] = cf.Services[name]; svc[name] == nil {
 			c.errf(composePath, "no service %q", name)
 		}
@@ -260,6 +260,7 @@ func (c *checker) checkCompose() {
 				c.errf(composePath, "service %s: build target %q is no stage of the Dockerfile", name, s.Build.Target)
 			}
 		}
+		c.checkMounts(name, s)
 		for _, p := range s.Ports {
 			pm, err := parsePort(p)
 			if err != nil {
@@ -282,17 +283,18 @@ func (c *checker) checkCompose() {
 	}
 
 	kenv := svc[svcKeymux].Environment
-	grpcHost, grpcPort, adminPort := c.composeKeymux(svc[svcKeymux], ports[svcKeymux])
-	c.composeEnvoy(svc[svcEnvoy], ports[svcEnvoy], grpcHost, grpcPort, adminPort)
+	sock, sockVol, adminPort := c.composeKeymux(svc[svcKeymux], ports[svcKeymux])
+	c.composeEnvoy(svc[svcEnvoy], ports[svcEnvoy], sock, sockVol, adminPort)
 	c.composeConsul(svc, ports)
 	c.composeJaeger(kenv, ports[svcJaeger])
+	c.composeGrafana(svc[svcGrafana], c.composePrometheus(svc[svcPrometheus], ports[svcPrometheus], adminPort))
 	mockHost := c.composeMock(svc[svcMock])
 	c.composeSeed(svc[svcSeed], svc[svcMock], kenv, mockHost)
 }
 
-// composeKeymux checks keymux's environment and ports; it returns its gRPC
-// listen address and its admin port.
-func (c *checker) composeKeymux(s *composeService, ports []portMapping) (string, int, int) {
+// composeKeymux checks keymux's environment, volumes and ports; it returns
+// its ext_proc socket path, the named volume holding it and its admin port.
+func (c *checker) composeKeymux(s *composeService, ports []portMapping) (string, string, int) {
 	env := s.Environment
 	for k := range env {
 		if strings.HasPrefix(k, "KEYMUX_") {
@@ -307,41 +309,40 @@ func (c *checker) composeKeymux(s *composeService, ports []portMapping) (string,
 	if env[envOf("config")] != "" {
 		c.errf(composePath, "service %s: %s and %s are exclusive", svcKeymux, envOf("config"), envOf("consul"))
 	}
+	// ext_proc replies carry upstream API keys: no TCP port on the compose
+	// network, a unix socket in a named volume that only Envoy shares.
 	grpc := c.setting(env, "grpc")
+	sock, isUnix := strings.CutPrefix(grpc, "unix:")
+	if !isUnix || !path.IsAbs(sock) {
+		c.errf(composePath, "service %s: %s=%q, want unix:/PATH in a volume shared with %s only (ext_proc replies carry upstream API keys: no TCP port on the compose network)",
+			svcKeymux, envOf("grpc"), grpc, svcEnvoy)
+		sock = ""
+	}
+	vol := ""
+	if sock != "" {
+		if vol = namedVolumeAt(s, path.Dir(sock)); vol == "" {
+			c.errf(composePath, "service %s: the socket's folder %s is not a named volume (%s must mount it too)", svcKeymux, path.Dir(sock), svcEnvoy)
+		}
+		c.ownedFolder(path.Dir(sock))
+	}
 	admin := c.setting(env, "admin")
-	gh, gp := hostPort(grpc)
 	ah, ap := hostPort(admin)
-	if gp == 0 || ah == "" && ap == 0 {
-		c.errf(composePath, "service %s: %s=%q / %s=%q: want host:port", svcKeymux, envOf("grpc"), grpc, envOf("admin"), admin)
-		return "", 0, 0
+	if ah == "" && ap == 0 {
+		c.errf(composePath, "service %s: %s=%q: want host:port", svcKeymux, envOf("admin"), admin)
+		return "", "", 0
 	}
-	for _, a := range []struct {
-		env, host string
-	}{{envOf("grpc"), gh}, {envOf("admin"), ah}} {
-		if isLoopback(a.host) {
-			c.errf(composePath, "service %s: %s listens on loopback %s: unreachable from the other containers", svcKeymux, a.env, a.host)
-		}
+	if isLoopback(ah) {
+		c.errf(composePath, "service %s: %s listens on loopback %s: unreachable from the other containers", svcKeymux, envOf("admin"), ah)
 	}
-	if k := c.keymuxStage(); k != nil {
-		for _, p := range []struct {
-			env  string
-			port int
-		}{{envOf("grpc"), gp}, {envOf("admin"), ap}} {
-			if !slices.Contains(k.Expose, p.port) {
-				c.errf(composePath, "service %s: %s port %d is not EXPOSEd by the Dockerfile (%v)", svcKeymux, p.env, p.port, k.Expose)
-			}
-		}
+	if k := c.keymuxStage(); k != nil && !slices.Contains(k.Expose, ap) {
+		c.errf(composePath, "service %s: %s port %d is not EXPOSEd by the Dockerfile (%v)", svcKeymux, envOf("admin"), ap, k.Expose)
 	}
 	adminPublished := false
 	for _, pm := range ports {
-		switch pm.ContainerPort {
-		case gp:
-			// ext_proc replies carry the upstream API keys: only Envoy may reach it.
-			c.errf(composePath, "service %s: publishes the ext_proc port %d (%q); keep it on the compose network", svcKeymux, gp, pm.Raw)
-		case ap:
+		if pm.ContainerPort == ap {
 			adminPublished = true
-		default:
-			c.errf(composePath, "service %s: publishes %q, which keymux does not listen on (gRPC %d, admin %d)", svcKeymux, pm.Raw, gp, ap)
+		} else {
+			c.errf(composePath, "service %s: publishes %q, which keymux does not listen on (ext_proc is the unix socket %s, admin port %d)", svcKeymux, pm.Raw, sock, ap)
 		}
 	}
 	if !adminPublished {
@@ -355,7 +356,7 @@ func (c *checker) composeKeymux(s *composeService, ports []portMapping) (string,
 			c.errf(composePath, "service %s: depends_on %s condition %q, want %s", svcKeymux, dep, s.DependsOn[dep].Condition, cond)
 		}
 	}
-	return gh, gp, ap
+	return sock, vol, ap
 }
 
 // setting is a serve flag's value as the compose keymux gets it: its
@@ -383,6 +384,58 @@ func envOf(flagName string) string {
 	return "KEYMUX_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
+// ownedFolder checks that the keymux image creates dir owned by its USER
+// (COPY --chown=USER … dir): a named volume starts as a copy of it, and
+// keymux could not create its socket in a folder root owns.
+func (c *checker) ownedFolder(dir string) {
+	k := c.keymuxStage()
+	if k == nil {
+		return
+	}
+	for _, cp := range k.Copies {
+		f := strings.Fields(cp)
+		if len(f) > 0 && path.Clean(f[len(f)-1]) == path.Clean(dir) && slices.Contains(f, "--chown="+k.User) {
+			return
+		}
+	}
+	c.errf(dockerfilePath, "stage %s: no COPY --chown=%s … %s: keymux could not create its socket there", keymuxStage, k.User, dir)
+}
+
+// namedVolumeAt returns the named volume (not a host path) s mounts at dir.
+func namedVolumeAt(s *composeService, dir string) string {
+	for _, v := range s.Volumes {
+		m := parseVolume(v)
+		if path.Clean(m.Target) == path.Clean(dir) && m.Source != "" && !strings.HasPrefix(m.Source, ".") && !strings.HasPrefix(m.Source, "/") {
+			return m.Source
+		}
+	}
+	return ""
+}
+
+// composeSocketAccess checks that Envoy may open keymux's socket, which keymux
+// creates with mode 0660 as its image's USER: Envoy runs with that uid, that
+// group, or that group added.
+func (c *checker) composeSocketAccess(envoy *composeService) {
+	k := c.keymuxStage()
+	if k == nil {
+		return
+	}
+	kuid, kgid, _ := strings.Cut(k.User, ":")
+	if kgid == "" {
+		kgid = kuid
+	}
+	uid, gid, _ := strings.Cut(envoy.User, ":")
+	if envoy.User != "" && (uid == kuid || gid == kgid) {
+		return
+	}
+	for _, g := range envoy.GroupAdd {
+		if fmt.Sprint(g) == kgid {
+			return
+		}
+	}
+	c.errf(composePath, "service %s: user %q, group_add %v: neither keymux's uid %s nor its group %s, so Envoy cannot open the 0660 socket", svcEnvoy, envoy.User, envoy.GroupAdd, kuid, kgid)
+}
+
 func hasMountTarget(s *composeService, target string) bool {
 	for _, v := range s.Volumes {
 		if path.Clean(parseVolume(v).Target) == path.Clean(target) {
@@ -393,7 +446,7 @@ func hasMountTarget(s *composeService, target string) bool {
 }
 
 // composeEnvoy checks the Envoy service against the bootstrap it mounts.
-func (c *checker) composeEnvoy(s *composeService, ports []portMapping, grpcHost string, grpcPort, adminPort int) {
+func (c *checker) composeEnvoy(s *composeService, ports []portMapping, sock, sockVol string, adminPort int) {
 	cfg := argAfter(s.Command, "-c")
 	if cfg == "" {
 		cfg = "/etc/envoy/envoy.yaml" // the image's default CMD
@@ -432,25 +485,25 @@ func (c *checker) composeEnvoy(s *composeService, ports []portMapping, grpcHost 
 		c.errf(composePath, "service %s: the listener port %d (%s) is not published", svcEnvoy, lport, rel)
 	}
 
-	// keymux_extproc = the keymux service on the port of its KEYMUX_GRPC.
+	// keymux_extproc = keymux's socket, in the named volume both services mount.
 	cl := cluster(b, extprocCluster)
 	if cl == nil {
 		c.errf(rel, "no cluster %s", extprocCluster)
 		return
 	}
 	addrs := endpoints(cl)
-	if len(addrs) != 1 || addrs[0].GetSocketAddress() == nil {
-		c.errf(rel, "cluster %s: want exactly one socket_address endpoint, got %v", extprocCluster, addrs)
+	if len(addrs) != 1 || addrs[0].GetPipe() == nil {
+		c.errf(rel, "cluster %s: want exactly one pipe endpoint (keymux's unix socket), got %v", extprocCluster, addrs)
 		return
 	}
-	sa := addrs[0].GetSocketAddress()
-	if sa.GetAddress() != svcKeymux || int(sa.GetPortValue()) != grpcPort {
-		c.errf(rel, "cluster %s points at %s:%d, but keymux is compose service %q listening on port %d (%s=%s:%d)",
-			extprocCluster, sa.GetAddress(), sa.GetPortValue(), svcKeymux, grpcPort, envOf("grpc"), grpcHost, grpcPort)
+	pipe := addrs[0].GetPipe().GetPath()
+	if sock != "" && pipe != sock {
+		c.errf(rel, "cluster %s's pipe is %s, but keymux listens on unix:%s (%s in %s)", extprocCluster, pipe, sock, envOf("grpc"), composePath)
 	}
-	if net.ParseIP(sa.GetAddress()) == nil && cl.GetType() != clusterv3.Cluster_STRICT_DNS && cl.GetType() != clusterv3.Cluster_LOGICAL_DNS {
-		c.errf(rel, "cluster %s: host name %q in a %s cluster (Envoy takes only IP addresses there; use STRICT_DNS)", extprocCluster, sa.GetAddress(), cl.GetType())
+	if sockVol != "" && namedVolumeAt(s, path.Dir(pipe)) != sockVol {
+		c.errf(composePath, "service %s: does not mount volume %s at %s, the folder of its bootstrap's socket %s", svcEnvoy, sockVol, path.Dir(pipe), pipe)
 	}
+	c.composeSocketAccess(s)
 	if c.envoyTCP != nil && !sameButExtProcAddress(c.envoyTCP, b) {
 		c.errf(rel, "differs from %s beyond %s's type, DNS family and address", envoyTCPPath, extprocCluster)
 	}

@@ -35,6 +35,8 @@ type composeService struct {
 	Volumes     []string                    `json:"volumes"`
 	DependsOn   map[string]composeDependsOn `json:"depends_on"`
 	Healthcheck *composeHealthcheck         `json:"healthcheck"`
+	User        string                      `json:"user"`
+	GroupAdd    []any                       `json:"group_add"`
 }
 
 type composeBuild struct {
@@ -119,6 +121,7 @@ type dockerStage struct {
 	Cmd        []string
 	Env        map[string]string
 	Runs       []string
+	Copies     []string // COPY arguments
 }
 
 type dockerfile struct {
@@ -191,6 +194,8 @@ func parseDockerfile(data []byte) (*dockerfile, error) {
 				}
 				st.Expose = append(st.Expose, n)
 			}
+		case "COPY":
+			st.Copies = append(st.Copies, args)
 		case "USER":
 			st.User = args
 		case "ENTRYPOINT", "CMD":

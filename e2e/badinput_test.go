@@ -78,6 +78,10 @@ func TestBadInputTable(t *testing.T) {
 		{"huge model", "POST", "/v1/chat/completions", authA, `{"model":"` + strings.Repeat("m", 300) + `"}`, 400, "invalid_value"},
 		{"duplicate model", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o-mini","model":"gpt-4o"}`, 400, "duplicate_field"},
 		{"escaped duplicate model", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o-mini","mod\u0065l":"gpt-4o"}`, 400, "duplicate_field"},
+		{"duplicate stream", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o","stream":false,"stream":true}`, 400, "duplicate_field"},
+		{"model with NUL", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o\u0000"}`, 400, "invalid_value"},
+		{"model with newline", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o\nX-Injected: 1"}`, 400, "invalid_value"},
+		{"model with a dot-dot segment", "POST", "/v1/chat/completions", authA, `{"model":"../x"}`, 400, "invalid_value"},
 		{"string stream", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o","stream":"yes"}`, 400, "invalid_type"},
 		{"number stream", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o","stream":1}`, 400, "invalid_type"},
 		{"string messages", "POST", "/v1/chat/completions", authA, `{"model":"gpt-4o","messages":"hi"}`, 400, "invalid_type"},
@@ -241,6 +245,8 @@ keys:
 			"/v1/chat/completions", "", "sk-test-k1"},
 		{"api-version smuggled to Azure", "/v1/chat/completions?api-version=2099-01-01", jsonCT, azureBody,
 			"/openai/deployments/az-model/chat/completions", "api-version=2024-10-21", "sk-test-az"},
+		{"api-version smuggled percent-encoded", "/v1/chat/completions?api%2Dversion=2099-01-01&x=1&API-Version=2098-01-01", jsonCT, azureBody,
+			"/openai/deployments/az-model/chat/completions", "api-version=2024-10-21&x=1", "sk-test-az"},
 		{"api-version smuggled among other parameters", "/v1/chat/completions?x=1&api-version=2099-01-01&api-version=2098-01-01", jsonCT, azureBody,
 			"/openai/deployments/az-model/chat/completions", "api-version=2024-10-21&x=1", "sk-test-az"},
 	}
@@ -261,6 +267,44 @@ keys:
 			}
 			if v := r.Header.Get("x-keymux-upstream"); v != "" {
 				t.Errorf("upstream got x-keymux-upstream %q", v)
+			}
+		})
+	}
+}
+
+// Two credential headers are ambiguous (which one counts?): 401, whatever
+// their values, and nothing reaches the upstream.
+func TestBadInputRepeatedCredentials(t *testing.T) {
+	cfg := strings.NewReplacer("{{A}}", sha256hex("km-test-a"), "{{B}}", sha256hex("km-test-b"), "{{C}}", sha256hex("km-test-c"), "{{D}}", sha256hex("km-test-d")).Replace(badInputConfig)
+	g := startGateway(t, cfg)
+	for _, tc := range []struct {
+		name   string
+		header string
+		values []string
+	}{
+		{"two authorization, the last good", "Authorization", []string{"Bearer km-wrong", "Bearer km-test-a"}},
+		{"two authorization, both good", "Authorization", []string{"Bearer km-test-a", "Bearer km-test-a"}},
+		{"two x-api-key, the last good", "X-Api-Key", []string{"km-wrong", "km-test-a"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(g.requests())
+			req, err := http.NewRequest("POST", g.url+"/v1/chat/completions", strings.NewReader(`{"model":"gpt-4o","messages":[]}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("content-type", "application/json")
+			req.Header[tc.header] = tc.values
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 401 || !strings.Contains(string(b), `"code":"invalid_api_key"`) || !strings.Contains(string(b), "Ambiguous credentials") {
+				t.Errorf("status %d %s, want 401 invalid_api_key (ambiguous credentials)", resp.StatusCode, b)
+			}
+			if n := len(g.requests()) - before; n != 0 {
+				t.Errorf("%d requests reached the upstream", n)
 			}
 		})
 	}

@@ -22,6 +22,7 @@ import (
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	ssemetav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/sse_to_metadata/v3"
+	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -119,7 +120,34 @@ func newRefChecker(clusters []*clusterv3.Cluster, base, where string, errs *errL
 		rc.clusters[c.GetName()] = info
 		rc.checkCluster(info)
 	}
+	for _, name := range slices.Sorted(maps.Keys(rc.clusters)) {
+		rc.checkUpstreamFilters(rc.clusters[name])
+	}
 	return rc
+}
+
+// checkUpstreamFilters checks a cluster's upstream HTTP filter chain
+// (HttpProtocolOptions.http_filters): Envoy needs upstream_codec last, and
+// an ext_proc there needs its gRPC cluster.
+func (rc *refChecker) checkUpstreamFilters(info *clusterInfo) {
+	p, hpo := httpProtocolOptions(info)
+	fs := hpo.GetHttpFilters()
+	for i, f := range fs {
+		fp := fmt.Sprintf("%s.http_filters[%d]", p, i)
+		switch c := unpack(f.GetTypedConfig()).(type) {
+		case *upstreamcodecv3.UpstreamCodec:
+			if i != len(fs)-1 {
+				rc.errs.add(fp, "upstream_codec must be the last upstream HTTP filter; the filters after it never run")
+			}
+		case *extprocv3.ExternalProcessor:
+			rc.grpcCluster(fp+".typed_config.grpc_service", c.GetGrpcService())
+		}
+	}
+	if n := len(fs); n > 0 {
+		if _, ok := unpack(fs[n-1].GetTypedConfig()).(*upstreamcodecv3.UpstreamCodec); !ok {
+			rc.errs.add(fmt.Sprintf("%s.http_filters[%d]", p, n-1), "the last upstream HTTP filter must be envoy.filters.http.upstream_codec")
+		}
+	}
 }
 
 // checkCluster mirrors what Envoy's dynamic_forward_proxy cluster factory

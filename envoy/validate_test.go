@@ -79,6 +79,8 @@ var brokenFixtures = map[string]string{
 		`DNS cache "c" is configured differently by cluster "up"`,
 	"dfp_without_auto_sni.bad.yaml": `static_resources.clusters[1].typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].upstream_http_protocol_options: ` +
 		`a dynamic_forward_proxy cluster with HttpProtocolOptions needs auto_sni and auto_san_validation true`,
+	"upstream_codec_not_last.bad.yaml": `static_resources.clusters[1].typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].http_filters[1]: ` +
+		`the last upstream HTTP filter must be envoy.filters.http.upstream_codec`,
 	"grpc_not_http2.bad.yaml": `static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.grpc_service.envoy_grpc.cluster_name: ` +
 		`cluster "keymux_extproc" carries gRPC but is not configured for HTTP/2`,
 	"als_not_http2.bad.yaml": `static_resources.listeners[0].filter_chains[0].filters[0].typed_config.access_log[1].typed_config.common_config.grpc_service.envoy_grpc.cluster_name: ` +

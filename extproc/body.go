@@ -58,9 +58,20 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 	var (
 		models  int
 		modelV  gjson.Result
+		seen    uint8 // stream, stream_options: each at most once
+		dup     string
 		typeErr *apiError
 	)
 	root.ForEach(func(k, v gjson.Result) bool {
+		// keymux reads the first stream member and the upstream maybe the
+		// last: two of them would make them disagree.
+		if bit := onceMembers(k.Str); bit != 0 {
+			if seen&bit != 0 {
+				dup = k.Str
+				return false
+			}
+			seen |= bit
+		}
 		switch k.Str {
 		case "model":
 			models++
@@ -103,6 +114,9 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 		}
 		return true
 	})
+	if dup != "" {
+		return bi, badRequest("duplicate_field", dup, "The request body names '"+dup+"' more than once.")
+	}
 	if typeErr != nil {
 		return bi, typeErr
 	}
@@ -117,10 +131,15 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 		return bi, badRequest("invalid_type", "model", "Invalid type for 'model': expected a string, got "+jsonTypeName(modelV)+".")
 	case modelV.Str == "":
 		return bi, badRequest("invalid_value", "model", "'model' must not be empty.")
-	case len(modelV.Str) > 256:
-		return bi, badRequest("invalid_value", "model", "'model' is longer than 256 bytes.")
+	case len(modelV.Str) > maxModelLen:
+		return bi, badRequest("invalid_value", "model", "'model' is longer than "+strconv.Itoa(maxModelLen)+" bytes.")
 	case !utf8.ValidString(modelV.Str):
 		return bi, notUTF8("model")
+	case policy.HasControl(modelV.Str):
+		return bi, badRequest("invalid_value", "model", "'model' must not contain control characters.")
+	case policy.HasDotSegment(modelV.Str):
+		// It may become a path segment upstream (an Azure deployment).
+		return bi, badRequest("invalid_value", "model", "'model' must not have a '.' or '..' path segment.")
 	}
 	bi.model = strings.Clone(modelV.Str) // outlives the request body
 	// gjson sets Index to the raw value's offset for results of a parsed
@@ -133,6 +152,21 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 	}
 	return bi, nil
 }
+
+// onceMembers returns the bit of a top-level member that may appear only
+// once besides model (which is counted apart), 0 for the others.
+func onceMembers(name string) uint8 {
+	switch name {
+	case "stream":
+		return 1
+	case "stream_options":
+		return 2
+	}
+	return 0
+}
+
+// maxModelLen is the longest model name keymux accepts (and echoes).
+const maxModelLen = 256
 
 // notUTF8 refuses a string member whose value is not valid UTF-8: such a
 // value cannot go into metadata, spans or metric labels.

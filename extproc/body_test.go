@@ -39,6 +39,17 @@ func TestParseBody(t *testing.T) {
 		{"model not UTF-8", "{\"model\":\"gpt-4\xff\"}", modelRequired, "", false, "invalid_value", "model"},
 		{"user not UTF-8", "{\"model\":\"m\",\"user\":\"\xc3\"}", modelRequired, "", false, "invalid_value", "user"},
 		{"prompt_cache_key not UTF-8", "{\"prompt_cache_key\":\"a\xed\xa0\x80\",\"model\":\"m\"}", modelRequired, "", false, "invalid_value", "prompt_cache_key"},
+		{"duplicate stream", `{"model":"m","stream":false,"stream":true}`, modelRequired, "", false, "duplicate_field", "stream"},
+		{"escaped duplicate stream", `{"stream":true,"model":"m","str\u0065am":false}`, modelRequired, "", false, "duplicate_field", "stream"},
+		{"duplicate stream_options", `{"model":"m","stream_options":{"include_usage":true},"stream_options":null}`, modelRequired, "", false, "duplicate_field", "stream_options"},
+		{"nested stream twice is fine", `{"model":"m","a":{"stream":1,"stream":2},"stream":true}`, modelRequired, "m", true, "", ""},
+		{"model with NUL", `{"model":"gpt-4o\u0000"}`, modelRequired, "", false, "invalid_value", "model"},
+		{"model with newline", `{"model":"gpt-4o\nx"}`, modelRequired, "", false, "invalid_value", "model"},
+		{"model with tab", `{"model":"\tgpt-4o"}`, modelRequired, "", false, "invalid_value", "model"},
+		{"model dot-dot segment", `{"model":"../x"}`, modelRequired, "", false, "invalid_value", "model"},
+		{"model dot-dot alone", `{"model":".."}`, modelRequired, "", false, "invalid_value", "model"},
+		{"model inner dot segment", `{"model":"org/./m"}`, modelRequired, "", false, "invalid_value", "model"},
+		{"model with slash and dots", `{"model":"org/m-1.5..x"}`, modelRequired, "org/m-1.5..x", false, "", ""},
 		{"escaped lone surrogate is replaced", `{"model":"a\ud800"}`, modelRequired, "a\ufffd", false, "", ""},
 	}
 	for _, tc := range tests {

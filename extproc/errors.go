@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"strconv"
+	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -101,6 +102,14 @@ func appendJSONString(b []byte, s string) []byte {
 			b = append(b, '\\', 't')
 		case c < 0x20:
 			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		case c >= utf8.RuneSelf:
+			r, n := utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && n == 1 {
+				b = append(b, `\ufffd`...) // the JSON stays valid UTF-8
+			} else {
+				b = append(b, s[i:i+n]...)
+			}
+			i += n - 1
 		default:
 			b = append(b, c)
 		}

@@ -217,6 +217,11 @@ func (x *exchange) wantsStreamUsage(bi bodyInfo) bool {
 func (x *exchange) authenticate(md *corev3.Metadata) *apiError {
 	switch x.settings.Auth.Mode {
 	case policy.AuthClientKeys:
+		if x.hdr.repeatedCredential {
+			// Which one would count? Envoy, keymux and the upstream could disagree.
+			return &apiError{Status: 401, Type: typeInvalidRequest, Code: "invalid_api_key",
+				Message: "Ambiguous credentials: the request has more than one Authorization or x-api-key header."}
+		}
 		token, ok := policy.TokenFromHeaders(x.hdr.authorization, x.hdr.xAPIKey)
 		if !ok {
 			if strings.TrimSpace(x.hdr.xAPIKey) == "" && !credentialGiven(x.hdr.authorization) {

@@ -57,6 +57,7 @@ var removedHeaders = func() []string {
 type requestHeaders struct {
 	method, path, authority string
 	authorization, xAPIKey  string
+	repeatedCredential      bool // authorization or x-api-key sent twice
 	contentType             string
 	contentLength           int64 // -1 when absent
 	requestID               string
@@ -72,6 +73,7 @@ func readRequestHeaders(m *corev3.HeaderMap) requestHeaders {
 	}
 	// Only the headers keymux reads are converted to strings: clients send
 	// many more (user-agent, SDK telemetry) that would each cost an allocation.
+	var seenAuth, seenKey bool
 	for _, hv := range m.GetHeaders() {
 		var dst *string
 		switch k := hv.GetKey(); k {
@@ -82,9 +84,11 @@ func readRequestHeaders(m *corev3.HeaderMap) requestHeaders {
 		case hdrAuthority:
 			dst = &h.authority
 		case hdrAuthorization:
-			dst = &h.authorization
+			h.repeatedCredential = h.repeatedCredential || seenAuth
+			dst, seenAuth = &h.authorization, true
 		case hdrXAPIKey:
-			dst = &h.xAPIKey
+			h.repeatedCredential = h.repeatedCredential || seenKey
+			dst, seenKey = &h.xAPIKey, true
 		case hdrContentType:
 			dst = &h.contentType
 		case hdrContentLength:

@@ -2,6 +2,8 @@ package extproc
 
 import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/keymux/keymux/policy"
 )
 
 // answerModels serves GET /v1/models and GET /v1/models/{id} from the pool:
@@ -17,6 +19,9 @@ func (x *exchange) answerModels() *extprocv3.ProcessingResponse {
 				x.call.Status = 200
 				return immediateJSON(200, appendModel(nil, m))
 			}
+		}
+		if len(id) > maxModelLen {
+			id = policy.Truncate(id, maxModelLen) + "…" // the echo stays short
 		}
 		return x.refuse(&apiError{Status: 404, Type: typeInvalidRequest, Code: "model_not_found", Param: "model",
 			Message: "The model `" + id + "` does not exist or no key serves it."})

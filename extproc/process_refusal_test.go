@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -81,6 +82,15 @@ func TestRequestRefusals(t *testing.T) {
 			status: 401, typ: typeInvalidRequest, code: "invalid_api_key", op: "chat", message: "Incorrect API key provided."},
 		{name: "disabled client", settings: settingsClientKeys, msgs: chat("gpt-4o", bearer(tokenOff)...),
 			status: 401, typ: typeInvalidRequest, code: "invalid_api_key", op: "chat", message: "Incorrect API key provided."},
+		{name: "two authorization headers", settings: settingsClientKeys, msgs: chat("gpt-4o", append(bearer("km-test-nobody"), bearer(tokenAll)...)...),
+			status: 401, typ: typeInvalidRequest, code: "invalid_api_key", op: "chat",
+			message: "Ambiguous credentials: the request has more than one Authorization or x-api-key header."},
+		{name: "two x-api-key headers", settings: settingsClientKeys, msgs: chat("gpt-4o", "x-api-key", tokenAll, "x-api-key", tokenAll),
+			status: 401, typ: typeInvalidRequest, code: "invalid_api_key", op: "chat",
+			message: "Ambiguous credentials: the request has more than one Authorization or x-api-key header."},
+		{name: "an empty authorization before a good one", settings: settingsClientKeys, msgs: chat("gpt-4o", append([]string{"authorization", ""}, bearer(tokenAll)...)...),
+			status: 401, typ: typeInvalidRequest, code: "invalid_api_key", op: "chat",
+			message: "Ambiguous credentials: the request has more than one Authorization or x-api-key header."},
 		{name: "models list needs a credential", settings: settingsClientKeys, msgs: request("GET", "/v1/models", ""),
 			status: 401, typ: typeInvalidRequest, code: "missing_api_key", op: "list_models"},
 
@@ -136,6 +146,12 @@ func TestRequestRefusals(t *testing.T) {
 			message: "The model `gpt-5` does not exist or no key serves it.", atBody: true},
 		{name: "retrieve a model nobody serves", msgs: request("GET", "/v1/models/gpt-5", ""),
 			status: 404, typ: typeInvalidRequest, code: "model_not_found", param: "model", op: "retrieve_model"},
+		{name: "retrieve a long model id", msgs: request("GET", "/v1/models/"+strings.Repeat("m", 255)+"é"+strings.Repeat("x", 5000), ""),
+			status: 404, typ: typeInvalidRequest, code: "model_not_found", param: "model", op: "retrieve_model",
+			message: "The model `" + strings.Repeat("m", 255) + "…` does not exist or no key serves it."},
+		{name: "retrieve a model id that is not UTF-8", msgs: request("GET", "/v1/models/gpt-4o\xff", ""),
+			status: 404, typ: typeInvalidRequest, code: "model_not_found", param: "model", op: "retrieve_model",
+			message: "The model `gpt-4o\ufffd` does not exist or no key serves it."},
 		{name: "retrieve a model the client may not use", settings: settingsClientKeys, msgs: request("GET", "/v1/models/gpt-4o-mini", "", bearer(tokenLimited)...),
 			status: 404, typ: typeInvalidRequest, code: "model_not_found", param: "model", op: "retrieve_model"},
 	}
@@ -150,6 +166,9 @@ func TestRequestRefusals(t *testing.T) {
 			if l.status != tc.status || l.err.Type != tc.typ || l.code() != tc.code || l.param() != tc.param {
 				t.Fatalf("got %d %s %s param %q (%s), want %d %s %s param %q",
 					l.status, l.err.Type, l.code(), l.param(), l.err.Message, tc.status, tc.typ, tc.code, tc.param)
+			}
+			if !utf8.Valid(l.body) {
+				t.Errorf("error body is not valid UTF-8: %q", l.body)
 			}
 			if tc.message != "" && l.err.Message != tc.message {
 				t.Errorf("message %q, want %q", l.err.Message, tc.message)

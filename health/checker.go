@@ -36,8 +36,8 @@ const (
 type Config struct {
 	// Store holds the keys and their runtime state (required).
 	Store *store.Store
-	// HTTPClient sends the probes; nil: a client of its own that does not
-	// follow redirects. Timeouts come from the settings (per probe).
+	// HTTPClient sends the probes; nil: NewProbeClient (no proxy, no
+	// redirects). Timeouts come from the settings (per probe).
 	HTTPClient *http.Client
 	Logger     *slog.Logger
 	// Now is the clock for probe times; nil = time.Now. Timers use real time.
@@ -134,10 +134,7 @@ func New(cfg Config) (*Checker, error) {
 		cfg.ID = h + "-" + strconv.Itoa(os.Getpid())
 	}
 	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{
-			Transport:     http.DefaultTransport.(*http.Transport).Clone(),
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		}
+		cfg.HTTPClient = NewProbeClient()
 	}
 	switch {
 	case cfg.Interval < 0, cfg.Timeout < 0, cfg.RecoveryBase < 0, cfg.RecoveryMax < 0:

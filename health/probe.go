@@ -21,6 +21,19 @@ import (
 // insufficient_quota from other errors); the rest is discarded.
 const maxProbeBody = 64 << 10
 
+// NewProbeClient returns the client probes use by default. It ignores
+// HTTP_PROXY/HTTPS_PROXY: a proxy would see the secret of every http://
+// key (and every key's destination), so probes go straight to the key's
+// base URL, as the request path (Envoy) does. It does not follow redirects.
+func NewProbeClient() *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil
+	return &http.Client{
+		Transport:     tr,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
 // ProbeRequest builds the cheapest request that proves key k works, as the
 // provider table says (policy.ProviderSpec.Probe):
 //

@@ -237,17 +237,32 @@ func azurePath(k *Key, r Request) string {
 	if d, ok := k.Azure.Deployments[r.Model]; ok {
 		deployment = d
 	}
-	return "/openai/deployments/" + url.PathEscape(deployment) + r.Path + q
+	return "/openai/deployments/" + pathSegment(deployment) + r.Path + q
 }
 
-// azureQuery sets api-version on the client's query, replacing any the client sent.
+// pathSegment escapes s into one path segment that is never a dot segment:
+// "/" is escaped by url.PathEscape, and "." or ".." get their dots
+// percent-encoded so the upstream path cannot climb out of its prefix.
+func pathSegment(s string) string {
+	if s == "." || s == ".." {
+		return strings.Repeat("%2E", len(s))
+	}
+	return url.PathEscape(s)
+}
+
+// azureQuery sets api-version on the client's query, replacing any the
+// client sent: parameter names are compared percent-decoded and
+// case-insensitively (api%2Dversion, API-Version), and a part whose name does
+// not decode is dropped.
 func azureQuery(query, apiVersion string) string {
 	q := strings.TrimPrefix(query, "?")
 	var b strings.Builder
 	b.WriteString("?api-version=")
 	b.WriteString(url.QueryEscape(apiVersion))
 	for _, p := range strings.Split(q, "&") {
-		if p == "" || p == "api-version" || strings.HasPrefix(p, "api-version=") {
+		name, _, _ := strings.Cut(p, "=")
+		n, err := url.QueryUnescape(name)
+		if p == "" || err != nil || strings.EqualFold(strings.TrimSpace(n), "api-version") {
 			continue
 		}
 		b.WriteByte('&')

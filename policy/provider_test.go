@@ -70,6 +70,12 @@ func TestShape(t *testing.T) {
 			Upstream{Path: "/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21&x=1", Auth: Header{"api-key", "sk-az"}}},
 		{"azure model as deployment", azure, Request{Path: "/embeddings", Model: "a b", PerModel: true},
 			Upstream{Path: "/openai/deployments/a%20b/embeddings?api-version=2024-10-21", Auth: Header{"api-key", "sk-az"}}},
+		{"azure model with a slash", azure, Request{Path: "/embeddings", Model: "../x", PerModel: true},
+			Upstream{Path: "/openai/deployments/..%2Fx/embeddings?api-version=2024-10-21", Auth: Header{"api-key", "sk-az"}}},
+		{"azure model dot-dot", azure, Request{Path: "/embeddings", Model: "..", PerModel: true},
+			Upstream{Path: "/openai/deployments/%2E%2E/embeddings?api-version=2024-10-21", Auth: Header{"api-key", "sk-az"}}},
+		{"azure model dot", azure, Request{Path: "/embeddings", Model: ".", PerModel: true},
+			Upstream{Path: "/openai/deployments/%2E/embeddings?api-version=2024-10-21", Auth: Header{"api-key", "sk-az"}}},
 		{"azure object endpoint", azure, Request{Path: "/files/f-1"},
 			Upstream{Path: "/openai/files/f-1?api-version=2024-10-21", Auth: Header{"api-key", "sk-az"}}},
 		{"anthropic native default version", anthropic, Request{Path: "/messages", Native: true},
@@ -93,6 +99,14 @@ func TestAzureQuery(t *testing.T) {
 		{"", "?api-version=2024-10-21"},
 		{"?api-version=old&x=1", "?api-version=2024-10-21&x=1"},
 		{"?x=1&api-version", "?api-version=2024-10-21&x=1"},
+		{"?api%2Dversion=old&x=1", "?api-version=2024-10-21&x=1"},
+		{"?api%2dversion=old", "?api-version=2024-10-21"},
+		{"?API-Version=old&x=1", "?api-version=2024-10-21&x=1"},
+		{"?%61pi-version=old", "?api-version=2024-10-21"},
+		{"?api-version%20=old", "?api-version=2024-10-21"},
+		{"?api-versio%6E", "?api-version=2024-10-21"},
+		{"?api-version%zz=old&x=1", "?api-version=2024-10-21&x=1"},
+		{"?api-versions=1&x=api-version", "?api-version=2024-10-21&api-versions=1&x=api-version"},
 	}
 	for _, tc := range tests {
 		if got := azureQuery(tc.in, "2024-10-21"); got != tc.want {

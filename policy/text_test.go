@@ -35,3 +35,31 @@ func TestTruncate(t *testing.T) {
 		}
 	}
 }
+
+func TestHasControl(t *testing.T) {
+	for _, tc := range []struct {
+		s    string
+		want bool
+	}{
+		{"", false}, {"gpt-4o", false}, {"café ü", false}, {"a\x00b", true}, {"a\nb", true},
+		{"\t", true}, {"a\x1b[31m", true}, {"a\x7f", true}, {"\u0085", false},
+	} {
+		if got := HasControl(tc.s); got != tc.want {
+			t.Errorf("HasControl(%q) = %v, want %v", tc.s, got, tc.want)
+		}
+	}
+}
+
+func TestHasDotSegment(t *testing.T) {
+	for _, tc := range []struct {
+		s    string
+		want bool
+	}{
+		{"gpt-4o", false}, {"org/model-1.5", false}, {"a..b", false}, {".x", false}, {"...", false},
+		{".", true}, {"..", true}, {"../x", true}, {"a/../b", true}, {"a/.", true}, {"./a", true},
+	} {
+		if got := HasDotSegment(tc.s); got != tc.want {
+			t.Errorf("HasDotSegment(%q) = %v, want %v", tc.s, got, tc.want)
+		}
+	}
+}

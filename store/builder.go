@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"maps"
 	"slices"
@@ -147,6 +148,13 @@ func (b *Builder) IDs(kind Kind) []string {
 // key and from another enabled rule already has (the older document wins).
 // Refusals are sorted by path.
 func (b *Builder) Build() (*Config, []Refusal) {
+	cfg, refused, _ := b.BuildContext(context.Background())
+	return cfg, refused
+}
+
+// BuildContext is Build that gives up once ctx ends, with an error that
+// wraps ctx.Err().
+func (b *Builder) BuildContext(ctx context.Context) (*Config, []Refusal, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	cfg := &Config{
@@ -161,6 +169,9 @@ func (b *Builder) Build() (*Config, []Refusal) {
 	}
 	var rules, clients []*good
 	for d, g := range b.docs {
+		if err := checkStop(ctx); err != nil {
+			return nil, nil, err
+		}
 		switch d.kind {
 		case KindSettings:
 			cfg.Settings = g.val.(policy.Settings)
@@ -184,6 +195,9 @@ func (b *Builder) Build() (*Config, []Refusal) {
 	type kf struct{ key, from string }
 	ruleOwner := map[kf]string{}
 	for _, g := range rules {
+		if err := checkStop(ctx); err != nil {
+			return nil, nil, err
+		}
 		r := g.val.(*policy.Rule)
 		doc := docName(KindRules, r.ID)
 		if r.KeyID != policy.AnyKey && cfg.Keys[r.KeyID] == nil {
@@ -220,5 +234,5 @@ func (b *Builder) Build() (*Config, []Refusal) {
 		}
 		return refused[i].Reason < refused[j].Reason
 	})
-	return cfg, refused
+	return cfg, refused, nil
 }

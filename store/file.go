@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	yamlv2 "go.yaml.in/yaml/v2"
 	"sigs.k8s.io/yaml"
 )
 
@@ -39,6 +41,12 @@ type File struct {
 // documents themselves are not validated here. Its errors wrap ErrBadFile
 // and never echo document values.
 func DecodeFile(data []byte) (*File, error) {
+	return decodeFile(context.Background(), data)
+}
+
+// decodeFile is DecodeFile that gives up between its passes, and between
+// the members of a section, once ctx ends.
+func decodeFile(ctx context.Context, data []byte) (*File, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, fmt.Errorf("%w: the file is empty", ErrBadFile)
 	}
@@ -47,6 +55,10 @@ func DecodeFile(data []byte) (*File, error) {
 		var err error
 		if js, err = yaml.YAMLToJSONStrict(data); err != nil {
 			return nil, fmt.Errorf("%w: neither JSON nor valid YAML: %s", ErrBadFile, yamlMsg(err))
+		}
+		if yamlDocuments(data) > 1 {
+			// YAMLToJSONStrict reads the first document only.
+			return nil, fmt.Errorf("%w: more than one YAML document", ErrBadFile)
 		}
 	}
 	if t := bytes.TrimSpace(js); len(t) == 0 || t[0] != '{' {
@@ -57,6 +69,9 @@ func DecodeFile(data []byte) (*File, error) {
 			return nil, fmt.Errorf("%w: unknown top-level field %q (want settings, keys, rules, clients)", ErrBadFile, truncate(name, 64))
 		}
 		return nil, fmt.Errorf("%w: top-level field %q appears twice", ErrBadFile, name)
+	}
+	if err := checkStop(ctx); err != nil {
+		return nil, err
 	}
 	var d File
 	dec := json.NewDecoder(bytes.NewReader(js))
@@ -74,6 +89,9 @@ func DecodeFile(data []byte) (*File, error) {
 		}
 		return nil, fmt.Errorf("%w: %v", ErrBadFile, err)
 	}
+	if err := checkStop(ctx); err != nil {
+		return nil, err
+	}
 	var r fileRaw
 	if err := json.Unmarshal(js, &r); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadFile, err)
@@ -82,7 +100,11 @@ func DecodeFile(data []byte) (*File, error) {
 		kind Kind
 		raw  json.RawMessage
 	}{{KindKeys, r.Keys}, {KindRules, r.Rules}, {KindClients, r.Clients}} {
-		if id := duplicateMember(sec.raw); id != "" {
+		id, err := duplicateMember(ctx, sec.raw)
+		if err != nil {
+			return nil, err
+		}
+		if id != "" {
 			return nil, fmt.Errorf("%w: %s appears twice", ErrBadFile, docName(sec.kind, id))
 		}
 	}
@@ -130,29 +152,51 @@ type fileRaw struct {
 }
 
 // duplicateMember returns a member name that the JSON object raw holds
-// twice, or "".
-func duplicateMember(raw []byte) string {
+// twice, or "" (an error once ctx ends).
+func duplicateMember(ctx context.Context, raw []byte) (string, error) {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return ""
+		return "", nil
 	}
 	seen := map[string]bool{}
 	for dec.More() {
+		if err := checkStop(ctx); err != nil {
+			return "", err
+		}
 		tok, err := dec.Token()
 		if err != nil {
-			return ""
+			return "", nil
 		}
 		key, _ := tok.(string)
 		if seen[key] {
-			return key
+			return key, nil
 		}
 		seen[key] = true
 		var skip json.RawMessage
 		if err := dec.Decode(&skip); err != nil {
-			return ""
+			return "", nil
 		}
 	}
-	return ""
+	return "", nil
+}
+
+// yamlDocuments counts the YAML documents of data, stopping at two (one
+// that does not parse counts).
+func yamlDocuments(data []byte) int {
+	dec := yamlv2.NewDecoder(bytes.NewReader(data))
+	n := 0
+	for n < 2 {
+		var v any
+		err := dec.Decode(&v)
+		if err == io.EOF {
+			break
+		}
+		n++
+		if err != nil {
+			break
+		}
+	}
+	return n
 }
 
 // yamlMsg keeps the line of a YAML error; the rest may quote document
@@ -177,7 +221,14 @@ var yamlLine = regexp.MustCompile(`line (\d+)`)
 // a whole returns an error wrapping ErrBadFile and leaves the builder
 // unchanged.
 func (b *Builder) PutFile(data []byte) error {
-	f, err := DecodeFile(data)
+	return b.PutFileContext(context.Background(), data)
+}
+
+// PutFileContext is PutFile that stops between documents once ctx ends,
+// with an error that wraps ctx.Err(); the builder then holds part of the
+// file (for a source that is stopping).
+func (b *Builder) PutFileContext(ctx context.Context, data []byte) error {
+	f, err := decodeFile(ctx, data)
 	if err != nil {
 		return err
 	}
@@ -192,6 +243,9 @@ func (b *Builder) PutFile(data []byte) error {
 		b.Delete(KindSettings, "")
 	}
 	for _, d := range f.Docs() {
+		if err := checkStop(ctx); err != nil {
+			return err
+		}
 		path := string(d.Kind)
 		if d.Kind != KindSettings {
 			path += "/" + d.ID
@@ -262,38 +316,44 @@ func (f *FileSource) SetScope(sc *Scope) { f.b.SetScope(sc) }
 func (f *FileSource) Source() string { return "file:" + f.path }
 
 // Load applies the file for the first time. It fails when the file cannot
-// be used at all; bad entries are refused alone.
-func (f *FileSource) Load() error {
-	return f.Reload()
+// be used at all, or when ctx ends first (the error wraps ctx.Err()); bad
+// entries are refused alone.
+func (f *FileSource) Load(ctx context.Context) error {
+	return f.Reload(ctx)
 }
 
 // Reload re-reads the file and applies it even when unchanged (secret refs
 // are resolved again): the SIGHUP path. A file that cannot be used is
 // refused: the previous config keeps serving, the refusal is logged and
-// shown in Status.Refused, and the error is returned.
-func (f *FileSource) Reload() error {
+// shown in Status.Refused, and the error is returned. When ctx ends during
+// the apply, the store is left as it was and the error wraps ctx.Err().
+func (f *FileSource) Reload(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	data, err := os.ReadFile(f.path)
 	if err != nil {
-		return f.refuseLocked(fmt.Errorf("%w: %w", ErrBadFile, err), [sha256.Size]byte{})
+		return f.refuseLocked(ctx, fmt.Errorf("%w: %w", ErrBadFile, err), [sha256.Size]byte{})
 	}
 	f.readFailed = false
-	return f.applyLocked(data, sha256.Sum256(data))
+	return f.applyLocked(ctx, data, sha256.Sum256(data))
 }
 
-func (f *FileSource) applyLocked(data []byte, sum [sha256.Size]byte) error {
-	if err := f.b.PutFile(data); err != nil {
-		return f.refuseLocked(err, sum)
+func (f *FileSource) applyLocked(ctx context.Context, data []byte, sum [sha256.Size]byte) error {
+	f.logger.Info("applying config file", "path", f.path, "bytes", len(data))
+	if err := f.b.PutFileContext(ctx, data); err != nil {
+		return f.refuseLocked(ctx, err, sum)
+	}
+	cfg, refused, err := f.b.BuildContext(ctx)
+	if err != nil {
+		return err
 	}
 	f.lastHash = sum
-	cfg, refused := f.b.Build()
 	for _, r := range refused {
 		f.logger.Warn("config entry refused", "source", f.Source(), "path", r.Path, "reason", r.Reason)
 	}
-	gen, err := f.st.Apply(cfg, SourceInfo{Source: f.Source(), LastSync: time.Now(), Refused: refused})
+	gen, err := f.st.ApplyContext(ctx, cfg, SourceInfo{Source: f.Source(), LastSync: time.Now(), Refused: refused})
 	if err != nil {
-		return f.refuseLocked(err, sum)
+		return f.refuseLocked(ctx, err, sum)
 	}
 	f.loaded = true
 	f.refused = refused
@@ -301,7 +361,12 @@ func (f *FileSource) applyLocked(data []byte, sum [sha256.Size]byte) error {
 	return nil
 }
 
-func (f *FileSource) refuseLocked(err error, sum [sha256.Size]byte) error {
+// refuseLocked records a file that cannot be used; an apply stopped by the
+// end of ctx is not a refusal and changes nothing.
+func (f *FileSource) refuseLocked(ctx context.Context, err error, sum [sha256.Size]byte) error {
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return err
+	}
 	f.lastHash = sum
 	f.readFailed = sum == [sha256.Size]byte{}
 	f.logger.Error("config file refused, previous config kept", "path", f.path, "error", err)
@@ -315,13 +380,13 @@ func (f *FileSource) refuseLocked(err error, sum [sha256.Size]byte) error {
 }
 
 // poll reloads when the file's content changed since the last attempt.
-func (f *FileSource) poll() {
+func (f *FileSource) poll(ctx context.Context) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	data, err := os.ReadFile(f.path)
 	if err != nil {
 		if !f.readFailed {
-			_ = f.refuseLocked(fmt.Errorf("%w: %w", ErrBadFile, err), [sha256.Size]byte{})
+			_ = f.refuseLocked(ctx, fmt.Errorf("%w: %w", ErrBadFile, err), [sha256.Size]byte{})
 		}
 		return
 	}
@@ -330,7 +395,7 @@ func (f *FileSource) poll() {
 	if sum == f.lastHash {
 		return
 	}
-	_ = f.applyLocked(data, sum)
+	_ = f.applyLocked(ctx, data, sum)
 }
 
 // Run watches the file until ctx ends, applying every change. It returns
@@ -340,7 +405,7 @@ func (f *FileSource) Run(ctx context.Context) error {
 	loaded := f.loaded
 	f.mu.Unlock()
 	if !loaded {
-		_ = f.Reload()
+		_ = f.Reload(ctx)
 	}
 	iv := f.Interval
 	if iv <= 0 {
@@ -353,7 +418,7 @@ func (f *FileSource) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			f.poll()
+			f.poll(ctx)
 		}
 	}
 }

@@ -35,6 +35,9 @@ func TestParseFileErrors(t *testing.T) {
 		{"top-level twice", `{"keys":{},"keys":{}}`, `bad config file: top-level field "keys" appears twice`},
 		{"key id twice", `{"keys":{"k1":{},"k2":{},"k1":{}}}`, `bad config file: keys/k1 appears twice`},
 		{"yaml key id twice", "rules:\n  r1: {}\n  r1: {}\n", `bad config file: neither JSON nor valid YAML: line 3: duplicate key`},
+		{"yaml second document", "keys: {}\n---\nkeys: {k1: {provider: openai}}\n", "bad config file: more than one YAML document"},
+		{"yaml empty second document", "keys: {}\n---\n", "bad config file: more than one YAML document"},
+		{"yaml second document does not parse", "keys: {}\n---\n[\n", "bad config file: more than one YAML document"},
 		{"scalar", `"sk-test-oops"`, "bad config file: want an object with settings, keys, rules, clients"},
 		// Hostile files.
 		{"yaml alias bomb", "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n" +
@@ -84,7 +87,7 @@ func TestFileSourceReload(t *testing.T) {
 	}
 	st := newStore(t)
 	fs := NewFileSource(path, st, nil)
-	if err := fs.Load(); err != nil {
+	if err := fs.Load(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if s := st.Status(); s.Generation != 1 || s.Source != "file:"+path || len(s.Refused) != 0 || keyIDs(st.Read()) != "k1,k2" {
@@ -95,7 +98,7 @@ func TestFileSourceReload(t *testing.T) {
 	if err := writeFile(path, `{"keys": {"k1": `); err != nil {
 		t.Fatal(err)
 	}
-	err := fs.Reload()
+	err := fs.Reload(t.Context())
 	if !errors.Is(err, ErrBadFile) {
 		t.Fatalf("Reload(broken) = %v", err)
 	}
@@ -112,7 +115,7 @@ func TestFileSourceReload(t *testing.T) {
 	if err := writeFile(path, fileV2); err != nil {
 		t.Fatal(err)
 	}
-	if err := fs.Reload(); err != nil {
+	if err := fs.Reload(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	snap := st.Read()
@@ -128,7 +131,7 @@ func TestFileSourceReload(t *testing.T) {
 	if err := writeFile(path, fileV3); err != nil {
 		t.Fatal(err)
 	}
-	if err := fs.Reload(); err != nil {
+	if err := fs.Reload(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	snap = st.Read()
@@ -140,7 +143,7 @@ func TestFileSourceReload(t *testing.T) {
 func TestFileSourceLoadFails(t *testing.T) {
 	st := newStore(t)
 	path := filepath.Join(t.TempDir(), "missing.json")
-	if err := NewFileSource(path, st, nil).Load(); !errors.Is(err, os.ErrNotExist) {
+	if err := NewFileSource(path, st, nil).Load(t.Context()); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("Load(missing) = %v", err)
 	}
 	if st.Ready() {

@@ -120,6 +120,9 @@ func truncate(s string, n int) string {
 // decodeStrict decodes one JSON object into v, refusing unknown fields and
 // trailing data. Its errors name the field and never echo input bytes.
 func decodeStrict(doc string, raw []byte, v any) error {
+	if string(bytes.TrimSpace(raw)) == "null" {
+		return docErr(doc, "want a JSON object, got null")
+	}
 	if name, why := checkFieldNames(raw, v); name != "" {
 		if why == "unknown" {
 			return docErr(doc, "unknown field %q", truncate(name, 128))
@@ -197,7 +200,11 @@ func jsonErr(doc string, err error) error {
 		if field == "" {
 			return docErr(doc, "want a JSON object, got %s", te.Value)
 		}
-		return fieldErr(doc, field, "want %s, got %s", jsonTypeName(te.Type.String()), te.Value)
+		want := jsonTypeName(te.Type.String())
+		if outOfRange(te) {
+			return fieldErr(doc, field, "%s out of range", want)
+		}
+		return fieldErr(doc, field, "want %s, got %s", want, truncate(te.Value, 64))
 	case errors.Is(err, io.EOF):
 		return docErr(doc, "empty document")
 	case errors.Is(err, io.ErrUnexpectedEOF):
@@ -210,6 +217,24 @@ func jsonErr(doc string, err error) error {
 	// Other decoder errors do not carry input values; keep the message but
 	// drop the package prefix.
 	return docErr(doc, "invalid JSON: %s", strings.TrimPrefix(msg, "json: "))
+}
+
+// outOfRange reports whether a type error is a JSON number too large for
+// its Go field: any number for a float, an integer literal for an integer.
+func outOfRange(te *json.UnmarshalTypeError) bool {
+	lit, ok := strings.CutPrefix(te.Value, "number ")
+	if !ok || te.Type == nil {
+		return false
+	}
+	switch te.Type.Kind() {
+	case reflect.Float32, reflect.Float64:
+		return true
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return strings.Trim(strings.TrimPrefix(lit, "-"), "0123456789") == ""
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return strings.Trim(lit, "0123456789") == "" // a negative one is no unsigned integer at all
+	}
+	return false
 }
 
 // checkFieldNames looks at the member names of the JSON object raw (if it
@@ -643,17 +668,7 @@ func ResolveSecretRef(ref string) (string, error) {
 	return "", ErrBadSecretRef
 }
 
-func validSecret(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == 0x7f {
-			return false
-		}
-	}
-	return true
-}
+func validSecret(s string) bool { return s != "" && !policy.HasControl(s) }
 
 // ParseKey validates the keys/<id> document, resolves its secret and applies
 // defaults (weight 1, enabled, the provider's base URL).
@@ -770,8 +785,8 @@ func parseAzure(doc string, a *azureDoc, spec policy.ProviderSpec, k *policy.Key
 		if len(a.Deployments) > 0 {
 			k.Azure.Deployments = make(map[string]string, len(a.Deployments))
 			for m, dep := range a.Deployments {
-				if m == "" {
-					return fieldErr(doc, "azure.deployments", "model names must not be empty")
+				if m == "" || policy.HasControl(m) {
+					return fieldErr(doc, "azure.deployments", "model names must not be empty or contain control characters")
 				}
 				if !validPathSegment(dep) {
 					return fieldErr(doc, "azure.deployments."+truncate(m, 64), "want a deployment name of A-Z a-z 0-9 . _ -")
@@ -815,7 +830,7 @@ func providerList() string {
 
 // validPathSegment accepts a value that may be put in a URL path or query
 // without escaping.
-func validPathSegment(s string) bool { return ValidID(s) }
+func validPathSegment(s string) bool { return ValidID(s) && !policy.HasDotSegment(s) }
 
 func parseBaseURL(doc, raw string, k *policy.Key) error {
 	const field = "base_url"
@@ -847,6 +862,11 @@ func parseBaseURL(doc, raw string, k *policy.Key) error {
 	if u.Hostname() == "" {
 		return fieldErr(doc, field, "want an absolute http or https URL with a host")
 	}
+	// Decoded, with "\\" as a separator too: "/v1/../x", "%2f..%2f" and
+	// "%2e%2e" could all climb out of the prefix at the upstream.
+	if policy.HasDotSegment(strings.ReplaceAll(u.Path, "\\", "/")) {
+		return fieldErr(doc, field, "must not contain a \".\" or \"..\" path segment (plain or percent-encoded)")
+	}
 	path := strings.TrimRight(u.EscapedPath(), "/")
 	k.Scheme = scheme
 	k.Host = host
@@ -854,6 +874,10 @@ func parseBaseURL(doc, raw string, k *policy.Key) error {
 	k.BaseURL = scheme + "://" + host + path
 	return nil
 }
+
+// noControl refuses a name with a control character: it would reach logs,
+// metric labels and upstream bodies.
+const noControl = "must not contain control characters (NUL, newline, tab, …)"
 
 // ReservedModel is the model name that stands for "every model not listed";
 // documents may not use it.
@@ -864,6 +888,7 @@ func parseModels(doc, field string, in []string) ([]string, error) {
 		return nil, nil
 	}
 	out := make([]string, 0, len(in))
+	seen := make(map[string]struct{}, len(in))
 	for i, m := range in {
 		f := field + "[" + strconv.Itoa(i) + "]"
 		if m == "" {
@@ -872,9 +897,13 @@ func parseModels(doc, field string, in []string) ([]string, error) {
 		if m == ReservedModel {
 			return nil, fieldErr(doc, f, "%q is reserved", ReservedModel)
 		}
-		if slices.Contains(out, m) {
+		if policy.HasControl(m) {
+			return nil, fieldErr(doc, f, noControl)
+		}
+		if _, dup := seen[m]; dup {
 			return nil, fieldErr(doc, f, "duplicate model %q", truncate(m, 128))
 		}
+		seen[m] = struct{}{}
 		out = append(out, m)
 	}
 	return out, nil
@@ -922,10 +951,17 @@ func ParseRule(id string, raw []byte) (*policy.Rule, error) {
 		return nil, fieldErr(doc, "from", "required")
 	case d.From == ReservedModel:
 		return nil, fieldErr(doc, "from", "%q is reserved", ReservedModel)
+	case policy.HasControl(d.From):
+		return nil, fieldErr(doc, "from", noControl)
 	case d.To == "":
 		return nil, fieldErr(doc, "to", "required")
 	case d.To == ReservedModel:
 		return nil, fieldErr(doc, "to", "%q is reserved", ReservedModel)
+	case policy.HasControl(d.To):
+		return nil, fieldErr(doc, "to", noControl)
+	case policy.HasDotSegment(d.To):
+		// The model may become a path segment upstream (an Azure deployment).
+		return nil, fieldErr(doc, "to", "must not have a \".\" or \"..\" path segment")
 	case d.To == d.From:
 		return nil, fieldErr(doc, "to", "same as \"from\"")
 	}
@@ -956,6 +992,9 @@ func ParseClient(id string, raw []byte) (*policy.Client, error) {
 	var d clientDoc
 	if err := decodeStrict(doc, raw, &d); err != nil {
 		return nil, err
+	}
+	if policy.HasControl(d.Name) {
+		return nil, fieldErr(doc, "name", noControl)
 	}
 	c := &policy.Client{ID: id, Name: d.Name, Enabled: true}
 	if c.Name == "" {

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -125,15 +126,23 @@ func (s *Store) notifyLocked() {
 // returns the new generation. Runtime state is carried over by key id, pool
 // counters by model.
 func (s *Store) Apply(cfg *Config, src SourceInfo) (uint64, error) {
+	return s.ApplyContext(context.Background(), cfg, src)
+}
+
+// ApplyContext is Apply that gives up, leaving the store unchanged, once
+// ctx ends (a stop during the apply of a large configuration); the error
+// then wraps ctx.Err().
+func (s *Store) ApplyContext(ctx context.Context, cfg *Config, src SourceInfo) (uint64, error) {
 	if err := checkConfig(cfg); err != nil {
 		return 0, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
+	s.logger.Debug("applying configuration", "source", src.Source, "keys", len(cfg.Keys), "rules", len(cfg.Rules), "clients", len(cfg.Clients))
 	txn := s.db.Txn(true)
 	defer txn.Abort()
-	gen, err := applyTxn(txn, cfg, src)
+	gen, err := applyTxn(ctx, txn, cfg, src)
 	if err != nil {
 		return 0, err
 	}
@@ -143,6 +152,16 @@ func (s *Store) Apply(cfg *Config, src SourceInfo) (uint64, error) {
 	s.logger.Info("config applied", "generation", gen, "source", src.Source,
 		"keys", len(cfg.Keys), "rules", len(cfg.Rules), "clients", len(cfg.Clients), "refused", len(src.Refused))
 	return gen, nil
+}
+
+// checkStop returns nil while ctx lasts, then an error that wraps ctx.Err():
+// the check of the loops that apply a configuration, so that a stop is
+// honoured during a large one.
+func checkStop(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("configuration apply stopped: %w", err)
+	}
+	return nil
 }
 
 // checkConfig verifies the invariants the hot path relies on; Builder.Build
@@ -189,7 +208,7 @@ func checkConfig(cfg *Config) error {
 
 // applyTxn replaces every configuration table in txn with cfg: one helper
 // per table, in dependency order (pools need the keys and rules).
-func applyTxn(txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
+func applyTxn(ctx context.Context, txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
 	prev, err := readCarryOver(txn)
 	if err != nil {
 		return 0, err
@@ -199,22 +218,22 @@ func applyTxn(txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
 			return 0, fmt.Errorf("clear %s: %w", t, err)
 		}
 	}
-	enabled, err := insertKeys(txn, cfg.Keys, prev.runtimes)
+	enabled, err := insertKeys(ctx, txn, cfg.Keys, prev.runtimes)
 	if err != nil {
 		return 0, err
 	}
-	rules, err := insertRules(txn, cfg.Rules)
+	rules, err := insertRules(ctx, txn, cfg.Rules)
 	if err != nil {
 		return 0, err
 	}
-	if err := insertClients(txn, cfg.Clients); err != nil {
+	if err := insertClients(ctx, txn, cfg.Clients); err != nil {
 		return 0, err
 	}
 	settings := cfg.Settings
 	if err := txn.Insert(tableSettings, &settingsRow{ID: singletonID, Settings: &settings}); err != nil {
 		return 0, fmt.Errorf("insert settings: %w", err)
 	}
-	models, err := insertPools(txn, poolModels(cfg.Keys, rules), enabled, rules, prev.seqs)
+	models, err := insertPools(ctx, txn, poolModels(cfg.Keys, rules), enabled, rules, prev.seqs)
 	if err != nil {
 		return 0, err
 	}
@@ -264,8 +283,11 @@ func readCarryOver(txn *memdb.Txn) (carryOver, error) {
 // insertKeys inserts the keys, each with its previous Runtime (or a new
 // one), and returns the enabled ones in id order (through the conditional
 // index).
-func insertKeys(txn *memdb.Txn, keys map[string]*policy.Key, runtimes map[string]*Runtime) ([]*Entry, error) {
+func insertKeys(ctx context.Context, txn *memdb.Txn, keys map[string]*policy.Key, runtimes map[string]*Runtime) ([]*Entry, error) {
 	for _, id := range slices.Sorted(maps.Keys(keys)) {
+		if err := checkStop(ctx); err != nil {
+			return nil, err
+		}
 		k := keys[id]
 		rt := runtimes[id]
 		if rt == nil {
@@ -291,9 +313,12 @@ func insertKeys(txn *memdb.Txn, keys map[string]*policy.Key, runtimes map[string
 type ruleKey struct{ key, from string }
 
 // insertRules inserts the rules and returns the enabled ones by (key, from).
-func insertRules(txn *memdb.Txn, rules map[string]*policy.Rule) (map[ruleKey]*policy.Rule, error) {
+func insertRules(ctx context.Context, txn *memdb.Txn, rules map[string]*policy.Rule) (map[ruleKey]*policy.Rule, error) {
 	enabled := map[ruleKey]*policy.Rule{}
 	for _, id := range slices.Sorted(maps.Keys(rules)) {
+		if err := checkStop(ctx); err != nil {
+			return nil, err
+		}
 		r := rules[id]
 		if err := txn.Insert(tableRules, &ruleRow{ID: id, KeyID: r.KeyID, From: r.From, Rule: r}); err != nil {
 			return nil, fmt.Errorf("insert rules/%s: %w", id, err)
@@ -305,8 +330,11 @@ func insertRules(txn *memdb.Txn, rules map[string]*policy.Rule) (map[ruleKey]*po
 	return enabled, nil
 }
 
-func insertClients(txn *memdb.Txn, clients map[string]*policy.Client) error {
+func insertClients(ctx context.Context, txn *memdb.Txn, clients map[string]*policy.Client) error {
 	for _, id := range slices.Sorted(maps.Keys(clients)) {
+		if err := checkStop(ctx); err != nil {
+			return err
+		}
 		if err := txn.Insert(tableClients, &clientRow{ID: id, Client: clients[id]}); err != nil {
 			return fmt.Errorf("insert clients/%s: %w", id, err)
 		}
@@ -332,7 +360,7 @@ func poolModels(keys map[string]*policy.Key, rules map[ruleKey]*policy.Rule) []s
 // insertPools inserts the pool of every enabled key (""), of the keys that
 // list no model (unlistedPool) and of each listed model; it returns the
 // listed models that some key serves. Pools keep their selection counter.
-func insertPools(txn *memdb.Txn, listed []string, enabled []*Entry, rules map[ruleKey]*policy.Rule, seqs map[string]*atomic.Uint64) ([]string, error) {
+func insertPools(ctx context.Context, txn *memdb.Txn, listed []string, enabled []*Entry, rules map[ruleKey]*policy.Rule, seqs map[string]*atomic.Uint64) ([]string, error) {
 	insert := func(model string, entries []*Entry) error {
 		seq := seqs[model]
 		if seq == nil {
@@ -358,6 +386,9 @@ func insertPools(txn *memdb.Txn, listed []string, enabled []*Entry, rules map[ru
 	}
 	var models []string
 	for _, m := range listed {
+		if err := checkStop(ctx); err != nil {
+			return nil, err
+		}
 		var entries []*Entry
 		for _, e := range enabled {
 			if servesAfterRule(e, m, rules) {

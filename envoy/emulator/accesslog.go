@@ -302,10 +302,7 @@ func (p fmtPart) value(li *logInfo) any {
 	case "UPSTREAM_TRANSPORT_FAILURE_REASON":
 		return nonEmpty(li.upstreamFailure)
 	case "UPSTREAM_REQUEST_ATTEMPT_COUNT":
-		if li.upstreamHost == "" {
-			return int64(0)
-		}
-		return int64(1)
+		return int64(li.attempts)
 	case "HOSTNAME":
 		h, _ := os.Hostname()
 		return nonEmpty(h)

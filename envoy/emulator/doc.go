@@ -22,8 +22,8 @@
 //   - 1.37: the Process stream closes right after the last response ext_proc
 //     needs, e.g. after the response-headers reply with response body NONE
 //     (emulated);
-//   - 1.37: upstream-filter local replies reach an upstream ext_proc (not
-//     emulated: upstream ext_proc is not);
+//   - 1.37: upstream-filter local replies reach the upstream ext_proc
+//     filters before the filter that made them (emulated);
 //   - 1.38: envoy.filters.http.sse_to_metadata (emulated).
 //
 // # What it reproduces
@@ -62,6 +62,37 @@
 // stream's metadata in forwarding_namespaces.untyped (typed namespaces,
 // per-route overrides and connection metadata not emulated); half-close at the end, cancel on client abort;
 // replies after completion ignored.
+//
+// Upstream filters and retries: a cluster's upstream HTTP filter chain
+// (HttpProtocolOptions.http_filters, ext_proc and header_mutation, ending
+// with envoy.filters.http.upstream_codec) runs once per upstream attempt,
+// each ext_proc on its own Process stream: it sees that attempt's request
+// headers (x-envoy-attempt-count when the virtual host sets
+// include_request_attempt_count; include_attempt_count_in_response puts it
+// on the router's responses) and body per its processing mode, may
+// mutate both, sees that attempt's response headers (and body), and its
+// clear_route_cache is ignored. As in Envoy the upstream filters work on the
+// router's request header map, so header mutations of one attempt are still
+// there for the next, while the body is replayed as the router received
+// it. The retry decision sees the response as the upstream filters left
+// it. The route's retry_policy (or the virtual host's): retry_on 5xx,
+// gateway-error, connect-failure, retriable-4xx, refused-stream,
+// retriable-status-codes, reset, reset-before-request, envoy-ratelimited;
+// num_retries (default 1); retriable_status_codes; per_try_timeout;
+// retry_back_off (Envoy's fully jittered exponential back-off, base 25ms and
+// 10 × base by default). The request headers x-envoy-retry-on,
+// x-envoy-max-retries (only with some retry_on), x-envoy-retriable-status-codes
+// and x-envoy-upstream-rq-per-try-timeout-ms as they reach the router (a
+// filter such as ext_proc may set them) are honoured, and the router
+// consumes them and the other retry headers. The body is buffered for
+// replays up to the route's (else the listener's) buffer limit; beyond it
+// retries are off for the request. A response whose headers went
+// downstream is never retried. The downstream filters see only the
+// accepted attempt's response. Local replies after failed attempts say
+// "retried and the latest reset reason"; the access log counts the
+// attempts (UPSTREAM_REQUEST_ATTEMPT_COUNT, upstream_request_attempt_count)
+// and sets URX when the retries ran out; its upstream fields describe the
+// last attempt.
 //
 // Upstreams: STATIC / STRICT_DNS / LOGICAL_DNS clusters by address (round
 // robin over the endpoints), dynamic_forward_proxy clusters by the request's
@@ -187,8 +218,6 @@
 //     processor: each ext_proc filter ends its stream (Envoy ≥ 1.33.1). A
 //     failure after the response headers reached the client resets the
 //     connection.
-//   - ext_proc in a cluster's upstream filter chain
-//     (HttpProtocolOptions.http_filters) is not emulated: New fails.
 //   - At the end of processing the stream is half-closed and cancelled once
 //     the server has finished or deferred_close_timeout (default 5s) passed;
 //     Envoy half-closes and resets at once. Both look normal to a server.
@@ -196,8 +225,34 @@
 // Routing
 //   - Not emulated: query_parameters, runtime_fraction, grpc, tls_context and
 //     dynamic_metadata matchers (New fails on any of them), weighted
-//     clusters, redirects, retries, hedging, mirroring, rate limits,
+//     clusters, redirects, hedging (hedge_policy and
+//     x-envoy-hedge-on-per-try-timeout are ignored), mirroring, rate limits,
 //     regex_rewrite, host_rewrite_header / auto_host_rewrite, CORS.
+//
+// Upstream filters and retries
+//   - Upstream filters other than ext_proc and header_mutation make New
+//     fail; HttpFilter.disabled is not applied to them (ExtProcPerRoute is).
+//   - A local reply made in the upstream filter chain (an upstream ext_proc's
+//     error, timeout, immediate response or buffer limit) passes the
+//     upstream ext_proc filters before it, then goes to the client through
+//     the downstream encoder filters like a router reply, and is never
+//     retried. Envoy refuses immediate responses from an upstream ext_proc
+//     in some releases; the emulator always sends them.
+//   - retry_on values not listed above (the gRPC ones, retriable-headers,
+//     http3-post-connect-failure) make New fail in a retry_policy and are
+//     ignored in x-envoy-retry-on; x-envoy-retry-grpc-on and
+//     x-envoy-retriable-header-names are consumed and ignored.
+//     retriable_headers, retriable_request_headers,
+//     rate_limited_retry_back_off, per_try_idle_timeout, retry_priority,
+//     retry_host_predicate and retry_options_predicates make New fail.
+//     refused-stream never matches (HTTP/1.1 upstreams). No circuit
+//     breakers: the retry budget never overflows.
+//   - Only attempts read the client's body: nothing reads it during a
+//     back-off, so Envoy's 507 "exceeded request buffer limit while
+//     retrying upstream" is never sent; a body past the buffer limit turns
+//     retries off (as in Envoy when it overflows during an attempt).
+//   - x-envoy-expected-rq-timeout-ms is set once, to the per-try timeout or
+//     the route timeout; Envoy lowers it on each retry by the time elapsed.
 //   - The route timeout starts when the upstream request starts (Envoy: when
 //     the downstream request is complete); idle_timeout counts upstream body
 //     reads only.
@@ -215,7 +270,7 @@
 //     New fail.
 //   - Operators: REQ, RESP, DYNAMIC_METADATA, START_TIME (default format and
 //     a strftime subset), RESPONSE_CODE, RESPONSE_FLAGS (NR, NC, UF, UC, UT,
-//     SI, UR, DC only), RESPONSE_CODE_DETAILS, BYTES_RECEIVED, BYTES_SENT,
+//     SI, UR, DC, URX only), RESPONSE_CODE_DETAILS, BYTES_RECEIVED, BYTES_SENT,
 //     DURATION, REQUEST_DURATION, RESPONSE_DURATION, RESPONSE_TX_DURATION,
 //     UPSTREAM_HOST, UPSTREAM_CLUSTER, ROUTE_NAME, PROTOCOL,
 //     UPSTREAM_PROTOCOL, DOWNSTREAM_*_ADDRESS, UPSTREAM_TRANSPORT_FAILURE_REASON,
@@ -229,10 +284,10 @@
 //   - Response flags the emulator sets: NR (no route), NC (no cluster), UF
 //     (connect failure, with the transport failure reason — Go's error text,
 //     not Envoy's), UC (the upstream closed the connection before response
-//     headers), UT (route timeout), SI (idle timeout), UR (upstream reset
+//     headers), UT (route or per-try timeout), SI (idle timeout), UR (upstream reset
 //     after headers), DC (the client went away before the response ended,
-//     also mid-response). URX, LR and the others are never set (no retries,
-//     no local resets).
+//     also mid-response), URX (retries exhausted). LR and the others are
+//     never set (no local resets).
 //   - http_grpc (envoy.access_loggers.http_grpc): envoy_grpc services only
 //     (google_grpc, filter_state_objects_to_log and custom_tags make New
 //     fail). Batching as Envoy's GrpcAccessLogger: an entry is added to the

@@ -31,6 +31,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/keymux/keymux/internal/backoff"
+
 	// The emulator loads bootstraps through package envoy, which registers
 	// every extension type the shipped YAML may carry.
 	_ "github.com/keymux/keymux/envoy"
@@ -78,6 +80,10 @@ type Emulator struct {
 	serverName           string
 	early                []*mutationrulesv3.HeaderMutation
 	suppressEnvoyHeaders bool
+	// sleep waits out a retry back-off and randN draws its jitter in
+	// [0, n); tests replace them.
+	sleep func(ctx context.Context, d time.Duration) bool
+	randN func(n uint64) uint64
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -121,7 +127,8 @@ func New(cfg Config) (*Emulator, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Emulator{log: log, cfg: cfg, clusters: map[string]*cluster{}, grpcConns: map[string]*grpc.ClientConn{}}
+	e := &Emulator{log: log, cfg: cfg, clusters: map[string]*cluster{}, grpcConns: map[string]*grpc.ClientConn{},
+		sleep: backoff.Sleep, randN: defaultRandN}
 	e.bgCtx, e.bgCancel = context.WithCancel(context.Background())
 	sr := cfg.Bootstrap.GetStaticResources()
 	if len(sr.GetListeners()) == 0 {
@@ -155,6 +162,11 @@ func New(cfg Config) (*Emulator, error) {
 			return nil, fmt.Errorf("emulator: cluster %q: %w", c.GetName(), err)
 		}
 		e.clusters[c.GetName()] = cl
+	}
+	for _, c := range sr.GetClusters() {
+		if err := e.newUpstreamFilters(e.clusters[c.GetName()]); err != nil {
+			return nil, fmt.Errorf("emulator: cluster %q: %w", c.GetName(), err)
+		}
 	}
 	for i, ext := range hcm.GetEarlyHeaderMutationExtensions() {
 		m, err := anypb.UnmarshalNew(ext.GetTypedConfig(), proto.UnmarshalOptions{})

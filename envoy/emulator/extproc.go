@@ -180,6 +180,9 @@ type session struct {
 	warn func(msg string, args ...any)
 	mode *extprocv3.ProcessingMode // after per-route overrides: protocol_config
 	fail bool                      // failure_mode_allow after per-route overrides
+	// upstream: the filter is in a cluster's upstream filter chain (one
+	// session per attempt; clear_route_cache is ignored).
+	upstream bool
 
 	ctx    context.Context
 	cancel context.CancelFunc

@@ -84,9 +84,15 @@ func newRouteTable(rc *routev3.RouteConfiguration) (*routeTable, error) {
 	t := &routeTable{cfg: rc}
 	for _, vhc := range rc.GetVirtualHosts() {
 		vh := &vhost{cfg: vhc}
+		if err := checkRetryPolicy(vhc.GetRetryPolicy()); err != nil {
+			return nil, fmt.Errorf("virtual_host %q: %w", vhc.GetName(), err)
+		}
 		for i, rcfg := range vhc.GetRoutes() {
 			r := &route{cfg: rcfg, vh: vh}
 			if err := r.compileMatch(); err != nil {
+				return nil, fmt.Errorf("virtual_host %q route %d: %w", vhc.GetName(), i, err)
+			}
+			if err := checkRetryPolicy(rcfg.GetRoute().GetRetryPolicy()); err != nil {
 				return nil, fmt.Errorf("virtual_host %q route %d: %w", vhc.GetName(), i, err)
 			}
 			switch rcfg.GetAction().(type) {

@@ -2,6 +2,7 @@ package emulator
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -9,8 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptrace"
-	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -118,11 +118,24 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// flagOrder is the order in which Envoy prints the response flags the
+// emulator sets (the order of its flag enumeration).
+var flagOrder = []string{"UT", "UR", "UF", "UC", "NR", "DC", "URX", "SI", "NC"}
+
+// addFlag adds response flag f to a RESPONSE_FLAGS string, in Envoy's order.
 func addFlag(flags, f string) string {
-	if flags == "" {
-		return f
+	var set []string
+	if flags != "" {
+		set = strings.Split(flags, ",")
 	}
-	return flags + "," + f
+	if slices.Contains(set, f) {
+		return flags
+	}
+	set = append(set, f)
+	slices.SortStableFunc(set, func(a, b string) int {
+		return slices.Index(flagOrder, a) - slices.Index(flagOrder, b)
+	})
+	return strings.Join(set, ",")
 }
 
 // abort is a client abort (or emulator shutdown): cancel everything.
@@ -289,6 +302,29 @@ func (rq *request) run() {
 	rq.sendLocal(&localReply{status: http.StatusNotFound, details: "no_router_filter"})
 }
 
+// upstreamSession opens filter f's session for one upstream attempt: each
+// attempt has its own Process stream.
+func (rq *request) upstreamSession(f *extProcFilter) *session {
+	disabled, mode, failOpen := f.perRoute(rq.route)
+	if disabled {
+		return nil
+	}
+	s := newSession(rq, f, mode, failOpen)
+	s.upstream = true
+	rq.track(s)
+	return s
+}
+
+// track lists a session for abort and cleanup.
+func (rq *request) track(s *session) {
+	rq.pipesMu.Lock()
+	rq.order = append(rq.order, s)
+	rq.pipesMu.Unlock()
+	if rq.aborted.Load() { // abort() may have run before the append
+		s.abort()
+	}
+}
+
 func (rq *request) session(f *extProcFilter) *session {
 	if s, ok := rq.sessions[f]; ok {
 		return s
@@ -299,13 +335,8 @@ func (rq *request) session(f *extProcFilter) *session {
 		return nil
 	}
 	s := newSession(rq, f, mode, failOpen)
-	rq.pipesMu.Lock()
 	rq.sessions[f] = s
-	rq.order = append(rq.order, s)
-	rq.pipesMu.Unlock()
-	if rq.aborted.Load() { // abort() may have run before the append
-		s.abort()
-	}
+	rq.track(s)
 	return s
 }
 
@@ -387,7 +418,7 @@ func (rq *request) applyHeadersReply(s *session, d direction, cr *extprocsvc.Com
 			return body, false, s.failMutation(err)
 		}
 	}
-	if d == dirRequest {
+	if d == dirRequest && !s.upstream {
 		rq.clearRouteCache(s, cr)
 	}
 	if !replace {
@@ -403,7 +434,7 @@ func (rq *request) applyHeadersReply(s *session, d direction, cr *extprocsvc.Com
 		if body != nil && d == dirResponse && rq.upBody != nil {
 			_ = rq.upBody.Close()
 		}
-		if d == dirRequest {
+		if d == dirRequest && !s.upstream {
 			rq.detached = true
 		}
 		return bytes.NewReader(applyBodyMutation(bm, nil)), true, nil
@@ -500,7 +531,7 @@ func (rq *request) bufferedBody(s *session, d direction, h *headerMap, body io.R
 		}
 		data = applyBodyMutation(bm, data)
 	}
-	if d == dirRequest {
+	if d == dirRequest && !s.upstream {
 		rq.clearRouteCache(s, cr)
 	}
 	return join(data), nil
@@ -726,143 +757,27 @@ func (rq *request) router() {
 		h.set(":authority", hr)
 	}
 	total, idle := rt.timeouts()
-	if total > 0 && !rq.e.suppressEnvoyHeaders {
-		h.set("x-envoy-expected-rq-timeout-ms", strconv.FormatInt(total.Milliseconds(), 10))
+	policy := rt.retryPolicy()
+	perTry := perTryTimeout(policy, h, total)
+	retry := newRetryState(policy, h)
+	if expected := cmp.Or(perTry, total); expected > 0 && !rq.e.suppressEnvoyHeaders {
+		h.set("x-envoy-expected-rq-timeout-ms", strconv.FormatInt(expected.Milliseconds(), 10))
 	}
 
-	resp, lr := rq.forward(rt, cl, total, idle)
-	if lr != nil {
-		switch {
-		case rq.aborted.Load():
-		case lr == rq.asyncLocal():
-			rq.sendLocal(lr) // decided by a STREAMED ext_proc body
-		default:
-			rq.routerLocal(rt, lr)
-		}
-		return
+	out := rq.forward(rt, cl, timeouts{total: total, idle: idle, perTry: perTry}, retry)
+	switch {
+	case rq.aborted.Load():
+	case out.lr != nil && out.lr == rq.asyncLocal():
+		rq.sendLocal(out.lr) // decided by a STREAMED ext_proc body
+	case out.lr != nil:
+		h, body := localHeaders(out.lr)
+		rq.attemptCountInResponse(rt, h)
+		rq.encodeLocal(rt, h, readerOf(body), out.lr.details)
+	case out.h != nil && out.local:
+		rq.encodeLocal(rt, out.h, out.body, out.details)
+	default:
+		rq.respondUpstream(rt, out.h, out.body)
 	}
-	rq.respondUpstream(rt, resp)
-}
-
-// forward sends the request upstream (HTTP/1.1, no decompression, no
-// redirects) and returns the response or the router's local reply.
-func (rq *request) forward(rt *route, cl *cluster, total, idle time.Duration) (*http.Response, *localReply) {
-	h := rq.hdr
-	authority := h.value(":authority")
-	rq.info.upstreamHost = cl.hostFor(authority)
-	u, err := url.ParseRequestURI(h.value(":path"))
-	if err != nil {
-		return nil, &localReply{status: http.StatusBadRequest, details: "invalid_path"}
-	}
-	u.Scheme = cl.scheme()
-	u.Host = authority
-	hh := h.httpHeader()
-	for k := range hopByHop {
-		hh.Del(k)
-	}
-	hh.Del("Host")
-	var contentLength int64
-	if cl, ok := h.get("content-length"); ok {
-		if n, err := strconv.ParseInt(cl, 10, 64); err == nil {
-			contentLength = n
-		}
-	} else if rq.body != nil {
-		contentLength = -1
-	}
-	hh.Del("Content-Length")
-	upCtx, upCancel := context.WithCancelCause(rq.ctx)
-	rq.asyncMu.Lock()
-	rq.upCancel = upCancel
-	la := rq.asyncLR
-	rq.asyncMu.Unlock()
-	if la != nil {
-		return nil, la
-	}
-	body := rq.body
-	if body == nil || contentLength == 0 {
-		body = http.NoBody
-	}
-	req := (&http.Request{
-		Method:        h.value(":method"),
-		URL:           u,
-		Proto:         "HTTP/1.1",
-		ProtoMajor:    1,
-		ProtoMinor:    1,
-		Header:        hh,
-		Host:          authority,
-		Body:          io.NopCloser(body),
-		ContentLength: contentLength,
-	}).WithContext(upCtx)
-	if body == http.NoBody {
-		req.Body = http.NoBody
-	} else if rq.down != nil && !rq.detached {
-		rq.upReads.Store(true)
-	}
-	if total > 0 {
-		t := time.AfterFunc(total, func() { upCancel(errRouteTimeout) })
-		context.AfterFunc(upCtx, func() { t.Stop() })
-	}
-	var idleTimer *time.Timer
-	if idle > 0 {
-		idleTimer = time.AfterFunc(idle, func() { upCancel(errIdleTimeout) })
-		context.AfterFunc(upCtx, func() { idleTimer.Stop() })
-	}
-	connected := false // a connection was obtained: a failure is a reset, not a connect failure
-	li := rq.info
-	li.attempts++
-	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
-		GotConn: func(ci httptrace.GotConnInfo) {
-			li.mu.Lock()
-			defer li.mu.Unlock()
-			connected = true
-			li.upstreamRemote = ci.Conn.RemoteAddr().String()
-			li.upstreamLocal = ci.Conn.LocalAddr().String()
-		},
-		WroteHeaders:         func() { li.at(&li.firstUpstreamTx) },
-		WroteRequest:         func(httptrace.WroteRequestInfo) { li.at(&li.lastUpstreamTx) },
-		GotFirstResponseByte: func() { li.at(&li.firstUpstreamByte) },
-	}))
-	resp, err := cl.transport.RoundTrip(req)
-	if err != nil {
-		if la := rq.asyncLocal(); la != nil {
-			return nil, la
-		}
-		switch cause := context.Cause(upCtx); {
-		case errors.Is(cause, errRouteTimeout):
-			rq.info.responseFlags = addFlag(rq.info.responseFlags, "UT")
-			return nil, &localReply{status: http.StatusGatewayTimeout, body: []byte("upstream request timeout"), details: "upstream_response_timeout"}
-		case errors.Is(cause, errIdleTimeout):
-			rq.info.responseFlags = addFlag(rq.info.responseFlags, "SI")
-			return nil, &localReply{status: http.StatusGatewayTimeout, body: []byte("stream timeout"), details: "stream_idle_timeout"}
-		}
-		li.mu.Lock()
-		reset := connected
-		li.mu.Unlock()
-		if reset {
-			// The connection was up and closed before response headers.
-			rq.info.responseFlags = addFlag(rq.info.responseFlags, "UC")
-			return nil, &localReply{
-				status:  http.StatusServiceUnavailable,
-				body:    []byte("upstream connect error or disconnect/reset before headers. reset reason: connection termination"),
-				details: "upstream_reset_before_response_started{connection_termination}",
-			}
-		}
-		rq.info.responseFlags = addFlag(rq.info.responseFlags, "UF")
-		rq.info.upstreamFailure = err.Error()
-		return nil, &localReply{
-			status:  http.StatusServiceUnavailable,
-			body:    []byte("upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: " + err.Error()),
-			details: "upstream_reset_before_response_started{connection_failure}",
-		}
-	}
-	li.at(&li.firstUpstreamByte)
-	if idleTimer != nil {
-		resp.Body = &idleReader{rc: resp.Body, t: idleTimer, d: idle}
-	}
-	rq.pipesMu.Lock()
-	rq.upBody = resp.Body
-	rq.pipesMu.Unlock()
-	return resp, nil
 }
 
 type idleReader struct {
@@ -879,22 +794,15 @@ func (r *idleReader) Read(p []byte) (int, error) {
 
 func (r *idleReader) Close() error { return r.rc.Close() }
 
-func (rq *request) respondUpstream(rt *route, resp *http.Response) {
-	h := &headerMap{}
-	h.fields = append(h.fields, field{":status", strconv.Itoa(resp.StatusCode)})
-	h.fromHTTP(resp.Header)
-	for k := range hopByHop {
-		h.remove(k)
-	}
+// respondUpstream sends the accepted attempt's response (headers already
+// through the upstream filters) down the encoder filters.
+func (rq *request) respondUpstream(rt *route, h *headerMap, body io.Reader) {
 	if !rq.e.suppressEnvoyHeaders {
 		h.set("x-envoy-upstream-service-time", strconv.FormatInt(time.Since(rq.info.start).Milliseconds(), 10))
 	}
 	rq.finalizeResponseHeaders(rt, h)
+	rq.attemptCountInResponse(rt, h)
 	rq.info.details = "via_upstream"
-	var body io.Reader = resp.Body
-	if resp.Body == http.NoBody || resp.ContentLength == 0 || rq.r.Method == http.MethodHead {
-		body = nil
-	}
 	rq.encode(h, body, false)
 }
 
@@ -913,13 +821,32 @@ func (rq *request) finalizeResponseHeaders(rt *route, h *headerMap) {
 // to the processor (behaviour localRepliesSkipExtProc): its stream just ends.
 func (rq *request) routerLocal(rt *route, lr *localReply) {
 	h, body := localHeaders(lr)
-	rq.finalizeResponseHeaders(rt, h)
-	rq.info.details = lr.details
-	var b io.Reader
-	if len(body) > 0 {
-		b = bytes.NewReader(body)
+	rq.encodeLocal(rt, h, readerOf(body), lr.details)
+}
+
+// readerOf is a body reader, nil for no body.
+func readerOf(b []byte) io.Reader {
+	if len(b) == 0 {
+		return nil
 	}
-	rq.encode(h, b, true)
+	return bytes.NewReader(b)
+}
+
+// attemptCountInResponse is the router's x-envoy-attempt-count response
+// header (include_attempt_count_in_response), on upstream responses and on
+// the router's replies after an attempt.
+func (rq *request) attemptCountInResponse(rt *route, h *headerMap) {
+	if rq.info.attempts > 0 && rt.vh.cfg.GetIncludeAttemptCountInResponse() {
+		h.set("x-envoy-attempt-count", strconv.FormatUint(uint64(rq.info.attempts), 10))
+	}
+}
+
+// encodeLocal sends a local reply whose headers are built (routerLocal, or
+// one that went through the upstream filters first).
+func (rq *request) encodeLocal(rt *route, h *headerMap, body io.Reader, details string) {
+	rq.finalizeResponseHeaders(rt, h)
+	rq.info.details = details
+	rq.encode(h, body, true)
 }
 
 func localHeaders(lr *localReply) (*headerMap, []byte) {

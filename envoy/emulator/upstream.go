@@ -16,6 +16,8 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/grpc"
@@ -41,6 +43,8 @@ type cluster struct {
 	connectTimeout time.Duration
 	transport      *http.Transport
 	rr             atomic.Uint64
+	upFilterCfgs   []*hcmv3.HttpFilter // HttpProtocolOptions.http_filters
+	upFilters      []*httpFilter       // built from upFilterCfgs, upstream_codec left out
 }
 
 func newCluster(c *clusterv3.Cluster, cfg Config) (*cluster, error) {
@@ -86,9 +90,7 @@ func newCluster(c *clusterv3.Cluster, cfg Config) (*cluster, error) {
 		if err := a.UnmarshalTo(&hpo); err != nil {
 			return nil, fmt.Errorf("typed_extension_protocol_options %q: %w", name, err)
 		}
-		if len(hpo.GetHttpFilters()) > 0 {
-			return nil, errors.New("upstream http_filters (ext_proc in the cluster's filter chain) are not emulated")
-		}
+		cl.upFilterCfgs = hpo.GetHttpFilters()
 	}
 	if !cl.dfp && len(cl.endpoints) == 0 {
 		return nil, errors.New("no endpoints")
@@ -244,4 +246,30 @@ func (c *cluster) close() {
 	if c.transport != nil {
 		c.transport.CloseIdleConnections()
 	}
+}
+
+// newUpstreamFilters builds a cluster's upstream HTTP filter chain: ext_proc
+// and header_mutation filters, ending with envoy.filters.http.upstream_codec.
+func (e *Emulator) newUpstreamFilters(cl *cluster) error {
+	n := len(cl.upFilterCfgs)
+	if n == 0 {
+		return nil
+	}
+	if !cl.upFilterCfgs[n-1].GetTypedConfig().MessageIs(&upstreamcodecv3.UpstreamCodec{}) {
+		return errors.New("upstream http_filters must end with envoy.filters.http.upstream_codec")
+	}
+	for i, hf := range cl.upFilterCfgs[:n-1] {
+		if hf.GetTypedConfig().MessageIs(&upstreamcodecv3.UpstreamCodec{}) {
+			return fmt.Errorf("upstream http_filters[%d] %q: upstream_codec must be last", i, hf.GetName())
+		}
+		f, err := e.newFilter(hf)
+		if err != nil {
+			return fmt.Errorf("upstream http_filters[%d] %q: %w", i, hf.GetName(), err)
+		}
+		if f.kind != filterExtProc && f.kind != filterHeaderMutation {
+			return fmt.Errorf("upstream http_filters[%d] %q: only ext_proc and header_mutation are emulated upstream", i, hf.GetName())
+		}
+		cl.upFilters = append(cl.upFilters, f)
+	}
+	return nil
 }

@@ -25,8 +25,9 @@ var Behaviours = []Behaviour{
 	{Since: "1.37", Emulated: true, What: "the Process stream is closed right after the last " +
 		"response ext_proc needs (after the response-headers reply when the response body mode is NONE), " +
 		"not at the end of the HTTP response"},
-	{Since: "1.37", Emulated: false, What: "local replies generated in a cluster's upstream filter " +
-		"chain reach an upstream ext_proc filter (upstream ext_proc is not emulated: New fails)"},
+	{Since: "1.37", Emulated: true, What: "local replies generated in a cluster's upstream filter " +
+		"chain (an upstream ext_proc's error, timeout or immediate response) reach the upstream ext_proc " +
+		"filters before the one that made them, on the response path"},
 	{Since: "1.38", Emulated: true, What: "envoy.filters.http.sse_to_metadata exists " +
 		"(with the envoy.content_parsers.json parser)"},
 }

@@ -2,8 +2,11 @@ package consul
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"testing"
+
+	"github.com/hashicorp/consul/api"
 
 	"github.com/keymux/keymux/store"
 	"github.com/keymux/keymux/testutil/consultest"
@@ -80,5 +83,47 @@ func TestBucketDoesNotWaitWithinBurst(t *testing.T) {
 	}
 	if err := b.wait(ctx); err == nil {
 		t.Fatal("wait beyond the burst returned nil, want it to wait (and see the cancelled ctx)")
+	}
+}
+
+// TestProcessStopsWithContext: an answer processed once the source's
+// context has ended applies nothing (the stop of a sidecar in the middle of
+// a large answer); the same answer applies with a live context.
+func TestProcessStopsWithContext(t *testing.T) {
+	pairs := api.KVPairs{
+		{Key: "keymux/keys/k1", Value: []byte(`{"provider":"openai","secret":"sk-k1"}`), ModifyIndex: 3},
+		{Key: "keymux/keys/k2", Value: []byte(`{"provider":"openai","secret":"sk-k2"}`), ModifyIndex: 4},
+		{Key: "keymux/rules/r1", Value: []byte(`{"key":"k1","from":"gpt-4","to":"gpt-4o-mini"}`), ModifyIndex: 5},
+	}
+	for _, tc := range []struct {
+		name      string
+		cancelled bool
+		wantReady bool
+	}{
+		{"context ended", true, false},
+		{"context live", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, err := store.New(store.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			src, err := New(Options{Store: st, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			if tc.cancelled {
+				cancel()
+			}
+			defer cancel()
+			src.process(ctx, pairs, 5)
+			if st.Ready() != tc.wantReady {
+				t.Fatalf("store ready = %v, want %v", st.Ready(), tc.wantReady)
+			}
+			if tc.wantReady && len(st.Read().Keys()) != 2 {
+				t.Errorf("%d keys applied, want 2", len(st.Read().Keys()))
+			}
+		})
 	}
 }

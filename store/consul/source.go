@@ -257,7 +257,7 @@ func (s *Source) Run(ctx context.Context) error {
 			s.failures.Add(1)
 			if !triedSnap && s.source == "" {
 				triedSnap = true
-				s.loadSnapshot()
+				s.loadSnapshot(ctx)
 			}
 			s.markStale()
 			s.notify(0, nil, false)
@@ -298,7 +298,7 @@ func (s *Source) Run(ctx context.Context) error {
 			s.log.Info("consul index went backwards; resynchronising", "from", index, "to", newIndex)
 			s.forgetIndexes()
 		}
-		s.process(pairs, newIndex)
+		s.process(ctx, pairs, newIndex)
 		index = max(newIndex, 1)
 	}
 }
@@ -333,8 +333,9 @@ func (s *Source) classify(path string) (kind store.Kind, id string, health, ok b
 }
 
 // process diffs one full answer against what the source knows, and applies
-// the result when a document changed.
-func (s *Source) process(pairs api.KVPairs, index uint64) {
+// the result when a document changed. It stops, applying nothing, once ctx
+// ends.
+func (s *Source) process(ctx context.Context, pairs api.KVPairs, index uint64) {
 	seen := make(map[string]bool, len(pairs))
 	seenHealth := map[string]bool{}
 	changed := false
@@ -344,6 +345,9 @@ func (s *Source) process(pairs api.KVPairs, index uint64) {
 	}
 	var healthChanges []healthChange
 	for _, p := range pairs {
+		if ctx.Err() != nil {
+			return
+		}
 		kind, id, isHealth, ok := s.classify(p.Key)
 		if !ok {
 			continue
@@ -393,7 +397,7 @@ func (s *Source) process(pairs api.KVPairs, index uint64) {
 
 	switch {
 	case changed || s.source != SourceConsul:
-		s.apply(SourceConsul, index, time.Time{})
+		s.apply(ctx, SourceConsul, index, time.Time{})
 	default:
 		s.refreshSourceInfo()
 		s.notify(index, nil, false)
@@ -405,16 +409,23 @@ func (s *Source) process(pairs api.KVPairs, index uint64) {
 	}
 }
 
-// apply builds the configuration and hands it to the store in one Apply.
-func (s *Source) apply(source string, index uint64, staleSince time.Time) {
-	cfg, refused := s.builder.Build()
+// apply builds the configuration and hands it to the store in one Apply;
+// it gives up, the store unchanged, once ctx ends.
+func (s *Source) apply(ctx context.Context, source string, index uint64, staleSince time.Time) {
+	cfg, refused, err := s.builder.BuildContext(ctx)
+	if err != nil {
+		return
+	}
 	info := store.SourceInfo{Source: source, Version: index, Refused: refused}
 	if source == SourceSnapshot {
 		info.Stale, info.StaleSince, info.LastSync = true, staleSince, staleSince
 	} else {
 		info.LastSync = s.lastContact
 	}
-	gen, err := s.opts.Store.Apply(cfg, info)
+	gen, err := s.opts.Store.ApplyContext(ctx, cfg, info)
+	if ctx.Err() != nil {
+		return
+	}
 	if err != nil {
 		// The builder only hands out validated documents, so this is a
 		// fault inside keymux; keep serving what the store has.
@@ -480,7 +491,7 @@ func (s *Source) snapshot(index uint64) *Snapshot {
 }
 
 // loadSnapshot applies the last-good snapshot, if there is a usable one.
-func (s *Source) loadSnapshot() {
+func (s *Source) loadSnapshot(ctx context.Context) {
 	if s.opts.StateDir == "" {
 		return
 	}
@@ -508,7 +519,7 @@ func (s *Source) loadSnapshot() {
 		}
 	}
 	s.log.Warn("consul unreachable: serving the last-good snapshot", "read_at", snap.ReadAt, "index", snap.Index)
-	s.apply(SourceSnapshot, 0, snap.ReadAt)
+	s.apply(ctx, SourceSnapshot, 0, snap.ReadAt)
 }
 
 // bucket is a token bucket: wait returns at once while tokens remain.

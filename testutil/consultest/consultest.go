@@ -15,7 +15,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/keymux/keymux/testutil/daemon"
 	"github.com/keymux/keymux/testutil/syncbuf"
 	"github.com/keymux/keymux/testutil/toolbin"
 )
@@ -76,40 +76,52 @@ func Start(t testing.TB) *Agent {
 		t.Fatalf("consultest: %v", err)
 	}
 	a := &Agent{t: t, bin: bin, dataDir: t.TempDir()}
-	a.ports = ports{http: freePort(t), serfLAN: freePort(t), serfWAN: freePort(t), server: freePort(t)}
 	t.Cleanup(func() {
 		a.stop()
 		if t.Failed() {
 			t.Logf("consul agent output:\n%s", a.Output())
 		}
 	})
-	a.start()
-	return a
+	// A port picked free can be taken by another test process before the
+	// agent binds it (packages run in parallel): an agent that exits before
+	// electing a leader gets fresh ports, a few times.
+	const tries = 3
+	for i := 1; ; i++ {
+		a.ports = ports{http: daemon.FreePort(t), serfLAN: daemon.FreePort(t), serfWAN: daemon.FreePort(t), server: daemon.FreePort(t)}
+		err := a.tryStart()
+		if err == nil {
+			return a
+		}
+		if !errors.Is(err, errExited) || i == tries {
+			t.Fatalf("consultest: %v\nconsul output:\n%s", err, a.Output())
+		}
+		t.Logf("consultest: %v (try %d of %d); output:\n%s", err, i, tries, a.Output())
+	}
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("consultest: free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+// errExited: the agent process ended before it had a leader.
+var errExited = errors.New("consul agent exited before electing a leader")
 
 func (a *Agent) start() {
 	a.t.Helper()
+	if err := a.tryStart(); err != nil {
+		a.t.Fatalf("consultest: %v\nconsul output:\n%s", err, a.Output())
+	}
+}
+
+// tryStart runs the agent on a.ports and waits for its leader; on failure
+// the process is gone and the error says why.
+func (a *Agent) tryStart() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.cmd != nil {
-		a.t.Fatalf("consultest: agent already running")
+		return errors.New("agent already running")
 	}
 	// A fresh data dir per run: dev mode keeps the KV store in memory, the
 	// directory only holds the node id and the like.
 	dataDir, err := os.MkdirTemp(a.dataDir, "run")
 	if err != nil {
-		a.t.Fatalf("consultest: %v", err)
+		return err
 	}
 	args := []string{
 		"agent", "-dev",
@@ -132,7 +144,7 @@ func (a *Agent) start() {
 	cmd.Stdout = a.out
 	cmd.Stderr = a.out
 	if err := cmd.Start(); err != nil {
-		a.t.Fatalf("consultest: start %s: %v", a.bin, err)
+		return fmt.Errorf("start %s: %w", a.bin, err)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -144,8 +156,9 @@ func (a *Agent) start() {
 		_ = cmd.Process.Kill()
 		<-done
 		a.cmd = nil
-		a.t.Fatalf("consultest: %v\nconsul output:\n%s", err, a.out.String())
+		return err
 	}
+	return nil
 }
 
 // waitLeader polls /v1/status/leader until the agent reports a leader, the
@@ -170,7 +183,7 @@ func (a *Agent) waitLeader(exited <-chan struct{}) error {
 		}
 		select {
 		case <-exited:
-			return errors.New("consul agent exited before electing a leader")
+			return errExited
 		case <-ctx.Done():
 			return fmt.Errorf("consul agent had no leader after %s", startTimeout)
 		case <-tick.C:

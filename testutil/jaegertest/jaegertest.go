@@ -17,21 +17,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/keymux/keymux/testutil/syncbuf"
+	"github.com/keymux/keymux/testutil/daemon"
 	"github.com/keymux/keymux/testutil/toolbin"
 )
 
@@ -52,11 +48,8 @@ var ErrNotFound = errors.New("jaegertest: trace not found")
 type Jaeger struct {
 	t     testing.TB
 	ports ports
-	cmd   *exec.Cmd
-	done  chan struct{}
-	out   *lockedBuffer
+	proc  *daemon.Process
 	http  *http.Client
-	once  sync.Once
 }
 
 type ports struct {
@@ -131,8 +124,8 @@ func Start(t testing.TB) *Jaeger {
 	for attempt := 1; attempt <= startAttempts; attempt++ {
 		j := &Jaeger{t: t, http: &http.Client{Timeout: 5 * time.Second}}
 		j.ports = ports{
-			otlpGRPC: freePort(t), otlpHTTP: freePort(t),
-			queryHTTP: freePort(t), queryGRPC: freePort(t), health: freePort(t),
+			otlpGRPC: daemon.FreePort(t), otlpHTTP: daemon.FreePort(t),
+			queryHTTP: daemon.FreePort(t), queryGRPC: daemon.FreePort(t), health: daemon.FreePort(t),
 		}
 		cfgPath := filepath.Join(dir, "jaeger-"+strconv.Itoa(attempt)+".yaml")
 		if err := os.WriteFile(cfgPath, []byte(j.config()), 0o600); err != nil {
@@ -149,7 +142,7 @@ func Start(t testing.TB) *Jaeger {
 			return j
 		}
 		lastErr = err
-		if !strings.Contains(j.Output(), "address already in use") {
+		if j.proc == nil || !j.proc.AddrInUse() {
 			break
 		}
 	}
@@ -167,56 +160,19 @@ func (j *Jaeger) config() string {
 	).Replace(configTemplate)
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("jaegertest: free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func (j *Jaeger) start(bin, cfgPath string) error {
-	cmd := exec.Command(bin, "--config=file:"+cfgPath)
-	j.out = &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = j.out, j.out
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", bin, err)
+	var err error
+	if j.proc, err = daemon.Start("jaeger", bin, "--config=file:"+cfgPath); err != nil {
+		return err
 	}
-	j.cmd, j.done = cmd, make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(j.done)
-	}()
-	if err := j.waitReady(); err != nil {
+	if err := j.proc.WaitReady(startTimeout, j.ready); err != nil {
 		j.Stop()
-		return fmt.Errorf("%w\njaeger output:\n%s", err, j.out.String())
+		return err
 	}
 	return nil
 }
 
-// waitReady polls the health check, the query API and the receivers.
-func (j *Jaeger) waitReady() error {
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	tick := time.NewTicker(25 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if j.ready(ctx) {
-			return nil
-		}
-		select {
-		case <-j.done:
-			return errors.New("jaeger exited before it was ready")
-		case <-ctx.Done():
-			return fmt.Errorf("jaeger was not ready after %s", startTimeout)
-		case <-tick.C:
-		}
-	}
-}
-
+// ready checks the health check, the query API and the receivers.
 func (j *Jaeger) ready(ctx context.Context) bool {
 	var health struct {
 		Healthy bool   `json:"healthy"`
@@ -240,41 +196,22 @@ func (j *Jaeger) ready(ctx context.Context) bool {
 }
 
 func (j *Jaeger) get(ctx context.Context, u string) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	resp, err := j.http.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, body, err
+	return daemon.Get(ctx, j.http, u)
 }
 
-// Stop ends Jaeger (SIGTERM, then SIGKILL after 5s) and waits for it.
+// Stop ends Jaeger (SIGTERM, then SIGKILL) and waits for it.
 func (j *Jaeger) Stop() {
-	j.once.Do(func() {
-		if j.cmd == nil || j.cmd.Process == nil {
-			return
-		}
-		_ = j.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-j.done:
-		case <-time.After(5 * time.Second):
-			_ = j.cmd.Process.Kill()
-			<-j.done
-		}
-	})
+	if j.proc != nil {
+		j.proc.Stop()
+	}
 }
 
 // Output is what Jaeger printed so far.
 func (j *Jaeger) Output() string {
-	if j.out == nil {
+	if j.proc == nil {
 		return ""
 	}
-	return j.out.String()
+	return j.proc.Output()
 }
 
 // OTLPGRPCEndpoint is the OTLP/gRPC receiver as an OTEL_EXPORTER_OTLP_ENDPOINT
@@ -521,5 +458,3 @@ func truncate(b []byte) string {
 	}
 	return string(b)
 }
-
-type lockedBuffer = syncbuf.Buffer

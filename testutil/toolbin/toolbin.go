@@ -1,6 +1,8 @@
-// Package toolbin finds the external programs that tools/build.sh builds
-// into tools/bin (the real Consul and Jaeger the tests start). A missing
-// program is an error that says how to build it: tests fail, never skip.
+// Package toolbin finds the external programs the tests start: the ones
+// tools/build.sh builds into tools/bin (the real Consul and Jaeger) and the
+// ones a system package installs on $PATH (Prometheus, by
+// tools/install-prometheus.sh). A missing program is an error that says how
+// to get it: tests fail, never skip.
 package toolbin
 
 import (
@@ -8,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 )
 
@@ -16,14 +19,27 @@ type Tool struct {
 	Name   string // the file in tools/bin, also the argument of tools/build.sh
 	EnvVar string // overrides the path when set
 	About  string // what tools/build.sh builds, for the error message
+	// Install, when set, is the command that installs the program on
+	// $PATH (a system package): Path then looks it up there instead of in
+	// tools/bin.
+	Install string
 }
 
 // Path returns the program's path: $EnvVar when set, else
-// tools/bin/<Name> under the repository root.
+// tools/bin/<Name> under the repository root (or <Name> on $PATH for a
+// Tool with Install).
 func (t Tool) Path() (string, error) {
 	if p := os.Getenv(t.EnvVar); p != "" {
 		if _, err := os.Stat(p); err != nil {
 			return "", fmt.Errorf("%s binary from $%s: %w", t.Name, t.EnvVar, err)
+		}
+		return p, nil
+	}
+	if t.Install != "" {
+		p, err := exec.LookPath(t.Name)
+		if err != nil {
+			return "", fmt.Errorf("%s binary not found on $PATH: install it with `%s` "+
+				"(from the repository root; %s) or set $%s", t.Name, t.Install, t.About, t.EnvVar)
 		}
 		return p, nil
 	}

@@ -74,6 +74,12 @@ func (e Env) Run(ctx context.Context, args []string) error {
 	return &usageError{msg: fmt.Sprintf("unknown subcommand %q", args[0])}
 }
 
+// stopped reports whether err is a start given up because ctx ended (a stop
+// during startup, e.g. while a large configuration is applied): a normal end.
+func stopped(ctx context.Context, err error) bool {
+	return ctx.Err() != nil && errors.Is(err, ctx.Err())
+}
+
 // shutdownOK reports whether err is a normal end of a server.
 func shutdownOK(err error) bool {
 	return err == nil || errors.Is(err, context.Canceled)

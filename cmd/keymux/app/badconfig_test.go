@@ -34,6 +34,8 @@ var badConfigs = []struct {
 	}},
 	{"bad-settings.json", []string{`settings: field "strategy": unknown strategy "fastest" (want adjust_by_error_rate, affinity, least_used, random, round_robin, weighted_by_usage)`}},
 	{"unknown-key.json", []string{`rules/r1: field "key": unknown key "nope"`}},
+	{"two-documents.yaml", []string{"bad config file: more than one YAML document"}},
+	{"null-document.yaml", []string{"keys/k1: want a JSON object, got null"}},
 }
 
 func TestBadConfigFilesRefusedAlike(t *testing.T) {

@@ -77,6 +77,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 	sc, err := startSidecar(ctx, o, log, stdout)
 	if err != nil {
+		if stopped(ctx, err) {
+			return nil
+		}
 		return err
 	}
 	em, err := emulator.New(emulator.Config{

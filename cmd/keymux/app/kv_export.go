@@ -1,10 +1,11 @@
 package app
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
-
-	"github.com/tidwall/sjson"
+	"io"
+	"strings"
 
 	"github.com/keymux/keymux/store"
 	"github.com/keymux/keymux/store/consul"
@@ -58,18 +59,58 @@ func (c *kvCmd) exportCmd(args []string) error {
 	return err
 }
 
-// maskSecret replaces a top-level "secret" string with maskedSecret.
+// maskSecret rebuilds a keys document member by member, replacing the value
+// of every secret-bearing member with maskedSecret: each "secret" (duplicates
+// and case or escape variants included: names are compared decoded and
+// case-insensitively) and each "secret_ref" that is not an env: or file:
+// reference (often a pasted secret). A document that is not one JSON object
+// is not shown at all.
 func maskSecret(raw []byte) []byte {
-	var d map[string]json.RawMessage
-	if json.Unmarshal(raw, &d) != nil {
-		return raw
+	const unmaskable = `{"error":"cannot mask this document"}`
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return []byte(unmaskable)
 	}
-	if _, ok := d["secret"]; !ok {
-		return raw
+	var out bytes.Buffer
+	out.WriteByte('{')
+	for dec.More() {
+		tok, err := dec.Token()
+		name, ok := tok.(string)
+		var v json.RawMessage
+		if err != nil || !ok || dec.Decode(&v) != nil {
+			return []byte(unmaskable)
+		}
+		if out.Len() > 1 {
+			out.WriteByte(',')
+		}
+		n, _ := json.Marshal(name)
+		out.Write(n)
+		out.WriteByte(':')
+		if secretBearing(name, v) {
+			v, _ = json.Marshal(maskedSecret)
+		}
+		out.Write(v)
 	}
-	v, err := sjson.SetBytes(raw, "secret", maskedSecret)
-	if err != nil {
-		return []byte(`{"error":"cannot mask this document"}`)
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
+		return []byte(unmaskable)
 	}
-	return v
+	if _, err := dec.Token(); err != io.EOF {
+		return []byte(unmaskable)
+	}
+	out.WriteByte('}')
+	return out.Bytes()
+}
+
+// secretBearing reports whether a keys document's top-level member may hold
+// a secret.
+func secretBearing(name string, v json.RawMessage) bool {
+	switch {
+	case strings.EqualFold(name, "secret"):
+		return true
+	case strings.EqualFold(name, "secret_ref"):
+		var ref string
+		return json.Unmarshal(v, &ref) != nil ||
+			!(strings.HasPrefix(ref, "env:") || strings.HasPrefix(ref, "file:"))
+	}
+	return false
 }

@@ -166,6 +166,12 @@ func TestKVExportMasksSecrets(t *testing.T) {
 	if strings.Contains(out, "health") {
 		t.Errorf("export includes health entries:\n%s", out)
 	}
+	// A document written straight to KV with its secret twice: both masked.
+	put(t, a, "keys/k3", `{"provider":"openai","secret":"sk-test-dup-1","secret":"sk-test-dup-2"}`)
+	if out := mustKV(t, a, "export"); strings.Contains(out, "sk-test-dup") || strings.Count(out, maskedSecret) != 3 { // k1 and k3 twice
+		t.Errorf("export of a duplicate secret:\n%s", out)
+	}
+	mustKV(t, a, "keys", "rm", "k3", "--force")
 	out = mustKV(t, a, "export", "--show-secrets")
 	if !strings.Contains(out, `"secret": "sk-test-k1"`) {
 		t.Errorf("export --show-secrets lacks the secret:\n%s", out)
@@ -319,5 +325,29 @@ func TestKVReadsStdin(t *testing.T) {
 	_, err = kvRunIn(t, a, `{"provider":"openai","secret":"sk-test-leak","weight":0}`, "keys", "add", "k2", "--file", "-")
 	if err == nil || err.Error() != `keymux/keys/k2: keys/k2: field "weight": must be > 0` || getKV(t, a, "keys/k2") != nil {
 		t.Errorf("keys add of a bad document from stdin: %v", err)
+	}
+}
+
+func TestMaskSecret(t *testing.T) {
+	const m = `"` + maskedSecret + `"`
+	for _, tc := range []struct{ name, in, want string }{
+		{"one secret", `{"provider":"openai","secret":"sk-a"}`, `{"provider":"openai","secret":` + m + `}`},
+		{"duplicate secret", `{"secret":"sk-a","secret":"sk-b"}`, `{"secret":` + m + `,"secret":` + m + `}`},
+		{"escaped name", `{"secr\u0065t":"sk-a"}`, `{"secret":` + m + `}`},
+		{"other case", `{"SECRET":"sk-a"}`, `{"SECRET":` + m + `}`},
+		{"non-string secret", `{"secret":{"v":"sk-a"}}`, `{"secret":` + m + `}`},
+		{"env reference kept", `{"secret_ref":"env:OPENAI_API_KEY"}`, `{"secret_ref":"env:OPENAI_API_KEY"}`},
+		{"file reference kept", `{"secret_ref":"file:/run/secrets/k"}`, `{"secret_ref":"file:/run/secrets/k"}`},
+		{"pasted secret_ref", `{"secret_ref":"sk-a"}`, `{"secret_ref":` + m + `}`},
+		{"nested secret kept", `{"labels":{"secret":"x"}}`, `{"labels":{"secret":"x"}}`},
+		{"not an object", `["sk-a"]`, `{"error":"cannot mask this document"}`},
+		{"trailing data", `{"secret":"sk-a"} "sk-b"`, `{"error":"cannot mask this document"}`},
+		{"truncated", `{"secret":"sk-a","secret":`, `{"error":"cannot mask this document"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := string(maskSecret([]byte(tc.in))); got != tc.want {
+				t.Errorf("maskSecret(%s) = %s, want %s", tc.in, got, tc.want)
+			}
+		})
 	}
 }

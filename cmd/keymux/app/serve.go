@@ -44,6 +44,7 @@ type serveOptions struct {
 	stateDir     string
 	grpcAddr     string
 	adminAddr    string
+	pprofAddr    string
 	logLevel     string
 	logFormat    string
 	callLog      string
@@ -101,6 +102,7 @@ func (o *serveOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.stateDir, "state-dir", "", "directory for the last-good snapshot of the Consul configuration")
 	fs.StringVar(&o.grpcAddr, "grpc", "127.0.0.1:50051", "ext_proc gRPC address, host:port or unix:PATH")
 	fs.StringVar(&o.adminAddr, "admin", "127.0.0.1:9464", "admin HTTP address (/healthz /readyz /status /stats /metrics)")
+	fs.StringVar(&o.pprofAddr, "pprof", "", "serve Go's /debug/pprof/ profiles on this address (off by default)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&o.callLog, "call-log", "", "call log destination: a file path, \"-\" for stdout, empty for none")
@@ -194,6 +196,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	sc, err := startSidecar(ctx, o, log, stdout)
 	if err != nil {
+		if stopped(ctx, err) {
+			return nil
+		}
 		return err
 	}
 	fmt.Fprintf(stdout, "keymux ready grpc=%s admin=%s\n", sc.grpcAddr(), sc.adminAddr())
@@ -215,6 +220,7 @@ type sidecar struct {
 	drain     time.Duration
 	admin     *http.Server
 	adminLis  net.Listener
+	pprof     *http.Server // nil without --pprof
 	callLog   io.Closer
 	consul    *api.Client                   // nil without --consul
 	consulSrc atomic.Pointer[consul.Source] // set once the Consul source exists
@@ -255,7 +261,10 @@ func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdo
 	if err := sc.startGRPC(ctx, o, tp); err != nil {
 		return sc, err
 	}
-	return sc, sc.startAdmin(o.adminAddr)
+	if err := sc.startAdmin(o.adminAddr); err != nil {
+		return sc, err
+	}
+	return sc, sc.startPprof(o.pprofAddr)
 }
 
 // startTelemetry sets up OpenTelemetry, the call log and the telemetry
@@ -518,6 +527,9 @@ func (sc *sidecar) close() error {
 	var errs []error
 	if sc.admin != nil {
 		errs = append(errs, sc.admin.Shutdown(ctx))
+	}
+	if sc.pprof != nil {
+		errs = append(errs, sc.pprof.Close())
 	}
 	for _, ch := range []chan error{sc.sourceErr, sc.healthErr} {
 		if ch != nil {

@@ -19,7 +19,7 @@ func (sc *sidecar) startSource(ctx context.Context, o serveOptions) error {
 	case o.config != "":
 		fsrc := store.NewFileSource(o.config, sc.store, sc.log)
 		fsrc.SetScope(o.scope())
-		if err := fsrc.Load(); err != nil {
+		if err := fsrc.Load(ctx); err != nil {
 			sc.sourceErr = nil
 			return fmt.Errorf("--config: %w", err)
 		}
@@ -44,7 +44,7 @@ func reloadOnHangup(ctx context.Context, fsrc *store.FileSource, log *slog.Logge
 		case <-ctx.Done():
 			return
 		case <-hup:
-			if err := fsrc.Reload(); err != nil {
+			if err := fsrc.Reload(ctx); err != nil {
 				log.Warn("reload on SIGHUP refused", "source", fsrc.Source(), "error", err)
 			} else {
 				log.Info("reloaded on SIGHUP", "source", fsrc.Source())

@@ -1,0 +1,329 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+)
+
+// exchange is the messages of one request, as Envoy sends them.
+type exchange struct {
+	msgs []*extprocv3.ProcessingRequest
+}
+
+func hv(k, v string) *corev3.HeaderValue { return &corev3.HeaderValue{Key: k, RawValue: []byte(v)} }
+
+// chatBody is a 1 KB chat-completions request body.
+func chatBody() []byte {
+	head := `{"model":"gpt-4","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"`
+	tail := `"}],"temperature":0.2,"max_tokens":64}`
+	return []byte(head + strings.Repeat("x", 1024-len(head)-len(tail)) + tail)
+}
+
+// newExchange is a chat completion through Envoy with a buffered request
+// body: request headers (with the headers the official OpenAI SDKs send),
+// the body, then the upstream's response headers.
+func newExchange() exchange {
+	body := chatBody()
+	reqHeaders := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
+		Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+			hv(":authority", "gateway.local:10000"), hv(":path", "/v1/chat/completions"), hv(":method", "POST"), hv(":scheme", "http"),
+			hv("authorization", "Bearer "+clientToken), hv("content-type", "application/json"),
+			hv("content-length", strconv.Itoa(len(body))), hv("x-request-id", "7f1c2a9e-3b4d-4e5f-8a6b-0c1d2e3f4a5b"),
+			hv("user-agent", "OpenAI/Python 1.82.0"), hv("accept", "application/json"), hv("accept-encoding", "gzip, deflate"),
+			hv("x-stainless-lang", "python"), hv("x-stainless-package-version", "1.82.0"), hv("x-stainless-os", "Linux"),
+			hv("x-stainless-arch", "x64"), hv("x-stainless-runtime", "CPython"), hv("x-stainless-runtime-version", "3.12.3"),
+			hv("x-stainless-async", "false"), hv("x-stainless-retry-count", "0"), hv("x-stainless-read-timeout", "600"),
+			hv("x-forwarded-proto", "http"),
+		}},
+	}}}
+	reqBody := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: body, EndOfStream: true}}}
+	respHeaders := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{
+		Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+			hv(":status", "200"), hv("content-type", "application/json"), hv("content-length", "512"),
+		}},
+	}}}
+	return exchange{msgs: []*extprocv3.ProcessingRequest{reqHeaders, reqBody, respHeaders}}
+}
+
+// run plays one request on conn: a Process stream, each message answered
+// by a reply of its kind, half-close, end of stream.
+func (x exchange) run(ctx context.Context, client extprocv3.ExternalProcessorClient) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := client.Process(ctx)
+	if err != nil {
+		return err
+	}
+	for _, m := range x.msgs {
+		if err := stream.Send(m); err != nil {
+			return fmt.Errorf("send %s: %w", kindName(m), err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			return fmt.Errorf("reply to %s: %w", kindName(m), err)
+		}
+		if err := checkReply(m, resp); err != nil {
+			return err
+		}
+	}
+	if err := stream.CloseSend(); err != nil {
+		return err
+	}
+	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("after half-close: want end of stream, got %v", err)
+	}
+	return nil
+}
+
+// checkReply checks that resp is a reply of req's kind (not an immediate
+// response: keymux refusing the request would measure the wrong path).
+func checkReply(req *extprocv3.ProcessingRequest, resp *extprocv3.ProcessingResponse) error {
+	ok := false
+	switch req.GetRequest().(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		ok = resp.GetRequestHeaders() != nil
+	case *extprocv3.ProcessingRequest_RequestBody:
+		ok = resp.GetRequestBody() != nil
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		ok = resp.GetResponseHeaders() != nil
+	}
+	if !ok {
+		if ir := resp.GetImmediateResponse(); ir != nil {
+			return fmt.Errorf("reply to %s: immediate response %d: %s", kindName(req), ir.GetStatus().GetCode(), ir.GetBody())
+		}
+		return fmt.Errorf("reply to %s: got %T", kindName(req), resp.GetResponse())
+	}
+	return nil
+}
+
+func kindName(m *extprocv3.ProcessingRequest) string {
+	return strings.TrimPrefix(fmt.Sprintf("%T", m.GetRequest()), "*ext_procv3.ProcessingRequest_")
+}
+
+// phase sends requests from conc workers until d has passed or n requests
+// (0: no limit) were sent, and returns each request's latency and the
+// phase's wall time. The first error ends the phase.
+func phase(ctx context.Context, conn *grpc.ClientConn, x exchange, conc int, d time.Duration, n int) ([]time.Duration, time.Duration, error) {
+	client := extprocv3.NewExternalProcessorClient(conn)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	deadline := time.Now().Add(d)
+	var sent atomic.Int64
+	var mu sync.Mutex
+	var all []time.Duration
+	var firstErr error
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range conc {
+		wg.Go(func() {
+			var lat []time.Duration
+			for ctx.Err() == nil && time.Now().Before(deadline) && (n == 0 || sent.Add(1) <= int64(n)) {
+				t0 := time.Now()
+				if err := x.run(ctx, client); err != nil {
+					mu.Lock()
+					if firstErr == nil && ctx.Err() == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					cancel()
+					break
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			mu.Lock()
+			all = append(all, lat...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	wall := time.Since(start)
+	if firstErr == nil && ctx.Err() != nil {
+		firstErr = ctx.Err()
+	}
+	return all, wall, firstErr
+}
+
+// result is one server's latencies and wall time at one concurrency,
+// summed over the rounds.
+type result struct {
+	lat  []time.Duration
+	wall time.Duration
+}
+
+func (r *result) add(lat []time.Duration, wall time.Duration) {
+	r.lat = append(r.lat, lat...)
+	r.wall += wall
+}
+
+// quantile is the q-quantile (nearest rank) of r's latencies.
+func (r *result) quantile(q float64) time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	s := slices.Clone(r.lat)
+	slices.Sort(s)
+	i := int(math.Ceil(q*float64(len(s)))) - 1
+	return s[max(i, 0)]
+}
+
+// throughput is requests per second.
+func (r *result) throughput() float64 {
+	if r.wall <= 0 {
+		return 0
+	}
+	return float64(len(r.lat)) / r.wall.Seconds()
+}
+
+func runLoad(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
+	levels, _ := o.levels()
+	dir, err := os.MkdirTemp("", "extprocload-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bin := o.keymux
+	if bin == "" {
+		if bin, err = buildKeymux(ctx, dir, stderr); err != nil {
+			return err
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	upstream, stopStub, err := probeStub()
+	if err != nil {
+		return err
+	}
+	defer stopStub()
+	cfg, err := writeConfig(dir, o.keys, upstream)
+	if err != nil {
+		return err
+	}
+	args := []string{"serve", "--config", cfg, "--grpc", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+		"--allow-upstream", upstream, "--log-level", "warn"}
+	var pprofAddr string
+	if o.cpuProfile != "" || o.allocProfile != "" {
+		if pprofAddr, err = freeAddr(); err != nil {
+			return err
+		}
+		args = append(args, "--pprof", pprofAddr)
+	}
+	km, err := startServer(ctx, "keymux", bin, args, stderr, o.readyWithin)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, km.stop()) }()
+	noop, err := startServer(ctx, "noop", self, []string{"-noop", "-grpc", "127.0.0.1:0"}, stderr, o.readyWithin)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, noop.stop()) }()
+
+	x := newExchange()
+	servers := []*server{km, noop}
+	for _, s := range servers {
+		if o.warmup == 0 {
+			break
+		}
+		if _, _, err := phase(ctx, s.conn, x, 1, time.Hour, o.warmup); err != nil {
+			return fmt.Errorf("warm-up of %s: %w", s.name, err)
+		}
+	}
+	var prof chan error
+	if o.cpuProfile != "" {
+		perRound := 2 * o.duration
+		total := time.Duration(len(levels)*o.rounds) * perRound
+		prof = make(chan error, 1)
+		secs := max(int(total.Round(time.Second)/time.Second), 1)
+		go func() { prof <- fetchProfile(ctx, pprofAddr, fmt.Sprintf("profile?seconds=%d", secs), o.cpuProfile) }()
+	}
+	results := make(map[string][]result, len(servers))
+	for _, s := range servers {
+		results[s.name] = make([]result, len(levels))
+	}
+	for li, c := range levels {
+		for range o.rounds {
+			for _, s := range servers {
+				lat, wall, err := phase(ctx, s.conn, x, c, o.duration, o.requests)
+				if err != nil {
+					return fmt.Errorf("%s at concurrency %d: %w", s.name, c, err)
+				}
+				results[s.name][li].add(lat, wall)
+			}
+		}
+	}
+	if prof != nil {
+		if err := <-prof; err != nil {
+			return err
+		}
+	}
+	if o.allocProfile != "" {
+		if err := fetchProfile(ctx, pprofAddr, "allocs", o.allocProfile); err != nil {
+			return err
+		}
+	}
+	writeTable(stdout, levels, results["keymux"], results["noop"])
+	return nil
+}
+
+// fetchProfile saves the profile /debug/pprof/NAME from keymux's --pprof
+// endpoint.
+func fetchProfile(ctx context.Context, addr, name, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/debug/pprof/"+name, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("profile %s: %w", name, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile %s: %s", name, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// writeTable prints the Markdown table of keymux against the no-op server.
+func writeTable(w io.Writer, levels []int, km, noop []result) {
+	ms := func(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 2, 64) }
+	ratio := func(a, b float64) string {
+		if b == 0 {
+			return "-"
+		}
+		return strconv.FormatFloat(a/b, 'f', 2, 64)
+	}
+	fmt.Fprintln(w, "| concurrency | requests keymux / no-op | keymux p50 / p99 (ms) | no-op p50 / p99 (ms) | ratio p50 / p99 | keymux / no-op req/s | throughput ratio |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	for i, c := range levels {
+		k, n := &km[i], &noop[i]
+		kp50, kp99, np50, np99 := k.quantile(.5), k.quantile(.99), n.quantile(.5), n.quantile(.99)
+		fmt.Fprintf(w, "| %d | %d / %d | %s / %s | %s / %s | %s / %s | %.0f / %.0f | %s |\n", c, len(k.lat), len(n.lat),
+			ms(kp50), ms(kp99), ms(np50), ms(np99), ratio(float64(kp50), float64(np50)), ratio(float64(kp99), float64(np99)),
+			k.throughput(), n.throughput(), ratio(k.throughput(), n.throughput()))
+	}
+}

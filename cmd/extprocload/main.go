@@ -1,0 +1,53 @@
+// Command extprocload measures the real `keymux serve` against a no-op
+// ext_proc server over loopback gRPC, playing Envoy's side of the exchange.
+//
+// Per request it opens a Process stream and sends what Envoy sends for a
+// chat completion with a buffered body: the request headers (the official
+// SDKs' usual headers), a 1 KB chat-completions body (end_of_stream), the
+// response headers (200, application/json), then half-closes; it checks the
+// kind of every reply. It starts both servers as separate processes — the
+// keymux binary with a generated configuration of -keys keys, and itself in
+// -noop mode (an empty reply of the matching kind to every message) — and
+// runs rounds interleaved (keymux, no-op, keymux, no-op, …) at each
+// concurrency. It prints p50, p99 and throughput of each and their ratios as
+// a Markdown table, then stops both servers.
+//
+//	go run ./cmd/extprocload                      # builds ./cmd/keymux first
+//	go run ./cmd/extprocload -keymux ./keymux -rounds 4 -duration 2s -cpuprofile cpu.pprof
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "extprocload:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o options
+	fs := flag.NewFlagSet("extprocload", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.noop {
+		return serveNoop(ctx, o.grpc, stdout)
+	}
+	if err := o.check(); err != nil {
+		return err
+	}
+	return runLoad(ctx, o, stdout, stderr)
+}
