@@ -367,9 +367,6 @@ func TestJoinOrders(t *testing.T) {
 		&accesslogv3.HTTPAccessLogEntry{},
 		entry("bad-status", 42),
 		entry("", 200),
-		entry("neg", 200, usageMeta(map[string]*structpb.Value{metaInputTokens: structpb.NewNumberValue(-1)})),
-		entry("frac", 200, usageMeta(map[string]*structpb.Value{metaOutputTokens: structpb.NewNumberValue(1.5)})),
-		entry("bool", 200, usageMeta(map[string]*structpb.Value{metaOutputTokens: structpb.NewBoolValue(true)})),
 		noCallID, periodic,
 	))
 	f.s.accessLogs(&alsv3.StreamAccessLogsMessage{}) // identifier only
@@ -377,7 +374,7 @@ func TestJoinOrders(t *testing.T) {
 	f.s.ledger.sweep(f.clock.Now())
 
 	st := f.s.AccessLogStatus()
-	want := map[string]uint64{dropDuplicate: 1, dropLate: 1, dropUnknown: 1, dropMalformed: 6, dropNotForwarded: 1, dropIntermediate: 1, dropFull: 0}
+	want := map[string]uint64{dropDuplicate: 1, dropLate: 1, dropUnknown: 1, dropMalformed: 3, dropNotForwarded: 1, dropIntermediate: 1, dropFull: 0}
 	for r, n := range want {
 		if st.Dropped[r] != n {
 			t.Errorf("dropped[%s] = %d, want %d", r, st.Dropped[r], n)
@@ -703,5 +700,35 @@ func TestEntryForAnotherKey(t *testing.T) {
 	f.s.accessLogs(batch(e))
 	if st := f.s.AccessLogStatus(); st.Dropped[dropMalformed] != 1 || st.Pending != 1 || f.key().RT.State().ConsecutiveFailures != 0 {
 		t.Errorf("status %+v, key %+v", st, f.key().RT.State())
+	}
+}
+
+// TestEntryUsageValues: a negative token count reads as 0 (as the body
+// scanner reads it); a count keymux cannot believe (fractional, not a
+// number, above 2^40) leaves the call without usage but keeps Envoy's
+// account of it.
+func TestEntryUsageValues(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		in, out *structpb.Value
+		known   bool
+		wantIn  int64
+		wantOut int64
+	}{
+		{"whole numbers", structpb.NewNumberValue(5), structpb.NewStringValue("7"), true, 5, 7},
+		{"negative reads as 0", structpb.NewNumberValue(-10), structpb.NewNumberValue(3), true, 0, 3},
+		{"fractional", structpb.NewNumberValue(2), structpb.NewNumberValue(1.5), false, 0, 0},
+		{"not a number", structpb.NewBoolValue(true), structpb.NewNumberValue(3), false, 0, 0},
+		{"above 2^40", structpb.NewNumberValue(2), structpb.NewNumberValue(1 << 41), false, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := readEntry(entry("c1", 502, usageMeta(map[string]*structpb.Value{metaInputTokens: tc.in, metaOutputTokens: tc.out})))
+			if err != nil {
+				t.Fatalf("readEntry: %v", err)
+			}
+			if r.usageKnown != tc.known || r.input != tc.wantIn || r.output != tc.wantOut || r.status != 502 || r.callID != "c1" {
+				t.Errorf("record %+v", r)
+			}
+		})
 	}
 }
