@@ -37,13 +37,14 @@ type serveProc struct {
 	cmd    *exec.Cmd
 	admin  string // http://127.0.0.1:PORT
 	stderr *syncbuf.Buffer
-	exited chan error
+	exited chan struct{} // closed once the process has exited (err is set)
+	err    error
 }
 
 // startServe runs `keymux serve` with args and waits for its readiness line.
 func startServe(t *testing.T, bin string, args ...string) *serveProc {
 	t.Helper()
-	p := &serveProc{cmd: exec.Command(bin, append([]string{"serve"}, args...)...), stderr: &syncbuf.Buffer{}, exited: make(chan error, 1)}
+	p := &serveProc{cmd: exec.Command(bin, append([]string{"serve"}, args...)...), stderr: &syncbuf.Buffer{}, exited: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {
@@ -52,31 +53,22 @@ func startServe(t *testing.T, bin string, args ...string) *serveProc {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if rest, ok := strings.CutPrefix(sc.Text(), "keymux ready "); ok {
-				ready <- rest
-			}
-		}
-		close(ready)
-		p.exited <- p.cmd.Wait()
-	}()
+	ready := &gateway{t: t}
+	ok := ready.readReady(out) // then drains the rest of stdout
+	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
-		if p.cmd.ProcessState == nil {
+		select {
+		case <-p.exited:
+		default:
 			_ = p.cmd.Process.Kill()
+			<-p.exited
 		}
 	})
-	rest, ok := <-ready
 	if !ok {
-		t.Fatalf("keymux serve exited before it was ready: %v\nstderr:\n%s", <-p.exited, p.stderr.String())
+		<-p.exited
+		t.Fatalf("keymux serve exited before it was ready: %v\nstderr:\n%s", p.err, p.stderr.String())
 	}
-	for _, f := range strings.Fields(rest) {
-		if v, ok := strings.CutPrefix(f, "admin="); ok {
-			p.admin = "http://" + v
-		}
-	}
+	p.admin = ready.admin
 	return p
 }
 
@@ -184,9 +176,9 @@ func TestRestartDoesNotCutStream(t *testing.T) {
 		t.Fatalf("stream took %v, want about 3s", elapsed)
 	}
 	select {
-	case err := <-old.exited:
-		if err != nil {
-			t.Fatalf("old process: %v\nstderr:\n%s", err, old.stderr.String())
+	case <-old.exited:
+		if old.err != nil {
+			t.Fatalf("old process: %v\nstderr:\n%s", old.err, old.stderr.String())
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("old process did not exit within 10s of the stream's end")
