@@ -22,8 +22,12 @@ const (
 )
 
 // HeaderCall carries a forwarded request's internal call id from the
-// router-level exchange to the upstream filter's exchanges of its attempts;
-// the upstream filter removes it before the provider.
+// router-level exchange to the upstream filter's exchange of its first
+// attempt; the upstream filter removes it before the provider. Envoy's
+// upstream filters change the request headers in place, so a retry no
+// longer carries it: the later attempts join the call by its x-request-id
+// (which Envoy generates for an external request), unless two open calls
+// share one (then they are not retried).
 const HeaderCall = "x-keymux-call"
 
 // hdrMaxRetries is Envoy's per-request retry count, which keymux sets at
@@ -79,17 +83,47 @@ func eligibleNow(e *store.Entry, now time.Time) bool {
 	return ok && keyWithinLimits(e, now)
 }
 
-// share registers the forwarded call's attempts under its call id.
-func (x *exchange) share() {
+// ambiguousRequest marks an x-request-id that two open calls share.
+var ambiguousRequest = new(attempts)
+
+// share registers the forwarded call's attempts under its call id and its
+// request id, and reports whether its retries can be joined to it.
+func (x *exchange) share() bool {
 	x.att = &attempts{x: x, entry: x.entry, model: x.call.ModelFinal, tried: []*store.Entry{x.entry}}
 	x.s.calls.Store(x.callID, x.att)
+	rid := x.hdr.requestID
+	if rid == "" {
+		return false
+	}
+	if _, loaded := x.s.requests.LoadOrStore(rid, x.att); loaded {
+		x.s.requests.Store(rid, ambiguousRequest)
+		return false
+	}
+	return true
 }
 
 // unshare ends the call's attempts.
 func (x *exchange) unshare() {
-	if x.att != nil {
-		x.s.calls.Delete(x.callID)
+	if x.att == nil {
+		return
 	}
+	x.s.calls.Delete(x.callID)
+	if rid := x.hdr.requestID; rid != "" && !x.s.requests.CompareAndDelete(rid, x.att) {
+		x.s.requests.CompareAndDelete(rid, ambiguousRequest)
+	}
+}
+
+// attemptsOf finds the call an upstream attempt belongs to: the first by
+// its call id, a retry by its request id. nil: a request keymux did not
+// forward, or one it cannot tell apart.
+func (s *Server) attemptsOf(hm *corev3.HeaderMap) *attempts {
+	if v, ok := s.calls.Load(findHeader(hm, HeaderCall)); ok {
+		return v.(*attempts)
+	}
+	if v, ok := s.requests.Load(findHeader(hm, hdrRequestID)); ok && v != ambiguousRequest {
+		return v.(*attempts)
+	}
+	return nil
 }
 
 // fromAttempts takes the key and model of the last upstream attempt and
@@ -143,16 +177,19 @@ func (u *upstreamExchange) handle(req *extprocv3.ProcessingRequest) *extprocv3.P
 // same host on the request: its credentials, its path and its model.
 func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	mut := &extprocv3.HeaderMutation{RemoveHeaders: attemptHeaders}
-	if v, ok := u.s.calls.Load(findHeader(h.GetHeaders(), HeaderCall)); ok {
-		u.a = v.(*attempts)
-	}
-	if u.a == nil {
+	if u.a = u.s.attemptsOf(h.GetHeaders()); u.a == nil {
 		return headersReply(mut, false)
 	}
 	a, x := u.a, u.a.x
 	now := x.s.now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.n == 0 && findHeader(h.GetHeaders(), HeaderCall) == "" {
+		// A retry of a call whose first attempt did not come through
+		// keymux's upstream filter: leave it alone.
+		u.a = nil
+		return headersReply(mut, false)
+	}
 	a.upstream = true
 	a.n++
 	if a.n > 1 {

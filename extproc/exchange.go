@@ -328,10 +328,13 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 		setHeader(hdrPath, t.path),
 	)
 	mut.SetHeaders = append(mut.SetHeaders, t.headers...)
+	retries := 0
+	if x.share() {
+		retries = x.retriesFor(entry, x.s.now())
+	}
 	mut.SetHeaders = append(mut.SetHeaders,
 		setHeader(HeaderCall, x.callID),
-		setHeader(hdrMaxRetries, strconv.Itoa(x.retriesFor(entry, x.s.now()))))
-	x.share()
+		setHeader(hdrMaxRetries, strconv.Itoa(retries)))
 	if tp := x.s.observer.Begin(&x.call); tp != "" {
 		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrTraceparent, tp))
 	}

@@ -55,6 +55,7 @@ type Server struct {
 	now      func() time.Time
 	clients  sync.Map // client id → *clientCounters
 	calls    sync.Map // call id → *attempts, while the call's Process stream is open
+	requests sync.Map // x-request-id → *attempts (or ambiguousRequest), likewise
 
 	ledger     *ledger
 	closing    chan struct{} // closed by Drain: access-log streams end
