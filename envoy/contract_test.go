@@ -216,8 +216,8 @@ func checkExtProc(t *testing.T, c *extprocv3.ExternalProcessor) {
 	if !c.GetMutationRules().GetAllowAllRouting().GetValue() {
 		t.Error("mutation_rules.allow_all_routing != true: keymux could not set :authority")
 	}
-	if c.GetMutationRules().GetAllowEnvoy().GetValue() {
-		t.Error("mutation_rules.allow_envoy = true: x-envoy-* must stay protected")
+	if !c.GetMutationRules().GetAllowEnvoy().GetValue() {
+		t.Error("mutation_rules.allow_envoy != true: keymux could not set x-envoy-max-retries")
 	}
 	if got := c.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(); !slices.Equal(got, []string{metadataNamespace}) {
 		t.Errorf("receiving_namespaces.untyped = %v, want [%s]", got, metadataNamespace)
@@ -252,8 +252,49 @@ func checkUpstreamRoute(t *testing.T, r *routev3.Route, cluster string, mustRemo
 	if got := a.GetIdleTimeout().AsDuration(); got != 300*time.Second {
 		t.Errorf("route %q idle_timeout = %v, want 300s", r.GetName(), got)
 	}
-	if a.GetRetryPolicy() != nil {
-		t.Errorf("route %q has a retry_policy: POSTs must not be retried by Envoy", r.GetName())
+	checkRetryPolicy(t, r.GetName(), a.GetRetryPolicy())
+}
+
+// checkRetryPolicy pins what Envoy may retry: a key's failure or what was
+// provably not processed, never a client error nor a 500/504; no retry
+// unless keymux's x-envoy-max-retries asks for one.
+func checkRetryPolicy(t *testing.T, route string, p *routev3.RetryPolicy) {
+	t.Helper()
+	if got, want := p.GetRetryOn(), "retriable-status-codes,reset,connect-failure,refused-stream"; got != want {
+		t.Errorf("route %q retry_on = %q, want %q", route, got, want)
+	}
+	if got, want := p.GetRetriableStatusCodes(), []uint32{429, 401, 403, 502, 503}; !slices.Equal(got, want) {
+		t.Errorf("route %q retriable_status_codes = %v, want %v", route, got, want)
+	}
+	if p.GetNumRetries().GetValue() != 0 {
+		t.Errorf("route %q num_retries = %d, want 0 (keymux sets x-envoy-max-retries)", route, p.GetNumRetries().GetValue())
+	}
+}
+
+// checkUpstreamFilters pins a forward-proxy cluster's upstream filter chain:
+// keymux's ext_proc on every attempt, marked as the upstream filter by its
+// gRPC initial metadata, then the codec.
+func checkUpstreamFilters(t *testing.T, c *clusterv3.Cluster, hpo *upstreamhttpv3.HttpProtocolOptions) {
+	t.Helper()
+	fs := hpo.GetHttpFilters()
+	if len(fs) != 2 || fs[0].GetName() != "envoy.filters.http.ext_proc" || fs[1].GetName() != "envoy.filters.http.upstream_codec" {
+		t.Fatalf("%s http_filters = %v, want ext_proc then upstream_codec", c.GetName(), fs)
+	}
+	ep := mustUnpack[*extprocv3.ExternalProcessor](t, fs[0].GetTypedConfig())
+	if got := ep.GetGrpcService().GetEnvoyGrpc().GetClusterName(); got != extProcCluster {
+		t.Errorf("%s upstream ext_proc cluster = %q, want %q", c.GetName(), got, extProcCluster)
+	}
+	md := ep.GetGrpcService().GetInitialMetadata()
+	if len(md) != 1 || md[0].GetKey() != extproc.FilterMetadataKey || md[0].GetValue() != extproc.FilterUpstream {
+		t.Errorf("%s upstream ext_proc initial_metadata = %v, want %s: %s", c.GetName(), md, extproc.FilterMetadataKey, extproc.FilterUpstream)
+	}
+	pm := ep.GetProcessingMode()
+	got := []string{pm.GetRequestHeaderMode().String(), pm.GetRequestBodyMode().String(), pm.GetResponseHeaderMode().String(), pm.GetResponseBodyMode().String()}
+	if want := []string{"SEND", "BUFFERED", "SEND", "NONE"}; !slices.Equal(got, want) {
+		t.Errorf("%s upstream processing modes = %v, want %v", c.GetName(), got, want)
+	}
+	if ep.GetFailureModeAllow() || !ep.GetMutationRules().GetAllowAllRouting().GetValue() {
+		t.Errorf("%s upstream ext_proc: failure_mode_allow = %v, allow_all_routing = %v; want false, true", c.GetName(), ep.GetFailureModeAllow(), ep.GetMutationRules().GetAllowAllRouting().GetValue())
 	}
 }
 
@@ -316,6 +357,7 @@ func checkDFPCluster(t *testing.T, c *clusterv3.Cluster, tls bool) {
 	if u := hpo.GetUpstreamHttpProtocolOptions(); !u.GetAutoSni() || !u.GetAutoSanValidation() {
 		t.Errorf("%s: auto_sni/auto_san_validation = %v/%v, want true/true", c.GetName(), u.GetAutoSni(), u.GetAutoSanValidation())
 	}
+	checkUpstreamFilters(t, c, hpo)
 	if !tls {
 		if c.GetTransportSocket() != nil {
 			t.Errorf("%s has a transport socket, want plain HTTP", c.GetName())

@@ -226,7 +226,9 @@ func (r *envoyRecord) upstreamFailure() (policy.Outcome, bool) {
 	switch {
 	case r.flags&(flagUT|flagUMSDR) != 0:
 		return policy.Outcome{Kind: policy.OutcomeTimeout, Status: r.status}, true
-	case r.flags&(flagUF|flagUC|flagUR|flagURX|flagUPE|flagDF) != 0:
+	// URX alone is not a failure: Envoy's retries ran out on a retriable
+	// answer, whose status already fed the key that gave it.
+	case r.flags&(flagUF|flagUC|flagUR|flagUPE|flagDF) != 0:
 		return policy.Outcome{Kind: policy.OutcomeServer, Status: r.status}, true
 	}
 	return policy.Outcome{}, false

@@ -171,6 +171,9 @@ func TestBookingByFlag(t *testing.T) {
 		{"UR URX remote reset, retries exhausted", "", func(id string) *accesslogv3.HTTPAccessLogEntry {
 			return entry(id, 503, flags(&accesslogv3.ResponseFlags{UpstreamRemoteReset: true, UpstreamRetryLimitExceeded: true}))
 		}, 503, "server", false, 1, 1},
+		{"URX alone: retries ran out on a 503 the key was fed", "503", func(id string) *accesslogv3.HTTPAccessLogEntry {
+			return entry(id, 503, flags(&accesslogv3.ResponseFlags{UpstreamRetryLimitExceeded: true}))
+		}, 503, "server", false, 1, 1},
 		{"UT upstream timeout", "", func(id string) *accesslogv3.HTTPAccessLogEntry {
 			return entry(id, 504, flags(&accesslogv3.ResponseFlags{UpstreamRequestTimeout: true}))
 		}, 504, "timeout", false, 1, 1},

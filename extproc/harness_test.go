@@ -397,6 +397,9 @@ type forwarded struct {
 	body       []byte // body mutation, nil when none
 	clearRoute bool
 	metadata   map[string]string // keymux's dynamic metadata
+	// The headers for Envoy's retries, taken out of set: the call id the
+	// upstream filter joins on and x-envoy-max-retries ("" when not set).
+	call, maxRetries string
 }
 
 // forwardOf reads a request headers or body reply, failing the test on an
@@ -419,6 +422,9 @@ func forwardOf(t testing.TB, resp *extprocv3.ProcessingResponse) forwarded {
 		}
 		f.set[h.GetHeader().GetKey()] = string(h.GetHeader().GetRawValue())
 	}
+	f.call, f.maxRetries = f.set[HeaderCall], f.set[hdrMaxRetries]
+	delete(f.set, HeaderCall)
+	delete(f.set, hdrMaxRetries)
 	f.removed = cr.GetHeaderMutation().GetRemoveHeaders()
 	f.body = cr.GetBodyMutation().GetBody()
 	f.clearRoute = cr.GetClearRouteCache()

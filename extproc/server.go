@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ import (
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/keymux/keymux/store"
@@ -61,6 +63,8 @@ type Server struct {
 	observer telemetry.Observer
 	now      func() time.Time
 	clients  sync.Map // client id → *clientCounters
+	calls    sync.Map // call id → *attempts, while the call's Process stream is open
+	requests sync.Map // x-request-id → *attempts (or ambiguousRequest), likewise
 
 	ledger     *ledger
 	fromBody   bool          // Config.UsageFromBody
@@ -176,6 +180,9 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 	ctx := stream.Context()
 	s.open.Add(1)
 	defer s.open.Add(-1)
+	if md, _ := metadata.FromIncomingContext(ctx); slices.Contains(md.Get(FilterMetadataKey), FilterUpstream) {
+		return s.processAttempt(stream)
+	}
 	x := newExchange(s)
 	defer x.finish()
 	for {
@@ -195,6 +202,28 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			return status.Error(codes.InvalidArgument, err.Error())
 		}
 		if err := stream.Send(resp); err != nil {
+			if status.Code(err) == codes.Canceled || errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("extproc: send: %w", err)
+		}
+	}
+}
+
+// processAttempt serves the upstream filter's stream of one upstream
+// attempt (attempt.go).
+func (s *Server) processAttempt(stream extprocv3.ExternalProcessor_ProcessServer) error {
+	u := &upstreamExchange{s: s}
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("extproc: receive: %w", err)
+		}
+		s.countMessage(req)
+		if err := stream.Send(u.handle(req)); err != nil {
 			if status.Code(err) == codes.Canceled || errors.Is(err, io.EOF) {
 				return nil
 			}
