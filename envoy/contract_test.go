@@ -210,8 +210,8 @@ func checkExtProc(t *testing.T, c *extprocv3.ExternalProcessor) {
 	if got := c.GetMessageTimeout().AsDuration(); got != 5*time.Second {
 		t.Errorf("message_timeout = %v, want 5s (200ms default times out on multi-MB bodies)", got)
 	}
-	if got := c.GetMaxMessageTimeout().AsDuration(); got < c.GetMessageTimeout().AsDuration() {
-		t.Errorf("max_message_timeout = %v, want >= message_timeout", got)
+	if c.GetMaxMessageTimeout() != nil {
+		t.Errorf("max_message_timeout = %v: keymux never sends override_message_timeout, drop it", c.GetMaxMessageTimeout().AsDuration())
 	}
 	if !c.GetMutationRules().GetAllowAllRouting().GetValue() {
 		t.Error("mutation_rules.allow_all_routing != true: keymux could not set :authority")
@@ -424,6 +424,14 @@ func TestBootstrapContract(t *testing.T) {
 				early = append(early, e.GetTypedConfig())
 			}
 			checkEarlyMutation(t, early, upstreamHeader, jwtPayloadHeader)
+			// An h2c stream's buffer limit is its window, not the listener's limit.
+			h2 := hcm.GetHttp2ProtocolOptions()
+			if s, c := h2.GetInitialStreamWindowSize().GetValue(), h2.GetInitialConnectionWindowSize().GetValue(); s == 0 || s > maxPromptBytes || c == 0 || c > maxPromptBytes {
+				t.Errorf("http2_protocol_options windows stream %d, connection %d: want both set and <= %d (Envoy's 256 MiB default lets h2c bodies past the limit)", s, c, maxPromptBytes)
+			}
+			if !hcm.GetSchemeHeaderTransformation().GetMatchUpstream() || hcm.GetSchemeHeaderTransformation().GetSchemeToOverwrite() != "" {
+				t.Errorf("scheme_header_transformation = %v, want match_upstream (https to TLS upstreams)", hcm.GetSchemeHeaderTransformation())
+			}
 
 			// Filter order: ext_proc, the usage readers, then the forward proxy, then the router.
 			fs := hcm.GetHttpFilters()
@@ -542,7 +550,7 @@ func TestSnippetContract(t *testing.T) {
 			for _, f := range s.HTTPFilters {
 				names = append(names, f.GetName())
 			}
-			want := []string{extProcFilter, dfpFilter}
+			want := []string{extProcFilter, jsonMetaFilter, sseMetaFilter, dfpFilter}
 			if tc.jwt {
 				want = append([]string{"envoy.filters.http.jwt_authn"}, want...)
 			}
@@ -558,6 +566,17 @@ func TestSnippetContract(t *testing.T) {
 			}
 			if !proto.Equal(filterByName(t, s.HTTPFilters, dfpFilter), ref[dfpFilter]) {
 				t.Error("dynamic_forward_proxy filter differs from envoy.yaml's")
+			}
+			// The usage readers: envoy.yaml's, off but on the routes to the providers.
+			for _, name := range []string{jsonMetaFilter, sseMetaFilter} {
+				f := filterByName(t, s.HTTPFilters, name)
+				if !f.GetDisabled() || !proto.Equal(f.GetTypedConfig(), ref[name].GetTypedConfig()) {
+					t.Errorf("%s: disabled %v, or config differs from envoy.yaml's", name, f.GetDisabled())
+				}
+			}
+			// keymux's AccessLogService logger, as envoy.yaml's.
+			if len(s.AccessLog) != 1 || !proto.Equal(s.AccessLog[0], hcm.GetAccessLog()[1]) {
+				t.Errorf("access_log %v, want envoy.yaml's http_grpc logger alone", s.AccessLog)
 			}
 			for _, name := range []string{extProcCluster, httpsCluster, httpCluster} {
 				if !proto.Equal(clusterByName(t, s.Clusters, name), clusterByName(t, b.GetStaticResources().GetClusters(), name)) {
@@ -591,6 +610,11 @@ func TestSnippetContract(t *testing.T) {
 			for _, c := range []struct{ val, cluster string }{{"https", httpsCluster}, {"http", httpCluster}} {
 				r := matchRoute(t, vr, "/v1/chat/completions", map[string]string{upstreamHeader: c.val})
 				checkUpstreamRoute(t, r, c.cluster, tc.removed[1:]...)
+				for _, name := range []string{jsonMetaFilter, sseMetaFilter} {
+					if _, ok := r.GetTypedPerFilterConfig()[name]; !ok {
+						t.Errorf("route to %s does not enable %s: no usage from its responses", c.cluster, name)
+					}
+				}
 				refR := matchRoute(t, refRoutes, "/v1/chat/completions", map[string]string{upstreamHeader: c.val})
 				if !proto.Equal(r.GetRoute(), refR.GetRoute()) || !proto.Equal(r.GetMatch(), refR.GetMatch()) {
 					t.Errorf("route to %s differs from envoy.yaml's", c.cluster)

@@ -45,7 +45,7 @@ type exchange struct {
 	status   int
 	usage    usageScanner
 	bodySeen bool
-	reading  bool      // the response body is read (mode overridden to STREAMED; no access-log stream)
+	reading  bool      // the response body is read (mode overridden to STREAMED: UsageFromBody)
 	chunks   int       // response body messages received while reading
 	respDone bool      // the response headers ended the response
 	callID   string    // joins Envoy's access-log entry to this record (set when forwarded)
@@ -462,11 +462,12 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 		x.feedback(o, now)
 	}
 	x.respDone = h.GetEndOfStream()
-	if x.entry == nil || x.respDone || x.s.ledger.active(now) {
+	if x.entry == nil || x.respDone || !x.s.fromBody {
 		return resp
 	}
-	// No access-log stream (Envoy without the http_grpc logger): read the
-	// body for token usage; STREAMED passes every chunk on at once.
+	// UsageFromBody (Envoy without the http_grpc logger or the usage
+	// filters): read the body for token usage; STREAMED passes every chunk
+	// on at once.
 	ct := findHeader(hm, hdrContentType)
 	switch {
 	case strings.HasPrefix(ct, "text/event-stream"):
@@ -514,7 +515,7 @@ func applyFeedback(e *store.Entry, ej policy.EjectionSettings, o policy.Outcome,
 }
 
 // onResponseBody passes a response body chunk on, reading it for token
-// usage when keymux asked for it (no access-log stream).
+// usage when keymux asked for it (UsageFromBody).
 func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
 	if x.reading {
 		x.chunks++
@@ -583,6 +584,11 @@ func (x *exchange) fromEntry(r *envoyRecord) {
 	case x.phase == phaseForwarded && r.status == 0:
 		x.call.Truncated = true
 	}
+	if !r.usageKnown && r.errorCode == "" && r.errorType == "" {
+		// No usage filters in Envoy: what keymux read (UsageFromBody).
+		x.bodyUsage(now)
+		return
+	}
 	if r.usageKnown {
 		x.bookUsage(r.input, r.output, now)
 	}
@@ -613,10 +619,15 @@ func (x *exchange) fromStream() {
 		// override — allow_mode_override off — not a cut.)
 		x.call.Truncated = x.reading && x.chunks > 0 && (!x.usage.eos || (x.usage.sse && !x.usage.done && x.status < 300))
 	}
+	x.bodyUsage(x.s.now())
+}
+
+// bodyUsage books the usage and quota error read from a whole response
+// body (UsageFromBody; nothing otherwise).
+func (x *exchange) bodyUsage(now time.Time) {
 	if !x.usage.eos {
 		return
 	}
-	now := x.s.now()
 	if x.usage.known {
 		x.bookUsage(x.usage.input, x.usage.output, now)
 	}

@@ -271,7 +271,9 @@ type rig struct {
 func newRig(t *testing.T, cfg string) *rig {
 	t.Helper()
 	r := &rig{t: t, store: newTestStore(t, cfg), clock: fakeclock.New(t0), obs: &recorder{}}
-	srv, err := New(Config{Store: r.store, Observer: r.obs, Now: r.clock.Now})
+	// The body path: calls are booked when their Process stream ends, usage
+	// read from the chunks (no access-log stream).
+	srv, err := New(Config{Store: r.store, Observer: r.obs, Now: r.clock.Now, UsageFromBody: true})
 	if err != nil {
 		t.Fatal(err)
 	}

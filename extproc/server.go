@@ -44,6 +44,15 @@ type Config struct {
 	EntryWait    time.Duration
 	ResponseWait time.Duration
 	PendingCap   int
+
+	// UsageFromBody reads token usage from response bodies: keymux asks
+	// Envoy for JSON and SSE bodies (mode override to STREAMED, each chunk
+	// a round trip) and books a call when its Process stream ends unless
+	// an access-log stream is connected. For an Envoy configured without
+	// the http_grpc logger or the usage filters. Off (the default), keymux
+	// never overrides the body mode and every forwarded call waits for its
+	// access-log entry.
+	UsageFromBody bool
 }
 
 // Server implements Envoy's ExternalProcessor service.
@@ -58,6 +67,7 @@ type Server struct {
 	requests sync.Map // x-request-id → *attempts (or ambiguousRequest), likewise
 
 	ledger     *ledger
+	fromBody   bool          // Config.UsageFromBody
 	closing    chan struct{} // closed by Drain: access-log streams end
 	closeOnce  sync.Once
 	open       atomic.Int64 // Process streams open
@@ -95,7 +105,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("extproc: Config.Store is required")
 	}
-	s := &Server{store: cfg.Store, log: cfg.Logger, observer: cfg.Observer, now: cfg.Now, closing: make(chan struct{})}
+	s := &Server{store: cfg.Store, log: cfg.Logger, observer: cfg.Observer, now: cfg.Now, closing: make(chan struct{}), fromBody: cfg.UsageFromBody}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -116,7 +126,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.PendingCap <= 0 {
 		cfg.PendingCap = DefaultPendingCap
 	}
-	s.ledger = newLedger(cfg.EntryWait, cfg.ResponseWait, cfg.PendingCap)
+	s.ledger = newLedger(cfg.EntryWait, cfg.ResponseWait, cfg.PendingCap, !cfg.UsageFromBody)
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	s.callPrefix = hex.EncodeToString(b[:]) + "-"
