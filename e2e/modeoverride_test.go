@@ -11,8 +11,8 @@ import (
 	"github.com/keymux/keymux/testutil/wait"
 )
 
-// An Envoy without the access logger (keymux then asks for response bodies)
-// that does not take keymux's mode override (allow_mode_override off)
+// An Envoy without the access logger (keymux run with --usage-from-body then
+// asks for response bodies) that does not take keymux's mode override (allow_mode_override off)
 // sends no response body: calls still count as successes, without token
 // usage, and nothing is reported as a cut stream.
 func TestWithoutModeOverride(t *testing.T) {
@@ -32,7 +32,7 @@ func TestWithoutModeOverride(t *testing.T) {
 	y = append(y[:start:start], y[end+len("                buffer_flush_interval: 0.1s\n"):]...)
 	path := filepath.Join(t.TempDir(), "envoy-no-override.yaml")
 	os.WriteFile(path, []byte(strings.Replace(string(y), "allow_mode_override: true", "allow_mode_override: false", 1)), 0o600)
-	g := startGateway(t, threeKeys, "--envoy", path)
+	g := startGateway(t, threeKeys, "--envoy", path, "--usage-from-body")
 	for range 3 {
 		if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 200 {
 			t.Fatalf("status %d: %s", resp.StatusCode, b)

@@ -146,6 +146,7 @@ func TestRateLimitCooldownAndAuthDisable(t *testing.T) {
 	g := startGateway(t, `
 settings:
   strategy: round_robin
+  retry: {max_attempts: 1}     # each key's failure reaches the client (retries: retry_test.go)
 keys:
   k1: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k1}
   k2: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k2}
@@ -239,6 +240,8 @@ clients:
 
 func TestEveryKeyCoolingDownGives503(t *testing.T) {
 	g := startGateway(t, `
+settings:
+  retry: {max_attempts: 1}     # each key's 429 reaches the client (retries: retry_test.go)
 keys:
   k1: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k1}
   k2: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k2}

@@ -52,6 +52,7 @@ const telTraceID = "4bf92f3577b34da6a3ce929d0e0e4736"
 const telConfig = `
 settings:
   strategy: round_robin
+  retry: {max_attempts: 1}     # each key's failure reaches the client (retries: retry_test.go)
   auth: {mode: client_keys}
 keys:
   k1: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: ` + telSecretK1 + `, models: [gpt-4o]}

@@ -210,14 +210,14 @@ func checkExtProc(t *testing.T, c *extprocv3.ExternalProcessor) {
 	if got := c.GetMessageTimeout().AsDuration(); got != 5*time.Second {
 		t.Errorf("message_timeout = %v, want 5s (200ms default times out on multi-MB bodies)", got)
 	}
-	if got := c.GetMaxMessageTimeout().AsDuration(); got < c.GetMessageTimeout().AsDuration() {
-		t.Errorf("max_message_timeout = %v, want >= message_timeout", got)
+	if c.GetMaxMessageTimeout() != nil {
+		t.Errorf("max_message_timeout = %v: keymux never sends override_message_timeout, drop it", c.GetMaxMessageTimeout().AsDuration())
 	}
 	if !c.GetMutationRules().GetAllowAllRouting().GetValue() {
 		t.Error("mutation_rules.allow_all_routing != true: keymux could not set :authority")
 	}
-	if c.GetMutationRules().GetAllowEnvoy().GetValue() {
-		t.Error("mutation_rules.allow_envoy = true: x-envoy-* must stay protected")
+	if !c.GetMutationRules().GetAllowEnvoy().GetValue() {
+		t.Error("mutation_rules.allow_envoy != true: keymux could not set x-envoy-max-retries")
 	}
 	if got := c.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(); !slices.Equal(got, []string{metadataNamespace}) {
 		t.Errorf("receiving_namespaces.untyped = %v, want [%s]", got, metadataNamespace)
@@ -252,8 +252,49 @@ func checkUpstreamRoute(t *testing.T, r *routev3.Route, cluster string, mustRemo
 	if got := a.GetIdleTimeout().AsDuration(); got != 300*time.Second {
 		t.Errorf("route %q idle_timeout = %v, want 300s", r.GetName(), got)
 	}
-	if a.GetRetryPolicy() != nil {
-		t.Errorf("route %q has a retry_policy: POSTs must not be retried by Envoy", r.GetName())
+	checkRetryPolicy(t, r.GetName(), a.GetRetryPolicy())
+}
+
+// checkRetryPolicy pins what Envoy may retry: a key's failure or what was
+// provably not processed, never a client error nor a 500/504; no retry
+// unless keymux's x-envoy-max-retries asks for one.
+func checkRetryPolicy(t *testing.T, route string, p *routev3.RetryPolicy) {
+	t.Helper()
+	if got, want := p.GetRetryOn(), "retriable-status-codes,reset,connect-failure,refused-stream"; got != want {
+		t.Errorf("route %q retry_on = %q, want %q", route, got, want)
+	}
+	if got, want := p.GetRetriableStatusCodes(), []uint32{429, 401, 403, 502, 503}; !slices.Equal(got, want) {
+		t.Errorf("route %q retriable_status_codes = %v, want %v", route, got, want)
+	}
+	if p.GetNumRetries().GetValue() != 0 {
+		t.Errorf("route %q num_retries = %d, want 0 (keymux sets x-envoy-max-retries)", route, p.GetNumRetries().GetValue())
+	}
+}
+
+// checkUpstreamFilters pins a forward-proxy cluster's upstream filter chain:
+// keymux's ext_proc on every attempt, marked as the upstream filter by its
+// gRPC initial metadata, then the codec.
+func checkUpstreamFilters(t *testing.T, c *clusterv3.Cluster, hpo *upstreamhttpv3.HttpProtocolOptions) {
+	t.Helper()
+	fs := hpo.GetHttpFilters()
+	if len(fs) != 2 || fs[0].GetName() != "envoy.filters.http.ext_proc" || fs[1].GetName() != "envoy.filters.http.upstream_codec" {
+		t.Fatalf("%s http_filters = %v, want ext_proc then upstream_codec", c.GetName(), fs)
+	}
+	ep := mustUnpack[*extprocv3.ExternalProcessor](t, fs[0].GetTypedConfig())
+	if got := ep.GetGrpcService().GetEnvoyGrpc().GetClusterName(); got != extProcCluster {
+		t.Errorf("%s upstream ext_proc cluster = %q, want %q", c.GetName(), got, extProcCluster)
+	}
+	md := ep.GetGrpcService().GetInitialMetadata()
+	if len(md) != 1 || md[0].GetKey() != extproc.FilterMetadataKey || md[0].GetValue() != extproc.FilterUpstream {
+		t.Errorf("%s upstream ext_proc initial_metadata = %v, want %s: %s", c.GetName(), md, extproc.FilterMetadataKey, extproc.FilterUpstream)
+	}
+	pm := ep.GetProcessingMode()
+	got := []string{pm.GetRequestHeaderMode().String(), pm.GetRequestBodyMode().String(), pm.GetResponseHeaderMode().String(), pm.GetResponseBodyMode().String()}
+	if want := []string{"SEND", "BUFFERED", "SEND", "NONE"}; !slices.Equal(got, want) {
+		t.Errorf("%s upstream processing modes = %v, want %v", c.GetName(), got, want)
+	}
+	if ep.GetFailureModeAllow() || !ep.GetMutationRules().GetAllowAllRouting().GetValue() {
+		t.Errorf("%s upstream ext_proc: failure_mode_allow = %v, allow_all_routing = %v; want false, true", c.GetName(), ep.GetFailureModeAllow(), ep.GetMutationRules().GetAllowAllRouting().GetValue())
 	}
 }
 
@@ -316,6 +357,7 @@ func checkDFPCluster(t *testing.T, c *clusterv3.Cluster, tls bool) {
 	if u := hpo.GetUpstreamHttpProtocolOptions(); !u.GetAutoSni() || !u.GetAutoSanValidation() {
 		t.Errorf("%s: auto_sni/auto_san_validation = %v/%v, want true/true", c.GetName(), u.GetAutoSni(), u.GetAutoSanValidation())
 	}
+	checkUpstreamFilters(t, c, hpo)
 	if !tls {
 		if c.GetTransportSocket() != nil {
 			t.Errorf("%s has a transport socket, want plain HTTP", c.GetName())
@@ -382,6 +424,14 @@ func TestBootstrapContract(t *testing.T) {
 				early = append(early, e.GetTypedConfig())
 			}
 			checkEarlyMutation(t, early, upstreamHeader, jwtPayloadHeader)
+			// An h2c stream's buffer limit is its window, not the listener's limit.
+			h2 := hcm.GetHttp2ProtocolOptions()
+			if s, c := h2.GetInitialStreamWindowSize().GetValue(), h2.GetInitialConnectionWindowSize().GetValue(); s == 0 || s > maxPromptBytes || c == 0 || c > maxPromptBytes {
+				t.Errorf("http2_protocol_options windows stream %d, connection %d: want both set and <= %d (Envoy's 256 MiB default lets h2c bodies past the limit)", s, c, maxPromptBytes)
+			}
+			if !hcm.GetSchemeHeaderTransformation().GetMatchUpstream() || hcm.GetSchemeHeaderTransformation().GetSchemeToOverwrite() != "" {
+				t.Errorf("scheme_header_transformation = %v, want match_upstream (https to TLS upstreams)", hcm.GetSchemeHeaderTransformation())
+			}
 
 			// Filter order: ext_proc, the usage readers, then the forward proxy, then the router.
 			fs := hcm.GetHttpFilters()
@@ -500,7 +550,7 @@ func TestSnippetContract(t *testing.T) {
 			for _, f := range s.HTTPFilters {
 				names = append(names, f.GetName())
 			}
-			want := []string{extProcFilter, dfpFilter}
+			want := []string{extProcFilter, jsonMetaFilter, sseMetaFilter, dfpFilter}
 			if tc.jwt {
 				want = append([]string{"envoy.filters.http.jwt_authn"}, want...)
 			}
@@ -516,6 +566,17 @@ func TestSnippetContract(t *testing.T) {
 			}
 			if !proto.Equal(filterByName(t, s.HTTPFilters, dfpFilter), ref[dfpFilter]) {
 				t.Error("dynamic_forward_proxy filter differs from envoy.yaml's")
+			}
+			// The usage readers: envoy.yaml's, off but on the routes to the providers.
+			for _, name := range []string{jsonMetaFilter, sseMetaFilter} {
+				f := filterByName(t, s.HTTPFilters, name)
+				if !f.GetDisabled() || !proto.Equal(f.GetTypedConfig(), ref[name].GetTypedConfig()) {
+					t.Errorf("%s: disabled %v, or config differs from envoy.yaml's", name, f.GetDisabled())
+				}
+			}
+			// keymux's AccessLogService logger, as envoy.yaml's.
+			if len(s.AccessLog) != 1 || !proto.Equal(s.AccessLog[0], hcm.GetAccessLog()[1]) {
+				t.Errorf("access_log %v, want envoy.yaml's http_grpc logger alone", s.AccessLog)
 			}
 			for _, name := range []string{extProcCluster, httpsCluster, httpCluster} {
 				if !proto.Equal(clusterByName(t, s.Clusters, name), clusterByName(t, b.GetStaticResources().GetClusters(), name)) {
@@ -549,6 +610,11 @@ func TestSnippetContract(t *testing.T) {
 			for _, c := range []struct{ val, cluster string }{{"https", httpsCluster}, {"http", httpCluster}} {
 				r := matchRoute(t, vr, "/v1/chat/completions", map[string]string{upstreamHeader: c.val})
 				checkUpstreamRoute(t, r, c.cluster, tc.removed[1:]...)
+				for _, name := range []string{jsonMetaFilter, sseMetaFilter} {
+					if _, ok := r.GetTypedPerFilterConfig()[name]; !ok {
+						t.Errorf("route to %s does not enable %s: no usage from its responses", c.cluster, name)
+					}
+				}
 				refR := matchRoute(t, refRoutes, "/v1/chat/completions", map[string]string{upstreamHeader: c.val})
 				if !proto.Equal(r.GetRoute(), refR.GetRoute()) || !proto.Equal(r.GetMatch(), refR.GetMatch()) {
 					t.Errorf("route to %s differs from envoy.yaml's", c.cluster)

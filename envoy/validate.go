@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -48,12 +49,14 @@ func (e *FieldError) Error() string {
 //	http_filters: [...]                     # HttpConnectionManager.http_filters, before the router
 //	routes: [...]                           # the clients' virtual host, before its other routes
 //	virtual_hosts: [...]                    # the route configuration (the catch-all keymux re-routes to)
+//	access_log: [...]                       # HttpConnectionManager.access_log (keymux's http_grpc logger)
 //	clusters: [...]                         # static_resources.clusters (or CDS)
 type Snippet struct {
 	EarlyHeaderMutationExtensions []*corev3.TypedExtensionConfig
 	HTTPFilters                   []*hcmv3.HttpFilter
 	Routes                        []*routev3.Route
 	VirtualHosts                  []*routev3.VirtualHost
+	AccessLog                     []*accesslogv3.AccessLog
 	Clusters                      []*clusterv3.Cluster
 }
 
@@ -64,6 +67,7 @@ var snippetKeys = map[string]protoreflect.MessageDescriptor{
 	"routes":                           (&routev3.Route{}).ProtoReflect().Descriptor(),
 	"virtual_hosts":                    (&routev3.VirtualHost{}).ProtoReflect().Descriptor(),
 	"clusters":                         (&clusterv3.Cluster{}).ProtoReflect().Descriptor(),
+	"access_log":                       (&accesslogv3.AccessLog{}).ProtoReflect().Descriptor(),
 }
 
 // maxErrors bounds how many problems one validation reports.
@@ -206,6 +210,10 @@ func decodeSnippet(doc map[string]any, errs *errList) *Snippet {
 				m := &clusterv3.Cluster{}
 				decodeInto(item, p, m, errs)
 				s.Clusters = append(s.Clusters, m)
+			case "access_log":
+				m := &accesslogv3.AccessLog{}
+				decodeInto(item, p, m, errs)
+				s.AccessLog = append(s.AccessLog, m)
 			}
 		}
 	}
@@ -534,6 +542,7 @@ func validateDeep(msg proto.Message, path string, errs *errList) {
 			errs.add(p, "cannot decode %s: %v", a.GetTypeUrl(), err)
 			return
 		}
+		checkVersion(p, inner, errs)
 		validateDeep(inner, p, errs)
 	})
 }

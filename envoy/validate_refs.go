@@ -100,6 +100,9 @@ func checkSnippet(s *Snippet, errs *errList) {
 			ch.perFilter = append(ch.perFilter, r.GetTypedPerFilterConfig())
 		}
 	}
+	for i, al := range s.AccessLog {
+		rc.addAccessLog(&ch, fmt.Sprintf("access_log[%d]", i), al)
+	}
 	rc.checkChain(ch)
 }
 
@@ -225,13 +228,18 @@ func (rc *refChecker) checkFilterChain(path string, fc *listenerv3.FilterChain) 
 			}
 		}
 		for ai, al := range hcm.GetAccessLog() {
-			ap := fmt.Sprintf("%s.access_log[%d]", hp, ai)
-			ch.accessLogs = append(ch.accessLogs, locatedAccessLog{ap, al})
-			if g, ok := unpack(al.GetTypedConfig()).(*grpcalsv3.HttpGrpcAccessLogConfig); ok {
-				rc.grpcCluster(ap+".typed_config.common_config.grpc_service", g.GetCommonConfig().GetGrpcService())
-			}
+			rc.addAccessLog(&ch, fmt.Sprintf("%s.access_log[%d]", hp, ai), al)
 		}
 		rc.checkChain(ch)
+	}
+}
+
+// addAccessLog adds an access log at path to ch and resolves the cluster of
+// a gRPC access logger.
+func (rc *refChecker) addAccessLog(ch *httpChain, path string, al *accesslogv3.AccessLog) {
+	ch.accessLogs = append(ch.accessLogs, locatedAccessLog{path, al})
+	if g, ok := unpack(al.GetTypedConfig()).(*grpcalsv3.HttpGrpcAccessLogConfig); ok {
+		rc.grpcCluster(path+".typed_config.common_config.grpc_service", g.GetCommonConfig().GetGrpcService())
 	}
 }
 

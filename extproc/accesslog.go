@@ -165,12 +165,13 @@ func readEntry(e *accesslogv3.HTTPAccessLogEntry) (envoyRecord, error) {
 	r.bytesReceived = e.GetRequest().GetRequestBodyBytes()
 
 	um := meta[UsageNamespace].GetFields()
-	var err error
-	if r.input, r.usageKnown, err = metaTokens(um[metaInputTokens], r.usageKnown); err != nil {
-		return r, err
-	}
-	if r.output, r.usageKnown, err = metaTokens(um[metaOutputTokens], r.usageKnown); err != nil {
-		return r, err
+	var errIn, errOut error
+	r.input, r.usageKnown, errIn = metaTokens(um[metaInputTokens], r.usageKnown)
+	r.output, r.usageKnown, errOut = metaTokens(um[metaOutputTokens], r.usageKnown)
+	if errIn != nil || errOut != nil {
+		// The upstream's usage is not believed; Envoy's account of the
+		// call still is.
+		r.input, r.output, r.usageKnown = 0, 0, false
 	}
 	r.errorCode, r.errorType = um[metaErrorCode].GetStringValue(), um[metaErrorType].GetStringValue()
 	return r, nil
@@ -181,8 +182,9 @@ const maxTokens = 1 << 40
 
 // metaTokens reads a token count written by json_to_metadata or
 // sse_to_metadata: a number (type NUMBER) or a decimal string (type
-// STRING, the filters' default). Absent: (0, known). A value that is not a
-// whole count in [0, 2^40] makes the entry malformed.
+// STRING, the filters' default). Absent: (0, known). A negative count reads
+// as 0 (as the body scanner reads it); a value that is not a whole number
+// up to 2^40 is an error: the entry's usage is then not believed.
 func metaTokens(v *structpb.Value, known bool) (int64, bool, error) {
 	if v == nil {
 		return 0, known, nil
@@ -200,8 +202,11 @@ func metaTokens(v *structpb.Value, known bool) (int64, bool, error) {
 	default:
 		return 0, known, errMalformed
 	}
-	if f < 0 || f > maxTokens || f != float64(int64(f)) {
+	if f > maxTokens || f != float64(int64(f)) {
 		return 0, known, errMalformed
+	}
+	if f < 0 {
+		f = 0
 	}
 	return int64(f), true, nil
 }
@@ -221,7 +226,9 @@ func (r *envoyRecord) upstreamFailure() (policy.Outcome, bool) {
 	switch {
 	case r.flags&(flagUT|flagUMSDR) != 0:
 		return policy.Outcome{Kind: policy.OutcomeTimeout, Status: r.status}, true
-	case r.flags&(flagUF|flagUC|flagUR|flagURX|flagUPE|flagDF) != 0:
+	// URX alone is not a failure: Envoy's retries ran out on a retriable
+	// answer, whose status already fed the key that gave it.
+	case r.flags&(flagUF|flagUC|flagUR|flagUPE|flagDF) != 0:
 		return policy.Outcome{Kind: policy.OutcomeServer, Status: r.status}, true
 	}
 	return policy.Outcome{}, false

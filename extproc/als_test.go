@@ -9,6 +9,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
@@ -169,6 +170,9 @@ func TestBookingByFlag(t *testing.T) {
 		}, 503, "server", false, 1, 1},
 		{"UR URX remote reset, retries exhausted", "", func(id string) *accesslogv3.HTTPAccessLogEntry {
 			return entry(id, 503, flags(&accesslogv3.ResponseFlags{UpstreamRemoteReset: true, UpstreamRetryLimitExceeded: true}))
+		}, 503, "server", false, 1, 1},
+		{"URX alone: retries ran out on a 503 the key was fed", "503", func(id string) *accesslogv3.HTTPAccessLogEntry {
+			return entry(id, 503, flags(&accesslogv3.ResponseFlags{UpstreamRetryLimitExceeded: true}))
 		}, 503, "server", false, 1, 1},
 		{"UT upstream timeout", "", func(id string) *accesslogv3.HTTPAccessLogEntry {
 			return entry(id, 504, flags(&accesslogv3.ResponseFlags{UpstreamRequestTimeout: true}))
@@ -366,9 +370,6 @@ func TestJoinOrders(t *testing.T) {
 		&accesslogv3.HTTPAccessLogEntry{},
 		entry("bad-status", 42),
 		entry("", 200),
-		entry("neg", 200, usageMeta(map[string]*structpb.Value{metaInputTokens: structpb.NewNumberValue(-1)})),
-		entry("frac", 200, usageMeta(map[string]*structpb.Value{metaOutputTokens: structpb.NewNumberValue(1.5)})),
-		entry("bool", 200, usageMeta(map[string]*structpb.Value{metaOutputTokens: structpb.NewBoolValue(true)})),
 		noCallID, periodic,
 	))
 	f.s.accessLogs(&alsv3.StreamAccessLogsMessage{}) // identifier only
@@ -376,7 +377,7 @@ func TestJoinOrders(t *testing.T) {
 	f.s.ledger.sweep(f.clock.Now())
 
 	st := f.s.AccessLogStatus()
-	want := map[string]uint64{dropDuplicate: 1, dropLate: 1, dropUnknown: 1, dropMalformed: 6, dropNotForwarded: 1, dropIntermediate: 1, dropFull: 0}
+	want := map[string]uint64{dropDuplicate: 1, dropLate: 1, dropUnknown: 1, dropMalformed: 3, dropNotForwarded: 1, dropIntermediate: 1, dropFull: 0}
 	for r, n := range want {
 		if st.Dropped[r] != n {
 			t.Errorf("dropped[%s] = %d, want %d", r, st.Dropped[r], n)
@@ -411,8 +412,8 @@ func TestResponseWait(t *testing.T) {
 	}
 }
 
-// TestBoundedTable: past PendingCap records are booked at once; without an
-// access-log stream nothing waits.
+// TestBoundedTable: past PendingCap records are booked at once; with
+// UsageFromBody and no access-log stream nothing waits.
 func TestBoundedTable(t *testing.T) {
 	f := newALSFixture(t, Config{PendingCap: 1})
 	x1, _ := f.forward(t)
@@ -428,7 +429,7 @@ func TestBoundedTable(t *testing.T) {
 		t.Errorf("status %+v", st)
 	}
 
-	f = newALSFixture(t, Config{})
+	f = newALSFixture(t, Config{UsageFromBody: true})
 	f.s.ledger.streamEnded(f.clock.Now())
 	f.clock.Advance(DefaultEntryWait - time.Millisecond)
 	x3, _ := f.forward(t)
@@ -603,48 +604,76 @@ func TestAccessLogOverGRPC(t *testing.T) {
 	}
 }
 
-// TestWithoutAccessLog: with no access-log stream keymux reads usage from
-// the response body as before (mode override to STREAMED) and books the
-// call when its Process stream ends; with one it asks for no body.
-func TestWithoutAccessLog(t *testing.T) {
-	for _, connected := range []bool{false, true} {
-		f := newALSFixture(t, Config{})
-		if !connected {
-			f.s.ledger.streamEnded(f.clock.Now())
-			f.clock.Advance(DefaultEntryWait)
-		}
-		x, _ := f.forward(t)
-		resp, err := x.handle(responseHeaders("200", false))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := resp.GetModeOverride() != nil; got != !connected {
-			t.Fatalf("connected %v: mode override %v", connected, resp.GetModeOverride())
-		}
-		if connected {
-			continue
-		}
-		sse := "data: {\"choices\":[]}\n\ndata: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n"
-		if _, err := x.handle(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{
-			ResponseBody: &extprocv3.HttpBody{Body: []byte(sse), EndOfStream: true}}}); err != nil {
-			t.Fatal(err)
-		}
-		x.finish()
-		calls := f.rec.all()
-		if len(calls) != 1 || !calls[0].UsageKnown || calls[0].InputTokens != 3 || calls[0].OutputTokens != 4 || calls[0].Truncated {
-			t.Fatalf("booked %+v", calls)
-		}
-		if st := f.s.AccessLogStatus(); st.Unmatched[unmatchedNoLog] != 1 || f.key().RT.Usage() != 7 {
-			t.Errorf("status %+v, key usage %d", st, f.key().RT.Usage())
-		}
+// TestUsageFromBody: by default keymux never overrides the response body
+// mode, connected or not (Envoy opens its access-log stream with its first
+// flush), and the call waits for its entry; with UsageFromBody it asks for
+// the body (STREAMED), books at once without a stream and reads usage from
+// the chunks when the entry carries none.
+func TestUsageFromBody(t *testing.T) {
+	sse := "data: {\"choices\":[]}\n\ndata: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n"
+	for _, tc := range []struct {
+		name                string
+		fromBody, connected bool
+		entryUsage          bool // the entry carries the usage filters' 11+22
+		wantUsage           uint64
+		wantNoLog           uint64
+	}{
+		{name: "default, no stream yet", entryUsage: true, wantUsage: 33},
+		{name: "default, connected", connected: true, entryUsage: true, wantUsage: 33},
+		{name: "from body, no stream", fromBody: true, wantUsage: 7, wantNoLog: 1},
+		{name: "from body, connected, entry without usage", fromBody: true, connected: true, wantUsage: 7},
+		{name: "from body, connected, entry with usage", fromBody: true, connected: true, entryUsage: true, wantUsage: 33},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newALSFixture(t, Config{UsageFromBody: tc.fromBody})
+			if !tc.connected {
+				f.s.ledger.streamEnded(f.clock.Now())
+				f.clock.Advance(DefaultEntryWait)
+			}
+			x, id := f.forward(t)
+			resp, err := x.handle(responseHeaders("200", false))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := resp.GetModeOverride().GetResponseBodyMode(); (got == filterv3.ProcessingMode_STREAMED) != tc.fromBody {
+				t.Fatalf("mode override %v", resp.GetModeOverride())
+			}
+			if tc.fromBody {
+				if _, err := x.handle(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{
+					ResponseBody: &extprocv3.HttpBody{Body: []byte(sse), EndOfStream: true}}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			x.finish()
+			if tc.wantNoLog == 0 {
+				if n := len(f.rec.all()); n != 0 {
+					t.Fatalf("booked %d before the entry", n)
+				}
+				var opts []entryOpt
+				if tc.entryUsage {
+					opts = append(opts, usageMeta(map[string]*structpb.Value{
+						metaInputTokens: structpb.NewNumberValue(11), metaOutputTokens: structpb.NewNumberValue(22)}))
+				}
+				f.s.ledger.streamStarted()
+				f.s.accessLogs(batch(entry(id, 200, opts...)))
+			}
+			calls := f.rec.all()
+			if len(calls) != 1 || !calls[0].UsageKnown || uint64(calls[0].InputTokens+calls[0].OutputTokens) != tc.wantUsage || calls[0].Truncated {
+				t.Fatalf("booked %+v", calls)
+			}
+			if st := f.s.AccessLogStatus(); st.Unmatched[unmatchedNoLog] != tc.wantNoLog || f.key().RT.Usage() != tc.wantUsage {
+				t.Errorf("status %+v, key usage %d", st, f.key().RT.Usage())
+			}
+		})
 	}
 }
 
-// TestLateEntryFeedsKeyHealth: Envoy opens its access-log stream with its
-// first entry, so the first calls are booked before their entries; a late
+// TestLateEntryFeedsKeyHealth: with UsageFromBody and no stream connected
+// (Envoy opens its stream with its first flush) the first calls are booked
+// before their entries; a late
 // entry still counts its upstream failure against the key, once.
 func TestLateEntryFeedsKeyHealth(t *testing.T) {
-	f := newALSFixture(t, Config{})
+	f := newALSFixture(t, Config{UsageFromBody: true})
 	f.s.ledger.streamEnded(f.clock.Now())
 	f.clock.Advance(DefaultEntryWait)
 	x, id := f.forward(t)
@@ -674,5 +703,35 @@ func TestEntryForAnotherKey(t *testing.T) {
 	f.s.accessLogs(batch(e))
 	if st := f.s.AccessLogStatus(); st.Dropped[dropMalformed] != 1 || st.Pending != 1 || f.key().RT.State().ConsecutiveFailures != 0 {
 		t.Errorf("status %+v, key %+v", st, f.key().RT.State())
+	}
+}
+
+// TestEntryUsageValues: a negative token count reads as 0 (as the body
+// scanner reads it); a count keymux cannot believe (fractional, not a
+// number, above 2^40) leaves the call without usage but keeps Envoy's
+// account of it.
+func TestEntryUsageValues(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		in, out *structpb.Value
+		known   bool
+		wantIn  int64
+		wantOut int64
+	}{
+		{"whole numbers", structpb.NewNumberValue(5), structpb.NewStringValue("7"), true, 5, 7},
+		{"negative reads as 0", structpb.NewNumberValue(-10), structpb.NewNumberValue(3), true, 0, 3},
+		{"fractional", structpb.NewNumberValue(2), structpb.NewNumberValue(1.5), false, 0, 0},
+		{"not a number", structpb.NewBoolValue(true), structpb.NewNumberValue(3), false, 0, 0},
+		{"above 2^40", structpb.NewNumberValue(2), structpb.NewNumberValue(1 << 41), false, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := readEntry(entry("c1", 502, usageMeta(map[string]*structpb.Value{metaInputTokens: tc.in, metaOutputTokens: tc.out})))
+			if err != nil {
+				t.Fatalf("readEntry: %v", err)
+			}
+			if r.usageKnown != tc.known || r.input != tc.wantIn || r.output != tc.wantOut || r.status != 502 || r.callID != "c1" {
+				t.Errorf("record %+v", r)
+			}
+		})
 	}
 }

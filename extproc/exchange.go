@@ -45,10 +45,11 @@ type exchange struct {
 	status   int
 	usage    usageScanner
 	bodySeen bool
-	reading  bool   // the response body is read (mode overridden to STREAMED; no access-log stream)
-	chunks   int    // response body messages received while reading
-	respDone bool   // the response headers ended the response
-	callID   string // joins Envoy's access-log entry to this record (set when forwarded)
+	reading  bool      // the response body is read (mode overridden to STREAMED: UsageFromBody)
+	chunks   int       // response body messages received while reading
+	respDone bool      // the response headers ended the response
+	callID   string    // joins Envoy's access-log entry to this record (set when forwarded)
+	att      *attempts // shared with the upstream filter's attempts (set when forwarded)
 	call     telemetry.Call
 }
 
@@ -304,19 +305,14 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 		return nil, &apiError{Status: 403, Type: typePermission, Code: "model_not_allowed", Param: "model", Message: msg}
 	}
 	x.call.ModelOriginal = model
-	entry, aerr := x.choose(model)
+	entry, aerr := x.choose(model, nil)
 	if aerr != nil {
 		return nil, aerr
 	}
 	k := entry.Key
-	final := model
-	if model != "" {
-		if r := x.snap.Rule(k.ID, model); r != nil {
-			if to, ok := policy.ApplyRule(r, model); ok {
-				final = to
-				x.call.RuleID = r.ID
-			}
-		}
+	final := x.finalModel(k)
+	if final != model {
+		x.call.RuleID = x.snap.Rule(k.ID, model).ID
 	}
 	x.entry = entry
 	x.phase = phaseForwarded
@@ -332,10 +328,31 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 		setHeader(hdrPath, t.path),
 	)
 	mut.SetHeaders = append(mut.SetHeaders, t.headers...)
+	retries := 0
+	if x.share() {
+		retries = x.retriesFor(entry, x.s.now())
+	}
+	mut.SetHeaders = append(mut.SetHeaders,
+		setHeader(HeaderCall, x.callID),
+		setHeader(hdrMaxRetries, strconv.Itoa(retries)))
 	if tp := x.s.observer.Begin(&x.call); tp != "" {
 		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrTraceparent, tp))
 	}
 	return mut, nil
+}
+
+// finalModel is the model key k's rule makes of the request's model.
+func (x *exchange) finalModel(k *policy.Key) string {
+	model := x.call.ModelOriginal
+	if model == "" {
+		return model
+	}
+	if r := x.snap.Rule(k.ID, model); r != nil {
+		if to, ok := policy.ApplyRule(r, model); ok {
+			return to
+		}
+	}
+	return model
 }
 
 // candidateBuf is reused across requests so selection does not allocate in
@@ -347,8 +364,9 @@ type candidateBuf struct {
 
 var candidatePool = sync.Pool{New: func() any { return new(candidateBuf) }}
 
-// choose picks a key for model among the eligible keys of its pool.
-func (x *exchange) choose(model string) (*store.Entry, *apiError) {
+// choose picks a key for model among the eligible keys of its pool that
+// skip (nil: none) does not rule out.
+func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.Entry, *apiError) {
 	pool := x.snap.Pool(model)
 	if len(pool.Entries) == 0 {
 		if model == "" {
@@ -372,7 +390,7 @@ func (x *exchange) choose(model string) (*store.Entry, *apiError) {
 	}
 	needUsage, needErrors := policy.StrategyInputs(strat)
 	for _, e := range pool.Entries {
-		if ok, _ := policy.Eligible(e.Key, e.RT.State(), now); !ok || !keyWithinLimits(e, now) {
+		if !eligibleNow(e, now) || (skip != nil && skip(e)) {
 			continue
 		}
 		c := policy.Candidate{Key: e.Key}
@@ -438,13 +456,18 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	}}
 	now := x.s.now()
 	o := policy.Classify(x.status, func(name string) string { return findHeader(hm, name) }, nil, now)
-	x.feedback(o, now)
+	if x.fromAttempts() {
+		x.call.ErrorCode = o.Kind.Class() // the upstream filter fed the key
+	} else {
+		x.feedback(o, now)
+	}
 	x.respDone = h.GetEndOfStream()
-	if x.entry == nil || x.respDone || x.s.ledger.active(now) {
+	if x.entry == nil || x.respDone || !x.s.fromBody {
 		return resp
 	}
-	// No access-log stream (Envoy without the http_grpc logger): read the
-	// body for token usage; STREAMED passes every chunk on at once.
+	// UsageFromBody (Envoy without the http_grpc logger or the usage
+	// filters): read the body for token usage; STREAMED passes every chunk
+	// on at once.
 	ct := findHeader(hm, hdrContentType)
 	switch {
 	case strings.HasPrefix(ct, "text/event-stream"):
@@ -470,8 +493,12 @@ func (x *exchange) keyFeedback(o policy.Outcome, now time.Time) {
 	if x.entry == nil {
 		return
 	}
-	rt := x.entry.RT
-	ej := x.settings.Ejection
+	applyFeedback(x.entry, x.settings.Ejection, o, now)
+}
+
+// applyFeedback applies an upstream outcome to key e's passive state.
+func applyFeedback(e *store.Entry, ej policy.EjectionSettings, o policy.Outcome, now time.Time) {
+	rt := e.RT
 	var old policy.KeyState
 	ns := rt.Update(func(s policy.KeyState) policy.KeyState { old = s; return policy.NextState(s, o, ej, now) })
 	if ns.EjectedUntil.After(old.EjectedUntil) {
@@ -488,7 +515,7 @@ func (x *exchange) keyFeedback(o policy.Outcome, now time.Time) {
 }
 
 // onResponseBody passes a response body chunk on, reading it for token
-// usage when keymux asked for it (no access-log stream).
+// usage when keymux asked for it (UsageFromBody).
 func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
 	if x.reading {
 		x.chunks++
@@ -501,6 +528,7 @@ func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRe
 // Envoy's access-log entry, which completes it (book); without an
 // access-log stream it is booked at once from what keymux saw.
 func (x *exchange) finish() {
+	x.unshare()
 	x.call.End = x.s.now()
 	switch x.phase {
 	case phaseStart:
@@ -556,6 +584,11 @@ func (x *exchange) fromEntry(r *envoyRecord) {
 	case x.phase == phaseForwarded && r.status == 0:
 		x.call.Truncated = true
 	}
+	if !r.usageKnown && r.errorCode == "" && r.errorType == "" {
+		// No usage filters in Envoy: what keymux read (UsageFromBody).
+		x.bodyUsage(now)
+		return
+	}
 	if r.usageKnown {
 		x.bookUsage(r.input, r.output, now)
 	}
@@ -586,10 +619,15 @@ func (x *exchange) fromStream() {
 		// override — allow_mode_override off — not a cut.)
 		x.call.Truncated = x.reading && x.chunks > 0 && (!x.usage.eos || (x.usage.sse && !x.usage.done && x.status < 300))
 	}
+	x.bodyUsage(x.s.now())
+}
+
+// bodyUsage books the usage and quota error read from a whole response
+// body (UsageFromBody; nothing otherwise).
+func (x *exchange) bodyUsage(now time.Time) {
 	if !x.usage.eos {
 		return
 	}
-	now := x.s.now()
 	if x.usage.known {
 		x.bookUsage(x.usage.input, x.usage.output, now)
 	}

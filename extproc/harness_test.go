@@ -271,7 +271,9 @@ type rig struct {
 func newRig(t *testing.T, cfg string) *rig {
 	t.Helper()
 	r := &rig{t: t, store: newTestStore(t, cfg), clock: fakeclock.New(t0), obs: &recorder{}}
-	srv, err := New(Config{Store: r.store, Observer: r.obs, Now: r.clock.Now})
+	// The body path: calls are booked when their Process stream ends, usage
+	// read from the chunks (no access-log stream).
+	srv, err := New(Config{Store: r.store, Observer: r.obs, Now: r.clock.Now, UsageFromBody: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,6 +397,9 @@ type forwarded struct {
 	body       []byte // body mutation, nil when none
 	clearRoute bool
 	metadata   map[string]string // keymux's dynamic metadata
+	// The headers for Envoy's retries, taken out of set: the call id the
+	// upstream filter joins on and x-envoy-max-retries ("" when not set).
+	call, maxRetries string
 }
 
 // forwardOf reads a request headers or body reply, failing the test on an
@@ -417,6 +422,9 @@ func forwardOf(t testing.TB, resp *extprocv3.ProcessingResponse) forwarded {
 		}
 		f.set[h.GetHeader().GetKey()] = string(h.GetHeader().GetRawValue())
 	}
+	f.call, f.maxRetries = f.set[HeaderCall], f.set[hdrMaxRetries]
+	delete(f.set, HeaderCall)
+	delete(f.set, hdrMaxRetries)
 	f.removed = cr.GetHeaderMutation().GetRemoveHeaders()
 	f.body = cr.GetBodyMutation().GetBody()
 	f.clearRoute = cr.GetClearRouteCache()

@@ -42,7 +42,9 @@ const (
 
 // removedHeaders are removed from every proxied request: the client's
 // credentials (and any header a provider takes a key in) never reach an
-// upstream, nor does keymux's own affinity hint.
+// upstream, nor does keymux's own affinity hint; and a client's retry
+// conditions never widen the route's retry_policy (an Envoy without
+// use_remote_address, as in an ingress snippet, keeps them).
 var removedHeaders = func() []string {
 	out := []string{hdrAuthorization, hdrXAPIKey}
 	for _, h := range policy.CredentialHeaders() {
@@ -50,7 +52,7 @@ var removedHeaders = func() []string {
 			out = append(out, h)
 		}
 	}
-	return append(out, hdrAffinity)
+	return append(out, hdrAffinity, "x-envoy-retry-on", "x-envoy-retriable-status-codes")
 }()
 
 // requestHeaders are the request headers keymux looks at, read in one pass.

@@ -80,6 +80,11 @@ type booked struct {
 type ledger struct {
 	entryWait, responseWait time.Duration
 	capacity                int
+	// always: every forwarded call has an entry coming, even while no
+	// stream is connected (Envoy opens its stream with its first flush).
+	// Off (--usage-from-body) records wait only while a stream is, or was
+	// within the entry wait, connected.
+	always bool
 
 	mu      sync.Mutex
 	pending map[string]held
@@ -96,9 +101,9 @@ type ledger struct {
 	unmatched [len(unmatchedReasonList)]atomic.Uint64
 }
 
-func newLedger(entryWait, responseWait time.Duration, capacity int) *ledger {
+func newLedger(entryWait, responseWait time.Duration, capacity int, always bool) *ledger {
 	return &ledger{
-		entryWait: entryWait, responseWait: responseWait, capacity: capacity,
+		entryWait: entryWait, responseWait: responseWait, capacity: capacity, always: always,
 		pending: make(map[string]held), early: make(map[string]early), done: make(map[string]booked),
 	}
 }
@@ -118,14 +123,14 @@ func indexOf(list []string, s string) int {
 	panic("extproc: unknown reason " + s)
 }
 
-// active reports whether entries are expected: a stream is connected, or
-// one was within the entry wait (Envoy reconnects). Lock-free: the
-// response-headers path asks it.
+// active reports whether entries are expected: always (the default), or
+// a stream is connected, or one was within the entry wait (Envoy
+// reconnects).
 func (l *ledger) active(now time.Time) bool {
 	if l.closed.Load() {
 		return false
 	}
-	if l.streams.Load() > 0 {
+	if l.always || l.streams.Load() > 0 {
 		return true
 	}
 	gone := l.lastGone.Load()

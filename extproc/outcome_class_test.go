@@ -37,7 +37,7 @@ func forwardedExchange(s *Server) *exchange {
 func TestResponseClassEveryStatus(t *testing.T) {
 	st := benchStore(t, 1, "round_robin")
 	obs := &lastCall{}
-	s, err := New(Config{Store: st, Observer: obs, Now: func() time.Time { return time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC) }})
+	s, err := New(Config{Store: st, Observer: obs, Now: func() time.Time { return time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC) }, UsageFromBody: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestResponseClassFromBody(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			st := benchStore(t, 1, "round_robin")
 			obs := &lastCall{}
-			s, _ := New(Config{Store: st, Observer: obs, Now: func() time.Time { return now }})
+			s, _ := New(Config{Store: st, Observer: obs, Now: func() time.Time { return now }, UsageFromBody: true})
 			x := forwardedExchange(s)
 			if tt.status != 0 {
 				x.onResponseHeaders(&extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{

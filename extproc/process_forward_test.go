@@ -106,7 +106,7 @@ func TestForwardTargets(t *testing.T) {
 			if !maps.Equal(f.set, tc.set) {
 				t.Errorf("set headers\n %v\nwant\n %v", f.set, tc.set)
 			}
-			if want := []string{"authorization", "x-api-key", "api-key", "x-keymux-affinity"}; !slices.Equal(f.removed, want) {
+			if want := []string{"authorization", "x-api-key", "api-key", "x-keymux-affinity", "x-envoy-retry-on", "x-envoy-retriable-status-codes"}; !slices.Equal(f.removed, want) {
 				t.Errorf("removed headers %v, want %v", f.removed, want)
 			}
 			if string(f.body) != tc.body {

@@ -93,7 +93,7 @@ func TestTargetEveryProvider(t *testing.T) {
 			}
 		})
 	}
-	if want := []string{"authorization", "x-api-key", "api-key", "x-keymux-affinity"}; !slices.Equal(removedHeaders, want) {
+	if want := []string{"authorization", "x-api-key", "api-key", "x-keymux-affinity", "x-envoy-retry-on", "x-envoy-retriable-status-codes"}; !slices.Equal(removedHeaders, want) {
 		t.Errorf("removedHeaders = %v, want %v", removedHeaders, want)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ import (
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/keymux/keymux/store"
@@ -42,6 +44,15 @@ type Config struct {
 	EntryWait    time.Duration
 	ResponseWait time.Duration
 	PendingCap   int
+
+	// UsageFromBody reads token usage from response bodies: keymux asks
+	// Envoy for JSON and SSE bodies (mode override to STREAMED, each chunk
+	// a round trip) and books a call when its Process stream ends unless
+	// an access-log stream is connected. For an Envoy configured without
+	// the http_grpc logger or the usage filters. Off (the default), keymux
+	// never overrides the body mode and every forwarded call waits for its
+	// access-log entry.
+	UsageFromBody bool
 }
 
 // Server implements Envoy's ExternalProcessor service.
@@ -52,8 +63,11 @@ type Server struct {
 	observer telemetry.Observer
 	now      func() time.Time
 	clients  sync.Map // client id → *clientCounters
+	calls    sync.Map // call id → *attempts, while the call's Process stream is open
+	requests sync.Map // x-request-id → *attempts (or ambiguousRequest), likewise
 
 	ledger     *ledger
+	fromBody   bool          // Config.UsageFromBody
 	closing    chan struct{} // closed by Drain: access-log streams end
 	closeOnce  sync.Once
 	open       atomic.Int64 // Process streams open
@@ -91,7 +105,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("extproc: Config.Store is required")
 	}
-	s := &Server{store: cfg.Store, log: cfg.Logger, observer: cfg.Observer, now: cfg.Now, closing: make(chan struct{})}
+	s := &Server{store: cfg.Store, log: cfg.Logger, observer: cfg.Observer, now: cfg.Now, closing: make(chan struct{}), fromBody: cfg.UsageFromBody}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -112,7 +126,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.PendingCap <= 0 {
 		cfg.PendingCap = DefaultPendingCap
 	}
-	s.ledger = newLedger(cfg.EntryWait, cfg.ResponseWait, cfg.PendingCap)
+	s.ledger = newLedger(cfg.EntryWait, cfg.ResponseWait, cfg.PendingCap, !cfg.UsageFromBody)
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	s.callPrefix = hex.EncodeToString(b[:]) + "-"
@@ -166,6 +180,9 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 	ctx := stream.Context()
 	s.open.Add(1)
 	defer s.open.Add(-1)
+	if md, _ := metadata.FromIncomingContext(ctx); slices.Contains(md.Get(FilterMetadataKey), FilterUpstream) {
+		return s.processAttempt(stream)
+	}
 	x := newExchange(s)
 	defer x.finish()
 	for {
@@ -185,6 +202,28 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 			return status.Error(codes.InvalidArgument, err.Error())
 		}
 		if err := stream.Send(resp); err != nil {
+			if status.Code(err) == codes.Canceled || errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("extproc: send: %w", err)
+		}
+	}
+}
+
+// processAttempt serves the upstream filter's stream of one upstream
+// attempt (attempt.go).
+func (s *Server) processAttempt(stream extprocv3.ExternalProcessor_ProcessServer) error {
+	u := &upstreamExchange{s: s}
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("extproc: receive: %w", err)
+		}
+		s.countMessage(req)
+		if err := stream.Send(u.handle(req)); err != nil {
 			if status.Code(err) == codes.Canceled || errors.Is(err, io.EOF) {
 				return nil
 			}

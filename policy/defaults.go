@@ -19,6 +19,7 @@ const (
 	DefaultAlertUsage          = 10000
 	DefaultMaxBodyBytes        = 8 << 20
 	DefaultMaxJSONDepth        = 256
+	DefaultRetryMaxAttempts    = 3
 )
 
 // Defaults returns the settings used when the settings document is absent.
@@ -56,6 +57,9 @@ func (s *Settings) WithDefaults() *Settings {
 	}
 	if s.Alerts.Usage == 0 {
 		s.Alerts.Usage = DefaultAlertUsage
+	}
+	if s.Retry.MaxAttempts == 0 {
+		s.Retry.MaxAttempts = DefaultRetryMaxAttempts
 	}
 	if s.MaxBodyBytes == 0 {
 		s.MaxBodyBytes = DefaultMaxBodyBytes

@@ -273,6 +273,7 @@ func TestDefaults(t *testing.T) {
 		MaxBodyBytes: 8 << 20,
 		MaxJSONDepth: 256,
 		StreamUsage:  true,
+		Retry:        RetrySettings{MaxAttempts: 3},
 	}
 	if got := Defaults(); got != want {
 		t.Fatalf("Defaults() =\n %+v\nwant\n %+v", got, want)

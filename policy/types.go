@@ -183,4 +183,13 @@ type Settings struct {
 	// stream (stream_options.include_usage) when the client did not, so
 	// that token usage is known for every call; default true.
 	StreamUsage bool
+	Retry       RetrySettings
+}
+
+// RetrySettings bound Envoy's retries of a request on another key of the
+// same upstream host.
+type RetrySettings struct {
+	// MaxAttempts is the most upstream attempts of one request (the first
+	// included); 1 disables retries. Default 3.
+	MaxAttempts int
 }

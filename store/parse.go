@@ -324,6 +324,31 @@ type settingsDoc struct {
 	MaxBodyBytes *int64       `json:"max_body_bytes"`
 	StreamUsage  *bool        `json:"stream_usage"`
 	MaxJSONDepth *int         `json:"max_json_depth"`
+	Retry        *retryDoc    `json:"retry"`
+}
+
+type retryDoc struct {
+	MaxAttempts *int `json:"max_attempts"`
+}
+
+func (d *retryDoc) UnmarshalJSON(b []byte) error {
+	type plain retryDoc
+	return decodeNested("retry", b, (*plain)(d))
+}
+
+// MaxRetryAttemptsLimit bounds retry.max_attempts.
+const MaxRetryAttemptsLimit = 10
+
+// parseRetry applies settings.retry.
+func parseRetry(doc string, d *retryDoc, s *policy.RetrySettings) error {
+	if d == nil || d.MaxAttempts == nil {
+		return nil
+	}
+	if n := *d.MaxAttempts; n < 1 || n > MaxRetryAttemptsLimit {
+		return fieldErr(doc, "retry.max_attempts", "must be between 1 and %d", MaxRetryAttemptsLimit)
+	}
+	s.MaxAttempts = *d.MaxAttempts
+	return nil
 }
 
 type healthDoc struct {
@@ -405,6 +430,9 @@ func ParseSettings(raw []byte) (policy.Settings, error) {
 		return policy.Settings{}, err
 	}
 	if err := parseBodySettings(doc, &d, &s); err != nil {
+		return policy.Settings{}, err
+	}
+	if err := parseRetry(doc, d.Retry, &s.Retry); err != nil {
 		return policy.Settings{}, err
 	}
 	return s, nil

@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -365,8 +366,18 @@ func TestShippedEnvoyYAML(t *testing.T) {
 	newBody := []byte(`{"model":"gpt-final","messages":[]}`)
 	md, _ := structpb.NewStruct(map[string]any{"keymux": map[string]any{"key_id": "k1", "model_original": "gpt-orig", "model_final": "gpt-final", "client_id": "c1"}})
 	route := true
-	proc := startProc(t, func(_ *procStream, req *extprocsvc.ProcessingRequest) ([]*extprocsvc.ProcessingResponse, error) {
-		if kindOf(req) != "request_body" || !route {
+	// The forward-proxy clusters' upstream ext_proc filter opens a stream of
+	// its own per attempt, whose headers carry the upstream's authority: it
+	// is answered with a plain continue.
+	var attemptMu sync.Mutex
+	attempt := map[*procStream]bool{}
+	proc := startProc(t, func(ps *procStream, req *extprocsvc.ProcessingRequest) ([]*extprocsvc.ProcessingResponse, error) {
+		attemptMu.Lock()
+		defer attemptMu.Unlock()
+		if a, _ := headerOf(req, ":authority"); a == up.addr() {
+			attempt[ps] = true
+		}
+		if kindOf(req) != "request_body" || !route || attempt[ps] {
 			return []*extprocsvc.ProcessingResponse{continueReply(req)}, nil
 		}
 		r := replyWith(req, &extprocsvc.CommonResponse{

@@ -110,7 +110,10 @@
 // Protocols and listeners
 //   - Only the first static listener and its first http_connection_manager;
 //     the downstream side speaks HTTP/1.1 in clear text only (codec_type AUTO
-//     or HTTP2, h2c and listener TLS are not emulated). Upstreams are always
+//     or HTTP2, h2c and listener TLS are not emulated; the HCM's
+//     http2_protocol_options, whose stream window bounds an h2c body in
+//     Envoy, and scheme_header_transformation are accepted and have no
+//     effect). Upstreams are always
 //     HTTP/1.1 (auto_config and http2_protocol_options are ignored for HTTP
 //     upstreams; the ext_proc gRPC client is grpc-go over HTTP/2, with
 //     TLS when its cluster has an UpstreamTlsContext, where Go also checks

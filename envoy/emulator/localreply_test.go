@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -44,6 +45,13 @@ func resettingUpstream(t *testing.T) string {
 func shortRouteTimeout(hcm *hcmv3.HttpConnectionManager) {
 	routes := hcm.GetRouteConfig().GetVirtualHosts()[0].GetRoutes()
 	routes[len(routes)-1].GetRoute().Timeout = durationpb.New(100 * time.Millisecond)
+}
+
+// defaultRouteOnly narrows the default route to /only: other paths match no
+// route.
+func defaultRouteOnly(hcm *hcmv3.HttpConnectionManager) {
+	routes := hcm.GetRouteConfig().GetVirtualHosts()[0].GetRoutes()
+	routes[len(routes)-1].GetMatch().PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: "/only"}
 }
 
 // slowUpstream answers after 5s, or not at all when the request goes away.
@@ -98,6 +106,8 @@ func TestLocalRepliesSkipExtProc(t *testing.T) {
 		{name: "route timeout", status: 504, wantMsgs: []string{"request_headers"},
 			o: func(*testing.T) options { return options{hcm: shortRouteTimeout, upstream: slowUpstream} }},
 		{name: "cluster not found", status: 503, hdr: map[string]string{"x-cluster": "nowhere"}, wantMsgs: []string{"request_headers"}},
+		{name: "no route", status: 404, wantMsgs: []string{"request_headers"},
+			o: func(*testing.T) options { return options{hcm: defaultRouteOnly} }},
 		{name: "direct_response", path: "/direct", status: 404, wantMsgs: []string{"request_headers"}},
 		{name: "request buffer overflow", method: "POST", body: strings.Repeat("x", 4097), status: 413, wantMsgs: []string{"request_headers"}},
 		{name: "ext_proc error", status: 500, wantMsgs: []string{"request_headers"},

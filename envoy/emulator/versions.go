@@ -1,8 +1,10 @@
 package emulator
 
+import "github.com/keymux/keymux/envoy"
+
 // EnvoyVersion is the Envoy release whose behaviour the emulator follows:
 // the release the project pins.
-const EnvoyVersion = "1.39"
+const EnvoyVersion = envoy.PinnedEnvoy
 
 // Behaviour is one behaviour that changed between Envoy releases.
 type Behaviour struct {

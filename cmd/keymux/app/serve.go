@@ -58,6 +58,10 @@ type serveOptions struct {
 	devUpstreams []string
 	adminAddrs   []string
 	grpcTLS      grpcTLS
+
+	// usageFromBody: Envoy has no http_grpc logger to keymux or no usage
+	// filters; keymux reads usage from response bodies (STREAMED).
+	usageFromBody bool
 }
 
 // listFlag is a comma-separated list flag; the default stands until the
@@ -103,6 +107,7 @@ func (o *serveOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&o.callLog, "call-log", "", "call log destination: a file path, \"-\" for stdout, empty for none")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on shutdown, how long to wait for open ext_proc streams and their access-log entries")
+	fs.BoolVar(&o.usageFromBody, "usage-from-body", false, "read token usage from response bodies (STREAMED, a round trip per chunk): for an Envoy without the http_grpc access logger to keymux or the usage filters")
 	o.secretEnv.vals = store.DefaultSecretEnv
 	o.secretDirs.vals = store.DefaultSecretDirs
 	fs.Var(&o.secretEnv, "secret-env", "environment variables a key's secret_ref env:NAME may name: comma-separated patterns")
@@ -333,7 +338,7 @@ func (sc *sidecar) newHealth(o serveOptions) error {
 // service on --grpc (with mutual TLS when configured); the health service
 // says SERVING once the store is ready.
 func (sc *sidecar) startGRPC(ctx context.Context, o serveOptions, tp trace.TracerProvider) error {
-	srv, err := extproc.New(extproc.Config{Store: sc.store, Logger: sc.log, Observer: sc.tel})
+	srv, err := extproc.New(extproc.Config{Store: sc.store, Logger: sc.log, Observer: sc.tel, UsageFromBody: o.usageFromBody})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,174 @@
+package extproc
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/keymux/keymux/policy"
+)
+
+// retryKeys: three OpenAI keys on one host (b's rule turns gpt-4 into
+// gpt-4o) and one key of another host serving the same model.
+const retryKeys = `
+settings:
+  strategy: round_robin
+keys:
+  a: {provider: openai, secret: sk-test-a, models: [gpt-4, gpt-4o]}
+  b: {provider: openai, secret: sk-test-b, models: [gpt-4, gpt-4o]}
+  c: {provider: openai, secret: sk-test-c, models: [gpt-4, gpt-4o]}
+rules:
+  b-up: {key: b, from: gpt-4, to: gpt-4o}
+`
+
+// modelFor is the model key id's upstream must get for gpt-4.
+func modelFor(id string) string {
+	if id == "b" {
+		return "gpt-4o"
+	}
+	return "gpt-4"
+}
+
+// runAttempt serves one upstream attempt's stream as the upstream filter
+// (its gRPC initial metadata) and returns keymux's replies.
+func (r *rig) runAttempt(msgs ...*extprocv3.ProcessingRequest) []*extprocv3.ProcessingResponse {
+	r.t.Helper()
+	st := newStream(r.t, msgs...)
+	st.ctx = metadata.NewIncomingContext(st.ctx, metadata.Pairs(FilterMetadataKey, FilterUpstream))
+	if err := r.srv.Process(st); err != nil {
+		r.t.Fatalf("attempt: %v", err)
+	}
+	if len(st.out) != len(msgs) {
+		r.t.Fatalf("attempt: %d replies to %d messages", len(st.out), len(msgs))
+	}
+	return st.out
+}
+
+// keyOfCredential maps "Bearer sk-test-x" to x.
+func keyOfCredential(auth string) string { return strings.TrimPrefix(auth, "Bearer sk-test-") }
+
+// TestRetryPutsAnotherKey: the first attempt keeps the key chosen at the
+// router level, its response feeds that key, and the retry carries another
+// key of the same host with its credentials and its rule's model; the call
+// is booked on the key that answered last.
+func TestRetryPutsAnotherKey(t *testing.T) {
+	cases := []struct {
+		name   string
+		status string
+		check  func(s policy.KeyState) bool
+	}{
+		{"429 cools the key down", "429", func(s policy.KeyState) bool { return s.CooldownUntil.Equal(t0.Add(30 * time.Second)) }},
+		{"401 disables the key", "401", func(s policy.KeyState) bool { return s.Disabled && s.DisabledReason == "auth" }},
+		{"503 counts towards ejection", "503", func(s policy.KeyState) bool { return s.ConsecutiveFailures == 1 }},
+	}
+	const body = `{"model":"gpt-4","messages":[{"role":"user","content":"hi"}]}`
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, retryKeys)
+			var first, second forwarded
+			var firstKey, secondKey string
+			st := newStream(t, request("POST", "/v1/chat/completions", body)...)
+			st.upstream = answerAs(func(key string) []*extprocv3.ProcessingRequest {
+				first = forwardOf(t, st.out[len(st.out)-1])
+				firstKey = key
+				sent := body
+				if first.body != nil {
+					sent = string(first.body)
+				}
+				// Attempt 1 carries the call id; Envoy keeps the upstream
+				// filter's changes, so attempt 2 carries it no more.
+				a1 := r.runAttempt(
+					reqHeaders(false, ":method", "POST", ":path", "/v1/chat/completions", "x-request-id", "req-1", HeaderCall, first.call, "authorization", first.set["authorization"]),
+					reqBody(sent, true),
+					respHeaders(true, ":status", tc.status, "retry-after", "30"))
+				if f := forwardOf(t, a1[0]); len(f.set) != 0 || len(f.removed) != 1 || f.removed[0] != HeaderCall {
+					t.Errorf("attempt 1 headers: set %v removed %v, want only %s removed", f.set, f.removed, HeaderCall)
+				}
+				if f := forwardOf(t, a1[1]); f.body != nil || len(f.set) != 0 {
+					t.Errorf("attempt 1 body changed: %q %v", f.body, f.set)
+				}
+				if !tc.check(r.entry(firstKey).RT.State()) {
+					t.Errorf("key %s after %s: %+v", firstKey, tc.status, r.entry(firstKey).RT.State())
+				}
+				a2 := r.runAttempt(
+					reqHeaders(false, ":method", "POST", ":path", "/v1/chat/completions", "x-request-id", "req-1", "authorization", first.set["authorization"]),
+					reqBody(sent, true),
+					respHeaders(true, ":status", "200"))
+				second = forwardOf(t, a2[0])
+				secondKey = keyOfCredential(second.set["authorization"])
+				if b := forwardOf(t, a2[1]); modelFor(secondKey) != modelFor(firstKey) {
+					want := strings.Replace(sent, `"`+modelFor(firstKey)+`"`, `"`+modelFor(secondKey)+`"`, 1)
+					if string(b.body) != want || b.set[hdrContentLength] != strconv.Itoa(len(want)) {
+						t.Errorf("attempt 2 body %q content-length %q, want %q", b.body, b.set[hdrContentLength], want)
+					}
+				} else if b.body != nil {
+					t.Errorf("attempt 2 body rewritten to %q, the model %s stays", b.body, modelFor(secondKey))
+				}
+				return []*extprocv3.ProcessingRequest{respHeaders(true, ":status", "200")}
+			})
+			res := r.runStream(st)
+			if first.maxRetries != "2" || first.call == "" {
+				t.Errorf("router level: x-envoy-max-retries %q, call %q; want 2 and an id", first.maxRetries, first.call)
+			}
+			if secondKey == firstKey || r.store.Read().Key(secondKey) == nil {
+				t.Fatalf("retry on key %q after %q, want another key of the pool", secondKey, firstKey)
+			}
+			if got := second.set[hdrPath]; got != "/v1/chat/completions" {
+				t.Errorf("retry :path %q", got)
+			}
+			if res.call.KeyID != secondKey || res.call.ModelFinal != modelFor(secondKey) || res.call.Status != 200 {
+				t.Errorf("call booked on %s (%s, %d), want %s (%s, 200)", res.call.KeyID, res.call.ModelFinal, res.call.Status, secondKey, modelFor(secondKey))
+			}
+			if s := r.entry(secondKey).RT.State(); s.CooldownUntil.After(t0) || s.Disabled || s.ConsecutiveFailures != 0 {
+				t.Errorf("key %s that answered 200: %+v", secondKey, s)
+			}
+			if _, ok := r.srv.calls.Load(first.call); ok {
+				t.Error("the call's attempts outlived its stream")
+			}
+		})
+	}
+}
+
+// TestMaxRetries: x-envoy-max-retries is retry.max_attempts-1, capped by
+// the other eligible keys of the chosen key's host.
+func TestMaxRetries(t *testing.T) {
+	cases := []struct {
+		name     string
+		settings string
+		cool     int // keys of the host put in cooldown before the request
+		want     string
+	}{
+		{"default: 2", "", 0, "2"},
+		{"max_attempts 2", "  retry: {max_attempts: 2}\n", 0, "1"},
+		{"max_attempts 1: none", "  retry: {max_attempts: 1}\n", 0, "0"},
+		{"capped by eligible keys", "  retry: {max_attempts: 5}\n", 0, "2"},
+		{"a cooling key is not counted", "", 1, "1"},
+		{"no other key", "", 2, "0"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := strings.Replace(retryKeys, "  strategy: round_robin\n", "  strategy: round_robin\n"+tc.settings, 1) + `
+  z: {provider: openai_compatible, base_url: "http://vllm.local:8000/v1", secret: sk-test-z, models: [gpt-4, gpt-4o]}
+`
+			cfg = strings.Replace(cfg, "rules:", "keys2:", 1) // keep the keys map whole
+			cfg = strings.Replace(cfg, "keys2:\n  b-up: {key: b, from: gpt-4, to: gpt-4o}\n", "", 1) + "rules:\n  b-up: {key: b, from: gpt-4, to: gpt-4o}\n"
+			r := newRig(t, cfg)
+			for _, id := range []string{"a", "b", "c"}[:tc.cool] {
+				r.entry(id).RT.Update(func(s policy.KeyState) policy.KeyState { s.CooldownUntil = t0.Add(time.Minute); return s })
+			}
+			res := r.run(chat("gpt-4")...)
+			f := forwardOf(t, res.replies[len(res.replies)-1])
+			want := tc.want
+			if res.call.KeyID == "z" {
+				want = "0" // alone on its host
+			}
+			if f.maxRetries != want {
+				t.Errorf("key %s: x-envoy-max-retries %q, want %q", res.call.KeyID, f.maxRetries, want)
+			}
+		})
+	}
+}
