@@ -1,7 +1,13 @@
 package store
 
 import (
+	"context"
+	"os"
+	"path/filepath"
+	"runtime"
 	"testing"
+
+	"github.com/keymux/keymux/testutil/bigconfig"
 )
 
 func benchStore(b *testing.B) *Store {
@@ -78,4 +84,60 @@ func BenchmarkSnapshot(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkApplyAtScale is a configuration file at scale through the real
+// file source: the first load into an empty store, then reloads of the same
+// file. It reports the heap in use after a GC following 5 reloads
+// (heap-MB), the state a long-running process keeps.
+//
+//	go test -run '^$' -bench ApplyAtScale -benchtime 5x ./store/
+func BenchmarkApplyAtScale(b *testing.B) {
+	cases := []struct {
+		name string
+		data []byte
+	}{
+		{"10k-keys-100k-rules-10-aliases", bigconfig.Shared(10_000, 10)},
+		{"10k-keys-100k-distinct-aliases", bigconfig.Aliases(10_000, 100_000)},
+	}
+	for _, c := range cases {
+		path := filepath.Join(b.TempDir(), "keymux.json")
+		if err := os.WriteFile(path, c.data, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		b.Run(c.name+"/first", func(b *testing.B) {
+			for b.Loop() {
+				src := NewFileSource(path, newStore(b), nil)
+				if err := src.Load(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(c.name+"/reload", func(b *testing.B) {
+			st := newStore(b)
+			src := NewFileSource(path, st, nil)
+			if err := src.Load(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				if err := src.Reload(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			for range 5 {
+				if err := src.Reload(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+			}
+			runtime.GC()
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heap-MB")
+			if got := st.Status().Rules; got != 100_000 {
+				b.Fatalf("rules = %d, want 100000", got)
+			}
+			runtime.KeepAlive(src)
+		})
+	}
 }

@@ -87,10 +87,13 @@ func (b *Builder) Put(kind Kind, id string, raw []byte, path string) error {
 	if kind == KindSettings {
 		id = ""
 	}
+	d := docID{kind, id}
+	if kind != KindKeys && b.unchanged(d, raw, path) {
+		return nil // parsing is a function of the bytes: the last result stands
+	}
 	v, err := b.parse(kind, id, raw)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	d := docID{kind, id}
 	if err != nil {
 		if kind.Valid() {
 			b.refused[d] = Refusal{Path: path, Reason: err.Error()}
@@ -108,6 +111,17 @@ func (b *Builder) Put(kind Kind, id string, raw []byte, path string) error {
 	}
 	b.docs[d] = g
 	return nil
+}
+
+// unchanged reports whether the good version of d has exactly raw and path (and no
+// refusal was recorded since). Keys are always parsed again: their secret
+// references are resolved anew on every reload.
+func (b *Builder) unchanged(d docID, raw []byte, path string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	prev := b.docs[d]
+	_, refused := b.refused[d]
+	return prev != nil && !refused && prev.path == path && bytes.Equal(prev.raw, raw)
 }
 
 // Delete forgets a document (and its refusal). Deleting the settings

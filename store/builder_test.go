@@ -172,3 +172,39 @@ func TestSecretRefResolution(t *testing.T) {
 		t.Errorf("err = %v\nwant %s", err, want)
 	}
 }
+
+// TestBuilderReparses: an unchanged rule is not parsed again (the same
+// value stands), a key is (its secret reference is resolved anew), and a
+// changed rule is.
+func TestBuilderReparses(t *testing.T) {
+	calls := 0
+	b := NewBuilder(func(string) (string, error) { calls++; return "sk-test-resolved", nil })
+	key := []byte(`{"provider":"openai","secret_ref":"env:K1"}`)
+	rule := []byte(`{"key":"k1","from":"a","to":"b"}`)
+	for range 2 {
+		if err := b.Put(KindKeys, "k1", key, "keys/k1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Put(KindRules, "r1", rule, "rules/r1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls != 2 {
+		t.Fatalf("secret resolved %d times, want 2", calls)
+	}
+	first, _ := b.Build()
+	if err := b.Put(KindRules, "r1", rule, "rules/r1"); err != nil {
+		t.Fatal(err)
+	}
+	same, _ := b.Build()
+	if first.Rules["r1"] != same.Rules["r1"] {
+		t.Fatal("unchanged rule parsed again")
+	}
+	if err := b.Put(KindRules, "r1", []byte(`{"key":"k1","from":"a","to":"c"}`), "rules/r1"); err != nil {
+		t.Fatal(err)
+	}
+	changed, _ := b.Build()
+	if r := changed.Rules["r1"]; r == first.Rules["r1"] || r.To != "c" {
+		t.Fatalf("changed rule = %+v, want to c", r)
+	}
+}

@@ -11,10 +11,8 @@ import (
 // Table names.
 const (
 	tableKeys     = "keys"
-	tableRules    = "rules"
 	tableClients  = "clients"
 	tableSettings = "settings"
-	tablePools    = "pools"
 	tableMeta     = "meta"
 )
 
@@ -22,7 +20,6 @@ const (
 const (
 	indexID          = "id"
 	indexEnabled     = "enabled"
-	indexKeyFrom     = "key_from"
 	indexTokenSHA256 = "token_sha256"
 )
 
@@ -31,7 +28,7 @@ const (
 	singletonID = "singleton"
 )
 
-// Pool rows: "" is every enabled key, unlistedPool serves every model that no
+// Pools (metaRow.Pools): "" is every enabled key, unlistedPool serves every model that no
 // key or rule names.
 const unlistedPool = ReservedModel
 
@@ -40,14 +37,6 @@ type keyRow struct {
 	ID      string
 	Enabled bool
 	Entry   *Entry
-}
-
-// ruleRow is a row of the rules table.
-type ruleRow struct {
-	ID    string
-	KeyID string
-	From  string
-	Rule  *policy.Rule
 }
 
 // clientRow is a row of the clients table.
@@ -62,17 +51,14 @@ type settingsRow struct {
 	Settings *policy.Settings
 }
 
-// poolRow is a row of the pools table, keyed by model ("" included).
-type poolRow struct {
-	Model string
-	Pool  *Pool
-}
-
 // metaRow is the single row of the meta table.
 type metaRow struct {
 	ID         string
 	Generation uint64
 	Source     SourceInfo
+	RuleIndex  map[ruleKey]*policy.Rule // the enabled rules by (key, from)
+	RuleList   []*policy.Rule           // every rule, in id order
+	Pools      map[string]*Pool         // by model: "", unlistedPool and each listed model
 	Models     []string
 	Named      map[string]bool // every model a key lists or a rule names (from or to)
 	Keys       int
@@ -83,10 +69,8 @@ type metaRow struct {
 func schema() *memdb.DBSchema {
 	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 		tableKeys:     keysTableSchema(),
-		tableRules:    rulesTableSchema(),
 		tableClients:  clientsTableSchema(),
 		tableSettings: settingsTableSchema(),
-		tablePools:    poolsTableSchema(),
 		tableMeta:     metaTableSchema(),
 	}}
 }
@@ -105,17 +89,6 @@ func keysTableSchema() *memdb.TableSchema {
 					return r.Enabled, nil
 				},
 			}},
-		},
-	}
-}
-
-func rulesTableSchema() *memdb.TableSchema {
-	return &memdb.TableSchema{
-		Name: tableRules,
-		Indexes: map[string]*memdb.IndexSchema{
-			indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
-			// Enabled rules only: at most one per (key, from).
-			indexKeyFrom: {Name: indexKeyFrom, Unique: true, AllowMissing: true, Indexer: ruleKeyFromIndex{}},
 		},
 	}
 }
@@ -139,15 +112,6 @@ func settingsTableSchema() *memdb.TableSchema {
 	}
 }
 
-func poolsTableSchema() *memdb.TableSchema {
-	return &memdb.TableSchema{
-		Name: tablePools,
-		Indexes: map[string]*memdb.IndexSchema{
-			indexID: {Name: indexID, Unique: true, Indexer: poolModelIndex{}},
-		},
-	}
-}
-
 func metaTableSchema() *memdb.TableSchema {
 	return &memdb.TableSchema{
 		Name: tableMeta,
@@ -155,46 +119,6 @@ func metaTableSchema() *memdb.TableSchema {
 			indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
 		},
 	}
-}
-
-// ruleKeyFromIndex is the compound index (key id, from) of the enabled
-// rules; disabled rules are not in it. Arguments: key id, model.
-type ruleKeyFromIndex struct{}
-
-var (
-	_ memdb.SingleIndexer = ruleKeyFromIndex{}
-	_ memdb.Indexer       = ruleKeyFromIndex{}
-)
-
-func keyFrom(key, from string) []byte {
-	b := make([]byte, 0, len(key)+len(from)+2)
-	b = append(b, key...)
-	b = append(b, 0)
-	b = append(b, from...)
-	return append(b, 0)
-}
-
-func (ruleKeyFromIndex) FromObject(obj any) (bool, []byte, error) {
-	r, ok := obj.(*ruleRow)
-	if !ok || r.Rule == nil {
-		return false, nil, fmt.Errorf("rules: unexpected row %T", obj)
-	}
-	if !r.Rule.Enabled {
-		return false, nil, nil
-	}
-	return true, keyFrom(r.KeyID, r.From), nil
-}
-
-func (ruleKeyFromIndex) FromArgs(args ...any) ([]byte, error) {
-	if len(args) != 2 {
-		return nil, fmt.Errorf("key_from: want two arguments, got %d", len(args))
-	}
-	key, ok1 := args[0].(string)
-	from, ok2 := args[1].(string)
-	if !ok1 || !ok2 {
-		return nil, fmt.Errorf("key_from: want two strings, got %T, %T", args[0], args[1])
-	}
-	return keyFrom(key, from), nil
 }
 
 // tokenIndex indexes clients by the SHA-256 of their token; arguments are
@@ -231,32 +155,4 @@ func (tokenIndex) FromArgs(args ...any) ([]byte, error) {
 		return v, nil
 	}
 	return nil, fmt.Errorf("token_sha256: unexpected argument %T", args[0])
-}
-
-// poolModelIndex indexes pools by model, the empty model included (which
-// memdb.StringFieldIndex would treat as missing).
-type poolModelIndex struct{}
-
-var (
-	_ memdb.SingleIndexer = poolModelIndex{}
-	_ memdb.Indexer       = poolModelIndex{}
-)
-
-func (poolModelIndex) FromObject(obj any) (bool, []byte, error) {
-	r, ok := obj.(*poolRow)
-	if !ok {
-		return false, nil, fmt.Errorf("pools: unexpected row %T", obj)
-	}
-	return true, append([]byte(r.Model), 0), nil
-}
-
-func (poolModelIndex) FromArgs(args ...any) ([]byte, error) {
-	if len(args) != 1 {
-		return nil, fmt.Errorf("pools: want one argument, got %d", len(args))
-	}
-	s, ok := args[0].(string)
-	if !ok {
-		return nil, fmt.Errorf("pools: unexpected argument %T", args[0])
-	}
-	return append([]byte(s), 0), nil
 }

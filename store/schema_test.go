@@ -2,7 +2,6 @@ package store
 
 import (
 	"bytes"
-	"sync/atomic"
 	"testing"
 
 	"github.com/hashicorp/go-memdb"
@@ -25,10 +24,6 @@ func sampleRows() map[string]struct {
 			row:  &keyRow{ID: "k1", Enabled: true, Entry: &Entry{Key: &policy.Key{ID: "k1"}, RT: NewRuntime()}},
 			args: map[string][]any{indexID: {"k1"}, indexEnabled: {true}},
 		},
-		tableRules: {
-			row:  &ruleRow{ID: "r1", KeyID: "k1", From: "gpt-4", Rule: &policy.Rule{ID: "r1", Enabled: true}},
-			args: map[string][]any{indexID: {"r1"}, indexKeyFrom: {"k1", "gpt-4"}},
-		},
 		tableClients: {
 			row:  &clientRow{ID: "c1", Client: &policy.Client{ID: "c1", TokenSHA256: tok}},
 			args: map[string][]any{indexID: {"c1"}, indexTokenSHA256: {tok}},
@@ -36,10 +31,6 @@ func sampleRows() map[string]struct {
 		tableSettings: {
 			row:  &settingsRow{ID: singletonID, Settings: &policy.Settings{}},
 			args: map[string][]any{indexID: {singletonID}},
-		},
-		tablePools: {
-			row:  &poolRow{Model: "", Pool: &Pool{Seq: new(atomic.Uint64)}},
-			args: map[string][]any{indexID: {""}},
 		},
 		tableMeta: {
 			row:  &metaRow{ID: singletonID},
@@ -104,14 +95,8 @@ func TestCustomIndexersRejectBadInput(t *testing.T) {
 		{"token short slice", func() error { _, err := tokenIndex{}.FromArgs([]byte{1, 2}); return err }},
 		{"token string", func() error { _, err := tokenIndex{}.FromArgs("aa"); return err }},
 		{"token wrong row", func() error { _, _, err := tokenIndex{}.FromObject(&keyRow{}); return err }},
-		{"pool two args", func() error { _, err := poolModelIndex{}.FromArgs("a", "b"); return err }},
-		{"pool int", func() error { _, err := poolModelIndex{}.FromArgs(1); return err }},
-		{"pool wrong row", func() error { _, _, err := poolModelIndex{}.FromObject(&keyRow{}); return err }},
-		{"key_from one arg", func() error { _, err := ruleKeyFromIndex{}.FromArgs("k1"); return err }},
-		{"key_from int", func() error { _, err := ruleKeyFromIndex{}.FromArgs("k1", 2); return err }},
-		{"key_from wrong row", func() error { _, _, err := ruleKeyFromIndex{}.FromObject(&keyRow{}); return err }},
 		{"enabled wrong row", func() error {
-			_, _, err := keysTableSchema().Indexes[indexEnabled].Indexer.(memdb.SingleIndexer).FromObject(&ruleRow{})
+			_, _, err := keysTableSchema().Indexes[indexEnabled].Indexer.(memdb.SingleIndexer).FromObject(&clientRow{})
 			return err
 		}},
 	}
@@ -121,13 +106,5 @@ func TestCustomIndexersRejectBadInput(t *testing.T) {
 				t.Fatal("accepted")
 			}
 		})
-	}
-	// A disabled rule is not in the key_from index.
-	if ok, _, err := (ruleKeyFromIndex{}).FromObject(&ruleRow{ID: "r1", KeyID: "k1", From: "a", Rule: &policy.Rule{}}); ok || err != nil {
-		t.Fatalf("disabled rule indexed: %v, %v", ok, err)
-	}
-	// The empty model is a real pool ("every enabled key"), not a missing value.
-	if b, err := (poolModelIndex{}).FromArgs(""); err != nil || !bytes.Equal(b, []byte{0}) {
-		t.Fatalf("FromArgs(\"\") = %q, %v", b, err)
 	}
 }

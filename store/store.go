@@ -81,8 +81,12 @@ type Options struct {
 
 // Store is the in-memory mirror of the configuration (go-memdb). Every
 // configuration change is one write transaction; readers take a Snapshot.
+// Apply builds each configuration in a fresh database and swaps it in:
+// clearing the tables of the previous one costs more than filling new ones,
+// and the previous generation is left whole to the readers that still hold
+// it, then to the garbage collector.
 type Store struct {
-	db     *memdb.MemDB
+	db     atomic.Pointer[memdb.MemDB]
 	logger *slog.Logger
 	ready  atomic.Bool
 
@@ -99,11 +103,14 @@ func New(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store schema: %w", err)
 	}
+	s := &Store{changed: make(chan struct{})}
+	s.db.Store(db)
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Store{db: db, logger: logger, changed: make(chan struct{})}, nil
+	s.logger = logger
+	return s, nil
 }
 
 // Ready reports whether a configuration has been applied.
@@ -140,13 +147,18 @@ func (s *Store) ApplyContext(ctx context.Context, cfg *Config, src SourceInfo) (
 	defer s.mu.Unlock()
 
 	s.logger.Debug("applying configuration", "source", src.Source, "keys", len(cfg.Keys), "rules", len(cfg.Rules), "clients", len(cfg.Clients))
-	txn := s.db.Txn(true)
+	db, err := memdb.NewMemDB(schema())
+	if err != nil {
+		return 0, fmt.Errorf("store schema: %w", err)
+	}
+	txn := db.Txn(true)
 	defer txn.Abort()
-	gen, err := applyTxn(ctx, txn, cfg, src)
+	gen, err := applyTxn(ctx, s.db.Load().Txn(false), txn, cfg, src)
 	if err != nil {
 		return 0, err
 	}
 	txn.Commit()
+	s.db.Store(db)
 	s.ready.Store(true)
 	s.notifyLocked()
 	s.logger.Info("config applied", "generation", gen, "source", src.Source,
@@ -206,23 +218,19 @@ func checkConfig(cfg *Config) error {
 	return nil
 }
 
-// applyTxn replaces every configuration table in txn with cfg: one helper
-// per table, in dependency order (pools need the keys and rules).
-func applyTxn(ctx context.Context, txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
-	prev, err := readCarryOver(txn)
+// applyTxn fills the empty database of txn with cfg, carrying over from
+// the previous generation (read through prevTxn) what survives it: one
+// helper per table, in dependency order (pools need the keys and rules).
+func applyTxn(ctx context.Context, prevTxn, txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
+	prev, err := readCarryOver(prevTxn)
 	if err != nil {
 		return 0, err
-	}
-	for _, t := range []string{tableKeys, tableRules, tableClients, tableSettings, tablePools} {
-		if _, err := txn.DeleteAll(t, indexID); err != nil {
-			return 0, fmt.Errorf("clear %s: %w", t, err)
-		}
 	}
 	enabled, err := insertKeys(ctx, txn, cfg.Keys, prev.runtimes)
 	if err != nil {
 		return 0, err
 	}
-	rules, err := insertRules(ctx, txn, cfg.Rules)
+	rules, ruleList, err := indexRules(ctx, cfg.Rules)
 	if err != nil {
 		return 0, err
 	}
@@ -233,13 +241,13 @@ func applyTxn(ctx context.Context, txn *memdb.Txn, cfg *Config, src SourceInfo) 
 	if err := txn.Insert(tableSettings, &settingsRow{ID: singletonID, Settings: &settings}); err != nil {
 		return 0, fmt.Errorf("insert settings: %w", err)
 	}
-	models, err := insertPools(ctx, txn, poolModels(cfg.Keys, rules), enabled, rules, prev.seqs)
+	pools, models, err := buildPools(ctx, poolModels(cfg.Keys, rules), enabled, rules, prev.seqs)
 	if err != nil {
 		return 0, err
 	}
 	gen := prev.gen + 1
 	src.Refused = slices.Clone(src.Refused)
-	meta := &metaRow{ID: singletonID, Generation: gen, Source: src, Models: models, Named: namedModels(cfg),
+	meta := &metaRow{ID: singletonID, Generation: gen, Source: src, RuleIndex: rules, RuleList: ruleList, Pools: pools, Models: models, Named: namedModels(cfg),
 		Keys: len(cfg.Keys), Rules: len(cfg.Rules), Clients: len(cfg.Clients)}
 	if err := txn.Insert(tableMeta, meta); err != nil {
 		return 0, fmt.Errorf("insert meta: %w", err)
@@ -257,9 +265,11 @@ type carryOver struct {
 
 func readCarryOver(txn *memdb.Txn) (carryOver, error) {
 	c := carryOver{runtimes: map[string]*Runtime{}, seqs: map[string]*atomic.Uint64{}}
-	if raw, err := txn.First(tableMeta, indexID, singletonID); err != nil {
+	raw, err := txn.First(tableMeta, indexID, singletonID)
+	if err != nil {
 		return c, err
-	} else if m, ok := raw.(*metaRow); ok {
+	}
+	if m, ok := raw.(*metaRow); ok {
 		c.gen = m.Generation
 	}
 	it, err := txn.Get(tableKeys, indexID)
@@ -270,12 +280,10 @@ func readCarryOver(txn *memdb.Txn) (carryOver, error) {
 		r := raw.(*keyRow)
 		c.runtimes[r.ID] = r.Entry.RT
 	}
-	if it, err = txn.Get(tablePools, indexID); err != nil {
-		return c, err
-	}
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		r := raw.(*poolRow)
-		c.seqs[r.Model] = r.Pool.Seq
+	if m, ok := raw.(*metaRow); ok {
+		for model, p := range m.Pools {
+			c.seqs[model] = p.Seq
+		}
 	}
 	return c, nil
 }
@@ -312,22 +320,24 @@ func insertKeys(ctx context.Context, txn *memdb.Txn, keys map[string]*policy.Key
 // ruleKey finds the enabled rule of a key (or policy.AnyKey) for a model.
 type ruleKey struct{ key, from string }
 
-// insertRules inserts the rules and returns the enabled ones by (key, from).
-func insertRules(ctx context.Context, txn *memdb.Txn, rules map[string]*policy.Rule) (map[ruleKey]*policy.Rule, error) {
-	enabled := map[ruleKey]*policy.Rule{}
+// indexRules returns the enabled rules by (key, from) and every rule in id
+// order. Rules live on the generation's meta row rather than in a memdb
+// table: at 100k rules the radix trees of their two indexes cost more
+// memory and apply time than everything else.
+func indexRules(ctx context.Context, rules map[string]*policy.Rule) (map[ruleKey]*policy.Rule, []*policy.Rule, error) {
+	enabled := make(map[ruleKey]*policy.Rule, len(rules))
+	list := make([]*policy.Rule, 0, len(rules))
 	for _, id := range slices.Sorted(maps.Keys(rules)) {
 		if err := checkStop(ctx); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		r := rules[id]
-		if err := txn.Insert(tableRules, &ruleRow{ID: id, KeyID: r.KeyID, From: r.From, Rule: r}); err != nil {
-			return nil, fmt.Errorf("insert rules/%s: %w", id, err)
-		}
+		list = append(list, r)
 		if r.Enabled {
 			enabled[ruleKey{r.KeyID, r.From}] = r
 		}
 	}
-	return enabled, nil
+	return enabled, list, nil
 }
 
 func insertClients(ctx context.Context, txn *memdb.Txn, clients map[string]*policy.Client) error {
@@ -357,64 +367,123 @@ func poolModels(keys map[string]*policy.Key, rules map[ruleKey]*policy.Rule) []s
 	return slices.Sorted(maps.Keys(listed))
 }
 
-// insertPools inserts the pool of every enabled key (""), of the keys that
-// list no model (unlistedPool) and of each listed model; it returns the
-// listed models that some key serves. Pools keep their selection counter.
-func insertPools(ctx context.Context, txn *memdb.Txn, listed []string, enabled []*Entry, rules map[ruleKey]*policy.Rule, seqs map[string]*atomic.Uint64) ([]string, error) {
-	insert := func(model string, entries []*Entry) error {
+// poolIndex answers, for one model, which enabled keys serve it after their
+// rule, from the rules and the keys' model lists: the work is proportional
+// to the keys that list the model's target or have their own rule for it
+// (plus the keys that list no model), never to every key. Keys are
+// positions in enabled (key id order).
+type poolIndex struct {
+	enabled  []*Entry
+	listing  map[string][]int32   // model -> keys that list it, in order
+	unlisted []int32              // keys that list no model (serve any)
+	own      map[string][]ownRule // from -> keys with their own enabled rule
+	anyTo    map[string]string    // from -> to of the enabled "*" rule
+	stamp    []uint32             // per key: the pool call that last saw its own rule
+	calls    uint32
+	buf      []int32 // scratch for one pool
+}
+
+// ownRule is a key's own enabled rule for one model: the key and its target.
+type ownRule struct {
+	key int32
+	to  string
+}
+
+func newPoolIndex(enabled []*Entry, rules map[ruleKey]*policy.Rule) *poolIndex {
+	x := &poolIndex{enabled: enabled, listing: map[string][]int32{}, own: map[string][]ownRule{},
+		anyTo: map[string]string{}, stamp: make([]uint32, len(enabled))}
+	byID := make(map[string]int32, len(enabled))
+	for i, e := range enabled {
+		byID[e.Key.ID] = int32(i)
+		if len(e.Key.Models) == 0 {
+			x.unlisted = append(x.unlisted, int32(i))
+		}
+		for _, m := range e.Key.Models {
+			if l := x.listing[m]; len(l) > 0 && l[len(l)-1] == int32(i) {
+				continue // a model listed twice
+			}
+			x.listing[m] = append(x.listing[m], int32(i))
+		}
+	}
+	for rk, r := range rules {
+		if rk.key == policy.AnyKey {
+			x.anyTo[rk.from] = r.To
+		}
+		if i, ok := byID[rk.key]; ok { // an enabled key (even one named "*")
+			x.own[rk.from] = append(x.own[rk.from], ownRule{i, r.To})
+		}
+	}
+	return x
+}
+
+// pool returns the enabled keys that serve model once their rule (their own
+// before policy.AnyKey's) has rewritten it, in key id order: the keys with
+// their own rule whose target they serve, and the others if they serve the
+// "*" rule's target (or model itself without one); nil when none does.
+func (x *poolIndex) pool(model string) []*Entry {
+	target := model
+	if to, ok := x.anyTo[model]; ok {
+		target = to
+	}
+	x.calls++
+	out := x.buf[:0]
+	for _, o := range x.own[model] {
+		x.stamp[o.key] = x.calls
+		if x.enabled[o.key].Key.ServesModel(o.to) {
+			out = append(out, o.key)
+		}
+	}
+	for _, list := range [][]int32{x.listing[target], x.unlisted} {
+		for _, i := range list {
+			if x.stamp[i] != x.calls {
+				out = append(out, i)
+			}
+		}
+	}
+	x.buf = out
+	if len(out) == 0 {
+		return nil
+	}
+	slices.Sort(out)
+	entries := make([]*Entry, len(out))
+	for j, i := range out {
+		entries[j] = x.enabled[i]
+	}
+	return entries
+}
+
+// buildPools builds the pool of every enabled key (""), of the keys that
+// list no model (unlistedPool) and of each listed model; it also returns
+// the listed models that some key serves. Pools keep their selection
+// counter.
+func buildPools(ctx context.Context, listed []string, enabled []*Entry, rules map[ruleKey]*policy.Rule, seqs map[string]*atomic.Uint64) (map[string]*Pool, []string, error) {
+	pools := make(map[string]*Pool, len(listed)+2)
+	insert := func(model string, entries []*Entry) {
 		seq := seqs[model]
 		if seq == nil {
 			seq = new(atomic.Uint64)
 		}
-		p := &Pool{Model: model, Entries: entries, Seq: seq}
-		if err := txn.Insert(tablePools, &poolRow{Model: model, Pool: p}); err != nil {
-			return fmt.Errorf("insert pool %q: %w", model, err)
-		}
-		return nil
+		pools[model] = &Pool{Model: model, Entries: entries, Seq: seq}
 	}
-	if err := insert("", slices.Clip(enabled)); err != nil {
-		return nil, err
-	}
+	insert("", slices.Clip(enabled))
+	x := newPoolIndex(enabled, rules)
 	var unlisted []*Entry
-	for _, e := range enabled {
-		if len(e.Key.Models) == 0 {
-			unlisted = append(unlisted, e)
-		}
+	for _, i := range x.unlisted {
+		unlisted = append(unlisted, enabled[i])
 	}
-	if err := insert(unlistedPool, unlisted); err != nil {
-		return nil, err
-	}
+	insert(unlistedPool, unlisted)
 	var models []string
 	for _, m := range listed {
 		if err := checkStop(ctx); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		var entries []*Entry
-		for _, e := range enabled {
-			if servesAfterRule(e, m, rules) {
-				entries = append(entries, e)
-			}
-		}
-		if err := insert(m, entries); err != nil {
-			return nil, err
-		}
+		entries := x.pool(m)
+		insert(m, entries)
 		if len(entries) > 0 {
 			models = append(models, m)
 		}
 	}
-	return models, nil
-}
-
-// servesAfterRule reports whether e serves a request for model once its
-// rule (its own before policy.AnyKey's) has rewritten the model.
-func servesAfterRule(e *Entry, model string, rules map[ruleKey]*policy.Rule) bool {
-	to := model
-	if r := rules[ruleKey{e.Key.ID, model}]; r != nil {
-		to = r.To
-	} else if r := rules[ruleKey{policy.AnyKey, model}]; r != nil {
-		to = r.To
-	}
-	return e.Key.ServesModel(to)
+	return pools, models, nil
 }
 
 // SetSourceInfo records the source's freshness (and refusals) without
@@ -422,7 +491,7 @@ func servesAfterRule(e *Entry, model string, rules map[ruleKey]*policy.Rule) boo
 func (s *Store) SetSourceInfo(src SourceInfo) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	txn := s.db.Txn(true)
+	txn := s.db.Load().Txn(true)
 	defer txn.Abort()
 	meta := &metaRow{ID: singletonID}
 	if raw, err := txn.First(tableMeta, indexID, singletonID); err == nil && raw != nil {
@@ -467,7 +536,7 @@ func (s *Store) Status() Status {
 // Read returns a consistent, read-only view of the current configuration.
 // It is cheap (one memdb read transaction) and never blocks writers.
 func (s *Store) Read() *Snapshot {
-	return &Snapshot{txn: s.db.Txn(false)}
+	return &Snapshot{txn: s.db.Load().Txn(false)}
 }
 
 // Snapshot is one generation of the configuration. Objects it returns are
@@ -515,12 +584,13 @@ func (s *Snapshot) Settings() *policy.Settings {
 // Pool returns the enabled keys that serve model after their rule, in key id
 // order; "" returns every enabled key. Never nil.
 func (s *Snapshot) Pool(model string) *Pool {
-	if raw, err := s.txn.First(tablePools, indexID, model); err == nil && raw != nil {
-		return raw.(*poolRow).Pool
+	pools := s.meta().Pools
+	if p := pools[model]; p != nil {
+		return p
 	}
 	if model != "" {
-		if raw, err := s.txn.First(tablePools, indexID, unlistedPool); err == nil && raw != nil {
-			return raw.(*poolRow).Pool
+		if p := pools[unlistedPool]; p != nil {
+			return p
 		}
 	}
 	return &Pool{Model: model, Seq: new(atomic.Uint64)}
@@ -539,11 +609,7 @@ func (s *Snapshot) Rule(keyID, model string) *policy.Rule {
 }
 
 func (s *Snapshot) rule(keyID, model string) *policy.Rule {
-	raw, err := s.txn.First(tableRules, indexKeyFrom, keyID, model)
-	if err != nil || raw == nil {
-		return nil
-	}
-	return raw.(*ruleRow).Rule
+	return s.meta().RuleIndex[ruleKey{keyID, model}]
 }
 
 // ClientByTokenSHA256 returns the enabled client whose token hashes to sum,
@@ -612,7 +678,10 @@ func (s *Snapshot) Key(id string) *Entry {
 
 // Rules returns every rule, enabled or not, in id order.
 func (s *Snapshot) Rules() []*policy.Rule {
-	return list(s, tableRules, func(r *ruleRow) *policy.Rule { return r.Rule }, indexID)
+	if l := s.meta().RuleList; len(l) > 0 {
+		return slices.Clone(l)
+	}
+	return nil
 }
 
 // Clients returns every client, enabled or not, in id order.
