@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -162,11 +161,10 @@ func (g *gateway) keyTokens() uint64 {
 // exactly from Envoy's filters, on /stats and in the call log, with no
 // response body message to keymux.
 func TestAnthropicUsageFromEnvoyFilters(t *testing.T) {
-	callLog := filepath.Join(t.TempDir(), "calls.jsonl")
-	g := startGateway(t, `
+	g, callLog := startGatewayWithCallLog(t, `
 keys:
   ant: {provider: anthropic, base_url: "{{MOCK}}/v1", secret: sk-test-ant}
-`, "--call-log", callLog)
+`)
 	header := map[string]string{"content-type": "application/json", "anthropic-version": "2023-06-01"}
 	inputRe := regexp.MustCompile(`"input_tokens":(\d+)`)
 	outputRe := regexp.MustCompile(`"output_tokens":(\d+)`)
@@ -228,11 +226,10 @@ func deref(p *int64) int64 {
 // cut call that is not the key's fault: with ejection after one failure the
 // key stays in, with no error, and the next call goes through.
 func TestClientAbortMidStreamSparesKey(t *testing.T) {
-	callLog := filepath.Join(t.TempDir(), "calls.jsonl")
-	g := startGateway(t, `settings: {ejection: {consecutive_failures: 1}}
+	g, callLog := startGatewayWithCallLog(t, `settings: {ejection: {consecutive_failures: 1}}
 keys:
   k1: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k1}
-`, "--call-log", callLog)
+`)
 	// Events paced so that the client leaves long before the stream ends.
 	g.mock.Script("sk-test-k1", mockupstream.Behaviour{ChunkDelay: 200 * time.Millisecond, Content: strings.Repeat("word ", 50)})
 	ctx, cancel := context.WithCancel(context.Background())
