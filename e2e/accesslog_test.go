@@ -1,15 +1,21 @@
 package e2e
 
 import (
+	"bufio"
+	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/keymux/keymux/examples/mockupstream"
+	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/testutil/wait"
 )
 
@@ -66,22 +72,13 @@ keys:
 			t.Fatalf("request %d: status %d: %s", i, resp.StatusCode, b)
 		}
 	}
-	type keyStats struct {
-		ID        string `json:"id"`
-		State     string `json:"state"`
-		Ejections uint64 `json:"ejections"`
-	}
-	var st struct {
-		Keys []keyStats `json:"keys"`
-	}
+	var keys []keyHealth
 	wait.Until(t, 5*time.Second, "k1 ejected on /stats", func() bool {
-		if err := json.Unmarshal(g.getAdmin("/stats"), &st); err != nil {
-			t.Fatal(err)
-		}
-		return len(st.Keys) == 1 && st.Keys[0].State == "ejected"
+		keys = g.keys()
+		return len(keys) == 1 && keys[0].State == "ejected"
 	})
-	if st.Keys[0].Ejections != 1 {
-		t.Errorf("k1 %+v, want one ejection", st.Keys[0])
+	if keys[0].Ejections != 1 {
+		t.Errorf("k1 %+v, want one ejection", keys[0])
 	}
 	// Now out: keymux answers the next request itself.
 	if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 503 || !regexp.MustCompile(`keys_ejected`).Match(b) {
@@ -130,19 +127,142 @@ func TestUsageFromEnvoyFilters(t *testing.T) {
 	}
 }
 
-// keyTokens is the sum of the keys' tokens on /stats.
-func (g *gateway) keyTokens() uint64 {
+// keyHealth is the part of a /stats key these tests read.
+type keyHealth struct {
+	ID        string `json:"id"`
+	State     string `json:"state"`
+	Errors    uint64 `json:"errors"`
+	Ejections uint64 `json:"ejections"`
+	Tokens    uint64 `json:"tokens"`
+}
+
+// keys is /stats's keys.
+func (g *gateway) keys() []keyHealth {
 	var st struct {
-		Keys []struct {
-			Tokens uint64 `json:"tokens"`
-		} `json:"keys"`
+		Keys []keyHealth `json:"keys"`
 	}
 	if err := json.Unmarshal(g.getAdmin("/stats"), &st); err != nil {
 		g.t.Fatal(err)
 	}
+	return st.Keys
+}
+
+// keyTokens is the sum of the keys' tokens on /stats.
+func (g *gateway) keyTokens() uint64 {
 	var total uint64
-	for _, k := range st.Keys {
+	for _, k := range g.keys() {
 		total += k.Tokens
 	}
 	return total
+}
+
+// Anthropic's JSON answer and SSE stream (input_tokens in message_start,
+// output_tokens in message_delta) on the native /v1/messages are booked
+// exactly from Envoy's filters, on /stats and in the call log, with no
+// response body message to keymux.
+func TestAnthropicUsageFromEnvoyFilters(t *testing.T) {
+	g, callLog := startGatewayWithCallLog(t, `
+keys:
+  ant: {provider: anthropic, base_url: "{{MOCK}}/v1", secret: sk-test-ant}
+`)
+	header := map[string]string{"content-type": "application/json", "anthropic-version": "2023-06-01"}
+	inputRe := regexp.MustCompile(`"input_tokens":(\d+)`)
+	outputRe := regexp.MustCompile(`"output_tokens":(\d+)`)
+	// last is the last match's number in b (message_delta's output_tokens is
+	// cumulative and comes after message_start's).
+	last := func(re *regexp.Regexp, b []byte) int64 {
+		m := re.FindAllSubmatch(b, -1)
+		if m == nil {
+			t.Fatalf("no %s in %s", re, b)
+		}
+		n, _ := strconv.ParseInt(string(m[len(m)-1][1]), 10, 64)
+		return n
+	}
+	cases := []struct {
+		name, body, contentType string
+	}{
+		{"json", `{"model":"claude-sonnet","max_tokens":64,"messages":[{"role":"user","content":"count my tokens"}]}`, "application/json"},
+		{"sse", `{"model":"claude-sonnet","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"and these, streamed"}]}`, "text/event-stream"},
+	}
+	var total uint64
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, b := g.do("POST", "/v1/messages", header, tc.body)
+			if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("content-type"), tc.contentType) {
+				t.Fatalf("status %d content-type %q: %s", resp.StatusCode, resp.Header.Get("content-type"), b)
+			}
+			in, out := last(inputRe, b), last(outputRe, b)
+			if in == 0 || out == 0 {
+				t.Fatalf("usage %d/%d in %s, want both non-zero", in, out, b)
+			}
+			if tc.name == "sse" && !bytes.Contains(b, []byte("event: message_delta")) {
+				t.Fatalf("no message_delta in the stream: %s", b)
+			}
+			total += uint64(in + out)
+			rec := waitCallRecord(t, callLog, i+1)
+			if rec.Status != 200 || !rec.Success || rec.Error != "" || rec.InputTokens == nil || rec.OutputTokens == nil ||
+				*rec.InputTokens != in || *rec.OutputTokens != out {
+				t.Errorf("call record %+v (tokens %v/%v), want 200, success, tokens %d/%d", rec, deref(rec.InputTokens), deref(rec.OutputTokens), in, out)
+			}
+		})
+	}
+	if n := g.responseBodyMessages(); n != 0 {
+		t.Errorf("%d response body messages, want none", n)
+	}
+	if got := g.keyTokens(); got != total {
+		t.Errorf("key's tokens %d on /stats, want the calls' %d", got, total)
+	}
+}
+
+// deref is *p, or -1 for nil.
+func deref(p *int64) int64 {
+	if p == nil {
+		return -1
+	}
+	return *p
+}
+
+// A client that leaves mid-stream (after the first SSE event) is booked as a
+// cut call that is not the key's fault: with ejection after one failure the
+// key stays in, with no error, and the next call goes through.
+func TestClientAbortMidStreamSparesKey(t *testing.T) {
+	g, callLog := startGatewayWithCallLog(t, `settings: {ejection: {consecutive_failures: 1}}
+keys:
+  k1: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k1}
+`)
+	// Events paced so that the client leaves long before the stream ends.
+	g.mock.Script("sk-test-k1", mockupstream.Behaviour{ChunkDelay: 200 * time.Millisecond, Content: strings.Repeat("word ", 50)})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	req, err := http.NewRequestWithContext(ctx, "POST", g.url+"/v1/chat/completions",
+		strings.NewReader(`{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"talk"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("content-type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "data: ") {
+		t.Fatalf("first event %q: %v", line, err)
+	}
+	cancel()
+	resp.Body.Close()
+
+	rec := waitCallRecord(t, callLog, 1)
+	if rec.Status != 200 || rec.Success || rec.Error != policy.ClassStreamCut {
+		t.Errorf("call record %+v, want status 200, not a success, error %q", rec, policy.ClassStreamCut)
+	}
+	if keys := g.keys(); len(keys) != 1 || keys[0].State != "healthy" || keys[0].Errors != 0 || keys[0].Ejections != 0 {
+		t.Errorf("keys %+v after the abort, want k1 healthy with no error or ejection", keys)
+	}
+	// The key still serves.
+	if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 200 {
+		t.Errorf("after the abort: %d %s", resp.StatusCode, b)
+	}
 }

@@ -18,11 +18,10 @@ import (
 // the upstream's bytes unchanged, keymux books the call with the usage it
 // could read (or none) and the right outcome, and keeps serving.
 func TestHostileUpstreamAnswers(t *testing.T) {
-	callLog := filepath.Join(t.TempDir(), "calls.jsonl")
-	g := startGateway(t, `
+	g, callLog := startGatewayWithCallLog(t, `
 keys:
   k1: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k1}
-`, "--call-log", callLog)
+`)
 	sse := map[string]string{"content-type": "text/event-stream"}
 	const chunk = `data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hi"}}]}` + "\n\n"
 	const done = "data: [DONE]\n\n"
@@ -112,6 +111,14 @@ type callRecord struct {
 	Error        string `json:"error"`
 	InputTokens  *int64 `json:"input_tokens"`
 	OutputTokens *int64 `json:"output_tokens"`
+}
+
+// startGatewayWithCallLog is startGateway writing a call log, whose path it
+// returns with the gateway.
+func startGatewayWithCallLog(t *testing.T, cfg string, extraArgs ...string) (*gateway, string) {
+	t.Helper()
+	callLog := filepath.Join(t.TempDir(), "calls.jsonl")
+	return startGateway(t, cfg, append([]string{"--call-log", callLog}, extraArgs...)...), callLog
 }
 
 // waitCallRecord waits for the n-th line of the call log (written
