@@ -164,11 +164,15 @@ func TestSourceRefusesBadEntriesAlone(t *testing.T) {
 	if got := r.st.Read().Generation(); got <= gen {
 		t.Errorf("generation %d, want > %d", got, gen)
 	}
+	// The store shows the refusals as soon as Apply returns; the source
+	// records them (and counts them) right after.
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := r.src.Wait(ctx, func() bool { return slices.Equal(r.src.Refused(), st.Refused) }); err != nil {
+		t.Errorf("Source.Refused = %v, want %v: %v", r.src.Refused(), st.Refused, err)
+	}
 	if got := r.src.RefusedTotal(); got != 4 {
 		t.Errorf("RefusedTotal = %d, want 4", got)
-	}
-	if got := r.src.Refused(); !slices.Equal(got, st.Refused) {
-		t.Errorf("Source.Refused = %v, want %v", got, st.Refused)
 	}
 	if strings.Contains(r.logs.String(), "sk-test-leak") {
 		t.Errorf("a secret reached the logs")
