@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // closedAddr is a loopback address nothing listens on.
@@ -45,6 +46,14 @@ func resettingUpstream(t *testing.T) string {
 func shortRouteTimeout(hcm *hcmv3.HttpConnectionManager) {
 	routes := hcm.GetRouteConfig().GetVirtualHosts()[0].GetRoutes()
 	routes[len(routes)-1].GetRoute().Timeout = durationpb.New(100 * time.Millisecond)
+}
+
+// shortPerTryTimeout gives the default route a retry policy whose attempts
+// time out after 100ms (one retry).
+func shortPerTryTimeout(hcm *hcmv3.HttpConnectionManager) {
+	routes := hcm.GetRouteConfig().GetVirtualHosts()[0].GetRoutes()
+	routes[len(routes)-1].GetRoute().RetryPolicy = &routev3.RetryPolicy{
+		RetryOn: "5xx", NumRetries: wrapperspb.UInt32(1), PerTryTimeout: durationpb.New(100 * time.Millisecond)}
 }
 
 // defaultRouteOnly narrows the default route to /only: other paths match no
@@ -105,6 +114,8 @@ func TestLocalRepliesSkipExtProc(t *testing.T) {
 			}},
 		{name: "route timeout", status: 504, wantMsgs: []string{"request_headers"},
 			o: func(*testing.T) options { return options{hcm: shortRouteTimeout, upstream: slowUpstream} }},
+		{name: "per-try timeout", status: 504, wantMsgs: []string{"request_headers"},
+			o: func(*testing.T) options { return options{hcm: shortPerTryTimeout, upstream: slowUpstream} }},
 		{name: "cluster not found", status: 503, hdr: map[string]string{"x-cluster": "nowhere"}, wantMsgs: []string{"request_headers"}},
 		{name: "no route", status: 404, wantMsgs: []string{"request_headers"},
 			o: func(*testing.T) options { return options{hcm: defaultRouteOnly} }},
