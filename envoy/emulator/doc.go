@@ -259,7 +259,8 @@
 //
 // Clusters
 //   - No health checks, outlier detection, circuit breakers, connection pool
-//     limits, LB policies or priorities; EDS and ORIGINAL_DST clusters need a
+//     limits, LB policies or priorities (so "no healthy upstream" comes only
+//     from a cluster without endpoints); EDS and ORIGINAL_DST clusters need a
 //     Config.ClusterAddrs entry. No upstream client certificates; SAN checks
 //     are Go's hostname verification; match_typed_subject_alt_names is
 //     ignored. A trusted_ca file that does not exist makes New fail, as Envoy
@@ -281,7 +282,8 @@
 //     UPSTREAM_HOST is the address dialled: host:port of the authority for a
 //     dynamic forward proxy (Envoy logs the resolved IP:port).
 //     Access log filters are ignored: every request is logged.
-//   - Response flags the emulator sets: NR (no route), NC (no cluster), UF
+//   - Response flags the emulator sets: NR (no route), NC (no cluster), UH
+//     (a cluster without endpoints: 503 "no healthy upstream"), UF
 //     (connect failure, with the transport failure reason — Go's error text,
 //     not Envoy's), UC (the upstream closed the connection before response
 //     headers), UT (route or per-try timeout), SI (idle timeout), UR (upstream reset

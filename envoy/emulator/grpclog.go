@@ -358,6 +358,8 @@ func responseFlagsProto(flags string) *accesslogdata.ResponseFlags {
 			rf.NoRouteFound = true
 		case "NC":
 			rf.NoClusterFound = true
+		case "UH":
+			rf.NoHealthyUpstream = true
 		}
 	}
 	return rf

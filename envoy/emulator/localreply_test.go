@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -116,6 +117,13 @@ func TestLocalRepliesSkipExtProc(t *testing.T) {
 			o: func(*testing.T) options { return options{hcm: shortRouteTimeout, upstream: slowUpstream} }},
 		{name: "per-try timeout", status: 504, wantMsgs: []string{"request_headers"},
 			o: func(*testing.T) options { return options{hcm: shortPerTryTimeout, upstream: slowUpstream} }},
+		{name: "no healthy upstream", status: 503, hdr: map[string]string{"x-cluster": "empty"}, wantMsgs: []string{"request_headers"},
+			o: func(*testing.T) options {
+				return options{cfg: func(c *Config) {
+					c.Bootstrap.StaticResources.Clusters = append(c.Bootstrap.StaticResources.Clusters, &clusterv3.Cluster{
+						Name: "empty", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}})
+				}}
+			}},
 		{name: "cluster not found", status: 503, hdr: map[string]string{"x-cluster": "nowhere"}, wantMsgs: []string{"request_headers"}},
 		{name: "no route", status: 404, wantMsgs: []string{"request_headers"},
 			o: func(*testing.T) options { return options{hcm: defaultRouteOnly} }},

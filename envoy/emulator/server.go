@@ -120,7 +120,7 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 // flagOrder is the order in which Envoy prints the response flags the
 // emulator sets (the order of its flag enumeration).
-var flagOrder = []string{"UT", "UR", "UF", "UC", "NR", "DC", "URX", "SI", "NC"}
+var flagOrder = []string{"UH", "UT", "UR", "UF", "UC", "NR", "DC", "URX", "SI", "NC"}
 
 // addFlag adds response flag f to a RESPONSE_FLAGS string, in Envoy's order.
 func addFlag(flags, f string) string {
@@ -740,6 +740,11 @@ func (rq *request) router() {
 		return
 	}
 	rq.info.upstreamCluster = name
+	if !cl.dfp && len(cl.endpoints) == 0 {
+		rq.info.responseFlags = addFlag(rq.info.responseFlags, "UH")
+		rq.routerLocal(rt, &localReply{status: http.StatusServiceUnavailable, body: []byte("no healthy upstream"), details: "no_healthy_upstream"})
+		return
+	}
 
 	// finalizeRequestHeaders: route, then virtual host, then route config.
 	h := rq.hdr

@@ -92,9 +92,8 @@ func newCluster(c *clusterv3.Cluster, cfg Config) (*cluster, error) {
 		}
 		cl.upFilterCfgs = hpo.GetHttpFilters()
 	}
-	if !cl.dfp && len(cl.endpoints) == 0 {
-		return nil, errors.New("no endpoints")
-	}
+	// A cluster without endpoints is accepted, as Envoy accepts it: its
+	// requests get the router's 503 "no healthy upstream" (UH).
 	if ts := c.GetTransportSocket(); ts != nil && ts.GetTypedConfig() != nil {
 		m, err := anypb.UnmarshalNew(ts.GetTypedConfig(), proto.UnmarshalOptions{})
 		if err != nil {
