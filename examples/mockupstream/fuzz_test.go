@@ -66,7 +66,7 @@ func FuzzRequestBody(f *testing.F) {
 			prompt := int64(mockupstream.PromptTokens(body))
 			switch path {
 			case "/v1/chat/completions":
-				model := gjson.GetBytes(body, "model").Str
+				model := validUTF8(gjson.GetBytes(body, "model").Str)
 				if got := gjson.GetBytes(out, "usage.prompt_tokens").Int(); got != prompt || gjson.GetBytes(out, "model").Str != model {
 					t.Fatalf("usage %d, want %d; answer %s", got, prompt, out)
 				}
@@ -83,4 +83,14 @@ func FuzzRequestBody(f *testing.F) {
 			t.Fatalf("status %d: %s", rec.Code, out)
 		}
 	})
+}
+
+// validUTF8 is s as encoding/json writes it: every byte that is not valid
+// UTF-8 becomes U+FFFD.
+func validUTF8(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		b.WriteRune(r)
+	}
+	return b.String()
 }
