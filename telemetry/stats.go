@@ -68,8 +68,10 @@ func ParseWindow(s string) (time.Duration, error) {
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d < MinWindow || d > MaxWindow {
-		if len(s) > 32 {
-			s = s[:32] + "…"
+		// 16 bytes: quoted, each may take 4 characters (\xNN), and the
+		// whole error stays short.
+		if len(s) > 16 {
+			s = s[:16] + "…"
 		}
 		return 0, fmt.Errorf("%w %q: want all or a duration between 1m and 24h, e.g. 5m or 1h", ErrBadWindow, s)
 	}
