@@ -1,7 +1,6 @@
 package extproc
 
 import (
-	"fmt"
 	"io"
 	"net"
 	"sort"
@@ -9,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -28,17 +26,7 @@ func BenchmarkProcessOverGRPC(b *testing.B) {
 	}))
 
 	body := []byte(`{"model":"gpt-4","messages":[{"role":"user","content":"` + strings.Repeat("lorem ipsum ", 80) + `"}]}`)
-	hdrs := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
-		Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
-			hv(":authority", "gw.local"), hv(":path", "/v1/chat/completions"), hv(":method", "POST"), hv(":scheme", "http"),
-			hv("authorization", "Bearer km-bench-token"), hv("content-type", "application/json"),
-			hv("content-length", fmt.Sprint(len(body))), hv("x-request-id", "bench"),
-			hv("user-agent", "OpenAI/Go 3.98.0"), hv("accept", "application/json"), hv("accept-encoding", "gzip"),
-			hv("x-stainless-lang", "go"), hv("x-stainless-os", "Linux"), hv("x-stainless-arch", "x64"),
-			hv("x-stainless-runtime", "go"), hv("x-stainless-retry-count", "0"), hv("x-forwarded-proto", "http"),
-		}},
-	}}}
-	bodyMsg := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: body, EndOfStream: true}}}
+	hdrs, bodyMsg := chatRequest(body)
 	durations := make([]time.Duration, 0, b.N)
 	b.ReportAllocs()
 	b.ResetTimer()
