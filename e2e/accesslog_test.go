@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -13,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keymux/keymux/examples/mockupstream"
-	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/testutil/wait"
 )
 
