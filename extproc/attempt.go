@@ -89,7 +89,11 @@ var ambiguousRequest = new(attempts)
 // share registers the forwarded call's attempts under its call id and its
 // request id, and reports whether its retries can be joined to it.
 func (x *exchange) share() bool {
-	x.att = &attempts{x: x, entry: x.entry, model: x.call.ModelFinal, tried: []*store.Entry{x.entry}}
+	a := &x.shared // allocated with the exchange
+	a.x, a.entry, a.model = x, x.entry, x.call.ModelFinal
+	x.firstTried[0] = x.entry
+	a.tried = x.firstTried[:]
+	x.att = a
 	x.s.calls.Store(x.callID, x.att)
 	rid := x.hdr.requestID
 	if rid == "" {
@@ -208,8 +212,10 @@ func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3
 		a.tried = append(a.tried, e)
 		u.model = final
 		t := target(e.Key, x.route.op, x.route.path, final, x.route.query, x.hdr.anthropicVersion)
-		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrPath, t.path))
-		mut.SetHeaders = append(mut.SetHeaders, t.headers...)
+		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrPath, t.fullPath()))
+		t.eachHeader(func(name, part1, part2 string) {
+			mut.SetHeaders = append(mut.SetHeaders, setHeader(name, part1+part2))
+		})
 	}
 	u.entry = a.entry
 	u.phase = phaseForwarded

@@ -51,6 +51,11 @@ type exchange struct {
 	callID   string    // joins Envoy's access-log entry to this record (set when forwarded)
 	att      *attempts // shared with the upstream filter's attempts (set when forwarded)
 	call     telemetry.Call
+	rep      replies // storage of the request path's replies (reply.go)
+	// The storage of att and of its first tried key (share).
+	shared     attempts
+	firstTried [1]*store.Entry
+	mut        *mutationMsg // the forwarding mutation (set by forward)
 }
 
 func newExchange(s *Server) *exchange {
@@ -129,7 +134,7 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 	}
 	if !h.GetEndOfStream() {
 		x.phase = phaseBody
-		return headersReply(nil, false)
+		return x.headersReply(nil, false)
 	}
 	// No body follows.
 	if route.op.model == modelRequired {
@@ -139,7 +144,7 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 	if aerr != nil {
 		return x.refuse(aerr)
 	}
-	return x.withMetadata(headersReply(mut, true))
+	return x.withMetadata(x.headersReply(mut, true))
 }
 
 func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
@@ -162,7 +167,7 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		if aerr != nil {
 			return x.refuse(aerr)
 		}
-		return x.withMetadata(bodyReply(mut, nil, true))
+		return x.withMetadata(x.bodyReply(mut, nil, true))
 	}
 	bi, aerr := parseBody(body, x.route.op.model, x.settings.MaxJSONDepth)
 	if aerr != nil {
@@ -191,11 +196,11 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	}
 	switch {
 	case newBody != nil:
-		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrContentLength, strconv.Itoa(len(newBody))))
+		x.mut.setInt(hdrContentLength, len(newBody))
 	case x.hdr.contentLength >= 0:
-		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrContentLength, strconv.Itoa(len(body))))
+		x.mut.setInt(hdrContentLength, len(body))
 	}
-	return x.withMetadata(bodyReply(mut, newBody, true))
+	return x.withMetadata(x.bodyReply(mut, newBody, true))
 }
 
 // wantsStreamUsage reports whether keymux asks the upstream for the final
@@ -321,22 +326,21 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 	x.call.Strategy = x.settings.Strategy
 
 	t := target(k, x.route.op, x.route.path, final, x.route.query, x.hdr.anthropicVersion)
-	mut := &extprocv3.HeaderMutation{RemoveHeaders: removedHeaders}
-	mut.SetHeaders = append(mut.SetHeaders,
-		setHeader(HeaderUpstream, t.scheme),
-		setHeader(hdrAuthority, t.authority),
-		setHeader(hdrPath, t.path),
-	)
-	mut.SetHeaders = append(mut.SetHeaders, t.headers...)
+	m := x.rep.mutationMsg()
+	x.mut = m
+	mut := m.start(removedHeaders)
+	m.set(HeaderUpstream, t.scheme)
+	m.set(hdrAuthority, t.authority)
+	m.set(hdrPath, t.prefix, t.path)
+	t.eachHeader(func(name, part1, part2 string) { m.set(name, part1, part2) })
 	retries := 0
 	if x.share() {
 		retries = x.retriesFor(entry, x.s.now())
 	}
-	mut.SetHeaders = append(mut.SetHeaders,
-		setHeader(HeaderCall, x.callID),
-		setHeader(hdrMaxRetries, strconv.Itoa(retries)))
+	m.set(HeaderCall, x.callID)
+	m.setInt(hdrMaxRetries, retries)
 	if tp := x.s.observer.Begin(&x.call); tp != "" {
-		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrTraceparent, tp))
+		m.set(hdrTraceparent, tp)
 	}
 	return mut, nil
 }
@@ -657,40 +661,22 @@ func (x *exchange) refuse(e *apiError) *extprocv3.ProcessingResponse {
 // withMetadata adds keymux's dynamic metadata (for Envoy's access log) to a
 // forwarding reply.
 func (x *exchange) withMetadata(resp *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
-	fields := map[string]*structpb.Value{
-		metaCallID:       structpb.NewStringValue(x.callID),
-		metaKeyID:        structpb.NewStringValue(x.call.KeyID),
-		"model_original": structpb.NewStringValue(x.call.ModelOriginal),
-		"model_final":    structpb.NewStringValue(x.call.ModelFinal),
-	}
-	if x.call.ClientID != "" {
-		fields["client_id"] = structpb.NewStringValue(x.call.ClientID)
-	}
-	resp.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{
-		MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: fields}),
-	}}
+	resp.DynamicMetadata = x.rep.metadataMsg().build([len(metadataFields)]string{
+		x.callID, x.call.KeyID, x.call.ModelOriginal, x.call.ModelFinal, x.call.ClientID})
 	return resp
+}
+
+// headersReply is headersReply in the exchange's storage.
+func (x *exchange) headersReply(mut *extprocv3.HeaderMutation, reroute bool) *extprocv3.ProcessingResponse {
+	return x.rep.headersMsg().build(mut, reroute)
+}
+
+// bodyReply is bodyReply in the exchange's storage.
+func (x *exchange) bodyReply(mut *extprocv3.HeaderMutation, body []byte, reroute bool) *extprocv3.ProcessingResponse {
+	return x.rep.bodyMsg().build(mut, body, reroute)
 }
 
 func tooLarge(limit int64) *apiError {
 	return &apiError{Status: 413, Type: typeInvalidRequest, Code: "request_too_large",
 		Message: "The request body is larger than " + strconv.FormatInt(limit, 10) + " bytes."}
-}
-
-func headersReply(mut *extprocv3.HeaderMutation, reroute bool) *extprocv3.ProcessingResponse {
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
-		RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{
-			HeaderMutation: mut, ClearRouteCache: reroute && mut != nil,
-		}},
-	}}
-}
-
-func bodyReply(mut *extprocv3.HeaderMutation, body []byte, reroute bool) *extprocv3.ProcessingResponse {
-	cr := &extprocv3.CommonResponse{HeaderMutation: mut, ClearRouteCache: reroute && mut != nil}
-	if body != nil {
-		cr.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
-	}
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{
-		RequestBody: &extprocv3.BodyResponse{Response: cr},
-	}}
 }

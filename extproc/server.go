@@ -83,7 +83,8 @@ var messageKindList = [...]string{"request_headers", "request_body", "request_tr
 // newCallID returns a new call id: it joins Envoy's access-log entry to
 // keymux's record of the call (x-request-id is the client's to set).
 func (s *Server) newCallID() string {
-	return s.callPrefix + strconv.FormatUint(s.callSeq.Add(1), 36)
+	var b [48]byte
+	return string(strconv.AppendUint(append(b[:0], s.callPrefix...), s.callSeq.Add(1), 36))
 }
 
 // clientCounters are a client's requests and tokens of the current minute.
