@@ -79,6 +79,7 @@ func BenchmarkDecisionPath(b *testing.B) {
 						// The call leaves the attempts registry, as at the
 						// end of its stream (booking is not measured).
 						x.unshare()
+						x.releaseReplies()
 					}
 				})
 			}

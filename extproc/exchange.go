@@ -51,7 +51,7 @@ type exchange struct {
 	callID   string    // joins Envoy's access-log entry to this record (set when forwarded)
 	att      *attempts // shared with the upstream filter's attempts (set when forwarded)
 	call     telemetry.Call
-	rep      replies // storage of the request path's replies (reply.go)
+	rep      *replies // storage of the request path's replies (reply.go); nil once released
 	// The storage of att and of its first tried key (share).
 	shared     attempts
 	firstTried [1]*store.Entry
@@ -59,7 +59,16 @@ type exchange struct {
 }
 
 func newExchange(s *Server) *exchange {
-	return &exchange{s: s, call: telemetry.Call{Start: s.now()}}
+	return &exchange{s: s, call: telemetry.Call{Start: s.now()}, rep: getReplies()}
+}
+
+// releaseReplies hands the reply storage back to its pool once the stream
+// has ended: every reply was serialized (reply.go).
+func (x *exchange) releaseReplies() {
+	if x.rep != nil {
+		putReplies(x.rep)
+		x.rep, x.mut = nil, nil
+	}
 }
 
 // handle answers one message.

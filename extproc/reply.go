@@ -2,18 +2,21 @@ package extproc
 
 import (
 	"strconv"
+	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
-// The replies of the request path are built in storage allocated once with
-// the exchange (replies) rather than one allocation per proto, header
+// The replies of the request path are built in storage an exchange takes
+// from a pool (replies) rather than with one allocation per proto, header
 // option and value: the decision path of a chat request then allocates a
 // handful of times instead of ~80. A reply is written once and never
-// changed after it is returned (gRPC, and stats handlers, may read a sent
-// message later); a second reply of the same kind gets fresh storage.
+// changed while its stream is open; a second reply of the same kind gets
+// fresh storage. The Process loop hands the storage back when its stream
+// ends: every reply was serialized by then (gRPC encodes a message, and
+// runs the stats handlers on it, within Send).
 
 // headersReplyMsg is the protos of one request-headers reply.
 type headersReplyMsg struct {
@@ -43,6 +46,7 @@ type bodyReplyMsg struct {
 
 func (m *bodyReplyMsg) build(mut *extprocv3.HeaderMutation, body []byte, reroute bool) *extprocv3.ProcessingResponse {
 	m.common.HeaderMutation, m.common.ClearRouteCache = mut, reroute && mut != nil
+	m.common.BodyMutation = nil
 	if body != nil {
 		m.newBody.Body = body
 		m.bodyMut.Mutation = &m.newBody
@@ -85,6 +89,7 @@ type mutationMsg struct {
 func (m *mutationMsg) start(remove []string) *extprocv3.HeaderMutation {
 	m.mut.RemoveHeaders = remove
 	m.mut.SetHeaders = m.ptrs[:0]
+	m.n = 0
 	m.raw = m.rawBuf[:0]
 	return &m.mut
 }
@@ -153,6 +158,20 @@ func (m *metadataMsg) build(values [len(metadataFields)]string) *structpb.Struct
 	m.outer.Fields = map[string]*structpb.Value{MetadataNamespace: &m.ns}
 	return &m.outer
 }
+
+// repliesPool recycles the reply storage of ended streams.
+var repliesPool = sync.Pool{New: func() any { return new(replies) }}
+
+// getReplies takes reply storage from the pool, every part unused.
+func getReplies() *replies {
+	r := repliesPool.Get().(*replies)
+	r.usedHeaders, r.usedBody, r.usedMutation, r.usedMetada = false, false, false, false
+	return r
+}
+
+// putReplies gives r back to the pool: nothing may read a reply built in
+// it any more.
+func putReplies(r *replies) { repliesPool.Put(r) }
 
 // replies is the reply storage of one exchange: each part is handed out
 // once, a second use of the same part allocates.

@@ -186,6 +186,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 	}
 	x := newExchange(s)
 	defer x.finish()
+	defer x.releaseReplies() // before finish: nothing reads a reply after the stream
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil
