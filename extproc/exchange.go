@@ -55,6 +55,7 @@ type exchange struct {
 	// The storage of att and of its first tried key (share).
 	shared     attempts
 	firstTried [1]*store.Entry
+	callIDBuf  [32]byte     // the bytes of callID (written once)
 	mut        *mutationMsg // the forwarding mutation (set by forward)
 }
 
@@ -330,7 +331,7 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 	}
 	x.entry = entry
 	x.phase = phaseForwarded
-	x.callID = x.s.newCallID()
+	x.callID = x.s.newCallID(x.callIDBuf[:0])
 	x.call.KeyID, x.call.Provider, x.call.UpstreamHost, x.call.ModelFinal = k.ID, string(k.Provider), k.Host, final
 	x.call.Strategy = x.settings.Strategy
 

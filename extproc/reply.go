@@ -141,9 +141,14 @@ type metadataMsg struct {
 var metadataFields = [...]string{metaCallID, metaKeyID, "model_original", "model_final", "client_id"}
 
 // build returns the metadata of values (one per metadataFields name); an
-// empty client id is left out.
+// empty client id is left out. Its maps are kept with the storage and
+// refilled when it is used again.
 func (m *metadataMsg) build(values [len(metadataFields)]string) *structpb.Struct {
-	fields := make(map[string]*structpb.Value, len(metadataFields))
+	fields := m.inner.Fields
+	if fields == nil {
+		fields = make(map[string]*structpb.Value, len(metadataFields))
+	}
+	clear(fields)
 	for i, name := range metadataFields {
 		if name == "client_id" && values[i] == "" {
 			continue
@@ -155,7 +160,9 @@ func (m *metadataMsg) build(values [len(metadataFields)]string) *structpb.Struct
 	m.inner.Fields = fields
 	m.nsKind.StructValue = &m.inner
 	m.ns.Kind = &m.nsKind
-	m.outer.Fields = map[string]*structpb.Value{MetadataNamespace: &m.ns}
+	if m.outer.Fields == nil {
+		m.outer.Fields = map[string]*structpb.Value{MetadataNamespace: &m.ns}
+	}
 	return &m.outer
 }
 
