@@ -60,11 +60,16 @@ type attempts struct {
 func (x *exchange) retriesFor(entry *store.Entry, now time.Time) int {
 	limit := x.settings.Retry.MaxAttempts - 1
 	n := 0
-	for _, e := range x.snap.Pool(x.call.ModelOriginal).Entries {
+	pool := x.snap.Pool(x.call.ModelOriginal)
+	entries, checked := pool.Entries, false
+	if set := eligibleOf(pool, now); set != nil {
+		entries, checked = set.entries, true // every one eligible now
+	}
+	for _, e := range entries {
 		if n >= limit {
 			break
 		}
-		if e != entry && sameHost(e.Key, entry.Key) && eligibleNow(e, now) {
+		if e != entry && sameHost(e.Key, entry.Key) && (checked || eligibleNow(e, now)) {
 			n++
 		}
 	}

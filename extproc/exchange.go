@@ -390,6 +390,11 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 			Message: "The model `" + model + "` does not exist or no key serves it."}
 	}
 	now := x.s.now()
+	if skip == nil {
+		if set := eligibleOf(pool, now); set != nil {
+			return x.chooseFrom(set, model, pool, now)
+		}
+	}
 	window := x.settings.Ejection.ErrorWindow
 	buf := candidatePool.Get().(*candidateBuf)
 	defer func() {
@@ -426,6 +431,51 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	}
 	i := policy.Select(buf.cands, strat, seq, rand.Float64())
 	e := buf.entries[i]
+	e.RT.AddRequest()
+	e.RT.MinuteRequests.Add(now, 1)
+	return e, nil
+}
+
+// chooseFrom picks a key for model from the pool's eligible set (choose
+// without a scan of the pool): the strategy runs over the set's best tier,
+// as policy.Select would over the eligible keys.
+func (x *exchange) chooseFrom(set *eligibleSet, model string, pool *store.Pool, now time.Time) (*store.Entry, *apiError) {
+	if len(set.tier) == 0 {
+		return nil, x.noEligibleKey(model, pool, now)
+	}
+	strat, err := policy.StrategyFor(x.settings.Strategy)
+	if err != nil {
+		strat = policy.RoundRobin{} // settings are validated; this is a safety net
+	}
+	cands := set.tier // shared: read-only
+	needUsage, needErrors := policy.StrategyInputs(strat)
+	var buf *candidateBuf
+	if needUsage || needErrors {
+		// The counters are per request: fill a copy.
+		buf = candidatePool.Get().(*candidateBuf)
+		defer func() {
+			clear(buf.cands)
+			buf.cands = buf.cands[:0]
+			candidatePool.Put(buf)
+		}()
+		window := x.settings.Ejection.ErrorWindow
+		for i, e := range set.tierEntries {
+			c := set.tier[i]
+			if needUsage {
+				c.Usage = e.RT.Requests()
+			}
+			if needErrors {
+				c.Errors = e.RT.ErrorsInWindow(now, window)
+			}
+			buf.cands = append(buf.cands, c)
+		}
+		cands = buf.cands
+	}
+	seq := pool.Seq.Add(1) - 1
+	if x.hdr.affinity != "" && policy.UsesAffinity(strat) {
+		seq = policy.AffinityHash(x.hdr.affinity)
+	}
+	e := set.tierEntries[policy.SelectTier(cands, strat, seq, rand.Float64())]
 	e.RT.AddRequest()
 	e.RT.MinuteRequests.Add(now, 1)
 	return e, nil

@@ -72,6 +72,10 @@ type Pool struct {
 	Model   string
 	Entries []*Entry
 	Seq     *atomic.Uint64
+	// Selection holds what the request path derives from Entries and the
+	// keys' states between requests (extproc's eligible set); each
+	// generation's pools start without.
+	Selection atomic.Value
 }
 
 // Options configures a Store.
