@@ -30,7 +30,9 @@ keys:
   c: {provider: openai, secret: sk-c, priority: 1}
 `)
 	pool := st.Read().Pool("")
-	key := func(id string) *store.Entry { return pool.Entries[slices.IndexFunc(pool.Entries, func(e *store.Entry) bool { return e.Key.ID == id })] }
+	key := func(id string) *store.Entry {
+		return pool.Entries[slices.IndexFunc(pool.Entries, func(e *store.Entry) bool { return e.Key.ID == id })]
+	}
 	t0 := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
 
 	type want struct{ entries, tier []string }
