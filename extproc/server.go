@@ -184,7 +184,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 	ctx := stream.Context()
 	s.open.Add(1)
 	defer s.open.Add(-1)
-	if md, _ := metadata.FromIncomingContext(ctx); slices.Contains(md.Get(FilterMetadataKey), FilterUpstream) {
+	if slices.Contains(metadata.ValueFromIncomingContext(ctx, FilterMetadataKey), FilterUpstream) {
 		return s.processAttempt(stream)
 	}
 	x := newExchange(s)
