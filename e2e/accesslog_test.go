@@ -48,42 +48,63 @@ func (g *gateway) responseBodyMessages() int {
 }
 
 // A key whose upstream resets every chat request (its probe, GET /models,
-// passes) is ejected after ejection.consecutive_failures requests: Envoy
-// answers them itself (503, UC) and keymux learns it from the access log
-// only, the response never reaching ext_proc.
+// passes) or refuses connections is ejected after
+// ejection.consecutive_failures requests: Envoy answers them itself (503, UC
+// or UF) and keymux learns it from the access log only, the response never
+// reaching ext_proc.
 func TestResettingUpstreamEjectsKey(t *testing.T) {
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet {
-			w.Header().Set("content-type", "application/json")
-			io.WriteString(w, `{"object":"list","data":[{"id":"gpt-4o","object":"model"}]}`)
-			return
-		}
-		c, _, err := w.(http.Hijacker).Hijack()
-		if err == nil {
-			c.Close()
-		}
-	}))
-	t.Cleanup(up.Close)
-	g := startGateway(t, `settings: {ejection: {consecutive_failures: 2}}
+	tests := []struct {
+		name     string
+		upstream func(t *testing.T) string // the key's base URL
+	}{
+		// Every request's connection is closed before an answer (UC); its
+		// health probes (GET /v1/models) pass.
+		{name: "reset before headers", upstream: func(t *testing.T) string {
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodGet {
+					w.Header().Set("content-type", "application/json")
+					io.WriteString(w, `{"object":"list","data":[{"id":"gpt-4o","object":"model"}]}`)
+					return
+				}
+				c, _, err := w.(http.Hijacker).Hijack()
+				if err == nil {
+					c.Close()
+				}
+			}))
+			t.Cleanup(up.Close)
+			return up.URL
+		}},
+		// Nothing listens (UF).
+		{name: "connection refused", upstream: func(t *testing.T) string {
+			up := httptest.NewServer(http.NotFoundHandler())
+			up.Close()
+			return up.URL
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := startGateway(t, `settings: {ejection: {consecutive_failures: 2}}
 keys:
-  k1: {provider: openai_compatible, base_url: "`+up.URL+`/v1", secret: sk-test-k1}
+  k1: {provider: openai_compatible, base_url: "`+tt.upstream(t)+`/v1", secret: sk-test-k1}
 `)
-	for i := range 2 {
-		if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 503 {
-			t.Fatalf("request %d: status %d: %s", i, resp.StatusCode, b)
-		}
-	}
-	var keys []keyHealth
-	wait.Until(t, 5*time.Second, "k1 ejected on /stats", func() bool {
-		keys = g.keys()
-		return len(keys) == 1 && keys[0].State == "ejected"
-	})
-	if keys[0].Ejections != 1 {
-		t.Errorf("k1 %+v, want one ejection", keys[0])
-	}
-	// Now out: keymux answers the next request itself.
-	if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 503 || !regexp.MustCompile(`keys_ejected`).Match(b) {
-		t.Errorf("after the ejection: %d %s, want keymux's 503 keys_ejected", resp.StatusCode, b)
+			for i := range 2 {
+				if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 503 {
+					t.Fatalf("request %d: status %d: %s", i, resp.StatusCode, b)
+				}
+			}
+			var keys []keyHealth
+			wait.Until(t, 5*time.Second, "k1 ejected on /stats", func() bool {
+				keys = g.keys()
+				return len(keys) == 1 && keys[0].State == "ejected"
+			})
+			if keys[0].Ejections != 1 {
+				t.Errorf("k1 %+v, want one ejection", keys[0])
+			}
+			// Now out: keymux answers the next request itself.
+			if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 503 || !regexp.MustCompile(`keys_ejected`).Match(b) {
+				t.Errorf("after the ejection: %d %s, want keymux's 503 keys_ejected", resp.StatusCode, b)
+			}
+		})
 	}
 }
 
