@@ -266,7 +266,7 @@ func TestDefaults(t *testing.T) {
 	want := Settings{
 		Strategy: "round_robin",
 		Health:   HealthSettings{Interval: 10 * time.Minute, Timeout: 10 * time.Second},
-		Ejection: EjectionSettings{ConsecutiveFailures: 3, Base: 30 * time.Second, Max: 5 * time.Minute, Cooldown: 60 * time.Second, ErrorWindow: 60 * time.Second},
+		Ejection: EjectionSettings{ConsecutiveFailures: 3, Base: 30 * time.Second, Max: 5 * time.Minute, Cooldown: 60 * time.Second, ErrorWindow: 60 * time.Second, SlowStart: 30 * time.Second},
 		Auth:     AuthSettings{Mode: AuthNone, Claim: "role", Value: "ROLE_API_USER"},
 		Alerts:   AlertSettings{ErrorRate: 0.2, Usage: 10000},
 
