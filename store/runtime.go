@@ -14,7 +14,10 @@ const errBuckets = 300
 // generation that contains the key id. Every method is lock-free and safe for
 // concurrent use; only Update allocates.
 type Runtime struct {
-	state    atomic.Pointer[policy.KeyState]
+	state atomic.Pointer[policy.KeyState]
+	// models holds the key's per-model states (modelstate.go), copied on
+	// write.
+	models   atomic.Pointer[[]*ModelState]
 	usage    atomic.Uint64
 	requests atomic.Uint64
 	errors   atomic.Uint64
