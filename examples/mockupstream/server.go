@@ -105,7 +105,7 @@ type Server struct {
 	scripts  map[string][]Behaviour
 	defaults map[string]Behaviour
 	counts   map[[2]string]int // requests per credential and model, for x-ratelimit-remaining-*
-	epoch    uint64         // bumped by Reset, so late answers never touch new records
+	epoch    uint64            // bumped by Reset, so late answers never touch new records
 
 	ctx    context.Context // ends when Close is called; ends Delays
 	cancel context.CancelFunc
