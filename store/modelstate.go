@@ -141,6 +141,26 @@ func (m *ModelState) Admits(est int64, probedAt, now time.Time) (bool, policy.In
 	return true, policy.Ineligible{}
 }
 
+// ModelView is a key's state for one model at a moment, for /stats and
+// /metrics.
+type ModelView struct {
+	Model string
+	// State is "healthy", or why the key does not serve the model:
+	// policy.ReasonCoolingDown, ReasonNoHeadroom or ReasonModelUnavailable.
+	State    string
+	Until    time.Time
+	Headroom policy.Headroom
+}
+
+// View returns the model state at now for a key last probed at probedAt.
+func (m *ModelState) View(probedAt, now time.Time) ModelView {
+	v := ModelView{Model: m.Model, State: "healthy", Headroom: m.Headroom(now)}
+	if ok, why := m.Admits(0, probedAt, now); !ok {
+		v.State, v.Until = why.Reason, why.Until
+	}
+	return v
+}
+
 // Model returns the key's state for model, nil when it has none. It does
 // not allocate.
 func (r *Runtime) Model(model string) *ModelState {
