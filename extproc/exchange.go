@@ -394,10 +394,11 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	seq := pool.Seq.Add(1) - 1
 	slow := 0 // eligible keys left out by their slow start
 	for i, e := range pool.Entries {
-		if ok, _ := x.admits(e, x.est, now); !ok || (skip != nil && skip(e)) {
+		st := e.RT.State()
+		if ok, _ := x.admitsIn(e, st, x.est, now); !ok || (skip != nil && skip(e)) {
 			continue
 		}
-		if !x.slowStartAdmits(e, seq, i, now) {
+		if !x.slowStartAdmits(st.SlowStartFrom, seq, i, now) {
 			slow++
 			continue
 		}

@@ -21,7 +21,11 @@ import (
 // its rule makes of model at now and, when not, why. It reads atomics only
 // and does not allocate.
 func (x *exchange) admits(e *store.Entry, est int64, now time.Time) (bool, policy.Ineligible) {
-	st := e.RT.State()
+	return x.admitsIn(e, e.RT.State(), est, now)
+}
+
+// admitsIn is admits for e in passive state st (read once by the caller).
+func (x *exchange) admitsIn(e *store.Entry, st policy.KeyState, est int64, now time.Time) (bool, policy.Ineligible) {
 	if ok, why := policy.Eligible(e.Key, st, now); !ok {
 		return false, why
 	}
@@ -38,10 +42,14 @@ func (x *exchange) admits(e *store.Entry, est int64, now time.Time) (bool, polic
 	return true, policy.Ineligible{}
 }
 
-// slowStartAdmits reports whether e, back from an ejection, takes the
-// selection numbered seq while its share of traffic grows.
-func (x *exchange) slowStartAdmits(e *store.Entry, seq uint64, i int, now time.Time) bool {
-	share := policy.SlowStartShare(e.RT.State().SlowStartFrom, now, x.settings.Ejection.SlowStart)
+// slowStartAdmits reports whether the i-th key of a pool, back from an
+// ejection at from, takes the selection numbered seq while its share of
+// traffic grows.
+func (x *exchange) slowStartAdmits(from time.Time, seq uint64, i int, now time.Time) bool {
+	if from.IsZero() {
+		return true
+	}
+	share := policy.SlowStartShare(from, now, x.settings.Ejection.SlowStart)
 	return policy.SlowStartAdmits(share, seq+uint64(i)*0x632BE59BD9B4E019)
 }
 
@@ -159,7 +167,10 @@ var (
 func (x *exchange) poolHeadroom(now time.Time) policy.Headroom {
 	var sum policy.Headroom
 	for _, e := range x.snap.Pool(x.call.ModelOriginal).Entries {
-		if ok, _ := x.admits(e, 0, now); !ok || !e.RT.HasModels() {
+		if !e.RT.HasModels() {
+			continue
+		}
+		if ok, _ := x.admits(e, 0, now); !ok {
 			continue
 		}
 		m := e.RT.Model(x.finalModel(e.Key))
