@@ -124,10 +124,12 @@ func TestAnswerClassification(t *testing.T) {
 		{name: "a 404 of another kind is the client's", answer: []string{":status", "404"},
 			body:  `{"error":{"code":"unknown_url"}}`,
 			class: policy.ClassClient, servesA: true, servesB: true},
+		{name: "5xx ejects the key for all models", answer: []string{":status", "503"}, class: policy.ClassServer},
+		{name: "504 (timeout) ejects the key for all models", answer: []string{":status", "504"}, class: policy.ClassTimeout},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newRig(t, "settings: {ejection: {cooldown: 45s}}\n"+oneKey)
+			r := newRig(t, "settings: {ejection: {cooldown: 45s, consecutive_failures: 1}}\n"+oneKey)
 			res, _ := r.send("m-a", tc.extra, func(string) []*extprocv3.ProcessingRequest {
 				if tc.body == "" {
 					return []*extprocv3.ProcessingRequest{respHeaders(true, tc.answer...)}
