@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keymux/keymux/examples/mockupstream"
+	"github.com/keymux/keymux/testutil/wait"
 )
 
 // twoModelKeys is two keys serving two models, in strict rotation.
@@ -121,26 +122,7 @@ keys:
 	if resp.StatusCode != 503 || key != "" || !strings.Contains(string(b), "keys_cooling_down") {
 		t.Errorf("gpt-4o while k1 cools down for it: %d on %q: %s; want 503 keys_cooling_down", resp.StatusCode, key, b)
 	}
-	var st struct {
-		Keys []struct {
-			ID     string `json:"id"`
-			State  string `json:"state"`
-			Models []struct {
-				Model string `json:"model"`
-				State string `json:"state"`
-			} `json:"models"`
-		} `json:"keys"`
-	}
-	if err := json.Unmarshal(g.getAdmin("/stats"), &st); err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]string{}
-	for _, k := range st.Keys {
-		got[k.ID] = k.State
-		for _, m := range k.Models {
-			got[k.ID+"/"+m.Model] = m.State
-		}
-	}
+	got := g.modelStates()
 	want := map[string]string{"k1": "healthy", "k1/gpt-4o": "cooling_down", "k1/gpt-4o-mini": "healthy"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("/stats key states %v, want %v", got, want)
@@ -254,5 +236,63 @@ keys:
 	}
 	if shares[0] >= shares[3] || shares[5] < 0.4 {
 		t.Errorf("the share does not grow to the full half: %.2f", shares)
+	}
+}
+
+// modelStates reads /stats: each key's state by id, and its state per
+// model by "id/model".
+func (g *gateway) modelStates() map[string]string {
+	g.t.Helper()
+	var st struct {
+		Keys []struct {
+			ID     string `json:"id"`
+			State  string `json:"state"`
+			Models []struct {
+				Model string `json:"model"`
+				State string `json:"state"`
+			} `json:"models"`
+		} `json:"keys"`
+	}
+	if err := json.Unmarshal(g.getAdmin("/stats"), &st); err != nil {
+		g.t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, k := range st.Keys {
+		got[k.ID] = k.State
+		for _, m := range k.Models {
+			got[k.ID+"/"+m.Model] = m.State
+		}
+	}
+	return got
+}
+
+// A 404 model_not_found (its error code read by Envoy's json_to_metadata
+// into the access log: the body never reaches keymux) takes the key out of
+// that model's pool; the key keeps serving its other models.
+func TestModelNotFoundLeavesOtherModels(t *testing.T) {
+	g := startGateway(t, twoModelKeys)
+	g.mock.Script("sk-test-k1", mockupstream.Behaviour{Status: 404, Path: chatPath, Model: "gpt-4o"})
+	resp, b, key := g.chatFor("gpt-4o", "")
+	if resp.StatusCode != 404 || key != "k1" || !strings.Contains(string(b), "model_not_found") {
+		t.Fatalf("%d on %q: %s; want k1's 404 model_not_found", resp.StatusCode, key, b)
+	}
+	wait.Until(t, 5*time.Second, "k1 out of gpt-4o's pool on /stats", func() bool {
+		return g.modelStates()["k1/gpt-4o"] == "model_unavailable"
+	})
+	for range 3 {
+		if resp, b, key := g.chatFor("gpt-4o", ""); resp.StatusCode != 200 || key != "k2" {
+			t.Fatalf("gpt-4o: %d on %q: %s; want k2 only", resp.StatusCode, key, b)
+		}
+	}
+	seen := map[string]bool{}
+	for range 2 {
+		_, _, key := g.chatFor("gpt-4o-mini", "")
+		seen[key] = true
+	}
+	if !seen["k1"] || !seen["k2"] {
+		t.Errorf("gpt-4o-mini served by %v, want k1 and k2", seen)
+	}
+	if st := g.modelStates(); st["k1"] != "healthy" {
+		t.Errorf("k1 is %q, want healthy (out of one model's pool only)", st["k1"])
 	}
 }
