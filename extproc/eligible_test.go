@@ -21,7 +21,8 @@ func ids(entries []*store.Entry) []string {
 // TestEligibleSetFollowsStates: the pool's eligible set is reused while no
 // key's state moves, rebuilt when one does (a cooldown, a probe result), and
 // when a time-bound exclusion ends without any state change; its tier is
-// the best priority among the eligible keys.
+// the best priority among the eligible keys. While a key is in slow start
+// or has a per-model state, the pool is scanned per request.
 func TestEligibleSetFollowsStates(t *testing.T) {
 	st := newTestStore(t, `
 keys:
@@ -34,11 +35,12 @@ keys:
 		return pool.Entries[slices.IndexFunc(pool.Entries, func(e *store.Entry) bool { return e.Key.ID == id })]
 	}
 	t0 := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
+	const slow = 30 * time.Second // settings.ejection.slow_start
 
 	type want struct{ entries, tier []string }
 	check := func(step string, now time.Time, w want) *eligibleSet {
 		t.Helper()
-		s := eligibleOf(pool, now)
+		s := eligibleOf(pool, now, slow)
 		if s == nil {
 			t.Fatalf("%s: no set (scanned per request)", step)
 		}
@@ -63,7 +65,7 @@ keys:
 
 	// A state change that does not touch eligibility keeps the set.
 	key("a").RT.Update(func(s policy.KeyState) policy.KeyState { s.ConsecutiveFailures++; return s })
-	if again := eligibleOf(pool, t0); again != first {
+	if again := eligibleOf(pool, t0, slow); again != first {
 		t.Errorf("a failure count moved: the set was rebuilt")
 	}
 
@@ -80,6 +82,24 @@ keys:
 
 	key("b").RT.Update(func(s policy.KeyState) policy.KeyState { s.ProbeFailed = false; return s })
 	check("b's probe passes", t0.Add(11*time.Second), want{[]string{"a", "b", "c"}, []string{"a", "b"}})
+
+	// b back from an ejection: in slow start (the selection's number
+	// decides) the pool is scanned per request until the slow start ends.
+	t1 := t0.Add(time.Minute)
+	key("b").RT.Update(func(s policy.KeyState) policy.KeyState { s.SlowStartFrom = t1; return s })
+	if s := eligibleOf(pool, t1.Add(slow-time.Nanosecond), slow); s != nil {
+		t.Errorf("b in slow start: a set %v, want a scan per request", ids(s.entries))
+	}
+	check("b's slow start over", t1.Add(slow), want{[]string{"a", "b", "c"}, []string{"a", "b"}})
+
+	// c gets a per-model state (headroom: the request's estimate decides).
+	c := key("c").RT.ModelFor("gpt-4o")
+	if c == nil {
+		t.Fatal("no model state")
+	}
+	if s := eligibleOf(pool, t1.Add(slow), slow); s != nil {
+		t.Errorf("c with a model state: a set %v, want a scan per request", ids(s.entries))
+	}
 }
 
 // TestEligibleSetNotForLimits: a pool with a key under rpm/tpm limits is
@@ -90,7 +110,7 @@ keys:
   a: {provider: openai, secret: sk-a}
   b: {provider: openai, secret: sk-b, limits: {rpm: 5}}
 `)
-	if s := eligibleOf(st.Read().Pool(""), time.Now()); s != nil {
+	if s := eligibleOf(st.Read().Pool(""), time.Now(), policy.DefaultSlowStart); s != nil {
 		t.Errorf("eligible set %v for a pool with limits, want none", ids(s.entries))
 	}
 }

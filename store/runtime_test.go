@@ -171,6 +171,7 @@ func TestStateEpoch(t *testing.T) {
 		{"probe failed", func(s policy.KeyState) policy.KeyState { s.ProbeFailed = true; return s }, true},
 		{"disabled", func(s policy.KeyState) policy.KeyState { s.Disabled = true; return s }, true},
 		{"disabled reason", func(s policy.KeyState) policy.KeyState { s.DisabledReason = policy.DisabledQuota; return s }, true},
+		{"slow start", func(s policy.KeyState) policy.KeyState { s.SlowStartFrom = at; return s }, true},
 	} {
 		before := StateEpoch()
 		r.Update(tc.f)
