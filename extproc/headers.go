@@ -23,6 +23,8 @@ const (
 	hdrTracestate    = "tracestate"
 	hdrAnthropicVer  = policy.HeaderAnthropicVersion
 	hdrAffinity      = "x-keymux-affinity"
+	hdrUpgrade       = "upgrade"
+	hdrWSProtocol    = "sec-websocket-protocol"
 
 	// HeaderUpstream selects Envoy's upstream cluster: "https" or "http"
 	// (envoy/envoy.yaml routes on it and removes it before the upstream).
@@ -66,6 +68,8 @@ type requestHeaders struct {
 	traceparent, tracestate string
 	anthropicVersion        string
 	affinity                string // x-keymux-affinity
+	upgrade                 string // the protocol of an HTTP/1.1 upgrade ("websocket"), "" for none
+	wsProtocol              string // sec-websocket-protocol
 }
 
 func readRequestHeaders(m *corev3.HeaderMap) requestHeaders {
@@ -106,6 +110,10 @@ func readRequestHeaders(m *corev3.HeaderMap) requestHeaders {
 			dst = &h.anthropicVersion
 		case hdrAffinity:
 			dst = &h.affinity
+		case hdrUpgrade:
+			dst = &h.upgrade
+		case hdrWSProtocol:
+			dst = &h.wsProtocol
 		default:
 			continue
 		}
