@@ -105,6 +105,9 @@ type Server struct {
 	scripts  map[string][]Behaviour
 	defaults map[string]Behaviour
 	counts   map[string]int // requests per credential, for x-ratelimit-remaining-*
+	// Anthropic message batches, by id and in creation order.
+	batchByID map[string]*messageBatch
+	batchList []*messageBatch
 	epoch    uint64         // bumped by Reset, so late answers never touch new records
 
 	ctx    context.Context // ends when Close is called; ends Delays
@@ -298,6 +301,7 @@ func (s *Server) Reset() {
 	clear(s.scripts)
 	clear(s.defaults)
 	clear(s.counts)
+	s.batchByID, s.batchList = nil, nil
 	s.notifyLocked()
 }
 
@@ -393,6 +397,15 @@ func parseRoute(path string) route {
 		return rt
 	}
 	switch {
+	case strings.HasSuffix(path, "/realtime"):
+		if strings.Contains(path, "/openai/") {
+			return route{op: "realtime", dialect: dialectAzure}
+		}
+		return route{op: "realtime"}
+	case strings.HasSuffix(path, "/messages/count_tokens"):
+		return route{op: "count_tokens", dialect: dialectAnthropic}
+	case strings.Contains(path, "/messages/batches"):
+		return route{op: "batches", dialect: dialectAnthropic}
 	case strings.HasSuffix(path, "/chat/completions"):
 		return route{op: "chat"}
 	case strings.HasSuffix(path, "/embeddings"):
@@ -503,6 +516,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rt.deployment != "" {
 		rec.Model = rt.deployment
 	}
+	if rt.op == "realtime" {
+		rec.Model, rec.Deployment = upgradeModel(r)
+		if rec.Deployment != "" {
+			rec.Model = rec.Deployment
+		}
+	}
 	rec.Stream = gjson.GetBytes(body, "stream").Type == gjson.True
 	rq := &request{r: r, rt: rt, body: body, model: rec.Model, stream: rec.Stream}
 	seq, epoch := s.record(rec)
@@ -543,8 +562,11 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		return
 	}
 	want := http.MethodPost
-	if rq.rt.op == "models" {
+	switch rq.rt.op {
+	case "models", "realtime":
 		want = http.MethodGet
+	case "batches":
+		want = r.Method // batches checks its own methods
 	}
 	if r.Method != want {
 		w.Header().Set("allow", want)
@@ -620,6 +642,12 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		s.listModels(w, rq)
 	case "messages":
 		s.messages(w, rq)
+	case "count_tokens":
+		s.countTokens(w, rq)
+	case "batches":
+		s.batches(w, rq, cred)
+	case "realtime":
+		s.realtime(w, rq)
 	}
 }
 
