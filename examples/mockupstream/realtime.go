@@ -76,7 +76,7 @@ func (s *Server) realtime(w *statusWriter, rq *request) {
 			ok = ok && send("response.done", map[string]any{"response": done})
 		default:
 			ok = send("error", map[string]any{"error": map[string]any{"type": "invalid_request_error", "code": "invalid_value",
-				"message": fmt.Sprintf("Invalid value: '%s'. Supported values are: 'session.update', 'conversation.item.create' and 'response.create'.", t),
+				"message":  fmt.Sprintf("Invalid value: '%s'. Supported values are: 'session.update', 'conversation.item.create' and 'response.create'.", t),
 				"event_id": clientID}})
 		}
 		if !ok {

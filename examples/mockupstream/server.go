@@ -108,7 +108,7 @@ type Server struct {
 	// Anthropic message batches, by id and in creation order.
 	batchByID map[string]*messageBatch
 	batchList []*messageBatch
-	epoch    uint64         // bumped by Reset, so late answers never touch new records
+	epoch     uint64 // bumped by Reset, so late answers never touch new records
 
 	ctx    context.Context // ends when Close is called; ends Delays
 	cancel context.CancelFunc
