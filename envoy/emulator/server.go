@@ -62,6 +62,9 @@ type request struct {
 	upCancel  context.CancelCauseFunc
 	wrote     bool
 	resetConn bool
+	closeConn bool               // the reply closes the connection (a refused upgrade)
+	upgrade   string             // the Upgrade token of an allowed HTTP/1.1 upgrade
+	upTunnel  io.ReadWriteCloser // the upstream's side of an accepted upgrade (101)
 }
 
 func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -232,6 +235,7 @@ func (rq *request) run() {
 			h.remove(k)
 		}
 	}
+	upgrade := upgradeOf(r)
 	h.remove("expect") // Envoy answers 100-continue itself
 	hcm := rq.e.hcm
 	// Early header mutations run before anything else, routing included.
@@ -269,6 +273,16 @@ func (rq *request) run() {
 		rq.body = rq.down
 	}
 	rq.route = rq.e.routes.match(h)
+	if upgrade != "" {
+		if !rq.e.upgradeAllowed(upgrade, rq.route) {
+			rq.refuseUpgrade()
+			return
+		}
+		// Envoy keeps the upgrade headers of an upgrade it accepts.
+		rq.upgrade = upgrade
+		h.add("upgrade", upgrade)
+		h.add("connection", "Upgrade")
+	}
 
 	for _, f := range rq.e.filters {
 		var lr *localReply
@@ -362,12 +376,14 @@ func bodyRequest(d direction, data []byte, eos bool) *extprocsvc.ProcessingReque
 // (nil = no body). It returns the body to pass on.
 func (rq *request) phase(s *session, d direction, h *headerMap, body io.Reader) (io.Reader, *localReply) {
 	noBody := body == nil
+	// An upgrade's stream is its body: the headers never end the stream.
+	upgraded := (d == dirRequest && rq.upgrade != "") || (d == dirResponse && rq.upTunnel != nil)
 	sendHeaders, _ := s.modeOf(d)
 	s.mu.Lock()
 	removeCL := s.shouldRemoveContentLength(d)
 	s.mu.Unlock()
 	if sendHeaders {
-		err := s.send(d, kindHeaders, headersRequest(d, h, noBody))
+		err := s.send(d, kindHeaders, headersRequest(d, h, noBody && !upgraded))
 		if removeCL {
 			h.remove("content-length")
 		}
@@ -389,6 +405,9 @@ func (rq *request) phase(s *session, d direction, h *headerMap, body io.Reader) 
 		}
 	} else if removeCL {
 		h.remove("content-length")
+	}
+	if _, mode := s.modeOf(d); upgraded && d == dirRequest && mode != extprocv3.ProcessingMode_NONE && !s.isComplete() {
+		return body, s.upgradeStall()
 	}
 	if s.isComplete() || noBody {
 		s.finishDir(d)
@@ -941,6 +960,10 @@ func (rq *request) write(h *headerMap, body io.Reader) {
 		rq.resetConn = true
 		return
 	}
+	if rq.upTunnel != nil && h.value(":status") == "101" {
+		rq.tunnel(h, rq.upTunnel)
+		return
+	}
 	status, err := strconv.Atoi(h.value(":status"))
 	if err != nil || status < 100 {
 		status = http.StatusInternalServerError
@@ -961,7 +984,7 @@ func (rq *request) write(h *headerMap, body io.Reader) {
 			wh.Set("Server", rq.e.serverName)
 		}
 	}
-	if !rq.requestComplete() {
+	if !rq.requestComplete() || rq.closeConn {
 		wh.Set("Connection", "close")
 	}
 	rq.info.status = status
