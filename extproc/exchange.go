@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -680,6 +681,8 @@ func (x *exchange) fromEntry(r *envoyRecord) {
 		x.call.ErrorCode = policy.StatusKind(r.status).Class()
 	}
 	switch o, failed := r.upstreamFailure(); {
+	case r.clientAbort() && x.status == http.StatusSwitchingProtocols:
+		// An upgraded stream (Realtime) ends when a side closes: no cut.
 	case r.clientAbort():
 		x.call.Truncated = true // the client left: not the key's fault
 	case failed:

@@ -146,7 +146,9 @@
 //     stream_idle_timeout (envoyproxy/envoy issues 47048, 47081): the
 //     emulator answers that timeout's 408 at once. The upgraded stream is
 //     never sent to a processor as a response body, whatever the mode.
-//     When either side of a tunnel closes, both are closed (no half-close).
+//     When either side of a tunnel closes, both are closed (no half-close),
+//     and the access log entry has no response flag for it (Envoy may log
+//     DC when the client closed).
 //     The route's timeout and idle_timeout stop applying once the 101 is
 //     in; Envoy applies idle_timeout to the tunnel.
 //   - A response that starts before the request is complete closes the

@@ -65,6 +65,7 @@ type request struct {
 	closeConn bool               // the reply closes the connection (a refused upgrade)
 	upgrade   string             // the Upgrade token of an allowed HTTP/1.1 upgrade
 	upTunnel  io.ReadWriteCloser // the upstream's side of an accepted upgrade (101)
+	tunneled  bool               // the 101 went out: closing the tunnel is its end, not an abort
 }
 
 func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -96,7 +97,7 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	stopBg()
 	rq.cleanup()
 	rq.info.end = time.Now()
-	if rq.aborted.Load() {
+	if rq.aborted.Load() && !rq.tunneled {
 		// Envoy: the downstream went away before the response completed.
 		if !rq.wrote {
 			rq.info.status = 0

@@ -120,7 +120,7 @@ func (rq *request) tunnel(h *headerMap, up io.ReadWriteCloser) {
 	head.WriteString("\r\n")
 	rq.info.status = http.StatusSwitchingProtocols
 	rq.info.respHeaders = h
-	rq.wrote = true
+	rq.wrote, rq.tunneled = true, true
 	li := rq.info
 	if _, err := conn.Write(head.Bytes()); err != nil {
 		_ = conn.Close()
