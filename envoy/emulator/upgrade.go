@@ -43,9 +43,10 @@ func upgradeTypes(hcm *hcmv3.HttpConnectionManager) (map[string]bool, error) {
 }
 
 // upgradeOf is the Upgrade token of an HTTP/1.1 upgrade request, "" when r
-// is none.
+// is none. An h2c upgrade (curl --http2 on http://) is none: Envoy's HTTP/1
+// codec strips it and serves the request as HTTP/1.1.
 func upgradeOf(r *http.Request) string {
-	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Header.Get("Upgrade") == "" {
+	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Header.Get("Upgrade") == "" || strings.EqualFold(r.Header.Get("Upgrade"), "h2c") {
 		return ""
 	}
 	for _, v := range r.Header.Values("Connection") {

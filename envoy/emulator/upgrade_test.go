@@ -172,3 +172,17 @@ func TestUpgradeRouteOverride(t *testing.T) {
 	}
 	_ = c.CloseNow()
 }
+
+// An h2c upgrade offer is no upgrade: the request is served as HTTP/1.1,
+// without upgrade_configs.
+func TestUpgradeH2CIgnored(t *testing.T) {
+	proc := startProc(t, continueAll)
+	ev := start(t, proc.addr, options{})
+	res := do(t, ev, "GET", "/x", nil, map[string]string{"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": "AAMAAABkAAQCAAAAAAIAAAAA"})
+	if res.status != 200 || res.body != "upstream says hi" {
+		t.Fatalf("got %d %q", res.status, res.body)
+	}
+	if r := ev.a.only(t); r.Header.Get("Upgrade") != "" {
+		t.Errorf("upstream got Upgrade %q", r.Header.Get("Upgrade"))
+	}
+}
