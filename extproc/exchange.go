@@ -129,8 +129,19 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 	if limit := x.settings.MaxBodyBytes; limit > 0 && x.hdr.contentLength > limit {
 		return x.refuse(tooLarge(limit))
 	}
-	if route.op.model == modelQuery {
+	switch {
+	case route.op.model == modelQuery:
 		return x.upgrade()
+	case x.hdr.isUpgrade() && route.op != &opOther:
+		// Envoy would wait for a body that follows only an accepted upgrade.
+		return x.refuse(badRequest("upgrade_not_supported", "", "The endpoint "+x.call.Path+" does not accept a protocol upgrade."))
+	case x.hdr.isUpgrade():
+		// A path keymux does not know (unknown_paths: forward): any key.
+		mut, aerr := x.forward("")
+		if aerr != nil {
+			return x.refuse(aerr)
+		}
+		return x.upgradeReply(mut)
 	}
 	if !h.GetEndOfStream() {
 		x.phase = phaseBody
@@ -383,7 +394,7 @@ func (x *exchange) matchRoute() (routeResult, *apiError) {
 // reply turns the request body mode to NONE, since Envoy would otherwise
 // wait for a body that the client sends only after the 101.
 func (x *exchange) upgrade() *extprocv3.ProcessingResponse {
-	if !strings.EqualFold(x.hdr.upgrade, "websocket") {
+	if !x.hdr.isUpgrade() || !strings.EqualFold(x.hdr.upgrade, "websocket") {
 		return x.refuse(&apiError{Status: 426, Type: typeInvalidRequest, Code: "upgrade_required",
 			Message: x.call.Path + " is a WebSocket endpoint: open it with Upgrade: websocket.",
 			Header:  map[string]string{"upgrade": "websocket"}})
@@ -402,6 +413,12 @@ func (x *exchange) upgrade() *extprocv3.ProcessingResponse {
 	if aerr != nil {
 		return x.refuse(aerr)
 	}
+	return x.upgradeReply(mut)
+}
+
+// upgradeReply forwards an upgrade with mutation mut: without any key the
+// client put in a WebSocket subprotocol, and with the body modes NONE.
+func (x *exchange) upgradeReply(mut *extprocv3.HeaderMutation) *extprocv3.ProcessingResponse {
 	if p, changed := withoutKeyProtocols(x.hdr.wsProtocol); changed {
 		if p == "" {
 			mut.RemoveHeaders = append(slices.Clip(mut.RemoveHeaders), hdrWSProtocol)

@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"slices"
 	"testing"
 
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
@@ -187,5 +188,31 @@ func TestUnknownPathsForward(t *testing.T) {
 				t.Errorf("call operation %q, want %q", res.call.Operation, tc.op)
 			}
 		})
+	}
+}
+
+// An upgrade anywhere but the Realtime endpoint is refused (Envoy would wait
+// for a body the client sends only after a 101), except on a forwarded
+// unknown path, which goes upstream like Realtime, on any key.
+func TestUpgradeElsewhere(t *testing.T) {
+	up := []string{"connection", "keep-alive, Upgrade", "upgrade", "websocket", "sec-websocket-protocol", "openai-insecure-api-key.sk-client"}
+	r := newRig(t, testKeys(""))
+	res := r.run(reqHeaders(false, append([]string{":method", "POST", ":path", "/v1/chat/completions", "content-length", "10"}, up...)...))
+	if l := immediate(t, res.replies[0]); l.status != 400 || l.code() != "upgrade_not_supported" ||
+		l.err.Message != "The endpoint /v1/chat/completions does not accept a protocol upgrade." {
+		t.Errorf("got %d %s %q", l.status, l.code(), l.err.Message)
+	}
+	r = newRig(t, testKeys("settings: {unknown_paths: forward}\n"))
+	res = r.run(reqHeaders(false, append([]string{":method", "GET", ":path", "/v1/new/socket", "x-request-id", "req-1"}, up...)...))
+	f := forwardOf(t, res.replies[0])
+	if f.set[":path"] != "/v1/new/socket" || res.replies[0].GetModeOverride().GetRequestBodyMode() != filterv3.ProcessingMode_NONE ||
+		res.replies[0].GetModeOverride() == nil || !slices.Contains(f.removed, "sec-websocket-protocol") {
+		t.Errorf("forwarded %v removing %v with mode override %v", f.set, f.removed, res.replies[0].GetModeOverride())
+	}
+	// An upgrade header without connection naming it is no upgrade.
+	r = newRig(t, testKeys(""))
+	res = r.run(request("POST", "/v1/chat/completions", `{"model":"gpt-4o"}`, "upgrade", "websocket")...)
+	if f := forwardOf(t, res.replies[1]); f.set["authorization"] != "Bearer sk-test-oai" {
+		t.Errorf("forwarded %v", f.set)
 	}
 }
