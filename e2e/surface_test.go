@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/coder/websocket"
+
+	"github.com/keymux/keymux/testutil/wsevent"
 )
 
 // The Realtime API through Envoy (the emulator running envoy/envoy.yaml):
@@ -37,35 +39,14 @@ clients:
 	if resp.StatusCode != http.StatusSwitchingProtocols || c.Subprotocol() != "realtime" {
 		t.Fatalf("status %d, subprotocol %q", resp.StatusCode, c.Subprotocol())
 	}
-	read := func() map[string]any {
-		t.Helper()
-		_, data, err := c.Read(t.Context())
-		if err != nil {
-			t.Fatalf("read: %v", err)
-		}
-		var ev map[string]any
-		if err := json.Unmarshal(data, &ev); err != nil {
-			t.Fatalf("event %s: %v", data, err)
-		}
-		return ev
-	}
-	if ev := read(); ev["type"] != "session.created" || ev["session"].(map[string]any)["model"] != "gpt-4o-realtime-preview" {
+	if ev := wsevent.Read(t, c); ev["type"] != "session.created" || ev["session"].(map[string]any)["model"] != "gpt-4o-realtime-preview" {
 		t.Fatalf("first event %v, want session.created for the rule's model", ev)
 	}
-	for _, step := range []struct{ send, want string }{
-		{`{"type":"session.update","session":{"instructions":"be brief"}}`, "session.updated"},
-		{`{"type":"response.create"}`, "response.created"},
-		{"", "response.done"},
-	} {
-		if step.send != "" {
-			if err := c.Write(t.Context(), websocket.MessageText, []byte(step.send)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if ev := read(); ev["type"] != step.want {
-			t.Fatalf("after %s: event %v, want %s", step.send, ev, step.want)
-		}
-	}
+	wsevent.Exchange(t, c,
+		wsevent.Step{Send: `{"type":"session.update","session":{"instructions":"be brief"}}`, Want: "session.updated"},
+		wsevent.Step{Send: `{"type":"response.create"}`, Want: "response.created"},
+		wsevent.Step{Want: "response.done"},
+	)
 	if err := c.Close(websocket.StatusNormalClosure, ""); err != nil {
 		t.Errorf("close: %v", err)
 	}

@@ -14,12 +14,7 @@ import (
 // countTokens answers POST /v1/messages/count_tokens: {"input_tokens": n}.
 func (s *Server) countTokens(w *statusWriter, rq *request) {
 	d := rq.rt.dialect
-	if rq.r.Header.Get("anthropic-version") == "" {
-		s.writeError(w, d, anthropicInvalid("anthropic-version: header is required"))
-		return
-	}
-	if !gjson.ValidBytes(rq.body) || !gjson.ParseBytes(rq.body).IsObject() {
-		s.writeError(w, d, anthropicInvalid("There was an error parsing the body of your request."))
+	if !s.anthropicRequest(w, rq) {
 		return
 	}
 	if m := gjson.GetBytes(rq.body, "model"); m.Type != gjson.String {

@@ -8,6 +8,8 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/keymux/keymux/testutil/wsevent"
+
 	"github.com/keymux/keymux/examples/mockupstream"
 )
 
@@ -98,37 +100,16 @@ func TestRealtime(t *testing.T) {
 			if resp.StatusCode != http.StatusSwitchingProtocols || c.Subprotocol() != "realtime" {
 				t.Fatalf("status %d, subprotocol %q", resp.StatusCode, c.Subprotocol())
 			}
-			read := func() map[string]any {
-				t.Helper()
-				_, data, err := c.Read(t.Context())
-				if err != nil {
-					t.Fatalf("read: %v", err)
-				}
-				var ev map[string]any
-				if err := json.Unmarshal(data, &ev); err != nil {
-					t.Fatalf("event %s: %v", data, err)
-				}
-				return ev
-			}
-			if ev := read(); ev["type"] != "session.created" || ev["session"].(map[string]any)["model"] != tc.model {
+			if ev := wsevent.Read(t, c); ev["type"] != "session.created" || ev["session"].(map[string]any)["model"] != tc.model {
 				t.Fatalf("first event %v", ev)
 			}
-			for _, step := range []struct{ send, want string }{
-				{`{"type":"session.update","session":{"instructions":"be brief"}}`, "session.updated"},
-				{`{"type":"conversation.item.create","item":{"type":"message","role":"user","content":[{"type":"input_text","text":"hi"}]}}`, "conversation.item.created"},
-				{`{"type":"response.create"}`, "response.created"},
-				{"", "response.done"},
-				{`{"type":"nonsense","event_id":"e1"}`, "error"},
-			} {
-				if step.send != "" {
-					if err := c.Write(t.Context(), websocket.MessageText, []byte(step.send)); err != nil {
-						t.Fatal(err)
-					}
-				}
-				if ev := read(); ev["type"] != step.want {
-					t.Fatalf("after %s: event %v, want %s", step.send, ev, step.want)
-				}
-			}
+			wsevent.Exchange(t, c,
+				wsevent.Step{Send: `{"type":"session.update","session":{"instructions":"be brief"}}`, Want: "session.updated"},
+				wsevent.Step{Send: `{"type":"conversation.item.create","item":{"type":"message","role":"user","content":[{"type":"input_text","text":"hi"}]}}`, Want: "conversation.item.created"},
+				wsevent.Step{Send: `{"type":"response.create"}`, Want: "response.created"},
+				wsevent.Step{Want: "response.done"},
+				wsevent.Step{Send: `{"type":"nonsense","event_id":"e1"}`, Want: "error"},
+			)
 			_ = c.Close(websocket.StatusNormalClosure, "")
 			reqs := srv.Requests()
 			if len(reqs) != 1 || reqs[0].Credential != "sk-rt" || reqs[0].Model != tc.model || reqs[0].Status != 101 {
