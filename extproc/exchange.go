@@ -134,7 +134,7 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 		return x.upgrade()
 	case x.hdr.isUpgrade() && route.op != &opOther:
 		// Envoy would wait for a body that follows only an accepted upgrade.
-		return x.refuse(badRequest("upgrade_not_supported", "", "The endpoint "+x.call.Path+" does not accept a protocol upgrade."))
+		return x.refuse(badRequest("upgrade_not_supported", "", "The "+route.op.name+" endpoints do not accept a protocol upgrade."))
 	case x.hdr.isUpgrade():
 		// A path keymux does not know (unknown_paths: forward): any key.
 		mut, aerr := x.forward("")
@@ -333,7 +333,7 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 		skip = func(e *store.Entry) bool { return e.Key.Provider != policy.ProviderAnthropic }
 		if !slices.ContainsFunc(x.snap.Pool("").Entries, func(e *store.Entry) bool { return !skip(e) }) {
 			return nil, &apiError{Status: 503, Type: typeServer, Code: "no_keys",
-				Message: "No enabled Anthropic key is configured for " + x.call.Path + "."}
+				Message: "No enabled Anthropic key is configured for " + x.route.op.name + "."}
 		}
 	}
 	entry, aerr := x.choose(model, skip)

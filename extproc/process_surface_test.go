@@ -131,7 +131,7 @@ func TestBatchesNeedAnAnthropicKey(t *testing.T) {
 	r := newRig(t, "keys:\n  oai: {provider: openai, secret: sk-test-oai}\n")
 	res := r.run(request("GET", "/v1/messages/batches", "")...)
 	l := immediate(t, res.replies[0])
-	if l.status != 503 || l.code() != "no_keys" || l.err.Message != "No enabled Anthropic key is configured for /v1/messages/batches." {
+	if l.status != 503 || l.code() != "no_keys" || l.err.Message != "No enabled Anthropic key is configured for batches." {
 		t.Errorf("got %d %s %q", l.status, l.code(), l.err.Message)
 	}
 }
@@ -199,7 +199,7 @@ func TestUpgradeElsewhere(t *testing.T) {
 	r := newRig(t, testKeys(""))
 	res := r.run(reqHeaders(false, append([]string{":method", "POST", ":path", "/v1/chat/completions", "content-length", "10"}, up...)...))
 	if l := immediate(t, res.replies[0]); l.status != 400 || l.code() != "upgrade_not_supported" ||
-		l.err.Message != "The endpoint /v1/chat/completions does not accept a protocol upgrade." {
+		l.err.Message != "The chat endpoints do not accept a protocol upgrade." {
 		t.Errorf("got %d %s %q", l.status, l.code(), l.err.Message)
 	}
 	r = newRig(t, testKeys("settings: {unknown_paths: forward}\n"))
