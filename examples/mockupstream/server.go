@@ -291,8 +291,8 @@ func (s *Server) WaitRequests(ctx context.Context, n int) ([]Recorded, error) {
 	}
 }
 
-// Reset forgets the recorded requests, the scripts, the defaults and the
-// per-credential counters.
+// Reset forgets the recorded requests, the scripts, the defaults, the
+// per-credential counters and the message batches.
 func (s *Server) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
