@@ -22,7 +22,8 @@ func target(k *policy.Key, op *operation, path, model, query, clientAnthropicVer
 	spec := policy.SpecFor(k.Provider)
 	u, cred := spec.ShapeParts(k, policy.Request{
 		Path: path, Query: query, Model: model,
-		PerModel: op.model != modelNone, Native: op.anthropic, Version: clientAnthropicVersion,
+		PerModel: op.modelBearing() || (op.model == modelJSON && model != ""), Native: op.anthropic,
+		Version: clientAnthropicVersion, QueryModel: op.model == modelQuery,
 	})
 	return upstreamTarget{scheme: k.Scheme, authority: k.Host, prefix: k.PathPrefix, path: u.Path,
 		auth: cred, secret: k.Secret, version: u.Version}
