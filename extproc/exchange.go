@@ -364,7 +364,11 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 	}
 	x.entry = entry
 	x.phase = phaseForwarded
-	x.callID = x.s.newCallID(x.callIDBuf[:0])
+	idBuf := x.callIDBuf[:0]
+	if x.callID != "" {
+		idBuf = nil // the bytes of a call id never change: a second one gets its own
+	}
+	x.callID = x.s.newCallID(idBuf)
 	x.call.KeyID, x.call.Provider, x.call.UpstreamHost, x.call.ModelFinal = k.ID, string(k.Provider), k.Host, final
 	x.call.Strategy = x.settings.Strategy
 

@@ -181,7 +181,8 @@ func getReplies() *replies {
 func putReplies(r *replies) { repliesPool.Put(r) }
 
 // replies is the reply storage of one exchange: each part is handed out
-// once, a second use of the same part allocates.
+// once, a second use of the same part (or any use without storage: nil)
+// allocates.
 type replies struct {
 	headers                  headersReplyMsg
 	body                     bodyReplyMsg
@@ -192,7 +193,7 @@ type replies struct {
 }
 
 func (r *replies) headersMsg() *headersReplyMsg {
-	if r.usedHeaders {
+	if r == nil || r.usedHeaders {
 		return new(headersReplyMsg)
 	}
 	r.usedHeaders = true
@@ -200,7 +201,7 @@ func (r *replies) headersMsg() *headersReplyMsg {
 }
 
 func (r *replies) bodyMsg() *bodyReplyMsg {
-	if r.usedBody {
+	if r == nil || r.usedBody {
 		return new(bodyReplyMsg)
 	}
 	r.usedBody = true
@@ -208,7 +209,7 @@ func (r *replies) bodyMsg() *bodyReplyMsg {
 }
 
 func (r *replies) mutationMsg() *mutationMsg {
-	if r.usedMutation {
+	if r == nil || r.usedMutation {
 		return new(mutationMsg)
 	}
 	r.usedMutation = true
@@ -216,7 +217,7 @@ func (r *replies) mutationMsg() *mutationMsg {
 }
 
 func (r *replies) metadataMsg() *metadataMsg {
-	if r.usedMetada {
+	if r == nil || r.usedMetada {
 		return new(metadataMsg)
 	}
 	r.usedMetada = true
