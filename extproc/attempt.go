@@ -11,6 +11,7 @@ import (
 
 	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/telemetry"
 )
 
 // The gRPC initial metadata that marks the ext_proc filter of the
@@ -52,6 +53,42 @@ type attempts struct {
 	n        int  // upstream attempts begun
 	fed      bool // the current attempt's response headers fed its key
 	upstream bool // an upstream filter ran: it feeds each attempt's key
+	// cur is the current attempt's record (its class: what its response
+	// said, for the reason of a retry); done holds the attempts before
+	// it, nil until a retry.
+	cur      telemetry.Attempt
+	curClass string
+	done     []telemetry.Attempt
+}
+
+// record returns the call's attempts for telemetry: nil when it had one.
+// Callers hold a.mu.
+func (a *attempts) record(now time.Time) []telemetry.Attempt {
+	if len(a.done) == 0 {
+		return nil
+	}
+	out := make([]telemetry.Attempt, 0, len(a.done)+1)
+	out = append(out, a.done...)
+	last := a.cur
+	if last.End.IsZero() {
+		last.End = now
+	}
+	return append(out, last)
+}
+
+// retried closes the current attempt as retried (its response's class, or
+// a reset when none came) and opens the next on key e.
+func (a *attempts) retried(e *store.Entry, now time.Time) {
+	c := a.cur
+	c.Retried = a.curClass
+	if !a.fed {
+		c.Retried, c.Status = telemetry.RetryReset, 0
+	}
+	if c.End.IsZero() {
+		c.End = now
+	}
+	a.done = append(a.done, c)
+	a.cur, a.curClass = telemetry.Attempt{KeyID: e.Key.ID, Start: now}, ""
 }
 
 // retriesFor is the x-envoy-max-retries of a request forwarded with entry:
@@ -140,6 +177,7 @@ func (x *exchange) fromAttempts() bool {
 	}
 	x.entry = a.entry
 	x.call.KeyID, x.call.ModelFinal = a.entry.Key.ID, a.model
+	x.call.Attempts = a.record(x.s.now())
 	return true
 }
 
@@ -192,6 +230,9 @@ func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3
 	}
 	a.upstream = true
 	a.n++
+	if a.n == 1 {
+		a.cur = telemetry.Attempt{KeyID: a.entry.Key.ID, Start: now}
+	}
 	if a.n > 1 {
 		if !a.fed {
 			// No response headers: the connection failed or was reset.
@@ -204,6 +245,7 @@ func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3
 			return aerr.response()
 		}
 		final := x.finalModel(e.Key)
+		a.retried(e, now)
 		a.entry, a.model, a.fed = e, final, false
 		a.tried = append(a.tried, e)
 		u.model = final
@@ -249,6 +291,7 @@ func (u *upstreamExchange) onResponseHeaders(h *extprocv3.HttpHeaders) {
 	u.a.mu.Lock()
 	if u.a.entry == u.entry {
 		u.a.fed = true
+		u.a.cur.Status, u.a.cur.End, u.a.curClass = u.status, now, o.Kind.Class()
 	}
 	u.a.mu.Unlock()
 }

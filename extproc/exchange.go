@@ -49,6 +49,7 @@ type exchange struct {
 	chunks   int       // response body messages received while reading
 	respDone bool      // the response headers ended the response
 	callID   string    // joins Envoy's access-log entry to this record (set when forwarded)
+	routed   string    // the key id the router-level metadata named first (set when forwarded)
 	att      *attempts // shared with the upstream filter's attempts (set when forwarded)
 	call     telemetry.Call
 }
@@ -317,6 +318,7 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 	x.entry = entry
 	x.phase = phaseForwarded
 	x.callID = x.s.newCallID()
+	x.routed = k.ID
 	x.call.KeyID, x.call.Provider, x.call.UpstreamHost, x.call.ModelFinal = k.ID, string(k.Provider), k.Host, final
 	x.call.Strategy = x.settings.Strategy
 
@@ -391,6 +393,9 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	needUsage, needErrors := policy.StrategyInputs(strat)
 	for _, e := range pool.Entries {
 		if !eligibleNow(e, now) || (skip != nil && skip(e)) {
+			if skip == nil {
+				x.skipped(e, now)
+			}
 			continue
 		}
 		c := policy.Candidate{Key: e.Key}
@@ -406,6 +411,9 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	if len(buf.cands) == 0 {
 		return nil, x.noEligibleKey(model, pool, now)
 	}
+	if skip == nil {
+		x.call.Candidates = len(buf.cands)
+	}
 	seq := pool.Seq.Add(1) - 1
 	if x.hdr.affinity != "" && policy.UsesAffinity(strat) {
 		seq = policy.AffinityHash(x.hdr.affinity)
@@ -415,6 +423,20 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	e.RT.AddRequest()
 	e.RT.MinuteRequests.Add(now, 1)
 	return e, nil
+}
+
+// Why a key that policy finds eligible was not a candidate (telemetry.Skip).
+const skipOverLimit = "over_limit" // its rpm/tpm of this minute
+
+// skipped records on the call why pool key e could not take the request
+// (the router-level choice only: a retry's runs on the upstream filter's
+// stream).
+func (x *exchange) skipped(e *store.Entry, now time.Time) {
+	sk := telemetry.Skip{KeyID: e.Key.ID, Reason: skipOverLimit, Until: store.NextMinute(now)}
+	if ok, why := policy.Eligible(e.Key, e.RT.State(), now); !ok {
+		sk.Reason, sk.Until = why.Reason, why.Until
+	}
+	x.call.AddSkipped(sk)
 }
 
 // keyWithinLimits applies the key's rpm/tpm to what this instance sent in
@@ -427,9 +449,10 @@ func keyWithinLimits(e *store.Entry, now time.Time) bool {
 	return policy.WithinLimits(l, e.RT.MinuteRequests.Get(now), e.RT.MinuteTokens.Get(now))
 }
 
-// noEligibleKey explains a 503: every key of the pool is out, and why.
-func (x *exchange) noEligibleKey(model string, pool *store.Pool, now time.Time) *apiError {
-	reasons := make([]policy.Ineligible, 0, len(pool.Entries))
+// poolOut lists why each key of the pool is out now; all reports whether
+// every key is.
+func poolOut(pool *store.Pool, now time.Time) (reasons []policy.Ineligible, all bool) {
+	reasons = make([]policy.Ineligible, 0, len(pool.Entries))
 	for _, e := range pool.Entries {
 		if ok, why := policy.Eligible(e.Key, e.RT.State(), now); !ok {
 			reasons = append(reasons, why)
@@ -438,10 +461,21 @@ func (x *exchange) noEligibleKey(model string, pool *store.Pool, now time.Time) 
 			reasons = append(reasons, policy.Ineligible{Reason: policy.ReasonCoolingDown, Until: store.NextMinute(now)})
 		}
 	}
+	return reasons, len(reasons) == len(pool.Entries)
+}
+
+// retryAfter is a Retry-After in whole seconds (at least 1) until t.
+func retryAfter(t, now time.Time) int {
+	return max(1, int(t.Sub(now).Round(time.Second)/time.Second))
+}
+
+// noEligibleKey explains a 503: every key of the pool is out, and why.
+func (x *exchange) noEligibleKey(model string, pool *store.Pool, now time.Time) *apiError {
+	reasons, _ := poolOut(pool, now)
 	msg, code := policy.Explain(model, reasons)
 	e := &apiError{Status: 503, Type: typeServer, Code: code, Message: msg}
 	if earliest := policy.EarliestUntil(reasons); !earliest.IsZero() {
-		e.RetryAfter = max(1, int(earliest.Sub(now).Round(time.Second)/time.Second))
+		e.RetryAfter = retryAfter(earliest, now)
 	}
 	return e
 }
@@ -458,6 +492,9 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	o := policy.Classify(x.status, func(name string) string { return findHeader(hm, name) }, nil, now)
 	if x.fromAttempts() {
 		x.call.ErrorCode = o.Kind.Class() // the upstream filter fed the key
+		if len(x.call.Attempts) > 0 {
+			x.retriedResponse(resp, now)
+		}
 	} else {
 		x.feedback(o, now)
 	}
@@ -480,6 +517,35 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	resp.ModeOverride = &filterv3.ProcessingMode{ResponseBodyMode: filterv3.ProcessingMode_STREAMED}
 	return resp
 }
+
+// retriedResponse completes the response headers of a call Envoy retried:
+// the access log names the key that answered and counts the attempts, and
+// a 429 or 503 that ends the retries gets the Retry-After of the earliest
+// time a key of the pool is back, when every key is out.
+func (x *exchange) retriedResponse(resp *extprocv3.ProcessingResponse, now time.Time) {
+	resp.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{
+		MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+			metaKeyID:     structpb.NewStringValue(x.call.KeyID),
+			"model_final": structpb.NewStringValue(x.call.ModelFinal),
+			"attempts":    structpb.NewNumberValue(float64(len(x.call.Attempts))),
+		}}),
+	}}
+	if x.status != 429 && x.status != 503 {
+		return
+	}
+	reasons, all := poolOut(x.snap.Pool(x.call.ModelOriginal), now)
+	earliest := policy.EarliestUntil(reasons)
+	if !all || earliest.IsZero() {
+		return
+	}
+	resp.GetResponseHeaders().Response = &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{
+		SetHeaders: []*corev3.HeaderValueOption{setHeader("retry-after", strconv.Itoa(retryAfter(earliest, now)))},
+	}}
+}
+
+// namesKey reports whether an access-log entry's key id is this call's:
+// the key the router-level metadata named, or the one that answered last.
+func (x *exchange) namesKey(id string) bool { return id == x.routed || id == x.call.KeyID }
 
 // feedback records an upstream outcome's error class on the call and
 // applies the outcome to the chosen key's passive state.
@@ -528,6 +594,7 @@ func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRe
 // Envoy's access-log entry, which completes it (book); without an
 // access-log stream it is booked at once from what keymux saw.
 func (x *exchange) finish() {
+	x.fromAttempts() // the attempts after the last response headers keymux saw
 	x.unshare()
 	x.call.End = x.s.now()
 	switch x.phase {
