@@ -493,11 +493,12 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	if x.fromAttempts() {
 		x.call.ErrorCode = o.Kind.Class() // the upstream filter fed the key
 		if len(x.call.Attempts) > 0 {
-			x.retriedResponse(resp, now)
+			x.retriedMetadata(resp)
 		}
 	} else {
 		x.feedback(o, now)
 	}
+	x.poolRetryAfter(resp, now)
 	x.respDone = h.GetEndOfStream()
 	if x.entry == nil || x.respDone || !x.s.fromBody {
 		return resp
@@ -518,11 +519,9 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	return resp
 }
 
-// retriedResponse completes the response headers of a call Envoy retried:
-// the access log names the key that answered and counts the attempts, and
-// a 429 or 503 that ends the retries gets the Retry-After of the earliest
-// time a key of the pool is back, when every key is out.
-func (x *exchange) retriedResponse(resp *extprocv3.ProcessingResponse, now time.Time) {
+// retriedMetadata tells Envoy's access log, on the response headers of a
+// call Envoy retried, the key that answered and the attempts.
+func (x *exchange) retriedMetadata(resp *extprocv3.ProcessingResponse) {
 	resp.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{
 		MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
 			metaKeyID:     structpb.NewStringValue(x.call.KeyID),
@@ -530,7 +529,13 @@ func (x *exchange) retriedResponse(resp *extprocv3.ProcessingResponse, now time.
 			"attempts":    structpb.NewNumberValue(float64(len(x.call.Attempts))),
 		}}),
 	}}
-	if x.status != 429 && x.status != 503 {
+}
+
+// poolRetryAfter gives an upstream 429 or 503 (the last attempt's, once
+// the key was fed) the Retry-After of the earliest time a key of the pool
+// is back, when every key is out: the upstream's own names one key only.
+func (x *exchange) poolRetryAfter(resp *extprocv3.ProcessingResponse, now time.Time) {
+	if (x.status != 429 && x.status != 503) || x.entry == nil {
 		return
 	}
 	reasons, all := poolOut(x.snap.Pool(x.call.ModelOriginal), now)
