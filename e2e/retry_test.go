@@ -1,14 +1,19 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/openai/openai-go/v3"
 
 	"github.com/keymux/keymux/examples/mockupstream"
+	"github.com/keymux/keymux/telemetry"
+	"github.com/keymux/keymux/testutil/jaegertest"
 )
 
 // retryBody is a chat request whose bytes a retry must keep: odd spacing,
@@ -289,4 +294,64 @@ func attemptsOf(reqs []mockupstream.Recorded) []string {
 		out = append(out, s)
 	}
 	return out
+}
+
+// TestRetryAttemptSpansInJaeger: the real Jaeger shows a retried call as
+// its span (the child of the client's) with one child span per upstream
+// attempt: the key, its status and why it was retried.
+func TestRetryAttemptSpansInJaeger(t *testing.T) {
+	j := startJaegerRun(t, "grpc")
+	g := startGateway(t, retryKeys)
+	warm := g.k2Next()
+	g.mock.Script("sk-test-k2", mockBehaviour429("30"))
+	const traceID, clientSpan = "5bf92f3577b34da6a3ce929d0e0e4737", "00f067aa0ba902b8"
+	h := map[string]string{"content-type": "application/json", "traceparent": "00-" + traceID + "-" + clientSpan + "-01"}
+	if resp, b := g.do("POST", "/v1/chat/completions", h, retryBody); resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	reqs := g.requests()[warm:]
+	if len(reqs) != 2 {
+		t.Fatalf("upstream attempts %v, want two", attemptsOf(reqs))
+	}
+	retryKey := strings.TrimPrefix(reqs[1].Credential, "sk-test-")
+
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	tr, err := j.WaitTrace(ctx, traceID, func(tr *jaegertest.Trace) bool { return len(tr.Spans) >= 3 })
+	if err != nil {
+		t.Fatalf("the trace never reached Jaeger: %v", err)
+	}
+	if len(tr.Spans) != 3 {
+		t.Fatalf("%d spans, want the call's and two attempts", len(tr.Spans))
+	}
+	var call *jaegertest.Span
+	for i := range tr.Spans {
+		if s := &tr.Spans[i]; s.ParentSpanID() == clientSpan {
+			call = s
+		}
+	}
+	if call == nil || call.OperationName != "chat gpt-4" || call.TagString("keymux.key.id") != retryKey ||
+		call.TagString("keymux.attempts") != "2" || call.TagString("keymux.candidates") != "3" ||
+		call.TagString("keymux.rule.id") != "" || call.TagString("gen_ai.response.model") != "gpt-4" {
+		t.Fatalf("call span %+v: want chat gpt-4 under the client's span, key %s without a rule, model gpt-4, 2 attempts, 3 candidates", call, retryKey)
+	}
+	want := []struct{ key, status, reason string }{{"k2", "429", "rate_limited"}, {retryKey, "200", ""}}
+	for i, w := range want {
+		var got *jaegertest.Span
+		for k := range tr.Spans {
+			if s := &tr.Spans[k]; s.OperationName == telemetry.AttemptSpanName && s.TagString("keymux.attempt") == strconv.Itoa(i+1) {
+				got = s
+			}
+		}
+		if got == nil {
+			t.Errorf("no span of attempt %d", i+1)
+			continue
+		}
+		if got.ParentSpanID() != call.SpanID || got.TagString("keymux.key.id") != w.key ||
+			got.TagString("http.response.status_code") != w.status || got.TagString("keymux.retry.reason") != w.reason {
+			t.Errorf("attempt %d: parent %s key %s status %s reason %q; want parent %s, %s, %s, %q", i+1, got.ParentSpanID(),
+				got.TagString("keymux.key.id"), got.TagString("http.response.status_code"), got.TagString("keymux.retry.reason"),
+				call.SpanID, w.key, w.status, w.reason)
+		}
+	}
 }

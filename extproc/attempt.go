@@ -178,6 +178,12 @@ func (x *exchange) fromAttempts() bool {
 	x.entry = a.entry
 	x.call.KeyID, x.call.ModelFinal = a.entry.Key.ID, a.model
 	x.call.Attempts = a.record(x.s.now())
+	if x.call.Attempts != nil {
+		x.call.RuleID = ""
+		if a.model != x.call.ModelOriginal {
+			x.call.RuleID = x.snap.Rule(a.entry.Key.ID, x.call.ModelOriginal).ID
+		}
+	}
 	return true
 }
 

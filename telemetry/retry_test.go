@@ -48,7 +48,7 @@ func TestRetriedCallSpans(t *testing.T) {
 	}
 	got := attrMap(parent.Attributes)
 	for k, v := range map[string]string{
-		"keymux.attempts": "3", "keymux.candidates": "3", "keymux.skipped.count": "1",
+		"keymux.attempts": "3", "keymux.candidates": "3", "keymux.skipped.count": "1", "keymux.rule.id": "",
 		"keymux.skipped": `["k4: cooling_down until 2026-01-02T03:11:30Z"]`, "keymux.key.id": "k1",
 	} {
 		if got[k] != v {

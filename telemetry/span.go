@@ -117,7 +117,9 @@ func endSpan(span trace.Span, c *Call, o outcome, endOpt trace.SpanEndOption) {
 // take it, why others could not, and its upstream attempts when retried.
 func appendChoice(attrs []attribute.KeyValue, c *Call) []attribute.KeyValue {
 	if len(c.Attempts) > 0 {
-		attrs = append(attrs, AttrAttempts.Int(len(c.Attempts)))
+		// Begin named the first attempt's key and rule: the last one's
+		// answered (an empty rule: none for that key).
+		attrs = append(attrs, AttrAttempts.Int(len(c.Attempts)), AttrKeyID.String(c.KeyID), AttrRuleID.String(c.RuleID))
 	}
 	if c.Candidates > 0 {
 		attrs = append(attrs, AttrCandidates.Int(c.Candidates))
