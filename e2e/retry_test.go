@@ -28,6 +28,10 @@ rules:
 
 var jsonHeader = map[string]string{"content-type": "application/json"}
 
+// tooLargeBody is OpenAI's 429 for a request larger than the key's tokens
+// per minute.
+const tooLargeBody = `{"error":{"message":"Request too large for gpt-4 in organization org-test on tokens per min (TPM): Limit 10000, Requested 25000. The input or output tokens must be reduced in order to run successfully.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}`
+
 // k2Next walks the round robin until k1 served a request, so that k2 (whose
 // rule rewrites the model) is chosen next; it returns the number of
 // upstream requests so far.
@@ -89,6 +93,9 @@ func TestRetryOnAnotherKey(t *testing.T) {
 		{"400 bad request", mockBehaviourStatus(400), 400, 1, ""},
 		{"404 not found", mockBehaviourStatus(404), 404, 1, ""},
 		{"413 too large", mockBehaviourStatus(413), 413, 1, ""},
+		// OpenAI's answer to a request over the key's tokens per minute:
+		// another key would refuse it too.
+		{"429 request too large", mockupstream.Behaviour{Status: 429, Path: chatPath, Body: tooLargeBody}, 429, 1, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -98,6 +105,12 @@ func TestRetryOnAnotherKey(t *testing.T) {
 			resp, b := g.do("POST", "/v1/chat/completions", jsonHeader, retryBody)
 			if resp.StatusCode != tc.status {
 				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.status, b)
+			}
+			if tc.b.Body != "" && string(b) != tc.b.Body {
+				t.Errorf("body %s, want the upstream's %s", b, tc.b.Body)
+			}
+			if v := resp.Header.Get("X-Envoy-Ratelimited"); v != "" {
+				t.Errorf("x-envoy-ratelimited %q reached the client", v)
 			}
 			reqs := g.requests()[warm:]
 			if len(reqs) != tc.attempts {
@@ -125,6 +138,11 @@ func TestRetryOnAnotherKey(t *testing.T) {
 				}
 				if got := g.statsRetries(); len(got) != 0 {
 					t.Errorf("/stats retries %+v, want none", got)
+				}
+				for _, k := range g.keys() {
+					if k.ID == "k2" && k.State != "healthy" {
+						t.Errorf("k2 %s after a client error, want healthy", k.State)
+					}
 				}
 				return
 			}

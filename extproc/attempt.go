@@ -1,12 +1,14 @@
 package extproc
 
 import (
+	"bytes"
 	"slices"
 	"strconv"
 	"sync"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
 	"github.com/keymux/keymux/policy"
@@ -35,6 +37,24 @@ const HeaderCall = "x-keymux-call"
 // the router level (the route's retry_policy decides what is retried).
 const hdrMaxRetries = "x-envoy-max-retries"
 
+// A 429 whose body says the request is too large for the key's limit is
+// the request's fault: another key would refuse it too. The upstream filter
+// reads the body of every 429 (mode override to BUFFERED) and marks such an
+// answer with x-envoy-ratelimited, which Envoy's router never retries
+// (unless retry_on has envoy-ratelimited); the router-level exchange
+// removes the mark before the client.
+const (
+	hdrEnvoyRateLimited = "x-envoy-ratelimited"
+	markTooLarge        = "keymux-request-too-large"
+)
+
+// requestTooLarge reports whether a 429's body says the request is too
+// large rather than over a rate (OpenAI's "Request too large for …" on
+// tokens per minute; a request_too_large code or type).
+func requestTooLarge(body []byte) bool {
+	return bytes.Contains(body, []byte("Request too large")) || bytes.Contains(body, []byte(`"request_too_large"`))
+}
+
 // attemptHeaders are removed by the upstream filter on every attempt
 // (Envoy's router consumes x-envoy-max-retries itself).
 var attemptHeaders = []string{HeaderCall}
@@ -59,6 +79,38 @@ type attempts struct {
 	cur      telemetry.Attempt
 	curClass string
 	done     []telemetry.Attempt
+	held     *heldAnswer // a 429 whose key is fed once its body is read
+}
+
+// heldAnswer is an attempt's 429 waiting for its body.
+type heldAnswer struct {
+	entry  *store.Entry
+	hm     *corev3.HeaderMap
+	status int
+}
+
+// feedLocked applies an attempt's answer to its key (a request too large
+// for the key's limit is a client error, not the key's) and records it on
+// the current attempt. Callers hold a.mu.
+func (a *attempts) feedLocked(e *store.Entry, status int, hm *corev3.HeaderMap, tooLarge bool, now time.Time) {
+	o := policy.Classify(status, func(name string) string { return findHeader(hm, name) }, nil, now)
+	if tooLarge {
+		o = policy.Outcome{Kind: policy.OutcomeClient, Status: status}
+	}
+	applyFeedback(e, a.x.settings.Ejection, o, now)
+	if a.entry == e {
+		a.fed = true
+		a.cur.Status, a.cur.End, a.curClass = status, now, o.Kind.Class()
+	}
+}
+
+// releaseLocked feeds a held 429 whose body never came (an Envoy that did
+// not take the mode override) as the rate limit its status says.
+func (a *attempts) releaseLocked(now time.Time) {
+	if h := a.held; h != nil {
+		a.held = nil
+		a.feedLocked(h.entry, h.status, h.hm, false, now)
+	}
 }
 
 // record returns the call's attempts for telemetry: nil when it had one.
@@ -175,6 +227,7 @@ func (x *exchange) fromAttempts() bool {
 	if !a.upstream {
 		return false
 	}
+	a.releaseLocked(x.s.now())
 	x.entry = a.entry
 	x.call.KeyID, x.call.ModelFinal = a.entry.Key.ID, a.model
 	x.call.Attempts = a.record(x.s.now())
@@ -204,8 +257,9 @@ func (u *upstreamExchange) handle(req *extprocv3.ProcessingRequest) *extprocv3.P
 	case *extprocv3.ProcessingRequest_RequestBody:
 		return u.onRequestBody(r.RequestBody)
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		u.onResponseHeaders(r.ResponseHeaders)
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
+		return u.onResponseHeaders(r.ResponseHeaders)
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return u.onResponseBody(r.ResponseBody)
 	case *extprocv3.ProcessingRequest_RequestTrailers:
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
@@ -235,6 +289,7 @@ func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3
 		return headersReply(mut, false)
 	}
 	a.upstream = true
+	a.releaseLocked(now)
 	a.n++
 	if a.n == 1 {
 		a.cur = telemetry.Attempt{KeyID: a.entry.Key.ID, Start: now}
@@ -283,21 +338,48 @@ func (u *upstreamExchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.Proce
 
 // onResponseHeaders feeds the attempt's key its response (cooldown,
 // disable, ejection), as the router-level exchange does without an
-// upstream filter.
-func (u *upstreamExchange) onResponseHeaders(h *extprocv3.HttpHeaders) {
+// upstream filter; a 429 with a body is held until its body tells whether
+// it is the request's fault.
+func (u *upstreamExchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
 	if u.a == nil || u.entry == nil {
-		return
+		return resp
 	}
 	hm := h.GetHeaders()
 	u.status, _ = strconv.Atoi(findHeader(hm, hdrStatus))
-	x := u.a.x
-	now := x.s.now()
-	o := policy.Classify(u.status, func(name string) string { return findHeader(hm, name) }, nil, now)
-	applyFeedback(u.entry, x.settings.Ejection, o, now)
-	u.a.mu.Lock()
-	if u.a.entry == u.entry {
-		u.a.fed = true
-		u.a.cur.Status, u.a.cur.End, u.a.curClass = u.status, now, o.Kind.Class()
+	a := u.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if u.status == 429 && !h.GetEndOfStream() {
+		a.held = &heldAnswer{entry: u.entry, hm: hm, status: u.status}
+		resp.ModeOverride = &filterv3.ProcessingMode{ResponseBodyMode: filterv3.ProcessingMode_BUFFERED}
+		return resp
 	}
-	u.a.mu.Unlock()
+	a.feedLocked(u.entry, u.status, hm, false, a.x.s.now())
+	return resp
+}
+
+// onResponseBody reads a held 429's body: a request too large for the
+// key's limit is marked so that Envoy does not retry it, and does not cool
+// the key down.
+func (u *upstreamExchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+	if u.a == nil || !b.GetEndOfStream() {
+		return resp
+	}
+	a := u.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	h := a.held
+	if h == nil || h.entry != u.entry {
+		return resp
+	}
+	a.held = nil
+	tooLarge := requestTooLarge(b.GetBody())
+	a.feedLocked(h.entry, h.status, h.hm, tooLarge, a.x.s.now())
+	if tooLarge {
+		resp.GetResponseBody().Response = &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{
+			SetHeaders: []*corev3.HeaderValueOption{setHeader(hdrEnvoyRateLimited, markTooLarge)}}}
+	}
+	return resp
 }

@@ -490,6 +490,13 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	}}
 	now := x.s.now()
 	o := policy.Classify(x.status, func(name string) string { return findHeader(hm, name) }, nil, now)
+	tooLarge := findHeader(hm, hdrEnvoyRateLimited) == markTooLarge
+	if tooLarge {
+		// The upstream filter's mark (attempt.go): the request's fault.
+		o = policy.Outcome{Kind: policy.OutcomeClient, Status: x.status}
+		m := headersMutation(resp)
+		m.RemoveHeaders = append(m.RemoveHeaders, hdrEnvoyRateLimited)
+	}
 	if x.fromAttempts() {
 		x.call.ErrorCode = o.Kind.Class() // the upstream filter fed the key
 		if len(x.call.Attempts) > 0 {
@@ -498,7 +505,9 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	} else {
 		x.feedback(o, now)
 	}
-	x.poolRetryAfter(resp, now)
+	if !tooLarge {
+		x.poolRetryAfter(resp, now)
+	}
 	x.respDone = h.GetEndOfStream()
 	if x.entry == nil || x.respDone || !x.s.fromBody {
 		return resp
@@ -543,9 +552,21 @@ func (x *exchange) poolRetryAfter(resp *extprocv3.ProcessingResponse, now time.T
 	if !all || earliest.IsZero() {
 		return
 	}
-	resp.GetResponseHeaders().Response = &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{
-		SetHeaders: []*corev3.HeaderValueOption{setHeader("retry-after", strconv.Itoa(retryAfter(earliest, now)))},
-	}}
+	m := headersMutation(resp)
+	m.SetHeaders = append(m.SetHeaders, setHeader("retry-after", strconv.Itoa(retryAfter(earliest, now))))
+}
+
+// headersMutation is the header mutation of a response headers reply,
+// added when it has none.
+func headersMutation(resp *extprocv3.ProcessingResponse) *extprocv3.HeaderMutation {
+	hr := resp.GetResponseHeaders()
+	if hr.Response == nil {
+		hr.Response = &extprocv3.CommonResponse{}
+	}
+	if hr.Response.HeaderMutation == nil {
+		hr.Response.HeaderMutation = &extprocv3.HeaderMutation{}
+	}
+	return hr.Response.HeaderMutation
 }
 
 // namesKey reports whether an access-log entry's key id is this call's:
