@@ -233,8 +233,8 @@ func (x *exchange) fromAttempts() bool {
 	x.call.Attempts = a.record(x.s.now())
 	if x.call.Attempts != nil {
 		x.call.RuleID = ""
-		if a.model != x.call.ModelOriginal {
-			x.call.RuleID = x.snap.Rule(a.entry.Key.ID, x.call.ModelOriginal).ID
+		if r := x.snap.Rule(a.entry.Key.ID, x.call.ModelOriginal); r != nil && a.model != x.call.ModelOriginal {
+			x.call.RuleID = r.ID
 		}
 	}
 	return true
