@@ -216,16 +216,18 @@ keys:
 	}
 
 	// 2: the one key left, alone: one attempt; now every key is out and
-	// the earliest back is k2, whose Retry-After was the shortest.
-	earliest := after["sk-test-k2"]
+	// the earliest back is k2, whose Retry-After was the shortest: at
+	// most 7 s from now (less as time passes), where every other key says
+	// 40 s or more.
+	earliest := func(v string) bool { n, err := strconv.Atoi(v); return err == nil && n >= 1 && n <= 7 }
 	resp, b = g.do("POST", "/v1/chat/completions", jsonHeader, body)
 	reqs = g.requests()
 	if resp.StatusCode != 429 || len(reqs) != 4 || seen[reqs[3].Credential] {
 		t.Fatalf("request 2: status %d after %d upstream requests (last %s), want 429 after one attempt on the fourth key: %s",
 			resp.StatusCode, len(reqs), reqs[len(reqs)-1].Credential, b)
 	}
-	if got := resp.Header.Get("Retry-After"); got != earliest {
-		t.Errorf("request 2: Retry-After %q, want %q: the earliest a key is back", got, earliest)
+	if got := resp.Header.Get("Retry-After"); !earliest(got) {
+		t.Errorf("request 2: Retry-After %q, want k2's (1-7): the earliest a key is back", got)
 	}
 
 	// 3: no key is eligible: keymux answers 503 with the same Retry-After.
@@ -233,8 +235,8 @@ keys:
 	if resp.StatusCode != 503 || len(g.requests()) != 4 {
 		t.Fatalf("request 3: status %d after %d upstream requests, want 503 and none more: %s", resp.StatusCode, len(g.requests()), b)
 	}
-	if got := resp.Header.Get("Retry-After"); got != earliest {
-		t.Errorf("request 3: Retry-After %q, want %q", got, earliest)
+	if got := resp.Header.Get("Retry-After"); !earliest(got) {
+		t.Errorf("request 3: Retry-After %q, want k2's (1-7)", got)
 	}
 }
 
