@@ -51,10 +51,10 @@ type Call struct {
 	Attempts []Attempt
 	// Candidates is how many keys of the pool could take the request when
 	// its key was chosen; Skipped explains why others could not (the first
-	// MaxSkipped; NSkipped counts them all).
+	// MaxSkipped, nil when none was skipped; NSkipped counts them all).
 	Candidates int
 	NSkipped   int
-	Skipped    [MaxSkipped]Skip
+	Skipped    []Skip
 
 	// Data is the Observer's own per-call state (e.g. its span).
 	Data any
@@ -87,8 +87,11 @@ type Skip struct {
 
 // AddSkipped records a key that was not chosen (the first MaxSkipped).
 func (c *Call) AddSkipped(s Skip) {
-	if c.NSkipped < MaxSkipped {
-		c.Skipped[c.NSkipped] = s
+	if len(c.Skipped) < MaxSkipped {
+		if c.Skipped == nil {
+			c.Skipped = make([]Skip, 0, MaxSkipped)
+		}
+		c.Skipped = append(c.Skipped, s)
 	}
 	c.NSkipped++
 }
@@ -104,7 +107,7 @@ func (c *Call) clean() {
 	for i := range c.Attempts {
 		c.Attempts[i].KeyID = strings.ToValidUTF8(c.Attempts[i].KeyID, "\uFFFD")
 	}
-	for i := range min(c.NSkipped, MaxSkipped) {
+	for i := range c.Skipped {
 		c.Skipped[i].KeyID = strings.ToValidUTF8(c.Skipped[i].KeyID, "\uFFFD")
 	}
 }

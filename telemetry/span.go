@@ -127,8 +127,8 @@ func appendChoice(attrs []attribute.KeyValue, c *Call) []attribute.KeyValue {
 	if c.NSkipped == 0 {
 		return attrs
 	}
-	skipped := make([]string, 0, min(c.NSkipped, MaxSkipped))
-	for _, sk := range c.Skipped[:min(c.NSkipped, MaxSkipped)] {
+	skipped := make([]string, 0, len(c.Skipped))
+	for _, sk := range c.Skipped {
 		v := sk.KeyID + ": " + sk.Reason
 		if !sk.Until.IsZero() {
 			v += " until " + sk.Until.UTC().Format(time.RFC3339)
