@@ -96,6 +96,11 @@ func TestRetryOnAnotherKey(t *testing.T) {
 		// OpenAI's answer to a request over the key's tokens per minute:
 		// another key would refuse it too.
 		{"429 request too large", mockupstream.Behaviour{Status: 429, Path: chatPath, Body: tooLargeBody}, 429, 1, ""},
+		// The same told by the headers alone: requests left, a token limit
+		// below the request.
+		{"429 too large by its headers", mockupstream.Behaviour{Status: 429, Path: chatPath, Headers: map[string]string{
+			"x-ratelimit-limit-tokens": "1", "x-ratelimit-remaining-tokens": "1",
+			"x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "99"}}, 429, 1, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -139,9 +144,10 @@ func TestRetryOnAnotherKey(t *testing.T) {
 				if got := g.statsRetries(); len(got) != 0 {
 					t.Errorf("/stats retries %+v, want none", got)
 				}
-				for _, k := range g.keys() {
-					if k.ID == "k2" && k.State != "healthy" {
-						t.Errorf("k2 %s after a client error, want healthy", k.State)
+				for k, st := range g.modelStates() {
+					// (A 404 takes k2 out of the model's pool: not a 429's effect.)
+					if tc.status == 429 && strings.HasPrefix(k, "k2") && st != "healthy" {
+						t.Errorf("%s %s after a client error, want healthy", k, st)
 					}
 				}
 				return

@@ -85,19 +85,19 @@ type attempts struct {
 // heldAnswer is an attempt's 429 waiting for its body.
 type heldAnswer struct {
 	entry  *store.Entry
+	model  string // the model the attempt's upstream got
 	hm     *corev3.HeaderMap
 	status int
 }
 
-// feedLocked applies an attempt's answer to its key (a request too large
-// for the key's limit is a client error, not the key's) and records it on
-// the current attempt. Callers hold a.mu.
-func (a *attempts) feedLocked(e *store.Entry, status int, hm *corev3.HeaderMap, tooLarge bool, now time.Time) {
-	o := policy.Classify(status, func(name string) string { return findHeader(hm, name) }, nil, now)
-	if tooLarge {
-		o = policy.Outcome{Kind: policy.OutcomeClient, Status: status}
+// feedLocked applies an attempt's answer to its key (feedAnswer; a
+// request its body showed too large for the key's limit leaves the key
+// alone) and records it on the current attempt. Callers hold a.mu.
+func (a *attempts) feedLocked(e *store.Entry, model string, status int, hm *corev3.HeaderMap, tooLarge bool, now time.Time) {
+	o := policy.Outcome{Kind: policy.OutcomeClient, Status: status}
+	if !tooLarge {
+		o = feedAnswer(e, model, a.x.est, a.x.settings.Ejection, status, hm, now)
 	}
-	applyFeedback(e, a.x.settings.Ejection, o, now)
 	if a.entry == e {
 		a.fed = true
 		a.cur.Status, a.cur.End, a.curClass = status, now, o.Kind.Class()
@@ -109,7 +109,7 @@ func (a *attempts) feedLocked(e *store.Entry, status int, hm *corev3.HeaderMap, 
 func (a *attempts) releaseLocked(now time.Time) {
 	if h := a.held; h != nil {
 		a.held = nil
-		a.feedLocked(h.entry, h.status, h.hm, false, now)
+		a.feedLocked(h.entry, h.model, h.status, h.hm, false, now)
 	}
 }
 
@@ -153,7 +153,10 @@ func (x *exchange) retriesFor(entry *store.Entry, now time.Time) int {
 		if n >= limit {
 			break
 		}
-		if e != entry && sameHost(e.Key, entry.Key) && eligibleNow(e, now) {
+		if e == entry || !sameHost(e.Key, entry.Key) {
+			continue
+		}
+		if ok, _ := x.admits(e, x.est, now); ok {
 			n++
 		}
 	}
@@ -164,12 +167,6 @@ func (x *exchange) retriesFor(entry *store.Entry, now time.Time) int {
 // base URL): a retry stays on the host Envoy routed the request to.
 func sameHost(a, b *policy.Key) bool {
 	return a.Provider == b.Provider && a.Scheme == b.Scheme && a.Host == b.Host && a.PathPrefix == b.PathPrefix
-}
-
-// eligibleNow reports whether e may take a request now.
-func eligibleNow(e *store.Entry, now time.Time) bool {
-	ok, _ := policy.Eligible(e.Key, e.RT.State(), now)
-	return ok && keyWithinLimits(e, now)
 }
 
 // ambiguousRequest marks an x-request-id that two open calls share.
@@ -246,6 +243,7 @@ type upstreamExchange struct {
 	a      *attempts    // nil: not a call keymux forwarded (passed through)
 	entry  *store.Entry // this attempt's key
 	model  string       // the model this attempt must carry ("" = leave the body)
+	final  string       // the model this attempt's upstream gets
 	phase  phase
 	status int
 }
@@ -314,7 +312,7 @@ func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3
 		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrPath, t.path))
 		mut.SetHeaders = append(mut.SetHeaders, t.headers...)
 	}
-	u.entry = a.entry
+	u.entry, u.final = a.entry, a.model
 	u.phase = phaseForwarded
 	return headersReply(mut, false)
 }
@@ -350,13 +348,29 @@ func (u *upstreamExchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv
 	a := u.a
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if u.status == 429 && !h.GetEndOfStream() {
-		a.held = &heldAnswer{entry: u.entry, hm: hm, status: u.status}
-		resp.ModeOverride = &filterv3.ProcessingMode{ResponseBodyMode: filterv3.ProcessingMode_BUFFERED}
-		return resp
+	now := a.x.s.now()
+	if u.status == 429 {
+		if classifyAnswer(u.status, hm, a.x.est, now).Kind == policy.OutcomeClient {
+			// Its headers show the request is too large for the key's
+			// limit (feedAnswer leaves the key alone).
+			a.feedLocked(u.entry, u.final, u.status, hm, false, now)
+			resp.GetResponseHeaders().Response = &extprocv3.CommonResponse{HeaderMutation: tooLargeMark()}
+			return resp
+		}
+		if !h.GetEndOfStream() {
+			a.held = &heldAnswer{entry: u.entry, model: u.final, hm: hm, status: u.status}
+			resp.ModeOverride = &filterv3.ProcessingMode{ResponseBodyMode: filterv3.ProcessingMode_BUFFERED}
+			return resp
+		}
 	}
-	a.feedLocked(u.entry, u.status, hm, false, a.x.s.now())
+	a.feedLocked(u.entry, u.final, u.status, hm, false, now)
 	return resp
+}
+
+// tooLargeMark is the header mutation that marks a 429 as the request's
+// fault, which Envoy does not retry.
+func tooLargeMark() *extprocv3.HeaderMutation {
+	return &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{setHeader(hdrEnvoyRateLimited, markTooLarge)}}
 }
 
 // onResponseBody reads a held 429's body: a request too large for the
@@ -376,10 +390,9 @@ func (u *upstreamExchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.Proc
 	}
 	a.held = nil
 	tooLarge := requestTooLarge(b.GetBody())
-	a.feedLocked(h.entry, h.status, h.hm, tooLarge, a.x.s.now())
+	a.feedLocked(h.entry, h.model, h.status, h.hm, tooLarge, a.x.s.now())
 	if tooLarge {
-		resp.GetResponseBody().Response = &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{
-			SetHeaders: []*corev3.HeaderValueOption{setHeader(hdrEnvoyRateLimited, markTooLarge)}}}
+		resp.GetResponseBody().Response = &extprocv3.CommonResponse{HeaderMutation: tooLargeMark()}
 	}
 	return resp
 }

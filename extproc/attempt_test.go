@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/keymux/keymux/policy"
+	"github.com/keymux/keymux/store"
 	"github.com/keymux/keymux/telemetry"
 )
 
@@ -62,11 +63,14 @@ func TestRetryPutsAnotherKey(t *testing.T) {
 	cases := []struct {
 		name   string
 		status string
-		check  func(s policy.KeyState) bool
+		check  func(e *store.Entry) bool
 	}{
-		{"429 cools the key down", "429", func(s policy.KeyState) bool { return s.CooldownUntil.Equal(t0.Add(30 * time.Second)) }},
-		{"401 disables the key", "401", func(s policy.KeyState) bool { return s.Disabled && s.DisabledReason == "auth" }},
-		{"503 counts towards ejection", "503", func(s policy.KeyState) bool { return s.ConsecutiveFailures == 1 }},
+		{"429 cools the key down for its model", "429", func(e *store.Entry) bool {
+			m := e.RT.Model(modelFor(e.Key.ID))
+			return m != nil && m.CooldownUntil().Equal(t0.Add(30*time.Second)) && e.RT.State().CooldownUntil.IsZero()
+		}},
+		{"401 disables the key", "401", func(e *store.Entry) bool { s := e.RT.State(); return s.Disabled && s.DisabledReason == "auth" }},
+		{"503 counts towards ejection", "503", func(e *store.Entry) bool { return e.RT.State().ConsecutiveFailures == 1 }},
 	}
 	const body = `{"model":"gpt-4","messages":[{"role":"user","content":"hi"}]}`
 	for _, tc := range cases {
@@ -94,7 +98,7 @@ func TestRetryPutsAnotherKey(t *testing.T) {
 				if f := forwardOf(t, a1[1]); f.body != nil || len(f.set) != 0 {
 					t.Errorf("attempt 1 body changed: %q %v", f.body, f.set)
 				}
-				if !tc.check(r.entry(firstKey).RT.State()) {
+				if !tc.check(r.entry(firstKey)) {
 					t.Errorf("key %s after %s: %+v", firstKey, tc.status, r.entry(firstKey).RT.State())
 				}
 				a2 := r.runAttempt(
@@ -242,9 +246,12 @@ func TestAttempt429Body(t *testing.T) {
 				return []*extprocv3.ProcessingRequest{respHeaders(true, final...)}
 			})
 			res := r.runStream(st)
-			s := r.entry(firstKey).RT.State()
-			if cooled := s.CooldownUntil.Equal(t0.Add(30 * time.Second)); cooled != tc.cooled {
-				t.Errorf("key %s cooldown until %v, want cooled for 30s: %v", firstKey, s.CooldownUntil, tc.cooled)
+			var until time.Time // the key's cooldown for the model (a 429's is per model)
+			if m := r.entry(firstKey).RT.Model("gpt-4o"); m != nil {
+				until = m.CooldownUntil()
+			}
+			if cooled := until.Equal(t0.Add(30 * time.Second)); cooled != tc.cooled {
+				t.Errorf("key %s cooldown for gpt-4o until %v, want cooled for 30s: %v", firstKey, until, tc.cooled)
 			}
 			if got := len(res.call.Attempts); tc.attempts == 2 && (got != 2 || res.call.Attempts[0].Retried != policy.ClassRateLimited || res.call.Attempts[0].Status != 429) {
 				t.Errorf("attempts %+v, want 2, the first retried as rate_limited", res.call.Attempts)

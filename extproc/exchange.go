@@ -43,6 +43,7 @@ type exchange struct {
 	client   *policy.Client
 	entry    *store.Entry
 	status   int
+	est      int64 // the request's token estimate (policy.EstimateTokens)
 	usage    usageScanner
 	bodySeen bool
 	reading  bool      // the response body is read (mode overridden to STREAMED: UsageFromBody)
@@ -170,6 +171,7 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		return x.refuse(aerr)
 	}
 	x.call.Stream = bi.stream
+	x.est = policy.EstimateTokens(len(body), bi.maxTokens)
 	if x.hdr.affinity == "" {
 		x.hdr.affinity = bi.affinity
 	}
@@ -391,10 +393,21 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 		strat = policy.RoundRobin{} // settings are validated; this is a safety net
 	}
 	needUsage, needErrors := policy.StrategyInputs(strat)
-	for _, e := range pool.Entries {
-		if !eligibleNow(e, now) || (skip != nil && skip(e)) {
+	seq := pool.Seq.Add(1) - 1
+	slow := 0 // eligible keys left out by their slow start
+	for i, e := range pool.Entries {
+		st := e.RT.State()
+		ok, why := x.admitsIn(e, st, x.est, now)
+		if !ok || (skip != nil && skip(e)) {
+			if !ok && skip == nil {
+				x.call.AddSkipped(telemetry.Skip{KeyID: e.Key.ID, Reason: why.Reason, Until: why.Until})
+			}
+			continue
+		}
+		if !x.slowStartAdmits(st.SlowStartFrom, seq, i, now) {
+			slow++
 			if skip == nil {
-				x.skipped(e, now)
+				x.call.AddSkipped(telemetry.Skip{KeyID: e.Key.ID, Reason: skipSlowStart})
 			}
 			continue
 		}
@@ -408,13 +421,21 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 		buf.cands = append(buf.cands, c)
 		buf.entries = append(buf.entries, e)
 	}
+	if len(buf.cands) == 0 && slow > 0 {
+		// Only keys in slow start: they serve rather than nobody.
+		for _, e := range pool.Entries {
+			if ok, _ := x.admits(e, x.est, now); ok && (skip == nil || !skip(e)) {
+				buf.cands = append(buf.cands, policy.Candidate{Key: e.Key})
+				buf.entries = append(buf.entries, e)
+			}
+		}
+	}
 	if len(buf.cands) == 0 {
 		return nil, x.noEligibleKey(model, pool, now)
 	}
 	if skip == nil {
 		x.call.Candidates = len(buf.cands)
 	}
-	seq := pool.Seq.Add(1) - 1
 	if x.hdr.affinity != "" && policy.UsesAffinity(strat) {
 		seq = policy.AffinityHash(x.hdr.affinity)
 	}
@@ -422,22 +443,13 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	e := buf.entries[i]
 	e.RT.AddRequest()
 	e.RT.MinuteRequests.Add(now, 1)
+	take(e, x.finalModel(e.Key), x.est, now)
 	return e, nil
 }
 
-// Why a key that policy finds eligible was not a candidate (telemetry.Skip).
-const skipOverLimit = "over_limit" // its rpm/tpm of this minute
-
-// skipped records on the call why pool key e could not take the request
-// (the router-level choice only: a retry's runs on the upstream filter's
-// stream).
-func (x *exchange) skipped(e *store.Entry, now time.Time) {
-	sk := telemetry.Skip{KeyID: e.Key.ID, Reason: skipOverLimit, Until: store.NextMinute(now)}
-	if ok, why := policy.Eligible(e.Key, e.RT.State(), now); !ok {
-		sk.Reason, sk.Until = why.Reason, why.Until
-	}
-	x.call.AddSkipped(sk)
-}
+// skipSlowStart is telemetry.Skip's reason for an eligible key left out
+// by its slow start after an ejection.
+const skipSlowStart = "slow_start"
 
 // keyWithinLimits applies the key's rpm/tpm to what this instance sent in
 // the current minute.
@@ -451,14 +463,11 @@ func keyWithinLimits(e *store.Entry, now time.Time) bool {
 
 // poolOut lists why each key of the pool is out now; all reports whether
 // every key is.
-func poolOut(pool *store.Pool, now time.Time) (reasons []policy.Ineligible, all bool) {
+func (x *exchange) poolOut(pool *store.Pool, now time.Time) (reasons []policy.Ineligible, all bool) {
 	reasons = make([]policy.Ineligible, 0, len(pool.Entries))
 	for _, e := range pool.Entries {
-		if ok, why := policy.Eligible(e.Key, e.RT.State(), now); !ok {
+		if ok, why := x.admits(e, x.est, now); !ok {
 			reasons = append(reasons, why)
-		} else if !keyWithinLimits(e, now) {
-			// Over its own rpm/tpm: out until the minute turns.
-			reasons = append(reasons, policy.Ineligible{Reason: policy.ReasonCoolingDown, Until: store.NextMinute(now)})
 		}
 	}
 	return reasons, len(reasons) == len(pool.Entries)
@@ -471,7 +480,7 @@ func retryAfter(t, now time.Time) int {
 
 // noEligibleKey explains a 503: every key of the pool is out, and why.
 func (x *exchange) noEligibleKey(model string, pool *store.Pool, now time.Time) *apiError {
-	reasons, _ := poolOut(pool, now)
+	reasons, _ := x.poolOut(pool, now)
 	msg, code := policy.Explain(model, reasons)
 	e := &apiError{Status: 503, Type: typeServer, Code: code, Message: msg}
 	if earliest := policy.EarliestUntil(reasons); !earliest.IsZero() {
@@ -489,23 +498,31 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 		ResponseHeaders: &extprocv3.HeadersResponse{},
 	}}
 	now := x.s.now()
-	o := policy.Classify(x.status, func(name string) string { return findHeader(hm, name) }, nil, now)
 	tooLarge := findHeader(hm, hdrEnvoyRateLimited) == markTooLarge
-	if tooLarge {
-		// The upstream filter's mark (attempt.go): the request's fault.
-		o = policy.Outcome{Kind: policy.OutcomeClient, Status: x.status}
-		m := headersMutation(resp)
-		m.RemoveHeaders = append(m.RemoveHeaders, hdrEnvoyRateLimited)
-	}
 	if x.fromAttempts() {
-		x.call.ErrorCode = o.Kind.Class() // the upstream filter fed the key
+		// The upstream filter fed the key.
+		o := classifyAnswer(x.status, hm, x.est, now)
+		if tooLarge {
+			// The upstream filter's mark (attempt.go): the request's fault.
+			o = policy.Outcome{Kind: policy.OutcomeClient, Status: x.status}
+		}
+		x.call.ErrorCode = o.Kind.Class()
 		if len(x.call.Attempts) > 0 {
 			x.retriedMetadata(resp)
 		}
+	} else if x.entry != nil {
+		x.call.ErrorCode = feedAnswer(x.entry, x.call.ModelFinal, x.est, x.settings.Ejection, x.status, hm, now).Kind.Class()
 	} else {
-		x.feedback(o, now)
+		x.call.ErrorCode = policy.StatusKind(x.status).Class()
 	}
-	if !tooLarge {
+	if x.entry != nil && x.status != 0 {
+		resp.GetResponseHeaders().Response = &extprocv3.CommonResponse{HeaderMutation: x.headroomMutation(now)}
+	}
+	if tooLarge {
+		m := headersMutation(resp)
+		m.RemoveHeaders = append(m.RemoveHeaders, hdrEnvoyRateLimited)
+	}
+	if x.call.ErrorCode != policy.ClassClient {
 		x.poolRetryAfter(resp, now)
 	}
 	x.respDone = h.GetEndOfStream()
@@ -547,7 +564,7 @@ func (x *exchange) poolRetryAfter(resp *extprocv3.ProcessingResponse, now time.T
 	if (x.status != 429 && x.status != 503) || x.entry == nil {
 		return
 	}
-	reasons, all := poolOut(x.snap.Pool(x.call.ModelOriginal), now)
+	reasons, all := x.poolOut(x.snap.Pool(x.call.ModelOriginal), now)
 	earliest := policy.EarliestUntil(reasons)
 	if !all || earliest.IsZero() {
 		return
@@ -685,8 +702,19 @@ func (x *exchange) fromEntry(r *envoyRecord) {
 	if r.usageKnown {
 		x.bookUsage(r.input, r.output, now)
 	}
-	if st := x.call.Status; policy.QuotaExhausted(st, r.errorCode, r.errorType) {
-		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: st}, now)
+	x.errorBody(x.call.Status, r.errorCode, r.errorType, now)
+}
+
+// errorBody applies what an upstream error body said (its error code and
+// type, read by Envoy's filters or by keymux) to the answering key: an
+// exhausted quota parks the key; a model the key cannot use takes it out
+// of that model's pool until its next probe.
+func (x *exchange) errorBody(status int, code, typ string, now time.Time) {
+	switch {
+	case policy.QuotaExhausted(status, code, typ):
+		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: status}, now)
+	case policy.ModelUnavailable(status, code, typ) && x.entry != nil:
+		blockModel(x.entry, x.call.ModelFinal, status, now)
 	}
 }
 
@@ -724,9 +752,7 @@ func (x *exchange) bodyUsage(now time.Time) {
 	if x.usage.known {
 		x.bookUsage(x.usage.input, x.usage.output, now)
 	}
-	if policy.QuotaExhausted(x.status, x.usage.errorCode, x.usage.errorType) {
-		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: x.status}, now)
-	}
+	x.errorBody(x.status, x.usage.errorCode, x.usage.errorType, now)
 }
 
 // bookUsage counts a call's tokens on the call, its key and its client.
