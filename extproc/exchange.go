@@ -52,6 +52,7 @@ type exchange struct {
 	chunks   int       // response body messages received while reading
 	respDone bool      // the response headers ended the response
 	callID   string    // joins Envoy's access-log entry to this record (set when forwarded)
+	routed   string    // the key id the router-level metadata named first (set when forwarded)
 	att      *attempts // shared with the upstream filter's attempts (set when forwarded)
 	call     telemetry.Call
 }
@@ -350,6 +351,7 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 	x.entry = entry
 	x.phase = phaseForwarded
 	x.callID = x.s.newCallID()
+	x.routed = k.ID
 	x.call.KeyID, x.call.Provider, x.call.UpstreamHost, x.call.ModelFinal = k.ID, string(k.Provider), k.Host, final
 	x.call.Strategy = x.settings.Strategy
 
@@ -517,11 +519,18 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	slow := 0 // eligible keys left out by their slow start
 	for i, e := range pool.Entries {
 		st := e.RT.State()
-		if ok, _ := x.admitsIn(e, st, x.est, now); !ok || (skip != nil && skip(e)) {
+		ok, why := x.admitsIn(e, st, x.est, now)
+		if !ok || (skip != nil && skip(e)) {
+			if !ok && skip == nil {
+				x.call.AddSkipped(telemetry.Skip{KeyID: e.Key.ID, Reason: why.Reason, Until: why.Until})
+			}
 			continue
 		}
 		if !x.slowStartAdmits(st.SlowStartFrom, seq, i, now) {
 			slow++
+			if skip == nil {
+				x.call.AddSkipped(telemetry.Skip{KeyID: e.Key.ID, Reason: skipSlowStart})
+			}
 			continue
 		}
 		c := policy.Candidate{Key: e.Key}
@@ -546,6 +555,9 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	if len(buf.cands) == 0 {
 		return nil, x.noEligibleKey(model, pool, now)
 	}
+	if skip == nil {
+		x.call.Candidates = len(buf.cands)
+	}
 	if x.hdr.affinity != "" && policy.UsesAffinity(strat) {
 		seq = policy.AffinityHash(x.hdr.affinity)
 	}
@@ -557,6 +569,10 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	return e, nil
 }
 
+// skipSlowStart is telemetry.Skip's reason for an eligible key left out
+// by its slow start after an ejection.
+const skipSlowStart = "slow_start"
+
 // keyWithinLimits applies the key's rpm/tpm to what this instance sent in
 // the current minute.
 func keyWithinLimits(e *store.Entry, now time.Time) bool {
@@ -567,18 +583,30 @@ func keyWithinLimits(e *store.Entry, now time.Time) bool {
 	return policy.WithinLimits(l, e.RT.MinuteRequests.Get(now), e.RT.MinuteTokens.Get(now))
 }
 
-// noEligibleKey explains a 503: every key of the pool is out, and why.
-func (x *exchange) noEligibleKey(model string, pool *store.Pool, now time.Time) *apiError {
-	reasons := make([]policy.Ineligible, 0, len(pool.Entries))
+// poolOut lists why each key of the pool is out now; all reports whether
+// every key is.
+func (x *exchange) poolOut(pool *store.Pool, now time.Time) (reasons []policy.Ineligible, all bool) {
+	reasons = make([]policy.Ineligible, 0, len(pool.Entries))
 	for _, e := range pool.Entries {
 		if ok, why := x.admits(e, x.est, now); !ok {
 			reasons = append(reasons, why)
 		}
 	}
+	return reasons, len(reasons) == len(pool.Entries)
+}
+
+// retryAfter is a Retry-After in whole seconds (at least 1) until t.
+func retryAfter(t, now time.Time) int {
+	return max(1, int(t.Sub(now).Round(time.Second)/time.Second))
+}
+
+// noEligibleKey explains a 503: every key of the pool is out, and why.
+func (x *exchange) noEligibleKey(model string, pool *store.Pool, now time.Time) *apiError {
+	reasons, _ := x.poolOut(pool, now)
 	msg, code := policy.Explain(model, reasons)
 	e := &apiError{Status: 503, Type: typeServer, Code: code, Message: msg}
 	if earliest := policy.EarliestUntil(reasons); !earliest.IsZero() {
-		e.RetryAfter = max(1, int(earliest.Sub(now).Round(time.Second)/time.Second))
+		e.RetryAfter = retryAfter(earliest, now)
 	}
 	return e
 }
@@ -592,9 +620,18 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 		ResponseHeaders: &extprocv3.HeadersResponse{},
 	}}
 	now := x.s.now()
+	tooLarge := findHeader(hm, hdrEnvoyRateLimited) == markTooLarge
 	if x.fromAttempts() {
 		// The upstream filter fed the key.
-		x.call.ErrorCode = classifyAnswer(x.status, hm, x.est, now).Kind.Class()
+		o := classifyAnswer(x.status, hm, x.est, now)
+		if tooLarge {
+			// The upstream filter's mark (attempt.go): the request's fault.
+			o = policy.Outcome{Kind: policy.OutcomeClient, Status: x.status}
+		}
+		x.call.ErrorCode = o.Kind.Class()
+		if len(x.call.Attempts) > 0 {
+			x.retriedMetadata(resp)
+		}
 	} else if x.entry != nil {
 		x.call.ErrorCode = feedAnswer(x.entry, x.call.ModelFinal, x.est, x.settings.Ejection, x.status, hm, now).Kind.Class()
 	} else {
@@ -602,6 +639,13 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	}
 	if x.entry != nil && x.status != 0 {
 		resp.GetResponseHeaders().Response = &extprocv3.CommonResponse{HeaderMutation: x.headroomMutation(now)}
+	}
+	if tooLarge {
+		m := headersMutation(resp)
+		m.RemoveHeaders = append(m.RemoveHeaders, hdrEnvoyRateLimited)
+	}
+	if x.call.ErrorCode != policy.ClassClient {
+		x.poolRetryAfter(resp, now)
 	}
 	x.respDone = h.GetEndOfStream()
 	if x.entry == nil || x.respDone || !x.s.fromBody {
@@ -622,6 +666,51 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	resp.ModeOverride = &filterv3.ProcessingMode{ResponseBodyMode: filterv3.ProcessingMode_STREAMED}
 	return resp
 }
+
+// retriedMetadata tells Envoy's access log, on the response headers of a
+// call Envoy retried, the key that answered and the attempts.
+func (x *exchange) retriedMetadata(resp *extprocv3.ProcessingResponse) {
+	resp.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{
+		MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+			metaKeyID:     structpb.NewStringValue(x.call.KeyID),
+			"model_final": structpb.NewStringValue(x.call.ModelFinal),
+			"attempts":    structpb.NewNumberValue(float64(len(x.call.Attempts))),
+		}}),
+	}}
+}
+
+// poolRetryAfter gives an upstream 429 or 503 (the last attempt's, once
+// the key was fed) the Retry-After of the earliest time a key of the pool
+// is back, when every key is out: the upstream's own names one key only.
+func (x *exchange) poolRetryAfter(resp *extprocv3.ProcessingResponse, now time.Time) {
+	if (x.status != 429 && x.status != 503) || x.entry == nil {
+		return
+	}
+	reasons, all := x.poolOut(x.snap.Pool(x.call.ModelOriginal), now)
+	earliest := policy.EarliestUntil(reasons)
+	if !all || earliest.IsZero() {
+		return
+	}
+	m := headersMutation(resp)
+	m.SetHeaders = append(m.SetHeaders, setHeader("retry-after", strconv.Itoa(retryAfter(earliest, now))))
+}
+
+// headersMutation is the header mutation of a response headers reply,
+// added when it has none.
+func headersMutation(resp *extprocv3.ProcessingResponse) *extprocv3.HeaderMutation {
+	hr := resp.GetResponseHeaders()
+	if hr.Response == nil {
+		hr.Response = &extprocv3.CommonResponse{}
+	}
+	if hr.Response.HeaderMutation == nil {
+		hr.Response.HeaderMutation = &extprocv3.HeaderMutation{}
+	}
+	return hr.Response.HeaderMutation
+}
+
+// namesKey reports whether an access-log entry's key id is this call's:
+// the key the router-level metadata named, or the one that answered last.
+func (x *exchange) namesKey(id string) bool { return id == x.routed || id == x.call.KeyID }
 
 // feedback records an upstream outcome's error class on the call and
 // applies the outcome to the chosen key's passive state.
@@ -670,6 +759,7 @@ func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRe
 // Envoy's access-log entry, which completes it (book); without an
 // access-log stream it is booked at once from what keymux saw.
 func (x *exchange) finish() {
+	x.fromAttempts() // the attempts after the last response headers keymux saw
 	x.unshare()
 	x.call.End = x.s.now()
 	switch x.phase {

@@ -487,6 +487,18 @@ func (w *statusWriter) abort(cut bool) {
 	panic(http.ErrAbortHandler)
 }
 
+// reset closes the connection before any answer (Behaviour.Reset): the
+// HTTP/1.1 connection is taken over and closed; elsewhere (HTTP/2) the
+// handler aborts, which resets the stream.
+func (w *statusWriter) reset() {
+	w.cut = true
+	w.s.finish(w.epoch, w.seq, 0, true)
+	if conn, _, err := http.NewResponseController(w.ResponseWriter).Hijack(); err == nil {
+		_ = conn.Close()
+	}
+	panic(http.ErrAbortHandler)
+}
+
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // request is a parsed incoming request.
@@ -611,6 +623,9 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 	b := rq.b
 	if b.Delay > 0 && !backoff.Sleep(r.Context(), b.Delay) {
 		w.abort(false) // the client or the server went away: no answer at all
+	}
+	if b.Reset {
+		w.reset()
 	}
 	s.rateLimitHeaders(w, rq)
 	for k, v := range b.Headers {
