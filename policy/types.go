@@ -184,6 +184,8 @@ type Settings struct {
 	// that token usage is known for every call; default true.
 	StreamUsage bool
 	Retry       RetrySettings
+	// Share decides which key states are shared with the fleet (Consul).
+	Share ShareSettings
 }
 
 // RetrySettings bound Envoy's retries of a request on another key of the
