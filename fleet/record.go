@@ -92,14 +92,20 @@ func (r Record) Marshal() []byte {
 }
 
 // Shared is the record as policy sees it.
-func (r Record) Shared() policy.SharedState { return policy.SharedState{Reason: r.Reason, Until: r.Until} }
+func (r Record) Shared() policy.SharedState {
+	return policy.SharedState{Reason: r.Reason, Until: r.Until}
+}
 
 // Apply returns s after the record (policy.ApplyShared): nothing changes
 // when a probe ran after the record's time.
-func (r Record) Apply(s policy.KeyState) policy.KeyState { return policy.ApplyShared(s, r.Shared(), r.At) }
+func (r Record) Apply(s policy.KeyState) policy.KeyState {
+	return policy.ApplyShared(s, r.Shared(), r.At)
+}
 
 // disables reports whether r takes the key out until a probe passes.
-func (r Record) disables() bool { return r.Reason == policy.SharedAuth || r.Reason == policy.SharedQuota }
+func (r Record) disables() bool {
+	return r.Reason == policy.SharedAuth || r.Reason == policy.SharedQuota
+}
 
 // Covers reports whether cur, the record KV holds, already tells the fleet
 // what next would: cur is not older than the key's latest probe here

@@ -92,8 +92,8 @@ type Source struct {
 	states      map[string]kvValue // key id → last seen state/<id> value
 	members     []string           // last members handed to OnMembers
 	membersSeen bool
-	source      string             // SourceConsul or SourceSnapshot once something was applied
-	lastContact time.Time          // last successful answer from Consul
+	source      string    // SourceConsul or SourceSnapshot once something was applied
+	lastContact time.Time // last successful answer from Consul
 	stale       bool
 
 	mu           sync.Mutex
