@@ -251,7 +251,7 @@ func TestObserveQueue(t *testing.T) {
 	f, _ := newTestFleet(t, newFakeKV(), &now, 1)
 	disabled := policy.KeyState{Disabled: true, DisabledReason: policy.DisabledAuth}
 	f.observe("k1", policy.KeyState{}, policy.KeyState{CooldownUntil: t0.Add(5 * time.Second)}, t0) // short: local
-	f.observe("k1", policy.KeyState{}, policy.KeyState{EjectedUntil: t0.Add(time.Minute)}, t0)    // ejection: local
+	f.observe("k1", policy.KeyState{}, policy.KeyState{EjectedUntil: t0.Add(time.Minute)}, t0)      // ejection: local
 	if len(f.queue) != 0 {
 		t.Fatalf("%d observations queued, want none", len(f.queue))
 	}
