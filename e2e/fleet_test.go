@@ -26,7 +26,8 @@ import (
 //  2. A 401 on one sidecar disables the key on all three within a second
 //     (shared through state/<id>); no sidecar sends it a request then; the
 //     leader's recovery probe re-admits it on all and clears the record.
-//  3. Killing a sidecar (SIGKILL, then its session ended as Consul ends it
+//  3. A 120 s cooldown (429) is shared; a 3 s one stays on its sidecar.
+//  4. Killing a sidecar (SIGKILL, then its session ended as Consul ends it
 //     when the TTL runs out) re-balances the shares of the two others
 //     within 15 s.
 func TestFleetThreeSidecars(t *testing.T) {
@@ -93,6 +94,11 @@ func TestFleetThreeSidecars(t *testing.T) {
 	})
 
 	t.Run("a 401 on one sidecar disables the key on all", func(t *testing.T) {
+		// The leader probes k2 (GET /models, which the 401 below spares)
+		// every 9–10 s; a passing probe after the 401 would re-admit k2
+		// everywhere. Start right after one, so that the next is 9 s away.
+		last := gs[0].fleet().key("k2").LastProbe
+		gs[0].waitFleet("a fresh probe of k2", func(f fleetDoc) bool { return f.key("k2").LastProbe.After(last) })
 		mock.SetDefault("sk-test-k2", mockupstream.Behaviour{Status: 401, Path: "/chat/completions"})
 		start := len(mock.Requests())
 		var at time.Time
@@ -128,12 +134,11 @@ func TestFleetThreeSidecars(t *testing.T) {
 				t.Fatalf("a sidecar sent k2 a request after the fleet learnt of its 401")
 			}
 		}
-		writes := uint64(0)
-		for _, g := range gs {
-			writes += g.fleet().Counters.Writes
-		}
-		if writes != 1 {
-			t.Errorf("state/k2 written %d times by the fleet, want once", writes)
+		// A writer counts its write once Consul answered the CAS, which
+		// may come after the others saw the record.
+		wait.Until(t, consulWait, "the write counted", func() bool { return fleetWrites(gs) >= 1 })
+		if n := fleetWrites(gs); n != 1 {
+			t.Errorf("state/k2 written %d times by the fleet, want once", n)
 		}
 
 		// The upstream accepts k2 again: the leader's recovery probe
@@ -150,6 +155,42 @@ func TestFleetThreeSidecars(t *testing.T) {
 			wait.Until(t, consulWait, fmt.Sprintf("sidecar %d sends k2 requests again", i), func() bool {
 				return g.send("gpt-4").Cred == "sk-test-k2"
 			})
+		}
+	})
+
+	t.Run("a long cooldown is shared, a short one is not", func(t *testing.T) {
+		// sendUntil sends through g until a request reaches k3.
+		sendUntil := func(g *consulGateway, what string) {
+			t.Helper()
+			start := len(mock.Requests())
+			for i := range 6 {
+				if d := g.send("gpt-4"); d.Status != http.StatusOK {
+					t.Fatalf("%s: request %d: %v (a 429 must be retried on another key)", what, i, d)
+				}
+				for _, r := range mock.Requests()[start:] {
+					if r.Credential == "sk-test-k3" && strings.HasSuffix(r.Path, "/chat/completions") {
+						return
+					}
+				}
+			}
+			t.Fatalf("%s: 6 requests and none reached k3", what)
+		}
+		before := fleetWrites(gs)
+		mock.Script("sk-test-k3", mockupstream.Behaviour{Status: 429, RetryAfter: "3", Path: "/chat/completions"})
+		sendUntil(gs[0], "a 3s cooldown on sidecar 0")
+		gs[0].waitFleet("sidecar 0: k3 cooling down", func(f fleetDoc) bool { return f.keyState("k3") == "cooling_down" })
+		// Sidecar 1 still sends k3 requests: the 3 s cooldown stayed on
+		// sidecar 0 (share.cooldown_over is 10 s).
+		mock.Script("sk-test-k3", mockupstream.Behaviour{Status: 429, RetryAfter: "120", Path: "/chat/completions"})
+		sendUntil(gs[1], "a 120s cooldown on sidecar 1")
+		for i, g := range gs {
+			g.waitFleet(fmt.Sprintf("sidecar %d: k3 cooling down", i), func(f fleetDoc) bool {
+				return f.keyState("k3") == "cooling_down" && time.Until(f.key("k3").Until) > time.Minute
+			})
+		}
+		wait.Until(t, consulWait, "the write counted", func() bool { return fleetWrites(gs) > before })
+		if n := fleetWrites(gs) - before; n != 1 {
+			t.Errorf("%d shared-state writes for two cooldowns, want 1 (the long one)", n)
 		}
 	})
 
@@ -177,6 +218,14 @@ func TestFleetThreeSidecars(t *testing.T) {
 	})
 }
 
+// fleetWrites sums the shared-state writes of gs.
+func fleetWrites(gs []*consulGateway) (n uint64) {
+	for _, g := range gs {
+		n += g.fleet().Counters.Writes
+	}
+	return n
+}
+
 // fleetDoc is the part of /status these tests read.
 type fleetDoc struct {
 	ID       string   `json:"id"`
@@ -190,8 +239,10 @@ type fleetDoc struct {
 }
 
 type fleetKey struct {
-	ID     string `json:"id"`
-	Reason string `json:"reason"`
+	ID        string    `json:"id"`
+	Reason    string    `json:"reason"`
+	Until     time.Time `json:"until"`
+	LastProbe time.Time `json:"last_probe"`
 }
 
 type fleetShare struct {
@@ -211,13 +262,15 @@ func (f fleetDoc) share(kind, id string) fleetShare {
 }
 
 // keyState is key id's reason for being out ("" in rotation).
-func (f fleetDoc) keyState(id string) string {
+func (f fleetDoc) keyState(id string) string { return f.key(id).Reason }
+
+func (f fleetDoc) key(id string) fleetKey {
 	for _, k := range f.keys {
 		if k.ID == id {
-			return k.Reason
+			return k
 		}
 	}
-	return "missing"
+	return fleetKey{ID: id, Reason: "missing"}
 }
 
 func (g *consulGateway) fleet() fleetDoc {
