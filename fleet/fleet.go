@@ -132,8 +132,8 @@ func New(cfg Config) (*Fleet, error) {
 	if cfg.SessionTTL == 0 {
 		cfg.SessionTTL = DefaultSessionTTL
 	}
-	if cfg.SessionTTL < 10*time.Second || cfg.SessionTTL > 24*time.Hour {
-		return nil, fmt.Errorf("fleet: session TTL %s outside Consul's 10s–24h", cfg.SessionTTL)
+	if err := consul.CheckSessionTTL(cfg.SessionTTL); err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
 	}
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = DefaultQueueSize

@@ -3,19 +3,14 @@ package fleet
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/keymux/keymux/internal/backoff"
 	"github.com/keymux/keymux/store/consul"
 )
-
-// errSessionLost ends a membership term.
-var errSessionLost = errors.New("consul session lost")
 
 // memberValue is a member entry's value, for operators.
 type memberValue struct {
@@ -27,19 +22,9 @@ type memberValue struct {
 // ends: a session (TTL, behavior delete) holds it, renewed every TTL/3; a
 // lost session starts a new term after a backoff.
 func (f *Fleet) register(ctx context.Context) {
-	failures := 0
-	for ctx.Err() == nil {
-		err := f.term(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		failures++
-		wait := backoff.Delay(failures, f.cfg.RetryBase, f.cfg.RetryMax, rand.Float64)
-		f.log.Warn("fleet membership: registering again", "attempt", failures, "retry_in", wait.Round(time.Millisecond), "error", err)
-		if !backoff.Sleep(ctx, wait) {
-			return
-		}
-	}
+	consul.RunTerms(ctx, f.cfg.RetryBase, f.cfg.RetryMax, rand.Float64, f.term, func(attempt int, wait time.Duration, err error) {
+		f.log.Warn("fleet membership: registering again", "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "error", err)
+	})
 }
 
 // term is one session's life: create it, take the member entry, renew
@@ -71,36 +56,7 @@ func (f *Fleet) term(ctx context.Context) error {
 	f.registered.Store(true)
 	defer f.registered.Store(false)
 	f.log.Info("fleet: registered as a member", "path", path, "session_ttl", f.cfg.SessionTTL)
-	return f.renew(ctx, id)
-}
-
-// renew keeps session id alive every TTL/3 (every second after an error);
-// errSessionLost when Consul says it is gone or no renewal succeeded for
-// a whole TTL; nil when ctx ends.
-func (f *Fleet) renew(ctx context.Context, id string) error {
-	ttl := f.cfg.SessionTTL
-	wait := ttl / 3
-	last := time.Now()
-	for {
-		if !backoff.Sleep(ctx, wait) {
-			return nil
-		}
-		entry, _, err := f.cfg.Consul.Session().Renew(id, (&api.WriteOptions{}).WithContext(ctx))
-		switch {
-		case ctx.Err() != nil:
-			return nil
-		case err != nil:
-			if time.Since(last) >= ttl {
-				return fmt.Errorf("%w: no renewal for %s: %v", errSessionLost, ttl, err)
-			}
-			wait = min(time.Second, ttl/4)
-		case entry == nil:
-			return fmt.Errorf("%w: session expired", errSessionLost)
-		default:
-			last = time.Now()
-			wait = ttl / 3
-		}
-	}
+	return consul.RenewSession(ctx, f.cfg.Consul, id, f.cfg.SessionTTL, f.cfg.SessionTTL/3)
 }
 
 // endSession destroys session id (its member entry goes with it), with a

@@ -158,8 +158,8 @@ func New(cfg Config) (*Checker, error) {
 	if cfg.SessionTTL == 0 {
 		cfg.SessionTTL = DefaultSessionTTL
 	}
-	if cfg.SessionTTL < 10*time.Second || cfg.SessionTTL > 24*time.Hour {
-		return nil, fmt.Errorf("health: session TTL %s outside Consul's 10s–24h", cfg.SessionTTL)
+	if err := consul.CheckSessionTTL(cfg.SessionTTL); err != nil {
+		return nil, fmt.Errorf("health: %w", err)
 	}
 	if cfg.LockDelay == 0 {
 		cfg.LockDelay = DefaultLockDelay
