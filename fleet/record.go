@@ -10,10 +10,10 @@ import (
 )
 
 // MaxSkew is how far in the future of the reader's clock a shared record's
-// time may be (clock skew between instances). A record within it is applied
-// as if observed now; a later one is refused: it would outlive every probe
-// that should clear it.
-const MaxSkew = 5 * time.Second
+// time may be (policy.MaxClockSkew). A record within it is applied as if
+// observed now; a later one is refused: it would outlive every probe that
+// should clear it.
+const MaxSkew = policy.MaxClockSkew
 
 // maxRecordBytes bounds a state/<id> value that ParseRecord accepts.
 const maxRecordBytes = 1024
@@ -62,9 +62,9 @@ func ParseRecord(raw []byte, now time.Time) (Record, error) {
 	if r.At.IsZero() {
 		return Record{}, fmt.Errorf("%w: at is missing", ErrBadRecord)
 	}
-	if r.At.After(now.Add(MaxSkew)) {
-		return Record{}, fmt.Errorf("%w: at %s is more than %s in the future (now %s)",
-			ErrBadRecord, r.At.UTC().Format(time.RFC3339), MaxSkew, now.UTC().Format(time.RFC3339))
+	at, err := policy.CheckWrittenAt("at", r.At, now)
+	if err != nil {
+		return Record{}, fmt.Errorf("%w: %v", ErrBadRecord, err)
 	}
 	if r.Reason == policy.SharedCooldown {
 		switch {
@@ -75,11 +75,12 @@ func ParseRecord(raw []byte, now time.Time) (Record, error) {
 				ErrBadRecord, r.Until.UTC().Format(time.RFC3339), policy.MaxRetryDelay)
 		}
 	}
-	if r.At.After(now) {
+	if at.Before(r.At) {
 		// Within the skew: observed "now" here, so that it cannot outlive
-		// a probe that runs after it on this clock.
-		r.Until = r.Until.Add(now.Sub(r.At))
-		r.At = now
+		// a probe that runs after it on this clock; a cooldown's end moves
+		// with it (the writer's clock ran ahead).
+		r.Until = r.Until.Add(at.Sub(r.At))
+		r.At = at
 	}
 	r.By = policy.Truncate(r.By, maxByLen)
 	return r, nil

@@ -17,11 +17,11 @@ const MaxErrorLen = 256
 const maxRecordBytes = 4096
 
 // MaxRecordSkew is how far in the future of the reader's clock a record's
-// checked_at may be (clock skew between instances). A later checked_at is
-// refused: it would pin the key, every real probe result being older. One
-// within the skew is taken as checked now (ParseRecord), so that it cannot
-// pin the key either.
-const MaxRecordSkew = 5 * time.Second
+// checked_at may be (policy.MaxClockSkew). A later checked_at is refused: it
+// would pin the key, every real probe result being older. One within the
+// skew is taken as checked now (ParseRecord), so that it cannot pin the key
+// either.
+const MaxRecordSkew = policy.MaxClockSkew
 
 // Record is the result of one active probe, as the leader writes it to
 // <prefix>health/<key id> and every instance applies it. It never holds a
@@ -60,34 +60,27 @@ func ParseRecord(raw []byte, now time.Time) (Record, error) {
 	if err := json.Unmarshal(raw, &r); err != nil {
 		return Record{}, fmt.Errorf("%w: %v", ErrBadRecord, err)
 	}
-	switch {
-	case r.CheckedAt.IsZero():
+	if r.CheckedAt.IsZero() {
 		return Record{}, fmt.Errorf("%w: checked_at is missing", ErrBadRecord)
-	case r.CheckedAt.After(now.Add(MaxRecordSkew)):
-		return Record{}, fmt.Errorf("%w: checked_at %s is more than %s in the future (now %s)",
-			ErrBadRecord, r.CheckedAt.UTC().Format(time.RFC3339), MaxRecordSkew, now.UTC().Format(time.RFC3339))
-	case r.CooldownUntil.After(earlier(r.CheckedAt, now).Add(policy.MaxRetryDelay)):
+	}
+	checked, err := policy.CheckWrittenAt("checked_at", r.CheckedAt, now)
+	if err != nil {
+		return Record{}, fmt.Errorf("%w: %v", ErrBadRecord, err)
+	}
+	switch {
+	case r.CooldownUntil.After(checked.Add(policy.MaxRetryDelay)):
 		return Record{}, fmt.Errorf("%w: cooldown_until is more than %s after checked_at", ErrBadRecord, policy.MaxRetryDelay)
 	case r.LatencyMS < 0:
 		return Record{}, fmt.Errorf("%w: latency_ms is negative", ErrBadRecord)
 	case r.Failures < 0:
 		return Record{}, fmt.Errorf("%w: failures is negative", ErrBadRecord)
 	}
-	if r.CheckedAt.After(now) {
-		r.CheckedAt = now
-	}
+	r.CheckedAt = checked
 	r.Error = truncate(r.Error, MaxErrorLen)
 	if len(r.By) > 128 {
 		r.By = truncate(r.By, 128)
 	}
 	return r, nil
-}
-
-func earlier(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
 }
 
 // Marshal encodes r for KV.

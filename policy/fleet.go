@@ -1,6 +1,9 @@
 package policy
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // DefaultShareCooldownOver is settings.share.cooldown_over: a cooldown longer
 // than this is shared with the fleet.
@@ -85,4 +88,25 @@ func ShareOf(limit, members, rank int) int {
 // Share returns this member's share of l (ShareOf for rpm and tpm).
 func (l Limits) Share(members, rank int) Limits {
 	return Limits{RPM: ShareOf(l.RPM, members, rank), TPM: ShareOf(l.TPM, members, rank)}
+}
+
+// MaxClockSkew is how far in the future of the reader's clock a time that
+// another instance wrote to Consul (a probe's checked_at, a shared state's
+// at) may lie. A later time would pin a key: every real result, older,
+// would be ignored.
+const MaxClockSkew = 5 * time.Second
+
+// CheckWrittenAt checks t, the time field `field` of a record another
+// instance wrote, against the reader's now: more than MaxClockSkew ahead is
+// an error naming both times; within the skew but after now it is taken as
+// now (so that it cannot outlive a result that comes after it here).
+func CheckWrittenAt(field string, t, now time.Time) (time.Time, error) {
+	if t.After(now.Add(MaxClockSkew)) {
+		return t, fmt.Errorf("%s %s is more than %s in the future (now %s)",
+			field, t.UTC().Format(time.RFC3339), MaxClockSkew, now.UTC().Format(time.RFC3339))
+	}
+	if t.After(now) {
+		return now, nil
+	}
+	return t, nil
 }

@@ -102,3 +102,32 @@ func TestApplyShared(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckWrittenAt(t *testing.T) {
+	now := time.Date(2026, 11, 25, 20, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name    string
+		t       time.Time
+		want    time.Time
+		wantErr string
+	}{
+		{"past", now.Add(-time.Hour), now.Add(-time.Hour), ""},
+		{"now", now, now, ""},
+		{"within the skew: now", now.Add(MaxClockSkew), now, ""},
+		{"beyond the skew", now.Add(MaxClockSkew + time.Second), time.Time{}, "at 2026-11-25T20:00:06Z is more than 5s in the future (now 2026-11-25T20:00:00Z)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := CheckWrittenAt("at", tt.t, now)
+			if tt.wantErr != "" {
+				if err == nil || err.Error() != tt.wantErr {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || !got.Equal(tt.want) {
+				t.Fatalf("CheckWrittenAt = %s, %v; want %s", got, err, tt.want)
+			}
+		})
+	}
+}
