@@ -27,7 +27,9 @@ import (
 //     (shared through state/<id>); no sidecar sends it a request then; the
 //     leader's recovery probe re-admits it on all and clears the record.
 //  3. A 120 s cooldown (429) is shared; a 3 s one stays on its sidecar.
-//  4. Killing a sidecar (SIGKILL, then its session ended as Consul ends it
+//  4. A state record from the future is refused, with its path and reason
+//     on /status.
+//  5. Killing a sidecar (SIGKILL, then its session ended as Consul ends it
 //     when the TTL runs out) re-balances the shares of the two others
 //     within 15 s.
 func TestFleetThreeSidecars(t *testing.T) {
@@ -194,6 +196,20 @@ func TestFleetThreeSidecars(t *testing.T) {
 		}
 	})
 
+	t.Run("a record from the future is refused", func(t *testing.T) {
+		a.Put(prefix+"state/k1", []byte(`{"reason":"auth","at":"2099-01-01T00:00:00Z","by":"operator"}`))
+		want := "bad shared state record: at 2099-01-01T00:00:00Z is more than 5s in the future (now "
+		for i, g := range gs {
+			g.waitFleet(fmt.Sprintf("sidecar %d refuses state/k1", i), func(f fleetDoc) bool {
+				return len(f.Refused) == 1 && f.Refused[0].Path == prefix+"state/k1" && strings.HasPrefix(f.Refused[0].Reason, want)
+			})
+			if st := g.fleet().keyState("k1"); st == "auth_failed" {
+				t.Errorf("sidecar %d applied a refused record: k1 %s", i, st)
+			}
+		}
+		a.Delete(prefix + "state/k1")
+	})
+
 	t.Run("a killed sidecar's share goes to the others", func(t *testing.T) {
 		child := gs[2]
 		id := child.fleet().ID
@@ -228,10 +244,14 @@ func fleetWrites(gs []*consulGateway) (n uint64) {
 
 // fleetDoc is the part of /status these tests read.
 type fleetDoc struct {
-	ID       string   `json:"id"`
-	Members  []string `json:"members"`
-	Rank     int      `json:"rank"`
-	Shares   []fleetShare `json:"shares"`
+	ID      string       `json:"id"`
+	Members []string     `json:"members"`
+	Rank    int          `json:"rank"`
+	Shares  []fleetShare `json:"shares"`
+	Refused []struct {
+		Path   string `json:"path"`
+		Reason string `json:"reason"`
+	} `json:"refused"`
 	Counters struct {
 		Writes uint64 `json:"writes"`
 	} `json:"counters"`
