@@ -1,6 +1,6 @@
 // Package fleet makes the sidecars of one Consul prefix act as one pool:
 // key states one instance learns are shared with the others, and key and
-// client limits hold for the fleet (docs/design/0009-fleet-limits-and-shared-states.md).
+// client limits hold for the fleet (docs/design/0010-fleet-limits-and-shared-states.md).
 //
 // # Shared key states
 //
