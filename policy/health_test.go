@@ -275,6 +275,7 @@ func TestDefaults(t *testing.T) {
 		StreamUsage:  true,
 		Retry:        RetrySettings{MaxAttempts: 3},
 		Share:        ShareSettings{CooldownOver: 10 * time.Second},
+		UnknownPaths: "refuse",
 	}
 	if got := Defaults(); got != want {
 		t.Fatalf("Defaults() =\n %+v\nwant\n %+v", got, want)

@@ -189,7 +189,17 @@ type Settings struct {
 	Retry       RetrySettings
 	// Share decides which key states are shared with the fleet (Consul).
 	Share ShareSettings
+	// UnknownPaths is what happens to a path below the API prefix that
+	// keymux does not know: UnknownPathsRefuse (404, the default) or
+	// UnknownPathsForward (forwarded with a key, operation EndpointOther).
+	UnknownPaths string
 }
+
+// The values of Settings.UnknownPaths.
+const (
+	UnknownPathsRefuse  = "refuse"
+	UnknownPathsForward = "forward"
+)
 
 // RetrySettings bound Envoy's retries of a request on another key of the
 // same upstream host.

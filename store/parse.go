@@ -326,6 +326,7 @@ type settingsDoc struct {
 	MaxJSONDepth *int         `json:"max_json_depth"`
 	Retry        *retryDoc    `json:"retry"`
 	Share        *shareDoc    `json:"share"`
+	UnknownPaths string       `json:"unknown_paths"`
 }
 
 type retryDoc struct {
@@ -440,7 +441,22 @@ func ParseSettings(raw []byte) (policy.Settings, error) {
 	if err := parseShare(doc, d.Share, &s.Share); err != nil {
 		return policy.Settings{}, err
 	}
+	if err := parseUnknownPaths(doc, d.UnknownPaths, &s); err != nil {
+		return policy.Settings{}, err
+	}
 	return s, nil
+}
+
+// parseUnknownPaths applies settings.unknown_paths.
+func parseUnknownPaths(doc, v string, s *policy.Settings) error {
+	switch v {
+	case "":
+	case policy.UnknownPathsRefuse, policy.UnknownPathsForward:
+		s.UnknownPaths = v
+	default:
+		return fieldErr(doc, "unknown_paths", "unknown value %q (want %s or %s)", truncate(v, 64), policy.UnknownPathsRefuse, policy.UnknownPathsForward)
+	}
+	return nil
 }
 
 // parseStrategy applies settings.strategy.
