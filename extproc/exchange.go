@@ -289,17 +289,27 @@ func (x *exchange) clientLimits() *apiError {
 	now := x.s.now()
 	m := x.s.clientMinute(c.ID)
 	reqs, tokens := m.reqs.Get(now), m.tokens.Get(now)
-	if policy.WithinLimits(c.Limits, reqs, tokens) {
+	l := x.s.store.Fleet().Limits(c.Limits)
+	if policy.WithinLimits(l, reqs, tokens) {
 		m.reqs.Add(now, 1)
 		return nil
 	}
-	what, limit := "requests", c.Limits.RPM
-	if c.Limits.RPM <= 0 || reqs < uint64(c.Limits.RPM) {
-		what, limit = "tokens", c.Limits.TPM
+	what, limit, whole := "requests", l.RPM, c.Limits.RPM
+	if l.RPM <= 0 || reqs < uint64(l.RPM) {
+		what, limit, whole = "tokens", l.TPM, c.Limits.TPM
 	}
 	return &apiError{Status: 429, Type: what, Code: "rate_limit_exceeded",
-		Message:    "Rate limit reached for client " + c.ID + " on " + what + " per minute: limit " + strconv.Itoa(limit) + ".",
+		Message:    "Rate limit reached for client " + c.ID + " on " + what + " per minute: limit " + strconv.Itoa(limit) + fleetShareNote(limit, whole) + ".",
 		RetryAfter: max(1, int(store.NextMinute(now).Sub(now).Round(time.Second)/time.Second))}
+}
+
+// fleetShareNote explains a limit that is this instance's share of the
+// client's whole limit ("" when it is the whole limit).
+func fleetShareNote(share, whole int) string {
+	if share == whole {
+		return ""
+	}
+	return " (this instance's share of " + strconv.Itoa(whole) + " over the fleet)"
 }
 
 // credentialGiven reports whether an Authorization header carries anything
@@ -573,10 +583,10 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 // by its slow start after an ejection.
 const skipSlowStart = "slow_start"
 
-// keyWithinLimits applies the key's rpm/tpm to what this instance sent in
-// the current minute.
+// keyWithinLimits applies this instance's share of the key's rpm/tpm
+// (store.Fleet) to what this instance sent in the current minute.
 func keyWithinLimits(e *store.Entry, now time.Time) bool {
-	l := e.Key.Limits
+	l := e.Limits()
 	if l.RPM <= 0 && l.TPM <= 0 {
 		return true
 	}
@@ -732,6 +742,7 @@ func applyFeedback(e *store.Entry, ej policy.EjectionSettings, o policy.Outcome,
 	rt := e.RT
 	var old policy.KeyState
 	ns := rt.Update(func(s policy.KeyState) policy.KeyState { old = s; return policy.NextState(s, o, ej, now) })
+	e.Observed(old, ns, now)
 	if ns.EjectedUntil.After(old.EjectedUntil) {
 		rt.AddEjection()
 	}

@@ -72,6 +72,10 @@ type Config struct {
 	// RetryBase and RetryMax bound the backoff after a Consul error
 	// (defaults 250ms, 10s).
 	RetryBase, RetryMax time.Duration
+	// OnLeaderPass, when set, hears of every passing probe the leader
+	// wrote to KV (key id, checked_at): the fleet clears the key's shared
+	// state (package fleet). It must not block.
+	OnLeaderPass func(keyID string, at time.Time)
 }
 
 // Checker runs the active probes of one instance. See the package doc.
@@ -154,8 +158,8 @@ func New(cfg Config) (*Checker, error) {
 	if cfg.SessionTTL == 0 {
 		cfg.SessionTTL = DefaultSessionTTL
 	}
-	if cfg.SessionTTL < 10*time.Second || cfg.SessionTTL > 24*time.Hour {
-		return nil, fmt.Errorf("health: session TTL %s outside Consul's 10s–24h", cfg.SessionTTL)
+	if err := consul.CheckSessionTTL(cfg.SessionTTL); err != nil {
+		return nil, fmt.Errorf("health: %w", err)
 	}
 	if cfg.LockDelay == 0 {
 		cfg.LockDelay = DefaultLockDelay
@@ -514,6 +518,9 @@ func (c *Checker) probeKey(ctx context.Context, e *store.Entry, timeout time.Dur
 			c.log.Warn("health: cannot write the probe result to Consul", "key", id, "error", err)
 		} else {
 			c.kvWrites.Add(1)
+			if rec.Healthy && c.cfg.OnLeaderPass != nil {
+				c.cfg.OnLeaderPass(id, rec.CheckedAt)
+			}
 		}
 	}
 	c.wake()

@@ -46,7 +46,9 @@
 // than the key's latest probe, so the leader's own write coming back is a
 // no-op. Records carry the consecutive-failure count, so every instance
 // knows the recovery backoff and a new leader continues the old schedule
-// instead of probing everything at once.
+// instead of probing everything at once. A passing probe the leader wrote
+// is also handed to Config.OnLeaderPass: package fleet then deletes the
+// key's shared state record, which the probe made obsolete.
 //
 // A follower probes only as a fallback: a key that is out of rotation on
 // this instance (typically after a 401 that only this sidecar saw) and

@@ -325,6 +325,7 @@ type settingsDoc struct {
 	StreamUsage  *bool        `json:"stream_usage"`
 	MaxJSONDepth *int         `json:"max_json_depth"`
 	Retry        *retryDoc    `json:"retry"`
+	Share        *shareDoc    `json:"share"`
 	UnknownPaths string       `json:"unknown_paths"`
 }
 
@@ -435,6 +436,9 @@ func ParseSettings(raw []byte) (policy.Settings, error) {
 		return policy.Settings{}, err
 	}
 	if err := parseRetry(doc, d.Retry, &s.Retry); err != nil {
+		return policy.Settings{}, err
+	}
+	if err := parseShare(doc, d.Share, &s.Share); err != nil {
 		return policy.Settings{}, err
 	}
 	if err := parseUnknownPaths(doc, d.UnknownPaths, &s); err != nil {

@@ -64,6 +64,8 @@ type Status struct {
 type Entry struct {
 	Key *policy.Key
 	RT  *Runtime
+
+	fleet *Fleet // the store's (nil in entries built by hand)
 }
 
 // Pool is the set of enabled keys that can serve one model, in key id order.
@@ -92,6 +94,8 @@ type Store struct {
 
 	mu      sync.Mutex    // serialises writers and guards changed
 	changed chan struct{} // closed after every commit
+
+	fleet Fleet // membership view and state observer (fleet.go)
 }
 
 // ErrInvalidConfig wraps the reasons Apply refuses a Config.
@@ -153,7 +157,7 @@ func (s *Store) ApplyContext(ctx context.Context, cfg *Config, src SourceInfo) (
 	}
 	txn := db.Txn(true)
 	defer txn.Abort()
-	gen, err := applyTxn(ctx, s.db.Load().Txn(false), txn, cfg, src)
+	gen, err := applyTxn(ctx, s.db.Load().Txn(false), txn, cfg, src, &s.fleet)
 	if err != nil {
 		return 0, err
 	}
@@ -221,12 +225,12 @@ func checkConfig(cfg *Config) error {
 // applyTxn fills the empty database of txn with cfg, carrying over from
 // the previous generation (read through prevTxn) what survives it: one
 // helper per table, in dependency order (pools need the keys and rules).
-func applyTxn(ctx context.Context, prevTxn, txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
+func applyTxn(ctx context.Context, prevTxn, txn *memdb.Txn, cfg *Config, src SourceInfo, fleet *Fleet) (uint64, error) {
 	prev, err := readCarryOver(prevTxn)
 	if err != nil {
 		return 0, err
 	}
-	enabled, err := insertKeys(ctx, txn, cfg.Keys, prev.runtimes)
+	enabled, err := insertKeys(ctx, txn, cfg.Keys, prev.runtimes, fleet)
 	if err != nil {
 		return 0, err
 	}
@@ -291,7 +295,7 @@ func readCarryOver(txn *memdb.Txn) (carryOver, error) {
 // insertKeys inserts the keys, each with its previous Runtime (or a new
 // one), and returns the enabled ones in id order (through the conditional
 // index).
-func insertKeys(ctx context.Context, txn *memdb.Txn, keys map[string]*policy.Key, runtimes map[string]*Runtime) ([]*Entry, error) {
+func insertKeys(ctx context.Context, txn *memdb.Txn, keys map[string]*policy.Key, runtimes map[string]*Runtime, fleet *Fleet) ([]*Entry, error) {
 	for _, id := range slices.Sorted(maps.Keys(keys)) {
 		if err := checkStop(ctx); err != nil {
 			return nil, err
@@ -301,7 +305,7 @@ func insertKeys(ctx context.Context, txn *memdb.Txn, keys map[string]*policy.Key
 		if rt == nil {
 			rt = NewRuntime()
 		}
-		e := &Entry{Key: k, RT: rt}
+		e := &Entry{Key: k, RT: rt, fleet: fleet}
 		if err := txn.Insert(tableKeys, &keyRow{ID: id, Enabled: k.Enabled, Entry: e}); err != nil {
 			return nil, fmt.Errorf("insert keys/%s: %w", id, err)
 		}
