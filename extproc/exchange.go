@@ -50,6 +50,8 @@ type exchange struct {
 	respDone bool      // the response headers ended the response
 	callID   string    // joins Envoy's access-log entry to this record (set when forwarded)
 	att      *attempts // shared with the upstream filter's attempts (set when forwarded)
+	boundary string    // a multipart form's boundary (operation.form)
+	upload   bool      // the body streams through unbuffered (operation.upload)
 	call     telemetry.Call
 }
 
@@ -124,15 +126,29 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 	if aerr := x.clientLimits(); aerr != nil {
 		return x.refuse(aerr)
 	}
-	if limit := x.settings.MaxBodyBytes; limit > 0 && x.hdr.contentLength > limit {
+	x.upload = route.op.upload > 0 && x.hdr.method == "POST" && !h.GetEndOfStream()
+	if limit := x.bodyLimit(); limit > 0 && x.hdr.contentLength > limit {
 		return x.refuse(tooLarge(limit))
+	}
+	if route.op.form {
+		b, aerr := formBoundary(x.hdr.contentType)
+		if aerr != nil {
+			return x.refuse(aerr)
+		}
+		x.boundary = b
+	}
+	if x.upload {
+		return x.forwardUpload()
 	}
 	if !h.GetEndOfStream() {
 		x.phase = phaseBody
 		return headersReply(nil, false)
 	}
 	// No body follows.
-	if route.op.model == modelRequired {
+	switch {
+	case route.op.form && route.op.model == modelRequired:
+		return x.refuse(badRequest("missing_required_parameter", "model", "The request body is empty; a multipart form with a model is required."))
+	case route.op.model == modelRequired:
 		return x.refuse(badRequest("invalid_json", "", "The request body is empty; a JSON object with a model is required."))
 	}
 	mut, aerr := x.forward("")
@@ -153,7 +169,7 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	}
 	x.bodySeen = true
 	body := b.GetBody()
-	if limit := x.settings.MaxBodyBytes; limit > 0 && int64(len(body)) > limit {
+	if limit := x.bodyLimit(); limit > 0 && int64(len(body)) > limit {
 		return x.refuse(tooLarge(limit))
 	}
 	if x.route.op.model == modelNone {
@@ -164,7 +180,7 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		}
 		return x.withMetadata(bodyReply(mut, nil, true))
 	}
-	bi, aerr := parseBody(body, x.route.op.model, x.settings.MaxJSONDepth)
+	bi, aerr := readBody(body, x.route.op, x.boundary, x.settings.MaxJSONDepth)
 	if aerr != nil {
 		return x.refuse(aerr)
 	}
@@ -197,6 +213,37 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	}
 	return x.withMetadata(bodyReply(mut, newBody, true))
 }
+
+// bodyLimit is the largest request body of this request: the
+// operation's own limit for forms and uploads, else max_body_bytes.
+func (x *exchange) bodyLimit() int64 {
+	switch {
+	case x.upload:
+		return x.route.op.upload
+	case x.route.op.form:
+		return maxFormBytes
+	}
+	return x.settings.MaxBodyBytes
+}
+
+// forwardUpload forwards an upload from its headers: the body is never
+// buffered, by Envoy or keymux. The reply overrides the request body mode
+// to NONE (the filter's allow_mode_override) and routes to the upload
+// routes, which keep no copy for retries (envoy/README.md). A body without
+// Content-Length (chunked) is not counted: the provider applies its limit.
+func (x *exchange) forwardUpload() *extprocv3.ProcessingResponse {
+	mut, aerr := x.forward("")
+	if aerr != nil {
+		return x.refuse(aerr)
+	}
+	resp := x.withMetadata(headersReply(mut, true))
+	resp.ModeOverride = unbuffered
+	return resp
+}
+
+// unbuffered is the mode override of an upload: no request body message,
+// the response body as configured (NONE).
+var unbuffered = &filterv3.ProcessingMode{RequestBodyMode: filterv3.ProcessingMode_NONE, ResponseBodyMode: filterv3.ProcessingMode_NONE}
 
 // wantsStreamUsage reports whether keymux asks the upstream for the final
 // usage chunk of this stream (settings.stream_usage): OpenAI-style chat and
@@ -322,14 +369,18 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 
 	t := target(k, x.route.op, x.route.path, final, x.route.query, x.hdr.anthropicVersion)
 	mut := &extprocv3.HeaderMutation{RemoveHeaders: removedHeaders}
+	upstream := t.scheme
+	if x.upload {
+		upstream += UploadSuffix
+	}
 	mut.SetHeaders = append(mut.SetHeaders,
-		setHeader(HeaderUpstream, t.scheme),
+		setHeader(HeaderUpstream, upstream),
 		setHeader(hdrAuthority, t.authority),
 		setHeader(hdrPath, t.path),
 	)
 	mut.SetHeaders = append(mut.SetHeaders, t.headers...)
 	retries := 0
-	if x.share() {
+	if x.share() && !x.upload {
 		retries = x.retriesFor(entry, x.s.now())
 	}
 	mut.SetHeaders = append(mut.SetHeaders,

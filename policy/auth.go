@@ -36,11 +36,17 @@ const (
 	EndpointSpeech          = "speech"
 	EndpointFiles           = "files"
 	EndpointBatches         = "batches"
+	// Multipart forms with a model.
+	EndpointTranscription  = "transcription"
+	EndpointTranslation    = "translation"
+	EndpointImageEdit      = "image_edit"
+	EndpointImageVariation = "image_variation"
 )
 
 // Endpoints lists every Endpoint* name.
 var Endpoints = []string{EndpointChat, EndpointTextCompletion, EndpointEmbeddings, EndpointResponses,
-	EndpointModerations, EndpointImageGeneration, EndpointSpeech, EndpointFiles, EndpointBatches}
+	EndpointModerations, EndpointImageGeneration, EndpointSpeech, EndpointFiles, EndpointBatches,
+	EndpointTranscription, EndpointTranslation, EndpointImageEdit, EndpointImageVariation}
 
 // AuthorizeEndpoint returns nil when client c may call operation op
 // (modelBearing: this request's operation carries a model in its body),
