@@ -166,3 +166,55 @@ func TestUploadFromHeaders(t *testing.T) {
 		})
 	}
 }
+
+// A retry of a form on another key re-applies that key's rule to the
+// form's model field (the upstream filter reads the form the router
+// replays), with content-length to match.
+func TestRetryRewritesForm(t *testing.T) {
+	form := formBody(testBoundary, filePart, "Content-Disposition: form-data; name=\"model\"\n\ngpt-4")
+	{
+		// Two keys of one host: a first, then b, whose rule makes gpt-4o.
+		r := newRig(t, `
+keys:
+  a: {provider: openai, secret: sk-test-a, models: [gpt-4, gpt-4o]}
+  b: {provider: openai, secret: sk-test-b, models: [gpt-4, gpt-4o]}
+rules:
+  b-up: {key: b, from: gpt-4, to: gpt-4o}
+`)
+		st := newStream(t, formRequest("/v1/audio/transcriptions", form)...)
+		var firstKey, secondKey string
+		st.upstream = answerAs(func(key string) []*extprocv3.ProcessingRequest {
+			first := forwardOf(t, st.out[len(st.out)-1])
+			firstKey = key
+			sent := form
+			if first.body != nil {
+				sent = first.body
+			}
+			r.runAttempt(
+				reqHeaders(false, ":method", "POST", ":path", "/v1/audio/transcriptions", "x-request-id", "req-1", HeaderCall, first.call),
+				reqBody(string(sent), true),
+				respHeaders(true, ":status", "429"))
+			a2 := r.runAttempt(
+				reqHeaders(false, ":method", "POST", ":path", "/v1/audio/transcriptions", "x-request-id", "req-1"),
+				reqBody(string(sent), true),
+				respHeaders(true, ":status", "200"))
+			secondKey = keyOfCredential(forwardOf(t, a2[0]).set["authorization"])
+			b := forwardOf(t, a2[1])
+			if modelFor(secondKey) == modelFor(firstKey) {
+				t.Fatalf("retry on %s after %s: both give %s, nothing to rewrite", secondKey, firstKey, modelFor(secondKey))
+			}
+			want := patchModel(sent, mustForm(t, sent), modelFor(secondKey))
+			if string(b.body) != string(want) || b.set[hdrContentLength] != strconv.Itoa(len(want)) {
+				t.Errorf("attempt 2 (%s after %s): body %q content-length %q", secondKey, firstKey, b.body, b.set[hdrContentLength])
+			}
+			if got := stdlibField(t, b.body, testBoundary, "model"); got != modelFor(secondKey) {
+				t.Errorf("attempt 2 form reads model %q, want %q", got, modelFor(secondKey))
+			}
+			return []*extprocv3.ProcessingRequest{respHeaders(true, ":status", "200")}
+		})
+		res := r.runStream(st)
+		if secondKey == "" || secondKey == firstKey || res.call.KeyID != secondKey {
+			t.Fatalf("retry on %q after %q, call booked on %q", secondKey, firstKey, res.call.KeyID)
+		}
+	}
+}
