@@ -501,10 +501,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		form    *Form
 		readErr error
 	)
-	if formOps[rt.op] && r.Method == http.MethodPost {
+	switch {
+	case formOps[rt.op] && r.Method == http.MethodPost:
 		// Streamed: file parts are hashed, never held.
 		form, readErr = readForm(r)
-	} else {
+	case formOps[rt.op]:
+		rt.op = "" // GET /v1/files and the like: not modelled (404)
+		fallthrough
+	default:
 		body, readErr = io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	}
 	cred, authName, authValue := credentialOf(r.Header, rt.dialect)
