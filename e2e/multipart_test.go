@@ -325,3 +325,27 @@ func TestUploadTooLarge(t *testing.T) {
 		t.Errorf("the upstream got %d requests", n)
 	}
 }
+
+// TestFullSizeAudioForm: a transcription form with a 25 MiB file (OpenAI's
+// audio limit) fits the shipped buffer limits: keymux reads the model field
+// after the file and the file part reaches the upstream intact. (No rule
+// applies, so keymux's reply carries no body: the full-size rewrite is
+// extproc's TestParseFormFullSize and FuzzParseForm's seed; the whole
+// exchange of two 25 MiB gRPC messages can outlast the 5 s message_timeout on
+// a machine loaded tenfold.)
+func TestFullSizeAudioForm(t *testing.T) {
+	g := startGateway(t, formKeys)
+	const b = "full-size-boundary"
+	audio := strings.Repeat("RIFF\x00\x01\r\n--full-size!", (25<<20)/20) // 20 bytes a time
+	body := "--" + b + "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"long.wav\"\r\nContent-Type: audio/wav\r\n\r\n" + audio +
+		"\r\n--" + b + "\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-transcribe\r\n--" + b + "--\r\n"
+	resp, out := g.do("POST", "/v1/audio/transcriptions", map[string]string{"content-type": "multipart/form-data; boundary=" + b}, body)
+	if resp.StatusCode != 200 || !strings.Contains(string(out), "(26214400 bytes, model gpt-4o-transcribe)") {
+		t.Fatalf("got %d %s", resp.StatusCode, out)
+	}
+	sum := sha256.Sum256([]byte(audio))
+	reqs := g.requests()
+	if f := reqs[len(reqs)-1].Form.File("file"); f == nil || f.SHA256 != hex.EncodeToString(sum[:]) {
+		t.Fatalf("upstream file part %+v", f)
+	}
+}
