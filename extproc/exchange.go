@@ -186,7 +186,11 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		return x.refuse(aerr)
 	}
 	x.call.Stream = bi.stream
-	x.est = policy.EstimateTokens(len(body), bi.maxTokens)
+	if !bi.form {
+		// A form's bytes are mostly a file (audio, an image), not prompt
+		// tokens: its estimate stays 0, as an upload's.
+		x.est = policy.EstimateTokens(len(body), bi.maxTokens)
+	}
 	if x.hdr.affinity == "" {
 		x.hdr.affinity = bi.affinity
 	}
