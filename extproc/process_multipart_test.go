@@ -128,11 +128,16 @@ func TestUploadFromHeaders(t *testing.T) {
 		{"upload part", "/v1/uploads/upload_abc/parts", 64 << 20, 0},
 		{"file over 512 MiB", "/v1/files", maxFileBytes + 1, 413},
 		{"part over 64 MiB", "/v1/uploads/upload_abc/parts", maxUploadPartBytes + 1, 413},
+		{"chunked file: the provider's limit applies", "/v1/files", -1, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, testKeys(""))
-			st := newStream(t, reqHeaders(false, ":method", "POST", ":path", tc.path, ":authority", "gw.local", "x-request-id", "req-1",
-				"content-type", "multipart/form-data; boundary=b", "content-length", strconv.Itoa(tc.size)))
+			kv := []string{":method", "POST", ":path", tc.path, ":authority", "gw.local", "x-request-id", "req-1",
+				"content-type", "multipart/form-data; boundary=b"}
+			if tc.size >= 0 {
+				kv = append(kv, "content-length", strconv.Itoa(tc.size))
+			}
+			st := newStream(t, reqHeaders(false, kv...))
 			var attempt []*extprocv3.ProcessingResponse
 			st.upstream = answerAs(func(string) []*extprocv3.ProcessingRequest {
 				f := forwardOf(t, st.out[0])
