@@ -154,7 +154,12 @@ type upstreamExchange struct {
 func (u *upstreamExchange) handle(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return u.onRequestHeaders(r.RequestHeaders)
+		resp := u.onRequestHeaders(r.RequestHeaders)
+		if findHeader(r.RequestHeaders.GetHeaders(), hdrUpgrade) != "" {
+			// An upgrade: its stream is no body to wait for (see exchange.upgrade).
+			resp.ModeOverride = noBodies
+		}
+		return resp
 	case *extprocv3.ProcessingRequest_RequestBody:
 		return u.onRequestBody(r.RequestBody)
 	case *extprocv3.ProcessingRequest_ResponseHeaders:

@@ -139,17 +139,9 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 		return bi, nil
 	case modelV.Type != gjson.String:
 		return bi, badRequest("invalid_type", "model", "Invalid type for 'model': expected a string, got "+jsonTypeName(modelV)+".")
-	case modelV.Str == "":
-		return bi, badRequest("invalid_value", "model", "'model' must not be empty.")
-	case len(modelV.Str) > maxModelLen:
-		return bi, badRequest("invalid_value", "model", "'model' is longer than "+strconv.Itoa(maxModelLen)+" bytes.")
-	case !utf8.ValidString(modelV.Str):
-		return bi, notUTF8("model")
-	case policy.HasControl(modelV.Str):
-		return bi, badRequest("invalid_value", "model", "'model' must not contain control characters.")
-	case policy.HasDotSegment(modelV.Str):
-		// It may become a path segment upstream (an Azure deployment).
-		return bi, badRequest("invalid_value", "model", "'model' must not have a '.' or '..' path segment.")
+	}
+	if aerr := checkModel(modelV.Str); aerr != nil {
+		return bi, aerr
 	}
 	bi.model = strings.Clone(modelV.Str) // outlives the request body
 	// gjson sets Index to the raw value's offset for results of a parsed
@@ -161,6 +153,25 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 		bi.modelStart, bi.modelEnd = r.Index, r.Index+len(r.Raw)
 	}
 	return bi, nil
+}
+
+// checkModel refuses a model name keymux will not carry: empty, too long,
+// not UTF-8, with control characters or a dot path segment.
+func checkModel(m string) *apiError {
+	switch {
+	case m == "":
+		return badRequest("invalid_value", "model", "'model' must not be empty.")
+	case len(m) > maxModelLen:
+		return badRequest("invalid_value", "model", "'model' is longer than "+strconv.Itoa(maxModelLen)+" bytes.")
+	case !utf8.ValidString(m):
+		return notUTF8("model")
+	case policy.HasControl(m):
+		return badRequest("invalid_value", "model", "'model' must not contain control characters.")
+	case policy.HasDotSegment(m):
+		// It may become a path segment upstream (an Azure deployment).
+		return badRequest("invalid_value", "model", "'model' must not have a '.' or '..' path segment.")
+	}
+	return nil
 }
 
 // onceMembers returns the bit of a top-level member that may appear only

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -105,11 +107,11 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 		x.call.Path = x.call.Path[:i]
 	}
 
-	if aerr := refuseMethod(x.hdr.method); aerr != nil {
-		return x.refuse(aerr)
-	}
-	route, aerr := matchRoute(x.hdr.method, x.hdr.path)
+	route, aerr := x.matchRoute()
 	if aerr != nil {
+		if _, unknown := unknownAPIPath(x.call.Path); unknown && aerr.Code == codeUnknownURL {
+			x.call.Operation = policy.EndpointOther // refused by settings.unknown_paths
+		}
 		return x.refuse(aerr)
 	}
 	x.route = route
@@ -120,7 +122,7 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 	if route.op.local {
 		return x.answerModels()
 	}
-	if policy.AuthorizeEndpoint(x.client, route.op.name, route.op.model != modelNone) != nil {
+	if policy.AuthorizeEndpoint(x.client, route.op.name, route.op.modelBearing()) != nil {
 		return x.refuse(&apiError{Status: 403, Type: typePermission, Code: "insufficient_permissions",
 			Message: "This client may not call " + route.op.name + " endpoints."})
 	}
@@ -130,6 +132,20 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 	x.upload = route.op.upload > 0 && x.hdr.method == "POST" && !h.GetEndOfStream()
 	if limit := x.bodyLimit(); limit > 0 && x.hdr.contentLength > limit {
 		return x.refuse(tooLarge(limit))
+	}
+	switch {
+	case route.op.model == modelQuery:
+		return x.upgrade()
+	case x.hdr.isUpgrade() && route.op != &opOther:
+		// Envoy would wait for a body that follows only an accepted upgrade.
+		return x.refuse(badRequest("upgrade_not_supported", "", "The "+route.op.name+" endpoints do not accept a protocol upgrade."))
+	case x.hdr.isUpgrade():
+		// A path keymux does not know (unknown_paths: forward): any key.
+		mut, aerr := x.forward("")
+		if aerr != nil {
+			return x.refuse(aerr)
+		}
+		return x.upgradeReply(mut)
 	}
 	if route.op.form {
 		b, aerr := formBoundary(x.hdr.contentType)
@@ -173,7 +189,14 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	if limit := x.bodyLimit(); limit > 0 && int64(len(body)) > limit {
 		return x.refuse(tooLarge(limit))
 	}
-	if x.route.op.model == modelNone {
+	asIs := x.route.op.model == modelNone || (x.route.op.model == modelJSON && !isJSON(x.hdr.contentType))
+	bi, aerr := bodyInfo{}, (*apiError)(nil)
+	if !asIs {
+		bi, aerr = readBody(body, x.route.op, x.boundary, x.settings.MaxJSONDepth)
+		// A path keymux does not know: a body it cannot read goes as is.
+		asIs = aerr != nil && x.route.op.model == modelJSON
+	}
+	if asIs {
 		// An object endpoint with a body keymux has no use for: forward it.
 		mut, aerr := x.forward("")
 		if aerr != nil {
@@ -181,7 +204,6 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		}
 		return x.withMetadata(bodyReply(mut, nil, true))
 	}
-	bi, aerr := readBody(body, x.route.op, x.boundary, x.settings.MaxJSONDepth)
 	if aerr != nil {
 		return x.refuse(aerr)
 	}
@@ -350,7 +372,7 @@ func jwtClaims(md *corev3.Metadata) *structpb.Struct {
 func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) {
 	// A model-bearing body without a model gets the provider's default
 	// model, which a client limited to some models may not use either.
-	if (model != "" || x.route.op.model != modelNone) && policy.AuthorizeModel(x.client, model) != nil {
+	if (model != "" || x.route.op.modelBearing()) && policy.AuthorizeModel(x.client, model) != nil {
 		msg := "The model `" + model + "` is not allowed for this client."
 		if model == "" {
 			msg = "This client must name one of its allowed models: the provider's default model is not allowed."
@@ -358,7 +380,16 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 		return nil, &apiError{Status: 403, Type: typePermission, Code: "model_not_allowed", Param: "model", Message: msg}
 	}
 	x.call.ModelOriginal = model
-	entry, aerr := x.choose(model, nil)
+	var skip func(*store.Entry) bool
+	if x.route.op.anthropic && model == "" {
+		// Anthropic's account objects (message batches): Anthropic keys only.
+		skip = func(e *store.Entry) bool { return e.Key.Provider != policy.ProviderAnthropic }
+		if !slices.ContainsFunc(x.snap.Pool("").Entries, func(e *store.Entry) bool { return !skip(e) }) {
+			return nil, &apiError{Status: 503, Type: typeServer, Code: "no_keys",
+				Message: "No enabled Anthropic key is configured for " + x.route.op.name + "."}
+		}
+	}
+	entry, aerr := x.choose(model, skip)
 	if aerr != nil {
 		return nil, aerr
 	}
@@ -396,6 +427,97 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrTraceparent, tp))
 	}
 	return mut, nil
+}
+
+// matchRoute maps the request line to a known operation, else (settings.
+// unknown_paths: forward) to opOther, else to its refusal.
+func (x *exchange) matchRoute() (routeResult, *apiError) {
+	aerr := refuseMethod(x.hdr.method)
+	var r routeResult
+	if aerr == nil {
+		r, aerr = matchRoute(x.hdr.method, x.hdr.path)
+	}
+	if aerr != nil && x.settings.UnknownPaths == policy.UnknownPathsForward {
+		if o, ok := matchOther(x.hdr.method, x.hdr.path); ok {
+			return o, nil
+		}
+	}
+	return r, aerr
+}
+
+// upgrade forwards a WebSocket upgrade (the Realtime API): the key is
+// chosen for the query's model, the rule's model replaces it in the query,
+// and the upgraded stream — the request "body" — passes untouched: the
+// reply turns the request body mode to NONE, since Envoy would otherwise
+// wait for a body that the client sends only after the 101.
+func (x *exchange) upgrade() *extprocv3.ProcessingResponse {
+	if !x.hdr.isUpgrade() || !strings.EqualFold(x.hdr.upgrade, "websocket") {
+		return x.refuse(&apiError{Status: 426, Type: typeInvalidRequest, Code: "upgrade_required",
+			Message: x.call.Path + " is a WebSocket endpoint: open it with Upgrade: websocket.",
+			Header:  map[string]string{"upgrade": "websocket"}})
+	}
+	model, ok, err := policy.QueryParam(x.route.query, "model")
+	switch {
+	case err != nil:
+		return x.refuse(badRequest("invalid_value", "model", "The query string is malformed: "+err.Error()+"."))
+	case !ok:
+		return x.refuse(badRequest("missing_required_parameter", "model", "You must provide a model query parameter."))
+	}
+	if aerr := checkModel(model); aerr != nil {
+		return x.refuse(aerr)
+	}
+	mut, aerr := x.forward(model)
+	if aerr != nil {
+		return x.refuse(aerr)
+	}
+	return x.upgradeReply(mut)
+}
+
+// upgradeReply forwards an upgrade with mutation mut: without any key the
+// client put in a WebSocket subprotocol, and with the body modes NONE.
+func (x *exchange) upgradeReply(mut *extprocv3.HeaderMutation) *extprocv3.ProcessingResponse {
+	if p, changed := withoutKeyProtocols(x.hdr.wsProtocol); changed {
+		if p == "" {
+			mut.RemoveHeaders = append(slices.Clip(mut.RemoveHeaders), hdrWSProtocol)
+		} else {
+			mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrWSProtocol, p))
+		}
+	}
+	resp := x.withMetadata(headersReply(mut, true))
+	resp.ModeOverride = noBodies
+	return resp
+}
+
+// noBodies is the mode override of an upgrade: neither the request's nor
+// the response's upgraded stream goes to keymux.
+var noBodies = &filterv3.ProcessingMode{RequestBodyMode: filterv3.ProcessingMode_NONE, ResponseBodyMode: filterv3.ProcessingMode_NONE}
+
+// keyProtocol is the WebSocket subprotocol prefix in which browsers hand
+// OpenAI's Realtime API a key ("openai-insecure-api-key.<key>").
+const keyProtocol = "openai-insecure-api-key."
+
+// withoutKeyProtocols drops key-carrying subprotocols from a
+// sec-websocket-protocol value: the client's own credentials never reach
+// the upstream. changed reports whether any was dropped.
+func withoutKeyProtocols(v string) (string, bool) {
+	if !strings.Contains(strings.ToLower(v), keyProtocol) {
+		return v, false
+	}
+	var kept []string
+	for p := range strings.SplitSeq(v, ",") {
+		if p = strings.TrimSpace(p); p != "" && !strings.HasPrefix(strings.ToLower(p), keyProtocol) {
+			kept = append(kept, p)
+		}
+	}
+	return strings.Join(kept, ", "), true
+}
+
+// isJSON reports whether a content-type is JSON (application/json or a
+// +json type, parameters ignored).
+func isJSON(ct string) bool {
+	mt, _, _ := strings.Cut(ct, ";")
+	mt = strings.ToLower(strings.TrimSpace(mt))
+	return mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
 }
 
 // finalModel is the model key k's rule makes of the request's model.
@@ -651,6 +773,8 @@ func (x *exchange) fromEntry(r *envoyRecord) {
 		x.call.ErrorCode = policy.StatusKind(r.status).Class()
 	}
 	switch o, failed := r.upstreamFailure(); {
+	case r.clientAbort() && x.status == http.StatusSwitchingProtocols:
+		// An upgraded stream (Realtime) ends when a side closes: no cut.
 	case r.clientAbort():
 		x.call.Truncated = true // the client left: not the key's fault
 	case failed:

@@ -36,6 +36,12 @@ const (
 	EndpointSpeech          = "speech"
 	EndpointFiles           = "files"
 	EndpointBatches         = "batches"
+	EndpointCountTokens     = "count_tokens" // Anthropic's /v1/messages/count_tokens
+	EndpointRealtime        = "realtime"     // the Realtime API over WebSocket
+	// EndpointOther is every path keymux does not know, forwarded under
+	// settings.unknown_paths: forward (never model-bearing for
+	// AuthorizeEndpoint, whatever its body carries).
+	EndpointOther = "other"
 	// Multipart forms with a model.
 	EndpointTranscription  = "transcription"
 	EndpointTranslation    = "translation"
@@ -46,6 +52,7 @@ const (
 // Endpoints lists every Endpoint* name.
 var Endpoints = []string{EndpointChat, EndpointTextCompletion, EndpointEmbeddings, EndpointResponses,
 	EndpointModerations, EndpointImageGeneration, EndpointSpeech, EndpointFiles, EndpointBatches,
+	EndpointCountTokens, EndpointRealtime, EndpointOther,
 	EndpointTranscription, EndpointTranslation, EndpointImageEdit, EndpointImageVariation}
 
 // AuthorizeEndpoint returns nil when client c may call operation op

@@ -21,6 +21,7 @@ const (
 	DefaultMaxBodyBytes        = 8 << 20
 	DefaultMaxJSONDepth        = 256
 	DefaultRetryMaxAttempts    = 3
+	DefaultUnknownPaths        = UnknownPathsRefuse
 )
 
 // Defaults returns the settings used when the settings document is absent.
@@ -36,6 +37,9 @@ func Defaults() Settings {
 func (s *Settings) WithDefaults() *Settings {
 	if s.Strategy == "" {
 		s.Strategy = DefaultStrategy
+	}
+	if s.UnknownPaths == "" {
+		s.UnknownPaths = DefaultUnknownPaths
 	}
 	if s.Health.Interval == 0 {
 		s.Health.Interval = DefaultHealthInterval

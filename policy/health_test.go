@@ -274,6 +274,7 @@ func TestDefaults(t *testing.T) {
 		MaxJSONDepth: 256,
 		StreamUsage:  true,
 		Retry:        RetrySettings{MaxAttempts: 3},
+		UnknownPaths: "refuse",
 	}
 	if got := Defaults(); got != want {
 		t.Fatalf("Defaults() =\n %+v\nwant\n %+v", got, want)

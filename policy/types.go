@@ -187,7 +187,17 @@ type Settings struct {
 	// that token usage is known for every call; default true.
 	StreamUsage bool
 	Retry       RetrySettings
+	// UnknownPaths is what happens to a path below the API prefix that
+	// keymux does not know: UnknownPathsRefuse (404, the default) or
+	// UnknownPathsForward (forwarded with a key, operation EndpointOther).
+	UnknownPaths string
 }
+
+// The values of Settings.UnknownPaths.
+const (
+	UnknownPathsRefuse  = "refuse"
+	UnknownPathsForward = "forward"
+)
 
 // RetrySettings bound Envoy's retries of a request on another key of the
 // same upstream host.

@@ -325,6 +325,7 @@ type settingsDoc struct {
 	StreamUsage  *bool        `json:"stream_usage"`
 	MaxJSONDepth *int         `json:"max_json_depth"`
 	Retry        *retryDoc    `json:"retry"`
+	UnknownPaths string       `json:"unknown_paths"`
 }
 
 type retryDoc struct {
@@ -436,7 +437,22 @@ func ParseSettings(raw []byte) (policy.Settings, error) {
 	if err := parseRetry(doc, d.Retry, &s.Retry); err != nil {
 		return policy.Settings{}, err
 	}
+	if err := parseUnknownPaths(doc, d.UnknownPaths, &s); err != nil {
+		return policy.Settings{}, err
+	}
 	return s, nil
+}
+
+// parseUnknownPaths applies settings.unknown_paths.
+func parseUnknownPaths(doc, v string, s *policy.Settings) error {
+	switch v {
+	case "":
+	case policy.UnknownPathsRefuse, policy.UnknownPathsForward:
+		s.UnknownPaths = v
+	default:
+		return fieldErr(doc, "unknown_paths", "unknown value %q (want %s or %s)", truncate(v, 64), policy.UnknownPathsRefuse, policy.UnknownPathsForward)
+	}
+	return nil
 }
 
 // parseStrategy applies settings.strategy.

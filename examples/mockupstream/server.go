@@ -109,6 +109,9 @@ type Server struct {
 	defaults map[string]Behaviour
 	counts   map[[2]string]int // requests per credential and model, for x-ratelimit-remaining-*
 	epoch    uint64            // bumped by Reset, so late answers never touch new records
+	// Anthropic message batches, by id and in creation order.
+	batchByID map[string]*messageBatch
+	batchList []*messageBatch
 
 	ctx    context.Context // ends when Close is called; ends Delays
 	cancel context.CancelFunc
@@ -291,8 +294,8 @@ func (s *Server) WaitRequests(ctx context.Context, n int) ([]Recorded, error) {
 	}
 }
 
-// Reset forgets the recorded requests, the scripts, the defaults and the
-// per-credential counters.
+// Reset forgets the recorded requests, the scripts, the defaults, the
+// per-credential counters and the message batches.
 func (s *Server) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -301,6 +304,7 @@ func (s *Server) Reset() {
 	clear(s.scripts)
 	clear(s.defaults)
 	clear(s.counts)
+	s.batchByID, s.batchList = nil, nil
 	s.notifyLocked()
 }
 
@@ -398,6 +402,15 @@ func parseRoute(path string) route {
 		return rt
 	}
 	switch {
+	case strings.HasSuffix(path, "/realtime"):
+		if strings.Contains(path, "/openai/") {
+			return route{op: "realtime", dialect: dialectAzure}
+		}
+		return route{op: "realtime"}
+	case strings.HasSuffix(path, "/messages/count_tokens"):
+		return route{op: "count_tokens", dialect: dialectAnthropic}
+	case strings.Contains(path, "/messages/batches"):
+		return route{op: "batches", dialect: dialectAnthropic}
 	case strings.HasSuffix(path, "/chat/completions"):
 		return route{op: "chat"}
 	case strings.HasSuffix(path, "/embeddings"):
@@ -531,6 +544,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rt.deployment != "" {
 		rec.Model = rt.deployment
 	}
+	if rt.op == "realtime" {
+		rec.Model, rec.Deployment = upgradeModel(r)
+		if rec.Deployment != "" {
+			rec.Model = rec.Deployment
+		}
+	}
 	rec.Stream = rec.Stream || gjson.GetBytes(body, "stream").Type == gjson.True
 	rq := &request{r: r, rt: rt, body: body, model: rec.Model, stream: rec.Stream, form: form}
 	seq, epoch := s.record(rec)
@@ -574,8 +593,11 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		return
 	}
 	want := http.MethodPost
-	if rq.rt.op == "models" {
+	switch rq.rt.op {
+	case "models", "realtime":
 		want = http.MethodGet
+	case "batches":
+		want = r.Method // batches checks its own methods
 	}
 	if r.Method != want {
 		w.Header().Set("allow", want)
@@ -651,6 +673,12 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		s.listModels(w, rq)
 	case "messages":
 		s.messages(w, rq)
+	case "count_tokens":
+		s.countTokens(w, rq)
+	case "batches":
+		s.batches(w, rq, cred)
+	case "realtime":
+		s.realtime(w, rq)
 	default:
 		if formOps[rq.rt.op] {
 			s.formAnswer(w, rq)
