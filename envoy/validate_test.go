@@ -197,8 +197,8 @@ func TestLoadSnippet(t *testing.T) {
 		file                                       string
 		early, filters, routes, vhostRoutes, clust int
 	}{
-		{"ingress-snippet.yaml", 1, 4, 2, 2, 3},
-		{"ingress-jwt-snippet.yaml", 1, 5, 2, 2, 4},
+		{"ingress-snippet.yaml", 1, 4, 2, 4, 3},
+		{"ingress-jwt-snippet.yaml", 1, 5, 2, 4, 4},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

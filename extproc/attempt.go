@@ -319,7 +319,12 @@ func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3
 	}
 	u.entry, u.final = a.entry, a.model
 	u.phase = phaseForwarded
-	return headersReply(mut, false)
+	resp := headersReply(mut, false)
+	if x.upload {
+		// The upstream filter must not buffer the upload either.
+		resp.ModeOverride = unbuffered
+	}
+	return resp
 }
 
 // onRequestBody re-applies the attempt's key's model rule to the body the
@@ -330,7 +335,7 @@ func (u *upstreamExchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.Proce
 	}
 	x := u.a.x
 	body := b.GetBody()
-	bi, aerr := parseBody(body, x.route.op.model, x.settings.MaxJSONDepth)
+	bi, aerr := readBody(body, x.route.op, x.boundary, x.settings.MaxJSONDepth)
 	if aerr != nil || bi.model == u.model || bi.modelEnd == 0 {
 		return bodyReply(nil, nil, false)
 	}

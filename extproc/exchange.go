@@ -54,6 +54,8 @@ type exchange struct {
 	callID   string    // joins Envoy's access-log entry to this record (set when forwarded)
 	routed   string    // the key id the router-level metadata named first (set when forwarded)
 	att      *attempts // shared with the upstream filter's attempts (set when forwarded)
+	boundary string    // a multipart form's boundary (operation.form)
+	upload   bool      // the body streams through unbuffered (operation.upload)
 	call     telemetry.Call
 }
 
@@ -128,7 +130,8 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 	if aerr := x.clientLimits(); aerr != nil {
 		return x.refuse(aerr)
 	}
-	if limit := x.settings.MaxBodyBytes; limit > 0 && x.hdr.contentLength > limit {
+	x.upload = route.op.upload > 0 && x.hdr.method == "POST" && !h.GetEndOfStream()
+	if limit := x.bodyLimit(); limit > 0 && x.hdr.contentLength > limit {
 		return x.refuse(tooLarge(limit))
 	}
 	switch {
@@ -145,12 +148,25 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 		}
 		return x.upgradeReply(mut)
 	}
+	if route.op.form {
+		b, aerr := formBoundary(x.hdr.contentType)
+		if aerr != nil {
+			return x.refuse(aerr)
+		}
+		x.boundary = b
+	}
+	if x.upload {
+		return x.forwardUpload()
+	}
 	if !h.GetEndOfStream() {
 		x.phase = phaseBody
 		return headersReply(nil, false)
 	}
 	// No body follows.
-	if route.op.model == modelRequired {
+	switch {
+	case route.op.form && route.op.model == modelRequired:
+		return x.refuse(badRequest("missing_required_parameter", "model", "The request body is empty; a multipart form with a model is required."))
+	case route.op.model == modelRequired:
 		return x.refuse(badRequest("invalid_json", "", "The request body is empty; a JSON object with a model is required."))
 	}
 	mut, aerr := x.forward("")
@@ -171,13 +187,13 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	}
 	x.bodySeen = true
 	body := b.GetBody()
-	if limit := x.settings.MaxBodyBytes; limit > 0 && int64(len(body)) > limit {
+	if limit := x.bodyLimit(); limit > 0 && int64(len(body)) > limit {
 		return x.refuse(tooLarge(limit))
 	}
 	asIs := x.route.op.model == modelNone || (x.route.op.model == modelJSON && !isJSON(x.hdr.contentType))
 	bi, aerr := bodyInfo{}, (*apiError)(nil)
 	if !asIs {
-		bi, aerr = parseBody(body, x.route.op.model, x.settings.MaxJSONDepth)
+		bi, aerr = readBody(body, x.route.op, x.boundary, x.settings.MaxJSONDepth)
 		// A path keymux does not know: a body it cannot read goes as is.
 		asIs = aerr != nil && x.route.op.model == modelJSON
 	}
@@ -193,7 +209,11 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		return x.refuse(aerr)
 	}
 	x.call.Stream = bi.stream
-	x.est = policy.EstimateTokens(len(body), bi.maxTokens)
+	if !bi.form {
+		// A form's bytes are mostly a file (audio, an image), not prompt
+		// tokens: its estimate stays 0, as an upload's.
+		x.est = policy.EstimateTokens(len(body), bi.maxTokens)
+	}
 	if x.hdr.affinity == "" {
 		x.hdr.affinity = bi.affinity
 	}
@@ -222,6 +242,37 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	}
 	return x.withMetadata(bodyReply(mut, newBody, true))
 }
+
+// bodyLimit is the largest request body of this request: the
+// operation's own limit for forms and uploads, else max_body_bytes.
+func (x *exchange) bodyLimit() int64 {
+	switch {
+	case x.upload:
+		return x.route.op.upload
+	case x.route.op.form:
+		return maxFormBytes
+	}
+	return x.settings.MaxBodyBytes
+}
+
+// forwardUpload forwards an upload from its headers: the body is never
+// buffered, by Envoy or keymux. The reply overrides the request body mode
+// to NONE (the filter's allow_mode_override) and routes to the upload
+// routes, which keep no copy for retries (envoy/README.md). A body without
+// Content-Length (chunked) is not counted: the provider applies its limit.
+func (x *exchange) forwardUpload() *extprocv3.ProcessingResponse {
+	mut, aerr := x.forward("")
+	if aerr != nil {
+		return x.refuse(aerr)
+	}
+	resp := x.withMetadata(headersReply(mut, true))
+	resp.ModeOverride = unbuffered
+	return resp
+}
+
+// unbuffered is the mode override of an upload: no request body message,
+// the response body as configured (NONE).
+var unbuffered = &filterv3.ProcessingMode{RequestBodyMode: filterv3.ProcessingMode_NONE, ResponseBodyMode: filterv3.ProcessingMode_NONE}
 
 // wantsStreamUsage reports whether keymux asks the upstream for the final
 // usage chunk of this stream (settings.stream_usage): OpenAI-style chat and
@@ -367,14 +418,18 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 
 	t := target(k, x.route.op, x.route.path, final, x.route.query, x.hdr.anthropicVersion)
 	mut := &extprocv3.HeaderMutation{RemoveHeaders: removedHeaders}
+	upstream := t.scheme
+	if x.upload {
+		upstream += UploadSuffix
+	}
 	mut.SetHeaders = append(mut.SetHeaders,
-		setHeader(HeaderUpstream, t.scheme),
+		setHeader(HeaderUpstream, upstream),
 		setHeader(hdrAuthority, t.authority),
 		setHeader(hdrPath, t.path),
 	)
 	mut.SetHeaders = append(mut.SetHeaders, t.headers...)
 	retries := 0
-	if x.share() {
+	if x.share() && !x.upload {
 		retries = x.retriesFor(entry, x.s.now())
 	}
 	mut.SetHeaders = append(mut.SetHeaders,

@@ -360,7 +360,7 @@ func (sc *sidecar) startGRPC(ctx context.Context, o serveOptions, tp trace.Trace
 	gopts := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp))),
 		// Envoy sends a BUFFERED body in one message; envoy.yaml buffers up
-		// to 16 MiB, above grpc-go's 4 MiB default.
+		// to 32 MiB, above grpc-go's 4 MiB default.
 		grpc.MaxRecvMsgSize(maxGRPCMessage), grpc.MaxSendMsgSize(maxGRPCMessage),
 	}
 	creds, err := o.grpcTLS.serverOption()
