@@ -77,7 +77,7 @@ type FileDoc struct {
 // Docs lists the documents of f: the settings when present (even null),
 // then keys, rules and clients, each in id order.
 func (f *File) Docs() []FileDoc {
-	var docs []FileDoc
+	docs := make([]FileDoc, 0, 1+len(f.Keys)+len(f.Rules)+len(f.Clients))
 	if f.Settings != nil {
 		docs = append(docs, FileDoc{Kind: KindSettings, Raw: f.Settings})
 	}
@@ -227,11 +227,10 @@ func (b *Builder) PutFileContext(ctx context.Context, data []byte) error {
 		return err
 	}
 	for _, sec := range f.sections() {
-		for _, id := range b.IDs(sec.kind) {
-			if _, ok := sec.docs[id]; !ok {
-				b.Delete(sec.kind, id)
-			}
-		}
+		b.deleteMissing(sec.kind, func(id string) bool {
+			_, ok := sec.docs[id]
+			return ok
+		})
 	}
 	if f.Settings == nil {
 		b.Delete(KindSettings, "")
