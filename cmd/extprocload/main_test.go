@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keymux/keymux/testutil/syncbuf"
 )
@@ -71,7 +72,7 @@ func TestSoakSmoke(t *testing.T) {
 	}
 	var out bytes.Buffer
 	var logs syncbuf.Buffer
-	err := run(t.Context(), []string{"-keys", "3", "-warmup", "2", "-soak", "1s", "-soak-sample", "500ms", "-soak-concurrency", "2", "-soak-max-drift", "100"}, &out, &logs)
+	err := run(t.Context(), []string{"-keys", "3", "-warmup", "2", "-soak", "1s", "-soak-sample", "500ms", "-soak-warmup", "0s", "-soak-concurrency", "2", "-soak-max-drift", "100"}, &out, &logs)
 	if err != nil {
 		t.Fatalf("run: %v\nlogs:\n%s\nout:\n%s", err, logs.String(), out.String())
 	}
@@ -82,10 +83,11 @@ func TestSoakSmoke(t *testing.T) {
 }
 
 func TestSoakVerdict(t *testing.T) {
+	// One row a minute; the first (at 0) is in the 30 s warm-up.
 	rows := func(rss ...int) []soakSample {
-		var s []soakSample
-		for _, r := range rss {
-			s = append(s, soakSample{requests: 10, rssKB: r, goroutines: 20})
+		s := []soakSample{{requests: 10, rssKB: 1, goroutines: 1}}
+		for i, r := range rss {
+			s = append(s, soakSample{at: time.Duration(i+1) * time.Minute, requests: 10, rssKB: r, goroutines: 20})
 		}
 		return s
 	}
@@ -95,12 +97,12 @@ func TestSoakVerdict(t *testing.T) {
 		wantErr string
 	}{
 		{"flat", rows(1000, 1050, 950, 1090), ""},
-		{"grows", rows(1000, 1050, 1101), "RSS moved +0.0% / +10.1% from the first sample (limit ±10%)"},
-		{"shrinks", rows(1000, 899), "RSS moved -10.1% / +0.0% from the first sample (limit ±10%)"},
+		{"grows", rows(1000, 1050, 1101), "RSS moved +0.0% / +10.1% from the first sample after the warm-up (limit ±10%)"},
+		{"shrinks", rows(1000, 899), "RSS moved -10.1% / +0.0% from the first sample after the warm-up (limit ±10%)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
-			err := soakVerdict(&out, tc.samples, 0.10)
+			err := soakVerdict(&out, tc.samples, 30*time.Second, 0.10)
 			if got := fmt.Sprint(err); tc.wantErr == "" && err != nil || tc.wantErr != "" && got != tc.wantErr {
 				t.Errorf("soakVerdict = %v, want %q", err, tc.wantErr)
 			}

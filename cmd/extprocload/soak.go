@@ -19,6 +19,7 @@ import (
 type soakOptions struct {
 	duration time.Duration
 	sample   time.Duration
+	warmup   time.Duration
 	conc     int
 	maxDrift float64
 }
@@ -26,13 +27,14 @@ type soakOptions struct {
 func (s *soakOptions) register(fs *flag.FlagSet) {
 	fs.DurationVar(&s.duration, "soak", 0, "soak mode: load keymux alone for this long (no no-op server, no table of ratios); 0: off")
 	fs.DurationVar(&s.sample, "soak-sample", 30*time.Second, "soak mode: sampling period of keymux's RSS and goroutines")
+	fs.DurationVar(&s.warmup, "soak-warmup", 2*time.Minute, "soak mode: samples taken before this are shown but not judged (the heap grows to its steady state: the access-log ledger keeps each call for its entry wait)")
 	fs.IntVar(&s.conc, "soak-concurrency", 64, "soak mode: concurrent streams")
 	fs.Float64Var(&s.maxDrift, "soak-max-drift", 0.10, "soak mode: fail when RSS or goroutines move further than this fraction from the first sample")
 }
 
 func (s *soakOptions) check() error {
-	if s.sample <= 0 || s.conc < 1 || s.maxDrift <= 0 || s.duration < s.sample {
-		return errors.New("-soak must be >= -soak-sample > 0, -soak-concurrency >= 1, -soak-max-drift > 0")
+	if s.sample <= 0 || s.conc < 1 || s.maxDrift <= 0 || s.warmup < 0 || s.duration < s.warmup+s.sample {
+		return errors.New("-soak must be >= -soak-warmup + -soak-sample, -soak-sample > 0, -soak-warmup >= 0, -soak-concurrency >= 1, -soak-max-drift > 0")
 	}
 	return nil
 }
@@ -52,7 +54,7 @@ type soakSample struct {
 // so.duration; after every so.sample it prints a row (requests, rate,
 // latency, RSS, goroutines). Any failed request ends the soak with an
 // error, as does RSS or goroutines drifting more than so.maxDrift from the
-// first sample.
+// first sample taken after so.warmup.
 func runSoak(ctx context.Context, o options, so soakOptions, stdout, stderr io.Writer) (err error) {
 	dir, err := os.MkdirTemp("", "extprocload-")
 	if err != nil {
@@ -112,31 +114,34 @@ func runSoak(ctx context.Context, o options, so soakOptions, stdout, stderr io.W
 		fmt.Fprintf(stdout, "| %s | %d | %.0f | %.2f / %.2f | %.1f | %d |\n", s.at.Round(time.Second), s.requests, s.rate,
 			float64(s.p50)/1e6, float64(s.p99)/1e6, float64(s.rssKB)/1024, s.goroutines)
 	}
-	return soakVerdict(stdout, samples, so.maxDrift)
+	return soakVerdict(stdout, samples, so.warmup, so.maxDrift)
 }
 
 // soakVerdict prints how far RSS and goroutines moved from the first
-// sample, and fails past maxDrift.
-func soakVerdict(w io.Writer, samples []soakSample, maxDrift float64) error {
-	if len(samples) == 0 {
-		return errors.New("no sample")
-	}
+// sample taken after warmup, and fails past maxDrift.
+func soakVerdict(w io.Writer, samples []soakSample, warmup time.Duration, maxDrift float64) error {
 	total := 0
 	for _, s := range samples {
 		total += s.requests
 	}
+	for len(samples) > 0 && samples[0].at < warmup {
+		samples = samples[1:]
+	}
+	if len(samples) == 0 {
+		return errors.New("no sample after the warm-up")
+	}
 	first := samples[0]
 	rss := drift(samples, func(s soakSample) int { return s.rssKB })
 	gor := drift(samples, func(s soakSample) int { return s.goroutines })
-	fmt.Fprintf(w, "\n%d requests, no error; RSS %.1f MB at the first sample, %+.1f%% / %+.1f%% at the extremes; goroutines %d, %+.1f%% / %+.1f%%\n",
-		total, float64(first.rssKB)/1024, 100*rss[0], 100*rss[1], first.goroutines, 100*gor[0], 100*gor[1])
+	fmt.Fprintf(w, "\n%d requests, no error; from %s on: RSS %.1f MB, then %+.1f%% / %+.1f%% at the extremes; goroutines %d, %+.1f%% / %+.1f%%\n",
+		total, first.at.Round(time.Second), float64(first.rssKB)/1024, 100*rss[0], 100*rss[1], first.goroutines, 100*gor[0], 100*gor[1])
 	for _, d := range []struct {
 		what string
 		lo   float64
 		hi   float64
 	}{{"RSS", rss[0], rss[1]}, {"goroutines", gor[0], gor[1]}} {
 		if -d.lo > maxDrift || d.hi > maxDrift {
-			return fmt.Errorf("%s moved %+.1f%% / %+.1f%% from the first sample (limit ±%.0f%%)", d.what, 100*d.lo, 100*d.hi, 100*maxDrift)
+			return fmt.Errorf("%s moved %+.1f%% / %+.1f%% from the first sample after the warm-up (limit ±%.0f%%)", d.what, 100*d.lo, 100*d.hi, 100*maxDrift)
 		}
 	}
 	return nil
