@@ -27,6 +27,9 @@ type bodyInfo struct {
 	// affinity is the body's prompt_cache_key, else its user: what the
 	// affinity strategy keeps on one key.
 	affinity string
+	// maxTokens is the completion the request allows: the largest of
+	// max_tokens, max_completion_tokens and max_output_tokens (0: none).
+	maxTokens int64
 }
 
 // parseBody validates a JSON request body, nested at most maxDepth levels
@@ -106,6 +109,10 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 			if k.Str == "prompt_cache_key" || bi.affinity == "" {
 				bi.affinity = strings.Clone(v.Str)
 			}
+		case "max_tokens", "max_completion_tokens", "max_output_tokens":
+			if v.Type == gjson.Number && v.Num > 0 {
+				bi.maxTokens = max(bi.maxTokens, int64(min(v.Num, 1<<40)))
+			}
 		case "messages":
 			if !v.IsArray() {
 				typeErr = badRequest("invalid_type", "messages", "Invalid type for 'messages': expected an array, got "+jsonTypeName(v)+".")
@@ -129,17 +136,9 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 		return bi, nil
 	case modelV.Type != gjson.String:
 		return bi, badRequest("invalid_type", "model", "Invalid type for 'model': expected a string, got "+jsonTypeName(modelV)+".")
-	case modelV.Str == "":
-		return bi, badRequest("invalid_value", "model", "'model' must not be empty.")
-	case len(modelV.Str) > maxModelLen:
-		return bi, badRequest("invalid_value", "model", "'model' is longer than "+strconv.Itoa(maxModelLen)+" bytes.")
-	case !utf8.ValidString(modelV.Str):
-		return bi, notUTF8("model")
-	case policy.HasControl(modelV.Str):
-		return bi, badRequest("invalid_value", "model", "'model' must not contain control characters.")
-	case policy.HasDotSegment(modelV.Str):
-		// It may become a path segment upstream (an Azure deployment).
-		return bi, badRequest("invalid_value", "model", "'model' must not have a '.' or '..' path segment.")
+	}
+	if aerr := checkModel(modelV.Str); aerr != nil {
+		return bi, aerr
 	}
 	bi.model = strings.Clone(modelV.Str) // outlives the request body
 	// gjson sets Index to the raw value's offset for results of a parsed
@@ -151,6 +150,25 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 		bi.modelStart, bi.modelEnd = r.Index, r.Index+len(r.Raw)
 	}
 	return bi, nil
+}
+
+// checkModel refuses a model name keymux will not carry: empty, too long,
+// not UTF-8, with control characters or a dot path segment.
+func checkModel(m string) *apiError {
+	switch {
+	case m == "":
+		return badRequest("invalid_value", "model", "'model' must not be empty.")
+	case len(m) > maxModelLen:
+		return badRequest("invalid_value", "model", "'model' is longer than "+strconv.Itoa(maxModelLen)+" bytes.")
+	case !utf8.ValidString(m):
+		return notUTF8("model")
+	case policy.HasControl(m):
+		return badRequest("invalid_value", "model", "'model' must not contain control characters.")
+	case policy.HasDotSegment(m):
+		// It may become a path segment upstream (an Azure deployment).
+		return badRequest("invalid_value", "model", "'model' must not have a '.' or '..' path segment.")
+	}
+	return nil
 }
 
 // onceMembers returns the bit of a top-level member that may appear only

@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"slices"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
@@ -23,6 +24,9 @@ const (
 	hdrTracestate    = "tracestate"
 	hdrAnthropicVer  = policy.HeaderAnthropicVersion
 	hdrAffinity      = "x-keymux-affinity"
+	hdrUpgrade       = "upgrade"
+	hdrConnection    = "connection"
+	hdrWSProtocol    = "sec-websocket-protocol"
 
 	// HeaderUpstream selects Envoy's upstream cluster: "https" or "http"
 	// (envoy/envoy.yaml routes on it and removes it before the upstream).
@@ -66,6 +70,9 @@ type requestHeaders struct {
 	traceparent, tracestate string
 	anthropicVersion        string
 	affinity                string // x-keymux-affinity
+	upgrade                 string // the upgrade header ("websocket"); an upgrade when connection names it (isUpgrade)
+	connection              string
+	wsProtocol              string // sec-websocket-protocol
 }
 
 func readRequestHeaders(m *corev3.HeaderMap) requestHeaders {
@@ -106,6 +113,12 @@ func readRequestHeaders(m *corev3.HeaderMap) requestHeaders {
 			dst = &h.anthropicVersion
 		case hdrAffinity:
 			dst = &h.affinity
+		case hdrUpgrade:
+			dst = &h.upgrade
+		case hdrConnection:
+			dst = &h.connection
+		case hdrWSProtocol:
+			dst = &h.wsProtocol
 		default:
 			continue
 		}
@@ -154,4 +167,18 @@ func setHeader(key, value string) *corev3.HeaderValueOption {
 	return &corev3.HeaderValueOption{
 		Header: &corev3.HeaderValue{Key: key, RawValue: []byte(value)},
 	}
+}
+
+// isUpgrade reports an HTTP/1.1 upgrade request: an upgrade header and a
+// connection header naming it.
+func (h *requestHeaders) isUpgrade() bool {
+	if h.upgrade == "" {
+		return false
+	}
+	for t := range strings.SplitSeq(h.connection, ",") {
+		if strings.EqualFold(strings.TrimSpace(t), "upgrade") {
+			return true
+		}
+	}
+	return false
 }

@@ -36,11 +36,18 @@ const (
 	EndpointSpeech          = "speech"
 	EndpointFiles           = "files"
 	EndpointBatches         = "batches"
+	EndpointCountTokens     = "count_tokens" // Anthropic's /v1/messages/count_tokens
+	EndpointRealtime        = "realtime"     // the Realtime API over WebSocket
+	// EndpointOther is every path keymux does not know, forwarded under
+	// settings.unknown_paths: forward (never model-bearing for
+	// AuthorizeEndpoint, whatever its body carries).
+	EndpointOther = "other"
 )
 
 // Endpoints lists every Endpoint* name.
 var Endpoints = []string{EndpointChat, EndpointTextCompletion, EndpointEmbeddings, EndpointResponses,
-	EndpointModerations, EndpointImageGeneration, EndpointSpeech, EndpointFiles, EndpointBatches}
+	EndpointModerations, EndpointImageGeneration, EndpointSpeech, EndpointFiles, EndpointBatches,
+	EndpointCountTokens, EndpointRealtime, EndpointOther}
 
 // AuthorizeEndpoint returns nil when client c may call operation op
 // (modelBearing: this request's operation carries a model in its body),

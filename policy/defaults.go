@@ -12,6 +12,7 @@ const (
 	DefaultEjectionMax         = 5 * time.Minute
 	DefaultCooldown            = 60 * time.Second
 	DefaultErrorWindow         = 60 * time.Second
+	DefaultSlowStart           = 30 * time.Second
 	DefaultAuthMode            = AuthNone
 	DefaultClaim               = "role"
 	DefaultClaimValue          = "ROLE_API_USER"
@@ -20,6 +21,7 @@ const (
 	DefaultMaxBodyBytes        = 8 << 20
 	DefaultMaxJSONDepth        = 256
 	DefaultRetryMaxAttempts    = 3
+	DefaultUnknownPaths        = UnknownPathsRefuse
 )
 
 // Defaults returns the settings used when the settings document is absent.
@@ -35,6 +37,9 @@ func Defaults() Settings {
 func (s *Settings) WithDefaults() *Settings {
 	if s.Strategy == "" {
 		s.Strategy = DefaultStrategy
+	}
+	if s.UnknownPaths == "" {
+		s.UnknownPaths = DefaultUnknownPaths
 	}
 	if s.Health.Interval == 0 {
 		s.Health.Interval = DefaultHealthInterval
@@ -86,6 +91,9 @@ func (e *EjectionSettings) WithDefaults() *EjectionSettings {
 	}
 	if e.ErrorWindow == 0 {
 		e.ErrorWindow = DefaultErrorWindow
+	}
+	if e.SlowStart == 0 {
+		e.SlowStart = DefaultSlowStart
 	}
 	return e
 }

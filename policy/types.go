@@ -158,6 +158,9 @@ type EjectionSettings struct {
 	Max                 time.Duration // cap of the exponential backoff; default 5m
 	Cooldown            time.Duration // 429 without Retry-After; default 60s
 	ErrorWindow         time.Duration // adjust_by_error_rate window; default 60s
+	// SlowStart is how long a key re-admitted after an ejection takes to
+	// get its whole share of traffic back (linearly); default 30s.
+	SlowStart time.Duration
 }
 
 // AlertSettings are the seed's alert thresholds.
@@ -184,7 +187,17 @@ type Settings struct {
 	// that token usage is known for every call; default true.
 	StreamUsage bool
 	Retry       RetrySettings
+	// UnknownPaths is what happens to a path below the API prefix that
+	// keymux does not know: UnknownPathsRefuse (404, the default) or
+	// UnknownPathsForward (forwarded with a key, operation EndpointOther).
+	UnknownPaths string
 }
+
+// The values of Settings.UnknownPaths.
+const (
+	UnknownPathsRefuse  = "refuse"
+	UnknownPathsForward = "forward"
+)
 
 // RetrySettings bound Envoy's retries of a request on another key of the
 // same upstream host.

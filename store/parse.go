@@ -369,6 +369,7 @@ type settingsDoc struct {
 	StreamUsage  *bool        `json:"stream_usage"`
 	MaxJSONDepth *int         `json:"max_json_depth"`
 	Retry        *retryDoc    `json:"retry"`
+	UnknownPaths string       `json:"unknown_paths"`
 }
 
 type retryDoc struct {
@@ -411,6 +412,7 @@ type ejectionDoc struct {
 	Max                 *string `json:"max"`
 	Cooldown            *string `json:"cooldown"`
 	ErrorWindow         *string `json:"error_window"`
+	SlowStart           *string `json:"slow_start"`
 }
 
 func (d *ejectionDoc) UnmarshalJSON(b []byte) error {
@@ -479,7 +481,22 @@ func ParseSettings(raw []byte) (policy.Settings, error) {
 	if err := parseRetry(doc, d.Retry, &s.Retry); err != nil {
 		return policy.Settings{}, err
 	}
+	if err := parseUnknownPaths(doc, d.UnknownPaths, &s); err != nil {
+		return policy.Settings{}, err
+	}
 	return s, nil
+}
+
+// parseUnknownPaths applies settings.unknown_paths.
+func parseUnknownPaths(doc, v string, s *policy.Settings) error {
+	switch v {
+	case "":
+	case policy.UnknownPathsRefuse, policy.UnknownPathsForward:
+		s.UnknownPaths = v
+	default:
+		return fieldErr(doc, "unknown_paths", "unknown value %q (want %s or %s)", truncate(v, 64), policy.UnknownPathsRefuse, policy.UnknownPathsForward)
+	}
+	return nil
 }
 
 // parseStrategy applies settings.strategy.
@@ -547,6 +564,7 @@ func parseEjection(doc string, e *ejectionDoc, s *policy.EjectionSettings) error
 			{"ejection.max", e.Max, &s.Max},
 			{"ejection.cooldown", e.Cooldown, &s.Cooldown},
 			{"ejection.error_window", e.ErrorWindow, &s.ErrorWindow},
+			{"ejection.slow_start", e.SlowStart, &s.SlowStart},
 		} {
 			if err := parseDuration(doc, f.name, f.v, f.dst); err != nil {
 				return err

@@ -37,6 +37,7 @@ type instruments struct {
 	tokens     metric.Int64Counter
 	tokenUsage metric.Int64Histogram
 	dropped    metric.Int64Counter
+	retries    metric.Int64Counter
 }
 
 // errList collects the errors of a series of instrument creations.
@@ -97,6 +98,9 @@ func newRecorders(m metric.Meter, errs *errList) *instruments {
 		metric.WithDescription("Number of input and output tokens used."),
 		metric.WithExplicitBucketBoundaries(tokenBuckets...))
 	errs.add(err)
+	in.retries, err = m.Int64Counter(MetricRetries, metric.WithUnit("{attempt}"),
+		metric.WithDescription("Upstream attempts retried on another key, by the key that failed and why (rate_limited, auth, server, reset)."))
+	errs.add(err)
 	in.dropped, err = m.Int64Counter(MetricCallLogDropped, metric.WithUnit("{record}"),
 		metric.WithDescription("Call log records dropped because the queue was full or the log closed."))
 	errs.add(err)
@@ -105,13 +109,15 @@ func newRecorders(m metric.Meter, errs *errList) *instruments {
 
 // observers are the instruments read at collection time, in one callback.
 type observers struct {
-	inFlight, keyUp, keyState, ejections, cooldowns   metric.Int64Observable
-	gen, stale, refused, refusals, readErrors, active metric.Int64Observable
-	staleFor, threshold, ratio                        metric.Float64Observable
+	inFlight, keyUp, keyState, ejections, cooldowns    metric.Int64Observable
+	modelState, headroomReqs, headroomToks, badHeaders metric.Int64Observable
+	gen, stale, refused, refusals, readErrors, active  metric.Int64Observable
+	staleFor, threshold, ratio                         metric.Float64Observable
 }
 
 func (obs *observers) all() []metric.Observable {
 	return []metric.Observable{obs.inFlight, obs.keyUp, obs.keyState, obs.ejections, obs.cooldowns,
+		obs.modelState, obs.headroomReqs, obs.headroomToks, obs.badHeaders,
 		obs.gen, obs.stale, obs.refused, obs.refusals, obs.readErrors, obs.active,
 		obs.staleFor, obs.threshold, obs.ratio}
 }
@@ -125,7 +131,15 @@ func newObservers(m metric.Meter, errs *errList) *observers {
 		ejections: b.counter(MetricKeyEjections, "{ejection}",
 			"Times the key was ejected after consecutive upstream failures."),
 		cooldowns: b.counter(MetricKeyCooldowns, "{cooldown}", "Times the key cooled down after a 429."),
-		gen:       b.gauge(MetricConfigGeneration, "", "Generation of the configuration in force, by source."),
+		modelState: b.gauge(MetricKeyModelState, "",
+			"The key's state for a model the configuration names (value 1): healthy, cooling_down, no_headroom, model_unavailable."),
+		headroomReqs: b.gauge(MetricKeyHeadroomRequests, "{request}",
+			"Requests the provider lets the key send for the model until its reset, as keymux estimates them."),
+		headroomToks: b.gauge(MetricKeyHeadroomTokens, "{token}",
+			"Tokens the provider lets the key use for the model until its reset, as keymux estimates them."),
+		badHeaders: b.counter(MetricRateLimitHeaderErrs, "{value}",
+			"Provider rate-limit header values that did not parse (ignored)."),
+		gen: b.gauge(MetricConfigGeneration, "", "Generation of the configuration in force, by source."),
 		stale: b.gauge(MetricConfigStale, "",
 			"1 while the configuration source cannot be read and the last good configuration serves."),
 		staleFor: b.floatGauge(MetricConfigStaleDuration, "s",
@@ -180,6 +194,18 @@ func (t *Telemetry) observeKeys(o metric.Observer, obs *observers) {
 		o.ObserveInt64(obs.keyState, 1, metric.WithAttributes(attribute.String(LabelKey, kh.ID), attribute.String(LabelState, kh.State)))
 		o.ObserveInt64(obs.ejections, int64(kh.Ejections), key)
 		o.ObserveInt64(obs.cooldowns, int64(kh.Cooldowns), key)
+		o.ObserveInt64(obs.badHeaders, int64(kh.RateLimitHeaderErrors), key)
+		for _, m := range kh.Models {
+			km := metric.WithAttributes(attribute.String(LabelKey, kh.ID), attribute.String(LabelModel, m.Model))
+			o.ObserveInt64(obs.modelState, 1, metric.WithAttributes(attribute.String(LabelKey, kh.ID),
+				attribute.String(LabelModel, m.Model), attribute.String(LabelState, m.State)))
+			if m.Requests != nil {
+				o.ObserveInt64(obs.headroomReqs, m.Requests.Remaining, km)
+			}
+			if m.Tokens != nil {
+				o.ObserveInt64(obs.headroomToks, m.Tokens.Remaining, km)
+			}
+		}
 	}
 }
 
@@ -272,6 +298,7 @@ type callAttrs struct {
 	errAdd        []metric.AddOption
 	tokIn, tokOut []metric.AddOption
 	useIn, useOut []metric.RecordOption
+	retries       [][]metric.AddOption // one per retried attempt
 }
 
 type reqKey struct{ key, model, statusClass string }
@@ -298,6 +325,8 @@ type attrCache struct {
 	req map[reqKey]reqSets
 	err map[errKey][]metric.AddOption
 	tok map[tokKey]tokSets
+	// retry: by the key that failed and the reason (errKey's class)
+	retry map[errKey][]metric.AddOption
 }
 
 func cached[K comparable, V any](m *map[K]V, k K, build func() V) V {
@@ -362,6 +391,14 @@ func (a *attrCache) attrs(c *Call, o outcome, model, modelFinal string) callAttr
 		})
 		ca.tokIn, ca.tokOut, ca.useIn, ca.useOut = ts.in, ts.out, ts.useIn, ts.useOut
 	}
+	for _, at := range c.Attempts {
+		if at.Retried != "" {
+			rk := errKey{at.KeyID, at.Retried}
+			ca.retries = append(ca.retries, cached(&a.retry, rk, func() []metric.AddOption {
+				return addOpt(attribute.String(LabelKey, rk.key), attribute.String(LabelReason, rk.class))
+			}))
+		}
+	}
 	return ca
 }
 
@@ -382,6 +419,9 @@ func (t *Telemetry) recordMetrics(c *Call, o outcome, ca callAttrs, end time.Tim
 		}
 		if c.Overhead > 0 {
 			in.overhead.Record(ctx, float64(c.Overhead)/float64(time.Microsecond))
+		}
+		for _, r := range ca.retries {
+			in.retries.Add(ctx, 1, r...)
 		}
 		if ca.tokIn != nil {
 			in.tokens.Add(ctx, c.InputTokens, ca.tokIn...)

@@ -34,6 +34,11 @@ type Behaviour struct {
 	// above the number of events of the stream has no effect. On a
 	// non-stream answer the connection is closed after half of the body.
 	CutStreamAfter int
+	// Reset closes the connection before any answer (after Delay): no
+	// status line, so the client sees the connection end (HTTP/1.1) or
+	// the stream reset (HTTP/2) before response headers. The record has
+	// Status 0 and Cut set.
+	Reset bool
 	// ErrorCode overrides the error "code" (OpenAI, Azure) or the error
 	// "type" (Anthropic). On a 429, "insufficient_quota" gives OpenAI's
 	// quota error (type and code insufficient_quota).
@@ -60,11 +65,14 @@ type Behaviour struct {
 	// it (e.g. "/chat/completions", so that health probes of /models still
 	// succeed); other requests answer normally and leave a script in place.
 	Path string
+	// Model, when set, limits the behaviour to requests for that model (as
+	// Recorded.Model), as Path does: a provider limits each model apart.
+	Model string
 }
 
-// appliesTo reports whether b is meant for a request to path.
-func (b Behaviour) appliesTo(path string) bool {
-	return b.Path == "" || strings.HasSuffix(path, b.Path)
+// appliesTo reports whether b is meant for a request to path for model.
+func (b Behaviour) appliesTo(path, model string) bool {
+	return (b.Path == "" || strings.HasSuffix(path, b.Path)) && (b.Model == "" || b.Model == model)
 }
 
 func (b Behaviour) isError() bool { return b.Status >= 400 }

@@ -104,8 +104,11 @@ type Server struct {
 	changed  chan struct{} // closed and replaced on every new or updated record
 	scripts  map[string][]Behaviour
 	defaults map[string]Behaviour
-	counts   map[string]int // requests per credential, for x-ratelimit-remaining-*
-	epoch    uint64         // bumped by Reset, so late answers never touch new records
+	counts   map[[2]string]int // requests per credential and model, for x-ratelimit-remaining-*
+	epoch    uint64            // bumped by Reset, so late answers never touch new records
+	// Anthropic message batches, by id and in creation order.
+	batchByID map[string]*messageBatch
+	batchList []*messageBatch
 
 	ctx    context.Context // ends when Close is called; ends Delays
 	cancel context.CancelFunc
@@ -128,7 +131,7 @@ func New(opts Options) *Server {
 		changed:  make(chan struct{}),
 		scripts:  make(map[string][]Behaviour),
 		defaults: make(map[string]Behaviour),
-		counts:   make(map[string]int),
+		counts:   make(map[[2]string]int),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -288,8 +291,8 @@ func (s *Server) WaitRequests(ctx context.Context, n int) ([]Recorded, error) {
 	}
 }
 
-// Reset forgets the recorded requests, the scripts, the defaults and the
-// per-credential counters.
+// Reset forgets the recorded requests, the scripts, the defaults, the
+// per-credential counters and the message batches.
 func (s *Server) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -298,6 +301,7 @@ func (s *Server) Reset() {
 	clear(s.scripts)
 	clear(s.defaults)
 	clear(s.counts)
+	s.batchByID, s.batchList = nil, nil
 	s.notifyLocked()
 }
 
@@ -320,14 +324,16 @@ func (s *Server) SetDefault(credential string, b Behaviour) {
 	s.defaults[credential] = b
 }
 
-// next picks the behaviour for a request of credential to path and counts it.
-func (s *Server) next(credential, path string) (Behaviour, int) {
+// next picks the behaviour for a request of credential to path for model
+// and counts it (per credential and model: providers limit each model
+// apart).
+func (s *Server) next(credential, path, model string) (Behaviour, int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.counts[credential]++
-	n := s.counts[credential]
+	s.counts[[2]string{credential, model}]++
+	n := s.counts[[2]string{credential, model}]
 	for _, c := range []string{credential, ""} {
-		if q := s.scripts[c]; len(q) > 0 && q[0].appliesTo(path) {
+		if q := s.scripts[c]; len(q) > 0 && q[0].appliesTo(path, model) {
 			b := q[0]
 			s.scripts[c] = q[1:]
 			return b, n
@@ -337,7 +343,7 @@ func (s *Server) next(credential, path string) (Behaviour, int) {
 	if !ok {
 		b = s.defaults[""]
 	}
-	if !b.appliesTo(path) {
+	if !b.appliesTo(path, model) {
 		return Behaviour{}, n
 	}
 	return b, n
@@ -393,6 +399,15 @@ func parseRoute(path string) route {
 		return rt
 	}
 	switch {
+	case strings.HasSuffix(path, "/realtime"):
+		if strings.Contains(path, "/openai/") {
+			return route{op: "realtime", dialect: dialectAzure}
+		}
+		return route{op: "realtime"}
+	case strings.HasSuffix(path, "/messages/count_tokens"):
+		return route{op: "count_tokens", dialect: dialectAnthropic}
+	case strings.Contains(path, "/messages/batches"):
+		return route{op: "batches", dialect: dialectAnthropic}
 	case strings.HasSuffix(path, "/chat/completions"):
 		return route{op: "chat"}
 	case strings.HasSuffix(path, "/embeddings"):
@@ -472,6 +487,18 @@ func (w *statusWriter) abort(cut bool) {
 	panic(http.ErrAbortHandler)
 }
 
+// reset closes the connection before any answer (Behaviour.Reset): the
+// HTTP/1.1 connection is taken over and closed; elsewhere (HTTP/2) the
+// handler aborts, which resets the stream.
+func (w *statusWriter) reset() {
+	w.cut = true
+	w.s.finish(w.epoch, w.seq, 0, true)
+	if conn, _, err := http.NewResponseController(w.ResponseWriter).Hijack(); err == nil {
+		_ = conn.Close()
+	}
+	panic(http.ErrAbortHandler)
+}
+
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // request is a parsed incoming request.
@@ -482,7 +509,7 @@ type request struct {
 	model  string
 	stream bool
 	seq    int
-	count  int // requests of this credential so far, this one included
+	count  int // requests of this credential for this model so far, this one included
 	b      Behaviour
 }
 
@@ -502,6 +529,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec.Model = rec.BodyModel
 	if rt.deployment != "" {
 		rec.Model = rt.deployment
+	}
+	if rt.op == "realtime" {
+		rec.Model, rec.Deployment = upgradeModel(r)
+		if rec.Deployment != "" {
+			rec.Model = rec.Deployment
+		}
 	}
 	rec.Stream = gjson.GetBytes(body, "stream").Type == gjson.True
 	rq := &request{r: r, rt: rt, body: body, model: rec.Model, stream: rec.Stream}
@@ -543,8 +576,11 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		return
 	}
 	want := http.MethodPost
-	if rq.rt.op == "models" {
+	switch rq.rt.op {
+	case "models", "realtime":
 		want = http.MethodGet
+	case "batches":
+		want = r.Method // batches checks its own methods
 	}
 	if r.Method != want {
 		w.Header().Set("allow", want)
@@ -583,10 +619,13 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		s.writeError(w, d, behaviourError(Behaviour{Status: http.StatusUnauthorized}, d, rq.model))
 		return
 	}
-	rq.b, rq.count = s.next(cred, r.URL.Path)
+	rq.b, rq.count = s.next(cred, r.URL.Path, rq.model)
 	b := rq.b
 	if b.Delay > 0 && !backoff.Sleep(r.Context(), b.Delay) {
 		w.abort(false) // the client or the server went away: no answer at all
+	}
+	if b.Reset {
+		w.reset()
 	}
 	s.rateLimitHeaders(w, rq)
 	for k, v := range b.Headers {
@@ -620,11 +659,18 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		s.listModels(w, rq)
 	case "messages":
 		s.messages(w, rq)
+	case "count_tokens":
+		s.countTokens(w, rq)
+	case "batches":
+		s.batches(w, rq, cred)
+	case "realtime":
+		s.realtime(w, rq)
 	}
 }
 
 // rateLimitHeaders sets the provider's rate-limit headers: remaining 0 on
-// a 429, else a budget that shrinks with the credential's request count.
+// a 429, else a budget that shrinks with the request count of the
+// credential for the model (Behaviour.Headers replace any of them).
 func (s *Server) rateLimitHeaders(w http.ResponseWriter, rq *request) {
 	const reqLimit, tokLimit = 10000, 1000000
 	remaining := max(reqLimit-rq.count, 0)
