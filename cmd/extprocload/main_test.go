@@ -77,7 +77,7 @@ func TestSoakSmoke(t *testing.T) {
 		t.Fatalf("run: %v\nlogs:\n%s\nout:\n%s", err, logs.String(), out.String())
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 8 || !strings.HasPrefix(lines[4], "| 1s |") && !strings.HasPrefix(lines[4], "| 0s |") || !strings.Contains(lines[7], "requests, no error; RSS ") {
+	if len(lines) != 8 || !strings.HasPrefix(lines[4], "| 1s |") && !strings.HasPrefix(lines[4], "| 0s |") || !strings.Contains(lines[7], "requests, no error; from ") {
 		t.Fatalf("want a title, a header, a rule, 2 rows and the verdict, got:\n%s", out.String())
 	}
 }
