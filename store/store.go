@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -191,9 +193,38 @@ func checkConfig(cfg *Config) error {
 			return fmt.Errorf("%w: keys/%s: missing or id mismatch", ErrInvalidConfig, id)
 		}
 	}
-	seenRule := map[[2]string]string{}
-	for _, id := range slices.Sorted(maps.Keys(cfg.Rules)) {
-		r := cfg.Rules[id]
+	// In map order first; a fault is looked for again in id order, so that
+	// its message does not depend on the map's order.
+	if checkRules(cfg, maps.All(cfg.Rules)) != nil {
+		sorted := func(yield func(string, *policy.Rule) bool) {
+			for _, id := range slices.Sorted(maps.Keys(cfg.Rules)) {
+				if !yield(id, cfg.Rules[id]) {
+					return
+				}
+			}
+		}
+		if err := checkRules(cfg, sorted); err != nil {
+			return err
+		}
+	}
+	seenTok := map[[32]byte]string{}
+	for _, id := range slices.Sorted(maps.Keys(cfg.Clients)) {
+		c := cfg.Clients[id]
+		if c == nil || c.ID != id {
+			return fmt.Errorf("%w: clients/%s: missing or id mismatch", ErrInvalidConfig, id)
+		}
+		if other, dup := seenTok[c.TokenSHA256]; dup {
+			return fmt.Errorf("%w: clients/%s: same token_sha256 as clients/%s", ErrInvalidConfig, id, other)
+		}
+		seenTok[c.TokenSHA256] = id
+	}
+	return nil
+}
+
+// checkRules checks cfg's rules, taken in the order of rules.
+func checkRules(cfg *Config, rules iter.Seq2[string, *policy.Rule]) error {
+	seenRule := make(map[[2]string]string, len(cfg.Rules))
+	for id, r := range rules {
 		if r == nil || r.ID != id || r.From == "" || r.KeyID == "" {
 			return fmt.Errorf("%w: rules/%s: missing, incomplete or id mismatch", ErrInvalidConfig, id)
 		}
@@ -207,17 +238,6 @@ func checkConfig(cfg *Config) error {
 			}
 			seenRule[k] = id
 		}
-	}
-	seenTok := map[[32]byte]string{}
-	for _, id := range slices.Sorted(maps.Keys(cfg.Clients)) {
-		c := cfg.Clients[id]
-		if c == nil || c.ID != id {
-			return fmt.Errorf("%w: clients/%s: missing or id mismatch", ErrInvalidConfig, id)
-		}
-		if other, dup := seenTok[c.TokenSHA256]; dup {
-			return fmt.Errorf("%w: clients/%s: same token_sha256 as clients/%s", ErrInvalidConfig, id, other)
-		}
-		seenTok[c.TokenSHA256] = id
 	}
 	return nil
 }
@@ -330,13 +350,11 @@ type ruleKey struct{ key, from string }
 // memory and apply time than everything else.
 func indexRules(ctx context.Context, rules map[string]*policy.Rule) (map[ruleKey]*policy.Rule, []*policy.Rule, error) {
 	enabled := make(map[ruleKey]*policy.Rule, len(rules))
-	list := make([]*policy.Rule, 0, len(rules))
-	for _, id := range slices.Sorted(maps.Keys(rules)) {
+	list := slices.SortedFunc(maps.Values(rules), func(a, b *policy.Rule) int { return strings.Compare(a.ID, b.ID) })
+	for _, r := range list {
 		if err := checkStop(ctx); err != nil {
 			return nil, nil, err
 		}
-		r := rules[id]
-		list = append(list, r)
 		if r.Enabled {
 			enabled[ruleKey{r.KeyID, r.From}] = r
 		}
@@ -648,7 +666,7 @@ func (s *Snapshot) Models() []string { return s.meta().Models }
 func (s *Snapshot) NamesModel(model string) bool { return s.meta().Named[model] }
 
 func namedModels(cfg *Config) map[string]bool {
-	named := map[string]bool{}
+	named := make(map[string]bool, len(cfg.Keys))
 	for _, k := range cfg.Keys {
 		for _, m := range k.Models {
 			named[m] = true
