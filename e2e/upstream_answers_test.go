@@ -113,6 +113,7 @@ type callRecord struct {
 	OutputTokens *int64 `json:"output_tokens"`
 	Operation    string `json:"operation"`
 	KeyID        string `json:"key_id"`
+	Attempts     int    `json:"attempts"`
 }
 
 // startGatewayWithCallLog is startGateway writing a call log, whose path it

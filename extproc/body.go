@@ -19,7 +19,10 @@ type bodyInfo struct {
 	model      string
 	modelStart int // byte offset of the model value (the opening quote) in the body
 	modelEnd   int // offset just after it
-	stream     bool
+	// form: the body is a multipart form (parseForm) and the model value
+	// is the raw content of its part, not a JSON string.
+	form   bool
+	stream bool
 	// streamOptions is the raw stream_options value ("" when absent);
 	// streamUsage reports stream_options.include_usage = true.
 	streamOptions string
@@ -209,13 +212,28 @@ func jsonTypeName(v gjson.Result) string {
 	return "an object"
 }
 
-// patchModel returns body with the model value replaced by model; every other
-// byte is kept as it was.
+// patchModel returns body with the model value replaced by model, a JSON
+// string or a form part's raw content as the body is; every other byte is
+// kept as it was. (A model never holds a control character, so it cannot
+// end a form part early.)
 func patchModel(body []byte, bi bodyInfo, model string) []byte {
 	out := make([]byte, 0, len(body)+len(model)+8)
 	out = append(out, body[:bi.modelStart]...)
-	out = appendJSONString(out, model)
+	if bi.form {
+		out = append(out, model...)
+	} else {
+		out = appendJSONString(out, model)
+	}
 	return append(out, body[bi.modelEnd:]...)
+}
+
+// readBody reads what keymux needs from a request body of operation op: a
+// multipart form (boundary from the request's Content-Type) or JSON.
+func readBody(body []byte, op *operation, boundary string, maxDepth int) (bodyInfo, *apiError) {
+	if op.form {
+		return parseForm(body, boundary, op.model)
+	}
+	return parseBody(body, op.model, maxDepth)
 }
 
 // withStreamUsage returns body with stream_options.include_usage set to true,

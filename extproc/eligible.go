@@ -5,6 +5,7 @@ import (
 
 	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/telemetry"
 )
 
 // eligibleSet is what selection needs of a pool between two changes of
@@ -25,6 +26,7 @@ type eligibleSet struct {
 	limited bool      // a key of the pool has limits: scan per request, for good
 	scan    bool      // a key has model state or is in slow start: scan per request while the set is valid
 	entries []*store.Entry
+	skipped []telemetry.Skip // the keys left out, and why (pool order)
 	// The best priority tier of entries, in pool order: the candidates
 	// (Key only) and their entries.
 	tier        []policy.Candidate
@@ -67,6 +69,7 @@ func buildEligible(pool *store.Pool, epoch uint64, now time.Time, slowStart time
 		ok, why := policy.Eligible(e.Key, st, now)
 		if !ok {
 			ends(why.Until)
+			s.skipped = append(s.skipped, telemetry.Skip{KeyID: e.Key.ID, Reason: why.Reason, Until: why.Until})
 			continue
 		}
 		if e.RT.HasModels() {

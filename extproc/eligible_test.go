@@ -7,6 +7,7 @@ import (
 
 	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/telemetry"
 )
 
 // ids lists the key ids of entries.
@@ -75,6 +76,13 @@ keys:
 	s := check("a cooling, b probe failed", t0, want{[]string{"c"}, []string{"c"}})
 	if !s.until.Equal(t0.Add(10 * time.Second)) {
 		t.Errorf("until %v, want the end of a's cooldown %v", s.until, t0.Add(10*time.Second))
+	}
+	wantSkipped := []telemetry.Skip{
+		{KeyID: "a", Reason: policy.ReasonCoolingDown, Until: t0.Add(10 * time.Second)},
+		{KeyID: "b", Reason: policy.ReasonProbeFailed},
+	}
+	if !slices.Equal(s.skipped, wantSkipped) {
+		t.Errorf("skipped %+v, want %+v", s.skipped, wantSkipped)
 	}
 	check("just before a's cooldown ends", t0.Add(10*time.Second-time.Nanosecond), want{[]string{"c"}, []string{"c"}})
 	// No state change: the end of the cooldown alone brings a back.

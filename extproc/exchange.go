@@ -52,7 +52,10 @@ type exchange struct {
 	chunks   int       // response body messages received while reading
 	respDone bool      // the response headers ended the response
 	callID   string    // joins Envoy's access-log entry to this record (set when forwarded)
+	routed   string    // the key id the router-level metadata named first (set when forwarded)
 	att      *attempts // shared with the upstream filter's attempts (set when forwarded)
+	boundary string    // a multipart form's boundary (operation.form)
+	upload   bool      // the body streams through unbuffered (operation.upload)
 	call     telemetry.Call
 	rep      *replies // storage of the request path's replies (reply.go); nil once released
 	// The storage of att and of its first tried key (share).
@@ -142,7 +145,8 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 	if aerr := x.clientLimits(); aerr != nil {
 		return x.refuse(aerr)
 	}
-	if limit := x.settings.MaxBodyBytes; limit > 0 && x.hdr.contentLength > limit {
+	x.upload = route.op.upload > 0 && x.hdr.method == "POST" && !h.GetEndOfStream()
+	if limit := x.bodyLimit(); limit > 0 && x.hdr.contentLength > limit {
 		return x.refuse(tooLarge(limit))
 	}
 	switch {
@@ -159,12 +163,25 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 		}
 		return x.upgradeReply(mut)
 	}
+	if route.op.form {
+		b, aerr := formBoundary(x.hdr.contentType)
+		if aerr != nil {
+			return x.refuse(aerr)
+		}
+		x.boundary = b
+	}
+	if x.upload {
+		return x.forwardUpload()
+	}
 	if !h.GetEndOfStream() {
 		x.phase = phaseBody
 		return x.headersReply(nil, false)
 	}
 	// No body follows.
-	if route.op.model == modelRequired {
+	switch {
+	case route.op.form && route.op.model == modelRequired:
+		return x.refuse(badRequest("missing_required_parameter", "model", "The request body is empty; a multipart form with a model is required."))
+	case route.op.model == modelRequired:
 		return x.refuse(badRequest("invalid_json", "", "The request body is empty; a JSON object with a model is required."))
 	}
 	mut, aerr := x.forward("")
@@ -185,13 +202,13 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	}
 	x.bodySeen = true
 	body := b.GetBody()
-	if limit := x.settings.MaxBodyBytes; limit > 0 && int64(len(body)) > limit {
+	if limit := x.bodyLimit(); limit > 0 && int64(len(body)) > limit {
 		return x.refuse(tooLarge(limit))
 	}
 	asIs := x.route.op.model == modelNone || (x.route.op.model == modelJSON && !isJSON(x.hdr.contentType))
 	bi, aerr := bodyInfo{}, (*apiError)(nil)
 	if !asIs {
-		bi, aerr = parseBody(body, x.route.op.model, x.settings.MaxJSONDepth)
+		bi, aerr = readBody(body, x.route.op, x.boundary, x.settings.MaxJSONDepth)
 		// A path keymux does not know: a body it cannot read goes as is.
 		asIs = aerr != nil && x.route.op.model == modelJSON
 	}
@@ -207,7 +224,11 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		return x.refuse(aerr)
 	}
 	x.call.Stream = bi.stream
-	x.est = policy.EstimateTokens(len(body), bi.maxTokens)
+	if !bi.form {
+		// A form's bytes are mostly a file (audio, an image), not prompt
+		// tokens: its estimate stays 0, as an upload's.
+		x.est = policy.EstimateTokens(len(body), bi.maxTokens)
+	}
 	if x.hdr.affinity == "" {
 		x.hdr.affinity = bi.affinity
 	}
@@ -236,6 +257,37 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	}
 	return x.withMetadata(x.bodyReply(mut, newBody, true))
 }
+
+// bodyLimit is the largest request body of this request: the
+// operation's own limit for forms and uploads, else max_body_bytes.
+func (x *exchange) bodyLimit() int64 {
+	switch {
+	case x.upload:
+		return x.route.op.upload
+	case x.route.op.form:
+		return maxFormBytes
+	}
+	return x.settings.MaxBodyBytes
+}
+
+// forwardUpload forwards an upload from its headers: the body is never
+// buffered, by Envoy or keymux. The reply overrides the request body mode
+// to NONE (the filter's allow_mode_override) and routes to the upload
+// routes, which keep no copy for retries (envoy/README.md). A body without
+// Content-Length (chunked) is not counted: the provider applies its limit.
+func (x *exchange) forwardUpload() *extprocv3.ProcessingResponse {
+	mut, aerr := x.forward("")
+	if aerr != nil {
+		return x.refuse(aerr)
+	}
+	resp := x.withMetadata(headersReply(mut, true))
+	resp.ModeOverride = unbuffered
+	return resp
+}
+
+// unbuffered is the mode override of an upload: no request body message,
+// the response body as configured (NONE).
+var unbuffered = &filterv3.ProcessingMode{RequestBodyMode: filterv3.ProcessingMode_NONE, ResponseBodyMode: filterv3.ProcessingMode_NONE}
 
 // wantsStreamUsage reports whether keymux asks the upstream for the final
 // usage chunk of this stream (settings.stream_usage): OpenAI-style chat and
@@ -303,17 +355,27 @@ func (x *exchange) clientLimits() *apiError {
 	now := x.s.now()
 	m := x.s.clientMinute(c.ID)
 	reqs, tokens := m.reqs.Get(now), m.tokens.Get(now)
-	if policy.WithinLimits(c.Limits, reqs, tokens) {
+	l := x.s.store.Fleet().Limits(c.Limits)
+	if policy.WithinLimits(l, reqs, tokens) {
 		m.reqs.Add(now, 1)
 		return nil
 	}
-	what, limit := "requests", c.Limits.RPM
-	if c.Limits.RPM <= 0 || reqs < uint64(c.Limits.RPM) {
-		what, limit = "tokens", c.Limits.TPM
+	what, limit, whole := "requests", l.RPM, c.Limits.RPM
+	if l.RPM <= 0 || reqs < uint64(l.RPM) {
+		what, limit, whole = "tokens", l.TPM, c.Limits.TPM
 	}
 	return &apiError{Status: 429, Type: what, Code: "rate_limit_exceeded",
-		Message:    "Rate limit reached for client " + c.ID + " on " + what + " per minute: limit " + strconv.Itoa(limit) + ".",
+		Message:    "Rate limit reached for client " + c.ID + " on " + what + " per minute: limit " + strconv.Itoa(limit) + fleetShareNote(limit, whole) + ".",
 		RetryAfter: max(1, int(store.NextMinute(now).Sub(now).Round(time.Second)/time.Second))}
+}
+
+// fleetShareNote explains a limit that is this instance's share of the
+// client's whole limit ("" when it is the whole limit).
+func fleetShareNote(share, whole int) string {
+	if share == whole {
+		return ""
+	}
+	return " (this instance's share of " + strconv.Itoa(whole) + " over the fleet)"
 }
 
 // credentialGiven reports whether an Authorization header carries anything
@@ -369,6 +431,7 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 		idBuf = nil // the bytes of a call id never change: a second one gets its own
 	}
 	x.callID = x.s.newCallID(idBuf)
+	x.routed = k.ID
 	x.call.KeyID, x.call.Provider, x.call.UpstreamHost, x.call.ModelFinal = k.ID, string(k.Provider), k.Host, final
 	x.call.Strategy = x.settings.Strategy
 
@@ -376,12 +439,16 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 	m := x.rep.mutationMsg()
 	x.mut = m
 	mut := m.start(removedHeaders)
-	m.set(HeaderUpstream, t.scheme)
+	upload := ""
+	if x.upload {
+		upload = UploadSuffix
+	}
+	m.set(HeaderUpstream, t.scheme, upload)
 	m.set(hdrAuthority, t.authority)
 	m.set(hdrPath, t.prefix, t.path)
 	t.eachHeader(func(name, part1, part2 string) { m.set(name, part1, part2) })
 	retries := 0
-	if x.share() {
+	if x.share() && !x.upload {
 		retries = x.retriesFor(entry, x.s.now())
 	}
 	m.set(HeaderCall, x.callID)
@@ -540,11 +607,18 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	slow := 0 // eligible keys left out by their slow start
 	for i, e := range pool.Entries {
 		st := e.RT.State()
-		if ok, _ := x.admitsIn(e, st, x.est, now); !ok || (skip != nil && skip(e)) {
+		ok, why := x.admitsIn(e, st, x.est, now)
+		if !ok || (skip != nil && skip(e)) {
+			if !ok && skip == nil {
+				x.call.AddSkipped(telemetry.Skip{KeyID: e.Key.ID, Reason: why.Reason, Until: why.Until})
+			}
 			continue
 		}
 		if !x.slowStartAdmits(st.SlowStartFrom, seq, i, now) {
 			slow++
+			if skip == nil {
+				x.call.AddSkipped(telemetry.Skip{KeyID: e.Key.ID, Reason: skipSlowStart})
+			}
 			continue
 		}
 		c := policy.Candidate{Key: e.Key}
@@ -569,6 +643,9 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	if len(buf.cands) == 0 {
 		return nil, x.noEligibleKey(model, pool, now)
 	}
+	if skip == nil {
+		x.call.Candidates = len(buf.cands)
+	}
 	if x.hdr.affinity != "" && policy.UsesAffinity(strat) {
 		seq = policy.AffinityHash(x.hdr.affinity)
 	}
@@ -584,9 +661,13 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 // without a scan of the pool): the strategy runs over the set's best tier,
 // as policy.Select would over the eligible keys.
 func (x *exchange) chooseFrom(set *eligibleSet, model string, pool *store.Pool, now time.Time) (*store.Entry, *apiError) {
+	for _, sk := range set.skipped {
+		x.call.AddSkipped(sk)
+	}
 	if len(set.tier) == 0 {
 		return nil, x.noEligibleKey(model, pool, now)
 	}
+	x.call.Candidates = len(set.entries)
 	strat, err := policy.StrategyFor(x.settings.Strategy)
 	if err != nil {
 		strat = policy.RoundRobin{} // settings are validated; this is a safety net
@@ -626,28 +707,44 @@ func (x *exchange) chooseFrom(set *eligibleSet, model string, pool *store.Pool, 
 	return e, nil
 }
 
-// keyWithinLimits applies the key's rpm/tpm to what this instance sent in
-// the current minute.
+// skipSlowStart is telemetry.Skip's reason for an eligible key left out
+// by its slow start after an ejection.
+const skipSlowStart = "slow_start"
+
+// keyWithinLimits applies this instance's share of the key's rpm/tpm
+// (store.Fleet) to what this instance sent in the current minute.
 func keyWithinLimits(e *store.Entry, now time.Time) bool {
-	l := e.Key.Limits
+	l := e.Limits()
 	if l.RPM <= 0 && l.TPM <= 0 {
 		return true
 	}
 	return policy.WithinLimits(l, e.RT.MinuteRequests.Get(now), e.RT.MinuteTokens.Get(now))
 }
 
-// noEligibleKey explains a 503: every key of the pool is out, and why.
-func (x *exchange) noEligibleKey(model string, pool *store.Pool, now time.Time) *apiError {
-	reasons := make([]policy.Ineligible, 0, len(pool.Entries))
+// poolOut lists why each key of the pool is out now; all reports whether
+// every key is.
+func (x *exchange) poolOut(pool *store.Pool, now time.Time) (reasons []policy.Ineligible, all bool) {
+	reasons = make([]policy.Ineligible, 0, len(pool.Entries))
 	for _, e := range pool.Entries {
 		if ok, why := x.admits(e, x.est, now); !ok {
 			reasons = append(reasons, why)
 		}
 	}
+	return reasons, len(reasons) == len(pool.Entries)
+}
+
+// retryAfter is a Retry-After in whole seconds (at least 1) until t.
+func retryAfter(t, now time.Time) int {
+	return max(1, int(t.Sub(now).Round(time.Second)/time.Second))
+}
+
+// noEligibleKey explains a 503: every key of the pool is out, and why.
+func (x *exchange) noEligibleKey(model string, pool *store.Pool, now time.Time) *apiError {
+	reasons, _ := x.poolOut(pool, now)
 	msg, code := policy.Explain(model, reasons)
 	e := &apiError{Status: 503, Type: typeServer, Code: code, Message: msg}
 	if earliest := policy.EarliestUntil(reasons); !earliest.IsZero() {
-		e.RetryAfter = max(1, int(earliest.Sub(now).Round(time.Second)/time.Second))
+		e.RetryAfter = retryAfter(earliest, now)
 	}
 	return e
 }
@@ -661,9 +758,18 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 		ResponseHeaders: &extprocv3.HeadersResponse{},
 	}}
 	now := x.s.now()
+	tooLarge := findHeader(hm, hdrEnvoyRateLimited) == markTooLarge
 	if x.fromAttempts() {
 		// The upstream filter fed the key.
-		x.call.ErrorCode = classifyAnswer(x.status, hm, x.est, now).Kind.Class()
+		o := classifyAnswer(x.status, hm, x.est, now)
+		if tooLarge {
+			// The upstream filter's mark (attempt.go): the request's fault.
+			o = policy.Outcome{Kind: policy.OutcomeClient, Status: x.status}
+		}
+		x.call.ErrorCode = o.Kind.Class()
+		if len(x.call.Attempts) > 0 {
+			x.retriedMetadata(resp)
+		}
 	} else if x.entry != nil {
 		x.call.ErrorCode = feedAnswer(x.entry, x.call.ModelFinal, x.est, x.settings.Ejection, x.status, hm, now).Kind.Class()
 	} else {
@@ -671,6 +777,13 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	}
 	if x.entry != nil && x.status != 0 {
 		resp.GetResponseHeaders().Response = &extprocv3.CommonResponse{HeaderMutation: x.headroomMutation(now)}
+	}
+	if tooLarge {
+		m := headersMutation(resp)
+		m.RemoveHeaders = append(m.RemoveHeaders, hdrEnvoyRateLimited)
+	}
+	if x.call.ErrorCode != policy.ClassClient {
+		x.poolRetryAfter(resp, now)
 	}
 	x.respDone = h.GetEndOfStream()
 	if x.entry == nil || x.respDone || !x.s.fromBody {
@@ -692,6 +805,51 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	return resp
 }
 
+// retriedMetadata tells Envoy's access log, on the response headers of a
+// call Envoy retried, the key that answered and the attempts.
+func (x *exchange) retriedMetadata(resp *extprocv3.ProcessingResponse) {
+	resp.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{
+		MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+			metaKeyID:     structpb.NewStringValue(x.call.KeyID),
+			"model_final": structpb.NewStringValue(x.call.ModelFinal),
+			"attempts":    structpb.NewNumberValue(float64(len(x.call.Attempts))),
+		}}),
+	}}
+}
+
+// poolRetryAfter gives an upstream 429 or 503 (the last attempt's, once
+// the key was fed) the Retry-After of the earliest time a key of the pool
+// is back, when every key is out: the upstream's own names one key only.
+func (x *exchange) poolRetryAfter(resp *extprocv3.ProcessingResponse, now time.Time) {
+	if (x.status != 429 && x.status != 503) || x.entry == nil {
+		return
+	}
+	reasons, all := x.poolOut(x.snap.Pool(x.call.ModelOriginal), now)
+	earliest := policy.EarliestUntil(reasons)
+	if !all || earliest.IsZero() {
+		return
+	}
+	m := headersMutation(resp)
+	m.SetHeaders = append(m.SetHeaders, setHeader("retry-after", strconv.Itoa(retryAfter(earliest, now))))
+}
+
+// headersMutation is the header mutation of a response headers reply,
+// added when it has none.
+func headersMutation(resp *extprocv3.ProcessingResponse) *extprocv3.HeaderMutation {
+	hr := resp.GetResponseHeaders()
+	if hr.Response == nil {
+		hr.Response = &extprocv3.CommonResponse{}
+	}
+	if hr.Response.HeaderMutation == nil {
+		hr.Response.HeaderMutation = &extprocv3.HeaderMutation{}
+	}
+	return hr.Response.HeaderMutation
+}
+
+// namesKey reports whether an access-log entry's key id is this call's:
+// the key the router-level metadata named, or the one that answered last.
+func (x *exchange) namesKey(id string) bool { return id == x.routed || id == x.call.KeyID }
+
 // feedback records an upstream outcome's error class on the call and
 // applies the outcome to the chosen key's passive state.
 func (x *exchange) feedback(o policy.Outcome, now time.Time) {
@@ -712,6 +870,7 @@ func applyFeedback(e *store.Entry, ej policy.EjectionSettings, o policy.Outcome,
 	rt := e.RT
 	var old policy.KeyState
 	ns := rt.Update(func(s policy.KeyState) policy.KeyState { old = s; return policy.NextState(s, o, ej, now) })
+	e.Observed(old, ns, now)
 	if ns.EjectedUntil.After(old.EjectedUntil) {
 		rt.AddEjection()
 	}
@@ -739,6 +898,7 @@ func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRe
 // Envoy's access-log entry, which completes it (book); without an
 // access-log stream it is booked at once from what keymux saw.
 func (x *exchange) finish() {
+	x.fromAttempts() // the attempts after the last response headers keymux saw
 	x.unshare()
 	x.call.End = x.s.now()
 	switch x.phase {

@@ -31,6 +31,10 @@ const (
 	// HeaderUpstream selects Envoy's upstream cluster: "https" or "http"
 	// (envoy/envoy.yaml routes on it and removes it before the upstream).
 	HeaderUpstream = "x-keymux-upstream"
+	// UploadSuffix follows the scheme in HeaderUpstream for an upload
+	// ("https-upload"): Envoy's upload routes forward it without keeping
+	// a copy of the body for retries.
+	UploadSuffix = "-upload"
 
 	// MetadataNamespace is the dynamic metadata namespace keymux writes
 	// (listed in the filter's metadata_options.receiving_namespaces).

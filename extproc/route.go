@@ -17,6 +17,12 @@ type operation struct {
 	model     modelNeed
 	local     bool // answered by keymux itself (GET /v1/models…)
 	anthropic bool // Anthropic's native Messages API
+	// form: the body is a multipart/form-data form whose "model" field
+	// keymux reads and rewrites (multipart.go), up to maxFormBytes.
+	form bool
+	// upload > 0: a POST body streams through unbuffered, up to this many
+	// bytes (the provider's limit); keymux decides from the headers alone.
+	upload int64
 }
 
 type modelNeed int
@@ -51,7 +57,7 @@ var operations = []operation{
 	{name: "list_models", path: "/models", methods: "GET", local: true},
 	// Body-less object endpoints: any enabled key serves them. (Objects live
 	// in one provider account; pin such keys with priorities or a pool of one.)
-	{name: "files", path: "/files", methods: "GET"},
+	{name: "files", path: "/files", methods: "GET, POST", upload: maxFileBytes},
 	{name: "files", path: "/files/", methods: "GET, DELETE", prefix: true},
 	{name: "batches", path: "/batches", methods: "GET"},
 	{name: "batches", path: "/batches/", methods: "GET", prefix: true},
@@ -63,11 +69,30 @@ var operations = []operation{
 	{name: "batches", path: "/messages/batches/", methods: "GET, POST, DELETE", prefix: true, anthropic: true},
 	// The Realtime API: a WebSocket upgrade whose model is in the query.
 	{name: "realtime", path: "/realtime", methods: "GET", model: modelQuery},
+	// Multipart forms with a model.
+	{name: "transcription", path: "/audio/transcriptions", methods: "POST", model: modelRequired, form: true},
+	{name: "translation", path: "/audio/translations", methods: "POST", model: modelRequired, form: true},
+	{name: "image_edit", path: "/images/edits", methods: "POST", model: modelOptional, form: true},
+	{name: "image_variation", path: "/images/variations", methods: "POST", model: modelOptional, form: true},
+	// The Uploads API (create, then /uploads/{id}/parts, /complete, /cancel)
+	// makes a file: its operation is "files".
+	{name: "files", path: "/uploads", methods: "POST"},
+	{name: "files", path: "/uploads/", methods: "POST", prefix: true, upload: maxUploadPartBytes},
 }
 
 // opOther is a path below the API prefix that no operation knows, forwarded
 // under settings.unknown_paths: forward.
 var opOther = operation{name: policy.EndpointOther, methods: "GET, POST, PUT, PATCH, DELETE", model: modelJSON}
+
+// Body limits of the multipart endpoints. Forms are buffered (by Envoy,
+// then read by keymux): maxFormBytes is the shipped Envoy buffer limit,
+// room for OpenAI's 25 MB audio files. Uploads stream: OpenAI takes files
+// up to 512 MB and upload parts up to 64 MB.
+const (
+	maxFormBytes       = 32 << 20
+	maxFileBytes       = 512 << 20
+	maxUploadPartBytes = 64 << 20
+)
 
 // opModel is GET /v1/models/{id}, answered locally as well.
 var opModel = operation{name: "retrieve_model", path: "/models/", methods: "GET", local: true}

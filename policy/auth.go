@@ -42,12 +42,18 @@ const (
 	// settings.unknown_paths: forward (never model-bearing for
 	// AuthorizeEndpoint, whatever its body carries).
 	EndpointOther = "other"
+	// Multipart forms with a model.
+	EndpointTranscription  = "transcription"
+	EndpointTranslation    = "translation"
+	EndpointImageEdit      = "image_edit"
+	EndpointImageVariation = "image_variation"
 )
 
 // Endpoints lists every Endpoint* name.
 var Endpoints = []string{EndpointChat, EndpointTextCompletion, EndpointEmbeddings, EndpointResponses,
 	EndpointModerations, EndpointImageGeneration, EndpointSpeech, EndpointFiles, EndpointBatches,
-	EndpointCountTokens, EndpointRealtime, EndpointOther}
+	EndpointCountTokens, EndpointRealtime, EndpointOther,
+	EndpointTranscription, EndpointTranslation, EndpointImageEdit, EndpointImageVariation}
 
 // AuthorizeEndpoint returns nil when client c may call operation op
 // (modelBearing: this request's operation carries a model in its body),

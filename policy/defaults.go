@@ -66,6 +66,9 @@ func (s *Settings) WithDefaults() *Settings {
 	if s.Retry.MaxAttempts == 0 {
 		s.Retry.MaxAttempts = DefaultRetryMaxAttempts
 	}
+	if s.Share.CooldownOver == 0 {
+		s.Share.CooldownOver = DefaultShareCooldownOver
+	}
 	if s.MaxBodyBytes == 0 {
 		s.MaxBodyBytes = DefaultMaxBodyBytes
 	}

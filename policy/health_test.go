@@ -274,6 +274,7 @@ func TestDefaults(t *testing.T) {
 		MaxJSONDepth: 256,
 		StreamUsage:  true,
 		Retry:        RetrySettings{MaxAttempts: 3},
+		Share:        ShareSettings{CooldownOver: 10 * time.Second},
 		UnknownPaths: "refuse",
 	}
 	if got := Defaults(); got != want {

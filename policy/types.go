@@ -187,6 +187,8 @@ type Settings struct {
 	// that token usage is known for every call; default true.
 	StreamUsage bool
 	Retry       RetrySettings
+	// Share decides which key states are shared with the fleet (Consul).
+	Share ShareSettings
 	// UnknownPaths is what happens to a path below the API prefix that
 	// keymux does not know: UnknownPathsRefuse (404, the default) or
 	// UnknownPathsForward (forwarded with a key, operation EndpointOther).

@@ -45,7 +45,8 @@
 //     (a sticky one) take a Behaviour: an error status with the provider's
 //     error body and headers (Status, ErrorCode, RetryAfter, Headers), a
 //     delayed answer (Delay), a stream cut after N SSE events
-//     (CutStreamAfter), paced SSE events (ChunkDelay), replaced content or a
+//     (CutStreamAfter), a connection closed before any answer (Reset),
+//     paced SSE events (ChunkDelay), replaced content or a
 //     raw body (Content, Body), limited to one endpoint (Path).
 //   - Requests, WaitRequests and Reset read and clear the record of every
 //     request received (credential, path, model, headers, body), so a test

@@ -87,6 +87,9 @@ type Recorded struct {
 	// purpose (Behaviour.CutStreamAfter).
 	Status int
 	Cut    bool
+	// Form is what a multipart endpoint's body held (file parts as size
+	// and hash only; Body stays empty); nil for other requests.
+	Form *Form
 }
 
 // Server is the mock upstream. It is an http.Handler, so it can also be
@@ -420,6 +423,9 @@ func parseRoute(path string) route {
 	case strings.HasSuffix(path, "/messages"):
 		return route{op: "messages", dialect: dialectAnthropic}
 	}
+	if op := formRoute(path); op != "" {
+		return route{op: op}
+	}
 	return route{}
 }
 
@@ -487,6 +493,18 @@ func (w *statusWriter) abort(cut bool) {
 	panic(http.ErrAbortHandler)
 }
 
+// reset closes the connection before any answer (Behaviour.Reset): the
+// HTTP/1.1 connection is taken over and closed; elsewhere (HTTP/2) the
+// handler aborts, which resets the stream.
+func (w *statusWriter) reset() {
+	w.cut = true
+	w.s.finish(w.epoch, w.seq, 0, true)
+	if conn, _, err := http.NewResponseController(w.ResponseWriter).Hijack(); err == nil {
+		_ = conn.Close()
+	}
+	panic(http.ErrAbortHandler)
+}
+
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // request is a parsed incoming request.
@@ -496,6 +514,7 @@ type request struct {
 	body   []byte
 	model  string
 	stream bool
+	form   *Form // multipart endpoints
 	seq    int
 	count  int // requests of this credential for this model so far, this one included
 	b      Behaviour
@@ -504,15 +523,34 @@ type request struct {
 // ServeHTTP answers one request like the provider its path belongs to.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := parseRoute(r.URL.Path)
-	body, readErr := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	var (
+		body    []byte
+		form    *Form
+		readErr error
+	)
+	switch {
+	case formOps[rt.op] && r.Method == http.MethodPost:
+		// Streamed: file parts are hashed, never held.
+		form, readErr = readForm(r)
+	case formOps[rt.op]:
+		rt.op = "" // GET /v1/files and the like: not modelled (404)
+		fallthrough
+	default:
+		body, readErr = io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	}
 	cred, authName, authValue := credentialOf(r.Header, rt.dialect)
 	rec := Recorded{
 		Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery, Host: r.Host,
 		Credential: cred, AuthHeader: authName, AuthValue: authValue,
 		Deployment: rt.deployment, Body: body, ContentLength: r.ContentLength, Header: r.Header.Clone(), Time: s.now(),
+		Form: form,
 	}
 	if m := gjson.GetBytes(body, "model"); m.Type == gjson.String {
 		rec.BodyModel = m.Str
+	}
+	if form != nil {
+		rec.BodyModel = form.Fields["model"]
+		rec.Stream = form.Fields["stream"] == "true"
 	}
 	rec.Model = rec.BodyModel
 	if rt.deployment != "" {
@@ -524,8 +562,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			rec.Model = rec.Deployment
 		}
 	}
-	rec.Stream = gjson.GetBytes(body, "stream").Type == gjson.True
-	rq := &request{r: r, rt: rt, body: body, model: rec.Model, stream: rec.Stream}
+	rec.Stream = rec.Stream || gjson.GetBytes(body, "stream").Type == gjson.True
+	rq := &request{r: r, rt: rt, body: body, model: rec.Model, stream: rec.Stream, form: form}
 	seq, epoch := s.record(rec)
 	rq.seq = seq
 	sw := &statusWriter{ResponseWriter: w, s: s, epoch: epoch, seq: seq}
@@ -550,8 +588,11 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 			return
 		}
 		// A body shorter than its Content-Length, or a broken chunked body.
-		s.writeError(w, d, apiError{status: http.StatusBadRequest, typ: "invalid_request_error",
-			message: "Could not read the request body (mock upstream)."})
+		msg := "Could not read the request body (mock upstream)."
+		if formOps[rq.rt.op] {
+			msg = "Could not parse multipart form (mock upstream): " + readErr.Error()
+		}
+		s.writeError(w, d, apiError{status: http.StatusBadRequest, typ: "invalid_request_error", message: msg})
 		return
 	}
 	if rq.rt.op == "" {
@@ -612,6 +653,9 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 	if b.Delay > 0 && !backoff.Sleep(r.Context(), b.Delay) {
 		w.abort(false) // the client or the server went away: no answer at all
 	}
+	if b.Reset {
+		w.reset()
+	}
 	s.rateLimitHeaders(w, rq)
 	for k, v := range b.Headers {
 		w.Header().Set(k, v)
@@ -650,6 +694,10 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		s.batches(w, rq, cred)
 	case "realtime":
 		s.realtime(w, rq)
+	default:
+		if formOps[rq.rt.op] {
+			s.formAnswer(w, rq)
+		}
 	}
 }
 
