@@ -308,12 +308,18 @@ func TestUploadTooLarge(t *testing.T) {
 		req.ContentLength = tc.size
 		req.Header.Set("content-type", "multipart/form-data; boundary=b")
 		resp, err := http.DefaultClient.Do(req)
-		pw.Close()
 		if err != nil {
+			pw.Close()
 			t.Fatalf("%s: %v", tc.path, err)
 		}
-		body, _ := io.ReadAll(resp.Body)
+		body, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
+		// Only now: an ended body shorter than its Content-Length makes the
+		// client's transport drop the connection, and the answer with it.
+		pw.Close()
+		if err != nil {
+			t.Fatalf("%s: reading the answer: %v", tc.path, err)
+		}
 		var e struct {
 			Error struct{ Message, Code string } `json:"error"`
 		}
