@@ -203,47 +203,70 @@ func (r *result) throughput() float64 {
 	return float64(len(r.lat)) / r.wall.Seconds()
 }
 
-func runLoad(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
-	levels, _ := o.levels()
+// startKeymux builds keymux when o names no binary, starts the probe stub
+// it forwards to and `keymux serve` on a configuration of o.keys keys, with
+// extra arguments and, when pprof, a pprof listener (its address returned).
+// stop ends them all and removes their files.
+func startKeymux(ctx context.Context, o options, extra []string, pprof bool, stderr io.Writer) (km *server, pprofAddr string, stop func() error, err error) {
+	var cleanups []func() error
+	stop = func() error {
+		var errs error
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			errs = errors.Join(errs, cleanups[i]())
+		}
+		return errs
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, stop())
+		}
+	}()
 	dir, err := os.MkdirTemp("", "extprocload-")
 	if err != nil {
-		return err
+		return nil, "", stop, err
 	}
-	defer os.RemoveAll(dir)
+	cleanups = append(cleanups, func() error { return os.RemoveAll(dir) })
 	bin := o.keymux
 	if bin == "" {
 		if bin, err = buildKeymux(ctx, dir, stderr); err != nil {
-			return err
+			return nil, "", stop, err
 		}
 	}
+	upstream, stopStub, err := probeStub()
+	if err != nil {
+		return nil, "", stop, err
+	}
+	cleanups = append(cleanups, func() error { stopStub(); return nil })
+	cfg, err := writeConfig(dir, o.keys, upstream)
+	if err != nil {
+		return nil, "", stop, err
+	}
+	args := append([]string{"serve", "--config", cfg, "--grpc", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+		"--allow-upstream", upstream, "--log-level", "warn"}, extra...)
+	if pprof {
+		if pprofAddr, err = freeAddr(); err != nil {
+			return nil, "", stop, err
+		}
+		args = append(args, "--pprof", pprofAddr)
+	}
+	if km, err = startServer(ctx, "keymux", bin, args, stderr, o.readyWithin); err != nil {
+		return nil, "", stop, err
+	}
+	cleanups = append(cleanups, km.stop)
+	return km, pprofAddr, stop, nil
+}
+
+func runLoad(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
+	levels, _ := o.levels()
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	upstream, stopStub, err := probeStub()
+	km, pprofAddr, stopKeymux, err := startKeymux(ctx, o, strings.Fields(o.keymuxArgs), o.cpuProfile != "" || o.allocProfile != "", stderr)
 	if err != nil {
 		return err
 	}
-	defer stopStub()
-	cfg, err := writeConfig(dir, o.keys, upstream)
-	if err != nil {
-		return err
-	}
-	args := []string{"serve", "--config", cfg, "--grpc", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-		"--allow-upstream", upstream, "--log-level", "warn"}
-	args = append(args, strings.Fields(o.keymuxArgs)...)
-	var pprofAddr string
-	if o.cpuProfile != "" || o.allocProfile != "" {
-		if pprofAddr, err = freeAddr(); err != nil {
-			return err
-		}
-		args = append(args, "--pprof", pprofAddr)
-	}
-	km, err := startServer(ctx, "keymux", bin, args, stderr, o.readyWithin)
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, km.stop()) }()
+	defer func() { err = errors.Join(err, stopKeymux()) }()
 	noop, err := startServer(ctx, "noop", self, []string{"-noop", "-grpc", "127.0.0.1:0"}, stderr, o.readyWithin)
 	if err != nil {
 		return err

@@ -56,36 +56,11 @@ type soakSample struct {
 // error, as does RSS or goroutines drifting more than so.maxDrift from the
 // first sample taken after so.warmup.
 func runSoak(ctx context.Context, o options, so soakOptions, stdout, stderr io.Writer) (err error) {
-	dir, err := os.MkdirTemp("", "extprocload-")
+	km, pprofAddr, stopKeymux, err := startKeymux(ctx, o, nil, true, stderr)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	bin := o.keymux
-	if bin == "" {
-		if bin, err = buildKeymux(ctx, dir, stderr); err != nil {
-			return err
-		}
-	}
-	upstream, stopStub, err := probeStub()
-	if err != nil {
-		return err
-	}
-	defer stopStub()
-	cfg, err := writeConfig(dir, o.keys, upstream)
-	if err != nil {
-		return err
-	}
-	pprofAddr, err := freeAddr()
-	if err != nil {
-		return err
-	}
-	km, err := startServer(ctx, "keymux", bin, []string{"serve", "--config", cfg, "--grpc", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-		"--allow-upstream", upstream, "--log-level", "warn", "--pprof", pprofAddr}, stderr, o.readyWithin)
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, km.stop()) }()
+	defer func() { err = errors.Join(err, stopKeymux()) }()
 	x := newExchange()
 	if o.warmup > 0 {
 		if _, _, err := phase(ctx, km.conn, x, 1, time.Hour, o.warmup); err != nil {
