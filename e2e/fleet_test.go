@@ -220,6 +220,9 @@ func TestFleetThreeSidecars(t *testing.T) {
 		if want := []api.ServiceCheck{{ID: "keymux-member-" + id}}; !slices.Equal(sess.ServiceChecks, want) || !slices.Equal(sess.NodeChecks, []string{"serfHealth"}) {
 			t.Fatalf("session checks: node %v service %v, want [serfHealth] %v", sess.NodeChecks, sess.ServiceChecks, want)
 		}
+		if l := child.fleet().Liveness; l != "check" {
+			t.Fatalf("child's liveness %q, want check", l)
+		}
 		killed := time.Now()
 		child.kill()
 		// Nothing else: the killed member's liveness check goes critical
@@ -245,11 +248,12 @@ func fleetWrites(gs []*consulGateway) (n uint64) {
 
 // fleetDoc is the part of /status these tests read.
 type fleetDoc struct {
-	ID      string       `json:"id"`
-	Members []string     `json:"members"`
-	Rank    int          `json:"rank"`
-	Shares  []fleetShare `json:"shares"`
-	Refused []struct {
+	ID       string       `json:"id"`
+	Liveness string       `json:"liveness"`
+	Members  []string     `json:"members"`
+	Rank     int          `json:"rank"`
+	Shares   []fleetShare `json:"shares"`
+	Refused  []struct {
 		Path   string `json:"path"`
 		Reason string `json:"reason"`
 	} `json:"refused"`

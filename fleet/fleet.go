@@ -85,6 +85,7 @@ type Fleet struct {
 
 	registered atomic.Bool
 	abandon    atomic.Bool // test hook: on stop, leave the session to expire
+	liveCheck  atomic.Bool // the member's session depends on its own check
 
 	mu      sync.Mutex
 	members []string // sorted, this instance included

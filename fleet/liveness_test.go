@@ -127,6 +127,9 @@ func TestMemberLiveness(t *testing.T) {
 			t.Cleanup(func() { cancel(); <-done })
 
 			wait.Until(t, 5*time.Second, "registered", f.registered.Load)
+			if got, want := f.Status().Liveness, map[bool]string{true: "check", false: "session_ttl"}[tt.wantChecks]; got != want {
+				t.Errorf("status liveness %q, want %q", got, want)
+			}
 			if tt.wantChecks {
 				wait.Until(t, 5*time.Second, "two liveness updates", func() bool { _, n := agent.snapshot(); return n >= 2 })
 			}

@@ -58,6 +58,7 @@ func (f *Fleet) term(ctx context.Context) error {
 	case !ok:
 		return fmt.Errorf("register %s: held by another session", path)
 	}
+	f.liveCheck.Store(live != nil)
 	f.registered.Store(true)
 	defer f.registered.Store(false)
 	if live != nil {
