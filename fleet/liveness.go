@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/keymux/keymux/internal/backoff"
 )
 
 // Liveness defaults: the member's own check on the local Consul agent.
@@ -69,14 +71,7 @@ func (l *liveness) session(se *api.SessionEntry) {
 // goes critical and the session with it (the term then ends and starts
 // again).
 func (l *liveness) pass(ctx context.Context, failed func(error)) {
-	t := time.NewTicker(l.ttl / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	for backoff.Sleep(ctx, l.ttl/3) {
 		if err := l.agent.UpdateTTLOpts(l.id, "", api.HealthPassing, (&api.QueryOptions{}).WithContext(ctx)); err != nil && ctx.Err() == nil {
 			failed(err)
 		}
