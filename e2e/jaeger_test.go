@@ -14,7 +14,8 @@ import (
 	"github.com/keymux/keymux/testutil/wait"
 )
 
-// extprocOperation is the otelgrpc server span of every ext_proc stream.
+// extprocOperation is the otelgrpc server span of every ext_proc stream
+// (with --grpc-spans).
 const extprocOperation = "envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
 // startJaegerRun starts a real Jaeger, points keymux's OpenTelemetry at it
@@ -34,13 +35,14 @@ func startJaegerRun(t *testing.T, protocol string) *jaegertest.Jaeger {
 // span id per call); the trace read back through Jaeger's query API holds
 // one keymux span per exchange, each the child of its client span, with
 // the GenAI attributes, error spans for the failing upstream and the
-// refusals; the upstream got keymux's span as parent; the otelgrpc server
-// spans of the ext_proc streams are separate root traces. The same run's
+// refusals; the upstream got keymux's span as parent; with --grpc-spans
+// the otelgrpc server spans of the ext_proc streams are separate root
+// traces. The same run's
 // /metrics, /stats and call log match the sequence, and nothing of it —
 // logs, call log, spans, metrics, /stats, /status — holds a secret.
 func TestJaegerTraces(t *testing.T) {
 	j := startJaegerRun(t, "grpc")
-	r := startTelemetryRun(t)
+	r := startTelemetryRun(t, "--grpc-spans")
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 
@@ -284,7 +286,9 @@ func readFile(t *testing.T, path string) string {
 
 // TestJaegerFlushOnShutdown: with a batch delay far longer than the test,
 // a span reaches Jaeger only through the bounded flush keymux runs when it
-// stops.
+// stops. That flush exports everything keymux recorded: without
+// --grpc-spans, no gRPC stream span is among it (keymux's own span covers
+// the request).
 func TestJaegerFlushOnShutdown(t *testing.T) {
 	j := startJaegerRun(t, "grpc")
 	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "600000") // 10 minutes
@@ -311,6 +315,9 @@ func TestJaegerFlushOnShutdown(t *testing.T) {
 	}
 	if len(tr.Spans) != 1 || tr.Spans[0].OperationName != "chat gpt-4o" || tr.Spans[0].ParentSpanID() != parent {
 		t.Errorf("trace after shutdown: %+v", tr.Spans)
+	}
+	if found, err := j.Find(ctx, telemetry.ServiceName, extprocOperation, 1000); err != nil || len(found) != 0 {
+		t.Errorf("ext_proc stream spans without --grpc-spans: %d traces (%v), want none", len(found), err)
 	}
 }
 

@@ -152,12 +152,13 @@ func (r *telRun) tokens(key string) (in, out int64, n int) {
 // startTelemetryRun starts keymux dev on telConfig with a call log (and
 // debug logging, so that every log line the request path can write is in
 // the secret grep), runs the sequence and waits until every exchange has
-// reached the call log (End ran for all of them).
-func startTelemetryRun(t *testing.T) *telRun {
+// reached the call log (End ran for all of them). extraArgs are more flags
+// of keymux dev.
+func startTelemetryRun(t *testing.T, extraArgs ...string) *telRun {
 	t.Helper()
 	callLog := filepath.Join(t.TempDir(), "calls.jsonl")
 	cfg := strings.ReplaceAll(telConfig, "{{CLIENT_SHA}}", sha256hex(telClientToken))
-	g := startGateway(t, cfg, "--call-log", callLog, "--log-level", "debug")
+	g := startGateway(t, cfg, append([]string{"--call-log", callLog, "--log-level", "debug"}, extraArgs...)...)
 	r := &telRun{g: g, calls: telSequence(), callLog: callLog}
 	// A long prompt for k2: its usage must exceed k1's so that top_keys
 	// ordering by usage differs from ordering by id.

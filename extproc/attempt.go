@@ -149,14 +149,21 @@ func (a *attempts) retried(e *store.Entry, now time.Time) {
 func (x *exchange) retriesFor(entry *store.Entry, now time.Time) int {
 	limit := x.settings.Retry.MaxAttempts - 1
 	n := 0
-	for _, e := range x.snap.Pool(x.call.ModelOriginal).Entries {
+	pool := x.snap.Pool(x.call.ModelOriginal)
+	entries, checked := pool.Entries, false
+	if set := eligibleOf(pool, now, x.settings.Ejection.SlowStart); set != nil {
+		entries, checked = set.entries, true // every one eligible now
+	}
+	for _, e := range entries {
 		if n >= limit {
 			break
 		}
 		if e == entry || !sameHost(e.Key, entry.Key) {
 			continue
 		}
-		if ok, _ := x.admits(e, x.est, now); ok {
+		if checked {
+			n++ // the set's keys are all admitted now
+		} else if ok, _ := x.admits(e, x.est, now); ok {
 			n++
 		}
 	}
@@ -175,7 +182,11 @@ var ambiguousRequest = new(attempts)
 // share registers the forwarded call's attempts under its call id and its
 // request id, and reports whether its retries can be joined to it.
 func (x *exchange) share() bool {
-	x.att = &attempts{x: x, entry: x.entry, model: x.call.ModelFinal, tried: []*store.Entry{x.entry}}
+	a := &x.shared // allocated with the exchange
+	a.x, a.entry, a.model = x, x.entry, x.call.ModelFinal
+	x.firstTried[0] = x.entry
+	a.tried = x.firstTried[:]
+	x.att = a
 	x.s.calls.Store(x.callID, x.att)
 	rid := x.hdr.requestID
 	if rid == "" {
@@ -314,8 +325,10 @@ func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3
 		a.tried = append(a.tried, e)
 		u.model = final
 		t := target(e.Key, x.route.op, x.route.path, final, x.route.query, x.hdr.anthropicVersion)
-		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrPath, t.path))
-		mut.SetHeaders = append(mut.SetHeaders, t.headers...)
+		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrPath, t.fullPath()))
+		t.eachHeader(func(name, part1, part2 string) {
+			mut.SetHeaders = append(mut.SetHeaders, setHeader(name, part1+part2))
+		})
 	}
 	u.entry, u.final = a.entry, a.model
 	u.phase = phaseForwarded

@@ -57,10 +57,25 @@ type exchange struct {
 	boundary string    // a multipart form's boundary (operation.form)
 	upload   bool      // the body streams through unbuffered (operation.upload)
 	call     telemetry.Call
+	rep      *replies // storage of the request path's replies (reply.go); nil once released
+	// The storage of att and of its first tried key (share).
+	shared     attempts
+	firstTried [1]*store.Entry
+	callIDBuf  [32]byte     // the bytes of callID (written once)
+	mut        *mutationMsg // the forwarding mutation (set by forward)
 }
 
 func newExchange(s *Server) *exchange {
-	return &exchange{s: s, call: telemetry.Call{Start: s.now()}}
+	return &exchange{s: s, call: telemetry.Call{Start: s.now()}, rep: getReplies()}
+}
+
+// releaseReplies hands the reply storage back to its pool once the stream
+// has ended: every reply was serialized (reply.go).
+func (x *exchange) releaseReplies() {
+	if x.rep != nil {
+		putReplies(x.rep)
+		x.rep, x.mut = nil, nil
+	}
 }
 
 // handle answers one message.
@@ -160,7 +175,7 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 	}
 	if !h.GetEndOfStream() {
 		x.phase = phaseBody
-		return headersReply(nil, false)
+		return x.headersReply(nil, false)
 	}
 	// No body follows.
 	switch {
@@ -173,7 +188,7 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 	if aerr != nil {
 		return x.refuse(aerr)
 	}
-	return x.withMetadata(headersReply(mut, true))
+	return x.withMetadata(x.headersReply(mut, true))
 }
 
 func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
@@ -203,7 +218,7 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		if aerr != nil {
 			return x.refuse(aerr)
 		}
-		return x.withMetadata(bodyReply(mut, nil, true))
+		return x.withMetadata(x.bodyReply(mut, nil, true))
 	}
 	if aerr != nil {
 		return x.refuse(aerr)
@@ -236,11 +251,11 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	}
 	switch {
 	case newBody != nil:
-		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrContentLength, strconv.Itoa(len(newBody))))
+		x.mut.setInt(hdrContentLength, len(newBody))
 	case x.hdr.contentLength >= 0:
-		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrContentLength, strconv.Itoa(len(body))))
+		x.mut.setInt(hdrContentLength, len(body))
 	}
-	return x.withMetadata(bodyReply(mut, newBody, true))
+	return x.withMetadata(x.bodyReply(mut, newBody, true))
 }
 
 // bodyLimit is the largest request body of this request: the
@@ -411,32 +426,35 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 	}
 	x.entry = entry
 	x.phase = phaseForwarded
-	x.callID = x.s.newCallID()
+	idBuf := x.callIDBuf[:0]
+	if x.callID != "" {
+		idBuf = nil // the bytes of a call id never change: a second one gets its own
+	}
+	x.callID = x.s.newCallID(idBuf)
 	x.routed = k.ID
 	x.call.KeyID, x.call.Provider, x.call.UpstreamHost, x.call.ModelFinal = k.ID, string(k.Provider), k.Host, final
 	x.call.Strategy = x.settings.Strategy
 
 	t := target(k, x.route.op, x.route.path, final, x.route.query, x.hdr.anthropicVersion)
-	mut := &extprocv3.HeaderMutation{RemoveHeaders: removedHeaders}
-	upstream := t.scheme
+	m := x.rep.mutationMsg()
+	x.mut = m
+	mut := m.start(removedHeaders)
+	upload := ""
 	if x.upload {
-		upstream += UploadSuffix
+		upload = UploadSuffix
 	}
-	mut.SetHeaders = append(mut.SetHeaders,
-		setHeader(HeaderUpstream, upstream),
-		setHeader(hdrAuthority, t.authority),
-		setHeader(hdrPath, t.path),
-	)
-	mut.SetHeaders = append(mut.SetHeaders, t.headers...)
+	m.set(HeaderUpstream, t.scheme, upload)
+	m.set(hdrAuthority, t.authority)
+	m.set(hdrPath, t.prefix, t.path)
+	t.eachHeader(func(name, part1, part2 string) { m.set(name, part1, part2) })
 	retries := 0
 	if x.share() && !x.upload {
 		retries = x.retriesFor(entry, x.s.now())
 	}
-	mut.SetHeaders = append(mut.SetHeaders,
-		setHeader(HeaderCall, x.callID),
-		setHeader(hdrMaxRetries, strconv.Itoa(retries)))
+	m.set(HeaderCall, x.callID)
+	m.setInt(hdrMaxRetries, retries)
 	if tp := x.s.observer.Begin(&x.call); tp != "" {
-		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrTraceparent, tp))
+		m.set(hdrTraceparent, tp)
 	}
 	return mut, nil
 }
@@ -567,6 +585,11 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 			Message: "The model `" + model + "` does not exist or no key serves it."}
 	}
 	now := x.s.now()
+	if skip == nil {
+		if set := eligibleOf(pool, now, x.settings.Ejection.SlowStart); set != nil {
+			return x.chooseFrom(set, model, pool, now)
+		}
+	}
 	window := x.settings.Ejection.ErrorWindow
 	buf := candidatePool.Get().(*candidateBuf)
 	defer func() {
@@ -628,6 +651,56 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	}
 	i := policy.Select(buf.cands, strat, seq, rand.Float64())
 	e := buf.entries[i]
+	e.RT.AddRequest()
+	e.RT.MinuteRequests.Add(now, 1)
+	take(e, x.finalModel(e.Key), x.est, now)
+	return e, nil
+}
+
+// chooseFrom picks a key for model from the pool's eligible set (choose
+// without a scan of the pool): the strategy runs over the set's best tier,
+// as policy.Select would over the eligible keys.
+func (x *exchange) chooseFrom(set *eligibleSet, model string, pool *store.Pool, now time.Time) (*store.Entry, *apiError) {
+	for _, sk := range set.skipped {
+		x.call.AddSkipped(sk)
+	}
+	if len(set.tier) == 0 {
+		return nil, x.noEligibleKey(model, pool, now)
+	}
+	x.call.Candidates = len(set.entries)
+	strat, err := policy.StrategyFor(x.settings.Strategy)
+	if err != nil {
+		strat = policy.RoundRobin{} // settings are validated; this is a safety net
+	}
+	cands := set.tier // shared: read-only
+	needUsage, needErrors := policy.StrategyInputs(strat)
+	var buf *candidateBuf
+	if needUsage || needErrors {
+		// The counters are per request: fill a copy.
+		buf = candidatePool.Get().(*candidateBuf)
+		defer func() {
+			clear(buf.cands)
+			buf.cands = buf.cands[:0]
+			candidatePool.Put(buf)
+		}()
+		window := x.settings.Ejection.ErrorWindow
+		for i, e := range set.tierEntries {
+			c := set.tier[i]
+			if needUsage {
+				c.Usage = e.RT.Requests()
+			}
+			if needErrors {
+				c.Errors = e.RT.ErrorsInWindow(now, window)
+			}
+			buf.cands = append(buf.cands, c)
+		}
+		cands = buf.cands
+	}
+	seq := pool.Seq.Add(1) - 1
+	if x.hdr.affinity != "" && policy.UsesAffinity(strat) {
+		seq = policy.AffinityHash(x.hdr.affinity)
+	}
+	e := set.tierEntries[policy.SelectTier(cands, strat, seq, rand.Float64())]
 	e.RT.AddRequest()
 	e.RT.MinuteRequests.Add(now, 1)
 	take(e, x.finalModel(e.Key), x.est, now)
@@ -966,40 +1039,22 @@ func (x *exchange) refuse(e *apiError) *extprocv3.ProcessingResponse {
 // withMetadata adds keymux's dynamic metadata (for Envoy's access log) to a
 // forwarding reply.
 func (x *exchange) withMetadata(resp *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
-	fields := map[string]*structpb.Value{
-		metaCallID:       structpb.NewStringValue(x.callID),
-		metaKeyID:        structpb.NewStringValue(x.call.KeyID),
-		"model_original": structpb.NewStringValue(x.call.ModelOriginal),
-		"model_final":    structpb.NewStringValue(x.call.ModelFinal),
-	}
-	if x.call.ClientID != "" {
-		fields["client_id"] = structpb.NewStringValue(x.call.ClientID)
-	}
-	resp.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{
-		MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: fields}),
-	}}
+	resp.DynamicMetadata = x.rep.metadataMsg().build([len(metadataFields)]string{
+		x.callID, x.call.KeyID, x.call.ModelOriginal, x.call.ModelFinal, x.call.ClientID})
 	return resp
+}
+
+// headersReply is headersReply in the exchange's storage.
+func (x *exchange) headersReply(mut *extprocv3.HeaderMutation, reroute bool) *extprocv3.ProcessingResponse {
+	return x.rep.headersMsg().build(mut, reroute)
+}
+
+// bodyReply is bodyReply in the exchange's storage.
+func (x *exchange) bodyReply(mut *extprocv3.HeaderMutation, body []byte, reroute bool) *extprocv3.ProcessingResponse {
+	return x.rep.bodyMsg().build(mut, body, reroute)
 }
 
 func tooLarge(limit int64) *apiError {
 	return &apiError{Status: 413, Type: typeInvalidRequest, Code: "request_too_large",
 		Message: "The request body is larger than " + strconv.FormatInt(limit, 10) + " bytes."}
-}
-
-func headersReply(mut *extprocv3.HeaderMutation, reroute bool) *extprocv3.ProcessingResponse {
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
-		RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{
-			HeaderMutation: mut, ClearRouteCache: reroute && mut != nil,
-		}},
-	}}
-}
-
-func bodyReply(mut *extprocv3.HeaderMutation, body []byte, reroute bool) *extprocv3.ProcessingResponse {
-	cr := &extprocv3.CommonResponse{HeaderMutation: mut, ClearRouteCache: reroute && mut != nil}
-	if body != nil {
-		cr.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
-	}
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{
-		RequestBody: &extprocv3.BodyResponse{Response: cr},
-	}}
 }

@@ -20,6 +20,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/keymux/keymux/store"
 	"github.com/keymux/keymux/telemetry"
@@ -81,6 +82,9 @@ func (f *fakeStream) Send(r *extprocv3.ProcessingResponse) error {
 		f.sendErrAt = 0
 		return f.sendErr
 	}
+	// gRPC serializes a reply within Send: keep a copy, as Envoy would
+	// (the exchange reuses its reply storage once the stream ended).
+	r = proto.Clone(r).(*extprocv3.ProcessingResponse)
 	f.out = append(f.out, r)
 	if r.GetImmediateResponse() != nil {
 		f.in = nil

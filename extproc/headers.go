@@ -85,8 +85,15 @@ func readRequestHeaders(m *corev3.HeaderMap) requestHeaders {
 		return h
 	}
 	// Only the headers keymux reads are converted to strings: clients send
-	// many more (user-agent, SDK telemetry) that would each cost an allocation.
-	var seenAuth, seenKey bool
+	// many more (user-agent, SDK telemetry) that would each cost an
+	// allocation. The raw values it reads are copied into one string and
+	// each field is a slice of it: one allocation per request.
+	var (
+		dsts              [16]*string
+		raws              [16][]byte
+		n, total          int
+		seenAuth, seenKey bool
+	)
 	for _, hv := range m.GetHeaders() {
 		var dst *string
 		switch k := hv.GetKey(); k {
@@ -105,7 +112,11 @@ func readRequestHeaders(m *corev3.HeaderMap) requestHeaders {
 		case hdrContentType:
 			dst = &h.contentType
 		case hdrContentLength:
-			h.contentLength = parseContentLength(headerValue(hv))
+			if raw := hv.GetRawValue(); len(raw) > 0 {
+				h.contentLength = parseContentLength(raw)
+			} else {
+				h.contentLength = parseContentLength(hv.GetValue())
+			}
 			continue
 		case hdrRequestID:
 			dst = &h.requestID
@@ -126,7 +137,24 @@ func readRequestHeaders(m *corev3.HeaderMap) requestHeaders {
 		default:
 			continue
 		}
-		*dst = headerValue(hv)
+		raw := hv.GetRawValue()
+		if len(raw) == 0 || n == len(dsts) {
+			*dst = headerValue(hv)
+			continue
+		}
+		dsts[n], raws[n] = dst, raw
+		n++
+		total += len(raw)
+	}
+	var b strings.Builder
+	b.Grow(total)
+	for _, raw := range raws[:n] {
+		b.Write(raw)
+	}
+	all, off := b.String(), 0
+	for i, raw := range raws[:n] {
+		*dsts[i] = all[off : off+len(raw)]
+		off += len(raw)
 	}
 	return h
 }
@@ -150,8 +178,8 @@ func findHeader(m *corev3.HeaderMap, name string) string {
 	return ""
 }
 
-func parseContentLength(v string) int64 {
-	if v == "" || len(v) > 18 {
+func parseContentLength[T string | []byte](v T) int64 {
+	if len(v) == 0 || len(v) > 18 {
 		return -1
 	}
 	var n int64

@@ -71,11 +71,14 @@ func TestTargetEveryProvider(t *testing.T) {
 				if c.op == msgs {
 					wantPath = tt.msgsPath
 				}
-				if got.path != wantPath || got.scheme != k.Scheme || got.authority != k.Host {
-					t.Errorf("%s: %s://%s%s, want %s://%s%s", c.path, got.scheme, got.authority, got.path, k.Scheme, k.Host, wantPath)
+				if got.fullPath() != wantPath || got.scheme != k.Scheme || got.authority != k.Host {
+					t.Errorf("%s: %s://%s%s, want %s://%s%s", c.path, got.scheme, got.authority, got.fullPath(), k.Scheme, k.Host, wantPath)
 				}
 				var gotHdr []hdr
-				for _, h := range got.headers {
+				var m mutationMsg
+				mut := m.start(nil)
+				got.eachHeader(func(name, part1, part2 string) { m.set(name, part1, part2) })
+				for _, h := range mut.GetSetHeaders() {
 					gotHdr = append(gotHdr, hdr{h.GetHeader().GetKey(), string(h.GetHeader().GetRawValue())})
 				}
 				if !slices.Equal(gotHdr, c.want) {

@@ -231,7 +231,7 @@ func cleanPath(p string) bool {
 	if len(p) < 2 || strings.Contains(p, "//") || strings.ContainsAny(p, "%\\") {
 		return false
 	}
-	for _, seg := range strings.Split(p[1:], "/") {
+	for seg := range strings.SplitSeq(p[1:], "/") {
 		if seg == "" || seg == "." || seg == ".." {
 			return false
 		}

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/codes"
@@ -81,9 +82,12 @@ var messageKindList = [...]string{"request_headers", "request_body", "request_tr
 	"response_headers", "response_body", "response_trailers", "unknown"}
 
 // newCallID returns a new call id: it joins Envoy's access-log entry to
-// keymux's record of the call (x-request-id is the client's to set).
-func (s *Server) newCallID() string {
-	return s.callPrefix + strconv.FormatUint(s.callSeq.Add(1), 36)
+// keymux's record of the call (x-request-id is the client's to set). The
+// id is written into buf, whose bytes the caller never changes afterwards
+// (the string is buf's memory: no allocation).
+func (s *Server) newCallID(buf []byte) string {
+	b := strconv.AppendUint(append(buf[:0], s.callPrefix...), s.callSeq.Add(1), 36)
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }
 
 // clientCounters are a client's requests and tokens of the current minute.
@@ -180,11 +184,12 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 	ctx := stream.Context()
 	s.open.Add(1)
 	defer s.open.Add(-1)
-	if md, _ := metadata.FromIncomingContext(ctx); slices.Contains(md.Get(FilterMetadataKey), FilterUpstream) {
+	if slices.Contains(metadata.ValueFromIncomingContext(ctx, FilterMetadataKey), FilterUpstream) {
 		return s.processAttempt(stream)
 	}
 	x := newExchange(s)
 	defer x.finish()
+	defer x.releaseReplies() // before finish: nothing reads a reply after the stream
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil

@@ -207,6 +207,16 @@ func Shape(k *Key, r Request) Upstream {
 
 // Shape returns how request r must look for key k under this spec.
 func (s *ProviderSpec) Shape(k *Key, r Request) Upstream {
+	u, cred := s.ShapeParts(k, r)
+	u.Auth.Value = cred.Prefix + k.Secret.Reveal()
+	return u
+}
+
+// ShapeParts is Shape without joining the credential: Auth.Value is left
+// empty and the credential's header and prefix are returned, for a caller
+// that writes the prefix and the secret itself (the request path, which
+// copies them into its reply without an allocation).
+func (s *ProviderSpec) ShapeParts(k *Key, r Request) (Upstream, Credential) {
 	var u Upstream
 	if s.Path != nil {
 		u.Path = s.Path(k, r)
@@ -221,7 +231,7 @@ func (s *ProviderSpec) Shape(k *Key, r Request) Upstream {
 	if r.Native && s.Native != nil {
 		api = s.Native
 	}
-	u.Auth = Header{Name: api.Auth.Header, Value: api.Auth.Prefix + k.Secret.Reveal()}
+	u.Auth = Header{Name: api.Auth.Header}
 	if api.VersionHeader != "" {
 		v := r.Version
 		if v == "" {
@@ -229,7 +239,7 @@ func (s *ProviderSpec) Shape(k *Key, r Request) Upstream {
 		}
 		u.Version = Header{Name: api.VersionHeader, Value: v}
 	}
-	return u
+	return u, api.Auth
 }
 
 // azurePath is Azure OpenAI's layout: /openai/deployments/{deployment}/…

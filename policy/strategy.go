@@ -122,6 +122,34 @@ func Select(cands []Candidate, strat Strategy, seq uint64, rnd float64) int {
 	return first // unreachable: k < count
 }
 
+// BestTier appends to dst the indexes of cands's best (lowest) priority
+// tier, in order: the candidates Select runs its strategy over.
+func BestTier(dst []int, cands []Candidate) []int {
+	if len(cands) == 0 {
+		return dst
+	}
+	best := priority(&cands[0])
+	for i := 1; i < len(cands); i++ {
+		best = min(best, priority(&cands[i]))
+	}
+	for i := range cands {
+		if priority(&cands[i]) == best {
+			dst = append(dst, i)
+		}
+	}
+	return dst
+}
+
+// SelectTier is Select over candidates of one priority tier (BestTier's,
+// kept by the caller): strat's pick, clamped as Select clamps it; -1 when
+// tier is empty.
+func SelectTier(tier []Candidate, strat Strategy, seq uint64, rnd float64) int {
+	if len(tier) == 0 {
+		return -1
+	}
+	return clampIndex(strat.Pick(tier, seq, rnd), len(tier))
+}
+
 // scratch holds buffers for Select's scattered-tier path.
 var scratch = sync.Pool{New: func() any { return new([]Candidate) }}
 

@@ -439,3 +439,33 @@ func TestStrategyInputs(t *testing.T) {
 		}
 	}
 }
+
+// TestSelectTierMatchesSelect: every strategy over BestTier's candidates
+// (SelectTier) picks the key Select picks over the whole list, priorities
+// mixed and scattered.
+func TestSelectTierMatchesSelect(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	for _, name := range Strategies() {
+		s := mustStrategy(t, name)
+		for round := range 300 {
+			n := 1 + rng.IntN(12)
+			cands := make([]Candidate, n)
+			for i := range cands {
+				cands[i] = cand(fmt.Sprintf("k%d", i), float64(1+rng.IntN(3)), rng.IntN(3), uint64(rng.IntN(5)), uint64(rng.IntN(4)))
+			}
+			seq, rnd := rng.Uint64(), rng.Float64()
+			idx := BestTier(nil, cands)
+			tier := make([]Candidate, len(idx))
+			for i, j := range idx {
+				tier[i] = cands[j]
+			}
+			want := Select(cands, s, seq, rnd)
+			if got := idx[SelectTier(tier, s, seq, rnd)]; got != want {
+				t.Fatalf("%s round %d: SelectTier picked %d, Select %d (cands %+v)", name, round, got, want, cands)
+			}
+		}
+	}
+	if got := SelectTier(nil, RoundRobin{}, 1, 0); got != -1 {
+		t.Errorf("SelectTier(empty) = %d, want -1", got)
+	}
+}

@@ -202,6 +202,7 @@ func (r *Runtime) ModelFor(model string) *ModelState {
 		}
 		list = append(list, &ModelState{Model: model})
 		if r.models.CompareAndSwap(old, &list) {
+			EligibilityChanged() // the key's admission now reads a model state
 			return list[len(list)-1]
 		}
 	}

@@ -39,6 +39,30 @@ type Runtime struct {
 	buckets [errBuckets]atomic.Uint64
 }
 
+// stateEpoch counts the changes of any key's state that can make it
+// eligible or ineligible (Update, EligibilityChanged). The request path
+// keeps each pool's eligible set until the epoch moves or the earliest
+// time-bound exclusion (a cooldown, an ejection) ends, instead of checking
+// every key of the pool per request.
+var stateEpoch atomic.Uint64
+
+// StateEpoch returns the number of eligibility changes so far (of every
+// key of every store in the process: a change anywhere only costs the
+// request path a rebuild).
+func StateEpoch() uint64 { return stateEpoch.Load() }
+
+// EligibilityChanged records a change of an input of eligibility kept
+// outside the key's State (it moves StateEpoch).
+func EligibilityChanged() { stateEpoch.Add(1) }
+
+// eligibilityMoved reports whether the fields policy.Eligible reads
+// differ between a and b.
+func eligibilityMoved(a, b *policy.KeyState) bool {
+	return a.Disabled != b.Disabled || a.DisabledReason != b.DisabledReason || a.ProbeFailed != b.ProbeFailed ||
+		!a.CooldownUntil.Equal(b.CooldownUntil) || !a.EjectedUntil.Equal(b.EjectedUntil) ||
+		!a.SlowStartFrom.Equal(b.SlowStartFrom)
+}
+
 // NewRuntime returns the state of a key never used.
 func NewRuntime() *Runtime { return &Runtime{} }
 
@@ -62,6 +86,9 @@ func (r *Runtime) Update(f func(policy.KeyState) policy.KeyState) policy.KeyStat
 		}
 		next := f(cur)
 		if r.state.CompareAndSwap(old, &next) {
+			if eligibilityMoved(&cur, &next) {
+				stateEpoch.Add(1)
+			}
 			return next
 		}
 	}

@@ -152,3 +152,36 @@ func TestErrorsInWindowEdges(t *testing.T) {
 		t.Errorf("after an out-of-order error: %d, want 3", got)
 	}
 }
+
+// TestStateEpoch: Update moves the epoch only when a field that decides
+// eligibility changes.
+func TestStateEpoch(t *testing.T) {
+	r := NewRuntime()
+	at := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name  string
+		f     func(policy.KeyState) policy.KeyState
+		moves bool
+	}{
+		{"failure count", func(s policy.KeyState) policy.KeyState { s.ConsecutiveFailures++; return s }, false},
+		{"probe time", func(s policy.KeyState) policy.KeyState { s.ProbedAt = at; return s }, false},
+		{"cooldown", func(s policy.KeyState) policy.KeyState { s.CooldownUntil = at; return s }, true},
+		{"same cooldown", func(s policy.KeyState) policy.KeyState { s.CooldownUntil = at.In(time.Local); return s }, false},
+		{"ejection", func(s policy.KeyState) policy.KeyState { s.EjectedUntil = at; return s }, true},
+		{"probe failed", func(s policy.KeyState) policy.KeyState { s.ProbeFailed = true; return s }, true},
+		{"disabled", func(s policy.KeyState) policy.KeyState { s.Disabled = true; return s }, true},
+		{"disabled reason", func(s policy.KeyState) policy.KeyState { s.DisabledReason = policy.DisabledQuota; return s }, true},
+		{"slow start", func(s policy.KeyState) policy.KeyState { s.SlowStartFrom = at; return s }, true},
+	} {
+		before := StateEpoch()
+		r.Update(tc.f)
+		if moved := StateEpoch() != before; moved != tc.moves {
+			t.Errorf("%s: epoch moved = %v, want %v", tc.name, moved, tc.moves)
+		}
+	}
+	before := StateEpoch()
+	EligibilityChanged()
+	if StateEpoch() != before+1 {
+		t.Errorf("EligibilityChanged: epoch %d, want %d", StateEpoch(), before+1)
+	}
+}

@@ -76,6 +76,10 @@ type Pool struct {
 	Model   string
 	Entries []*Entry
 	Seq     *atomic.Uint64
+	// Selection holds what the request path derives from Entries and the
+	// keys' states between requests (extproc's eligible set); each
+	// generation's pools start without.
+	Selection atomic.Value
 }
 
 // Options configures a Store.
@@ -91,6 +95,7 @@ type Options struct {
 // it, then to the garbage collector.
 type Store struct {
 	db     atomic.Pointer[memdb.MemDB]
+	snap   atomic.Pointer[Snapshot] // the current state's shared Snapshot (publish)
 	logger *slog.Logger
 	ready  atomic.Bool
 
@@ -110,7 +115,7 @@ func New(opts Options) (*Store, error) {
 		return nil, fmt.Errorf("store schema: %w", err)
 	}
 	s := &Store{changed: make(chan struct{})}
-	s.db.Store(db)
+	s.publish(db)
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -164,7 +169,7 @@ func (s *Store) ApplyContext(ctx context.Context, cfg *Config, src SourceInfo) (
 		return 0, err
 	}
 	txn.Commit()
-	s.db.Store(db)
+	s.publish(db)
 	s.ready.Store(true)
 	s.notifyLocked()
 	s.logger.Info("config applied", "generation", gen, "source", src.Source,
@@ -530,6 +535,7 @@ func (s *Store) SetSourceInfo(src SourceInfo) {
 		return
 	}
 	txn.Commit()
+	s.publish(s.db.Load())
 	s.notifyLocked()
 }
 
@@ -555,19 +561,41 @@ func (s *Store) Status() Status {
 	}
 }
 
-// Read returns a consistent, read-only view of the current configuration.
-// It is cheap (one memdb read transaction) and never blocks writers.
-func (s *Store) Read() *Snapshot {
-	return &Snapshot{txn: s.db.Load().Txn(false)}
+// Read returns a consistent, read-only view of the current configuration:
+// one atomic load, no allocation (every reader shares the Snapshot taken
+// at the last commit), and it never blocks writers.
+func (s *Store) Read() *Snapshot { return s.snap.Load() }
+
+// publish makes db, just committed, the current state: the database
+// writers start from and the Snapshot readers share. Writers call it with
+// s.mu held (New before the store is shared).
+func (s *Store) publish(db *memdb.MemDB) {
+	s.db.Store(db)
+	s.snap.Store(newSnapshot(db.Txn(false)))
 }
 
 // Snapshot is one generation of the configuration. Objects it returns are
 // shared and immutable: copy before changing.
-// A Snapshot may be shared between goroutines.
+// A Snapshot may be shared between goroutines (a memdb read transaction
+// only reads its trees).
 type Snapshot struct {
 	txn      *memdb.Txn
 	metaRow  atomic.Pointer[metaRow]
 	settings atomic.Pointer[policy.Settings]
+	byToken  map[[32]byte]*policy.Client // the enabled clients by token_sha256
+}
+
+// newSnapshot returns the Snapshot of the read transaction txn, with its
+// enabled clients indexed by token hash: the request path looks a client
+// up with one map read instead of a memdb index walk (which allocates).
+func newSnapshot(txn *memdb.Txn) *Snapshot {
+	s := &Snapshot{txn: txn, byToken: map[[32]byte]*policy.Client{}}
+	for _, c := range s.Clients() {
+		if c.Enabled {
+			s.byToken[c.TokenSHA256] = c
+		}
+	}
+	return s
 }
 
 var (
@@ -637,14 +665,7 @@ func (s *Snapshot) rule(keyID, model string) *policy.Rule {
 // ClientByTokenSHA256 returns the enabled client whose token hashes to sum,
 // or nil (also for a disabled client).
 func (s *Snapshot) ClientByTokenSHA256(sum [32]byte) *policy.Client {
-	raw, err := s.txn.First(tableClients, indexTokenSHA256, sum[:])
-	if err != nil || raw == nil {
-		return nil
-	}
-	if c := raw.(*clientRow).Client; c.Enabled {
-		return c
-	}
-	return nil
+	return s.byToken[sum]
 }
 
 // Client returns the client with id (enabled or not), or nil.

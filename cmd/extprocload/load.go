@@ -163,11 +163,25 @@ func phase(ctx context.Context, conn *grpc.ClientConn, x exchange, conc int, d t
 type result struct {
 	lat  []time.Duration
 	wall time.Duration
+	cpu  time.Duration // the server process's CPU time over the phases (-1: unknown)
 }
 
-func (r *result) add(lat []time.Duration, wall time.Duration) {
+func (r *result) add(lat []time.Duration, wall, cpu time.Duration) {
 	r.lat = append(r.lat, lat...)
 	r.wall += wall
+	if cpu < 0 || r.cpu < 0 {
+		r.cpu = -1
+		return
+	}
+	r.cpu += cpu
+}
+
+// cpuPerRequest is the server's CPU time per request in µs, "-" when unknown.
+func (r *result) cpuPerRequest() string {
+	if r.cpu < 0 || len(r.lat) == 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(float64(r.cpu)/float64(time.Microsecond)/float64(len(r.lat)), 'f', 0, 64)
 }
 
 // quantile is the q-quantile (nearest rank) of r's latencies.
@@ -217,6 +231,7 @@ func runLoad(ctx context.Context, o options, stdout, stderr io.Writer) (err erro
 	}
 	args := []string{"serve", "--config", cfg, "--grpc", "127.0.0.1:0", "--admin", "127.0.0.1:0",
 		"--allow-upstream", upstream, "--log-level", "warn"}
+	args = append(args, strings.Fields(o.keymuxArgs)...)
 	var pprofAddr string
 	if o.cpuProfile != "" || o.allocProfile != "" {
 		if pprofAddr, err = freeAddr(); err != nil {
@@ -260,11 +275,16 @@ func runLoad(ctx context.Context, o options, stdout, stderr io.Writer) (err erro
 	for li, c := range levels {
 		for range o.rounds {
 			for _, s := range servers {
+				cpu0 := s.cpuTime()
 				lat, wall, err := phase(ctx, s.conn, x, c, o.duration, o.requests)
 				if err != nil {
 					return fmt.Errorf("%s at concurrency %d: %w", s.name, c, err)
 				}
-				results[s.name][li].add(lat, wall)
+				cpu := s.cpuTime() - cpu0
+				if cpu0 < 0 {
+					cpu = -1
+				}
+				results[s.name][li].add(lat, wall, cpu)
 			}
 		}
 	}
@@ -317,13 +337,13 @@ func writeTable(w io.Writer, levels []int, km, noop []result) {
 		}
 		return strconv.FormatFloat(a/b, 'f', 2, 64)
 	}
-	fmt.Fprintln(w, "| concurrency | requests keymux / no-op | keymux p50 / p99 (ms) | no-op p50 / p99 (ms) | ratio p50 / p99 | keymux / no-op req/s | throughput ratio |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| concurrency | requests keymux / no-op | keymux p50 / p99 (ms) | no-op p50 / p99 (ms) | ratio p50 / p99 | keymux / no-op req/s | throughput ratio | CPU µs/request keymux / no-op |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 	for i, c := range levels {
 		k, n := &km[i], &noop[i]
 		kp50, kp99, np50, np99 := k.quantile(.5), k.quantile(.99), n.quantile(.5), n.quantile(.99)
-		fmt.Fprintf(w, "| %d | %d / %d | %s / %s | %s / %s | %s / %s | %.0f / %.0f | %s |\n", c, len(k.lat), len(n.lat),
+		fmt.Fprintf(w, "| %d | %d / %d | %s / %s | %s / %s | %s / %s | %.0f / %.0f | %s | %s / %s |\n", c, len(k.lat), len(n.lat),
 			ms(kp50), ms(kp99), ms(np50), ms(np99), ratio(float64(kp50), float64(np50)), ratio(float64(kp99), float64(np99)),
-			k.throughput(), n.throughput(), ratio(k.throughput(), n.throughput()))
+			k.throughput(), n.throughput(), ratio(k.throughput(), n.throughput()), k.cpuPerRequest(), n.cpuPerRequest())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,12 @@ func TestSmoke(t *testing.T) {
 	for i, prefix := range []string{"| 1 | 10 / 10 |", "| 4 | 10 / 10 |"} {
 		if !strings.HasPrefix(lines[2+i], prefix) {
 			t.Errorf("row %d = %q, want prefix %q", i, lines[2+i], prefix)
+		}
+		// The last column: each server's CPU time per request (from
+		// /proc, which this Linux machine has).
+		cells := strings.Split(strings.Trim(lines[2+i], "| "), " | ")
+		if cpu := cells[len(cells)-1]; len(cells) != 8 || !regexp.MustCompile(`^[0-9]+ / [0-9]+$`).MatchString(cpu) {
+			t.Errorf("row %d = %q, want 8 cells ending with CPU µs per request of keymux / no-op", i, lines[2+i])
 		}
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -28,6 +30,7 @@ type options struct {
 	noop         bool
 	grpc         string // -noop: the address to serve on
 	keymux       string
+	keymuxArgs   string
 	keys         int
 	rounds       int
 	duration     time.Duration
@@ -43,6 +46,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.BoolVar(&o.noop, "noop", false, "serve the no-op ext_proc processor on -grpc instead of measuring")
 	fs.StringVar(&o.grpc, "grpc", "127.0.0.1:0", "-noop: address to serve on")
 	fs.StringVar(&o.keymux, "keymux", "", "keymux binary (empty: `go build ./cmd/keymux` into a temporary directory)")
+	fs.StringVar(&o.keymuxArgs, "keymux-args", "", "extra arguments of `keymux serve`, space-separated (e.g. \"--grpc-spans\")")
 	fs.IntVar(&o.keys, "keys", 10, "keys in the generated configuration")
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds per concurrency (each: one keymux phase, one no-op phase)")
 	fs.DurationVar(&o.duration, "duration", 2*time.Second, "length of one phase")
@@ -218,6 +222,35 @@ func (s *server) stop() error {
 		<-s.done
 		return fmt.Errorf("%s did not stop within 10 s of SIGTERM", s.name)
 	}
+}
+
+// clockTicks is the unit of the CPU times in /proc/PID/stat (USER_HZ,
+// 100 on Linux).
+const clockTicks = 100
+
+// cpuTime is the process's CPU time so far (user and system), from
+// /proc/PID/stat; -1 where that cannot be read.
+func (s *server) cpuTime() time.Duration {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(s.cmd.Process.Pid) + "/stat")
+	if err != nil {
+		return -1
+	}
+	// The fields after the command name, which ends with the last ')':
+	// state is field 3, utime and stime are fields 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return -1
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return time.Duration(utime+stime) * time.Second / clockTicks
 }
 
 // freeAddr returns a loopback address that was free a moment ago.

@@ -64,6 +64,9 @@ type serveOptions struct {
 	// usageFromBody: Envoy has no http_grpc logger to keymux or no usage
 	// filters; keymux reads usage from response bodies (STREAMED).
 	usageFromBody bool
+	// grpcSpans: an OpenTelemetry server span per gRPC stream (otelgrpc),
+	// besides keymux's own span per request.
+	grpcSpans bool
 }
 
 // listFlag is a comma-separated list flag; the default stands until the
@@ -109,6 +112,7 @@ func (o *serveOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&o.callLog, "call-log", "", "call log destination: a file path, \"-\" for stdout, empty for none")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on shutdown, how long to wait for open ext_proc streams and their access-log entries")
+	fs.BoolVar(&o.grpcSpans, "grpc-spans", false, "trace every gRPC stream (an OpenTelemetry server span per ext_proc stream, each its own trace) besides keymux's span per request")
 	fs.BoolVar(&o.usageFromBody, "usage-from-body", false, "read token usage from response bodies (STREAMED, a round trip per chunk): for an Envoy without the http_grpc access logger to keymux or the usage filters")
 	o.secretEnv.vals = store.DefaultSecretEnv
 	o.secretDirs.vals = store.DefaultSecretDirs
@@ -358,10 +362,14 @@ func (sc *sidecar) startGRPC(ctx context.Context, o serveOptions, tp trace.Trace
 	sc.extproc = srv
 	go srv.Run(ctx)
 	gopts := []grpc.ServerOption{
-		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp))),
 		// Envoy sends a BUFFERED body in one message; envoy.yaml buffers up
 		// to 32 MiB, above grpc-go's 4 MiB default.
 		grpc.MaxRecvMsgSize(maxGRPCMessage), grpc.MaxSendMsgSize(maxGRPCMessage),
+	}
+	if o.grpcSpans {
+		// keymux's own span covers each request; the stream's span (and
+		// the metadata copy and the stats it costs per stream) is opt-in.
+		gopts = append(gopts, grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp))))
 	}
 	creds, err := o.grpcTLS.serverOption()
 	if err != nil {

@@ -1,0 +1,124 @@
+package extproc
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/keymux/keymux/policy"
+	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/telemetry"
+)
+
+// ids lists the key ids of entries.
+func ids(entries []*store.Entry) []string {
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Key.ID)
+	}
+	return out
+}
+
+// TestEligibleSetFollowsStates: the pool's eligible set is reused while no
+// key's state moves, rebuilt when one does (a cooldown, a probe result), and
+// when a time-bound exclusion ends without any state change; its tier is
+// the best priority among the eligible keys. While a key is in slow start
+// or has a per-model state, the pool is scanned per request.
+func TestEligibleSetFollowsStates(t *testing.T) {
+	st := newTestStore(t, `
+keys:
+  a: {provider: openai, secret: sk-a}
+  b: {provider: openai, secret: sk-b}
+  c: {provider: openai, secret: sk-c, priority: 1}
+`)
+	pool := st.Read().Pool("")
+	key := func(id string) *store.Entry {
+		return pool.Entries[slices.IndexFunc(pool.Entries, func(e *store.Entry) bool { return e.Key.ID == id })]
+	}
+	t0 := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
+	const slow = 30 * time.Second // settings.ejection.slow_start
+
+	type want struct{ entries, tier []string }
+	check := func(step string, now time.Time, w want) *eligibleSet {
+		t.Helper()
+		s := eligibleOf(pool, now, slow)
+		if s == nil {
+			t.Fatalf("%s: no set (scanned per request)", step)
+		}
+		if got := ids(s.entries); !slices.Equal(got, w.entries) {
+			t.Errorf("%s: eligible %v, want %v", step, got, w.entries)
+		}
+		if got := ids(s.tierEntries); !slices.Equal(got, w.tier) {
+			t.Errorf("%s: tier %v, want %v", step, got, w.tier)
+		}
+		for i, c := range s.tier {
+			if c.Key != s.tierEntries[i].Key {
+				t.Errorf("%s: tier candidate %d is key %s, entry %s", step, i, c.Key.ID, s.tierEntries[i].Key.ID)
+			}
+		}
+		return s
+	}
+
+	first := check("start", t0, want{[]string{"a", "b", "c"}, []string{"a", "b"}})
+	if again := check("unchanged", t0.Add(time.Second), want{[]string{"a", "b", "c"}, []string{"a", "b"}}); again != first {
+		t.Errorf("unchanged states: the set was rebuilt")
+	}
+
+	// A state change that does not touch eligibility keeps the set.
+	key("a").RT.Update(func(s policy.KeyState) policy.KeyState { s.ConsecutiveFailures++; return s })
+	if again := eligibleOf(pool, t0, slow); again != first {
+		t.Errorf("a failure count moved: the set was rebuilt")
+	}
+
+	// a cools down for 10 s, b fails its probe: c's tier is the best left.
+	key("a").RT.Update(func(s policy.KeyState) policy.KeyState { s.CooldownUntil = t0.Add(10 * time.Second); return s })
+	key("b").RT.Update(func(s policy.KeyState) policy.KeyState { s.ProbeFailed = true; return s })
+	s := check("a cooling, b probe failed", t0, want{[]string{"c"}, []string{"c"}})
+	if !s.until.Equal(t0.Add(10 * time.Second)) {
+		t.Errorf("until %v, want the end of a's cooldown %v", s.until, t0.Add(10*time.Second))
+	}
+	wantSkipped := []telemetry.Skip{
+		{KeyID: "a", Reason: policy.ReasonCoolingDown, Until: t0.Add(10 * time.Second)},
+		{KeyID: "b", Reason: policy.ReasonProbeFailed},
+	}
+	if !slices.Equal(s.skipped, wantSkipped) {
+		t.Errorf("skipped %+v, want %+v", s.skipped, wantSkipped)
+	}
+	check("just before a's cooldown ends", t0.Add(10*time.Second-time.Nanosecond), want{[]string{"c"}, []string{"c"}})
+	// No state change: the end of the cooldown alone brings a back.
+	check("a's cooldown over", t0.Add(10*time.Second), want{[]string{"a", "c"}, []string{"a"}})
+
+	key("b").RT.Update(func(s policy.KeyState) policy.KeyState { s.ProbeFailed = false; return s })
+	check("b's probe passes", t0.Add(11*time.Second), want{[]string{"a", "b", "c"}, []string{"a", "b"}})
+
+	// b back from an ejection: in slow start (the selection's number
+	// decides) the pool is scanned per request until the slow start ends.
+	t1 := t0.Add(time.Minute)
+	key("b").RT.Update(func(s policy.KeyState) policy.KeyState { s.SlowStartFrom = t1; return s })
+	if s := eligibleOf(pool, t1.Add(slow-time.Nanosecond), slow); s != nil {
+		t.Errorf("b in slow start: a set %v, want a scan per request", ids(s.entries))
+	}
+	check("b's slow start over", t1.Add(slow), want{[]string{"a", "b", "c"}, []string{"a", "b"}})
+
+	// c gets a per-model state (headroom: the request's estimate decides).
+	c := key("c").RT.ModelFor("gpt-4o")
+	if c == nil {
+		t.Fatal("no model state")
+	}
+	if s := eligibleOf(pool, t1.Add(slow), slow); s != nil {
+		t.Errorf("c with a model state: a set %v, want a scan per request", ids(s.entries))
+	}
+}
+
+// TestEligibleSetNotForLimits: a pool with a key under rpm/tpm limits is
+// scanned per request (its eligibility moves with every request).
+func TestEligibleSetNotForLimits(t *testing.T) {
+	st := newTestStore(t, `
+keys:
+  a: {provider: openai, secret: sk-a}
+  b: {provider: openai, secret: sk-b, limits: {rpm: 5}}
+`)
+	if s := eligibleOf(st.Read().Pool(""), time.Now(), policy.DefaultSlowStart); s != nil {
+		t.Errorf("eligible set %v for a pool with limits, want none", ids(s.entries))
+	}
+}
