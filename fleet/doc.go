@@ -57,7 +57,8 @@
 //
 // # Exposure
 //
-// Status (/status "fleet"): mode, id, whether registered, members and rank,
+// Status (/status "fleet"): mode, id, whether registered and what notices
+// its death (liveness: check or session_ttl), members and rank,
 // every limit with this instance's share, the shared records known and those
 // refused, and the counters. Metrics: keymux_fleet_members,
 // keymux_fleet_state_writes_total{result}, keymux_fleet_state_applied_total,
