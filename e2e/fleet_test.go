@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+
 	"github.com/keymux/keymux/examples/mockupstream"
 	"github.com/keymux/keymux/testutil/consultest"
 	"github.com/keymux/keymux/testutil/syncbuf"
@@ -30,9 +32,9 @@ import (
 //     (a long cooldown of the whole key is shared: fleet's unit tests).
 //  4. A state record from the future is refused, with its path and reason
 //     on /status.
-//  5. Killing a sidecar (SIGKILL, then its session ended as Consul ends it
-//     when the TTL runs out) re-balances the shares of the two others
-//     within 15 s.
+//  5. Killing a sidecar (SIGKILL, nothing else: its liveness check goes
+//     critical and Consul ends its session) re-balances the shares of the
+//     two others within 15 s.
 func TestFleetThreeSidecars(t *testing.T) {
 	a := consultest.Start(t)
 	useConsul(t, a)
@@ -211,13 +213,21 @@ func TestFleetThreeSidecars(t *testing.T) {
 		if err != nil || pair == nil || pair.Session == "" {
 			t.Fatalf("members/%s: %v %+v", id, err, pair)
 		}
+		sess, _, err := a.Client().Session().Info(pair.Session, nil)
+		if err != nil || sess == nil {
+			t.Fatalf("session of members/%s: %v %+v", id, err, sess)
+		}
+		if want := []api.ServiceCheck{{ID: "keymux-member-" + id}}; !slices.Equal(sess.ServiceChecks, want) || !slices.Equal(sess.NodeChecks, []string{"serfHealth"}) {
+			t.Fatalf("session checks: node %v service %v, want [serfHealth] %v", sess.NodeChecks, sess.ServiceChecks, want)
+		}
+		if l := child.fleet().Liveness; l != "check" {
+			t.Fatalf("child's liveness %q, want check", l)
+		}
 		killed := time.Now()
 		child.kill()
-		// Consul ends a dead member's session once its TTL runs out
-		// (10–20s); the test ends it at once, as that expiry would.
-		if _, err := a.Client().Session().Destroy(pair.Session, nil); err != nil {
-			t.Fatal(err)
-		}
+		// Nothing else: the killed member's liveness check goes critical
+		// after its TTL (3s) and Consul invalidates its session at once,
+		// deleting members/<id>.
 		for i, g := range gs[:2] {
 			wait.Until(t, 15*time.Second, fmt.Sprintf("sidecar %d re-balanced", i), func() bool {
 				f := g.fleet()
@@ -238,11 +248,12 @@ func fleetWrites(gs []*consulGateway) (n uint64) {
 
 // fleetDoc is the part of /status these tests read.
 type fleetDoc struct {
-	ID      string       `json:"id"`
-	Members []string     `json:"members"`
-	Rank    int          `json:"rank"`
-	Shares  []fleetShare `json:"shares"`
-	Refused []struct {
+	ID       string       `json:"id"`
+	Liveness string       `json:"liveness"`
+	Members  []string     `json:"members"`
+	Rank     int          `json:"rank"`
+	Shares   []fleetShare `json:"shares"`
+	Refused  []struct {
 		Path   string `json:"path"`
 		Reason string `json:"reason"`
 	} `json:"refused"`

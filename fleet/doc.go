@@ -39,8 +39,15 @@
 // Each instance registers as <prefix>members/<id> (id: hostname-pid-random),
 // an entry held by a Consul session (TTL 10s renewed every TTL/3, behavior
 // delete): Consul deletes the entry when the instance stops (it destroys its
-// session) or dies (its session expires after the TTL; Consul allows itself
-// up to twice the TTL). The Consul source hands the live ids to
+// session) or dies. To notice a death sooner than the session TTL (Consul
+// allows itself up to twice the TTL: 10–20s), the instance registers on its
+// local agent a service keymux-member-<id> with a TTL check (LivenessTTL,
+// 3s) that it passes every TTL/3, and the session depends on that check and
+// serfHealth: a killed instance's check goes critical within 3s and Consul
+// invalidates the session then (liveness.go). The service is deregistered
+// on a clean stop and reaped by the agent a minute after a death. An agent
+// that refuses it (ACL without service:write on keymux-member) leaves the
+// session on the TTL alone, with a warning. The Consul source hands the live ids to
 // Fleet.OnMembers; this instance counts itself in, and stores the number of
 // members N and its rank r in the sorted ids in Store.Fleet, where the
 // request path reads them with one atomic load: each key and client limit L
@@ -50,7 +57,8 @@
 //
 // # Exposure
 //
-// Status (/status "fleet"): mode, id, whether registered, members and rank,
+// Status (/status "fleet"): mode, id, whether registered and what notices
+// its death (liveness: check or session_ttl), members and rank,
 // every limit with this instance's share, the shared records known and those
 // refused, and the counters. Metrics: keymux_fleet_members,
 // keymux_fleet_state_writes_total{result}, keymux_fleet_state_applied_total,

@@ -59,6 +59,10 @@ type Config struct {
 	// SessionTTL of the membership session (default DefaultSessionTTL,
 	// 10s–24h as Consul allows).
 	SessionTTL time.Duration
+	// LivenessTTL of the member's own check on the local Consul agent,
+	// which the session depends on (default DefaultLivenessTTL; 1s up to
+	// SessionTTL; negative: no check, the session TTL alone).
+	LivenessTTL time.Duration
 	// QueueSize bounds the observations waiting for the writer (default
 	// DefaultQueueSize); more are dropped and counted.
 	QueueSize int
@@ -81,6 +85,7 @@ type Fleet struct {
 
 	registered atomic.Bool
 	abandon    atomic.Bool // test hook: on stop, leave the session to expire
+	liveCheck  atomic.Bool // the member's session depends on its own check
 
 	mu      sync.Mutex
 	members []string // sorted, this instance included
@@ -134,6 +139,12 @@ func New(cfg Config) (*Fleet, error) {
 	}
 	if err := consul.CheckSessionTTL(cfg.SessionTTL); err != nil {
 		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	if cfg.LivenessTTL == 0 {
+		cfg.LivenessTTL = DefaultLivenessTTL
+	}
+	if cfg.LivenessTTL > 0 && (cfg.LivenessTTL < time.Second || cfg.LivenessTTL > cfg.SessionTTL) {
+		return nil, fmt.Errorf("fleet: liveness TTL %s: want 1s up to the session TTL %s", cfg.LivenessTTL, cfg.SessionTTL)
 	}
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = DefaultQueueSize

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -31,15 +32,19 @@ func (f *Fleet) register(ctx context.Context) {
 // until the session is lost or ctx ends, then destroy it (Consul deletes
 // the entry with it).
 func (f *Fleet) term(ctx context.Context) error {
-	sess := f.cfg.Consul.Session()
-	id, _, err := sess.Create(&api.SessionEntry{
+	se := &api.SessionEntry{
 		Name:     "keymux-member " + f.cfg.ID,
 		TTL:      f.cfg.SessionTTL.String(),
 		Behavior: api.SessionBehaviorDelete,
 		// The entry's name is unique to this process: no other holder
 		// needs protecting from a lock-delay.
 		LockDelay: time.Millisecond,
-	}, (&api.WriteOptions{}).WithContext(ctx))
+	}
+	live := f.liveness(ctx, se)
+	if live != nil {
+		defer f.dropLiveness(ctx, live)
+	}
+	id, _, err := f.cfg.Consul.Session().Create(se, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("create session: %w", err)
 	}
@@ -53,10 +58,59 @@ func (f *Fleet) term(ctx context.Context) error {
 	case !ok:
 		return fmt.Errorf("register %s: held by another session", path)
 	}
+	f.liveCheck.Store(live != nil)
 	f.registered.Store(true)
 	defer f.registered.Store(false)
-	f.log.Info("fleet: registered as a member", "path", path, "session_ttl", f.cfg.SessionTTL)
+	if live != nil {
+		pctx, stop := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			live.pass(pctx, func(err error) { f.log.Debug("fleet: liveness update failed", "check", live.id, "error", err) })
+		})
+		defer wg.Wait()
+		defer stop()
+	}
+	f.log.Info("fleet: registered as a member", "path", path, "session_ttl", f.cfg.SessionTTL, "liveness_ttl", f.livenessTTL(live))
 	return consul.RenewSession(ctx, f.cfg.Consul, id, f.cfg.SessionTTL, f.cfg.SessionTTL/3)
+}
+
+// liveness registers the member's check on the local agent and makes se
+// depend on it; it returns nil (se keeps Consul's default checks: the
+// session TTL alone notices a dead member) when the agent refuses it, e.g.
+// an ACL token without service:write, with a warning.
+func (f *Fleet) liveness(ctx context.Context, se *api.SessionEntry) *liveness {
+	if f.cfg.LivenessTTL < 0 {
+		return nil
+	}
+	live := newLiveness(f.cfg.Consul, f.cfg.ID, f.cfg.LivenessTTL)
+	if err := live.register(ctx); err != nil {
+		if ctx.Err() == nil {
+			f.log.Warn("fleet membership: no liveness check; a killed member leaves only when its session expires (up to twice session_ttl)",
+				"session_ttl", f.cfg.SessionTTL, "error", err)
+		}
+		return nil
+	}
+	live.session(se)
+	return live
+}
+
+// livenessTTL is the TTL of live for logs (0: none).
+func (f *Fleet) livenessTTL(live *liveness) time.Duration {
+	if live == nil {
+		return 0
+	}
+	return live.ttl
+}
+
+// dropLiveness deregisters the member's check, unless the test hook
+// leaves it to go critical as a crashed process's would.
+func (f *Fleet) dropLiveness(ctx context.Context, live *liveness) {
+	if f.abandon.Load() {
+		return
+	}
+	if err := live.deregister(ctx); err != nil {
+		f.log.Debug("fleet: liveness deregistration failed", "error", err)
+	}
 }
 
 // endSession destroys session id (its member entry goes with it), with a

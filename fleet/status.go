@@ -16,6 +16,10 @@ type Status struct {
 	Mode       string `json:"mode"` // "standalone" | "consul"
 	ID         string `json:"id"`
 	Registered bool   `json:"registered"` // this instance's member entry is held
+	// Liveness says what notices this instance's death while registered:
+	// "check" (its own TTL check, within 3s) or "session_ttl" (the agent
+	// refused the check: 10–20s).
+	Liveness string `json:"liveness,omitempty"`
 	// Members are the live members (this one included), in rank order;
 	// Rank is this instance's place among them.
 	Members []string `json:"members"`
@@ -75,6 +79,12 @@ func (f *Fleet) Status() Status {
 	f.mu.Unlock()
 	if f.shared() {
 		st.Mode = "consul"
+	}
+	if st.Registered {
+		st.Liveness = "session_ttl"
+		if f.liveCheck.Load() {
+			st.Liveness = "check"
+		}
 	}
 	members, rank := f.view.View()
 	st.Rank = rank
