@@ -245,7 +245,7 @@ func readPartHeaders(body []byte, off int) (name string, plain bool, contentStar
 			lines = nil
 		}
 		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 || bytes.ContainsAny(line, "\r\n\x00") {
+		if colon <= 0 || !validHeaderLine(line, colon) {
 			return "", false, 0, badForm("a part has a malformed header line.")
 		}
 		key, val := line[:colon], bytes.TrimSpace(line[colon+1:])
@@ -275,6 +275,32 @@ func readPartHeaders(body []byte, off int) (name string, plain bool, contentStar
 		return "", false, 0, badForm("a part has no Content-Disposition header.")
 	}
 	return name, plain, contentStart, nil
+}
+
+// validHeaderLine: the name before colon is an HTTP token and the value
+// holds no control byte but HTAB, as Go's MIME header reader (and most
+// servers) demand, so that keymux and the provider never read a part's
+// headers differently.
+func validHeaderLine(line []byte, colon int) bool {
+	for _, c := range line[:colon] {
+		if !isTokenByte(c) {
+			return false
+		}
+	}
+	for _, c := range line[colon+1:] {
+		if (c < ' ' && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func isTokenByte(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
 func asciiEqualFold(b []byte, s string) bool {

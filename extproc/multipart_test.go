@@ -102,6 +102,8 @@ func TestParseFormRefusals(t *testing.T) {
 		{"boundary inside a part", string(formBody(testBoundary, "Content-Disposition: form-data; name=\"file\"\n\nabc\n--"+testBoundary+"\nContent-Disposition: form-data; name=\"model\"\n\nevil", modelPart)), "invalid_multipart", "the boundary appears inside a part instead of on a line of its own."},
 		{"text after the boundary", "--" + testBoundary + "X\r\n\r\n--" + testBoundary + "--", "invalid_multipart", "a delimiter line has text after the boundary."},
 		{"boundary after the end", string(formBody(testBoundary, modelPart)) + "\r\n--" + testBoundary + "\r\n", "invalid_multipart", "the boundary appears after the closing delimiter."},
+		{"control byte in a header", string(formBody(testBoundary, "Content-Disposition: form-data; name=\x16\n\nx", modelPart)), "invalid_multipart", "a part has a malformed header line."},
+		{"space in a header name", string(formBody(testBoundary, "Content Disposition: form-data; name=\"model\"\n\nx", modelPart)), "invalid_multipart", "a part has a malformed header line."},
 		{"no disposition", string(formBody(testBoundary, "Content-Type: text/plain\n\nx")), "invalid_multipart", "a part has no Content-Disposition header."},
 		{"no headers", "--" + testBoundary + "\r\n\r\nx\r\n--" + testBoundary + "--", "invalid_multipart", "a part has no Content-Disposition header."},
 		{"not form-data", string(formBody(testBoundary, "Content-Disposition: attachment; name=\"model\"\n\nx")), "invalid_multipart", "a part's Content-Disposition is not form-data."},

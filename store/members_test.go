@@ -189,7 +189,7 @@ func decodeFileOracle(data []byte) (*File, error) {
 	if t := bytes.TrimSpace(js); len(t) == 0 || t[0] != '{' {
 		return nil, fmt.Errorf("%w: want an object with settings, keys, rules, clients", ErrBadFile)
 	}
-	if name, why := checkFieldNamesOracle(js, &fileRaw{}); name != "" {
+	if name, why := checkFieldNamesOracle(js, &fileRaw{}); why != "" {
 		if why == "unknown" {
 			return nil, fmt.Errorf("%w: unknown top-level field %q (want settings, keys, rules, clients)", ErrBadFile, truncate(name, 64))
 		}
