@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,6 +52,12 @@ type exchange struct {
 	callID   string    // joins Envoy's access-log entry to this record (set when forwarded)
 	att      *attempts // shared with the upstream filter's attempts (set when forwarded)
 	call     telemetry.Call
+
+	sctx        context.Context // the Process stream's
+	obj         objectState     // the account-scoped objects the request names or creates
+	waited      bool            // an unknown object id already waited for its record
+	bodyChanged bool            // the request body's object ids were replaced
+	jwtSubject  string          // jwt_claim: the owner identity of the verified JWT
 }
 
 func newExchange(s *Server) *exchange {
@@ -124,6 +131,11 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 	if aerr := x.clientLimits(); aerr != nil {
 		return x.refuse(aerr)
 	}
+	if local, aerr := x.objectsOnHeaders(); aerr != nil {
+		return x.refuse(aerr)
+	} else if local != nil {
+		return local
+	}
 	if limit := x.settings.MaxBodyBytes; limit > 0 && x.hdr.contentLength > limit {
 		return x.refuse(tooLarge(limit))
 	}
@@ -157,16 +169,41 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		return x.refuse(tooLarge(limit))
 	}
 	if x.route.op.model == modelNone {
-		// An object endpoint with a body keymux has no use for: forward it.
+		// An object endpoint: a JSON body may name objects; any other body
+		// (a multipart upload) is forwarded as it came.
+		var newBody []byte
+		if strings.HasPrefix(x.hdr.contentType, "application/json") && x.obj.kind != nil {
+			if _, aerr := parseBody(body, modelOptional, x.settings.MaxJSONDepth); aerr != nil {
+				return x.refuse(aerr)
+			}
+			nb, aerr := x.objectsInBody(body)
+			if aerr != nil {
+				return x.refuse(aerr)
+			}
+			newBody = nb
+		}
 		mut, aerr := x.forward("")
 		if aerr != nil {
 			return x.refuse(aerr)
 		}
-		return x.withMetadata(bodyReply(mut, nil, true))
+		if newBody != nil {
+			mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrContentLength, strconv.Itoa(len(newBody))))
+		}
+		return x.withMetadata(bodyReply(mut, newBody, true))
 	}
 	bi, aerr := parseBody(body, x.route.op.model, x.settings.MaxJSONDepth)
 	if aerr != nil {
 		return x.refuse(aerr)
+	}
+	if unTagged, aerr := x.objectsInBody(body); aerr != nil {
+		return x.refuse(aerr)
+	} else if unTagged != nil {
+		// The provider's ids are as long or shorter: re-read the model's place.
+		body = unTagged
+		if bi, aerr = parseBody(body, x.route.op.model, x.settings.MaxJSONDepth); aerr != nil {
+			return x.refuse(aerr)
+		}
+		x.bodyChanged = true
 	}
 	x.call.Stream = bi.stream
 	if x.hdr.affinity == "" {
@@ -179,6 +216,8 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	var newBody []byte
 	if x.call.ModelFinal != bi.model {
 		newBody = patchModel(body, bi, x.call.ModelFinal)
+	} else if x.bodyChanged {
+		newBody = body
 	}
 	if x.wantsStreamUsage(bi) {
 		src := body
@@ -250,6 +289,7 @@ func (x *exchange) authenticate(md *corev3.Metadata) *apiError {
 			return &apiError{Status: 403, Type: typePermission, Code: "insufficient_permissions",
 				Message: "The token does not carry the claim " + a.Claim + "=" + a.Value + "."}
 		}
+		x.jwtSubject = jwtSubject(md)
 	}
 	return nil
 }
@@ -305,7 +345,7 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 		return nil, &apiError{Status: 403, Type: typePermission, Code: "model_not_allowed", Param: "model", Message: msg}
 	}
 	x.call.ModelOriginal = model
-	entry, aerr := x.choose(model, nil)
+	entry, aerr := x.choose(model, x.accountSkip())
 	if aerr != nil {
 		return nil, aerr
 	}
@@ -404,6 +444,9 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 		buf.entries = append(buf.entries, e)
 	}
 	if len(buf.cands) == 0 {
+		if x.obj.account != "" && !slices.ContainsFunc(pool.Entries, x.inAccount) {
+			return nil, x.noKeyInAccount(model)
+		}
 		return nil, x.noEligibleKey(model, pool, now)
 	}
 	seq := pool.Seq.Add(1) - 1
@@ -431,6 +474,9 @@ func keyWithinLimits(e *store.Entry, now time.Time) bool {
 func (x *exchange) noEligibleKey(model string, pool *store.Pool, now time.Time) *apiError {
 	reasons := make([]policy.Ineligible, 0, len(pool.Entries))
 	for _, e := range pool.Entries {
+		if !x.inAccount(e) {
+			continue
+		}
 		if ok, why := policy.Eligible(e.Key, e.RT.State(), now); !ok {
 			reasons = append(reasons, why)
 		} else if !keyWithinLimits(e, now) {
@@ -462,6 +508,12 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 		x.feedback(o, now)
 	}
 	x.respDone = h.GetEndOfStream()
+	if !x.respDone && x.wantsObjectBody(x.status, findHeader(hm, hdrContentType)) {
+		// A creation's small JSON answer names the new object: read it whole.
+		x.reading = x.s.fromBody
+		resp.ModeOverride = &filterv3.ProcessingMode{ResponseBodyMode: filterv3.ProcessingMode_BUFFERED}
+		return resp
+	}
 	if x.entry == nil || x.respDone || !x.s.fromBody {
 		return resp
 	}
@@ -520,6 +572,14 @@ func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRe
 	if x.reading {
 		x.chunks++
 		x.usage.feed(b.GetBody(), b.GetEndOfStream())
+	}
+	if x.obj.capture && b.GetEndOfStream() {
+		x.obj.capture = false
+		if body, mut := x.learnObject(b.GetBody()); body != nil {
+			cr := &extprocv3.CommonResponse{HeaderMutation: mut,
+				BodyMutation: &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}}
+			return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{Response: cr}}}
+		}
 	}
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
 }

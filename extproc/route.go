@@ -39,11 +39,25 @@ var operations = []operation{
 	{name: "list_models", path: "/models", methods: "GET", local: true},
 	// Body-less object endpoints: any enabled key serves them. (Objects live
 	// in one provider account; pin such keys with priorities or a pool of one.)
-	{name: "files", path: "/files", methods: "GET"},
+	{name: "files", path: "/files", methods: "GET, POST"},
 	{name: "files", path: "/files/", methods: "GET, DELETE", prefix: true},
-	{name: "batches", path: "/batches", methods: "GET"},
-	{name: "batches", path: "/batches/", methods: "GET", prefix: true},
-	{name: "responses", path: "/responses/", methods: "GET, DELETE", prefix: true},
+	{name: "batches", path: "/batches", methods: "GET, POST"},
+	{name: "batches", path: "/batches/", methods: "GET, POST", prefix: true},
+	{name: "responses", path: "/responses/", methods: "GET, POST, DELETE", prefix: true},
+	// More account-scoped objects (extproc/objects.go routes them to the
+	// account that created them).
+	{name: "files", path: "/uploads", methods: "POST"},
+	{name: "files", path: "/uploads/", methods: "POST", prefix: true},
+	{name: "vector_stores", path: "/vector_stores", methods: "GET, POST"},
+	{name: "vector_stores", path: "/vector_stores/", methods: "GET, POST, DELETE", prefix: true},
+	{name: "assistants", path: "/assistants", methods: "GET, POST"},
+	{name: "assistants", path: "/assistants/", methods: "GET, POST, DELETE", prefix: true},
+	{name: "assistants", path: "/threads", methods: "POST"},
+	{name: "assistants", path: "/threads/", methods: "GET, POST, DELETE", prefix: true},
+	{name: "fine_tuning", path: "/fine_tuning/jobs", methods: "GET, POST"},
+	{name: "fine_tuning", path: "/fine_tuning/jobs/", methods: "GET, POST", prefix: true},
+	{name: "responses", path: "/conversations", methods: "POST"},
+	{name: "responses", path: "/conversations/", methods: "GET, POST, DELETE", prefix: true},
 }
 
 // opModel is GET /v1/models/{id}, answered locally as well.

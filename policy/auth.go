@@ -36,11 +36,15 @@ const (
 	EndpointSpeech          = "speech"
 	EndpointFiles           = "files"
 	EndpointBatches         = "batches"
+	EndpointVectorStores    = "vector_stores"
+	EndpointAssistants      = "assistants" // assistants and threads
+	EndpointFineTuning      = "fine_tuning"
 )
 
 // Endpoints lists every Endpoint* name.
 var Endpoints = []string{EndpointChat, EndpointTextCompletion, EndpointEmbeddings, EndpointResponses,
-	EndpointModerations, EndpointImageGeneration, EndpointSpeech, EndpointFiles, EndpointBatches}
+	EndpointModerations, EndpointImageGeneration, EndpointSpeech, EndpointFiles, EndpointBatches,
+	EndpointVectorStores, EndpointAssistants, EndpointFineTuning}
 
 // AuthorizeEndpoint returns nil when client c may call operation op
 // (modelBearing: this request's operation carries a model in its body),
