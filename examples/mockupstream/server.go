@@ -55,6 +55,10 @@ type Options struct {
 	EmbeddingDims int
 	// Now is the clock for "created" fields and rate-limit resets; nil = time.Now.
 	Now func() time.Time
+	// Accounts maps a credential to its provider account: files, batches
+	// and stored responses are visible only to credentials of the account
+	// that created them. A credential not listed is an account of its own.
+	Accounts map[string]string
 }
 
 // Recorded is one request the mock received. Body and Header are shared with
@@ -106,6 +110,7 @@ type Server struct {
 	defaults map[string]Behaviour
 	counts   map[string]int // requests per credential, for x-ratelimit-remaining-*
 	epoch    uint64         // bumped by Reset, so late answers never touch new records
+	objs     objectStore    // files, batches, stored responses (its own lock)
 
 	ctx    context.Context // ends when Close is called; ends Delays
 	cancel context.CancelFunc
@@ -392,6 +397,9 @@ func parseRoute(path string) route {
 		}
 		return rt
 	}
+	if op := objectOp(path); op != "" {
+		return route{op: op}
+	}
 	switch {
 	case strings.HasSuffix(path, "/chat/completions"):
 		return route{op: "chat"}
@@ -546,7 +554,7 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 	if rq.rt.op == "models" {
 		want = http.MethodGet
 	}
-	if r.Method != want {
+	if r.Method != want && objectOp(r.URL.Path) != rq.rt.op {
 		w.Header().Set("allow", want)
 		e := apiError{status: http.StatusMethodNotAllowed, typ: "invalid_request_error",
 			message: fmt.Sprintf("Invalid method for URL (%s %s)", r.Method, r.URL.Path)}
@@ -620,6 +628,8 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		s.listModels(w, rq)
 	case "messages":
 		s.messages(w, rq)
+	case "files", "batches", "responses":
+		s.objects(w, rq, cred)
 	}
 }
 
