@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/keymux/keymux/policy"
 )
 
 // Backend makes records durable (and, for Consul, fleet-wide). Put and
@@ -20,12 +22,8 @@ type Backend interface {
 	Writes() uint64
 }
 
-// Defaults of Options.
-const (
-	DefaultRetention = 30 * 24 * time.Hour
-	DefaultMax       = 10000
-	DefaultWait      = 2 * time.Second
-)
+// DefaultWait is the Registry.Wait of a fleet (Consul).
+const DefaultWait = 2 * time.Second
 
 // ErrFull is returned by Registry.Record when the table holds Max records.
 var ErrFull = errors.New("objects: the object table is full")
@@ -74,10 +72,10 @@ func (r *Registry) Lookup(ctx context.Context, id string, now func() time.Time, 
 	}
 }
 
-// Full reports whether max records are held (max <= 0: DefaultMax).
+// Full reports whether max records are held (max <= 0: policy's default).
 func (r *Registry) Full(max int) bool {
 	if max <= 0 {
-		max = DefaultMax
+		max = policy.DefaultObjectsMax
 	}
 	return r.Table.Len() >= max
 }

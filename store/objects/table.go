@@ -116,7 +116,9 @@ func cmpString(a, b string) int {
 }
 
 // Put inserts or replaces a record.
-func (t *Table) Put(r *Record) { t.write(func(txn *memdb.Txn) error { return txn.Insert(tableObjects, r) }) }
+func (t *Table) Put(r *Record) {
+	t.write(func(txn *memdb.Txn) error { return txn.Insert(tableObjects, r) })
+}
 
 // Delete removes the record of id, if any.
 func (t *Table) Delete(id string) {
