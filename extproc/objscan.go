@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"bytes"
 	"encoding/json"
 	"slices"
 )
@@ -57,7 +58,7 @@ func scanObjectRefs(body []byte) (refs []objectRef, ok bool) {
 			hasKey = false
 		case '"':
 			start := i
-			end, s := readJSONString(body, i)
+			end, raw := readJSONString(body, i)
 			i = end - 1
 			j := end
 			for j < len(body) && (body[j] == ' ' || body[j] == '\t' || body[j] == '\n' || body[j] == '\r') {
@@ -68,7 +69,7 @@ func scanObjectRefs(body []byte) (refs []objectRef, ok bool) {
 				top = stack[len(stack)-1]
 			}
 			if j < len(body) && body[j] == ':' && !top.array {
-				pending, hasKey = s, true
+				pending, hasKey = jsonStringValue(raw), true
 				continue
 			}
 			var field string
@@ -85,7 +86,7 @@ func scanObjectRefs(body []byte) (refs []objectRef, ok bool) {
 				if len(refs) == maxObjectRefs {
 					return refs, false
 				}
-				refs = append(refs, objectRef{field: field, id: s, start: start, end: end})
+				refs = append(refs, objectRef{field: field, id: jsonStringValue(raw), start: start, end: end})
 			}
 		case ',':
 			hasKey = false
@@ -112,14 +113,13 @@ func isJSONDelim(c byte) bool {
 }
 
 // readJSONString reads the JSON string starting at body[i] (a quote): the
-// offset just after its closing quote, and its value (escapes decoded).
-func readJSONString(body []byte, i int) (end int, s string) {
-	escaped := false
+// offset just after its closing quote, and the string as it is written,
+// quotes included.
+func readJSONString(body []byte, i int) (end int, raw []byte) {
 	j := i + 1
 	for ; j < len(body); j++ {
 		switch body[j] {
 		case '\\':
-			escaped = true
 			j++
 			continue
 		case '"':
@@ -129,11 +129,22 @@ func readJSONString(body []byte, i int) (end int, s string) {
 		break
 	}
 	end = min(j+1, len(body))
-	if !escaped {
-		return end, string(body[i+1 : end-1])
+	return end, body[i:end]
+}
+
+// jsonStringValue is a JSON string's value (raw with its quotes), escapes
+// decoded: without a backslash a plain copy, else a decode of that string
+// alone.
+func jsonStringValue(raw []byte) string {
+	if len(raw) < 2 {
+		return ""
 	}
-	if err := json.Unmarshal(body[i:end], &s); err != nil {
-		return end, ""
+	if !bytes.ContainsRune(raw, '\\') {
+		return string(raw[1 : len(raw)-1])
 	}
-	return end, s
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return ""
+	}
+	return s
 }

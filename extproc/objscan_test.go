@@ -58,3 +58,12 @@ func FuzzScanObjectRefs(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkScanObjectRefs(b *testing.B) {
+	body := []byte(`{"model":"gpt-4o","previous_response_id":"resp_1","input":[{"role":"user","content":"` + string(make([]byte, 0)) + `Summarise the attached report in three bullet points, please."}],"store":true}`)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		scanObjectRefs(body)
+	}
+}
