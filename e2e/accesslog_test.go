@@ -1,17 +1,22 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/keymux/keymux/examples/mockupstream"
+	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/testutil/wait"
 )
 
@@ -43,42 +48,63 @@ func (g *gateway) responseBodyMessages() int {
 }
 
 // A key whose upstream resets every chat request (its probe, GET /models,
-// passes) is ejected after ejection.consecutive_failures requests: Envoy
-// answers them itself (503, UC) and keymux learns it from the access log
-// only, the response never reaching ext_proc.
+// passes) or refuses connections is ejected after
+// ejection.consecutive_failures requests: Envoy answers them itself (503, UC
+// or UF) and keymux learns it from the access log only, the response never
+// reaching ext_proc.
 func TestResettingUpstreamEjectsKey(t *testing.T) {
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet {
-			w.Header().Set("content-type", "application/json")
-			io.WriteString(w, `{"object":"list","data":[{"id":"gpt-4o","object":"model"}]}`)
-			return
-		}
-		c, _, err := w.(http.Hijacker).Hijack()
-		if err == nil {
-			c.Close()
-		}
-	}))
-	t.Cleanup(up.Close)
-	g := startGateway(t, `settings: {ejection: {consecutive_failures: 2}}
+	tests := []struct {
+		name     string
+		upstream func(t *testing.T) string // the key's base URL
+	}{
+		// Every request's connection is closed before an answer (UC); its
+		// health probes (GET /v1/models) pass.
+		{name: "reset before headers", upstream: func(t *testing.T) string {
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodGet {
+					w.Header().Set("content-type", "application/json")
+					io.WriteString(w, `{"object":"list","data":[{"id":"gpt-4o","object":"model"}]}`)
+					return
+				}
+				c, _, err := w.(http.Hijacker).Hijack()
+				if err == nil {
+					c.Close()
+				}
+			}))
+			t.Cleanup(up.Close)
+			return up.URL
+		}},
+		// Nothing listens (UF).
+		{name: "connection refused", upstream: func(t *testing.T) string {
+			up := httptest.NewServer(http.NotFoundHandler())
+			up.Close()
+			return up.URL
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := startGateway(t, `settings: {ejection: {consecutive_failures: 2}}
 keys:
-  k1: {provider: openai_compatible, base_url: "`+up.URL+`/v1", secret: sk-test-k1}
+  k1: {provider: openai_compatible, base_url: "`+tt.upstream(t)+`/v1", secret: sk-test-k1}
 `)
-	for i := range 2 {
-		if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 503 {
-			t.Fatalf("request %d: status %d: %s", i, resp.StatusCode, b)
-		}
-	}
-	var keys []keyHealth
-	wait.Until(t, 5*time.Second, "k1 ejected on /stats", func() bool {
-		keys = g.keys()
-		return len(keys) == 1 && keys[0].State == "ejected"
-	})
-	if keys[0].Ejections != 1 {
-		t.Errorf("k1 %+v, want one ejection", keys[0])
-	}
-	// Now out: keymux answers the next request itself.
-	if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 503 || !regexp.MustCompile(`keys_ejected`).Match(b) {
-		t.Errorf("after the ejection: %d %s, want keymux's 503 keys_ejected", resp.StatusCode, b)
+			for i := range 2 {
+				if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 503 {
+					t.Fatalf("request %d: status %d: %s", i, resp.StatusCode, b)
+				}
+			}
+			var keys []keyHealth
+			wait.Until(t, 5*time.Second, "k1 ejected on /stats", func() bool {
+				keys = g.keys()
+				return len(keys) == 1 && keys[0].State == "ejected"
+			})
+			if keys[0].Ejections != 1 {
+				t.Errorf("k1 %+v, want one ejection", keys[0])
+			}
+			// Now out: keymux answers the next request itself.
+			if resp, b := g.do("POST", "/v1/chat/completions", nil, `{"model":"gpt-4o","messages":[]}`); resp.StatusCode != 503 || !regexp.MustCompile(`keys_ejected`).Match(b) {
+				t.Errorf("after the ejection: %d %s, want keymux's 503 keys_ejected", resp.StatusCode, b)
+			}
+		})
 	}
 }
 
@@ -216,4 +242,69 @@ func deref(p *int64) int64 {
 		return -1
 	}
 	return *p
+}
+
+// A client that leaves mid-stream is booked as a cut call that is not the
+// key's fault, while an upstream that cuts the stream counts against the key.
+// The mock holds the stream open after its first event until the client has
+// gone (HoldStreamAfter), so the abort always lands before the stream's end.
+func TestMidStreamCutBlamesOnlyTheUpstream(t *testing.T) {
+	tests := []struct {
+		name      string
+		behaviour mockupstream.Behaviour
+		abort     bool // the client cancels after the first event
+		wantClass string
+		wantState string
+		wantEject uint64
+	}{
+		{name: "client abort spares the key", behaviour: mockupstream.Behaviour{HoldStreamAfter: 1}, abort: true,
+			wantClass: policy.ClassStreamCut, wantState: "healthy", wantEject: 0},
+		{name: "upstream cut ejects the key", behaviour: mockupstream.Behaviour{CutStreamAfter: 1},
+			wantClass: policy.ClassServer, wantState: "ejected", wantEject: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g, callLog := startGatewayWithCallLog(t, `settings: {ejection: {consecutive_failures: 1}}
+keys:
+  k1: {provider: openai_compatible, base_url: "{{MOCK}}/v1", secret: sk-test-k1}
+`)
+			g.mock.Script("sk-test-k1", tt.behaviour)
+			ctx, cancel := context.WithCancel(context.Background())
+			t.Cleanup(cancel)
+			req, err := http.NewRequestWithContext(ctx, "POST", g.url+"/v1/chat/completions",
+				strings.NewReader(`{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"talk"}]}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("content-type", "application/json")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			body := bufio.NewReader(resp.Body)
+			line, err := body.ReadString('\n')
+			if err != nil || !strings.HasPrefix(line, "data: ") {
+				t.Fatalf("first event %q: %v", line, err)
+			}
+			if tt.abort {
+				cancel()
+			} else if rest, err := io.ReadAll(body); err == nil || strings.Contains(string(rest), "[DONE]") {
+				t.Fatalf("after the first event: %q, %v; want a broken stream", rest, err)
+			}
+			resp.Body.Close()
+
+			rec := waitCallRecord(t, callLog, 1)
+			if rec.Status != 200 || rec.Success || rec.Error != tt.wantClass {
+				raw, _ := os.ReadFile(callLog)
+				t.Errorf("call record %+v, want status 200, not a success, error %q\n%s\n%+v", rec, tt.wantClass, raw, g.accessLog())
+			}
+			keys := g.keys()
+			if len(keys) != 1 || keys[0].State != tt.wantState || keys[0].Ejections != tt.wantEject {
+				t.Errorf("keys %+v, want k1 %s with %d ejections", keys, tt.wantState, tt.wantEject)
+			}
+		})
+	}
 }

@@ -91,9 +91,13 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 	stopAbort()
 	stopBg()
+	// The client's context may be cancelled (ending the upstream exchange,
+	// whose context derives from it) before abort() ran: both mean the
+	// downstream went away.
+	gone := rq.aborted.Load() || r.Context().Err() != nil
 	rq.cleanup()
 	rq.info.end = time.Now()
-	if rq.aborted.Load() {
+	if gone {
 		// Envoy: the downstream went away before the response completed.
 		if !rq.wrote {
 			rq.info.status = 0

@@ -44,6 +44,11 @@ type Behaviour struct {
 	// ChunkDelay is waited before every SSE event after the first, so a
 	// client can observe events arriving one by one.
 	ChunkDelay time.Duration
+	// HoldStreamAfter > 0 stops a stream after that many SSE events and
+	// holds it open until the client goes away (the connection is then
+	// closed without [DONE]): a client abort mid-stream without a race
+	// against the stream's end.
+	HoldStreamAfter int
 	// Content replaces the assistant text Reply would give; the usage
 	// follows it.
 	Content string

@@ -266,6 +266,7 @@ type sseWriter struct {
 	ctx   context.Context
 	n     int
 	cut   int
+	hold  int
 	delay time.Duration
 }
 
@@ -276,7 +277,7 @@ func (s *Server) newSSE(w *statusWriter, rq *request) *sseWriter {
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	_ = rc.Flush()
-	return &sseWriter{w: w, rc: rc, ctx: rq.r.Context(), cut: rq.b.CutStreamAfter, delay: rq.b.ChunkDelay}
+	return &sseWriter{w: w, rc: rc, ctx: rq.r.Context(), cut: rq.b.CutStreamAfter, hold: rq.b.HoldStreamAfter, delay: rq.b.ChunkDelay}
 }
 
 // event writes one event ("event: name" line when name is not empty);
@@ -284,6 +285,10 @@ func (s *Server) newSSE(w *statusWriter, rq *request) *sseWriter {
 func (e *sseWriter) event(name string, data []byte) bool {
 	if e.cut > 0 && e.n >= e.cut {
 		e.w.abort(true)
+	}
+	if e.hold > 0 && e.n >= e.hold {
+		<-e.ctx.Done()
+		e.w.abort(false)
 	}
 	if e.n > 0 && e.delay > 0 && !backoff.Sleep(e.ctx, e.delay) {
 		e.w.abort(false) // never end a stream cleanly after an interruption
