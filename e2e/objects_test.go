@@ -111,12 +111,27 @@ func TestObjectsFollowTheirAccount(t *testing.T) {
 	if got := accountsOf(g, "POST", "/batches"); !slices.Equal(got, []string{fileAccount}) {
 		t.Fatalf("batch created on accounts %v, want %s (the file's)", got, fileAccount)
 	}
+	var output string
 	for i := range 6 {
 		got, err := a.Batches.Get(ctx, batch.ID)
 		if err != nil || got.ID != batch.ID || got.InputFileID != f1.ID {
 			t.Fatalf("retrieve %d of the batch: %v %+v", i+1, err, got)
 		}
+		output = got.OutputFileID
 	}
+	if got := accountsOf(g, "GET", "/batches/"+batch.ID); len(got) != 6 || slices.ContainsFunc(got, func(s string) bool { return s != fileAccount }) {
+		t.Fatalf("batch retrievals went to %v, want 6 × %s", got, fileAccount)
+	}
+	// The output file the provider made is the batch owner's, on its account.
+	for i := range 3 {
+		resp, err := a.Files.Content(ctx, output)
+		if err != nil {
+			t.Fatalf("output file content %d: %v", i+1, err)
+		}
+		resp.Body.Close()
+	}
+	_, err = b.Files.Content(ctx, output)
+	want404(t, "b reads a's batch output", err)
 
 	page, err := a.Files.List(ctx, openai.FileListParams{})
 	if err != nil {
@@ -126,7 +141,7 @@ func TestObjectsFollowTheirAccount(t *testing.T) {
 	for _, f := range page.Data {
 		listed = append(listed, f.ID)
 	}
-	if want := []string{f1.ID, f2.ID}; !sameSet(listed, want) {
+	if want := []string{f1.ID, f2.ID, output}; !sameSet(listed, want) {
 		t.Fatalf("client a lists %v, want its own %v (not b's %s)", listed, want, fb.ID)
 	}
 

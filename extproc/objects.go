@@ -280,7 +280,10 @@ func (x *exchange) wantsObjectBody(status int, contentType string) bool {
 		return false
 	}
 	isUploadComplete := st.kind.kind == "upload" && strings.HasSuffix(x.route.path, "/complete")
-	st.capture = (st.create || isUploadComplete) && strings.HasPrefix(contentType, "application/json")
+	// A retrieved batch may name the output and error files the provider
+	// made for it: they are the batch owner's, in the batch's account.
+	isBatchGet := st.kind.kind == "batch" && x.hdr.method == "GET" && st.pathID != "" && x.route.path == "/batches/"+st.pathID
+	st.capture = (st.create || isUploadComplete || isBatchGet) && strings.HasPrefix(contentType, "application/json")
 	return st.capture
 }
 
@@ -298,11 +301,15 @@ func (x *exchange) learnObject(body []byte) ([]byte, *extprocv3.HeaderMutation) 
 	if kind.kind == "upload" && st.pathID != "" {
 		idField, kind = "file.id", kindByName("file") // the upload's file
 	}
+	account, owner := x.entry.Key.Account, x.ownerOf()
+	if kind.kind == "batch" && !st.create {
+		x.learnBatchFiles(body, account)
+		return nil, nil
+	}
 	v := gjson.GetBytes(body, idField)
 	if v.Type != gjson.String || v.Str == "" {
 		return nil, nil
 	}
-	account, owner := x.entry.Key.Account, x.ownerOf()
 	if kind.tagged {
 		if v.Index <= 0 || !bytes.Equal(body[v.Index:v.Index+len(v.Raw)], []byte(v.Raw)) {
 			return nil, nil
@@ -332,6 +339,25 @@ func (x *exchange) learnObject(body []byte) ([]byte, *extprocv3.HeaderMutation) 
 		x.s.log.Error("cannot record a new object: follow-ups naming it will be refused", "id", rec.ID, "kind", rec.Kind, "account", account, "error", err)
 	}
 	return nil, nil
+}
+
+// learnBatchFiles records the output and error files a retrieved batch
+// names, once, as its owner's files in its account.
+func (x *exchange) learnBatchFiles(body []byte, account string) {
+	reg := x.s.objects
+	for _, f := range gjson.GetManyBytes(body, "output_file_id", "error_file_id") {
+		if f.Type != gjson.String || f.Str == "" || reg.Table.Get(f.Str) != nil {
+			continue
+		}
+		now := x.s.now()
+		rec := &objects.Record{ID: f.Str, Kind: "file", Account: account, Owner: x.obj.owner, Created: now,
+			Expires: now.Add(x.settings.Objects.Retention)}
+		ctx, cancel := context.WithTimeout(x.ctx(), objectWriteTimeout)
+		if err := reg.Record(ctx, rec, x.settings.Objects.Max); err != nil {
+			x.s.log.Error("cannot record a batch's file", "id", rec.ID, "account", account, "error", err)
+		}
+		cancel()
+	}
 }
 
 // answerList answers GET on a collection from keymux's records: the

@@ -147,6 +147,7 @@ func (s *Server) objects(w *statusWriter, rq *request, cred string) {
 			s.objs.mu.Unlock()
 			s.writeJSON(w, rq, b.fields)
 		default:
+			s.completeBatch(b, account)
 			s.writeJSON(w, rq, b.fields)
 		}
 	case op == "responses" && id == "" && m == http.MethodPost:
@@ -226,6 +227,28 @@ func (s *Server) createBatch(w *statusWriter, rq *request, account string) {
 		"expires_at": now + 86400, "request_counts": map[string]int{"total": 0, "completed": 0, "failed": 0}, "metadata": nil}
 	s.objs.put(id, &mockObject{account: account, kind: "batch", fields: b})
 	s.writeJSON(w, rq, b)
+}
+
+// completeBatch completes a validating batch on its first retrieval: the
+// provider makes its output file, in the batch's account.
+func (s *Server) completeBatch(b *mockObject, account string) {
+	s.objs.mu.Lock()
+	done := b.fields["status"] != "validating"
+	if !done {
+		b.fields["status"] = "completed"
+	}
+	s.objs.mu.Unlock()
+	if done {
+		return
+	}
+	id := newObjectID("file-")
+	content := []byte(`{"id":"batch_req_1","custom_id":"r1","response":{"status_code":200}}` + "\n")
+	f := map[string]any{"id": id, "object": "file", "bytes": len(content), "created_at": s.now().Unix(),
+		"filename": "batch_output.jsonl", "purpose": "batch_output", "status": "processed", "expires_at": nil, "status_details": nil}
+	s.objs.put(id, &mockObject{account: account, kind: "file", fields: f, content: content})
+	s.objs.mu.Lock()
+	b.fields["output_file_id"] = id
+	s.objs.mu.Unlock()
 }
 
 // createResponse answers POST /v1/responses (not streamed), continuing the
