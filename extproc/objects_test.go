@@ -1,0 +1,89 @@
+package extproc
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/keymux/keymux/store/objects"
+)
+
+const objectsCfg = `
+keys:
+  a1: {provider: openai, secret: sk-test-a1, account: acct-a}
+  a2: {provider: openai, secret: sk-test-a2, account: acct-a}
+  b1: {provider: openai, secret: sk-test-b1, account: acct-b, enabled: false}
+  c1: {provider: openai, secret: sk-test-c1, account: acct-c}
+`
+
+// objectsRig is a rig whose server records objects in memory.
+func objectsRig(t *testing.T) (*rig, *objects.Registry) {
+	t.Helper()
+	r := newRig(t, objectsCfg)
+	table := objects.NewTable()
+	lb, err := objects.NewLocal(table, "", nil, r.clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := &objects.Registry{Table: table, Backend: lb, Secret: []byte("test secret, 32 bytes long......")}
+	r.srv.objects = reg
+	for _, rec := range []*objects.Record{
+		{ID: "file-a", Kind: "file", Account: "acct-a"},
+		{ID: "file-b", Kind: "file", Account: "acct-b"},
+		{ID: "file-c", Kind: "file", Account: "acct-c"},
+	} {
+		if err := reg.Record(context.Background(), rec, 10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r, reg
+}
+
+func TestObjectFollowUps(t *testing.T) {
+	tests := []struct {
+		name          string
+		method, path  string
+		body          string
+		keys          []string // keys the request may go to (empty: refused)
+		status        int
+		message       string
+		retryAfterSet bool
+	}{
+		{name: "path id on account a spreads over its keys", method: "GET", path: "/v1/files/file-a", keys: []string{"a1", "a2"}},
+		{name: "content of a file on account c", method: "GET", path: "/v1/files/file-c/content", keys: []string{"c1"}},
+		{name: "body id", method: "POST", path: "/v1/batches", body: `{"input_file_id":"file-c","endpoint":"/v1/chat/completions","completion_window":"24h"}`, keys: []string{"c1"}},
+		{name: "account without an eligible key", method: "GET", path: "/v1/files/file-b", status: 503, retryAfterSet: true,
+			message: "No key of account acct-b (where the objects this request names live) serves this request."},
+		{name: "unknown id", method: "GET", path: "/v1/files/file-x", status: 404,
+			message: "No such File object: file-x (keymux has no record of it: it was not created through keymux, or it expired)"},
+		{name: "two accounts in one body", method: "POST", path: "/v1/vector_stores", body: `{"file_ids":["file-a","file-c"]}`, status: 400,
+			message: "The objects this request names live in different provider accounts (acct-a, acct-c): one request can use objects of one account only."},
+		{name: "forged response tag", method: "GET", path: "/v1/responses/resp_1.km1.616363742d61.." + strings.Repeat("00", 16), status: 404,
+			message: "No such Response object: resp_1.km1.616363742d61.." + strings.Repeat("00", 16)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, _ := objectsRig(t)
+			seen := map[string]bool{}
+			for range 4 {
+				res := r.run(request(tt.method, tt.path, tt.body, "content-type", "application/json")...)
+				if tt.status != 0 {
+					l := immediate(t, res.replies[len(res.replies)-1])
+					if l.status != tt.status || l.err.Message != tt.message || (l.headers["retry-after"] != "") != tt.retryAfterSet {
+						t.Fatalf("reply %d %q (retry-after %q), want %d %q", l.status, l.err.Message, l.headers["retry-after"], tt.status, tt.message)
+					}
+					return
+				}
+				seen[res.call.KeyID] = true
+			}
+			for _, k := range tt.keys {
+				if !seen[k] {
+					t.Fatalf("keys used %v, want each of %v", seen, tt.keys)
+				}
+			}
+			if len(seen) != len(tt.keys) {
+				t.Fatalf("keys used %v, want only %v", seen, tt.keys)
+			}
+		})
+	}
+}
