@@ -117,19 +117,23 @@ func isJSONDelim(c byte) bool {
 // quotes included.
 func readJSONString(body []byte, i int) (end int, raw []byte) {
 	j := i + 1
-	for ; j < len(body); j++ {
-		switch body[j] {
-		case '\\':
-			j++
-			continue
-		case '"':
-		default:
-			continue
+	for {
+		k := bytes.IndexByte(body[j:], '"')
+		if k < 0 {
+			return len(body), body[i:]
 		}
-		break
+		j += k
+		// The quote closes the string unless an odd run of backslashes
+		// escapes it.
+		n := 0
+		for b := j - 1; b > i && body[b] == '\\'; b-- {
+			n++
+		}
+		if n%2 == 0 {
+			return j + 1, body[i : j+1]
+		}
+		j++
 	}
-	end = min(j+1, len(body))
-	return end, body[i:end]
 }
 
 // jsonStringValue is a JSON string's value (raw with its quotes), escapes

@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/keymux/keymux/policy"
@@ -61,6 +62,16 @@ func FuzzScanObjectRefs(f *testing.F) {
 
 func BenchmarkScanObjectRefs(b *testing.B) {
 	body := []byte(`{"model":"gpt-4o","previous_response_id":"resp_1","input":[{"role":"user","content":"` + string(make([]byte, 0)) + `Summarise the attached report in three bullet points, please."}],"store":true}`)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		scanObjectRefs(body)
+	}
+}
+
+func BenchmarkScanObjectRefsLarge(b *testing.B) {
+	prompt := strings.Repeat("A long prompt with \\\"quotes\\\" and text. ", 25000) // ~1 MB
+	body := []byte(`{"model":"gpt-4o","messages":[{"role":"user","content":"` + prompt + `"}]}`)
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
