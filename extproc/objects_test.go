@@ -2,8 +2,12 @@ package extproc
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"testing"
+
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
 	"github.com/keymux/keymux/store/objects"
 )
@@ -85,5 +89,60 @@ func TestObjectFollowUps(t *testing.T) {
 				t.Fatalf("keys used %v, want only %v", seen, tt.keys)
 			}
 		})
+	}
+}
+
+// TestObjectCreation: a creation's JSON answer is read whole (mode
+// override BUFFERED on its headers): a file is recorded on the answering
+// key's account, a stored response's id is tagged in the body with its new
+// content-length, and a deletion forgets the record.
+func TestObjectCreation(t *testing.T) {
+	r, reg := objectsRig(t)
+	created := func(method, path, body, answer string) (keyID string, bodyReply *extprocv3.ProcessingResponse) {
+		t.Helper()
+		st := newStream(t, request(method, path, body, "content-type", "application/json")...)
+		st.upstream = answerAs(func(key string) []*extprocv3.ProcessingRequest {
+			keyID = key
+			return nil
+		})
+		st.in = append(st.in, respHeaders(false, ":status", "200", "content-type", "application/json", "content-length", strconv.Itoa(len(answer))))
+		st.in = append(st.in, respBody(answer, true))
+		res := r.runStream(st)
+		if res.replies[len(res.replies)-2].GetResponseHeaders() == nil {
+			t.Fatalf("not a response headers reply: %v", res.replies[len(res.replies)-2])
+		}
+		if m := res.replies[len(res.replies)-2].GetModeOverride(); m.GetResponseBodyMode() != filterv3.ProcessingMode_BUFFERED {
+			t.Fatalf("mode override %v, want the response body BUFFERED", m)
+		}
+		return keyID, res.replies[len(res.replies)-1]
+	}
+
+	key, _ := created("POST", "/v1/files", "", `{"id":"file-new","object":"file","purpose":"batch"}`)
+	rec := reg.Table.Get("file-new")
+	if rec == nil || rec.Kind != "file" || rec.Account != r.entry(key).Key.Account || string(rec.Object) != `{"id":"file-new","object":"file","purpose":"batch"}` {
+		t.Fatalf("record after the upload through %s: %+v", key, rec)
+	}
+
+	answer := `{"id":"resp_1","object":"response","output":[]}`
+	key, reply := created("POST", "/v1/responses", `{"model":"gpt-4o","input":"hi"}`, answer)
+	cr := reply.GetResponseBody().GetResponse()
+	body := cr.GetBodyMutation().GetBody()
+	tag := objects.Tag(reg.Secret, "resp_1", r.entry(key).Key.Account, "")
+	if want := `{"id":"` + tag + `","object":"response","output":[]}`; string(body) != want {
+		t.Fatalf("tagged body %s, want %s", body, want)
+	}
+	if cl := cr.GetHeaderMutation().GetSetHeaders(); len(cl) != 1 || cl[0].GetHeader().GetKey() != "content-length" || string(cl[0].GetHeader().GetRawValue()) != strconv.Itoa(len(body)) {
+		t.Fatalf("header mutation %v, want content-length %d", cl, len(body))
+	}
+	if reg.Table.Get("resp_1") != nil {
+		t.Fatal("a stored response was recorded")
+	}
+
+	res := r.run(then(request("DELETE", "/v1/files/file-new", ""), []*extprocv3.ProcessingRequest{respHeaders(false, ":status", "200", "content-type", "application/json")})...)
+	if r.entry(res.call.KeyID).Key.Account != rec.Account {
+		t.Fatalf("the deletion went to %s, not account %s", res.call.KeyID, rec.Account)
+	}
+	if reg.Table.Get("file-new") != nil {
+		t.Fatal("the deleted file is still recorded")
 	}
 }
