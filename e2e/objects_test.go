@@ -168,6 +168,29 @@ func TestObjectsFollowTheirAccount(t *testing.T) {
 	if err != nil || got.OutputText() != "turn 6 on account "+turnAccount {
 		t.Fatalf("GET the last response: %v %+v", err, got)
 	}
+	// The chain goes on streamed: the streamed response's id is tagged too.
+	for turn := 7; turn <= 8; turn++ {
+		st := a.Responses.NewStreaming(ctx, responses.ResponseNewParams{Model: "gpt-4o", PreviousResponseID: openai.String(prev),
+			Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("more")}})
+		var created, completed, delta string
+		for st.Next() {
+			switch ev := st.Current(); ev.Type {
+			case "response.created":
+				created = ev.Response.ID
+			case "response.output_text.delta":
+				delta = ev.Delta
+			case "response.completed":
+				completed = ev.Response.ID
+			}
+		}
+		if err := st.Err(); err != nil || delta != fmt.Sprintf("turn %d on account %s", turn, turnAccount) || created == "" || created != completed || !strings.Contains(created, ".km1.") {
+			t.Fatalf("streamed turn %d: %v, delta %q, ids %q / %q", turn, err, delta, created, completed)
+		}
+		prev = created
+	}
+	if got, err := a.Responses.Get(ctx, prev, responses.ResponseGetParams{}); err != nil || got.OutputText() != "turn 8 on account "+turnAccount {
+		t.Fatalf("GET the streamed response: %v %+v", err, got)
+	}
 
 	// Client b: 404 for a's file, batch and response, answered by keymux.
 	before := len(g.requests())

@@ -508,10 +508,15 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 		x.feedback(o, now)
 	}
 	x.respDone = h.GetEndOfStream()
-	if !x.respDone && x.wantsObjectBody(x.status, findHeader(hm, hdrContentType)) {
-		// A creation's small JSON answer names the new object: read it whole.
-		x.reading = x.s.fromBody
-		resp.ModeOverride = &filterv3.ProcessingMode{ResponseBodyMode: filterv3.ProcessingMode_BUFFERED}
+	if ct := findHeader(hm, hdrContentType); !x.respDone && x.wantsObjectBody(x.status, ct) {
+		// A creation's small JSON answer names the new object: read it
+		// whole; a streamed response's id is tagged chunk by chunk.
+		mode := filterv3.ProcessingMode_BUFFERED
+		if x.obj.sse != nil {
+			mode = filterv3.ProcessingMode_STREAMED
+		}
+		x.reading, x.usage.sse = x.s.fromBody, x.obj.sse != nil
+		resp.ModeOverride = &filterv3.ProcessingMode{ResponseBodyMode: mode}
 		return resp
 	}
 	if x.entry == nil || x.respDone || !x.s.fromBody {
@@ -572,6 +577,9 @@ func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRe
 	if x.reading {
 		x.chunks++
 		x.usage.feed(b.GetBody(), b.GetEndOfStream())
+	}
+	if x.obj.sse != nil {
+		return streamedBodyReply(x.tagStream(b.GetBody(), b.GetEndOfStream()))
 	}
 	if x.obj.capture && b.GetEndOfStream() {
 		x.obj.capture = false

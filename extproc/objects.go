@@ -60,13 +60,14 @@ func kindByName(kind string) *objectKind {
 // objectState is what an exchange knows of the objects it touches.
 type objectState struct {
 	kind    *objectKind
-	create  bool   // POST on the collection: the answer names a new object
-	list    bool   // GET on the collection
-	remove  bool   // DELETE of the object named in the path
-	pathID  string // the provider's id named in the path ("" = none)
-	account string // the account every named object lives in ("" = any)
-	owner   string // the owner of the object named in the path
-	capture bool   // the response body is read (BUFFERED) to learn the new object
+	create  bool    // POST on the collection: the answer names a new object
+	list    bool    // GET on the collection
+	remove  bool    // DELETE of the object named in the path
+	pathID  string  // the provider's id named in the path ("" = none)
+	account string  // the account every named object lives in ("" = any)
+	owner   string  // the owner of the object named in the path
+	capture bool    // the response body is read (BUFFERED) to learn the new object
+	sse     *sseTag // a streamed response's id is being tagged (STREAMED)
 }
 
 // classifyObject finds the object kind of a route path (below the API
@@ -284,6 +285,10 @@ func (x *exchange) wantsObjectBody(status int, contentType string) bool {
 	// made for it: they are the batch owner's, in the batch's account.
 	isBatchGet := st.kind.kind == "batch" && x.hdr.method == "GET" && st.pathID != "" && x.route.path == "/batches/"+st.pathID
 	st.capture = (st.create || isUploadComplete || isBatchGet) && strings.HasPrefix(contentType, "application/json")
+	if st.create && st.kind.tagged && strings.HasPrefix(contentType, "text/event-stream") {
+		st.sse = &sseTag{}
+		return true
+	}
 	return st.capture
 }
 
@@ -453,4 +458,75 @@ func jwtSubject(md *corev3.Metadata) string {
 		return "jwt:" + s
 	}
 	return ""
+}
+
+// sseTag tags a streamed response's id: the id is learnt from the first
+// event that carries the response (its data's response.id), then every
+// "<id>" in the stream becomes "<tagged id>". Bytes that may be the start
+// of an id split across chunks are held back to the next chunk.
+type sseTag struct {
+	held    []byte
+	pattern []byte // "<raw id>", quotes included (nil until learnt)
+	tagged  []byte // "<tagged id>"
+}
+
+// maxSSEHeld bounds what is held back while the id is not learnt yet.
+const maxSSEHeld = 64 << 10
+
+// tagStream returns the chunk to pass on (nil: unchanged).
+func (x *exchange) tagStream(chunk []byte, eos bool) []byte {
+	t := x.obj.sse
+	data := append(t.held, chunk...)
+	t.held = nil
+	if t.pattern == nil {
+		raw, complete := sseResponseID(data)
+		if raw == "" {
+			if complete || eos || len(data) > maxSSEHeld {
+				return data // no id in the stream: pass it on as it came
+			}
+			t.held = data
+			return []byte{}
+		}
+		t.pattern = []byte(`"` + raw + `"`)
+		t.tagged = []byte(`"` + objects.Tag(x.s.objects.Secret, raw, x.entry.Key.Account, x.ownerOf()) + `"`)
+	}
+	out := bytes.ReplaceAll(data, t.pattern, t.tagged)
+	if !eos {
+		// Hold back a tail that may begin a split id.
+		for n := min(len(out), len(t.pattern)-1); n > 0; n-- {
+			if bytes.HasPrefix(t.pattern, out[len(out)-n:]) {
+				t.held = bytes.Clone(out[len(out)-n:])
+				out = out[:len(out)-n]
+				break
+			}
+		}
+	}
+	return out
+}
+
+// streamedBodyReply passes a streamed chunk on, replaced by body when not nil.
+func streamedBodyReply(body []byte) *extprocv3.ProcessingResponse {
+	br := &extprocv3.BodyResponse{}
+	if body != nil {
+		br.Response = &extprocv3.CommonResponse{BodyMutation: &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}}
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: br}}
+}
+
+// sseResponseID reads response.id from the first data line of an SSE
+// stream's start; complete reports a complete first data line without one.
+func sseResponseID(data []byte) (id string, complete bool) {
+	i := bytes.Index(data, []byte("data:"))
+	if i < 0 {
+		return "", false
+	}
+	line := data[i+len("data:"):]
+	nl := bytes.IndexByte(line, '\n')
+	if nl < 0 {
+		return "", false
+	}
+	if v := gjson.GetBytes(line[:nl], "response.id"); v.Type == gjson.String && v.Str != "" {
+		return v.Str, true
+	}
+	return "", true
 }

@@ -9,6 +9,8 @@ import (
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
+	"github.com/keymux/keymux/policy"
+	"github.com/keymux/keymux/store"
 	"github.com/keymux/keymux/store/objects"
 )
 
@@ -144,5 +146,35 @@ func TestObjectCreation(t *testing.T) {
 	}
 	if reg.Table.Get("file-new") != nil {
 		t.Fatal("the deleted file is still recorded")
+	}
+}
+
+// TestTagStreamSplitAnywhere: a streamed response's id is tagged wherever
+// the chunks are cut, also inside the first data line or inside an id.
+func TestTagStreamSplitAnywhere(t *testing.T) {
+	secret := []byte("test secret, 32 bytes long......")
+	stream := "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"object\":\"response\",\"id\":\"resp_9\"}}\n\n" +
+		"event: response.output_text.delta\ndata: {\"delta\":\"hi\"}\n\n" +
+		"event: response.completed\ndata: {\"response\":{\"id\":\"resp_9\",\"previous_response_id\":\"resp_8\"}}\n\n"
+	tag := objects.Tag(secret, "resp_9", "acct-a", "ca")
+	want := strings.ReplaceAll(stream, `"resp_9"`, `"`+tag+`"`)
+	for cut1 := 1; cut1 < len(stream); cut1 += 3 {
+		for _, cut2 := range []int{cut1, min(cut1+5, len(stream)), min(cut1+40, len(stream))} {
+			x := &exchange{s: &Server{objects: &objects.Registry{Secret: secret}},
+				entry: &store.Entry{Key: &policy.Key{Account: "acct-a"}}, client: &policy.Client{ID: "ca"},
+				obj: objectState{sse: &sseTag{}}}
+			var got []byte
+			chunks := []string{stream[:cut1], stream[cut1:cut2], stream[cut2:]}
+			for i, c := range chunks {
+				out := x.tagStream([]byte(c), i == len(chunks)-1)
+				if out == nil {
+					out = []byte(c)
+				}
+				got = append(got, out...)
+			}
+			if string(got) != want {
+				t.Fatalf("cut at %d and %d:\n%s\nwant\n%s", cut1, cut2, got, want)
+			}
+		}
 	}
 }

@@ -279,6 +279,28 @@ func (s *Server) createResponse(w *statusWriter, rq *request, account string) {
 		"usage": map[string]any{"input_tokens": PromptTokens(rq.body), "output_tokens": 4, "total_tokens": PromptTokens(rq.body) + 4}}
 	s.objs.put(id, &mockObject{account: account, kind: "response", fields: r, turn: turn})
 	out, _ := json.Marshal(r)
+	if rq.stream {
+		// response.created (in progress, no output), one text delta,
+		// response.completed; every event names the response's id.
+		created := map[string]any{"id": id, "object": "response", "created_at": r["created_at"], "status": "in_progress",
+			"model": rq.model, "previous_response_id": prevField, "output": []any{}}
+		sse := s.newSSE(w, rq)
+		for i, ev := range []struct {
+			name string
+			data map[string]any
+		}{
+			{"response.created", map[string]any{"type": "response.created", "response": created}},
+			{"response.output_text.delta", map[string]any{"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": text}},
+			{"response.completed", map[string]any{"type": "response.completed", "response": r}},
+		} {
+			ev.data["sequence_number"] = i
+			b, _ := json.Marshal(ev.data)
+			if !sse.event(ev.name, b) {
+				return
+			}
+		}
+		return
+	}
 	w.Header().Set("content-type", "application/json")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(out)
