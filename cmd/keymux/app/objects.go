@@ -47,7 +47,7 @@ func (sc *sidecar) startObjects(ctx context.Context, o serveOptions) (*objects.R
 		}
 		reg.Secret = secret
 	} else {
-		sc.log.Warn("no --state-dir: the records of files, batches and other objects, and the secret of stored responses' ids, last until keymux stops")
+		sc.log.Info("no --state-dir: the records of files, batches and other objects, and the secret of stored responses' ids, last until keymux stops")
 	}
 	lb, err := objects.NewLocal(table, path, sc.log, nil)
 	if err != nil {
