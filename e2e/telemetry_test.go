@@ -429,12 +429,15 @@ func (r *telRun) checkMetrics(t *testing.T, body []byte) {
 		`keymux_requests_in_flight`:    0,
 		`keymux_calllog_dropped_total`: 0,
 
-		`keymux_key_up{key="k1"}`:                         1,
-		`keymux_key_up{key="k2"}`:                         1,
-		`keymux_key_up{key="k3"}`:                         0, // cooling down after the 429
-		`keymux_key_state{key="k1",state="healthy"}`:      1,
-		`keymux_key_state{key="k2",state="healthy"}`:      1,
-		`keymux_key_state{key="k3",state="cooling_down"}`: 1,
+		`keymux_key_up{key="k1"}`:                                                         1,
+		`keymux_key_up{key="k2"}`:                                                         1,
+		`keymux_key_up{key="k3"}`:                                                         1, // the 429 cools it down for gpt-4.1 alone
+		`keymux_key_state{key="k1",state="healthy"}`:                                      1,
+		`keymux_key_state{key="k2",state="healthy"}`:                                      1,
+		`keymux_key_state{key="k3",state="healthy"}`:                                      1,
+		`keymux_key_model_state{key="k1",model="gpt-4o",state="healthy"}`:                 1,
+		`keymux_key_model_state{key="k2",model="gpt-4o-mini-2024-07-18",state="healthy"}`: 1,
+		`keymux_key_model_state{key="k3",model="gpt-4.1",state="cooling_down"}`:           1,
 
 		// Without the 2 anonymous 401s, 3 of 8 calls failed: over the 0.2
 		// threshold, but with fewer than AlertMinCalls calls.
@@ -546,7 +549,7 @@ func (r *telRun) checkStats(t *testing.T, body []byte, window string) {
 	wantKeys := []kh{
 		{"k1", "healthy", 3, 0, uint64(in1 + out1), false},
 		{"k2", "healthy", 2, 0, uint64(in2 + out2), false},
-		{"k3", "cooling_down", 3, 3, 0, true},
+		{"k3", "healthy", 3, 3, 0, false}, // cooling down for gpt-4.1 alone
 	}
 	if !slices.Equal(gotKeys, wantKeys) {
 		t.Errorf("/stats?window=%s: keys %+v, want %+v", window, gotKeys, wantKeys)

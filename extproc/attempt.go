@@ -64,7 +64,10 @@ func (x *exchange) retriesFor(entry *store.Entry, now time.Time) int {
 		if n >= limit {
 			break
 		}
-		if e != entry && sameHost(e.Key, entry.Key) && x.inAccount(e) && eligibleNow(e, now) {
+		if e == entry || !sameHost(e.Key, entry.Key) || !x.inAccount(e) {
+			continue
+		}
+		if ok, _ := x.admits(e, x.est, now); ok {
 			n++
 		}
 	}
@@ -75,12 +78,6 @@ func (x *exchange) retriesFor(entry *store.Entry, now time.Time) int {
 // base URL): a retry stays on the host Envoy routed the request to.
 func sameHost(a, b *policy.Key) bool {
 	return a.Provider == b.Provider && a.Scheme == b.Scheme && a.Host == b.Host && a.PathPrefix == b.PathPrefix
-}
-
-// eligibleNow reports whether e may take a request now.
-func eligibleNow(e *store.Entry, now time.Time) bool {
-	ok, _ := policy.Eligible(e.Key, e.RT.State(), now)
-	return ok && keyWithinLimits(e, now)
 }
 
 // ambiguousRequest marks an x-request-id that two open calls share.
@@ -149,6 +146,7 @@ type upstreamExchange struct {
 	a      *attempts    // nil: not a call keymux forwarded (passed through)
 	entry  *store.Entry // this attempt's key
 	model  string       // the model this attempt must carry ("" = leave the body)
+	final  string       // the model this attempt's upstream gets
 	phase  phase
 	status int
 }
@@ -211,7 +209,7 @@ func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3
 		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrPath, t.path))
 		mut.SetHeaders = append(mut.SetHeaders, t.headers...)
 	}
-	u.entry = a.entry
+	u.entry, u.final = a.entry, a.model
 	u.phase = phaseForwarded
 	return headersReply(mut, false)
 }
@@ -244,8 +242,7 @@ func (u *upstreamExchange) onResponseHeaders(h *extprocv3.HttpHeaders) {
 	u.status, _ = strconv.Atoi(findHeader(hm, hdrStatus))
 	x := u.a.x
 	now := x.s.now()
-	o := policy.Classify(u.status, func(name string) string { return findHeader(hm, name) }, nil, now)
-	applyFeedback(u.entry, x.settings.Ejection, o, now)
+	feedAnswer(u.entry, u.final, x.est, x.settings.Ejection, u.status, hm, now)
 	u.a.mu.Lock()
 	if u.a.entry == u.entry {
 		u.a.fed = true

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/keymux/keymux/policy"
+	"github.com/keymux/keymux/store"
 )
 
 // retryKeys: three OpenAI keys on one host (b's rule turns gpt-4 into
@@ -59,11 +60,14 @@ func TestRetryPutsAnotherKey(t *testing.T) {
 	cases := []struct {
 		name   string
 		status string
-		check  func(s policy.KeyState) bool
+		check  func(e *store.Entry) bool
 	}{
-		{"429 cools the key down", "429", func(s policy.KeyState) bool { return s.CooldownUntil.Equal(t0.Add(30 * time.Second)) }},
-		{"401 disables the key", "401", func(s policy.KeyState) bool { return s.Disabled && s.DisabledReason == "auth" }},
-		{"503 counts towards ejection", "503", func(s policy.KeyState) bool { return s.ConsecutiveFailures == 1 }},
+		{"429 cools the key down for its model", "429", func(e *store.Entry) bool {
+			m := e.RT.Model(modelFor(e.Key.ID))
+			return m != nil && m.CooldownUntil().Equal(t0.Add(30*time.Second)) && e.RT.State().CooldownUntil.IsZero()
+		}},
+		{"401 disables the key", "401", func(e *store.Entry) bool { s := e.RT.State(); return s.Disabled && s.DisabledReason == "auth" }},
+		{"503 counts towards ejection", "503", func(e *store.Entry) bool { return e.RT.State().ConsecutiveFailures == 1 }},
 	}
 	const body = `{"model":"gpt-4","messages":[{"role":"user","content":"hi"}]}`
 	for _, tc := range cases {
@@ -91,7 +95,7 @@ func TestRetryPutsAnotherKey(t *testing.T) {
 				if f := forwardOf(t, a1[1]); f.body != nil || len(f.set) != 0 {
 					t.Errorf("attempt 1 body changed: %q %v", f.body, f.set)
 				}
-				if !tc.check(r.entry(firstKey).RT.State()) {
+				if !tc.check(r.entry(firstKey)) {
 					t.Errorf("key %s after %s: %+v", firstKey, tc.status, r.entry(firstKey).RT.State())
 				}
 				a2 := r.runAttempt(

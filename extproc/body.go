@@ -27,6 +27,9 @@ type bodyInfo struct {
 	// affinity is the body's prompt_cache_key, else its user: what the
 	// affinity strategy keeps on one key.
 	affinity string
+	// maxTokens is the completion the request allows: the largest of
+	// max_tokens, max_completion_tokens and max_output_tokens (0: none).
+	maxTokens int64
 }
 
 // parseBody validates a JSON request body, nested at most maxDepth levels
@@ -105,6 +108,10 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 			}
 			if k.Str == "prompt_cache_key" || bi.affinity == "" {
 				bi.affinity = strings.Clone(v.Str)
+			}
+		case "max_tokens", "max_completion_tokens", "max_output_tokens":
+			if v.Type == gjson.Number && v.Num > 0 {
+				bi.maxTokens = max(bi.maxTokens, int64(min(v.Num, 1<<40)))
 			}
 		case "messages":
 			if !v.IsArray() {

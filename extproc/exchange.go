@@ -44,6 +44,7 @@ type exchange struct {
 	client   *policy.Client
 	entry    *store.Entry
 	status   int
+	est      int64 // the request's token estimate (policy.EstimateTokens)
 	usage    usageScanner
 	bodySeen bool
 	reading  bool      // the response body is read (mode overridden to STREAMED: UsageFromBody)
@@ -206,6 +207,7 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		x.bodyChanged = true
 	}
 	x.call.Stream = bi.stream
+	x.est = policy.EstimateTokens(len(body), bi.maxTokens)
 	if x.hdr.affinity == "" {
 		x.hdr.affinity = bi.affinity
 	}
@@ -429,8 +431,15 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 		strat = policy.RoundRobin{} // settings are validated; this is a safety net
 	}
 	needUsage, needErrors := policy.StrategyInputs(strat)
-	for _, e := range pool.Entries {
-		if !eligibleNow(e, now) || (skip != nil && skip(e)) {
+	seq := pool.Seq.Add(1) - 1
+	slow := 0 // eligible keys left out by their slow start
+	for i, e := range pool.Entries {
+		st := e.RT.State()
+		if ok, _ := x.admitsIn(e, st, x.est, now); !ok || (skip != nil && skip(e)) {
+			continue
+		}
+		if !x.slowStartAdmits(st.SlowStartFrom, seq, i, now) {
+			slow++
 			continue
 		}
 		c := policy.Candidate{Key: e.Key}
@@ -443,13 +452,21 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 		buf.cands = append(buf.cands, c)
 		buf.entries = append(buf.entries, e)
 	}
+	if len(buf.cands) == 0 && slow > 0 {
+		// Only keys in slow start: they serve rather than nobody.
+		for _, e := range pool.Entries {
+			if ok, _ := x.admits(e, x.est, now); ok && (skip == nil || !skip(e)) {
+				buf.cands = append(buf.cands, policy.Candidate{Key: e.Key})
+				buf.entries = append(buf.entries, e)
+			}
+		}
+	}
 	if len(buf.cands) == 0 {
 		if x.obj.account != "" && !slices.ContainsFunc(pool.Entries, x.inAccount) {
 			return nil, x.noKeyInAccount(model)
 		}
 		return nil, x.noEligibleKey(model, pool, now)
 	}
-	seq := pool.Seq.Add(1) - 1
 	if x.hdr.affinity != "" && policy.UsesAffinity(strat) {
 		seq = policy.AffinityHash(x.hdr.affinity)
 	}
@@ -457,6 +474,7 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	e := buf.entries[i]
 	e.RT.AddRequest()
 	e.RT.MinuteRequests.Add(now, 1)
+	take(e, x.finalModel(e.Key), x.est, now)
 	return e, nil
 }
 
@@ -477,11 +495,8 @@ func (x *exchange) noEligibleKey(model string, pool *store.Pool, now time.Time) 
 		if !x.inAccount(e) {
 			continue
 		}
-		if ok, why := policy.Eligible(e.Key, e.RT.State(), now); !ok {
+		if ok, why := x.admits(e, x.est, now); !ok {
 			reasons = append(reasons, why)
-		} else if !keyWithinLimits(e, now) {
-			// Over its own rpm/tpm: out until the minute turns.
-			reasons = append(reasons, policy.Ineligible{Reason: policy.ReasonCoolingDown, Until: store.NextMinute(now)})
 		}
 	}
 	msg, code := policy.Explain(model, reasons)
@@ -501,11 +516,16 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 		ResponseHeaders: &extprocv3.HeadersResponse{},
 	}}
 	now := x.s.now()
-	o := policy.Classify(x.status, func(name string) string { return findHeader(hm, name) }, nil, now)
 	if x.fromAttempts() {
-		x.call.ErrorCode = o.Kind.Class() // the upstream filter fed the key
+		// The upstream filter fed the key.
+		x.call.ErrorCode = classifyAnswer(x.status, hm, x.est, now).Kind.Class()
+	} else if x.entry != nil {
+		x.call.ErrorCode = feedAnswer(x.entry, x.call.ModelFinal, x.est, x.settings.Ejection, x.status, hm, now).Kind.Class()
 	} else {
-		x.feedback(o, now)
+		x.call.ErrorCode = policy.StatusKind(x.status).Class()
+	}
+	if x.entry != nil && x.status != 0 {
+		resp.GetResponseHeaders().Response = &extprocv3.CommonResponse{HeaderMutation: x.headroomMutation(now)}
 	}
 	x.respDone = h.GetEndOfStream()
 	if ct := findHeader(hm, hdrContentType); !x.respDone && x.wantsObjectBody(x.status, ct) {
@@ -660,8 +680,19 @@ func (x *exchange) fromEntry(r *envoyRecord) {
 	if r.usageKnown {
 		x.bookUsage(r.input, r.output, now)
 	}
-	if st := x.call.Status; policy.QuotaExhausted(st, r.errorCode, r.errorType) {
-		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: st}, now)
+	x.errorBody(x.call.Status, r.errorCode, r.errorType, now)
+}
+
+// errorBody applies what an upstream error body said (its error code and
+// type, read by Envoy's filters or by keymux) to the answering key: an
+// exhausted quota parks the key; a model the key cannot use takes it out
+// of that model's pool until its next probe.
+func (x *exchange) errorBody(status int, code, typ string, now time.Time) {
+	switch {
+	case policy.QuotaExhausted(status, code, typ):
+		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: status}, now)
+	case policy.ModelUnavailable(status, code, typ) && x.entry != nil:
+		blockModel(x.entry, x.call.ModelFinal, status, now)
 	}
 }
 
@@ -699,9 +730,7 @@ func (x *exchange) bodyUsage(now time.Time) {
 	if x.usage.known {
 		x.bookUsage(x.usage.input, x.usage.output, now)
 	}
-	if policy.QuotaExhausted(x.status, x.usage.errorCode, x.usage.errorType) {
-		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: x.status}, now)
-	}
+	x.errorBody(x.status, x.usage.errorCode, x.usage.errorType, now)
 }
 
 // bookUsage counts a call's tokens on the call, its key and its client.

@@ -20,19 +20,20 @@ func TestResponseFeedsKeyState(t *testing.T) {
 		settings  string
 		responses [][]*extprocv3.ProcessingRequest // one upstream answer per request to the key
 		state     policy.KeyState
-		errClass  string // call.ErrorCode of the last call
-		errors    uint64 // errors recorded on the key
+		cooldown  time.Time // the key's 429 cooldown for gpt-4o alone
+		errClass  string    // call.ErrorCode of the last call
+		errors    uint64    // errors recorded on the key
 		cooldowns uint64
 		ejections uint64
 	}{
 		{name: "success", responses: answers(respHeaders(true, ":status", "200")), errClass: ""},
 		{name: "429 with Retry-After", responses: answers(respHeaders(true, ":status", "429", "retry-after", "7")),
-			state: policy.KeyState{CooldownUntil: t0.Add(7 * time.Second)}, errClass: "rate_limited", errors: 1, cooldowns: 1},
+			cooldown: t0.Add(7 * time.Second), errClass: "rate_limited", errors: 1, cooldowns: 1},
 		{name: "429 with OpenAI reset headers", responses: answers(respHeaders(true, ":status", "429", "x-ratelimit-reset-requests", "1s", "x-ratelimit-reset-tokens", "6m0s")),
-			state: policy.KeyState{CooldownUntil: t0.Add(6 * time.Minute)}, errClass: "rate_limited", errors: 1, cooldowns: 1},
+			cooldown: t0.Add(6 * time.Minute), errClass: "rate_limited", errors: 1, cooldowns: 1},
 		{name: "429 without a header: the default cooldown", settings: "settings: {ejection: {cooldown: 45s}}\n",
 			responses: answers(respHeaders(true, ":status", "429")),
-			state:     policy.KeyState{CooldownUntil: t0.Add(45 * time.Second)}, errClass: "rate_limited", errors: 1, cooldowns: 1},
+			cooldown:  t0.Add(45 * time.Second), errClass: "rate_limited", errors: 1, cooldowns: 1},
 		{name: "401 disables", responses: answers(respHeaders(true, ":status", "401")),
 			state: policy.KeyState{Disabled: true, DisabledReason: policy.DisabledAuth}, errClass: "auth", errors: 1},
 		{name: "403 disables", responses: answers(respHeaders(true, ":status", "403")),
@@ -40,8 +41,9 @@ func TestResponseFeedsKeyState(t *testing.T) {
 		{name: "insufficient_quota in a 429 body", responses: answers(
 			respHeaders(false, ":status", "429", "content-type", "application/json", "retry-after", "3"),
 			respBody(`{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}`, true)),
-			// The headers cool the key down; the body then disables it.
-			state:    policy.KeyState{CooldownUntil: t0.Add(3 * time.Second), Disabled: true, DisabledReason: policy.DisabledQuota},
+			// The headers cool the key down for the model; the body then
+			// disables it.
+			state: policy.KeyState{Disabled: true, DisabledReason: policy.DisabledQuota}, cooldown: t0.Add(3 * time.Second),
 			errClass: "auth", errors: 2, cooldowns: 1},
 		{name: "insufficient_quota type in a 403 body", responses: answers(
 			respHeaders(false, ":status", "403", "content-type", "application/json; charset=utf-8"),
@@ -71,6 +73,13 @@ func TestResponseFeedsKeyState(t *testing.T) {
 			rt := r.entry("oai").RT
 			if got := rt.State(); !sameState(got, tc.state) {
 				t.Errorf("state %+v, want %+v", got, tc.state)
+			}
+			var cooldown time.Time
+			if m := rt.Model("gpt-4o"); m != nil {
+				cooldown = m.CooldownUntil()
+			}
+			if !cooldown.Equal(tc.cooldown) {
+				t.Errorf("gpt-4o cooldown until %v, want %v", cooldown, tc.cooldown)
 			}
 			if last.call.ErrorCode != tc.errClass || last.call.KeyID != "oai" {
 				t.Errorf("call key %s error code %q, want oai %q", last.call.KeyID, last.call.ErrorCode, tc.errClass)

@@ -107,7 +107,7 @@ func TestRecordApply(t *testing.T) {
 		{name: "pass clears auth disable", s: disabled, r: health.Record{Healthy: true, CheckedAt: t0.Add(time.Second)},
 			want: policy.KeyState{ProbedAt: t0.Add(time.Second)}},
 		{name: "pass clears ejection", s: ejected, r: health.Record{Healthy: true, CheckedAt: t0.Add(time.Second)},
-			want: policy.KeyState{ProbedAt: t0.Add(time.Second)}},
+			want: policy.KeyState{ProbedAt: t0.Add(time.Second), SlowStartFrom: t0.Add(time.Second)}},
 		{name: "failure marks probe_failed", s: policy.KeyState{}, r: health.Record{CheckedAt: t0, Error: "upstream: status 500"},
 			want: policy.KeyState{ProbeFailed: true, ProbeError: "upstream: status 500", ProbedAt: t0}},
 		{name: "older record ignored", s: disabled, r: health.Record{Healthy: true, CheckedAt: t0.Add(-time.Second)}, want: disabled},

@@ -96,6 +96,18 @@ func QuotaExhausted(status int, code, typ string) bool {
 		(code == insufficientQuota || typ == insufficientQuota)
 }
 
+// ModelUnavailable reports whether an answer says the key cannot use the
+// requested model: status 403 or 404 with error.code model_not_found
+// (OpenAI: "The model … does not exist or you do not have access to it"),
+// Azure's DeploymentNotFound, or Anthropic's not_found_error on a 404.
+func ModelUnavailable(status int, code, typ string) bool {
+	if status != http.StatusForbidden && status != http.StatusNotFound {
+		return false
+	}
+	return code == "model_not_found" || code == "DeploymentNotFound" ||
+		(status == http.StatusNotFound && typ == "not_found_error")
+}
+
 // Classify turns an upstream answer into an Outcome: StatusKind(status),
 // except that a QuotaExhausted answer is OutcomeQuota, and a 429 carries
 // RetryAt from RetryAt(header, now) (zero when no header says, meaning the

@@ -58,6 +58,10 @@ type KeyState struct {
 	ProbeFailed         bool // the latest active probe failed
 	ProbeError          string
 	ProbedAt            time.Time // when the latest active probe finished (zero: never)
+	// SlowStartFrom is when the key came back after its latest ejection
+	// (its end, or the probe that cut it short): from then its share of
+	// traffic grows over ejection.slow_start (SlowStartShare).
+	SlowStartFrom time.Time
 }
 
 // InputsReader is implemented by strategies that read only some of a

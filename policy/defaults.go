@@ -12,6 +12,7 @@ const (
 	DefaultEjectionMax         = 5 * time.Minute
 	DefaultCooldown            = 60 * time.Second
 	DefaultErrorWindow         = 60 * time.Second
+	DefaultSlowStart           = 30 * time.Second
 	DefaultAuthMode            = AuthNone
 	DefaultClaim               = "role"
 	DefaultClaimValue          = "ROLE_API_USER"
@@ -94,6 +95,9 @@ func (e *EjectionSettings) WithDefaults() *EjectionSettings {
 	}
 	if e.ErrorWindow == 0 {
 		e.ErrorWindow = DefaultErrorWindow
+	}
+	if e.SlowStart == 0 {
+		e.SlowStart = DefaultSlowStart
 	}
 	return e
 }

@@ -20,6 +20,9 @@ const (
 	ReasonProbeFailed    = "probe_failed"    // the latest active probe failed
 	ReasonCoolingDown    = "cooling_down"    // 429: until Until
 	ReasonEjected        = "ejected"         // consecutive 5xx/timeouts: until Until
+	// Per (key, model), from the store's model state:
+	ReasonNoHeadroom       = "no_headroom"       // the provider's remaining requests/tokens are spent: until the reset
+	ReasonModelUnavailable = "model_unavailable" // 403/404 for the model: until the next probe
 )
 
 // The error codes Explain returns, for the client-facing 503 body.
@@ -54,8 +57,8 @@ type Ineligible struct {
 //   - Server and Timeout count a failure. At cfg.ConsecutiveFailures in a
 //     row, or at any failure while half-open, the key is ejected until
 //     now + min(cfg.Base·2^Ejections, cfg.Max); Ejections is incremented and
-//     the failure count restarts. Failures that arrive while the key is
-//     already ejected are ignored.
+//     the failure count restarts; SlowStartFrom is the ejection's end.
+//     Failures that arrive while the key is already ejected are ignored.
 //   - Client (the caller's fault) leaves the state unchanged.
 //
 // A key whose ejection has expired is half-open: Eligible admits it again and
@@ -95,6 +98,7 @@ func NextState(s KeyState, o Outcome, cfg EjectionSettings, now time.Time) KeySt
 		s.ConsecutiveFailures++
 		if s.HalfOpen || s.ConsecutiveFailures >= cfg.ConsecutiveFailures {
 			s.EjectedUntil = now.Add(EjectionBackoff(cfg, s.Ejections))
+			s.SlowStartFrom = s.EjectedUntil
 			s.Ejections++
 			s.ConsecutiveFailures = 0
 			s.HalfOpen = false
@@ -132,6 +136,9 @@ func ProbeResult(s KeyState, ok bool, errMsg string, now time.Time) KeyState {
 	}
 	s.Disabled, s.DisabledReason = false, ""
 	s.ProbeFailed, s.ProbeError = false, ""
+	if now.Before(s.EjectedUntil) {
+		s.SlowStartFrom = now // back before the ejection's end
+	}
 	s.EjectedUntil = time.Time{}
 	s.Ejections, s.ConsecutiveFailures, s.HalfOpen = 0, 0, false
 	return s
@@ -179,6 +186,8 @@ func Eligible(k *Key, s KeyState, now time.Time) (ok bool, reason Ineligible) {
 var explainOrder = [...]struct{ reason, label string }{
 	{ReasonCoolingDown, "cooling down"},
 	{ReasonEjected, "ejected after upstream errors"},
+	{ReasonNoHeadroom, "out of provider rate-limit headroom"},
+	{ReasonModelUnavailable, "unable to use the model (until a probe passes)"},
 	{ReasonAuthFailed, "disabled (auth failed)"},
 	{ReasonQuotaExhausted, "disabled (quota exhausted)"},
 	{ReasonProbeFailed, "disabled (probe failed)"},
@@ -314,11 +323,11 @@ func explainIndex(reason string) int {
 
 func codeFor(reason string) string {
 	switch reason {
-	case ReasonCoolingDown:
+	case ReasonCoolingDown, ReasonNoHeadroom:
 		return CodeKeysCoolingDown
 	case ReasonEjected:
 		return CodeKeysEjected
-	case ReasonDisabled, ReasonAuthFailed, ReasonQuotaExhausted, ReasonProbeFailed:
+	case ReasonDisabled, ReasonAuthFailed, ReasonQuotaExhausted, ReasonProbeFailed, ReasonModelUnavailable:
 		return CodeKeysDisabled
 	}
 	return CodeNoEligibleKey

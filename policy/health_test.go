@@ -42,14 +42,14 @@ func TestNextState(t *testing.T) {
 
 		{"first failure counts", KeyState{}, fail, ejCfg, KeyState{ConsecutiveFailures: 1}},
 		{"second timeout counts", KeyState{ConsecutiveFailures: 1}, timeout, ejCfg, KeyState{ConsecutiveFailures: 2}},
-		{"third failure ejects for base", KeyState{ConsecutiveFailures: 2}, fail, ejCfg, KeyState{EjectedUntil: t0.Add(sec(30)), Ejections: 1}},
-		{"failure while half-open flag doubles", KeyState{HalfOpen: true, Ejections: 1}, timeout, ejCfg, KeyState{EjectedUntil: t0.Add(sec(60)), Ejections: 2}},
-		{"failure after expired ejection doubles", KeyState{EjectedUntil: t0, Ejections: 2}, fail, ejCfg, KeyState{EjectedUntil: t0.Add(sec(120)), Ejections: 3}},
-		{"backoff capped at max", KeyState{HalfOpen: true, Ejections: 10}, fail, ejCfg, KeyState{EjectedUntil: t0.Add(5 * time.Minute), Ejections: 11}},
+		{"third failure ejects for base", KeyState{ConsecutiveFailures: 2}, fail, ejCfg, KeyState{EjectedUntil: t0.Add(sec(30)), SlowStartFrom: t0.Add(sec(30)), Ejections: 1}},
+		{"failure while half-open flag doubles", KeyState{HalfOpen: true, Ejections: 1}, timeout, ejCfg, KeyState{EjectedUntil: t0.Add(sec(60)), SlowStartFrom: t0.Add(sec(60)), Ejections: 2}},
+		{"failure after expired ejection doubles", KeyState{EjectedUntil: t0, Ejections: 2}, fail, ejCfg, KeyState{EjectedUntil: t0.Add(sec(120)), SlowStartFrom: t0.Add(sec(120)), Ejections: 3}},
+		{"backoff capped at max", KeyState{HalfOpen: true, Ejections: 10}, fail, ejCfg, KeyState{EjectedUntil: t0.Add(5 * time.Minute), SlowStartFrom: t0.Add(5 * time.Minute), Ejections: 11}},
 		{"failure while ejected ignored", KeyState{EjectedUntil: t0.Add(sec(1)), Ejections: 1}, fail, ejCfg, KeyState{EjectedUntil: t0.Add(sec(1)), Ejections: 1}},
 		{"threshold 1 ejects at once", KeyState{}, fail, EjectionSettings{ConsecutiveFailures: 1, Base: sec(5), Max: sec(60)},
-			KeyState{EjectedUntil: t0.Add(sec(5)), Ejections: 1}},
-		{"zero cfg takes defaults", KeyState{ConsecutiveFailures: 2}, fail, EjectionSettings{}, KeyState{EjectedUntil: t0.Add(DefaultEjectionBase), Ejections: 1}},
+			KeyState{EjectedUntil: t0.Add(sec(5)), SlowStartFrom: t0.Add(sec(5)), Ejections: 1}},
+		{"zero cfg takes defaults", KeyState{ConsecutiveFailures: 2}, fail, EjectionSettings{}, KeyState{EjectedUntil: t0.Add(DefaultEjectionBase), SlowStartFrom: t0.Add(DefaultEjectionBase), Ejections: 1}},
 		{"zero cfg default cooldown", KeyState{}, Outcome{Kind: OutcomeRateLimited}, EjectionSettings{}, KeyState{CooldownUntil: t0.Add(DefaultCooldown)}},
 
 		{"client error changes nothing", KeyState{ConsecutiveFailures: 2, EjectedUntil: t0, Ejections: 1}, Outcome{Kind: OutcomeClient, Status: 400},
@@ -100,8 +100,8 @@ func TestCircuitScenario(t *testing.T) {
 	expect(true, Ineligible{}, true)
 	step(Outcome{Kind: OutcomeSuccess, Status: 200}) // the trial passes: closed
 	expect(true, Ineligible{}, false)
-	if s != (KeyState{}) {
-		t.Fatalf("after a passing trial state = %+v, want zero", s)
+	if s != (KeyState{SlowStartFrom: t0.Add(sec(90))}) {
+		t.Fatalf("after a passing trial state = %+v, want zero but the slow start from the ejection's end", s)
 	}
 
 	step(fail)
@@ -145,7 +145,7 @@ func TestProbeResult(t *testing.T) {
 	}{
 		{"pass clears everything but cooldown",
 			KeyState{Disabled: true, DisabledReason: DisabledAuth, ProbeFailed: true, ProbeError: "401", EjectedUntil: t0.Add(sec(9)), Ejections: 3, ConsecutiveFailures: 2, HalfOpen: true, CooldownUntil: t0.Add(sec(4))},
-			true, "", KeyState{CooldownUntil: t0.Add(sec(4)), ProbedAt: t0}},
+			true, "", KeyState{CooldownUntil: t0.Add(sec(4)), ProbedAt: t0, SlowStartFrom: t0}},
 		{"pass clears quota", KeyState{Disabled: true, DisabledReason: DisabledQuota}, true, "ignored", KeyState{ProbedAt: t0}},
 		{"fail sets ProbeFailed", KeyState{Disabled: true, DisabledReason: DisabledAuth}, false, "GET /v1/models: 401",
 			KeyState{Disabled: true, DisabledReason: DisabledAuth, ProbeFailed: true, ProbeError: "GET /v1/models: 401", ProbedAt: t0}},
@@ -266,7 +266,7 @@ func TestDefaults(t *testing.T) {
 	want := Settings{
 		Strategy: "round_robin",
 		Health:   HealthSettings{Interval: 10 * time.Minute, Timeout: 10 * time.Second},
-		Ejection: EjectionSettings{ConsecutiveFailures: 3, Base: 30 * time.Second, Max: 5 * time.Minute, Cooldown: 60 * time.Second, ErrorWindow: 60 * time.Second},
+		Ejection: EjectionSettings{ConsecutiveFailures: 3, Base: 30 * time.Second, Max: 5 * time.Minute, Cooldown: 60 * time.Second, ErrorWindow: 60 * time.Second, SlowStart: 30 * time.Second},
 		Auth:     AuthSettings{Mode: AuthNone, Claim: "role", Value: "ROLE_API_USER"},
 		Alerts:   AlertSettings{ErrorRate: 0.2, Usage: 10000},
 

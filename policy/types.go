@@ -162,6 +162,9 @@ type EjectionSettings struct {
 	Max                 time.Duration // cap of the exponential backoff; default 5m
 	Cooldown            time.Duration // 429 without Retry-After; default 60s
 	ErrorWindow         time.Duration // adjust_by_error_rate window; default 60s
+	// SlowStart is how long a key re-admitted after an ejection takes to
+	// get its whole share of traffic back (linearly); default 30s.
+	SlowStart time.Duration
 }
 
 // AlertSettings are the seed's alert thresholds.

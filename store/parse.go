@@ -405,6 +405,7 @@ type ejectionDoc struct {
 	Max                 *string `json:"max"`
 	Cooldown            *string `json:"cooldown"`
 	ErrorWindow         *string `json:"error_window"`
+	SlowStart           *string `json:"slow_start"`
 }
 
 func (d *ejectionDoc) UnmarshalJSON(b []byte) error {
@@ -544,6 +545,7 @@ func parseEjection(doc string, e *ejectionDoc, s *policy.EjectionSettings) error
 			{"ejection.max", e.Max, &s.Max},
 			{"ejection.cooldown", e.Cooldown, &s.Cooldown},
 			{"ejection.error_window", e.ErrorWindow, &s.ErrorWindow},
+			{"ejection.slow_start", e.SlowStart, &s.SlowStart},
 		} {
 			if err := parseDuration(doc, f.name, f.v, f.dst); err != nil {
 				return err

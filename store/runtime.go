@@ -14,7 +14,10 @@ const errBuckets = 300
 // generation that contains the key id. Every method is lock-free and safe for
 // concurrent use; only Update allocates.
 type Runtime struct {
-	state    atomic.Pointer[policy.KeyState]
+	state atomic.Pointer[policy.KeyState]
+	// models holds the key's per-model states (modelstate.go), copied on
+	// write.
+	models   atomic.Pointer[[]*ModelState]
 	usage    atomic.Uint64
 	requests atomic.Uint64
 	errors   atomic.Uint64
@@ -28,6 +31,8 @@ type Runtime struct {
 	// Passive-health transitions, for metrics.
 	ejections atomic.Uint64
 	cooldowns atomic.Uint64
+	// Provider rate-limit header values that did not parse (ignored).
+	badHeaders atomic.Uint64
 	// Each bucket packs the unix second it counts (high 32 bits) and the
 	// number of errors in that second (low 32 bits), so that moving a
 	// bucket to a new second and counting are one CAS.
@@ -82,6 +87,14 @@ func (r *Runtime) AddCooldown() { r.cooldowns.Add(1) }
 
 // Cooldowns returns how often the key cooled down after a 429.
 func (r *Runtime) Cooldowns() uint64 { return r.cooldowns.Load() }
+
+// AddBadHeaders counts n provider rate-limit header values that did not
+// parse.
+func (r *Runtime) AddBadHeaders(n uint64) { r.badHeaders.Add(n) }
+
+// BadHeaders returns the provider rate-limit header values that did not
+// parse.
+func (r *Runtime) BadHeaders() uint64 { return r.badHeaders.Load() }
 
 // Requests returns the requests sent with the key.
 func (r *Runtime) Requests() uint64 { return r.requests.Load() }

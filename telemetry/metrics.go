@@ -105,13 +105,15 @@ func newRecorders(m metric.Meter, errs *errList) *instruments {
 
 // observers are the instruments read at collection time, in one callback.
 type observers struct {
-	inFlight, keyUp, keyState, ejections, cooldowns   metric.Int64Observable
-	gen, stale, refused, refusals, readErrors, active metric.Int64Observable
-	staleFor, threshold, ratio                        metric.Float64Observable
+	inFlight, keyUp, keyState, ejections, cooldowns    metric.Int64Observable
+	modelState, headroomReqs, headroomToks, badHeaders metric.Int64Observable
+	gen, stale, refused, refusals, readErrors, active  metric.Int64Observable
+	staleFor, threshold, ratio                         metric.Float64Observable
 }
 
 func (obs *observers) all() []metric.Observable {
 	return []metric.Observable{obs.inFlight, obs.keyUp, obs.keyState, obs.ejections, obs.cooldowns,
+		obs.modelState, obs.headroomReqs, obs.headroomToks, obs.badHeaders,
 		obs.gen, obs.stale, obs.refused, obs.refusals, obs.readErrors, obs.active,
 		obs.staleFor, obs.threshold, obs.ratio}
 }
@@ -125,7 +127,15 @@ func newObservers(m metric.Meter, errs *errList) *observers {
 		ejections: b.counter(MetricKeyEjections, "{ejection}",
 			"Times the key was ejected after consecutive upstream failures."),
 		cooldowns: b.counter(MetricKeyCooldowns, "{cooldown}", "Times the key cooled down after a 429."),
-		gen:       b.gauge(MetricConfigGeneration, "", "Generation of the configuration in force, by source."),
+		modelState: b.gauge(MetricKeyModelState, "",
+			"The key's state for a model the configuration names (value 1): healthy, cooling_down, no_headroom, model_unavailable."),
+		headroomReqs: b.gauge(MetricKeyHeadroomRequests, "{request}",
+			"Requests the provider lets the key send for the model until its reset, as keymux estimates them."),
+		headroomToks: b.gauge(MetricKeyHeadroomTokens, "{token}",
+			"Tokens the provider lets the key use for the model until its reset, as keymux estimates them."),
+		badHeaders: b.counter(MetricRateLimitHeaderErrs, "{value}",
+			"Provider rate-limit header values that did not parse (ignored)."),
+		gen: b.gauge(MetricConfigGeneration, "", "Generation of the configuration in force, by source."),
 		stale: b.gauge(MetricConfigStale, "",
 			"1 while the configuration source cannot be read and the last good configuration serves."),
 		staleFor: b.floatGauge(MetricConfigStaleDuration, "s",
@@ -180,6 +190,18 @@ func (t *Telemetry) observeKeys(o metric.Observer, obs *observers) {
 		o.ObserveInt64(obs.keyState, 1, metric.WithAttributes(attribute.String(LabelKey, kh.ID), attribute.String(LabelState, kh.State)))
 		o.ObserveInt64(obs.ejections, int64(kh.Ejections), key)
 		o.ObserveInt64(obs.cooldowns, int64(kh.Cooldowns), key)
+		o.ObserveInt64(obs.badHeaders, int64(kh.RateLimitHeaderErrors), key)
+		for _, m := range kh.Models {
+			km := metric.WithAttributes(attribute.String(LabelKey, kh.ID), attribute.String(LabelModel, m.Model))
+			o.ObserveInt64(obs.modelState, 1, metric.WithAttributes(attribute.String(LabelKey, kh.ID),
+				attribute.String(LabelModel, m.Model), attribute.String(LabelState, m.State)))
+			if m.Requests != nil {
+				o.ObserveInt64(obs.headroomReqs, m.Requests.Remaining, km)
+			}
+			if m.Tokens != nil {
+				o.ObserveInt64(obs.headroomToks, m.Tokens.Remaining, km)
+			}
+		}
 	}
 }
 

@@ -80,27 +80,31 @@ func SpanName(operation, model, method string) string {
 // adds "_seconds" and "us" "_microseconds"; the names are pinned in
 // TestMetricNames.
 const (
-	MetricRequests            = "keymux.requests"              // counter {key, model, status_class}
-	MetricErrors              = "keymux.errors"                // counter {key, class}
-	MetricInFlight            = "keymux.requests.in_flight"    // gauge: Begin without End yet
-	MetricDuration            = "keymux.request.duration"      // histogram, s {key, model, status_class}
-	MetricOverhead            = "keymux.extproc.overhead"      // histogram, µs: Call.Overhead
-	MetricTokens              = "keymux.tokens"                // counter {key, type}
-	MetricTokenUsage          = "gen_ai.client.token.usage"    // histogram {token}, GenAI semconv attributes
-	MetricKeyUp               = "keymux.key.up"                // gauge {key}: 1 healthy or half_open, else 0
-	MetricKeyState            = "keymux.key.state"             // gauge {key, state} = 1
-	MetricKeyEjections        = "keymux.key.ejections"         // counter {key}: ejections after upstream failures
-	MetricKeyCooldowns        = "keymux.key.cooldowns"         // counter {key}: 429 cooldowns
-	MetricConfigGeneration    = "keymux.config.generation"     // gauge {source}
-	MetricConfigStale         = "keymux.config.stale"          // gauge 0/1
-	MetricConfigStaleDuration = "keymux.config.stale.duration" // gauge, s since the source went stale
-	MetricConfigRefused       = "keymux.config.refused"        // gauge: refused entries
-	MetricConfigRefusals      = "keymux.config.refusals"       // counter: refusals since start (Consul)
-	MetricConfigReadErrors    = "keymux.config.read_errors"    // counter: failed source reads (Consul)
-	MetricCallLogDropped      = "keymux.calllog.dropped"       // counter
-	MetricAlertThreshold      = "keymux.alert.threshold"       // gauge {alert}
-	MetricAlertActive         = "keymux.alert.active"          // gauge {alert, key} 0/1
-	MetricErrorRatio          = "keymux.error.ratio"           // gauge: failed/calls over AlertWindow, as the alert sees them
+	MetricRequests            = "keymux.requests"                // counter {key, model, status_class}
+	MetricErrors              = "keymux.errors"                  // counter {key, class}
+	MetricInFlight            = "keymux.requests.in_flight"      // gauge: Begin without End yet
+	MetricDuration            = "keymux.request.duration"        // histogram, s {key, model, status_class}
+	MetricOverhead            = "keymux.extproc.overhead"        // histogram, µs: Call.Overhead
+	MetricTokens              = "keymux.tokens"                  // counter {key, type}
+	MetricTokenUsage          = "gen_ai.client.token.usage"      // histogram {token}, GenAI semconv attributes
+	MetricKeyUp               = "keymux.key.up"                  // gauge {key}: 1 healthy or half_open, else 0
+	MetricKeyState            = "keymux.key.state"               // gauge {key, state} = 1
+	MetricKeyEjections        = "keymux.key.ejections"           // counter {key}: ejections after upstream failures
+	MetricKeyCooldowns        = "keymux.key.cooldowns"           // counter {key}: 429 cooldowns
+	MetricKeyModelState       = "keymux.key.model.state"         // gauge {key, model, state} = 1
+	MetricKeyHeadroomRequests = "keymux.key.headroom.requests"   // gauge {key, model}: provider requests left
+	MetricKeyHeadroomTokens   = "keymux.key.headroom.tokens"     // gauge {key, model}: provider tokens left
+	MetricRateLimitHeaderErrs = "keymux.ratelimit.header_errors" // counter {key}: unparsable rate-limit headers
+	MetricConfigGeneration    = "keymux.config.generation"       // gauge {source}
+	MetricConfigStale         = "keymux.config.stale"            // gauge 0/1
+	MetricConfigStaleDuration = "keymux.config.stale.duration"   // gauge, s since the source went stale
+	MetricConfigRefused       = "keymux.config.refused"          // gauge: refused entries
+	MetricConfigRefusals      = "keymux.config.refusals"         // counter: refusals since start (Consul)
+	MetricConfigReadErrors    = "keymux.config.read_errors"      // counter: failed source reads (Consul)
+	MetricCallLogDropped      = "keymux.calllog.dropped"         // counter
+	MetricAlertThreshold      = "keymux.alert.threshold"         // gauge {alert}
+	MetricAlertActive         = "keymux.alert.active"            // gauge {alert, key} 0/1
+	MetricErrorRatio          = "keymux.error.ratio"             // gauge: failed/calls over AlertWindow, as the alert sees them
 )
 
 // Metric label (attribute) keys of keymux's own metrics.

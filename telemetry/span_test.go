@@ -346,7 +346,9 @@ func TestMetricNames(t *testing.T) {
 		"keymux_config_generation", "keymux_config_refused", "keymux_config_stale", "keymux_config_stale_duration_seconds",
 		"keymux_error_ratio", "keymux_errors_total",
 		"keymux_extproc_overhead_microseconds_count", "keymux_extproc_overhead_microseconds_sum",
-		"keymux_key_cooldowns_total", "keymux_key_ejections_total", "keymux_key_state", "keymux_key_up",
+		"keymux_key_cooldowns_total", "keymux_key_ejections_total",
+		"keymux_key_headroom_requests", "keymux_key_headroom_tokens", "keymux_key_model_state", "keymux_key_state", "keymux_key_up",
+		"keymux_ratelimit_header_errors_total",
 		"keymux_request_duration_seconds_count", "keymux_request_duration_seconds_sum",
 		"keymux_requests_in_flight", "keymux_requests_total", "keymux_tokens_total",
 	}

@@ -50,6 +50,32 @@ type KeyHealth struct {
 	// Passive-health transitions since start.
 	Ejections uint64 `json:"ejections"`
 	Cooldowns uint64 `json:"cooldowns"`
+	// RateLimitHeaderErrors counts the provider's rate-limit header values
+	// that did not parse (ignored).
+	RateLimitHeaderErrors uint64 `json:"ratelimit_header_errors"`
+	// Models is the key's state per model the configuration names.
+	Models []ModelHealth `json:"models,omitempty"`
+}
+
+// ModelHealth is a key's state for one model: State is healthy,
+// cooling_down (a 429 for this model), no_headroom (the provider's
+// remaining requests or tokens are spent until Until) or
+// model_unavailable (403/404 for the model, until the next probe); the
+// provider's headroom as keymux estimates it.
+type ModelHealth struct {
+	Model    string          `json:"model"`
+	State    string          `json:"state"`
+	Until    time.Time       `json:"until,omitzero"`
+	Requests *HeadroomBudget `json:"requests,omitempty"`
+	Tokens   *HeadroomBudget `json:"tokens,omitempty"`
+}
+
+// HeadroomBudget is one provider rate limit as keymux estimates it: the
+// limit, what remains until Reset (after Reset the whole limit).
+type HeadroomBudget struct {
+	Limit     int64     `json:"limit,omitempty"`
+	Remaining int64     `json:"remaining"`
+	Reset     time.Time `json:"reset,omitzero"`
 }
 
 // ConfigInfo describes the configuration in force for the config gauges.

@@ -89,8 +89,10 @@ func replay(tel *Telemetry, calls []*Call) {
 
 func healthFn() []KeyHealth {
 	return []KeyHealth{
-		{ID: "k1", State: "healthy", Requests: 3, Errors: 0, Tokens: 172},
-		{ID: "k2", State: "cooling_down", Until: t0.Add(30 * time.Second), Requests: 2, Errors: 2, Cooldowns: 2},
+		{ID: "k1", State: "healthy", Requests: 3, Errors: 0, Tokens: 172, Models: []ModelHealth{{Model: "gpt-4o", State: "healthy",
+			Requests: &HeadroomBudget{Limit: 100, Remaining: 40, Reset: t0.Add(20 * time.Second)}, Tokens: &HeadroomBudget{Remaining: 9000}}}},
+		{ID: "k2", State: "cooling_down", Until: t0.Add(30 * time.Second), Requests: 2, Errors: 2, Cooldowns: 2, RateLimitHeaderErrors: 3,
+			Models: []ModelHealth{{Model: "gpt-4o-mini", State: "no_headroom", Until: t0.Add(30 * time.Second), Requests: &HeadroomBudget{Remaining: 0}}}},
 		{ID: "k3", State: "ejected", Until: t0.Add(time.Minute), Requests: 1, Errors: 1, Ejections: 1},
 	}
 }
@@ -156,6 +158,14 @@ func TestMetricsExact(t *testing.T) {
 		`keymux_key_ejections_total{key="k3"}`:            1,
 		`keymux_key_ejections_total{key="k2"}`:            0,
 
+		`keymux_key_model_state{key="k1",model="gpt-4o",state="healthy"}`:          1,
+		`keymux_key_model_state{key="k2",model="gpt-4o-mini",state="no_headroom"}`: 1,
+		`keymux_key_headroom_requests{key="k1",model="gpt-4o"}`:                    40,
+		`keymux_key_headroom_requests{key="k2",model="gpt-4o-mini"}`:               0,
+		`keymux_key_headroom_tokens{key="k1",model="gpt-4o"}`:                      9000,
+		`keymux_ratelimit_header_errors_total{key="k2"}`:                           3,
+		`keymux_ratelimit_header_errors_total{key="k1"}`:                           0,
+
 		`keymux_config_generation{source="consul"}`: 7,
 		`keymux_config_stale`:                       1,
 		`keymux_config_stale_duration_seconds`:      90,
@@ -202,9 +212,11 @@ const wantStatsAll = `{
   "models": {"gpt-4o": 3, "gpt-4o-mini": 2, "text-embedding-3-small": 1, "other": 1},
   "latency_ms": {"p50": 50, "p95": 288, "p99": 288},
   "keys": [
-    {"id": "k1", "state": "healthy", "requests": 3, "errors": 0, "tokens": 172, "ejections": 0, "cooldowns": 0},
-    {"id": "k2", "state": "cooling_down", "until": "2026-01-02T03:11:00Z", "requests": 2, "errors": 2, "tokens": 0, "ejections": 0, "cooldowns": 2},
-    {"id": "k3", "state": "ejected", "until": "2026-01-02T03:11:30Z", "requests": 1, "errors": 1, "tokens": 0, "ejections": 1, "cooldowns": 0}
+    {"id": "k1", "state": "healthy", "requests": 3, "errors": 0, "tokens": 172, "ejections": 0, "cooldowns": 0, "ratelimit_header_errors": 0,
+     "models": [{"model": "gpt-4o", "state": "healthy", "requests": {"limit": 100, "remaining": 40, "reset": "2026-01-02T03:10:50Z"}, "tokens": {"remaining": 9000}}]},
+    {"id": "k2", "state": "cooling_down", "until": "2026-01-02T03:11:00Z", "requests": 2, "errors": 2, "tokens": 0, "ejections": 0, "cooldowns": 2, "ratelimit_header_errors": 3,
+     "models": [{"model": "gpt-4o-mini", "state": "no_headroom", "until": "2026-01-02T03:11:00Z", "requests": {"remaining": 0}}]},
+    {"id": "k3", "state": "ejected", "until": "2026-01-02T03:11:30Z", "requests": 1, "errors": 1, "tokens": 0, "ejections": 1, "cooldowns": 0, "ratelimit_header_errors": 0}
   ]
 }`
 
@@ -215,9 +227,11 @@ func TestStatsExact(t *testing.T) {
 	replay(tel, sequence())
 
 	keys := `[
-    {"id": "k1", "state": "healthy", "requests": 3, "errors": 0, "tokens": 172, "ejections": 0, "cooldowns": 0},
-    {"id": "k2", "state": "cooling_down", "until": "2026-01-02T03:11:00Z", "requests": 2, "errors": 2, "tokens": 0, "ejections": 0, "cooldowns": 2},
-    {"id": "k3", "state": "ejected", "until": "2026-01-02T03:11:30Z", "requests": 1, "errors": 1, "tokens": 0, "ejections": 1, "cooldowns": 0}
+    {"id": "k1", "state": "healthy", "requests": 3, "errors": 0, "tokens": 172, "ejections": 0, "cooldowns": 0, "ratelimit_header_errors": 0,
+     "models": [{"model": "gpt-4o", "state": "healthy", "requests": {"limit": 100, "remaining": 40, "reset": "2026-01-02T03:10:50Z"}, "tokens": {"remaining": 9000}}]},
+    {"id": "k2", "state": "cooling_down", "until": "2026-01-02T03:11:00Z", "requests": 2, "errors": 2, "tokens": 0, "ejections": 0, "cooldowns": 2, "ratelimit_header_errors": 3,
+     "models": [{"model": "gpt-4o-mini", "state": "no_headroom", "until": "2026-01-02T03:11:00Z", "requests": {"remaining": 0}}]},
+    {"id": "k3", "state": "ejected", "until": "2026-01-02T03:11:30Z", "requests": 1, "errors": 1, "tokens": 0, "ejections": 1, "cooldowns": 0, "ratelimit_header_errors": 0}
   ]`
 	tests := []struct {
 		query string

@@ -60,11 +60,14 @@ type Behaviour struct {
 	// it (e.g. "/chat/completions", so that health probes of /models still
 	// succeed); other requests answer normally and leave a script in place.
 	Path string
+	// Model, when set, limits the behaviour to requests for that model (as
+	// Recorded.Model), as Path does: a provider limits each model apart.
+	Model string
 }
 
-// appliesTo reports whether b is meant for a request to path.
-func (b Behaviour) appliesTo(path string) bool {
-	return b.Path == "" || strings.HasSuffix(path, b.Path)
+// appliesTo reports whether b is meant for a request to path for model.
+func (b Behaviour) appliesTo(path, model string) bool {
+	return (b.Path == "" || strings.HasSuffix(path, b.Path)) && (b.Model == "" || b.Model == model)
 }
 
 func (b Behaviour) isError() bool { return b.Status >= 400 }

@@ -509,3 +509,45 @@ func TestBehaviourPathLimitsWhereItApplies(t *testing.T) {
 		}
 	}
 }
+
+// Behaviour.Model limits a behaviour to one model, and the rate-limit
+// headers count each (credential, model) apart, as providers do; scripted
+// headers replace them.
+func TestBehaviourModelAndPerModelHeadroom(t *testing.T) {
+	s := mockupstream.New(mockupstream.Options{})
+	if err := s.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	s.SetDefault("sk-test-a", mockupstream.Behaviour{Model: "gpt-4o", Headers: map[string]string{
+		"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "20s"}})
+	s.Script("sk-test-a", mockupstream.Behaviour{Status: 429, Model: "gpt-4o-mini"})
+	chat := func(model string) (int, http.Header) {
+		req, _ := http.NewRequest("POST", s.URL()+"/v1/chat/completions", strings.NewReader(`{"model":"`+model+`","messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("authorization", "Bearer sk-test-a")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode, resp.Header
+	}
+	for _, tc := range []struct {
+		model     string
+		status    int
+		remaining string
+		reset     string
+	}{
+		{"gpt-4", 200, "9999", "6ms"},       // neither behaviour: the first gpt-4 request
+		{"gpt-4o", 200, "0", "20s"},         // the default's headers
+		{"gpt-4", 200, "9998", "6ms"},       // gpt-4's own count
+		{"gpt-4o-mini", 429, "0", "1s"},     // the script waited for its model
+		{"gpt-4o-mini", 200, "9998", "6ms"}, // its second request
+	} {
+		st, h := chat(tc.model)
+		if st != tc.status || h.Get("x-ratelimit-remaining-requests") != tc.remaining || h.Get("x-ratelimit-reset-requests") != tc.reset {
+			t.Errorf("%s: %d remaining %q reset %q, want %d %q %q", tc.model, st, h.Get("x-ratelimit-remaining-requests"),
+				h.Get("x-ratelimit-reset-requests"), tc.status, tc.remaining, tc.reset)
+		}
+	}
+}

@@ -108,9 +108,9 @@ type Server struct {
 	changed  chan struct{} // closed and replaced on every new or updated record
 	scripts  map[string][]Behaviour
 	defaults map[string]Behaviour
-	counts   map[string]int // requests per credential, for x-ratelimit-remaining-*
-	epoch    uint64         // bumped by Reset, so late answers never touch new records
-	objs     objectStore    // files, batches, stored responses (its own lock)
+	counts   map[[2]string]int // requests per credential and model, for x-ratelimit-remaining-*
+	epoch    uint64            // bumped by Reset, so late answers never touch new records
+	objs     objectStore       // files, batches, stored responses (its own lock)
 
 	ctx    context.Context // ends when Close is called; ends Delays
 	cancel context.CancelFunc
@@ -133,7 +133,7 @@ func New(opts Options) *Server {
 		changed:  make(chan struct{}),
 		scripts:  make(map[string][]Behaviour),
 		defaults: make(map[string]Behaviour),
-		counts:   make(map[string]int),
+		counts:   make(map[[2]string]int),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -325,14 +325,16 @@ func (s *Server) SetDefault(credential string, b Behaviour) {
 	s.defaults[credential] = b
 }
 
-// next picks the behaviour for a request of credential to path and counts it.
-func (s *Server) next(credential, path string) (Behaviour, int) {
+// next picks the behaviour for a request of credential to path for model
+// and counts it (per credential and model: providers limit each model
+// apart).
+func (s *Server) next(credential, path, model string) (Behaviour, int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.counts[credential]++
-	n := s.counts[credential]
+	s.counts[[2]string{credential, model}]++
+	n := s.counts[[2]string{credential, model}]
 	for _, c := range []string{credential, ""} {
-		if q := s.scripts[c]; len(q) > 0 && q[0].appliesTo(path) {
+		if q := s.scripts[c]; len(q) > 0 && q[0].appliesTo(path, model) {
 			b := q[0]
 			s.scripts[c] = q[1:]
 			return b, n
@@ -342,7 +344,7 @@ func (s *Server) next(credential, path string) (Behaviour, int) {
 	if !ok {
 		b = s.defaults[""]
 	}
-	if !b.appliesTo(path) {
+	if !b.appliesTo(path, model) {
 		return Behaviour{}, n
 	}
 	return b, n
@@ -490,7 +492,7 @@ type request struct {
 	model  string
 	stream bool
 	seq    int
-	count  int // requests of this credential so far, this one included
+	count  int // requests of this credential for this model so far, this one included
 	b      Behaviour
 }
 
@@ -591,7 +593,7 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		s.writeError(w, d, behaviourError(Behaviour{Status: http.StatusUnauthorized}, d, rq.model))
 		return
 	}
-	rq.b, rq.count = s.next(cred, r.URL.Path)
+	rq.b, rq.count = s.next(cred, r.URL.Path, rq.model)
 	b := rq.b
 	if b.Delay > 0 && !backoff.Sleep(r.Context(), b.Delay) {
 		w.abort(false) // the client or the server went away: no answer at all
@@ -634,7 +636,8 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 }
 
 // rateLimitHeaders sets the provider's rate-limit headers: remaining 0 on
-// a 429, else a budget that shrinks with the credential's request count.
+// a 429, else a budget that shrinks with the request count of the
+// credential for the model (Behaviour.Headers replace any of them).
 func (s *Server) rateLimitHeaders(w http.ResponseWriter, rq *request) {
 	const reqLimit, tokLimit = 10000, 1000000
 	remaining := max(reqLimit-rq.count, 0)

@@ -28,6 +28,7 @@ import (
 
 	"github.com/keymux/keymux/extproc"
 	"github.com/keymux/keymux/health"
+	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/store"
 	"github.com/keymux/keymux/store/consul"
 	"github.com/keymux/keymux/telemetry"
@@ -497,9 +498,39 @@ func (sc *sidecar) keyHealth() []telemetry.KeyHealth {
 		out[i] = telemetry.KeyHealth{ID: k.ID, State: k.State, Until: k.Until, Requests: k.Requests, Errors: k.Errors, Tokens: k.Tokens}
 		if e := snap.Key(k.ID); e != nil {
 			out[i].Ejections, out[i].Cooldowns = e.RT.Ejections(), e.RT.Cooldowns()
+			out[i].RateLimitHeaderErrors = e.RT.BadHeaders()
+			out[i].Models = modelHealth(snap, e, time.Now())
 		}
 	}
 	return out
+}
+
+// modelHealth is key e's state per model the configuration names (metric
+// labels stay bounded whatever models clients ask for).
+func modelHealth(snap *store.Snapshot, e *store.Entry, now time.Time) []telemetry.ModelHealth {
+	var out []telemetry.ModelHealth
+	probedAt := e.RT.State().ProbedAt
+	for _, m := range e.RT.Models() {
+		if !snap.NamesModel(m.Model) {
+			continue
+		}
+		v := m.View(probedAt, now)
+		out = append(out, telemetry.ModelHealth{Model: v.Model, State: v.State, Until: v.Until,
+			Requests: headroomBudget(v.Headroom.Requests), Tokens: headroomBudget(v.Headroom.Tokens)})
+	}
+	return out
+}
+
+// headroomBudget is b for /stats and /metrics: what remains until the
+// reset, the whole limit once it has passed; nil when neither is known.
+func headroomBudget(b policy.Budget) *telemetry.HeadroomBudget {
+	switch {
+	case b.Known:
+		return &telemetry.HeadroomBudget{Limit: b.Limit, Remaining: b.Remaining, Reset: b.Reset}
+	case b.Limit > 0:
+		return &telemetry.HeadroomBudget{Limit: b.Limit, Remaining: b.Limit}
+	}
+	return nil
 }
 
 // close stops everything in reverse order, waiting boundedly. The gRPC
