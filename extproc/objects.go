@@ -149,7 +149,9 @@ func (x *exchange) resolveObject(k *objectKind, id, param string) (string, *apiE
 			return "", notFoundObject(k, id, param, "")
 		}
 	default:
-		if rec := reg.Lookup(x.ctx(), id, x.s.now, !x.waited); rec != nil {
+		// Tagged kinds are never recorded: an untagged id of one has no
+		// record to wait for.
+		if rec := reg.Lookup(x.ctx(), id, x.s.now, !x.waited && !k.tagged); rec != nil {
 			account, owner = rec.Account, rec.Owner
 		} else {
 			x.waited = true // one wait per request
