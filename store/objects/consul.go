@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -95,7 +96,7 @@ func (c *Consul) Run(ctx context.Context) error {
 			}
 			fails++
 			c.log.Warn("cannot list the object records", "error", err)
-			backoff.Sleep(ctx, backoff.Delay(fails, 100*time.Millisecond, 10*time.Second, nil))
+			backoff.Sleep(ctx, backoff.Delay(fails, 100*time.Millisecond, 10*time.Second, mrand.Float64))
 			continue
 		}
 		fails = 0
