@@ -144,7 +144,7 @@ func (x *exchange) resolveObject(k *objectKind, id, param string) (string, *apiE
 	switch {
 	case objects.IsTagged(id):
 		var ok bool
-		raw, account, owner, ok = objects.Untag(reg.Secret, id)
+		raw, account, owner, ok = objects.Untag(reg.Secret(), id)
 		if !ok {
 			return "", notFoundObject(k, id, param, "")
 		}
@@ -323,7 +323,7 @@ func (x *exchange) learnObject(body []byte) ([]byte, *extprocv3.HeaderMutation) 
 		}
 		out := make([]byte, 0, len(body)+128)
 		out = append(out, body[:v.Index]...)
-		out = appendJSONString(out, objects.Tag(reg.Secret, v.Str, account, owner))
+		out = appendJSONString(out, objects.Tag(reg.Secret(), v.Str, account, owner))
 		out = append(out, body[v.Index+len(v.Raw):]...)
 		return out, &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{setHeader(hdrContentLength, strconv.Itoa(len(out)))}}
 	}
@@ -490,7 +490,7 @@ func (x *exchange) tagStream(chunk []byte, eos bool) []byte {
 			return []byte{}
 		}
 		t.pattern = []byte(`"` + raw + `"`)
-		t.tagged = []byte(`"` + objects.Tag(x.s.objects.Secret, raw, x.entry.Key.Account, x.ownerOf()) + `"`)
+		t.tagged = []byte(`"` + objects.Tag(x.s.objects.Secret(), raw, x.entry.Key.Account, x.ownerOf()) + `"`)
 	}
 	out := bytes.ReplaceAll(data, t.pattern, t.tagged)
 	if !eos {

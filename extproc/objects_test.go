@@ -31,7 +31,8 @@ func objectsRig(t *testing.T) (*rig, *objects.Registry) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := &objects.Registry{Table: table, Backend: lb, Secret: []byte("test secret, 32 bytes long......")}
+	reg := &objects.Registry{Table: table, Backend: lb}
+	reg.SetSecret([]byte("test secret, 32 bytes long......"))
 	r.srv.objects = reg
 	for _, rec := range []*objects.Record{
 		{ID: "file-a", Kind: "file", Account: "acct-a"},
@@ -129,7 +130,7 @@ func TestObjectCreation(t *testing.T) {
 	key, reply := created("POST", "/v1/responses", `{"model":"gpt-4o","input":"hi"}`, answer)
 	cr := reply.GetResponseBody().GetResponse()
 	body := cr.GetBodyMutation().GetBody()
-	tag := objects.Tag(reg.Secret, "resp_1", r.entry(key).Key.Account, "")
+	tag := objects.Tag(reg.Secret(), "resp_1", r.entry(key).Key.Account, "")
 	if want := `{"id":"` + tag + `","object":"response","output":[]}`; string(body) != want {
 		t.Fatalf("tagged body %s, want %s", body, want)
 	}
@@ -160,7 +161,9 @@ func TestTagStreamSplitAnywhere(t *testing.T) {
 	want := strings.ReplaceAll(stream, `"resp_9"`, `"`+tag+`"`)
 	for cut1 := 1; cut1 < len(stream); cut1 += 3 {
 		for _, cut2 := range []int{cut1, min(cut1+5, len(stream)), min(cut1+40, len(stream))} {
-			x := &exchange{s: &Server{objects: &objects.Registry{Secret: secret}},
+			reg := &objects.Registry{}
+			reg.SetSecret(secret)
+			x := &exchange{s: &Server{objects: reg},
 				entry: &store.Entry{Key: &policy.Key{Account: "acct-a"}}, client: &policy.Client{ID: "ca"},
 				obj: objectState{sse: &sseTag{}}}
 			var got []byte

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/keymux/keymux/policy"
@@ -33,13 +34,24 @@ var ErrFull = errors.New("objects: the object table is full")
 type Registry struct {
 	Table   *Table
 	Backend Backend
-	// Secret authenticates the tags of stored responses; the same on every
-	// sidecar of a fleet.
-	Secret []byte
+	// secret authenticates the tags of stored responses; the same on
+	// every sidecar of a fleet (SetSecret, Secret).
+	secret atomic.Pointer[[]byte]
 	// Wait is how long a follow-up naming an unknown id waits for the
 	// record to arrive from another sidecar (Consul watch) before it is
 	// treated as created outside keymux.
 	Wait time.Duration
+}
+
+// SetSecret sets the fleet secret of response tags.
+func (r *Registry) SetSecret(b []byte) { r.secret.Store(&b) }
+
+// Secret is the fleet secret of response tags (nil until set).
+func (r *Registry) Secret() []byte {
+	if p := r.secret.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // Lookup returns the live record of id, waiting up to r.Wait for it to

@@ -5,11 +5,13 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/keymux/keymux/internal/backoff"
 	"github.com/keymux/keymux/store/objects"
 )
 
@@ -25,27 +27,31 @@ func (sc *sidecar) startObjects(ctx context.Context, o serveOptions) (*objects.R
 		prefix := objects.ObjectsPrefix(o.consulPrefix)
 		cb := objects.NewConsul(sc.consul, prefix, table, sc.log, nil)
 		reg.Backend, reg.Wait = cb, objects.DefaultWait
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		secret, err := objects.FleetSecret(sctx, sc.consul, strings.TrimSuffix(prefix, "/")+"-secret")
-		if err != nil {
-			// Tags made now will not verify on other sidecars.
-			sc.log.Error("cannot read the fleet's object secret from Consul: stored responses' ids are valid on this sidecar only until it restarts", "error", err)
-			secret = randomSecret()
+		path := strings.TrimSuffix(prefix, "/") + "-secret"
+		if !sc.fleetSecret(ctx, reg, path, 2*time.Second) {
+			// Consul is not answering: serve, and take the fleet's secret
+			// once it does (tags made meanwhile verify on this sidecar only).
+			reg.SetSecret(randomSecret())
+			go func() {
+				for n := 1; !sc.fleetSecret(ctx, reg, path, 10*time.Second); n++ {
+					if !backoff.Sleep(ctx, backoff.Delay(n, time.Second, time.Minute, mrand.Float64)) {
+						return
+					}
+				}
+			}()
 		}
-		reg.Secret = secret
 		go func() { _ = cb.Run(ctx) }()
 		return reg, nil
 	}
 	path := ""
-	reg.Secret = randomSecret()
+	reg.SetSecret(randomSecret())
 	if o.stateDir != "" {
 		path = filepath.Join(o.stateDir, "objects.json")
 		secret, err := localSecret(filepath.Join(o.stateDir, "object-secret"))
 		if err != nil {
 			return nil, err
 		}
-		reg.Secret = secret
+		reg.SetSecret(secret)
 	} else {
 		sc.log.Info("no --state-dir: the records of files, batches and other objects, and the secret of stored responses' ids, last until keymux stops")
 	}
@@ -56,6 +62,22 @@ func (sc *sidecar) startObjects(ctx context.Context, o serveOptions) (*objects.R
 	reg.Backend = lb
 	go func() { _ = lb.Run(ctx) }()
 	return reg, nil
+}
+
+// fleetSecret reads (or creates) the fleet's secret in Consul within
+// timeout and sets it; false when Consul did not answer.
+func (sc *sidecar) fleetSecret(ctx context.Context, reg *objects.Registry, path string, timeout time.Duration) bool {
+	sctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	secret, err := objects.FleetSecret(sctx, sc.consul, path)
+	if err != nil {
+		if ctx.Err() == nil {
+			sc.log.Warn("cannot read the fleet's object secret from Consul: stored responses' ids made now verify on this sidecar only", "path", path, "error", err)
+		}
+		return false
+	}
+	reg.SetSecret(secret)
+	return true
 }
 
 func randomSecret() []byte {
