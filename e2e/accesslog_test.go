@@ -38,14 +38,7 @@ func (g *gateway) accessLog() accessLog {
 }
 
 // responseBodyMessages is keymux_extproc_messages_total{kind="response_body"}.
-func (g *gateway) responseBodyMessages() int {
-	m := regexp.MustCompile(`(?m)^keymux_extproc_messages_total\{kind="response_body"\} (\d+)$`).FindSubmatch(g.getAdmin("/metrics"))
-	if m == nil {
-		g.t.Fatal("/metrics lacks keymux_extproc_messages_total{kind=\"response_body\"}")
-	}
-	n, _ := strconv.Atoi(string(m[1]))
-	return n
-}
+func (g *gateway) responseBodyMessages() int { return g.extprocMessages("response_body") }
 
 // A key whose upstream resets every chat request (its probe, GET /models,
 // passes) or refuses connections is ejected after

@@ -42,6 +42,7 @@ type consulGateway struct {
 	prefix   string
 	stopOnce sync.Once
 	cancel   context.CancelFunc
+	killFn   func() // a child process's SIGKILL (fleet_test.go)
 }
 
 // startConsulGateway runs `keymux dev --consul --consul-prefix prefix` (with

@@ -189,6 +189,10 @@ func TestDashboardQueriesOnRealPrometheus(t *testing.T) {
 	a.Put(prefix+"keys/k1", dashKeyDoc(mock.URL(), "k1", "gpt-4o"))
 	a.Put(prefix+"keys/k2", dashKeyDoc(mock.URL(), "k2", "gpt-4.1"))
 	a.Put(prefix+"keys/k3", dashKeyDoc(mock.URL(), "k3", "gpt-4o-mini"))
+	// k4 shares gpt-4o with k1 and its upstream answers 503: each request
+	// on k4 is retried on k1 (keymux_retries_total) until k4 is ejected.
+	a.Put(prefix+"keys/k4", dashKeyDoc(mock.URL(), "k4", "gpt-4o"))
+	mock.SetDefault("sk-test-k4", mockBehaviourStatus(503))
 	// A refused entry: keymux_config_refused and _refusals_total count it.
 	a.Put(prefix+"keys/bad", []byte(`{"provider":"no-such-provider","base_url":"http://127.0.0.1:1/v1","secret":"sk-test-bad"}`))
 	g := startConsulGateway(t, mock, prefix, "", true)
@@ -256,7 +260,7 @@ func TestDashboardQueriesOnRealPrometheus(t *testing.T) {
 	})
 
 	subst, listed := dashVars(t, prom, d)
-	for name, want := range map[string][]string{"job": {promtest.Job}, "instance": {target}, "key": {"k1", "k2", "k3"}} {
+	for name, want := range map[string][]string{"job": {promtest.Job}, "instance": {target}, "key": {"k1", "k2", "k3", "k4"}} {
 		if got := listed[name]; !slices.Equal(got, want) {
 			t.Errorf("variable %s lists %v, want %v", name, got, want)
 		}

@@ -111,6 +111,9 @@ type callRecord struct {
 	Error        string `json:"error"`
 	InputTokens  *int64 `json:"input_tokens"`
 	OutputTokens *int64 `json:"output_tokens"`
+	Operation    string `json:"operation"`
+	KeyID        string `json:"key_id"`
+	Attempts     int    `json:"attempts"`
 }
 
 // startGatewayWithCallLog is startGateway writing a call log, whose path it

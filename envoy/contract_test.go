@@ -48,7 +48,7 @@ const (
 	jsonMetaFilter    = "envoy.filters.http.json_to_metadata"
 	sseMetaFilter     = "envoy.filters.http.sse_to_metadata"
 	usageNamespace    = "keymux.usage"
-	maxPromptBytes    = 16 << 20
+	maxPromptBytes    = 32 << 20 // the multipart audio forms (25 MB files) included
 	systemCABundle    = "/etc/ssl/certs/ca-certificates.crt"
 	unixSocketPath    = "/var/run/keymux/extproc.sock"
 )
@@ -255,6 +255,25 @@ func checkUpstreamRoute(t *testing.T, r *routev3.Route, cluster string, mustRemo
 	checkRetryPolicy(t, r.GetName(), a.GetRetryPolicy())
 }
 
+// checkUploadRoute pins an upload route: keymux's upload value of
+// x-keymux-upstream, the forward-proxy cluster, no retry policy (the
+// router would keep a copy of the body for retries).
+func checkUploadRoute(t *testing.T, r *routev3.Route, cluster string) {
+	t.Helper()
+	if r == nil {
+		t.Fatalf("no upload route for %s", cluster)
+	}
+	if got := r.GetRoute().GetCluster(); got != cluster {
+		t.Errorf("route %q cluster = %q, want %q", r.GetName(), got, cluster)
+	}
+	if !slices.Contains(r.GetRequestHeadersToRemove(), upstreamHeader) {
+		t.Errorf("route %q does not remove %s", r.GetName(), upstreamHeader)
+	}
+	if r.GetRoute().GetRetryPolicy() != nil || r.GetRoute().GetTimeout().AsDuration() != 600*time.Second {
+		t.Errorf("route %q: retry_policy %v, timeout %v; want none and 600s", r.GetName(), r.GetRoute().GetRetryPolicy(), r.GetRoute().GetTimeout().AsDuration())
+	}
+}
+
 // checkRetryPolicy pins what Envoy may retry: a key's failure or what was
 // provably not processed, never a client error nor a 500/504; no retry
 // unless keymux's x-envoy-max-retries asks for one.
@@ -292,6 +311,9 @@ func checkUpstreamFilters(t *testing.T, c *clusterv3.Cluster, hpo *upstreamhttpv
 	got := []string{pm.GetRequestHeaderMode().String(), pm.GetRequestBodyMode().String(), pm.GetResponseHeaderMode().String(), pm.GetResponseBodyMode().String()}
 	if want := []string{"SEND", "BUFFERED", "SEND", "NONE"}; !slices.Equal(got, want) {
 		t.Errorf("%s upstream processing modes = %v, want %v", c.GetName(), got, want)
+	}
+	if !ep.GetAllowModeOverride() {
+		t.Errorf("%s upstream ext_proc: allow_mode_override = false, want true (keymux turns an upload's body to NONE)", c.GetName())
 	}
 	if ep.GetFailureModeAllow() || !ep.GetMutationRules().GetAllowAllRouting().GetValue() {
 		t.Errorf("%s upstream ext_proc: failure_mode_allow = %v, allow_all_routing = %v; want false, true", c.GetName(), ep.GetFailureModeAllow(), ep.GetMutationRules().GetAllowAllRouting().GetValue())
@@ -483,6 +505,8 @@ func TestBootstrapContract(t *testing.T) {
 			checkUpstreamRoute(t, matchRoute(t, routes, "/v1/chat/completions", map[string]string{upstreamHeader: "https"}), httpsCluster, jwtPayloadHeader)
 			checkUpstreamRoute(t, matchRoute(t, routes, "/openai/deployments/gpt/chat/completions?api-version=2024-10-21", map[string]string{upstreamHeader: "https"}), httpsCluster, jwtPayloadHeader)
 			checkUpstreamRoute(t, matchRoute(t, routes, "/v1/messages", map[string]string{upstreamHeader: "http"}), httpCluster, jwtPayloadHeader)
+			checkUploadRoute(t, matchRoute(t, routes, "/v1/files", map[string]string{upstreamHeader: "https" + extproc.UploadSuffix}), httpsCluster)
+			checkUploadRoute(t, matchRoute(t, routes, "/v1/uploads/u1/parts", map[string]string{upstreamHeader: "http" + extproc.UploadSuffix}), httpCluster)
 			checkNotRouted(t, matchRoute(t, routes, "/v1/chat/completions", nil))
 			checkNotRouted(t, matchRoute(t, routes, "/v1/chat/completions", map[string]string{upstreamHeader: "ftp"}))
 
@@ -619,6 +643,9 @@ func TestSnippetContract(t *testing.T) {
 				if !proto.Equal(r.GetRoute(), refR.GetRoute()) || !proto.Equal(r.GetMatch(), refR.GetMatch()) {
 					t.Errorf("route to %s differs from envoy.yaml's", c.cluster)
 				}
+			}
+			for _, c := range []struct{ val, cluster string }{{"https", httpsCluster}, {"http", httpCluster}} {
+				checkUploadRoute(t, matchRoute(t, vr, "/v1/files", map[string]string{upstreamHeader: c.val + extproc.UploadSuffix}), c.cluster)
 			}
 			if r := matchRoute(t, vr, "/anything", nil); r != nil {
 				t.Errorf("catch-all virtual host answers requests keymux did not route (route %q): it would shadow the ingress's own", r.GetName())

@@ -140,7 +140,8 @@ func LoadSnippet(path string) (*Snippet, error) {
 // decodeDocument turns YAML or JSON into generic JSON values (numbers kept as
 // json.Number so nothing is rounded before protojson sees it).
 func decodeDocument(data []byte) (any, error) {
-	js, err := yaml.YAMLToJSON(data)
+	// Strict: a key given twice in one mapping is an error, not "the last wins".
+	js, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
 		return nil, &FieldError{Reason: strings.TrimPrefix(err.Error(), "error converting YAML to JSON: ")}
 	}

@@ -139,6 +139,7 @@ func TestValidateDocuments(t *testing.T) {
 		{"empty", "", "empty document"},
 		{"top-level list", "[1, 2]", "want an object at the top level, got a list"},
 		{"yaml syntax", "static_resources: [", "yaml: line 1"},
+		{"key twice", "static_resources:\n  clusters: []\n  clusters: []\n", `key "clusters" already set in map`},
 		{"json input", `{"static_resources": {"clusters": [{"name": "a", "type": "STATIK"}]}}`,
 			`static_resources.clusters[0].type: invalid value "STATIK"`},
 		{"snippet list expected", "http_filters: {}", "http_filters: want a list of envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter, got an object"},
@@ -196,8 +197,8 @@ func TestLoadSnippet(t *testing.T) {
 		file                                       string
 		early, filters, routes, vhostRoutes, clust int
 	}{
-		{"ingress-snippet.yaml", 1, 4, 2, 2, 3},
-		{"ingress-jwt-snippet.yaml", 1, 5, 2, 2, 4},
+		{"ingress-snippet.yaml", 1, 4, 2, 4, 3},
+		{"ingress-jwt-snippet.yaml", 1, 5, 2, 4, 4},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

@@ -183,6 +183,9 @@ func TestBookingByFlag(t *testing.T) {
 		{"DC client abort mid-stream", "200", func(id string) *accesslogv3.HTTPAccessLogEntry {
 			return entry(id, 200, flags(&accesslogv3.ResponseFlags{DownstreamConnectionTermination: true}))
 		}, 200, "stream_cut", true, 0, 0},
+		{"DC closing an upgraded stream (101) is its end", "101", func(id string) *accesslogv3.HTTPAccessLogEntry {
+			return entry(id, 101, flags(&accesslogv3.ResponseFlags{DownstreamConnectionTermination: true}))
+		}, 101, "", false, 0, 0},
 		{"DC before any response", "", func(id string) *accesslogv3.HTTPAccessLogEntry {
 			return entry(id, 0, flags(&accesslogv3.ResponseFlags{DownstreamConnectionTermination: true, UpstreamConnectionTermination: true}))
 		}, 0, "stream_cut", true, 0, 0},

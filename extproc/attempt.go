@@ -1,16 +1,19 @@
 package extproc
 
 import (
+	"bytes"
 	"slices"
 	"strconv"
 	"sync"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
 	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/telemetry"
 )
 
 // The gRPC initial metadata that marks the ext_proc filter of the
@@ -34,6 +37,24 @@ const HeaderCall = "x-keymux-call"
 // the router level (the route's retry_policy decides what is retried).
 const hdrMaxRetries = "x-envoy-max-retries"
 
+// A 429 whose body says the request is too large for the key's limit is
+// the request's fault: another key would refuse it too. The upstream filter
+// reads the body of every 429 (mode override to BUFFERED) and marks such an
+// answer with x-envoy-ratelimited, which Envoy's router never retries
+// (unless retry_on has envoy-ratelimited); the router-level exchange
+// removes the mark before the client.
+const (
+	hdrEnvoyRateLimited = "x-envoy-ratelimited"
+	markTooLarge        = "keymux-request-too-large"
+)
+
+// requestTooLarge reports whether a 429's body says the request is too
+// large rather than over a rate (OpenAI's "Request too large for …" on
+// tokens per minute; a request_too_large code or type).
+func requestTooLarge(body []byte) bool {
+	return bytes.Contains(body, []byte("Request too large")) || bytes.Contains(body, []byte(`"request_too_large"`))
+}
+
 // attemptHeaders are removed by the upstream filter on every attempt
 // (Envoy's router consumes x-envoy-max-retries itself).
 var attemptHeaders = []string{HeaderCall}
@@ -52,6 +73,74 @@ type attempts struct {
 	n        int  // upstream attempts begun
 	fed      bool // the current attempt's response headers fed its key
 	upstream bool // an upstream filter ran: it feeds each attempt's key
+	// cur is the current attempt's record (its class: what its response
+	// said, for the reason of a retry); done holds the attempts before
+	// it, nil until a retry.
+	cur      telemetry.Attempt
+	curClass string
+	done     []telemetry.Attempt
+	held     *heldAnswer // a 429 whose key is fed once its body is read
+}
+
+// heldAnswer is an attempt's 429 waiting for its body.
+type heldAnswer struct {
+	entry  *store.Entry
+	model  string // the model the attempt's upstream got
+	hm     *corev3.HeaderMap
+	status int
+}
+
+// feedLocked applies an attempt's answer to its key (feedAnswer; a
+// request its body showed too large for the key's limit leaves the key
+// alone) and records it on the current attempt. Callers hold a.mu.
+func (a *attempts) feedLocked(e *store.Entry, model string, status int, hm *corev3.HeaderMap, tooLarge bool, now time.Time) {
+	o := policy.Outcome{Kind: policy.OutcomeClient, Status: status}
+	if !tooLarge {
+		o = feedAnswer(e, model, a.x.est, a.x.settings.Ejection, status, hm, now)
+	}
+	if a.entry == e {
+		a.fed = true
+		a.cur.Status, a.cur.End, a.curClass = status, now, o.Kind.Class()
+	}
+}
+
+// releaseLocked feeds a held 429 whose body never came (an Envoy that did
+// not take the mode override) as the rate limit its status says.
+func (a *attempts) releaseLocked(now time.Time) {
+	if h := a.held; h != nil {
+		a.held = nil
+		a.feedLocked(h.entry, h.model, h.status, h.hm, false, now)
+	}
+}
+
+// record returns the call's attempts for telemetry: nil when it had one.
+// Callers hold a.mu.
+func (a *attempts) record(now time.Time) []telemetry.Attempt {
+	if len(a.done) == 0 {
+		return nil
+	}
+	out := make([]telemetry.Attempt, 0, len(a.done)+1)
+	out = append(out, a.done...)
+	last := a.cur
+	if last.End.IsZero() {
+		last.End = now
+	}
+	return append(out, last)
+}
+
+// retried closes the current attempt as retried (its response's class, or
+// a reset when none came) and opens the next on key e.
+func (a *attempts) retried(e *store.Entry, now time.Time) {
+	c := a.cur
+	c.Retried = a.curClass
+	if !a.fed {
+		c.Retried, c.Status = telemetry.RetryReset, 0
+	}
+	if c.End.IsZero() {
+		c.End = now
+	}
+	a.done = append(a.done, c)
+	a.cur, a.curClass = telemetry.Attempt{KeyID: e.Key.ID, Start: now}, ""
 }
 
 // retriesFor is the x-envoy-max-retries of a request forwarded with entry:
@@ -135,8 +224,16 @@ func (x *exchange) fromAttempts() bool {
 	if !a.upstream {
 		return false
 	}
+	a.releaseLocked(x.s.now())
 	x.entry = a.entry
 	x.call.KeyID, x.call.ModelFinal = a.entry.Key.ID, a.model
+	x.call.Attempts = a.record(x.s.now())
+	if x.call.Attempts != nil {
+		x.call.RuleID = ""
+		if r := x.snap.Rule(a.entry.Key.ID, x.call.ModelOriginal); r != nil && a.model != x.call.ModelOriginal {
+			x.call.RuleID = r.ID
+		}
+	}
 	return true
 }
 
@@ -154,12 +251,18 @@ type upstreamExchange struct {
 func (u *upstreamExchange) handle(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return u.onRequestHeaders(r.RequestHeaders)
+		resp := u.onRequestHeaders(r.RequestHeaders)
+		if findHeader(r.RequestHeaders.GetHeaders(), hdrUpgrade) != "" {
+			// An upgrade: its stream is no body to wait for (see exchange.upgrade).
+			resp.ModeOverride = noBodies
+		}
+		return resp
 	case *extprocv3.ProcessingRequest_RequestBody:
 		return u.onRequestBody(r.RequestBody)
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		u.onResponseHeaders(r.ResponseHeaders)
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
+		return u.onResponseHeaders(r.ResponseHeaders)
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return u.onResponseBody(r.ResponseBody)
 	case *extprocv3.ProcessingRequest_RequestTrailers:
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
@@ -189,7 +292,11 @@ func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3
 		return headersReply(mut, false)
 	}
 	a.upstream = true
+	a.releaseLocked(now)
 	a.n++
+	if a.n == 1 {
+		a.cur = telemetry.Attempt{KeyID: a.entry.Key.ID, Start: now}
+	}
 	if a.n > 1 {
 		if !a.fed {
 			// No response headers: the connection failed or was reset.
@@ -202,6 +309,7 @@ func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3
 			return aerr.response()
 		}
 		final := x.finalModel(e.Key)
+		a.retried(e, now)
 		a.entry, a.model, a.fed = e, final, false
 		a.tried = append(a.tried, e)
 		u.model = final
@@ -211,7 +319,12 @@ func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3
 	}
 	u.entry, u.final = a.entry, a.model
 	u.phase = phaseForwarded
-	return headersReply(mut, false)
+	resp := headersReply(mut, false)
+	if x.upload {
+		// The upstream filter must not buffer the upload either.
+		resp.ModeOverride = unbuffered
+	}
+	return resp
 }
 
 // onRequestBody re-applies the attempt's key's model rule to the body the
@@ -222,7 +335,7 @@ func (u *upstreamExchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.Proce
 	}
 	x := u.a.x
 	body := b.GetBody()
-	bi, aerr := parseBody(body, x.route.op.model, x.settings.MaxJSONDepth)
+	bi, aerr := readBody(body, x.route.op, x.boundary, x.settings.MaxJSONDepth)
 	if aerr != nil || bi.model == u.model || bi.modelEnd == 0 {
 		return bodyReply(nil, nil, false)
 	}
@@ -233,19 +346,63 @@ func (u *upstreamExchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.Proce
 
 // onResponseHeaders feeds the attempt's key its response (cooldown,
 // disable, ejection), as the router-level exchange does without an
-// upstream filter.
-func (u *upstreamExchange) onResponseHeaders(h *extprocv3.HttpHeaders) {
+// upstream filter; a 429 with a body is held until its body tells whether
+// it is the request's fault.
+func (u *upstreamExchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
 	if u.a == nil || u.entry == nil {
-		return
+		return resp
 	}
 	hm := h.GetHeaders()
 	u.status, _ = strconv.Atoi(findHeader(hm, hdrStatus))
-	x := u.a.x
-	now := x.s.now()
-	feedAnswer(u.entry, u.final, x.est, x.settings.Ejection, u.status, hm, now)
-	u.a.mu.Lock()
-	if u.a.entry == u.entry {
-		u.a.fed = true
+	a := u.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.x.s.now()
+	if u.status == 429 {
+		if classifyAnswer(u.status, hm, a.x.est, now).Kind == policy.OutcomeClient {
+			// Its headers show the request is too large for the key's
+			// limit (feedAnswer leaves the key alone).
+			a.feedLocked(u.entry, u.final, u.status, hm, false, now)
+			resp.GetResponseHeaders().Response = &extprocv3.CommonResponse{HeaderMutation: tooLargeMark()}
+			return resp
+		}
+		if !h.GetEndOfStream() {
+			a.held = &heldAnswer{entry: u.entry, model: u.final, hm: hm, status: u.status}
+			resp.ModeOverride = &filterv3.ProcessingMode{ResponseBodyMode: filterv3.ProcessingMode_BUFFERED}
+			return resp
+		}
 	}
-	u.a.mu.Unlock()
+	a.feedLocked(u.entry, u.final, u.status, hm, false, now)
+	return resp
+}
+
+// tooLargeMark is the header mutation that marks a 429 as the request's
+// fault, which Envoy does not retry.
+func tooLargeMark() *extprocv3.HeaderMutation {
+	return &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{setHeader(hdrEnvoyRateLimited, markTooLarge)}}
+}
+
+// onResponseBody reads a held 429's body: a request too large for the
+// key's limit is marked so that Envoy does not retry it, and does not cool
+// the key down.
+func (u *upstreamExchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+	if u.a == nil || !b.GetEndOfStream() {
+		return resp
+	}
+	a := u.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	h := a.held
+	if h == nil || h.entry != u.entry {
+		return resp
+	}
+	a.held = nil
+	tooLarge := requestTooLarge(b.GetBody())
+	a.feedLocked(h.entry, h.model, h.status, h.hm, tooLarge, a.x.s.now())
+	if tooLarge {
+		resp.GetResponseBody().Response = &extprocv3.CommonResponse{HeaderMutation: tooLargeMark()}
+	}
+	return resp
 }

@@ -1,16 +1,19 @@
 package extproc
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/telemetry"
 )
 
 // retryKeys: three OpenAI keys on one host (b's rule turns gpt-4 into
@@ -174,5 +177,106 @@ func TestMaxRetries(t *testing.T) {
 				t.Errorf("key %s: x-envoy-max-retries %q, want %q", res.call.KeyID, f.maxRetries, want)
 			}
 		})
+	}
+}
+
+// tooLarge429 is OpenAI's 429 body for a request over the key's tokens per
+// minute.
+const tooLarge429 = `{"error":{"message":"Request too large for gpt-4 in organization org-test on tokens per min (TPM): Limit 10000, Requested 25000.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}`
+
+// TestAttempt429Body: the upstream filter holds a 429 until its body:
+// a rate limit cools the key down and is retried, with the attempts on the
+// call; a request too large for the key's limit is marked so that Envoy
+// does not retry it, leaves the key alone, and the router-level exchange
+// removes the mark and books a client error; a 429 whose body never comes
+// (an Envoy that did not take the mode override) is fed as the rate limit
+// its status says when the retry begins.
+func TestAttempt429Body(t *testing.T) {
+	cases := []struct {
+		name     string
+		body     string // "" = no body message
+		mark     bool
+		cooled   bool
+		attempts int
+		code     string
+	}{
+		{"rate limit", `{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}`, false, true, 2, ""},
+		{"request too large", tooLarge429, true, false, 1, policy.ClassClient},
+		{"no body message", "", false, true, 2, ""},
+	}
+	const body = `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, retryKeys)
+			var firstKey string
+			st := newStream(t, request("POST", "/v1/chat/completions", body)...)
+			st.upstream = answerAs(func(key string) []*extprocv3.ProcessingRequest {
+				firstKey = key
+				f := forwardOf(t, st.out[len(st.out)-1])
+				msgs := []*extprocv3.ProcessingRequest{
+					reqHeaders(false, ":method", "POST", ":path", "/v1/chat/completions", "x-request-id", "req-1", HeaderCall, f.call, "authorization", f.set["authorization"]),
+					reqBody(body, true),
+					respHeaders(false, ":status", "429", "retry-after", "30", "content-type", "application/json"),
+				}
+				if tc.body != "" {
+					msgs = append(msgs, respBody(tc.body, true))
+				}
+				a1 := r.runAttempt(msgs...)
+				if m := a1[2].GetModeOverride(); m.GetResponseBodyMode() != filterv3.ProcessingMode_BUFFERED {
+					t.Errorf("429 headers reply: mode override %v, want the body BUFFERED", m)
+				}
+				if tc.body != "" {
+					set := a1[3].GetResponseBody().GetResponse().GetHeaderMutation().GetSetHeaders()
+					marked := len(set) == 1 && set[0].GetHeader().GetKey() == hdrEnvoyRateLimited && string(set[0].GetHeader().GetRawValue()) == markTooLarge
+					if marked != tc.mark {
+						t.Errorf("429 body reply sets %v, want the too-large mark: %v", set, tc.mark)
+					}
+				}
+				final := []string{":status", "429", "retry-after", "30"}
+				if tc.mark {
+					final = append(final, hdrEnvoyRateLimited, markTooLarge)
+				}
+				if tc.attempts == 2 {
+					r.runAttempt(
+						reqHeaders(false, ":method", "POST", ":path", "/v1/chat/completions", "x-request-id", "req-1", "authorization", f.set["authorization"]),
+						reqBody(body, true),
+						respHeaders(true, ":status", "200"))
+					final = []string{":status", "200"}
+				}
+				return []*extprocv3.ProcessingRequest{respHeaders(true, final...)}
+			})
+			res := r.runStream(st)
+			var until time.Time // the key's cooldown for the model (a 429's is per model)
+			if m := r.entry(firstKey).RT.Model("gpt-4o"); m != nil {
+				until = m.CooldownUntil()
+			}
+			if cooled := until.Equal(t0.Add(30 * time.Second)); cooled != tc.cooled {
+				t.Errorf("key %s cooldown for gpt-4o until %v, want cooled for 30s: %v", firstKey, until, tc.cooled)
+			}
+			if got := len(res.call.Attempts); tc.attempts == 2 && (got != 2 || res.call.Attempts[0].Retried != policy.ClassRateLimited || res.call.Attempts[0].Status != 429) {
+				t.Errorf("attempts %+v, want 2, the first retried as rate_limited", res.call.Attempts)
+			} else if tc.attempts == 1 && got != 0 {
+				t.Errorf("attempts %+v, want none recorded", res.call.Attempts)
+			}
+			if res.call.ErrorCode != tc.code {
+				t.Errorf("call error %q, want %q", res.call.ErrorCode, tc.code)
+			}
+			rm := res.replies[len(res.replies)-1].GetResponseHeaders().GetResponse().GetHeaderMutation().GetRemoveHeaders()
+			if removed := slices.Contains(rm, hdrEnvoyRateLimited); removed != tc.mark {
+				t.Errorf("router-level reply removes %v, want the mark removed: %v", rm, tc.mark)
+			}
+		})
+	}
+}
+
+// TestSkippedCandidates: the call records the keys that could take it and
+// why the others could not.
+func TestSkippedCandidates(t *testing.T) {
+	r := newRig(t, retryKeys)
+	r.entry("b").RT.Update(func(s policy.KeyState) policy.KeyState { s.CooldownUntil = t0.Add(time.Minute); return s })
+	res := r.run(chat("gpt-4")...)
+	want := telemetry.Skip{KeyID: "b", Reason: policy.ReasonCoolingDown, Until: t0.Add(time.Minute)}
+	if res.call.Candidates != 2 || res.call.NSkipped != 1 || res.call.Skipped[0] != want {
+		t.Errorf("candidates %d, skipped %d %+v; want 2, 1 %+v", res.call.Candidates, res.call.NSkipped, res.call.Skipped[0], want)
 	}
 }

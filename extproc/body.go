@@ -19,7 +19,10 @@ type bodyInfo struct {
 	model      string
 	modelStart int // byte offset of the model value (the opening quote) in the body
 	modelEnd   int // offset just after it
-	stream     bool
+	// form: the body is a multipart form (parseForm) and the model value
+	// is the raw content of its part, not a JSON string.
+	form   bool
+	stream bool
 	// streamOptions is the raw stream_options value ("" when absent);
 	// streamUsage reports stream_options.include_usage = true.
 	streamOptions string
@@ -136,17 +139,9 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 		return bi, nil
 	case modelV.Type != gjson.String:
 		return bi, badRequest("invalid_type", "model", "Invalid type for 'model': expected a string, got "+jsonTypeName(modelV)+".")
-	case modelV.Str == "":
-		return bi, badRequest("invalid_value", "model", "'model' must not be empty.")
-	case len(modelV.Str) > maxModelLen:
-		return bi, badRequest("invalid_value", "model", "'model' is longer than "+strconv.Itoa(maxModelLen)+" bytes.")
-	case !utf8.ValidString(modelV.Str):
-		return bi, notUTF8("model")
-	case policy.HasControl(modelV.Str):
-		return bi, badRequest("invalid_value", "model", "'model' must not contain control characters.")
-	case policy.HasDotSegment(modelV.Str):
-		// It may become a path segment upstream (an Azure deployment).
-		return bi, badRequest("invalid_value", "model", "'model' must not have a '.' or '..' path segment.")
+	}
+	if aerr := checkModel(modelV.Str); aerr != nil {
+		return bi, aerr
 	}
 	bi.model = strings.Clone(modelV.Str) // outlives the request body
 	// gjson sets Index to the raw value's offset for results of a parsed
@@ -158,6 +153,25 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 		bi.modelStart, bi.modelEnd = r.Index, r.Index+len(r.Raw)
 	}
 	return bi, nil
+}
+
+// checkModel refuses a model name keymux will not carry: empty, too long,
+// not UTF-8, with control characters or a dot path segment.
+func checkModel(m string) *apiError {
+	switch {
+	case m == "":
+		return badRequest("invalid_value", "model", "'model' must not be empty.")
+	case len(m) > maxModelLen:
+		return badRequest("invalid_value", "model", "'model' is longer than "+strconv.Itoa(maxModelLen)+" bytes.")
+	case !utf8.ValidString(m):
+		return notUTF8("model")
+	case policy.HasControl(m):
+		return badRequest("invalid_value", "model", "'model' must not contain control characters.")
+	case policy.HasDotSegment(m):
+		// It may become a path segment upstream (an Azure deployment).
+		return badRequest("invalid_value", "model", "'model' must not have a '.' or '..' path segment.")
+	}
+	return nil
 }
 
 // onceMembers returns the bit of a top-level member that may appear only
@@ -198,13 +212,28 @@ func jsonTypeName(v gjson.Result) string {
 	return "an object"
 }
 
-// patchModel returns body with the model value replaced by model; every other
-// byte is kept as it was.
+// patchModel returns body with the model value replaced by model, a JSON
+// string or a form part's raw content as the body is; every other byte is
+// kept as it was. (A model never holds a control character, so it cannot
+// end a form part early.)
 func patchModel(body []byte, bi bodyInfo, model string) []byte {
 	out := make([]byte, 0, len(body)+len(model)+8)
 	out = append(out, body[:bi.modelStart]...)
-	out = appendJSONString(out, model)
+	if bi.form {
+		out = append(out, model...)
+	} else {
+		out = appendJSONString(out, model)
+	}
 	return append(out, body[bi.modelEnd:]...)
+}
+
+// readBody reads what keymux needs from a request body of operation op: a
+// multipart form (boundary from the request's Content-Type) or JSON.
+func readBody(body []byte, op *operation, boundary string, maxDepth int) (bodyInfo, *apiError) {
+	if op.form {
+		return parseForm(body, boundary, op.model)
+	}
+	return parseBody(body, op.model, maxDepth)
 }
 
 // withStreamUsage returns body with stream_options.include_usage set to true,

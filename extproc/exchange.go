@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,7 +52,10 @@ type exchange struct {
 	chunks   int       // response body messages received while reading
 	respDone bool      // the response headers ended the response
 	callID   string    // joins Envoy's access-log entry to this record (set when forwarded)
+	routed   string    // the key id the router-level metadata named first (set when forwarded)
 	att      *attempts // shared with the upstream filter's attempts (set when forwarded)
+	boundary string    // a multipart form's boundary (operation.form)
+	upload   bool      // the body streams through unbuffered (operation.upload)
 	call     telemetry.Call
 
 	sctx        context.Context // the Process stream's
@@ -110,11 +114,11 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 		x.call.Path = x.call.Path[:i]
 	}
 
-	if aerr := refuseMethod(x.hdr.method); aerr != nil {
-		return x.refuse(aerr)
-	}
-	route, aerr := matchRoute(x.hdr.method, x.hdr.path)
+	route, aerr := x.matchRoute()
 	if aerr != nil {
+		if _, unknown := unknownAPIPath(x.call.Path); unknown && aerr.Code == codeUnknownURL {
+			x.call.Operation = policy.EndpointOther // refused by settings.unknown_paths
+		}
 		return x.refuse(aerr)
 	}
 	x.route = route
@@ -125,27 +129,55 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 	if route.op.local {
 		return x.answerModels()
 	}
-	if policy.AuthorizeEndpoint(x.client, route.op.name, route.op.model != modelNone) != nil {
+	if policy.AuthorizeEndpoint(x.client, route.op.name, route.op.modelBearing()) != nil {
 		return x.refuse(&apiError{Status: 403, Type: typePermission, Code: "insufficient_permissions",
 			Message: "This client may not call " + route.op.name + " endpoints."})
 	}
 	if aerr := x.clientLimits(); aerr != nil {
 		return x.refuse(aerr)
 	}
+	x.upload = route.op.upload > 0 && x.hdr.method == "POST" && !h.GetEndOfStream()
+	if limit := x.bodyLimit(); limit > 0 && x.hdr.contentLength > limit {
+		return x.refuse(tooLarge(limit))
+	}
 	if local, aerr := x.objectsOnHeaders(); aerr != nil {
 		return x.refuse(aerr)
 	} else if local != nil {
 		return local
 	}
-	if limit := x.settings.MaxBodyBytes; limit > 0 && x.hdr.contentLength > limit {
-		return x.refuse(tooLarge(limit))
+	switch {
+	case route.op.model == modelQuery:
+		return x.upgrade()
+	case x.hdr.isUpgrade() && route.op != &opOther:
+		// Envoy would wait for a body that follows only an accepted upgrade.
+		return x.refuse(badRequest("upgrade_not_supported", "", "The "+route.op.name+" endpoints do not accept a protocol upgrade."))
+	case x.hdr.isUpgrade():
+		// A path keymux does not know (unknown_paths: forward): any key.
+		mut, aerr := x.forward("")
+		if aerr != nil {
+			return x.refuse(aerr)
+		}
+		return x.upgradeReply(mut)
+	}
+	if route.op.form {
+		b, aerr := formBoundary(x.hdr.contentType)
+		if aerr != nil {
+			return x.refuse(aerr)
+		}
+		x.boundary = b
+	}
+	if x.upload {
+		return x.forwardUpload()
 	}
 	if !h.GetEndOfStream() {
 		x.phase = phaseBody
 		return headersReply(nil, false)
 	}
 	// No body follows.
-	if route.op.model == modelRequired {
+	switch {
+	case route.op.form && route.op.model == modelRequired:
+		return x.refuse(badRequest("missing_required_parameter", "model", "The request body is empty; a multipart form with a model is required."))
+	case route.op.model == modelRequired:
 		return x.refuse(badRequest("invalid_json", "", "The request body is empty; a JSON object with a model is required."))
 	}
 	mut, aerr := x.forward("")
@@ -166,14 +198,21 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	}
 	x.bodySeen = true
 	body := b.GetBody()
-	if limit := x.settings.MaxBodyBytes; limit > 0 && int64(len(body)) > limit {
+	if limit := x.bodyLimit(); limit > 0 && int64(len(body)) > limit {
 		return x.refuse(tooLarge(limit))
 	}
-	if x.route.op.model == modelNone {
-		// An object endpoint: a JSON body may name objects; any other body
-		// (a multipart upload) is forwarded as it came.
+	asIs := x.route.op.model == modelNone || (x.route.op.model == modelJSON && !isJSON(x.hdr.contentType))
+	bi, aerr := bodyInfo{}, (*apiError)(nil)
+	if !asIs {
+		bi, aerr = readBody(body, x.route.op, x.boundary, x.settings.MaxJSONDepth)
+		// A path keymux does not know: a body it cannot read goes as is.
+		asIs = aerr != nil && x.route.op.model == modelJSON
+	}
+	if asIs {
+		// An object endpoint with a body keymux has no use for: forward it.
+		// A JSON body may name objects; any other (an upload) goes as it came.
 		var newBody []byte
-		if strings.HasPrefix(x.hdr.contentType, "application/json") && x.obj.kind != nil {
+		if isJSON(x.hdr.contentType) && x.obj.kind != nil {
 			if _, aerr := parseBody(body, modelOptional, x.settings.MaxJSONDepth); aerr != nil {
 				return x.refuse(aerr)
 			}
@@ -192,11 +231,12 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		}
 		return x.withMetadata(bodyReply(mut, newBody, true))
 	}
-	bi, aerr := parseBody(body, x.route.op.model, x.settings.MaxJSONDepth)
 	if aerr != nil {
 		return x.refuse(aerr)
 	}
-	if unTagged, aerr := x.objectsInBody(body); aerr != nil {
+	if bi.form {
+		// A multipart form names no object.
+	} else if unTagged, aerr := x.objectsInBody(body); aerr != nil {
 		return x.refuse(aerr)
 	} else if unTagged != nil {
 		// The provider's ids are as long or shorter: re-read the model's place.
@@ -207,7 +247,11 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		x.bodyChanged = true
 	}
 	x.call.Stream = bi.stream
-	x.est = policy.EstimateTokens(len(body), bi.maxTokens)
+	if !bi.form {
+		// A form's bytes are mostly a file (audio, an image), not prompt
+		// tokens: its estimate stays 0, as an upload's.
+		x.est = policy.EstimateTokens(len(body), bi.maxTokens)
+	}
 	if x.hdr.affinity == "" {
 		x.hdr.affinity = bi.affinity
 	}
@@ -238,6 +282,37 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	}
 	return x.withMetadata(bodyReply(mut, newBody, true))
 }
+
+// bodyLimit is the largest request body of this request: the
+// operation's own limit for forms and uploads, else max_body_bytes.
+func (x *exchange) bodyLimit() int64 {
+	switch {
+	case x.upload:
+		return x.route.op.upload
+	case x.route.op.form:
+		return maxFormBytes
+	}
+	return x.settings.MaxBodyBytes
+}
+
+// forwardUpload forwards an upload from its headers: the body is never
+// buffered, by Envoy or keymux. The reply overrides the request body mode
+// to NONE (the filter's allow_mode_override) and routes to the upload
+// routes, which keep no copy for retries (envoy/README.md). A body without
+// Content-Length (chunked) is not counted: the provider applies its limit.
+func (x *exchange) forwardUpload() *extprocv3.ProcessingResponse {
+	mut, aerr := x.forward("")
+	if aerr != nil {
+		return x.refuse(aerr)
+	}
+	resp := x.withMetadata(headersReply(mut, true))
+	resp.ModeOverride = unbuffered
+	return resp
+}
+
+// unbuffered is the mode override of an upload: no request body message,
+// the response body as configured (NONE).
+var unbuffered = &filterv3.ProcessingMode{RequestBodyMode: filterv3.ProcessingMode_NONE, ResponseBodyMode: filterv3.ProcessingMode_NONE}
 
 // wantsStreamUsage reports whether keymux asks the upstream for the final
 // usage chunk of this stream (settings.stream_usage): OpenAI-style chat and
@@ -306,17 +381,27 @@ func (x *exchange) clientLimits() *apiError {
 	now := x.s.now()
 	m := x.s.clientMinute(c.ID)
 	reqs, tokens := m.reqs.Get(now), m.tokens.Get(now)
-	if policy.WithinLimits(c.Limits, reqs, tokens) {
+	l := x.s.store.Fleet().Limits(c.Limits)
+	if policy.WithinLimits(l, reqs, tokens) {
 		m.reqs.Add(now, 1)
 		return nil
 	}
-	what, limit := "requests", c.Limits.RPM
-	if c.Limits.RPM <= 0 || reqs < uint64(c.Limits.RPM) {
-		what, limit = "tokens", c.Limits.TPM
+	what, limit, whole := "requests", l.RPM, c.Limits.RPM
+	if l.RPM <= 0 || reqs < uint64(l.RPM) {
+		what, limit, whole = "tokens", l.TPM, c.Limits.TPM
 	}
 	return &apiError{Status: 429, Type: what, Code: "rate_limit_exceeded",
-		Message:    "Rate limit reached for client " + c.ID + " on " + what + " per minute: limit " + strconv.Itoa(limit) + ".",
+		Message:    "Rate limit reached for client " + c.ID + " on " + what + " per minute: limit " + strconv.Itoa(limit) + fleetShareNote(limit, whole) + ".",
 		RetryAfter: max(1, int(store.NextMinute(now).Sub(now).Round(time.Second)/time.Second))}
+}
+
+// fleetShareNote explains a limit that is this instance's share of the
+// client's whole limit ("" when it is the whole limit).
+func fleetShareNote(share, whole int) string {
+	if share == whole {
+		return ""
+	}
+	return " (this instance's share of " + strconv.Itoa(whole) + " over the fleet)"
 }
 
 // credentialGiven reports whether an Authorization header carries anything
@@ -339,7 +424,7 @@ func jwtClaims(md *corev3.Metadata) *structpb.Struct {
 func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) {
 	// A model-bearing body without a model gets the provider's default
 	// model, which a client limited to some models may not use either.
-	if (model != "" || x.route.op.model != modelNone) && policy.AuthorizeModel(x.client, model) != nil {
+	if (model != "" || x.route.op.modelBearing()) && policy.AuthorizeModel(x.client, model) != nil {
 		msg := "The model `" + model + "` is not allowed for this client."
 		if model == "" {
 			msg = "This client must name one of its allowed models: the provider's default model is not allowed."
@@ -347,7 +432,19 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 		return nil, &apiError{Status: 403, Type: typePermission, Code: "model_not_allowed", Param: "model", Message: msg}
 	}
 	x.call.ModelOriginal = model
-	entry, aerr := x.choose(model, x.accountSkip())
+	skip := x.accountSkip()
+	if x.route.op.anthropic && model == "" {
+		// Anthropic's account objects (message batches): Anthropic keys only.
+		inAccount := skip
+		skip = func(e *store.Entry) bool {
+			return e.Key.Provider != policy.ProviderAnthropic || (inAccount != nil && inAccount(e))
+		}
+		if !slices.ContainsFunc(x.snap.Pool("").Entries, func(e *store.Entry) bool { return e.Key.Provider == policy.ProviderAnthropic }) {
+			return nil, &apiError{Status: 503, Type: typeServer, Code: "no_keys",
+				Message: "No enabled Anthropic key is configured for " + x.route.op.name + "."}
+		}
+	}
+	entry, aerr := x.choose(model, skip)
 	if aerr != nil {
 		return nil, aerr
 	}
@@ -359,19 +456,24 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 	x.entry = entry
 	x.phase = phaseForwarded
 	x.callID = x.s.newCallID()
+	x.routed = k.ID
 	x.call.KeyID, x.call.Provider, x.call.UpstreamHost, x.call.ModelFinal = k.ID, string(k.Provider), k.Host, final
 	x.call.Strategy = x.settings.Strategy
 
 	t := target(k, x.route.op, x.route.path, final, x.route.query, x.hdr.anthropicVersion)
 	mut := &extprocv3.HeaderMutation{RemoveHeaders: removedHeaders}
+	upstream := t.scheme
+	if x.upload {
+		upstream += UploadSuffix
+	}
 	mut.SetHeaders = append(mut.SetHeaders,
-		setHeader(HeaderUpstream, t.scheme),
+		setHeader(HeaderUpstream, upstream),
 		setHeader(hdrAuthority, t.authority),
 		setHeader(hdrPath, t.path),
 	)
 	mut.SetHeaders = append(mut.SetHeaders, t.headers...)
 	retries := 0
-	if x.share() {
+	if x.share() && !x.upload {
 		retries = x.retriesFor(entry, x.s.now())
 	}
 	mut.SetHeaders = append(mut.SetHeaders,
@@ -381,6 +483,97 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 		mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrTraceparent, tp))
 	}
 	return mut, nil
+}
+
+// matchRoute maps the request line to a known operation, else (settings.
+// unknown_paths: forward) to opOther, else to its refusal.
+func (x *exchange) matchRoute() (routeResult, *apiError) {
+	aerr := refuseMethod(x.hdr.method)
+	var r routeResult
+	if aerr == nil {
+		r, aerr = matchRoute(x.hdr.method, x.hdr.path)
+	}
+	if aerr != nil && x.settings.UnknownPaths == policy.UnknownPathsForward {
+		if o, ok := matchOther(x.hdr.method, x.hdr.path); ok {
+			return o, nil
+		}
+	}
+	return r, aerr
+}
+
+// upgrade forwards a WebSocket upgrade (the Realtime API): the key is
+// chosen for the query's model, the rule's model replaces it in the query,
+// and the upgraded stream — the request "body" — passes untouched: the
+// reply turns the request body mode to NONE, since Envoy would otherwise
+// wait for a body that the client sends only after the 101.
+func (x *exchange) upgrade() *extprocv3.ProcessingResponse {
+	if !x.hdr.isUpgrade() || !strings.EqualFold(x.hdr.upgrade, "websocket") {
+		return x.refuse(&apiError{Status: 426, Type: typeInvalidRequest, Code: "upgrade_required",
+			Message: x.call.Path + " is a WebSocket endpoint: open it with Upgrade: websocket.",
+			Header:  map[string]string{"upgrade": "websocket"}})
+	}
+	model, ok, err := policy.QueryParam(x.route.query, "model")
+	switch {
+	case err != nil:
+		return x.refuse(badRequest("invalid_value", "model", "The query string is malformed: "+err.Error()+"."))
+	case !ok:
+		return x.refuse(badRequest("missing_required_parameter", "model", "You must provide a model query parameter."))
+	}
+	if aerr := checkModel(model); aerr != nil {
+		return x.refuse(aerr)
+	}
+	mut, aerr := x.forward(model)
+	if aerr != nil {
+		return x.refuse(aerr)
+	}
+	return x.upgradeReply(mut)
+}
+
+// upgradeReply forwards an upgrade with mutation mut: without any key the
+// client put in a WebSocket subprotocol, and with the body modes NONE.
+func (x *exchange) upgradeReply(mut *extprocv3.HeaderMutation) *extprocv3.ProcessingResponse {
+	if p, changed := withoutKeyProtocols(x.hdr.wsProtocol); changed {
+		if p == "" {
+			mut.RemoveHeaders = append(slices.Clip(mut.RemoveHeaders), hdrWSProtocol)
+		} else {
+			mut.SetHeaders = append(mut.SetHeaders, setHeader(hdrWSProtocol, p))
+		}
+	}
+	resp := x.withMetadata(headersReply(mut, true))
+	resp.ModeOverride = noBodies
+	return resp
+}
+
+// noBodies is the mode override of an upgrade: neither the request's nor
+// the response's upgraded stream goes to keymux.
+var noBodies = &filterv3.ProcessingMode{RequestBodyMode: filterv3.ProcessingMode_NONE, ResponseBodyMode: filterv3.ProcessingMode_NONE}
+
+// keyProtocol is the WebSocket subprotocol prefix in which browsers hand
+// OpenAI's Realtime API a key ("openai-insecure-api-key.<key>").
+const keyProtocol = "openai-insecure-api-key."
+
+// withoutKeyProtocols drops key-carrying subprotocols from a
+// sec-websocket-protocol value: the client's own credentials never reach
+// the upstream. changed reports whether any was dropped.
+func withoutKeyProtocols(v string) (string, bool) {
+	if !strings.Contains(strings.ToLower(v), keyProtocol) {
+		return v, false
+	}
+	var kept []string
+	for p := range strings.SplitSeq(v, ",") {
+		if p = strings.TrimSpace(p); p != "" && !strings.HasPrefix(strings.ToLower(p), keyProtocol) {
+			kept = append(kept, p)
+		}
+	}
+	return strings.Join(kept, ", "), true
+}
+
+// isJSON reports whether a content-type is JSON (application/json or a
+// +json type, parameters ignored).
+func isJSON(ct string) bool {
+	mt, _, _ := strings.Cut(ct, ";")
+	mt = strings.ToLower(strings.TrimSpace(mt))
+	return mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
 }
 
 // finalModel is the model key k's rule makes of the request's model.
@@ -435,11 +628,18 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	slow := 0 // eligible keys left out by their slow start
 	for i, e := range pool.Entries {
 		st := e.RT.State()
-		if ok, _ := x.admitsIn(e, st, x.est, now); !ok || (skip != nil && skip(e)) {
+		ok, why := x.admitsIn(e, st, x.est, now)
+		if !ok || (skip != nil && skip(e)) {
+			if !ok && skip == nil {
+				x.call.AddSkipped(telemetry.Skip{KeyID: e.Key.ID, Reason: why.Reason, Until: why.Until})
+			}
 			continue
 		}
 		if !x.slowStartAdmits(st.SlowStartFrom, seq, i, now) {
 			slow++
+			if skip == nil {
+				x.call.AddSkipped(telemetry.Skip{KeyID: e.Key.ID, Reason: skipSlowStart})
+			}
 			continue
 		}
 		c := policy.Candidate{Key: e.Key}
@@ -467,6 +667,9 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 		}
 		return nil, x.noEligibleKey(model, pool, now)
 	}
+	if skip == nil {
+		x.call.Candidates = len(buf.cands)
+	}
 	if x.hdr.affinity != "" && policy.UsesAffinity(strat) {
 		seq = policy.AffinityHash(x.hdr.affinity)
 	}
@@ -478,19 +681,24 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	return e, nil
 }
 
-// keyWithinLimits applies the key's rpm/tpm to what this instance sent in
-// the current minute.
+// skipSlowStart is telemetry.Skip's reason for an eligible key left out
+// by its slow start after an ejection.
+const skipSlowStart = "slow_start"
+
+// keyWithinLimits applies this instance's share of the key's rpm/tpm
+// (store.Fleet) to what this instance sent in the current minute.
 func keyWithinLimits(e *store.Entry, now time.Time) bool {
-	l := e.Key.Limits
+	l := e.Limits()
 	if l.RPM <= 0 && l.TPM <= 0 {
 		return true
 	}
 	return policy.WithinLimits(l, e.RT.MinuteRequests.Get(now), e.RT.MinuteTokens.Get(now))
 }
 
-// noEligibleKey explains a 503: every key of the pool is out, and why.
-func (x *exchange) noEligibleKey(model string, pool *store.Pool, now time.Time) *apiError {
-	reasons := make([]policy.Ineligible, 0, len(pool.Entries))
+// poolOut lists why each key of the pool is out now; all reports whether
+// every key is.
+func (x *exchange) poolOut(pool *store.Pool, now time.Time) (reasons []policy.Ineligible, all bool) {
+	reasons = make([]policy.Ineligible, 0, len(pool.Entries))
 	for _, e := range pool.Entries {
 		if !x.inAccount(e) {
 			continue
@@ -499,10 +707,21 @@ func (x *exchange) noEligibleKey(model string, pool *store.Pool, now time.Time) 
 			reasons = append(reasons, why)
 		}
 	}
+	return reasons, len(reasons) == len(pool.Entries)
+}
+
+// retryAfter is a Retry-After in whole seconds (at least 1) until t.
+func retryAfter(t, now time.Time) int {
+	return max(1, int(t.Sub(now).Round(time.Second)/time.Second))
+}
+
+// noEligibleKey explains a 503: every key of the pool is out, and why.
+func (x *exchange) noEligibleKey(model string, pool *store.Pool, now time.Time) *apiError {
+	reasons, _ := x.poolOut(pool, now)
 	msg, code := policy.Explain(model, reasons)
 	e := &apiError{Status: 503, Type: typeServer, Code: code, Message: msg}
 	if earliest := policy.EarliestUntil(reasons); !earliest.IsZero() {
-		e.RetryAfter = max(1, int(earliest.Sub(now).Round(time.Second)/time.Second))
+		e.RetryAfter = retryAfter(earliest, now)
 	}
 	return e
 }
@@ -516,9 +735,18 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 		ResponseHeaders: &extprocv3.HeadersResponse{},
 	}}
 	now := x.s.now()
+	tooLarge := findHeader(hm, hdrEnvoyRateLimited) == markTooLarge
 	if x.fromAttempts() {
 		// The upstream filter fed the key.
-		x.call.ErrorCode = classifyAnswer(x.status, hm, x.est, now).Kind.Class()
+		o := classifyAnswer(x.status, hm, x.est, now)
+		if tooLarge {
+			// The upstream filter's mark (attempt.go): the request's fault.
+			o = policy.Outcome{Kind: policy.OutcomeClient, Status: x.status}
+		}
+		x.call.ErrorCode = o.Kind.Class()
+		if len(x.call.Attempts) > 0 {
+			x.retriedMetadata(resp)
+		}
 	} else if x.entry != nil {
 		x.call.ErrorCode = feedAnswer(x.entry, x.call.ModelFinal, x.est, x.settings.Ejection, x.status, hm, now).Kind.Class()
 	} else {
@@ -526,6 +754,13 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	}
 	if x.entry != nil && x.status != 0 {
 		resp.GetResponseHeaders().Response = &extprocv3.CommonResponse{HeaderMutation: x.headroomMutation(now)}
+	}
+	if tooLarge {
+		m := headersMutation(resp)
+		m.RemoveHeaders = append(m.RemoveHeaders, hdrEnvoyRateLimited)
+	}
+	if x.call.ErrorCode != policy.ClassClient {
+		x.poolRetryAfter(resp, now)
 	}
 	x.respDone = h.GetEndOfStream()
 	if ct := findHeader(hm, hdrContentType); !x.respDone && x.wantsObjectBody(x.status, ct) {
@@ -558,6 +793,51 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 	return resp
 }
 
+// retriedMetadata tells Envoy's access log, on the response headers of a
+// call Envoy retried, the key that answered and the attempts.
+func (x *exchange) retriedMetadata(resp *extprocv3.ProcessingResponse) {
+	resp.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{
+		MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+			metaKeyID:     structpb.NewStringValue(x.call.KeyID),
+			"model_final": structpb.NewStringValue(x.call.ModelFinal),
+			"attempts":    structpb.NewNumberValue(float64(len(x.call.Attempts))),
+		}}),
+	}}
+}
+
+// poolRetryAfter gives an upstream 429 or 503 (the last attempt's, once
+// the key was fed) the Retry-After of the earliest time a key of the pool
+// is back, when every key is out: the upstream's own names one key only.
+func (x *exchange) poolRetryAfter(resp *extprocv3.ProcessingResponse, now time.Time) {
+	if (x.status != 429 && x.status != 503) || x.entry == nil {
+		return
+	}
+	reasons, all := x.poolOut(x.snap.Pool(x.call.ModelOriginal), now)
+	earliest := policy.EarliestUntil(reasons)
+	if !all || earliest.IsZero() {
+		return
+	}
+	m := headersMutation(resp)
+	m.SetHeaders = append(m.SetHeaders, setHeader("retry-after", strconv.Itoa(retryAfter(earliest, now))))
+}
+
+// headersMutation is the header mutation of a response headers reply,
+// added when it has none.
+func headersMutation(resp *extprocv3.ProcessingResponse) *extprocv3.HeaderMutation {
+	hr := resp.GetResponseHeaders()
+	if hr.Response == nil {
+		hr.Response = &extprocv3.CommonResponse{}
+	}
+	if hr.Response.HeaderMutation == nil {
+		hr.Response.HeaderMutation = &extprocv3.HeaderMutation{}
+	}
+	return hr.Response.HeaderMutation
+}
+
+// namesKey reports whether an access-log entry's key id is this call's:
+// the key the router-level metadata named, or the one that answered last.
+func (x *exchange) namesKey(id string) bool { return id == x.routed || id == x.call.KeyID }
+
 // feedback records an upstream outcome's error class on the call and
 // applies the outcome to the chosen key's passive state.
 func (x *exchange) feedback(o policy.Outcome, now time.Time) {
@@ -578,6 +858,7 @@ func applyFeedback(e *store.Entry, ej policy.EjectionSettings, o policy.Outcome,
 	rt := e.RT
 	var old policy.KeyState
 	ns := rt.Update(func(s policy.KeyState) policy.KeyState { old = s; return policy.NextState(s, o, ej, now) })
+	e.Observed(old, ns, now)
 	if ns.EjectedUntil.After(old.EjectedUntil) {
 		rt.AddEjection()
 	}
@@ -616,6 +897,7 @@ func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRe
 // Envoy's access-log entry, which completes it (book); without an
 // access-log stream it is booked at once from what keymux saw.
 func (x *exchange) finish() {
+	x.fromAttempts() // the attempts after the last response headers keymux saw
 	x.unshare()
 	x.call.End = x.s.now()
 	switch x.phase {
@@ -664,6 +946,8 @@ func (x *exchange) fromEntry(r *envoyRecord) {
 		x.call.ErrorCode = policy.StatusKind(r.status).Class()
 	}
 	switch o, failed := r.upstreamFailure(); {
+	case r.clientAbort() && x.status == http.StatusSwitchingProtocols:
+		// An upgraded stream (Realtime) ends when a side closes: no cut.
 	case r.clientAbort():
 		x.call.Truncated = true // the client left: not the key's fault
 	case failed:

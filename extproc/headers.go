@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"slices"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
@@ -23,10 +24,17 @@ const (
 	hdrTracestate    = "tracestate"
 	hdrAnthropicVer  = policy.HeaderAnthropicVersion
 	hdrAffinity      = "x-keymux-affinity"
+	hdrUpgrade       = "upgrade"
+	hdrConnection    = "connection"
+	hdrWSProtocol    = "sec-websocket-protocol"
 
 	// HeaderUpstream selects Envoy's upstream cluster: "https" or "http"
 	// (envoy/envoy.yaml routes on it and removes it before the upstream).
 	HeaderUpstream = "x-keymux-upstream"
+	// UploadSuffix follows the scheme in HeaderUpstream for an upload
+	// ("https-upload"): Envoy's upload routes forward it without keeping
+	// a copy of the body for retries.
+	UploadSuffix = "-upload"
 
 	// MetadataNamespace is the dynamic metadata namespace keymux writes
 	// (listed in the filter's metadata_options.receiving_namespaces).
@@ -66,6 +74,9 @@ type requestHeaders struct {
 	traceparent, tracestate string
 	anthropicVersion        string
 	affinity                string // x-keymux-affinity
+	upgrade                 string // the upgrade header ("websocket"); an upgrade when connection names it (isUpgrade)
+	connection              string
+	wsProtocol              string // sec-websocket-protocol
 }
 
 func readRequestHeaders(m *corev3.HeaderMap) requestHeaders {
@@ -106,6 +117,12 @@ func readRequestHeaders(m *corev3.HeaderMap) requestHeaders {
 			dst = &h.anthropicVersion
 		case hdrAffinity:
 			dst = &h.affinity
+		case hdrUpgrade:
+			dst = &h.upgrade
+		case hdrConnection:
+			dst = &h.connection
+		case hdrWSProtocol:
+			dst = &h.wsProtocol
 		default:
 			continue
 		}
@@ -154,4 +171,18 @@ func setHeader(key, value string) *corev3.HeaderValueOption {
 	return &corev3.HeaderValueOption{
 		Header: &corev3.HeaderValue{Key: key, RawValue: []byte(value)},
 	}
+}
+
+// isUpgrade reports an HTTP/1.1 upgrade request: an upgrade header and a
+// connection header naming it.
+func (h *requestHeaders) isUpgrade() bool {
+	if h.upgrade == "" {
+		return false
+	}
+	for t := range strings.SplitSeq(h.connection, ",") {
+		if strings.EqualFold(strings.TrimSpace(t), "upgrade") {
+			return true
+		}
+	}
+	return false
 }

@@ -189,8 +189,8 @@ func (l *ledger) entry(rec envoyRecord, now time.Time) {
 		l.lagNanos.Store(int64(now.Sub(rec.end)))
 	}
 	l.mu.Lock()
-	if h, ok := l.pending[rec.callID]; ok && rec.keyID != "" && rec.keyID != h.x.call.KeyID {
-		// Not the key keymux chose for this call: an entry to distrust.
+	if h, ok := l.pending[rec.callID]; ok && rec.keyID != "" && !h.x.namesKey(rec.keyID) {
+		// Not a key keymux put on this call: an entry to distrust.
 		l.mu.Unlock()
 		l.drop(dropMalformed, 1)
 		return

@@ -86,6 +86,55 @@ func TestForwardTargets(t *testing.T) {
 			set: map[string]string{"x-keymux-upstream": "https", ":authority": "api.anthropic.com", ":path": "/v1/files/file-1",
 				"authorization": "Bearer sk-test-ant"},
 			op: "files"},
+		{name: "anthropic count_tokens", msgs: request("POST", "/v1/messages/count_tokens", `{"model":"claude-sonnet","messages":[]}`), key: "ant",
+			set: map[string]string{"x-keymux-upstream": "https", ":authority": "api.anthropic.com", ":path": "/v1/messages/count_tokens",
+				"x-api-key": "sk-test-ant", "anthropic-version": "2023-06-01", "content-length": "39"},
+			modelIn: "claude-sonnet", modelOut: "claude-sonnet", op: "count_tokens"},
+		{name: "anthropic message batch: an Anthropic key, body as is", settings: "settings: {strategy: round_robin}\n",
+			msgs: request("POST", "/v1/messages/batches", `{"requests":[{"custom_id":"a","params":{"model":"gpt-4o"}}]}`), key: "ant",
+			set: map[string]string{"x-keymux-upstream": "https", ":authority": "api.anthropic.com", ":path": "/v1/messages/batches",
+				"x-api-key": "sk-test-ant", "anthropic-version": "2023-06-01"},
+			op: "batches"},
+		{name: "anthropic batch results", msgs: request("GET", "/v1/messages/batches/msgbatch_1/results", "", "anthropic-version", "2023-06-01"), key: "ant",
+			set: map[string]string{"x-keymux-upstream": "https", ":authority": "api.anthropic.com", ":path": "/v1/messages/batches/msgbatch_1/results",
+				"x-api-key": "sk-test-ant", "anthropic-version": "2023-06-01"},
+			op: "batches"},
+		{name: "unknown path forwarded by the JSON body's model, rule applied", settings: "settings: {unknown_paths: forward}\n",
+			msgs: request("POST", "/v1/some/new/endpoint?v=2", `{"model":"gpt-4","x":1}`), key: "oai",
+			set: map[string]string{"x-keymux-upstream": "https", ":authority": "api.openai.com", ":path": "/v1/some/new/endpoint?v=2",
+				"authorization": "Bearer sk-test-oai", "content-length": "24"},
+			body: `{"model":"gpt-4o","x":1}`, modelIn: "gpt-4", modelOut: "gpt-4o", rule: "up", op: "other"},
+		{name: "unknown path on azure: the deployment of the body's model", settings: "settings: {unknown_paths: forward}\n",
+			msgs: request("POST", "/v1/new/thing", `{"model":"az-4o"}`), key: "az",
+			set: map[string]string{"x-keymux-upstream": "https", ":authority": "az.example.com",
+				":path": "/openai/deployments/prod-4o/new/thing?api-version=2024-10-21", "api-key": "sk-test-az", "content-length": "17"},
+			modelIn: "az-4o", modelOut: "az-4o", op: "other"},
+		{name: "unknown path without a body: any key", settings: "settings: {unknown_paths: forward}\n",
+			msgs: request("PATCH", "/v1/new/thing", ""), key: "ant",
+			set: map[string]string{"x-keymux-upstream": "https", ":authority": "api.anthropic.com", ":path": "/v1/new/thing",
+				"authorization": "Bearer sk-test-ant"},
+			op: "other"},
+		{name: "unknown path with a body that is not JSON: any key, body as is", settings: "settings: {unknown_paths: forward}\n",
+			msgs: []*extprocv3.ProcessingRequest{reqHeaders(false, ":method", "POST", ":path", "/v1/new/upload", "content-type", "text/plain",
+				"content-length", "18", "x-request-id", "req-1"), reqBody(`{"model":"gpt-4o"}`, true)}, key: "ant",
+			set: map[string]string{"x-keymux-upstream": "https", ":authority": "api.anthropic.com", ":path": "/v1/new/upload",
+				"authorization": "Bearer sk-test-ant"},
+			op: "other"},
+		{name: "unknown path with JSON keymux cannot read: any key, body as is", settings: "settings: {unknown_paths: forward}\n",
+			msgs: request("POST", "/v1/new/thing", `{"model":{"id":"x"}}`), key: "ant",
+			set: map[string]string{"x-keymux-upstream": "https", ":authority": "api.anthropic.com", ":path": "/v1/new/thing",
+				"authorization": "Bearer sk-test-ant"},
+			op: "other"},
+		{name: "realtime: the query's model, rule applied, key subprotocol dropped",
+			msgs: []*extprocv3.ProcessingRequest{realtime("/v1/realtime?model=gpt-4&x=1", "sec-websocket-protocol", "realtime, openai-insecure-api-key.sk-client, openai-beta.realtime-v1")}, key: "oai",
+			set: map[string]string{"x-keymux-upstream": "https", ":authority": "api.openai.com", ":path": "/v1/realtime?model=gpt-4o&x=1",
+				"authorization": "Bearer sk-test-oai", "sec-websocket-protocol": "realtime, openai-beta.realtime-v1"},
+			modelIn: "gpt-4", modelOut: "gpt-4o", rule: "up", op: "realtime"},
+		{name: "realtime on azure: /openai/realtime with api-version and deployment",
+			msgs: []*extprocv3.ProcessingRequest{realtime("/v1/realtime?x=1&model=az-4o&deployment=other&api-version=1")}, key: "az",
+			set: map[string]string{"x-keymux-upstream": "https", ":authority": "az.example.com",
+				":path": "/openai/realtime?api-version=2024-10-21&x=1&deployment=prod-4o", "api-key": "sk-test-az"},
+			modelIn: "az-4o", modelOut: "az-4o", op: "realtime"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -374,4 +423,12 @@ keys:
 	if f.metadata["key_id"] != "az" || f.metadata["model_original"] != "" || res.call.Operation != "files" {
 		t.Errorf("metadata %v call %+v", f.metadata, res.call)
 	}
+}
+
+// realtime is the request headers of a WebSocket upgrade to path: Envoy
+// sends them with end_of_stream false (the upgraded stream is the body).
+func realtime(path string, kv ...string) *extprocv3.ProcessingRequest {
+	return reqHeaders(false, append([]string{":method", "GET", ":path", path, ":authority", "gw.local", ":scheme", "http",
+		"x-request-id", "req-1", "connection", "Upgrade", "upgrade", "websocket", "sec-websocket-version", "13",
+		"sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="}, kv...)...)
 }

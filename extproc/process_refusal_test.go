@@ -63,7 +63,7 @@ func TestRequestRefusals(t *testing.T) {
 		{name: "delete on models", msgs: request("DELETE", "/v1/models", ""),
 			status: 405, typ: typeInvalidRequest, code: "method_not_allowed", headers: map[string]string{"allow": "GET"}},
 		{name: "unknown path", msgs: request("GET", "/v1/unknown?x=1", ""),
-			status: 404, typ: typeInvalidRequest, code: "unknown_url",
+			status: 404, typ: typeInvalidRequest, code: "unknown_url", op: "other",
 			message: "Unknown request URL: /v1/unknown. keymux serves the OpenAI-compatible API below /v1 and /api/openai."},
 		{name: "dot segment", msgs: request("GET", "/v1/files/../models", ""),
 			status: 404, typ: typeInvalidRequest, code: "unknown_url"},

@@ -20,7 +20,8 @@ type upstreamTarget struct {
 func target(k *policy.Key, op *operation, path, model, query, clientAnthropicVersion string) upstreamTarget {
 	u := policy.Shape(k, policy.Request{
 		Path: path, Query: query, Model: model,
-		PerModel: op.model != modelNone, Native: op.anthropic, Version: clientAnthropicVersion,
+		PerModel: op.modelBearing() || (op.model == modelJSON && model != ""), Native: op.anthropic,
+		Version: clientAnthropicVersion, QueryModel: op.model == modelQuery,
 	})
 	t := upstreamTarget{scheme: k.Scheme, authority: k.Host, path: k.PathPrefix + u.Path}
 	t.headers = append(t.headers, setHeader(u.Auth.Name, u.Auth.Value))

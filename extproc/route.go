@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/keymux/keymux/policy"
 )
 
 // operation is one OpenAI-compatible endpoint keymux proxies.
@@ -15,6 +17,12 @@ type operation struct {
 	model     modelNeed
 	local     bool // answered by keymux itself (GET /v1/models…)
 	anthropic bool // Anthropic's native Messages API
+	// form: the body is a multipart/form-data form whose "model" field
+	// keymux reads and rewrites (multipart.go), up to maxFormBytes.
+	form bool
+	// upload > 0: a POST body streams through unbuffered, up to this many
+	// bytes (the provider's limit); keymux decides from the headers alone.
+	upload int64
 }
 
 type modelNeed int
@@ -23,10 +31,20 @@ const (
 	modelNone     modelNeed = iota // body-less or no model: any enabled key
 	modelRequired                  // JSON body with a string "model"
 	modelOptional                  // JSON body; "model" may be absent
+	modelQuery                     // the query's "model" parameter (Realtime, a WebSocket upgrade)
+	modelJSON                      // a JSON body's "model" when there is one; any other body passes as is
 )
 
+// modelBearing reports whether the operation carries its model (client
+// permissions: see policy.AuthorizeEndpoint). A forwarded unknown path
+// (modelJSON) is not: its model, if any, is a guess.
+func (op *operation) modelBearing() bool {
+	return op.model == modelRequired || op.model == modelOptional || op.model == modelQuery
+}
+
 // operations keymux recognises below /v1 (and the seed's /api/openai).
-// Anything else is a 404: keymux does not forward paths it cannot account for.
+// Anything else is a 404 (settings.unknown_paths: refuse, the default) or
+// forwarded as opOther (unknown_paths: forward).
 var operations = []operation{
 	{name: "chat", path: "/chat/completions", methods: "POST", model: modelRequired},
 	{name: "text_completion", path: "/completions", methods: "POST", model: modelRequired},
@@ -39,15 +57,29 @@ var operations = []operation{
 	{name: "list_models", path: "/models", methods: "GET", local: true},
 	// Body-less object endpoints: any enabled key serves them. (Objects live
 	// in one provider account; pin such keys with priorities or a pool of one.)
-	{name: "files", path: "/files", methods: "GET, POST"},
+	{name: "files", path: "/files", methods: "GET, POST", upload: maxFileBytes},
 	{name: "files", path: "/files/", methods: "GET, DELETE", prefix: true},
 	{name: "batches", path: "/batches", methods: "GET, POST"},
 	{name: "batches", path: "/batches/", methods: "GET, POST", prefix: true},
 	{name: "responses", path: "/responses/", methods: "GET, POST, DELETE", prefix: true},
+	// Anthropic: token counting (model in the body) and message batches
+	// (account objects: any enabled Anthropic key serves them).
+	{name: "count_tokens", path: "/messages/count_tokens", methods: "POST", model: modelRequired, anthropic: true},
+	{name: "batches", path: "/messages/batches", methods: "GET, POST", anthropic: true},
+	{name: "batches", path: "/messages/batches/", methods: "GET, POST, DELETE", prefix: true, anthropic: true},
+	// The Realtime API: a WebSocket upgrade whose model is in the query.
+	{name: "realtime", path: "/realtime", methods: "GET", model: modelQuery},
+	// Multipart forms with a model.
+	{name: "transcription", path: "/audio/transcriptions", methods: "POST", model: modelRequired, form: true},
+	{name: "translation", path: "/audio/translations", methods: "POST", model: modelRequired, form: true},
+	{name: "image_edit", path: "/images/edits", methods: "POST", model: modelOptional, form: true},
+	{name: "image_variation", path: "/images/variations", methods: "POST", model: modelOptional, form: true},
+	// The Uploads API (create, then /uploads/{id}/parts, /complete, /cancel)
+	// makes a file: its operation is "files".
+	{name: "files", path: "/uploads", methods: "POST"},
+	{name: "files", path: "/uploads/", methods: "POST", prefix: true, upload: maxUploadPartBytes},
 	// More account-scoped objects (extproc/objects.go routes them to the
 	// account that created them).
-	{name: "files", path: "/uploads", methods: "POST"},
-	{name: "files", path: "/uploads/", methods: "POST", prefix: true},
 	{name: "vector_stores", path: "/vector_stores", methods: "GET, POST"},
 	{name: "vector_stores", path: "/vector_stores/", methods: "GET, POST, DELETE", prefix: true},
 	{name: "assistants", path: "/assistants", methods: "GET, POST"},
@@ -59,6 +91,20 @@ var operations = []operation{
 	{name: "responses", path: "/conversations", methods: "POST"},
 	{name: "responses", path: "/conversations/", methods: "GET, POST, DELETE", prefix: true},
 }
+
+// opOther is a path below the API prefix that no operation knows, forwarded
+// under settings.unknown_paths: forward.
+var opOther = operation{name: policy.EndpointOther, methods: "GET, POST, PUT, PATCH, DELETE", model: modelJSON}
+
+// Body limits of the multipart endpoints. Forms are buffered (by Envoy,
+// then read by keymux): maxFormBytes is the shipped Envoy buffer limit,
+// room for OpenAI's 25 MB audio files. Uploads stream: OpenAI takes files
+// up to 512 MB and upload parts up to 64 MB.
+const (
+	maxFormBytes       = 32 << 20
+	maxFileBytes       = 512 << 20
+	maxUploadPartBytes = 64 << 20
+)
 
 // opModel is GET /v1/models/{id}, answered locally as well.
 var opModel = operation{name: "retrieve_model", path: "/models/", methods: "GET", local: true}
@@ -111,16 +157,7 @@ func matchRoute(method, rawPath string) (routeResult, *apiError) {
 	if !ok || !cleanPath(rest) {
 		return r, notFoundPath(rawPath)
 	}
-	for i := range operations {
-		op := &operations[i]
-		if op.path == rest || (op.prefix && strings.HasPrefix(rest, op.path) && len(rest) > len(op.path)) {
-			r.op = op
-			break
-		}
-	}
-	if r.op == nil && strings.HasPrefix(rest, opModel.path) && len(rest) > len(opModel.path) {
-		r.op, r.modelID = &opModel, rest[len(opModel.path):]
-	}
+	r.op, r.modelID = lookupOp(rest)
 	if r.op == nil {
 		return r, notFoundPath(rawPath)
 	}
@@ -133,6 +170,50 @@ func matchRoute(method, rawPath string) (routeResult, *apiError) {
 		}
 	}
 	return r, nil
+}
+
+// lookupOp finds the operation of a path below the API prefix (nil: none)
+// and, for GET /v1/models/{id}, the model id.
+func lookupOp(rest string) (*operation, string) {
+	for i := range operations {
+		op := &operations[i]
+		if op.path == rest || (op.prefix && strings.HasPrefix(rest, op.path) && len(rest) > len(op.path)) {
+			return op, ""
+		}
+	}
+	if strings.HasPrefix(rest, opModel.path) && len(rest) > len(opModel.path) {
+		return &opModel, rest[len(opModel.path):]
+	}
+	return nil, ""
+}
+
+// matchOther routes a path no operation knows to opOther (settings.
+// unknown_paths: forward): a clean path below the API prefix, with a method
+// opOther accepts. ok is false for anything else, which stays refused.
+func matchOther(method, rawPath string) (routeResult, bool) {
+	var r routeResult
+	path := rawPath
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path, r.query = path[:i], path[i:]
+	}
+	rest, ok := unknownAPIPath(path)
+	if !ok || !allowed(opOther.methods, method) {
+		return r, false
+	}
+	r.op, r.path = &opOther, rest
+	return r, true
+}
+
+// unknownAPIPath reports whether path (without its query) is a clean path
+// below the API prefix that no operation knows — a known path keeps its own
+// methods — and returns it below the prefix.
+func unknownAPIPath(path string) (string, bool) {
+	rest, ok := stripAPIPrefix(path)
+	if !ok || !cleanPath(rest) {
+		return "", false
+	}
+	op, _ := lookupOp(rest)
+	return rest, op == nil
 }
 
 func allowed(methods, method string) bool {
@@ -170,6 +251,9 @@ func cleanPath(p string) bool {
 	return true
 }
 
+// codeUnknownURL is the error code of a path keymux does not serve.
+const codeUnknownURL = "unknown_url"
+
 func notFoundPath(path string) *apiError {
 	if i := strings.IndexByte(path, '?'); i >= 0 {
 		path = path[:i]
@@ -177,6 +261,6 @@ func notFoundPath(path string) *apiError {
 	if len(path) > 200 {
 		path = path[:200] + "…"
 	}
-	return &apiError{Status: 404, Type: typeInvalidRequest, Code: "unknown_url",
+	return &apiError{Status: 404, Type: typeInvalidRequest, Code: codeUnknownURL,
 		Message: "Unknown request URL: " + path + ". keymux serves the OpenAI-compatible API below /v1 and /api/openai."}
 }

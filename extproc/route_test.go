@@ -100,7 +100,7 @@ func TestErrorBody(t *testing.T) {
 // TestOperationsAreEndpoints: the names a client's endpoints list accepts
 // (policy.Endpoints) are exactly the proxied operations' names.
 func TestOperationsAreEndpoints(t *testing.T) {
-	var names []string
+	names := []string{opOther.name}
 	for _, op := range operations {
 		if !op.local && !slices.Contains(names, op.name) {
 			names = append(names, op.name)
@@ -117,7 +117,8 @@ func TestOperationsAreEndpoints(t *testing.T) {
 // decision (method, path, content-length, the affinity header; a client's
 // x-jwt-payload is never read) with
 // arbitrary values: no panic, a content length of -1 or the digits sent, a
-// refusal with 404 or 405 or a route whose path stays below the API prefix.
+// refusal with 404 or 405 or a route whose path stays below the API prefix;
+// an unknown path forwarded only when clean and unknown.
 func FuzzRequestHeaders(f *testing.F) {
 	f.Add("POST", "/v1/chat/completions?x=1", "12", "session-1", "e30")
 	f.Add("GET", "/v1/models/gpt-4o\xff", "", "", "")
@@ -133,6 +134,12 @@ func FuzzRequestHeaders(f *testing.F) {
 		}
 		if n, err := strconv.ParseInt(contentLength, 10, 64); h.contentLength != -1 && (err != nil || n != h.contentLength || contentLength[0] == '+' || contentLength[0] == '-') {
 			t.Fatalf("content-length %q read as %d", contentLength, h.contentLength)
+		}
+		if o, ok := matchOther(h.method, h.path); ok {
+			// unknown_paths: forward takes only clean paths no operation knows.
+			if op, _ := lookupOp(o.path); op != nil || !cleanPath(o.path) || o.op != &opOther {
+				t.Fatalf("unknown-path route %+v for %q", o, path)
+			}
 		}
 		r, aerr := matchRoute(h.method, h.path)
 		if aerr != nil {

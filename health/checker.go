@@ -72,6 +72,10 @@ type Config struct {
 	// RetryBase and RetryMax bound the backoff after a Consul error
 	// (defaults 250ms, 10s).
 	RetryBase, RetryMax time.Duration
+	// OnLeaderPass, when set, hears of every passing probe the leader
+	// wrote to KV (key id, checked_at): the fleet clears the key's shared
+	// state (package fleet). It must not block.
+	OnLeaderPass func(keyID string, at time.Time)
 }
 
 // Checker runs the active probes of one instance. See the package doc.
@@ -93,12 +97,16 @@ type Checker struct {
 	rnd         *rand.Rand
 	keys        map[string]*keySched
 	records     map[string]Record // latest record read from KV, by key id
+	keysGen     uint64            // the store generation keysIn is of
+	keysIn      map[string]bool   // every key of that generation, enabled or not
 	changed     chan struct{}
 	leaderSince time.Time
 
 	probes, probeFailures, rateLimited, recoveryProbes  atomic.Uint64
 	kvWrites, kvWriteErrors, recordsApplied, recordsBad atomic.Uint64
-	terms                                               atomic.Uint64
+	terms, kvTxns                                       atomic.Uint64
+
+	writes chan kvOp // the leader's KV writes, batched by Run
 }
 
 // keySched is the scheduler's memory of one key.
@@ -154,8 +162,8 @@ func New(cfg Config) (*Checker, error) {
 	if cfg.SessionTTL == 0 {
 		cfg.SessionTTL = DefaultSessionTTL
 	}
-	if cfg.SessionTTL < 10*time.Second || cfg.SessionTTL > 24*time.Hour {
-		return nil, fmt.Errorf("health: session TTL %s outside Consul's 10s–24h", cfg.SessionTTL)
+	if err := consul.CheckSessionTTL(cfg.SessionTTL); err != nil {
+		return nil, fmt.Errorf("health: %w", err)
 	}
 	if cfg.LockDelay == 0 {
 		cfg.LockDelay = DefaultLockDelay
@@ -182,6 +190,7 @@ func New(cfg Config) (*Checker, error) {
 		keys:    map[string]*keySched{},
 		records: map[string]Record{},
 		changed: make(chan struct{}),
+		writes:  make(chan kvOp, MaxTxnOps),
 	}
 	if cfg.Consul != nil {
 		c.kv = cfg.Consul.KV()
@@ -256,6 +265,9 @@ func (c *Checker) Run(ctx context.Context) error {
 	defer wg.Wait()
 	if c.consul != nil {
 		wg.Go(func() { c.elect(ctx) })
+		wg.Go(func() {
+			batches(ctx, c.writes, MaxTxnOps, writeLinger, func(b []kvOp) { c.flush(ctx, b) })
+		})
 	} else {
 		c.setLeader(true)
 		defer c.setLeader(false)
@@ -396,7 +408,13 @@ func (c *Checker) schedule(ctx context.Context, sem chan struct{}, wg *sync.Wait
 			delete(c.keys, id)
 		}
 	}
+	removed := c.removedKeys(snap)
 	c.mu.Unlock()
+	if leader && c.consul != nil {
+		for _, id := range removed {
+			c.enqueue(ctx, kvOp{id: id})
+		}
+	}
 
 	for _, l := range due {
 		select {
@@ -414,6 +432,27 @@ func (c *Checker) schedule(ctx context.Context, sem chan struct{}, wg *sync.Wait
 		})
 	}
 	return wait
+}
+
+// removedKeys returns the keys that the configuration had before snap's
+// generation and no longer has (disabled keys stay). c.mu is held.
+func (c *Checker) removedKeys(snap *store.Snapshot) []string {
+	gen := snap.Generation()
+	if gen == c.keysGen {
+		return nil
+	}
+	now := map[string]bool{}
+	for _, e := range snap.Keys() {
+		now[e.Key.ID] = true
+	}
+	var removed []string
+	for id := range c.keysIn {
+		if !now[id] {
+			removed = append(removed, id)
+		}
+	}
+	c.keysGen, c.keysIn = gen, now
+	return removed
 }
 
 // due returns when this instance should next probe a key with scheduler
@@ -505,16 +544,12 @@ func (c *Checker) probeKey(ctx context.Context, e *store.Entry, timeout time.Dur
 	c.log.Log(ctx, level, "key probed", "key", id, "healthy", res.OK, "status", res.Status,
 		"latency_ms", rec.LatencyMS, "error", rec.Error, "failures", rec.Failures, "recovery", recovery)
 
-	if leader && c.kv != nil && c.leader.Load() {
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := c.kv.Put(&api.KVPair{Key: c.healthP + id, Value: rec.Marshal()}, (&api.WriteOptions{}).WithContext(wctx))
-		cancel()
-		if err != nil {
-			c.kvWriteErrors.Add(1)
-			c.log.Warn("health: cannot write the probe result to Consul", "key", id, "error", err)
-		} else {
-			c.kvWrites.Add(1)
+	if leader && c.consul != nil && c.leader.Load() {
+		op := kvOp{id: id, value: rec.Marshal()}
+		if rec.Healthy {
+			op.passedAt = rec.CheckedAt
 		}
+		c.enqueue(ctx, op)
 	}
 	c.wake()
 	c.notify()
@@ -682,6 +717,7 @@ type Stats struct {
 	RecoveryProbes uint64    `json:"recovery_probes"` // of keys out of rotation
 	KVWrites       uint64    `json:"kv_writes"`
 	KVWriteErrors  uint64    `json:"kv_write_errors"`
+	KVTxns         uint64    `json:"kv_txns"`         // Consul transactions that carried the writes (at most MaxTxnOps each)
 	RecordsApplied uint64    `json:"records_applied"` // KV results that changed a key here
 	RecordsBad     uint64    `json:"records_bad"`     // KV values refused by ParseRecord
 }
@@ -694,7 +730,7 @@ func (c *Checker) Stats() Stats {
 	st := Stats{
 		Mode: "standalone", Leader: c.leader.Load(), LeaderSince: since, LeaderTerms: c.terms.Load(),
 		Probes: c.probes.Load(), ProbeFailures: c.probeFailures.Load(), RateLimited: c.rateLimited.Load(),
-		RecoveryProbes: c.recoveryProbes.Load(), KVWrites: c.kvWrites.Load(), KVWriteErrors: c.kvWriteErrors.Load(),
+		RecoveryProbes: c.recoveryProbes.Load(), KVWrites: c.kvWrites.Load(), KVWriteErrors: c.kvWriteErrors.Load(), KVTxns: c.kvTxns.Load(),
 		RecordsApplied: c.recordsApplied.Load(), RecordsBad: c.recordsBad.Load(),
 	}
 	if c.consul != nil {

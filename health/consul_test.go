@@ -2,7 +2,9 @@ package health_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -309,5 +311,51 @@ func TestFollowerRecoversLocallyDisabledKey(t *testing.T) {
 	}
 	if back > 2*base+time.Second {
 		t.Errorf("follower k1 back after %v, want about 2×%v", back, base)
+	}
+}
+
+// The leader writes its results in Consul transactions rather than one PUT
+// per probe, and deletes the record of a key removed from the
+// configuration (not that of a disabled key).
+func TestRecordsBatchedAndRemovedKeysCleaned(t *testing.T) {
+	a := consultest.Start(t)
+	m := startMock(t)
+	const n = 100
+	for i := range n {
+		a.Put(fmt.Sprintf("keymux/keys/k%d", i), []byte(openAIKey(m, fmt.Sprintf("sk-test-%d", i))))
+	}
+	// First probes spread over 1% of the interval (100 ms): they end close
+	// together and share transactions.
+	in := startInstance(t, a, "i1", health.Config{Interval: 10 * time.Second, Jitter: 0.01, Timeout: 2 * time.Second})
+	records := func() map[string]bool {
+		pairs, _, err := a.Client().KV().List("keymux/health/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, p := range pairs {
+			out[strings.TrimPrefix(p.Key, "keymux/health/")] = true
+		}
+		return out
+	}
+	waitFor(t, nil, "a record of every key", func() bool { return len(records()) == n })
+	st := in.hc.c.Stats()
+	t.Logf("%d records written in %d transactions", st.KVWrites, st.KVTxns)
+	if st.KVWrites < n || st.KVTxns == 0 || st.KVTxns*2 > st.KVWrites || st.KVWriteErrors != 0 {
+		t.Fatalf("Stats = %+v: want %d+ writes in at most half as many transactions, no error", st, n)
+	}
+
+	// k8 disabled first, k7 removed after: the writes are in order, so
+	// once k7's record is gone a wrong delete of k8's would have happened.
+	a.Put("keymux/keys/k8", []byte(strings.Replace(openAIKey(m, "sk-test-8"), `{`, `{"enabled":false,`, 1)))
+	waitFor(t, nil, "k8 disabled", func() bool {
+		e := in.st.Read().Key("k8")
+		return e != nil && !e.Key.Enabled
+	})
+	a.Delete("keymux/keys/k7")
+	waitFor(t, nil, "the record of the removed key deleted", func() bool { return !records()["k7"] })
+	got := records()
+	if len(got) != n-1 || !got["k8"] {
+		t.Fatalf("records after removing k7 and disabling k8: %d (k8 kept: %v), want %d with k8", len(got), got["k8"], n-1)
 	}
 }

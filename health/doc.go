@@ -40,13 +40,17 @@
 // held by a Consul session (behavior "release"). Only the holder probes keys
 // in rotation and writes each result as JSON to <prefix>health/<key id>
 // (Record: healthy, checked_at, latency_ms, error, status, failures,
-// cooldown_until, by). Every instance, the leader included, applies the
+// cooldown_until, by); results that end within 50 ms of each other share
+// one Consul transaction (at most MaxTxnOps operations), and the record of
+// a key removed from the configuration (not merely disabled) is deleted. Every instance, the leader included, applies the
 // records it reads through the Consul source (wire Checker.OnHealth as
 // store/consul Options.OnHealth); Record.Apply ignores a record not newer
 // than the key's latest probe, so the leader's own write coming back is a
 // no-op. Records carry the consecutive-failure count, so every instance
 // knows the recovery backoff and a new leader continues the old schedule
-// instead of probing everything at once.
+// instead of probing everything at once. A passing probe the leader wrote
+// is also handed to Config.OnLeaderPass: package fleet then deletes the
+// key's shared state record, which the probe made obsolete.
 //
 // A follower probes only as a fallback: a key that is out of rotation on
 // this instance (typically after a 401 that only this sidecar saw) and

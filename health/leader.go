@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/keymux/keymux/internal/backoff"
+	"github.com/keymux/keymux/store/consul"
 )
 
 // Leader election defaults (see the package doc for the reasoning).
@@ -19,9 +20,6 @@ const (
 	// lockWait bounds one blocking query on the lock key.
 	lockWait = 30 * time.Second
 )
-
-// errSessionLost ends a term: the session could not be renewed or is gone.
-var errSessionLost = errors.New("consul session lost")
 
 // lockValue is the lock key's value: who holds it, for operators.
 type lockValue struct {
@@ -33,23 +31,9 @@ type lockValue struct {
 // lock-delay, behavior release), acquire <prefix>leader/health with it, lead
 // while the session is renewed and the key still names it, then start over.
 func (c *Checker) elect(ctx context.Context) {
-	failures := 0
-	for ctx.Err() == nil {
-		err := c.term(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if err == nil {
-			failures = 0
-			continue
-		}
-		failures++
-		wait := backoff.Delay(failures, c.cfg.RetryBase, c.cfg.RetryMax, c.rand)
-		c.log.Warn("health leader election: retrying", "attempt", failures, "retry_in", wait.Round(time.Millisecond), "error", err)
-		if !backoff.Sleep(ctx, wait) {
-			return
-		}
-	}
+	consul.RunTerms(ctx, c.cfg.RetryBase, c.cfg.RetryMax, c.rand, c.term, func(attempt int, wait time.Duration, err error) {
+		c.log.Warn("health leader election: retrying", "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "error", err)
+	})
 }
 
 // term is one session's life: acquire, lead, step down.
@@ -68,7 +52,7 @@ func (c *Checker) term(ctx context.Context) error {
 	renewDone := make(chan struct{})
 	go func() {
 		defer close(renewDone)
-		if err := c.renew(sctx, id); err != nil {
+		if err := consul.RenewSession(sctx, c.consul, id, c.cfg.SessionTTL, c.cfg.SessionTTL/2); err != nil {
 			cancel(err)
 		}
 	}()
@@ -189,35 +173,4 @@ func (c *Checker) termErr(sctx, ctx context.Context, err error) error {
 		return cause
 	}
 	return err
-}
-
-// renew keeps session id alive, renewing every TTL/2 (every second after an
-// error). It returns errSessionLost when Consul says the session is gone, or
-// when no renewal succeeded for a whole TTL: past that point Consul may
-// already have invalidated it and another instance may lead. It returns nil
-// when ctx ends.
-func (c *Checker) renew(ctx context.Context, id string) error {
-	ttl := c.cfg.SessionTTL
-	wait := ttl / 2
-	last := time.Now()
-	for {
-		if !backoff.Sleep(ctx, wait) {
-			return nil
-		}
-		entry, _, err := c.consul.Session().Renew(id, (&api.WriteOptions{}).WithContext(ctx))
-		switch {
-		case ctx.Err() != nil:
-			return nil
-		case err != nil:
-			if time.Since(last) >= ttl {
-				return fmt.Errorf("%w: no renewal for %s: %v", errSessionLost, ttl, err)
-			}
-			wait = min(time.Second, ttl/4)
-		case entry == nil:
-			return fmt.Errorf("%w: session expired", errSessionLost)
-		default:
-			last = time.Now()
-			wait = ttl / 2
-		}
-	}
 }

@@ -17,9 +17,11 @@ const MaxErrorLen = 256
 const maxRecordBytes = 4096
 
 // MaxRecordSkew is how far in the future of the reader's clock a record's
-// checked_at may be (clock skew between instances). A later checked_at would
-// pin the key: every real probe result, older than it, would be ignored.
-const MaxRecordSkew = time.Minute
+// checked_at may be (policy.MaxClockSkew). A later checked_at is refused: it
+// would pin the key, every real probe result being older. One within the
+// skew is taken as checked now (ParseRecord), so that it cannot pin the key
+// either.
+const MaxRecordSkew = policy.MaxClockSkew
 
 // Record is the result of one active probe, as the leader writes it to
 // <prefix>health/<key id> and every instance applies it. It never holds a
@@ -46,8 +48,9 @@ var ErrBadRecord = errors.New("bad health record")
 
 // ParseRecord decodes and checks a health/<id> value written by a leader
 // (possibly another keymux version, possibly an operator): checked_at is
-// required and not more than MaxRecordSkew after now, cooldown_until not more
-// than policy.MaxRetryDelay after checked_at, latency_ms and failures not
+// required and not more than MaxRecordSkew after now (a checked_at within
+// the skew but after now becomes now), cooldown_until not more than
+// policy.MaxRetryDelay after checked_at, latency_ms and failures not
 // negative; error is cut to MaxErrorLen bytes.
 func ParseRecord(raw []byte, now time.Time) (Record, error) {
 	var r Record
@@ -57,19 +60,22 @@ func ParseRecord(raw []byte, now time.Time) (Record, error) {
 	if err := json.Unmarshal(raw, &r); err != nil {
 		return Record{}, fmt.Errorf("%w: %v", ErrBadRecord, err)
 	}
-	switch {
-	case r.CheckedAt.IsZero():
+	if r.CheckedAt.IsZero() {
 		return Record{}, fmt.Errorf("%w: checked_at is missing", ErrBadRecord)
-	case r.CheckedAt.After(now.Add(MaxRecordSkew)):
-		return Record{}, fmt.Errorf("%w: checked_at %s is more than %s in the future (now %s)",
-			ErrBadRecord, r.CheckedAt.UTC().Format(time.RFC3339), MaxRecordSkew, now.UTC().Format(time.RFC3339))
-	case r.CooldownUntil.After(r.CheckedAt.Add(policy.MaxRetryDelay)):
+	}
+	checked, err := policy.CheckWrittenAt("checked_at", r.CheckedAt, now)
+	if err != nil {
+		return Record{}, fmt.Errorf("%w: %v", ErrBadRecord, err)
+	}
+	switch {
+	case r.CooldownUntil.After(checked.Add(policy.MaxRetryDelay)):
 		return Record{}, fmt.Errorf("%w: cooldown_until is more than %s after checked_at", ErrBadRecord, policy.MaxRetryDelay)
 	case r.LatencyMS < 0:
 		return Record{}, fmt.Errorf("%w: latency_ms is negative", ErrBadRecord)
 	case r.Failures < 0:
 		return Record{}, fmt.Errorf("%w: failures is negative", ErrBadRecord)
 	}
+	r.CheckedAt = checked
 	r.Error = truncate(r.Error, MaxErrorLen)
 	if len(r.By) > 128 {
 		r.By = truncate(r.By, 128)

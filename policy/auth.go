@@ -39,12 +39,25 @@ const (
 	EndpointVectorStores    = "vector_stores"
 	EndpointAssistants      = "assistants" // assistants and threads
 	EndpointFineTuning      = "fine_tuning"
+	EndpointCountTokens     = "count_tokens" // Anthropic's /v1/messages/count_tokens
+	EndpointRealtime        = "realtime"     // the Realtime API over WebSocket
+	// EndpointOther is every path keymux does not know, forwarded under
+	// settings.unknown_paths: forward (never model-bearing for
+	// AuthorizeEndpoint, whatever its body carries).
+	EndpointOther = "other"
+	// Multipart forms with a model.
+	EndpointTranscription  = "transcription"
+	EndpointTranslation    = "translation"
+	EndpointImageEdit      = "image_edit"
+	EndpointImageVariation = "image_variation"
 )
 
 // Endpoints lists every Endpoint* name.
 var Endpoints = []string{EndpointChat, EndpointTextCompletion, EndpointEmbeddings, EndpointResponses,
 	EndpointModerations, EndpointImageGeneration, EndpointSpeech, EndpointFiles, EndpointBatches,
-	EndpointVectorStores, EndpointAssistants, EndpointFineTuning}
+	EndpointVectorStores, EndpointAssistants, EndpointFineTuning,
+	EndpointCountTokens, EndpointRealtime, EndpointOther,
+	EndpointTranscription, EndpointTranslation, EndpointImageEdit, EndpointImageVariation}
 
 // AuthorizeEndpoint returns nil when client c may call operation op
 // (modelBearing: this request's operation carries a model in its body),

@@ -23,6 +23,7 @@ const (
 	DefaultRetryMaxAttempts    = 3
 	DefaultObjectRetention     = 30 * 24 * time.Hour
 	DefaultObjectsMax          = 10000
+	DefaultUnknownPaths        = UnknownPathsRefuse
 )
 
 // Defaults returns the settings used when the settings document is absent.
@@ -38,6 +39,9 @@ func Defaults() Settings {
 func (s *Settings) WithDefaults() *Settings {
 	if s.Strategy == "" {
 		s.Strategy = DefaultStrategy
+	}
+	if s.UnknownPaths == "" {
+		s.UnknownPaths = DefaultUnknownPaths
 	}
 	if s.Health.Interval == 0 {
 		s.Health.Interval = DefaultHealthInterval
@@ -63,6 +67,9 @@ func (s *Settings) WithDefaults() *Settings {
 	}
 	if s.Retry.MaxAttempts == 0 {
 		s.Retry.MaxAttempts = DefaultRetryMaxAttempts
+	}
+	if s.Share.CooldownOver == 0 {
+		s.Share.CooldownOver = DefaultShareCooldownOver
 	}
 	if s.MaxBodyBytes == 0 {
 		s.MaxBodyBytes = DefaultMaxBodyBytes

@@ -275,6 +275,8 @@ func TestDefaults(t *testing.T) {
 		StreamUsage:  true,
 		Retry:        RetrySettings{MaxAttempts: 3},
 		Objects:      ObjectSettings{Retention: 30 * 24 * time.Hour, Max: 10000},
+		Share:        ShareSettings{CooldownOver: 10 * time.Second},
+		UnknownPaths: "refuse",
 	}
 	if got := Defaults(); got != want {
 		t.Fatalf("Defaults() =\n %+v\nwant\n %+v", got, want)

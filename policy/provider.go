@@ -85,6 +85,10 @@ type Request struct {
 	PerModel bool   // the operation is served per model (Azure: by a deployment)
 	Native   bool   // an operation of the provider's native API (Anthropic Messages)
 	Version  string // the client's version header ("" when it sent none)
+	// QueryModel: the operation names its model in the query's "model"
+	// parameter (Realtime), which the upstream gets set to Model (Azure:
+	// the deployment in a "deployment" parameter instead).
+	QueryModel bool
 }
 
 // Header is one request header.
@@ -207,7 +211,11 @@ func (s *ProviderSpec) Shape(k *Key, r Request) Upstream {
 	if s.Path != nil {
 		u.Path = s.Path(k, r)
 	} else {
-		u.Path = r.Path + r.Query
+		q := r.Query
+		if r.QueryModel {
+			q = WithQueryParam(q, "model", r.Model)
+		}
+		u.Path = r.Path + q
 	}
 	api := &s.OpenAI
 	if r.Native && s.Native != nil {
@@ -227,15 +235,21 @@ func (s *ProviderSpec) Shape(k *Key, r Request) Upstream {
 // azurePath is Azure OpenAI's layout: /openai/deployments/{deployment}/…
 // for operations served per model (the key's deployment for the model, else
 // the model name), /openai/… for the others, always with the key's
-// api-version.
+// api-version; Realtime (QueryModel) names the deployment in the query:
+// /openai/realtime?api-version=…&deployment=….
 func azurePath(k *Key, r Request) string {
-	q := azureQuery(r.Query, k.Azure.APIVersion)
-	if !r.PerModel {
-		return "/openai" + r.Path + q
-	}
 	deployment := r.Model
 	if d, ok := k.Azure.Deployments[r.Model]; ok {
 		deployment = d
+	}
+	if r.QueryModel {
+		// Realtime: /openai/realtime?api-version=…&deployment=…
+		q := WithQueryParam(WithQueryParam(r.Query, "model", ""), "deployment", deployment)
+		return "/openai" + r.Path + azureQuery(q, k.Azure.APIVersion)
+	}
+	q := azureQuery(r.Query, k.Azure.APIVersion)
+	if !r.PerModel {
+		return "/openai" + r.Path + q
 	}
 	return "/openai/deployments/" + pathSegment(deployment) + r.Path + q
 }
@@ -260,9 +274,7 @@ func azureQuery(query, apiVersion string) string {
 	b.WriteString("?api-version=")
 	b.WriteString(url.QueryEscape(apiVersion))
 	for _, p := range strings.Split(q, "&") {
-		name, _, _ := strings.Cut(p, "=")
-		n, err := url.QueryUnescape(name)
-		if p == "" || err != nil || strings.EqualFold(strings.TrimSpace(n), "api-version") {
+		if match, bad := paramName(p, "api-version"); p == "" || match || bad {
 			continue
 		}
 		b.WriteByte('&')

@@ -191,7 +191,13 @@ type Settings struct {
 	// that token usage is known for every call; default true.
 	StreamUsage bool
 	Retry       RetrySettings
-	Objects     ObjectSettings
+	// Share decides which key states are shared with the fleet (Consul).
+	Share ShareSettings
+	// UnknownPaths is what happens to a path below the API prefix that
+	// keymux does not know: UnknownPathsRefuse (404, the default) or
+	// UnknownPathsForward (forwarded with a key, operation EndpointOther).
+	UnknownPaths string
+	Objects      ObjectSettings
 }
 
 // ObjectSettings govern the account-scoped objects keymux records.
@@ -205,6 +211,12 @@ type ObjectSettings struct {
 	// Max bounds the records (creations beyond it get 503); default 10000.
 	Max int
 }
+
+// The values of Settings.UnknownPaths.
+const (
+	UnknownPathsRefuse  = "refuse"
+	UnknownPathsForward = "forward"
+)
 
 // RetrySettings bound Envoy's retries of a request on another key of the
 // same upstream host.

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"maps"
-	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -137,23 +135,21 @@ func (b *Builder) Delete(kind Kind, id string) {
 	delete(b.refused, d)
 }
 
-// IDs returns the ids of the documents of kind held (good or refused),
-// sorted.
-func (b *Builder) IDs(kind Kind) []string {
+// deleteMissing forgets the documents of kind (and their refusals) whose
+// id is not present.
+func (b *Builder) deleteMissing(kind Kind, present func(id string) bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	seen := map[string]bool{}
 	for d := range b.docs {
-		if d.kind == kind {
-			seen[d.id] = true
+		if d.kind == kind && !present(d.id) {
+			delete(b.docs, d)
 		}
 	}
 	for d := range b.refused {
-		if d.kind == kind {
-			seen[d.id] = true
+		if d.kind == kind && !present(d.id) {
+			delete(b.refused, d)
 		}
 	}
-	return slices.Sorted(maps.Keys(seen))
 }
 
 // Build assembles the good documents into a Config and cross-checks them:

@@ -44,8 +44,8 @@ func DecodeFile(data []byte) (*File, error) {
 	return decodeFile(context.Background(), data)
 }
 
-// decodeFile is DecodeFile that gives up between its passes, and between
-// the members of a section, once ctx ends.
+// decodeFile is DecodeFile that gives up between the members of a
+// section once ctx ends.
 func decodeFile(ctx context.Context, data []byte) (*File, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, fmt.Errorf("%w: the file is empty", ErrBadFile)
@@ -64,51 +64,7 @@ func decodeFile(ctx context.Context, data []byte) (*File, error) {
 	if t := bytes.TrimSpace(js); len(t) == 0 || t[0] != '{' {
 		return nil, fmt.Errorf("%w: want an object with settings, keys, rules, clients", ErrBadFile)
 	}
-	if name, why := checkFieldNames(js, &fileRaw{}); name != "" {
-		if why == "unknown" {
-			return nil, fmt.Errorf("%w: unknown top-level field %q (want settings, keys, rules, clients)", ErrBadFile, truncate(name, 64))
-		}
-		return nil, fmt.Errorf("%w: top-level field %q appears twice", ErrBadFile, name)
-	}
-	if err := checkStop(ctx); err != nil {
-		return nil, err
-	}
-	var d File
-	dec := json.NewDecoder(bytes.NewReader(js))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&d); err != nil {
-		msg := err.Error()
-		if f, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
-			return nil, fmt.Errorf("%w: unknown top-level field %s (want settings, keys, rules, clients)", ErrBadFile, f)
-		}
-		if de, ok := jsonErr("file", err).(*DocError); ok {
-			if de.Field != "" {
-				return nil, fmt.Errorf("%w: field %q: want an object of documents", ErrBadFile, de.Field)
-			}
-			return nil, fmt.Errorf("%w: %s", ErrBadFile, de.Reason)
-		}
-		return nil, fmt.Errorf("%w: %v", ErrBadFile, err)
-	}
-	if err := checkStop(ctx); err != nil {
-		return nil, err
-	}
-	var r fileRaw
-	if err := json.Unmarshal(js, &r); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadFile, err)
-	}
-	for _, sec := range []struct {
-		kind Kind
-		raw  json.RawMessage
-	}{{KindKeys, r.Keys}, {KindRules, r.Rules}, {KindClients, r.Clients}} {
-		id, err := duplicateMember(ctx, sec.raw)
-		if err != nil {
-			return nil, err
-		}
-		if id != "" {
-			return nil, fmt.Errorf("%w: %s appears twice", ErrBadFile, docName(sec.kind, id))
-		}
-	}
-	return &d, nil
+	return splitFile(ctx, js)
 }
 
 // FileDoc is one document of a File.
@@ -121,7 +77,7 @@ type FileDoc struct {
 // Docs lists the documents of f: the settings when present (even null),
 // then keys, rules and clients, each in id order.
 func (f *File) Docs() []FileDoc {
-	var docs []FileDoc
+	docs := make([]FileDoc, 0, 1+len(f.Keys)+len(f.Rules)+len(f.Clients))
 	if f.Settings != nil {
 		docs = append(docs, FileDoc{Kind: KindSettings, Raw: f.Settings})
 	}
@@ -143,42 +99,80 @@ func (f *File) sections() []fileSection {
 	return []fileSection{{KindKeys, f.Keys}, {KindRules, f.Rules}, {KindClients, f.Clients}}
 }
 
-// fileRaw is File before the sections are split into documents.
-type fileRaw struct {
-	Settings json.RawMessage `json:"settings"`
-	Keys     json.RawMessage `json:"keys"`
-	Rules    json.RawMessage `json:"rules"`
-	Clients  json.RawMessage `json:"clients"`
+// splitFile splits the valid JSON object js into its sections and their
+// documents in one pass. It refuses what the file format refuses, in this
+// order: a top-level member that is unknown or appears twice (the first
+// such, in the file's order), a section that is neither an object nor
+// null, a document id twice within a section (keys, then rules, then
+// clients).
+func splitFile(ctx context.Context, js []byte) (*File, error) {
+	var d File
+	var seen []string
+	var nameErr, typeErr error
+	dups := map[Kind]string{}
+	_, err := members(js, func(name string, val []byte) error {
+		if !slices.Contains(fileSections, name) {
+			nameErr = fmt.Errorf("%w: unknown top-level field %q (want settings, keys, rules, clients)", ErrBadFile, truncate(name, 64))
+			return nameErr
+		}
+		if slices.Contains(seen, name) {
+			nameErr = fmt.Errorf("%w: top-level field %q appears twice", ErrBadFile, name)
+			return nameErr
+		}
+		seen = append(seen, name)
+		if name == "settings" {
+			d.Settings = val
+			return nil
+		}
+		if typeErr != nil || string(val) == "null" {
+			return nil
+		}
+		if val[0] != '{' {
+			typeErr = fmt.Errorf("%w: field %q: want an object of documents", ErrBadFile, name)
+			return nil
+		}
+		docs := map[string]json.RawMessage{}
+		kind := Kind(name)
+		_, err := members(val, func(id string, doc []byte) error {
+			if err := checkStop(ctx); err != nil {
+				return err
+			}
+			if _, dup := docs[id]; dup && id != "" { // the empty id is refused as a document
+				if _, had := dups[kind]; !had {
+					dups[kind] = id
+				}
+			}
+			docs[id] = doc
+			return nil
+		})
+		switch kind {
+		case KindKeys:
+			d.Keys = docs
+		case KindRules:
+			d.Rules = docs
+		case KindClients:
+			d.Clients = docs
+		}
+		return err
+	})
+	switch {
+	case nameErr != nil:
+		return nil, nameErr
+	case err != nil:
+		return nil, err
+	case typeErr != nil:
+		return nil, typeErr
+	}
+	for _, kind := range []Kind{KindKeys, KindRules, KindClients} {
+		if id, dup := dups[kind]; dup {
+			return nil, fmt.Errorf("%w: %s appears twice", ErrBadFile, docName(kind, id))
+		}
+	}
+	return &d, nil
 }
 
-// duplicateMember returns a member name that the JSON object raw holds
-// twice, or "" (an error once ctx ends).
-func duplicateMember(ctx context.Context, raw []byte) (string, error) {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return "", nil
-	}
-	seen := map[string]bool{}
-	for dec.More() {
-		if err := checkStop(ctx); err != nil {
-			return "", err
-		}
-		tok, err := dec.Token()
-		if err != nil {
-			return "", nil
-		}
-		key, _ := tok.(string)
-		if seen[key] {
-			return key, nil
-		}
-		seen[key] = true
-		var skip json.RawMessage
-		if err := dec.Decode(&skip); err != nil {
-			return "", nil
-		}
-	}
-	return "", nil
-}
+// fileSections are the top-level members of a file.
+var fileSections = []string{"settings", "keys", "rules", "clients"}
 
 // yamlDocuments counts the YAML documents of data, stopping at two (one
 // that does not parse counts).
@@ -233,11 +227,10 @@ func (b *Builder) PutFileContext(ctx context.Context, data []byte) error {
 		return err
 	}
 	for _, sec := range f.sections() {
-		for _, id := range b.IDs(sec.kind) {
-			if _, ok := sec.docs[id]; !ok {
-				b.Delete(sec.kind, id)
-			}
-		}
+		b.deleteMissing(sec.kind, func(id string) bool {
+			_, ok := sec.docs[id]
+			return ok
+		})
 	}
 	if f.Settings == nil {
 		b.Delete(KindSettings, "")

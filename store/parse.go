@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/keymux/keymux/policy"
@@ -128,6 +129,9 @@ func decodeStrict(doc string, raw []byte, v any) error {
 			return docErr(doc, "unknown field %q", truncate(name, 128))
 		}
 		return fieldErr(doc, truncate(name, 128), "appears twice")
+	}
+	if fd, ok := v.(memberDecoder); ok && json.Valid(raw) && fd.decodeMembers(raw) {
+		return nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
@@ -249,6 +253,23 @@ func checkFieldNames(raw []byte, v any) (name, why string) {
 	if t.Kind() != reflect.Struct {
 		return "", ""
 	}
+	if json.Valid(raw) {
+		fields := jsonFields(t)
+		var seen []string
+		_, _ = members(raw, func(key string, _ []byte) error {
+			switch {
+			case !slices.Contains(fields, key):
+				name, why = key, "unknown"
+			case slices.Contains(seen, key):
+				name, why = key, "duplicate"
+			default:
+				seen = append(seen, key)
+				return nil
+			}
+			return errStopWalk
+		})
+		return name, why
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
 		return "", "" // not an object: the decoder reports it
@@ -279,13 +300,36 @@ func checkFieldNames(raw []byte, v any) (name, why string) {
 }
 
 func hasJSONField(t reflect.Type, name string) bool {
+	return slices.Contains(jsonFields(t), name)
+}
+
+// errStopWalk ends a walk of members early.
+var errStopWalk = errors.New("stop")
+
+// fieldsByType caches jsonFields: reflect.Type → []string.
+var fieldsByType sync.Map
+
+// jsonFields are the json tags of the struct type t's fields.
+func jsonFields(t reflect.Type) []string {
+	if f, ok := fieldsByType.Load(t); ok {
+		return f.([]string)
+	}
+	var names []string
 	for i := 0; i < t.NumField(); i++ {
 		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
-		if tag == name {
-			return true
-		}
+		names = append(names, tag)
 	}
-	return false
+	fieldsByType.Store(t, names)
+	return names
+}
+
+// memberDecoder is a document type that can decode itself from valid JSON
+// without encoding/json's reflection, when its input is of the plain form
+// (every field of its JSON type or null). It returns false, v untouched,
+// for anything else: decodeStrict then decodes with encoding/json, whose
+// errors are the ones operators see.
+type memberDecoder interface {
+	decodeMembers(raw []byte) bool
 }
 
 func jsonTypeName(goType string) string {
@@ -325,6 +369,8 @@ type settingsDoc struct {
 	StreamUsage  *bool        `json:"stream_usage"`
 	MaxJSONDepth *int         `json:"max_json_depth"`
 	Retry        *retryDoc    `json:"retry"`
+	Share        *shareDoc    `json:"share"`
+	UnknownPaths string       `json:"unknown_paths"`
 	Objects      *objectsDoc  `json:"objects"`
 }
 
@@ -474,10 +520,28 @@ func ParseSettings(raw []byte) (policy.Settings, error) {
 	if err := parseRetry(doc, d.Retry, &s.Retry); err != nil {
 		return policy.Settings{}, err
 	}
+	if err := parseShare(doc, d.Share, &s.Share); err != nil {
+		return policy.Settings{}, err
+	}
+	if err := parseUnknownPaths(doc, d.UnknownPaths, &s); err != nil {
+		return policy.Settings{}, err
+	}
 	if err := parseObjects(doc, d.Objects, &s.Objects); err != nil {
 		return policy.Settings{}, err
 	}
 	return s, nil
+}
+
+// parseUnknownPaths applies settings.unknown_paths.
+func parseUnknownPaths(doc, v string, s *policy.Settings) error {
+	switch v {
+	case "":
+	case policy.UnknownPathsRefuse, policy.UnknownPathsForward:
+		s.UnknownPaths = v
+	default:
+		return fieldErr(doc, "unknown_paths", "unknown value %q (want %s or %s)", truncate(v, 64), policy.UnknownPathsRefuse, policy.UnknownPathsForward)
+	}
+	return nil
 }
 
 // parseStrategy applies settings.strategy.
@@ -1008,6 +1072,48 @@ type ruleDoc struct {
 	From    string `json:"from"`
 	To      string `json:"to"`
 	Enabled *bool  `json:"enabled"`
+}
+
+func (d *ruleDoc) decodeMembers(raw []byte) bool {
+	var r ruleDoc
+	ok, err := members(raw, func(name string, val []byte) error {
+		var dst *string
+		switch name {
+		case "key":
+			dst = &r.Key
+		case "from":
+			dst = &r.From
+		case "to":
+			dst = &r.To
+		case "enabled":
+			r.Enabled = nil
+			if string(val) == "null" {
+				return nil
+			}
+			b, isBool := boolValue(val)
+			if !isBool {
+				return errStopWalk
+			}
+			r.Enabled = &b
+			return nil
+		default:
+			return errStopWalk
+		}
+		if string(val) == "null" {
+			return nil // encoding/json leaves a string as it is
+		}
+		s, isString := stringValue(val)
+		if !isString {
+			return errStopWalk
+		}
+		*dst = s
+		return nil
+	})
+	if !ok || err != nil {
+		return false
+	}
+	*d = r
+	return true
 }
 
 // ParseRule validates the rules/<id> document. Whether the key exists is

@@ -164,6 +164,7 @@ var badFixtures = []struct {
 	{"settings-stream-usage-string", `settings: field "stream_usage": want boolean, got string`},
 	{"settings-auth-string", `settings: field "auth": want a JSON object, got string`},
 	{"settings-array", `settings: want a JSON object, got array`},
+	{"settings-unknown-paths", `settings: field "unknown_paths": unknown value "allow" (want refuse or forward)`},
 }
 
 func TestParseBadFixtures(t *testing.T) {
@@ -278,5 +279,21 @@ func TestParseGoodFixtures(t *testing.T) {
 				t.Errorf("%s differs (go test -run TestParseGoodFixtures -update)\n got: %s\nwant: %s", golden, got, want)
 			}
 		})
+	}
+}
+
+func TestParseSettingsUnknownPaths(t *testing.T) {
+	for _, tc := range []struct{ doc, want string }{
+		{`{}`, policy.UnknownPathsRefuse},
+		{`{"unknown_paths":"refuse"}`, policy.UnknownPathsRefuse},
+		{`{"unknown_paths":"forward"}`, policy.UnknownPathsForward},
+	} {
+		s, err := ParseSettings([]byte(tc.doc))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.doc, err)
+		}
+		if s.UnknownPaths != tc.want {
+			t.Errorf("%s: unknown_paths = %q, want %q", tc.doc, s.UnknownPaths, tc.want)
+		}
 	}
 }

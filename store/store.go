@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,6 +66,8 @@ type Status struct {
 type Entry struct {
 	Key *policy.Key
 	RT  *Runtime
+
+	fleet *Fleet // the store's (nil in entries built by hand)
 }
 
 // Pool is the set of enabled keys that can serve one model, in key id order.
@@ -92,6 +96,8 @@ type Store struct {
 
 	mu      sync.Mutex    // serialises writers and guards changed
 	changed chan struct{} // closed after every commit
+
+	fleet Fleet // membership view and state observer (fleet.go)
 }
 
 // ErrInvalidConfig wraps the reasons Apply refuses a Config.
@@ -153,7 +159,7 @@ func (s *Store) ApplyContext(ctx context.Context, cfg *Config, src SourceInfo) (
 	}
 	txn := db.Txn(true)
 	defer txn.Abort()
-	gen, err := applyTxn(ctx, s.db.Load().Txn(false), txn, cfg, src)
+	gen, err := applyTxn(ctx, s.db.Load().Txn(false), txn, cfg, src, &s.fleet)
 	if err != nil {
 		return 0, err
 	}
@@ -187,21 +193,18 @@ func checkConfig(cfg *Config) error {
 			return fmt.Errorf("%w: keys/%s: missing or id mismatch", ErrInvalidConfig, id)
 		}
 	}
-	seenRule := map[[2]string]string{}
-	for _, id := range slices.Sorted(maps.Keys(cfg.Rules)) {
-		r := cfg.Rules[id]
-		if r == nil || r.ID != id || r.From == "" || r.KeyID == "" {
-			return fmt.Errorf("%w: rules/%s: missing, incomplete or id mismatch", ErrInvalidConfig, id)
-		}
-		if r.KeyID != policy.AnyKey && cfg.Keys[r.KeyID] == nil {
-			return fmt.Errorf("%w: rules/%s: unknown key %q", ErrInvalidConfig, id, r.KeyID)
-		}
-		if r.Enabled {
-			k := [2]string{r.KeyID, r.From}
-			if other, dup := seenRule[k]; dup {
-				return fmt.Errorf("%w: rules/%s: same key and from as rules/%s", ErrInvalidConfig, id, other)
+	// In map order first; a fault is looked for again in id order, so that
+	// its message does not depend on the map's order.
+	if checkRules(cfg, maps.All(cfg.Rules)) != nil {
+		sorted := func(yield func(string, *policy.Rule) bool) {
+			for _, id := range slices.Sorted(maps.Keys(cfg.Rules)) {
+				if !yield(id, cfg.Rules[id]) {
+					return
+				}
 			}
-			seenRule[k] = id
+		}
+		if err := checkRules(cfg, sorted); err != nil {
+			return err
 		}
 	}
 	seenTok := map[[32]byte]string{}
@@ -218,15 +221,36 @@ func checkConfig(cfg *Config) error {
 	return nil
 }
 
+// checkRules checks cfg's rules, taken in the order of rules.
+func checkRules(cfg *Config, rules iter.Seq2[string, *policy.Rule]) error {
+	seenRule := make(map[[2]string]string, len(cfg.Rules))
+	for id, r := range rules {
+		if r == nil || r.ID != id || r.From == "" || r.KeyID == "" {
+			return fmt.Errorf("%w: rules/%s: missing, incomplete or id mismatch", ErrInvalidConfig, id)
+		}
+		if r.KeyID != policy.AnyKey && cfg.Keys[r.KeyID] == nil {
+			return fmt.Errorf("%w: rules/%s: unknown key %q", ErrInvalidConfig, id, r.KeyID)
+		}
+		if r.Enabled {
+			k := [2]string{r.KeyID, r.From}
+			if other, dup := seenRule[k]; dup {
+				return fmt.Errorf("%w: rules/%s: same key and from as rules/%s", ErrInvalidConfig, id, other)
+			}
+			seenRule[k] = id
+		}
+	}
+	return nil
+}
+
 // applyTxn fills the empty database of txn with cfg, carrying over from
 // the previous generation (read through prevTxn) what survives it: one
 // helper per table, in dependency order (pools need the keys and rules).
-func applyTxn(ctx context.Context, prevTxn, txn *memdb.Txn, cfg *Config, src SourceInfo) (uint64, error) {
+func applyTxn(ctx context.Context, prevTxn, txn *memdb.Txn, cfg *Config, src SourceInfo, fleet *Fleet) (uint64, error) {
 	prev, err := readCarryOver(prevTxn)
 	if err != nil {
 		return 0, err
 	}
-	enabled, err := insertKeys(ctx, txn, cfg.Keys, prev.runtimes)
+	enabled, err := insertKeys(ctx, txn, cfg.Keys, prev.runtimes, fleet)
 	if err != nil {
 		return 0, err
 	}
@@ -291,7 +315,7 @@ func readCarryOver(txn *memdb.Txn) (carryOver, error) {
 // insertKeys inserts the keys, each with its previous Runtime (or a new
 // one), and returns the enabled ones in id order (through the conditional
 // index).
-func insertKeys(ctx context.Context, txn *memdb.Txn, keys map[string]*policy.Key, runtimes map[string]*Runtime) ([]*Entry, error) {
+func insertKeys(ctx context.Context, txn *memdb.Txn, keys map[string]*policy.Key, runtimes map[string]*Runtime, fleet *Fleet) ([]*Entry, error) {
 	for _, id := range slices.Sorted(maps.Keys(keys)) {
 		if err := checkStop(ctx); err != nil {
 			return nil, err
@@ -301,7 +325,7 @@ func insertKeys(ctx context.Context, txn *memdb.Txn, keys map[string]*policy.Key
 		if rt == nil {
 			rt = NewRuntime()
 		}
-		e := &Entry{Key: k, RT: rt}
+		e := &Entry{Key: k, RT: rt, fleet: fleet}
 		if err := txn.Insert(tableKeys, &keyRow{ID: id, Enabled: k.Enabled, Entry: e}); err != nil {
 			return nil, fmt.Errorf("insert keys/%s: %w", id, err)
 		}
@@ -326,13 +350,11 @@ type ruleKey struct{ key, from string }
 // memory and apply time than everything else.
 func indexRules(ctx context.Context, rules map[string]*policy.Rule) (map[ruleKey]*policy.Rule, []*policy.Rule, error) {
 	enabled := make(map[ruleKey]*policy.Rule, len(rules))
-	list := make([]*policy.Rule, 0, len(rules))
-	for _, id := range slices.Sorted(maps.Keys(rules)) {
+	list := slices.SortedFunc(maps.Values(rules), func(a, b *policy.Rule) int { return strings.Compare(a.ID, b.ID) })
+	for _, r := range list {
 		if err := checkStop(ctx); err != nil {
 			return nil, nil, err
 		}
-		r := rules[id]
-		list = append(list, r)
 		if r.Enabled {
 			enabled[ruleKey{r.KeyID, r.From}] = r
 		}
@@ -644,7 +666,7 @@ func (s *Snapshot) Models() []string { return s.meta().Models }
 func (s *Snapshot) NamesModel(model string) bool { return s.meta().Named[model] }
 
 func namedModels(cfg *Config) map[string]bool {
-	named := map[string]bool{}
+	named := make(map[string]bool, len(cfg.Keys))
 	for _, k := range cfg.Keys {
 		for _, m := range k.Models {
 			named[m] = true

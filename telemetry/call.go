@@ -46,8 +46,54 @@ type Call struct {
 	OutputTokens int64
 	UsageKnown   bool
 
+	// Attempts lists the upstream attempts of a call Envoy retried on
+	// other keys, in order (nil: one attempt); KeyID is the last one's.
+	Attempts []Attempt
+	// Candidates is how many keys of the pool could take the request when
+	// its key was chosen; Skipped explains why others could not (the first
+	// MaxSkipped, nil when none was skipped; NSkipped counts them all).
+	Candidates int
+	NSkipped   int
+	Skipped    []Skip
+
 	// Data is the Observer's own per-call state (e.g. its span).
 	Data any
+}
+
+// Attempt is one upstream attempt of a retried call.
+type Attempt struct {
+	KeyID      string
+	Start, End time.Time
+	Status     int    // the attempt's response status; 0: none (connect failure, reset)
+	Retried    string // why another attempt followed (an error class, or RetryReset); "" for the last
+}
+
+// RetryReset is Attempt.Retried for an attempt that got no response
+// (connection failed or reset before the response headers).
+const RetryReset = "reset"
+
+// MaxSkipped bounds Call.Skipped.
+const MaxSkipped = 8
+
+// Skip is a key of the pool that was not chosen, and why: a policy
+// reason (cooling_down, ejected, disabled, auth_failed, …), over_limit (its
+// rpm/tpm this minute), tried (it failed earlier in this request) or
+// other_host (a retry stays on its host).
+type Skip struct {
+	KeyID  string
+	Reason string
+	Until  time.Time // when the key is back (zero: unknown or never)
+}
+
+// AddSkipped records a key that was not chosen (the first MaxSkipped).
+func (c *Call) AddSkipped(s Skip) {
+	if len(c.Skipped) < MaxSkipped {
+		if c.Skipped == nil {
+			c.Skipped = make([]Skip, 0, MaxSkipped)
+		}
+		c.Skipped = append(c.Skipped, s)
+	}
+	c.NSkipped++
 }
 
 // clean replaces invalid UTF-8 in the strings that become span attributes,
@@ -57,6 +103,12 @@ func (c *Call) clean() {
 	for _, p := range [...]*string{&c.RequestID, &c.TraceState, &c.Method, &c.Path, &c.Operation, &c.ClientID,
 		&c.KeyID, &c.Provider, &c.UpstreamHost, &c.Strategy, &c.RuleID, &c.ModelOriginal, &c.ModelFinal, &c.ErrorCode} {
 		*p = strings.ToValidUTF8(*p, "\uFFFD")
+	}
+	for i := range c.Attempts {
+		c.Attempts[i].KeyID = strings.ToValidUTF8(c.Attempts[i].KeyID, "\uFFFD")
+	}
+	for i := range c.Skipped {
+		c.Skipped[i].KeyID = strings.ToValidUTF8(c.Skipped[i].KeyID, "\uFFFD")
 	}
 }
 

@@ -34,6 +34,9 @@ type CallRecord struct {
 	InputTokens    *int64  `json:"input_tokens,omitempty"`
 	OutputTokens   *int64  `json:"output_tokens,omitempty"`
 	Error          string  `json:"error,omitempty"`
+	// Attempts counts the upstream attempts of a call Envoy retried on
+	// other keys (absent: one); key_id is the last one's.
+	Attempts int `json:"attempts,omitempty"`
 }
 
 // queued is what End hands to the writer: plain values, formatted off the
@@ -47,6 +50,7 @@ type queued struct {
 	status                           int
 	success, usageKnown, hasTrace    bool
 	in, out                          int64
+	attempts                         int
 }
 
 func (q *queued) record() CallRecord {
@@ -61,6 +65,7 @@ func (q *queued) record() CallRecord {
 		ClientID:      q.clientID,
 		RequestID:     q.requestID,
 		Error:         q.errType,
+		Attempts:      q.attempts,
 	}
 	if d := q.end.Sub(q.start); d > 0 && !q.start.IsZero() {
 		r.ResponseTimeMS = math.Round(float64(d)/float64(time.Microsecond)) / 1000

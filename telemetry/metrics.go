@@ -37,6 +37,7 @@ type instruments struct {
 	tokens     metric.Int64Counter
 	tokenUsage metric.Int64Histogram
 	dropped    metric.Int64Counter
+	retries    metric.Int64Counter
 }
 
 // errList collects the errors of a series of instrument creations.
@@ -96,6 +97,9 @@ func newRecorders(m metric.Meter, errs *errList) *instruments {
 	in.tokenUsage, err = m.Int64Histogram(MetricTokenUsage, metric.WithUnit("{token}"),
 		metric.WithDescription("Number of input and output tokens used."),
 		metric.WithExplicitBucketBoundaries(tokenBuckets...))
+	errs.add(err)
+	in.retries, err = m.Int64Counter(MetricRetries, metric.WithUnit("{attempt}"),
+		metric.WithDescription("Upstream attempts retried on another key, by the key that failed and why (rate_limited, auth, server, reset)."))
 	errs.add(err)
 	in.dropped, err = m.Int64Counter(MetricCallLogDropped, metric.WithUnit("{record}"),
 		metric.WithDescription("Call log records dropped because the queue was full or the log closed."))
@@ -294,6 +298,7 @@ type callAttrs struct {
 	errAdd        []metric.AddOption
 	tokIn, tokOut []metric.AddOption
 	useIn, useOut []metric.RecordOption
+	retries       [][]metric.AddOption // one per retried attempt
 }
 
 type reqKey struct{ key, model, statusClass string }
@@ -320,6 +325,8 @@ type attrCache struct {
 	req map[reqKey]reqSets
 	err map[errKey][]metric.AddOption
 	tok map[tokKey]tokSets
+	// retry: by the key that failed and the reason (errKey's class)
+	retry map[errKey][]metric.AddOption
 }
 
 func cached[K comparable, V any](m *map[K]V, k K, build func() V) V {
@@ -384,6 +391,14 @@ func (a *attrCache) attrs(c *Call, o outcome, model, modelFinal string) callAttr
 		})
 		ca.tokIn, ca.tokOut, ca.useIn, ca.useOut = ts.in, ts.out, ts.useIn, ts.useOut
 	}
+	for _, at := range c.Attempts {
+		if at.Retried != "" {
+			rk := errKey{at.KeyID, at.Retried}
+			ca.retries = append(ca.retries, cached(&a.retry, rk, func() []metric.AddOption {
+				return addOpt(attribute.String(LabelKey, rk.key), attribute.String(LabelReason, rk.class))
+			}))
+		}
+	}
 	return ca
 }
 
@@ -404,6 +419,9 @@ func (t *Telemetry) recordMetrics(c *Call, o outcome, ca callAttrs, end time.Tim
 		}
 		if c.Overhead > 0 {
 			in.overhead.Record(ctx, float64(c.Overhead)/float64(time.Microsecond))
+		}
+		for _, r := range ca.retries {
+			in.retries.Add(ctx, 1, r...)
 		}
 		if ca.tokIn != nil {
 			in.tokens.Add(ctx, c.InputTokens, ca.tokIn...)

@@ -25,7 +25,19 @@ const (
 	AttrStrategy  attribute.Key = "keymux.strategy"
 	AttrClientID  attribute.Key = "keymux.client.id"
 	AttrRequestID attribute.Key = "keymux.request.id"
+
+	// Upstream attempts and key choice (a retried call's span, and its
+	// attempts' child spans).
+	AttrAttempts    attribute.Key = "keymux.attempts"     // upstream attempts of the call
+	AttrAttempt     attribute.Key = "keymux.attempt"      // an attempt span's number, from 1
+	AttrRetryReason attribute.Key = "keymux.retry.reason" // why another attempt followed
+	AttrCandidates  attribute.Key = "keymux.candidates"   // keys that could take the request
+	AttrSkipped     attribute.Key = "keymux.skipped"      // "key: reason [until RFC 3339]", the first MaxSkipped
+	AttrSkippedN    attribute.Key = "keymux.skipped.count"
 )
+
+// AttemptSpanName names the child span of one upstream attempt.
+const AttemptSpanName = "upstream attempt"
 
 // gen_ai.token.type values.
 const (
@@ -105,6 +117,7 @@ const (
 	MetricAlertThreshold      = "keymux.alert.threshold"         // gauge {alert}
 	MetricAlertActive         = "keymux.alert.active"            // gauge {alert, key} 0/1
 	MetricErrorRatio          = "keymux.error.ratio"             // gauge: failed/calls over AlertWindow, as the alert sees them
+	MetricRetries             = "keymux.retries"                 // counter {key, reason}: attempts retried on another key
 )
 
 // Metric label (attribute) keys of keymux's own metrics.
@@ -117,6 +130,7 @@ const (
 	LabelState       = "state"
 	LabelSource      = "source"
 	LabelAlert       = "alert"
+	LabelReason      = "reason"
 )
 
 // Error classes telemetry adds to the ones the request path puts in

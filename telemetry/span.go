@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -102,6 +103,7 @@ func endSpan(span trace.Span, c *Call, o outcome, endOpt trace.SpanEndOption) {
 	if o.failed {
 		attrs = append(attrs, AttrErrorType.String(o.errType))
 	}
+	attrs = appendChoice(attrs, c)
 	span.SetAttributes(attrs...)
 	if o.failed {
 		msg := failureMessage(c, o)
@@ -109,6 +111,59 @@ func endSpan(span trace.Span, c *Call, o outcome, endOpt trace.SpanEndOption) {
 		span.SetStatus(codes.Error, msg)
 	}
 	span.End(endOpt)
+}
+
+// appendChoice adds how the call's key was chosen: the keys that could
+// take it, why others could not, and its upstream attempts when retried.
+func appendChoice(attrs []attribute.KeyValue, c *Call) []attribute.KeyValue {
+	if len(c.Attempts) > 0 {
+		// Begin named the first attempt's key and rule: the last one's
+		// answered (an empty rule: none for that key).
+		attrs = append(attrs, AttrAttempts.Int(len(c.Attempts)), AttrKeyID.String(c.KeyID), AttrRuleID.String(c.RuleID))
+	}
+	if c.Candidates > 0 {
+		attrs = append(attrs, AttrCandidates.Int(c.Candidates))
+	}
+	if c.NSkipped == 0 {
+		return attrs
+	}
+	skipped := make([]string, 0, len(c.Skipped))
+	for _, sk := range c.Skipped {
+		v := sk.KeyID + ": " + sk.Reason
+		if !sk.Until.IsZero() {
+			v += " until " + sk.Until.UTC().Format(time.RFC3339)
+		}
+		skipped = append(skipped, v)
+	}
+	return append(attrs, AttrSkipped.StringSlice(skipped), AttrSkippedN.Int(c.NSkipped))
+}
+
+// attemptSpans adds one child span of the call's span per upstream
+// attempt of a retried call: its key, its status and why it was retried.
+func (t *Telemetry) attemptSpans(parent trace.Span, c *Call) {
+	ctx := trace.ContextWithSpan(context.Background(), parent)
+	for i, at := range c.Attempts {
+		attrs := []attribute.KeyValue{AttrAttempt.Int(i + 1), AttrKeyID.String(at.KeyID)}
+		if at.Status != 0 {
+			attrs = append(attrs, AttrHTTPResponseStatusCode.Int(at.Status))
+		}
+		if at.Retried != "" {
+			attrs = append(attrs, AttrRetryReason.String(at.Retried))
+		}
+		opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(attrs...)}
+		if !at.Start.IsZero() {
+			opts = append(opts, trace.WithTimestamp(at.Start))
+		}
+		_, span := t.tracer.Start(ctx, AttemptSpanName, opts...)
+		if at.Retried != "" {
+			span.SetStatus(codes.Error, "retried on another key: "+at.Retried)
+		}
+		end := at.End
+		if end.IsZero() {
+			end = c.End
+		}
+		span.End(trace.WithTimestamp(end))
+	}
 }
 
 // failureMessage describes a failure from keymux's own fields only.

@@ -25,7 +25,21 @@ type Stats struct {
 	Models          map[string]uint64 `json:"models"`     // calls per requested model (folded, see MaxModels)
 	LatencyMS       Latency           `json:"latency_ms"` // upstream calls only
 	Keys            []KeyHealth       `json:"keys"`       // current, from SetKeyHealth (not windowed)
+	// Retries are the upstream attempts retried on another key, by the
+	// key that failed and why; sorted by key, then reason.
+	Retries []KeyRetries `json:"retries"`
 }
+
+// KeyRetries counts a key's attempts that were retried on another key
+// for one reason (an error class, or "reset").
+type KeyRetries struct {
+	ID     string `json:"id"`
+	Reason string `json:"reason"`
+	Count  uint64 `json:"count"`
+}
+
+// retryKey is a key and a retry reason.
+type retryKey struct{ key, reason string }
 
 // KeyUsage is one entry of top_keys: usage is the tokens (input + output)
 // of the key's upstream calls, errors its failed upstream calls.
@@ -142,14 +156,29 @@ type agg struct {
 	keys     map[string]*keyAgg
 	models   map[string]uint64
 	lat      *latHist
+	retries  map[retryKey]uint64
 }
 
 func (a *agg) reset(minute int64) {
 	a.minute, a.total, a.success, a.anon, a.upstream = minute, 0, 0, 0, 0
 	clear(a.keys)
+	clear(a.retries)
 	clear(a.models)
 	if a.lat != nil {
 		*a.lat = latHist{}
+	}
+}
+
+// addRetries counts the call's retried attempts.
+func (a *agg) addRetries(attempts []Attempt) {
+	for _, at := range attempts {
+		if at.Retried == "" {
+			continue
+		}
+		if a.retries == nil {
+			a.retries = make(map[retryKey]uint64)
+		}
+		a.retries[retryKey{at.KeyID, at.Retried}]++
 	}
 }
 
@@ -206,6 +235,12 @@ func (a *agg) merge(b *agg) {
 		ak.usage += k.usage
 		ak.errors += k.errors
 	}
+	for k, n := range b.retries {
+		if a.retries == nil {
+			a.retries = make(map[retryKey]uint64)
+		}
+		a.retries[k] += n
+	}
 	for m, n := range b.models {
 		if a.models == nil {
 			a.models = make(map[string]uint64)
@@ -253,6 +288,7 @@ func (s *stats) record(o outcome, c *Call, model string, end time.Time) {
 		ms = uint64(d / time.Millisecond)
 	}
 	s.all.add(o, c.KeyID, model, tokens, ms)
+	s.all.addRetries(c.Attempts)
 	m := unixMinute(end)
 	b := &s.ring[int(((m%ringMinutes)+ringMinutes)%ringMinutes)]
 	switch {
@@ -263,6 +299,7 @@ func (s *stats) record(o outcome, c *Call, model string, end time.Time) {
 		return // older than what the bucket holds now: all time only
 	}
 	b.add(o, c.KeyID, model, tokens, ms)
+	b.addRetries(c.Attempts)
 }
 
 // window sums the buckets overlapping (now-w, now]; w == 0 is all time.
@@ -330,7 +367,14 @@ func (t *Telemetry) Stats(window time.Duration) Stats {
 		TopKeys:         make([]KeyUsage, 0, len(a.keys)),
 		Models:          a.models,
 		Keys:            t.keyHealth(),
+		Retries:         make([]KeyRetries, 0, len(a.retries)),
 	}
+	for k, n := range a.retries {
+		st.Retries = append(st.Retries, KeyRetries{ID: k.key, Reason: k.reason, Count: n})
+	}
+	slices.SortFunc(st.Retries, func(x, y KeyRetries) int {
+		return cmp.Or(cmp.Compare(x.ID, y.ID), cmp.Compare(x.Reason, y.Reason))
+	})
 	if window != 0 {
 		st.Window = window.String()
 	}

@@ -230,6 +230,9 @@ func (t *Telemetry) End(c *Call) {
 		if sc := span.SpanContext(); sc.HasTraceID() {
 			traceID, hasTrace = sc.TraceID(), true
 		}
+		if len(c.Attempts) > 0 && span.IsRecording() {
+			t.attemptSpans(span, c)
+		}
 		endSpan(span, c, o, trace.WithTimestamp(end))
 	} else if c.TraceParent != "" && t.calls != nil {
 		if sc := trace.SpanContextFromContext(parentContext(c)); sc.HasTraceID() {
@@ -261,6 +264,7 @@ func (t *Telemetry) End(c *Call) {
 			errType: o.errType, traceID: traceID, hasTrace: hasTrace,
 			start: c.Start, end: end, status: c.Status, success: !o.failed,
 			usageKnown: c.UsageKnown, in: c.InputTokens, out: c.OutputTokens,
+			attempts: len(c.Attempts),
 		}
 		if !t.calls.enqueue(&q) {
 			for _, in := range t.meters {

@@ -217,7 +217,8 @@ const wantStatsAll = `{
     {"id": "k2", "state": "cooling_down", "until": "2026-01-02T03:11:00Z", "requests": 2, "errors": 2, "tokens": 0, "ejections": 0, "cooldowns": 2, "ratelimit_header_errors": 3,
      "models": [{"model": "gpt-4o-mini", "state": "no_headroom", "until": "2026-01-02T03:11:00Z", "requests": {"remaining": 0}}]},
     {"id": "k3", "state": "ejected", "until": "2026-01-02T03:11:30Z", "requests": 1, "errors": 1, "tokens": 0, "ejections": 1, "cooldowns": 0, "ratelimit_header_errors": 0}
-  ]
+  ],
+  "retries": []
 }`
 
 func TestStatsExact(t *testing.T) {
@@ -243,12 +244,12 @@ func TestStatsExact(t *testing.T) {
 		{"?window=5m", `{"window": "5m", "total_calls": 6, "successful_calls": 1, "error_rate": 83.33,
 		  "top_keys": [{"id": "k1", "usage": 22, "errors": 1}, {"id": "k2", "usage": 0, "errors": 2}],
 		  "models": {"gpt-4o": 2, "gpt-4o-mini": 2, "other": 1},
-		  "latency_ms": {"p50": 30, "p95": 288, "p99": 288}, "keys": ` + keys + `}`},
+		  "latency_ms": {"p50": 30, "p95": 288, "p99": 288}, "keys": ` + keys + `, "retries": []}`},
 		// 1h: adds call 1, not call 5 (2h ago).
 		{"?window=1h", `{"window": "1h", "total_calls": 7, "successful_calls": 2, "error_rate": 71.43,
 		  "top_keys": [{"id": "k1", "usage": 172, "errors": 1}, {"id": "k2", "usage": 0, "errors": 2}],
 		  "models": {"gpt-4o": 3, "gpt-4o-mini": 2, "other": 1},
-		  "latency_ms": {"p50": 100, "p95": 288, "p99": 288}, "keys": ` + keys + `}`},
+		  "latency_ms": {"p50": 100, "p95": 288, "p99": 288}, "keys": ` + keys + `, "retries": []}`},
 		// 24h, the longest: everything.
 		{"?window=24h", strings.Replace(wantStatsAll, `"all"`, `"24h"`, 1)},
 	}
@@ -266,7 +267,7 @@ func TestStatsExact(t *testing.T) {
 	clk.Set(t0.Add(10 * time.Minute))
 	_, body := getStats(t, tel, "?window=5m")
 	jsonEqual(t, "/stats?window=5m 10 minutes later", body, `{"window": "5m", "total_calls": 0, "successful_calls": 0,
-	  "error_rate": 0, "top_keys": [], "models": {}, "latency_ms": {"p50": 0, "p95": 0, "p99": 0}, "keys": `+keys+`}`)
+	  "error_rate": 0, "top_keys": [], "models": {}, "latency_ms": {"p50": 0, "p95": 0, "p99": 0}, "keys": `+keys+`, "retries": []}`)
 	_, body = getStats(t, tel, "")
 	jsonEqual(t, "/stats all 10 minutes later", body, wantStatsAll)
 }
@@ -287,7 +288,8 @@ func TestStatsEmpty(t *testing.T) {
     "p95": 0,
     "p99": 0
   },
-  "keys": []
+  "keys": [],
+  "retries": []
 }
 `
 	if body != want {

@@ -14,6 +14,7 @@
 //
 //	go run ./cmd/extprocload                      # builds ./cmd/keymux first
 //	go run ./cmd/extprocload -keymux ./keymux -rounds 4 -duration 2s -cpuprofile cpu.pprof
+//	go run ./cmd/extprocload -soak 10m                 # keymux alone at -soak-concurrency: RSS, goroutines
 package main
 
 import (
@@ -40,6 +41,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("extprocload", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	o.register(fs)
+	var so soakOptions
+	so.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -48,6 +51,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if err := o.check(); err != nil {
 		return err
+	}
+	if so.duration > 0 {
+		if err := so.check(); err != nil {
+			return err
+		}
+		return runSoak(ctx, o, so, stdout, stderr)
 	}
 	return runLoad(ctx, o, stdout, stderr)
 }

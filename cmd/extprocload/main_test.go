@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keymux/keymux/testutil/syncbuf"
 )
@@ -59,5 +61,51 @@ func TestEmptyReplyKinds(t *testing.T) {
 func TestChatBodyIs1KB(t *testing.T) {
 	if n := len(chatBody()); n != 1024 {
 		t.Errorf("len(chatBody()) = %d, want 1024", n)
+	}
+}
+
+// TestSoakSmoke runs the soak mode for two short samples against keymux
+// built from this module: rows printed, the verdict line, no error.
+func TestSoakSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds keymux")
+	}
+	var out bytes.Buffer
+	var logs syncbuf.Buffer
+	err := run(t.Context(), []string{"-keys", "3", "-warmup", "2", "-soak", "1s", "-soak-sample", "500ms", "-soak-warmup", "0s", "-soak-concurrency", "2", "-soak-max-drift", "100"}, &out, &logs)
+	if err != nil {
+		t.Fatalf("run: %v\nlogs:\n%s\nout:\n%s", err, logs.String(), out.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 8 || !strings.HasPrefix(lines[4], "| 1s |") && !strings.HasPrefix(lines[4], "| 0s |") || !strings.Contains(lines[7], "requests, no error; from ") {
+		t.Fatalf("want a title, a header, a rule, 2 rows and the verdict, got:\n%s", out.String())
+	}
+}
+
+func TestSoakVerdict(t *testing.T) {
+	// One row a minute; the first (at 0) is in the 30 s warm-up.
+	rows := func(rss ...int) []soakSample {
+		s := []soakSample{{requests: 10, rssKB: 1, goroutines: 1}}
+		for i, r := range rss {
+			s = append(s, soakSample{at: time.Duration(i+1) * time.Minute, requests: 10, rssKB: r, goroutines: 20})
+		}
+		return s
+	}
+	for _, tc := range []struct {
+		name    string
+		samples []soakSample
+		wantErr string
+	}{
+		{"flat", rows(1000, 1050, 950, 1090), ""},
+		{"grows", rows(1000, 1050, 1101), "RSS moved +0.0% / +10.1% from the first sample after the warm-up (limit ±10%)"},
+		{"shrinks", rows(1000, 899), "RSS moved -10.1% / +0.0% from the first sample after the warm-up (limit ±10%)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := soakVerdict(&out, tc.samples, 30*time.Second, 0.10)
+			if got := fmt.Sprint(err); tc.wantErr == "" && err != nil || tc.wantErr != "" && got != tc.wantErr {
+				t.Errorf("soakVerdict = %v, want %q", err, tc.wantErr)
+			}
+		})
 	}
 }

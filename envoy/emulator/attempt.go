@@ -212,7 +212,12 @@ func (rq *request) attempt(n int, rt *route, cl *cluster, glCtx context.Context,
 		}
 		return a
 	}
-	if idleTimer != nil {
+	rw, tunnel := resp.Body.(io.ReadWriteCloser)
+	tunnel = tunnel && rq.upgrade != "" && resp.StatusCode == http.StatusSwitchingProtocols
+	switch {
+	case idleTimer != nil && tunnel:
+		idleTimer.Stop() // see "upgrades" in doc.go
+	case idleTimer != nil:
 		resp.Body = &idleReader{rc: resp.Body, t: idleTimer, d: to.idle}
 	}
 	rq.pipesMu.Lock()
@@ -228,6 +233,12 @@ func (rq *request) attempt(n int, rt *route, cl *cluster, glCtx context.Context,
 	var rbody io.Reader = resp.Body
 	if resp.Body == http.NoBody || resp.ContentLength == 0 || rq.r.Method == http.MethodHead {
 		rbody = nil
+	}
+	if tunnel {
+		// The upstream accepted the upgrade: its stream is no response body.
+		rq.upTunnel, rbody = rw, nil
+		rh.add("upgrade", resp.Header.Get("Upgrade"))
+		rh.add("connection", "Upgrade")
 	}
 	rbody, lr, i := rq.upstreamEncode(a, cl, len(cl.upFilters)-1, rh, rbody)
 	if lr != nil {
@@ -347,6 +358,10 @@ func (rq *request) roundTrip(ctx context.Context, cl *cluster, h *headerMap, bod
 	hh := h.httpHeader()
 	for k := range hopByHop {
 		hh.Del(k)
+	}
+	if rq.upgrade != "" {
+		hh.Set("Connection", "Upgrade")
+		hh.Set("Upgrade", rq.upgrade)
 	}
 	hh.Del("Host")
 	var contentLength int64

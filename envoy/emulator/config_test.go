@@ -424,7 +424,7 @@ func TestShippedEnvoyYAML(t *testing.T) {
 	if err := json.Unmarshal([]byte(ev.accessLog(t, 1)[0]), &entry); err != nil {
 		t.Fatal(err)
 	}
-	for k, want := range map[string]any{"key_id": "k1", "model_original": "gpt-orig", "model_final": "gpt-final", "client_id": "c1", "upstream_cluster": "keymux_upstream_http", "status": float64(200), "upstream_host": up.addr()} {
+	for k, want := range map[string]any{"key_id": "k1", "model_original": "gpt-orig", "model_final": "gpt-final", "client_id": "c1", "upstream_cluster": "keymux_upstream_http", "status": float64(200), "upstream_attempts": float64(1), "upstream_host": up.addr()} {
 		if entry[k] != want {
 			t.Errorf("access log %s = %v, want %v", k, entry[k], want)
 		}

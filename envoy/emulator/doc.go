@@ -41,6 +41,15 @@
 // of processing_mode and failure_mode_allow). The route is selected once before
 // the filters run and again only after a clear_route_cache.
 //
+// Upgrades (HTTP/1.1 Upgrade, e.g. WebSocket): allowed when the first
+// route's RouteAction.upgrade_configs enables the type, else when the HCM's
+// upgrade_configs lists it (enabled by default; types compared
+// case-insensitively); refused with a 403, no body, before any filter,
+// closing the connection (upgrade_failed). The filters see the request
+// headers with upgrade and connection kept and end_of_stream false; the
+// router sends the upgrade upstream; a 101 goes back through the encoder
+// filters (end_of_stream false), then bytes are piped both ways untouched.
+//
 // ext_proc: lazy stream; message order; end_of_stream flags; header maps with
 // one entry per value, lower-case keys, pseudo-headers and raw_value;
 // protocol_config on the first message; attributes once per direction;
@@ -128,8 +137,20 @@
 //     request_headers_timeout, the removal of client-sent internal x-envoy-*
 //     headers, path_with_escaped_slashes_action, strip_*_host_port, via,
 //     tracing, stats, the admin interface, local_reply_config, internal
-//     redirects, upgrades (WebSocket, CONNECT), 100-continue handling beyond
-//     Go's (the expect header is dropped before the filters).
+//     redirects, CONNECT, 100-continue handling beyond Go's (the expect
+//     header is dropped before the filters).
+//   - HTTP/1.1 upgrades (upgrade_configs, below): upgrade_configs filters
+//     make New fail; the route's connect_config is ignored. A filter that
+//     would process an upgrade's request body (BUFFERED or STREAMED after
+//     the headers reply) stalls the stream in Envoy 1.39 until
+//     stream_idle_timeout (envoyproxy/envoy issues 47048, 47081): the
+//     emulator answers that timeout's 408 at once. The upgraded stream is
+//     never sent to a processor as a response body, whatever the mode.
+//     When either side of a tunnel closes, both are closed (no half-close),
+//     and the access log entry has no response flag for it (Envoy may log
+//     DC when the client closed).
+//     The route's timeout and idle_timeout stop applying once the 101 is
+//     in; Envoy applies idle_timeout to the tunnel.
 //   - A response that starts before the request is complete closes the
 //     connection (Connection: close), as in Envoy; but a request body that
 //     nothing reads (a local reply before the body was consumed) is first

@@ -71,6 +71,7 @@ type Emulator struct {
 	listenAddr           string
 	bufferLimit          int
 	hcm                  *hcmv3.HttpConnectionManager
+	upgrades             map[string]bool // upgrade_configs: type (lower case) → enabled
 	routes               *routeTable
 	filters              []*httpFilter
 	clusters             map[string]*cluster
@@ -152,6 +153,9 @@ func New(cfg Config) (*Emulator, error) {
 		return nil, err
 	}
 	e.hcm = hcm
+	if e.upgrades, err = upgradeTypes(hcm); err != nil {
+		return nil, fmt.Errorf("emulator: http_connection_manager: %w", err)
+	}
 	e.serverName = hcm.GetServerName()
 	if e.serverName == "" {
 		e.serverName = "envoy"

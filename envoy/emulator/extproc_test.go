@@ -2,6 +2,7 @@ package emulator
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -487,6 +488,48 @@ func TestModeOverride(t *testing.T) {
 			}
 			if got != tc.wantBody {
 				t.Fatalf("response_body messages: %v, want %v", got, tc.wantBody)
+			}
+		})
+	}
+}
+
+// TestModeOverrideRequestBodyNone: a request_headers reply that turns the
+// request body (configured BUFFERED) to NONE lets a body far beyond the
+// buffer limit stream to the upstream whole, its content-length kept and
+// no request_body message sent; without allow_mode_override Envoy buffers
+// it and answers 413 (basic.yaml's listener limit is 4096 bytes).
+func TestModeOverrideRequestBodyNone(t *testing.T) {
+	body := strings.Repeat("0123456789abcdef", 4096) // 64 KiB
+	for _, allow := range []bool{true, false} {
+		t.Run(fmt.Sprintf("allow_mode_override=%v", allow), func(t *testing.T) {
+			proc := startProc(t, func(_ *procStream, req *extprocsvc.ProcessingRequest) ([]*extprocsvc.ProcessingResponse, error) {
+				r := continueReply(req)
+				if kindOf(req) == "request_headers" {
+					r.ModeOverride = &extprocv3.ProcessingMode{RequestBodyMode: extprocv3.ProcessingMode_NONE}
+				}
+				return []*extprocsvc.ProcessingResponse{r}, nil
+			})
+			ev := start(t, proc.addr, options{extProc: func(ep *extprocv3.ExternalProcessor) { ep.AllowModeOverride = allow }})
+			res := do(t, ev, "POST", "/x", strings.NewReader(body), nil)
+			if !allow {
+				if res.status != 413 || len(ev.a.requests()) != 0 {
+					t.Fatalf("got %d, upstream %d requests; want 413 and none", res.status, len(ev.a.requests()))
+				}
+				return
+			}
+			if res.status != 200 {
+				t.Fatalf("got %d %q", res.status, res.body)
+			}
+			up := ev.a.only(t)
+			if string(up.Body) != body || up.ContentLength != int64(len(body)) || len(up.TransferEncoding) != 0 {
+				t.Fatalf("upstream got %d bytes, content-length %d, transfer-encoding %v", len(up.Body), up.ContentLength, up.TransferEncoding)
+			}
+			ps := proc.firstStream(t)
+			ps.endCode(t)
+			for _, m := range ps.messages() {
+				if kindOf(m) == "request_body" {
+					t.Fatal("a request_body message was sent after the override to NONE")
+				}
 			}
 		})
 	}

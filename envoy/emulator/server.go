@@ -62,6 +62,10 @@ type request struct {
 	upCancel  context.CancelCauseFunc
 	wrote     bool
 	resetConn bool
+	closeConn bool               // the reply closes the connection (a refused upgrade)
+	upgrade   string             // the Upgrade token of an allowed HTTP/1.1 upgrade
+	upTunnel  io.ReadWriteCloser // the upstream's side of an accepted upgrade (101)
+	tunneled  bool               // the 101 went out: closing the tunnel is its end, not an abort
 }
 
 func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -97,7 +101,7 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	gone := rq.aborted.Load() || r.Context().Err() != nil
 	rq.cleanup()
 	rq.info.end = time.Now()
-	if gone {
+	if gone && !rq.tunneled {
 		// Envoy: the downstream went away before the response completed.
 		if !rq.wrote {
 			rq.info.status = 0
@@ -236,6 +240,7 @@ func (rq *request) run() {
 			h.remove(k)
 		}
 	}
+	upgrade := upgradeOf(r)
 	h.remove("expect") // Envoy answers 100-continue itself
 	hcm := rq.e.hcm
 	// Early header mutations run before anything else, routing included.
@@ -273,6 +278,16 @@ func (rq *request) run() {
 		rq.body = rq.down
 	}
 	rq.route = rq.e.routes.match(h)
+	if upgrade != "" {
+		if !rq.e.upgradeAllowed(upgrade, rq.route) {
+			rq.refuseUpgrade()
+			return
+		}
+		// Envoy keeps the upgrade headers of an upgrade it accepts.
+		rq.upgrade = upgrade
+		h.add("upgrade", upgrade)
+		h.add("connection", "Upgrade")
+	}
 
 	for _, f := range rq.e.filters {
 		var lr *localReply
@@ -366,12 +381,14 @@ func bodyRequest(d direction, data []byte, eos bool) *extprocsvc.ProcessingReque
 // (nil = no body). It returns the body to pass on.
 func (rq *request) phase(s *session, d direction, h *headerMap, body io.Reader) (io.Reader, *localReply) {
 	noBody := body == nil
+	// An upgrade's stream is its body: the headers never end the stream.
+	upgraded := (d == dirRequest && rq.upgrade != "") || (d == dirResponse && rq.upTunnel != nil)
 	sendHeaders, _ := s.modeOf(d)
 	s.mu.Lock()
 	removeCL := s.shouldRemoveContentLength(d)
 	s.mu.Unlock()
 	if sendHeaders {
-		err := s.send(d, kindHeaders, headersRequest(d, h, noBody))
+		err := s.send(d, kindHeaders, headersRequest(d, h, noBody && !upgraded))
 		if removeCL {
 			h.remove("content-length")
 		}
@@ -393,6 +410,9 @@ func (rq *request) phase(s *session, d direction, h *headerMap, body io.Reader) 
 		}
 	} else if removeCL {
 		h.remove("content-length")
+	}
+	if _, mode := s.modeOf(d); upgraded && d == dirRequest && mode != extprocv3.ProcessingMode_NONE && !s.isComplete() {
+		return body, s.upgradeStall()
 	}
 	if s.isComplete() || noBody {
 		s.finishDir(d)
@@ -945,6 +965,10 @@ func (rq *request) write(h *headerMap, body io.Reader) {
 		rq.resetConn = true
 		return
 	}
+	if rq.upTunnel != nil && h.value(":status") == "101" {
+		rq.tunnel(h, rq.upTunnel)
+		return
+	}
 	status, err := strconv.Atoi(h.value(":status"))
 	if err != nil || status < 100 {
 		status = http.StatusInternalServerError
@@ -965,7 +989,7 @@ func (rq *request) write(h *headerMap, body io.Reader) {
 			wh.Set("Server", rq.e.serverName)
 		}
 	}
-	if !rq.requestComplete() {
+	if !rq.requestComplete() || rq.closeConn {
 		wh.Set("Connection", "close")
 	}
 	rq.info.status = status

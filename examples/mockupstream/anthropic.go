@@ -36,14 +36,25 @@ func anthropicInvalid(msg string) apiError {
 	return apiError{status: http.StatusBadRequest, typ: "invalid_request_error", message: msg}
 }
 
-func (s *Server) messages(w *statusWriter, rq *request) {
+// anthropicRequest answers Anthropic's errors for a request without
+// anthropic-version or whose body is no JSON object, and reports whether
+// the request may go on.
+func (s *Server) anthropicRequest(w *statusWriter, rq *request) bool {
 	d := rq.rt.dialect
 	if rq.r.Header.Get("anthropic-version") == "" {
 		s.writeError(w, d, anthropicInvalid("anthropic-version: header is required"))
-		return
+		return false
 	}
 	if !gjson.ValidBytes(rq.body) || !gjson.ParseBytes(rq.body).IsObject() {
 		s.writeError(w, d, anthropicInvalid("There was an error parsing the body of your request."))
+		return false
+	}
+	return true
+}
+
+func (s *Server) messages(w *statusWriter, rq *request) {
+	d := rq.rt.dialect
+	if !s.anthropicRequest(w, rq) {
 		return
 	}
 	if m := gjson.GetBytes(rq.body, "model"); !m.Exists() {

@@ -34,6 +34,11 @@ type Behaviour struct {
 	// above the number of events of the stream has no effect. On a
 	// non-stream answer the connection is closed after half of the body.
 	CutStreamAfter int
+	// Reset closes the connection before any answer (after Delay): no
+	// status line, so the client sees the connection end (HTTP/1.1) or
+	// the stream reset (HTTP/2) before response headers. The record has
+	// Status 0 and Cut set.
+	Reset bool
 	// ErrorCode overrides the error "code" (OpenAI, Azure) or the error
 	// "type" (Anthropic). On a 429, "insufficient_quota" gives OpenAI's
 	// quota error (type and code insufficient_quota).

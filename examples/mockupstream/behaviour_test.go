@@ -510,6 +510,36 @@ func TestBehaviourPathLimitsWhereItApplies(t *testing.T) {
 	}
 }
 
+// TestReset: a Reset script closes the connection before any byte of an
+// answer; the client sees the connection end, and the next request of the
+// key is answered normally.
+func TestReset(t *testing.T) {
+	srv := startMock(t, mockupstream.Options{})
+	srv.Script("sk-test-reset", mockupstream.Behaviour{Reset: true})
+	req, err := http.NewRequestWithContext(t.Context(), "POST", srv.URL()+"/v1/chat/completions", strings.NewReader(chatBody))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("authorization", "Bearer sk-test-reset")
+	// A fresh connection each time: the transport must not retry it on another.
+	tr := &http.Transport{DisableKeepAlives: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	resp, err := tr.RoundTrip(req)
+	if err == nil {
+		_ = resp.Body.Close()
+		t.Fatalf("status %d, want the connection closed before an answer", resp.StatusCode)
+	}
+	if !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "EOF") {
+		t.Errorf("err = %v, want the connection ended (EOF)", err)
+	}
+	if rec := last(t, srv); rec.Status != 0 || !rec.Cut || rec.Credential != "sk-test-reset" {
+		t.Errorf("record: status %d cut %v credential %s, want 0, true, sk-test-reset", rec.Status, rec.Cut, rec.Credential)
+	}
+	if got := chatAs(t, srv, "sk-test-reset"); got != 200 {
+		t.Errorf("next request: status %d, want 200", got)
+	}
+}
+
 // Behaviour.Model limits a behaviour to one model, and the rate-limit
 // headers count each (credential, model) apart, as providers do; scripted
 // headers replace them.

@@ -23,6 +23,14 @@
 //	POST .../embeddings         deterministic float vectors
 //	GET  .../models             the model list
 //	POST .../messages           Anthropic's native Messages API (x-api-key, anthropic-version)
+//	POST .../messages/count_tokens            Anthropic's token count ({"input_tokens": n})
+//	GET|POST|DELETE .../messages/batches[/{id}[/results|/cancel]]
+//	                            Anthropic's Message Batches: a batch ends at once, belongs to the
+//	                            credential that created it (another gets 404, as another account)
+//	GET  .../realtime?model=…   OpenAI's Realtime API over WebSocket (Azure: /openai/realtime?
+//	                            deployment=…): session.created, then one server event per client
+//	                            event (session.updated, conversation.item.created,
+//	                            response.created + response.done, else error)
 //
 // Answers are deterministic: the reply to a chat request is Reply(model,
 // messages) and its usage is PromptTokens / CompletionTokens, so tests can
@@ -37,7 +45,8 @@
 //     (a sticky one) take a Behaviour: an error status with the provider's
 //     error body and headers (Status, ErrorCode, RetryAfter, Headers), a
 //     delayed answer (Delay), a stream cut after N SSE events
-//     (CutStreamAfter), paced SSE events (ChunkDelay), replaced content or a
+//     (CutStreamAfter), a connection closed before any answer (Reset),
+//     paced SSE events (ChunkDelay), replaced content or a
 //     raw body (Content, Body), limited to one endpoint (Path).
 //   - Requests, WaitRequests and Reset read and clear the record of every
 //     request received (credential, path, model, headers, body), so a test

@@ -1,14 +1,10 @@
 package mockupstream
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
-	"mime"
-	"mime/multipart"
 	"net/http"
 	"slices"
 	"strings"
@@ -36,6 +32,9 @@ type mockObject struct {
 
 // objectOp maps a path to the object endpoints the mock serves ("" = none).
 func objectOp(path string) string {
+	if strings.Contains(path, "/messages/") {
+		return "" // Anthropic's (message batches)
+	}
 	for _, op := range []string{"files", "batches", "responses"} {
 		if strings.HasSuffix(path, "/"+op) || strings.Contains(path, "/"+op+"/") {
 			return op
@@ -133,7 +132,7 @@ func (s *Server) objects(w *statusWriter, rq *request, cred string) {
 			s.writeJSON(w, rq, f.fields)
 		}
 	case op == "batches" && id == "" && m == http.MethodPost:
-		s.createBatch(w, rq, account)
+		s.createOpenAIBatch(w, rq, account)
 	case op == "batches" && id == "" && m == http.MethodGet:
 		s.writeJSON(w, rq, map[string]any{"object": "list", "data": s.objs.list(account, "batch"), "has_more": false})
 	case op == "batches":
@@ -170,48 +169,26 @@ func (s *Server) objects(w *statusWriter, rq *request, cred string) {
 	}
 }
 
-// createFile accepts a multipart upload (purpose, file) as POST /v1/files does.
+// createFile accepts a multipart upload (purpose, file) as POST /v1/files
+// does; the form was read streamed (its file hashed, not kept).
 func (s *Server) createFile(w *statusWriter, rq *request, account string) {
-	bad := func(msg string) {
-		s.writeError(w, dialectOpenAI, apiError{status: http.StatusBadRequest, typ: "invalid_request_error", message: msg})
+	var file *FormFile
+	if rq.form != nil {
+		file = rq.form.File("file")
 	}
-	_, params, err := mime.ParseMediaType(rq.r.Header.Get("content-type"))
-	if err != nil || params["boundary"] == "" {
-		bad("The request must be multipart/form-data.")
-		return
-	}
-	mr := multipart.NewReader(bytes.NewReader(rq.body), params["boundary"])
-	var purpose, filename string
-	var content []byte
-	for {
-		p, err := mr.NextPart()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			bad("Could not parse the multipart body.")
-			return
-		}
-		b, _ := io.ReadAll(p)
-		switch p.FormName() {
-		case "purpose":
-			purpose = string(b)
-		case "file":
-			filename, content = p.FileName(), b
-		}
-	}
-	if purpose == "" || filename == "" {
-		bad("Missing required parameter: 'purpose' and 'file' are required.")
+	if file == nil || rq.form.Fields["purpose"] == "" {
+		s.writeError(w, dialectOpenAI, apiError{status: http.StatusBadRequest, typ: "invalid_request_error",
+			message: "Missing required parameter: 'purpose' and 'file' are required."})
 		return
 	}
 	id := newObjectID("file-")
-	f := map[string]any{"id": id, "object": "file", "bytes": len(content), "created_at": s.now().Unix(),
-		"filename": filename, "purpose": purpose, "status": "processed", "expires_at": nil, "status_details": nil}
-	s.objs.put(id, &mockObject{account: account, kind: "file", fields: f, content: content})
+	f := map[string]any{"id": id, "object": "file", "bytes": file.Size, "created_at": s.now().Unix(),
+		"filename": file.Filename, "purpose": rq.form.Fields["purpose"], "status": "processed", "expires_at": nil, "status_details": nil}
+	s.objs.put(id, &mockObject{account: account, kind: "file", fields: f})
 	s.writeJSON(w, rq, f)
 }
 
-func (s *Server) createBatch(w *statusWriter, rq *request, account string) {
+func (s *Server) createOpenAIBatch(w *statusWriter, rq *request, account string) {
 	in := gjson.GetBytes(rq.body, "input_file_id").Str
 	if s.objs.get(account, "file", in) == nil {
 		e := noSuch("File", in)

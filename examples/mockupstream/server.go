@@ -91,6 +91,9 @@ type Recorded struct {
 	// purpose (Behaviour.CutStreamAfter).
 	Status int
 	Cut    bool
+	// Form is what a multipart endpoint's body held (file parts as size
+	// and hash only; Body stays empty); nil for other requests.
+	Form *Form
 }
 
 // Server is the mock upstream. It is an http.Handler, so it can also be
@@ -111,6 +114,9 @@ type Server struct {
 	counts   map[[2]string]int // requests per credential and model, for x-ratelimit-remaining-*
 	epoch    uint64            // bumped by Reset, so late answers never touch new records
 	objs     objectStore       // files, batches, stored responses (its own lock)
+	// Anthropic message batches, by id and in creation order.
+	batchByID map[string]*messageBatch
+	batchList []*messageBatch
 
 	ctx    context.Context // ends when Close is called; ends Delays
 	cancel context.CancelFunc
@@ -293,8 +299,8 @@ func (s *Server) WaitRequests(ctx context.Context, n int) ([]Recorded, error) {
 	}
 }
 
-// Reset forgets the recorded requests, the scripts, the defaults and the
-// per-credential counters.
+// Reset forgets the recorded requests, the scripts, the defaults, the
+// per-credential counters and the message batches.
 func (s *Server) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -303,6 +309,7 @@ func (s *Server) Reset() {
 	clear(s.scripts)
 	clear(s.defaults)
 	clear(s.counts)
+	s.batchByID, s.batchList = nil, nil
 	s.notifyLocked()
 }
 
@@ -403,6 +410,15 @@ func parseRoute(path string) route {
 		return route{op: op}
 	}
 	switch {
+	case strings.HasSuffix(path, "/realtime"):
+		if strings.Contains(path, "/openai/") {
+			return route{op: "realtime", dialect: dialectAzure}
+		}
+		return route{op: "realtime"}
+	case strings.HasSuffix(path, "/messages/count_tokens"):
+		return route{op: "count_tokens", dialect: dialectAnthropic}
+	case strings.Contains(path, "/messages/batches"):
+		return route{op: "batches", dialect: dialectAnthropic}
 	case strings.HasSuffix(path, "/chat/completions"):
 		return route{op: "chat"}
 	case strings.HasSuffix(path, "/embeddings"):
@@ -414,6 +430,9 @@ func parseRoute(path string) route {
 		return route{op: "models"}
 	case strings.HasSuffix(path, "/messages"):
 		return route{op: "messages", dialect: dialectAnthropic}
+	}
+	if op := formRoute(path); op != "" {
+		return route{op: op}
 	}
 	return route{}
 }
@@ -482,6 +501,18 @@ func (w *statusWriter) abort(cut bool) {
 	panic(http.ErrAbortHandler)
 }
 
+// reset closes the connection before any answer (Behaviour.Reset): the
+// HTTP/1.1 connection is taken over and closed; elsewhere (HTTP/2) the
+// handler aborts, which resets the stream.
+func (w *statusWriter) reset() {
+	w.cut = true
+	w.s.finish(w.epoch, w.seq, 0, true)
+	if conn, _, err := http.NewResponseController(w.ResponseWriter).Hijack(); err == nil {
+		_ = conn.Close()
+	}
+	panic(http.ErrAbortHandler)
+}
+
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // request is a parsed incoming request.
@@ -491,6 +522,7 @@ type request struct {
 	body   []byte
 	model  string
 	stream bool
+	form   *Form // multipart endpoints
 	seq    int
 	count  int // requests of this credential for this model so far, this one included
 	b      Behaviour
@@ -499,22 +531,47 @@ type request struct {
 // ServeHTTP answers one request like the provider its path belongs to.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := parseRoute(r.URL.Path)
-	body, readErr := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	var (
+		body    []byte
+		form    *Form
+		readErr error
+	)
+	switch {
+	case formOps[rt.op] && r.Method == http.MethodPost:
+		// Streamed: file parts are hashed, never held.
+		form, readErr = readForm(r)
+	case formOps[rt.op] && rt.op != "files": // GET /v1/files/… is objects.go's
+		rt.op = "" // GET on a form endpoint: not modelled (404)
+		fallthrough
+	default:
+		body, readErr = io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	}
 	cred, authName, authValue := credentialOf(r.Header, rt.dialect)
 	rec := Recorded{
 		Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery, Host: r.Host,
 		Credential: cred, AuthHeader: authName, AuthValue: authValue,
 		Deployment: rt.deployment, Body: body, ContentLength: r.ContentLength, Header: r.Header.Clone(), Time: s.now(),
+		Form: form,
 	}
 	if m := gjson.GetBytes(body, "model"); m.Type == gjson.String {
 		rec.BodyModel = m.Str
+	}
+	if form != nil {
+		rec.BodyModel = form.Fields["model"]
+		rec.Stream = form.Fields["stream"] == "true"
 	}
 	rec.Model = rec.BodyModel
 	if rt.deployment != "" {
 		rec.Model = rt.deployment
 	}
-	rec.Stream = gjson.GetBytes(body, "stream").Type == gjson.True
-	rq := &request{r: r, rt: rt, body: body, model: rec.Model, stream: rec.Stream}
+	if rt.op == "realtime" {
+		rec.Model, rec.Deployment = upgradeModel(r)
+		if rec.Deployment != "" {
+			rec.Model = rec.Deployment
+		}
+	}
+	rec.Stream = rec.Stream || gjson.GetBytes(body, "stream").Type == gjson.True
+	rq := &request{r: r, rt: rt, body: body, model: rec.Model, stream: rec.Stream, form: form}
 	seq, epoch := s.record(rec)
 	rq.seq = seq
 	sw := &statusWriter{ResponseWriter: w, s: s, epoch: epoch, seq: seq}
@@ -539,8 +596,11 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 			return
 		}
 		// A body shorter than its Content-Length, or a broken chunked body.
-		s.writeError(w, d, apiError{status: http.StatusBadRequest, typ: "invalid_request_error",
-			message: "Could not read the request body (mock upstream)."})
+		msg := "Could not read the request body (mock upstream)."
+		if formOps[rq.rt.op] {
+			msg = "Could not parse multipart form (mock upstream): " + readErr.Error()
+		}
+		s.writeError(w, d, apiError{status: http.StatusBadRequest, typ: "invalid_request_error", message: msg})
 		return
 	}
 	if rq.rt.op == "" {
@@ -553,8 +613,11 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		return
 	}
 	want := http.MethodPost
-	if rq.rt.op == "models" {
+	switch rq.rt.op {
+	case "models", "realtime":
 		want = http.MethodGet
+	case "batches":
+		want = r.Method // batches checks its own methods
 	}
 	if r.Method != want && objectOp(r.URL.Path) != rq.rt.op {
 		w.Header().Set("allow", want)
@@ -598,6 +661,9 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 	if b.Delay > 0 && !backoff.Sleep(r.Context(), b.Delay) {
 		w.abort(false) // the client or the server went away: no answer at all
 	}
+	if b.Reset {
+		w.reset()
+	}
 	s.rateLimitHeaders(w, rq)
 	for k, v := range b.Headers {
 		w.Header().Set(k, v)
@@ -630,8 +696,22 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		s.listModels(w, rq)
 	case "messages":
 		s.messages(w, rq)
-	case "files", "batches", "responses":
+	case "files", "responses":
 		s.objects(w, rq, cred)
+	case "count_tokens":
+		s.countTokens(w, rq)
+	case "batches":
+		if rq.rt.dialect == dialectAnthropic {
+			s.batches(w, rq, cred)
+		} else {
+			s.objects(w, rq, cred)
+		}
+	case "realtime":
+		s.realtime(w, rq)
+	default:
+		if formOps[rq.rt.op] {
+			s.formAnswer(w, rq)
+		}
 	}
 }
 

@@ -8,7 +8,11 @@
 // Under a prefix (default "keymux/"), JSON documents as described in
 // README.md ("Configuration"): "settings", "keys/<id>", "rules/<id>", "clients/<id>",
 // and "health/<key id>" (written by the health leader, handed to
-// Options.OnHealth). Other paths under the prefix are ignored.
+// Options.OnHealth); package fleet's "state/<key id>" (shared key states,
+// handed to Options.OnState with their ModifyIndex) and "members/<id>"
+// (live members: the ids of the entries held by a session go to
+// Options.OnMembers when they change). Other paths under the prefix are
+// ignored.
 //
 // # Watching
 //

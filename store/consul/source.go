@@ -60,6 +60,14 @@ type Options struct {
 	// OnHealth, when set, is called from Run's goroutine for every changed
 	// health/<key id> entry; raw is nil when the entry was deleted.
 	OnHealth func(keyID string, raw []byte)
+	// OnState, when set, is called from Run's goroutine for every changed
+	// state/<key id> entry (package fleet), with its ModifyIndex; raw is nil
+	// when the entry was deleted.
+	OnState func(keyID string, raw []byte, index uint64)
+	// OnMembers, when set, is called from Run's goroutine with the sorted
+	// ids of the members/<id> entries held by a session, on the first
+	// answer and whenever they change.
+	OnMembers func(ids []string)
 	// WaitTime bounds one blocking query (default DefaultWaitTime).
 	WaitTime time.Duration
 	// RateLimit (queries per second) and Burst shape the query rate
@@ -81,8 +89,11 @@ type Source struct {
 	// Owned by Run's goroutine.
 	docs        map[string]kvValue // path → last seen value (settings, keys, rules, clients)
 	health      map[string]kvValue // key id → last seen value
-	source      string             // SourceConsul or SourceSnapshot once something was applied
-	lastContact time.Time          // last successful answer from Consul
+	states      map[string]kvValue // key id → last seen state/<id> value
+	members     []string           // last members handed to OnMembers
+	membersSeen bool
+	source      string    // SourceConsul or SourceSnapshot once something was applied
+	lastContact time.Time // last successful answer from Consul
 	stale       bool
 
 	mu           sync.Mutex
@@ -162,6 +173,7 @@ func New(opts Options) (*Source, error) {
 		builder: b,
 		docs:    map[string]kvValue{},
 		health:  map[string]kvValue{},
+		states:  map[string]kvValue{},
 		changed: make(chan struct{}),
 	}, nil
 }
@@ -325,6 +337,10 @@ func (s *Source) forgetIndexes() {
 		v.modifyIndex = 0
 		s.health[id] = v
 	}
+	for id, v := range s.states {
+		v.modifyIndex = 0
+		s.states[id] = v
+	}
 }
 
 // classify maps a KV path under the source's prefix to a document.
@@ -344,9 +360,13 @@ func (s *Source) process(ctx context.Context, pairs api.KVPairs, index uint64) {
 		raw []byte
 	}
 	var healthChanges []healthChange
+	scan := &fleetScan{states: map[string]bool{}}
 	for _, p := range pairs {
 		if ctx.Err() != nil {
 			return
+		}
+		if s.fleetPair(scan, p) {
+			continue
 		}
 		kind, id, isHealth, ok := s.classify(p.Key)
 		if !ok {
@@ -407,6 +427,7 @@ func (s *Source) process(ctx context.Context, pairs api.KVPairs, index uint64) {
 			s.opts.OnHealth(h.id, h.raw)
 		}
 	}
+	s.fleetDone(scan)
 }
 
 // apply builds the configuration and hands it to the store in one Apply;

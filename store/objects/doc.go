@@ -10,5 +10,5 @@
 // sidecar) or a local file. Stored responses, created at request rate, are
 // never recorded: their ids carry the account and owner, authenticated with
 // an HMAC under a fleet secret (Tag, Untag). See
-// docs/design/0010-account-scoped-objects.md.
+// docs/design/0012-account-scoped-objects.md.
 package objects

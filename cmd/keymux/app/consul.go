@@ -17,6 +17,9 @@ func (sc *sidecar) startConsul(ctx context.Context, o serveOptions) error {
 		Logger:   sc.log,
 		Scope:    o.scope(),
 		OnHealth: sc.health.OnHealth,
+		// Shared key states and the live members (package fleet).
+		OnState:   sc.fleet.OnState,
+		OnMembers: sc.fleet.OnMembers,
 	})
 	if err != nil {
 		sc.sourceErr = nil

@@ -27,6 +27,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/keymux/keymux/extproc"
+	"github.com/keymux/keymux/fleet"
 	"github.com/keymux/keymux/health"
 	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/store"
@@ -227,6 +228,8 @@ type sidecar struct {
 	consulSrc atomic.Pointer[consul.Source] // set once the Consul source exists
 	health    *health.Checker               // active probes (leader-elected with Consul)
 	healthErr chan error
+	fleet     *fleet.Fleet // shared key states and limit shares (with Consul)
+	fleetErr  chan error
 	cancel    context.CancelFunc
 	sourceErr chan error
 }
@@ -258,6 +261,8 @@ func startSidecar(parent context.Context, o serveOptions, log *slog.Logger, stdo
 	}
 	sc.healthErr = make(chan error, 1)
 	go func() { sc.healthErr <- sc.health.Run(ctx) }()
+	sc.fleetErr = make(chan error, 1)
+	go func() { sc.fleetErr <- sc.fleet.Run(ctx) }()
 	sc.drain = o.drainTimeout
 	if err := sc.startGRPC(ctx, o, tp); err != nil {
 		return sc, err
@@ -327,7 +332,11 @@ func (sc *sidecar) newHealth(o serveOptions) error {
 			return fmt.Errorf("--consul: %w", err)
 		}
 	}
-	hc, err := health.New(health.Config{Store: sc.store, Consul: sc.consul, Prefix: o.consulPrefix, Logger: sc.log})
+	if err := sc.newFleet(o); err != nil {
+		return err
+	}
+	hc, err := health.New(health.Config{Store: sc.store, Consul: sc.consul, Prefix: o.consulPrefix, Logger: sc.log,
+		OnLeaderPass: sc.fleet.ProbePassed})
 	if err != nil {
 		return err
 	}
@@ -355,7 +364,7 @@ func (sc *sidecar) startGRPC(ctx context.Context, o serveOptions, tp trace.Trace
 	gopts := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp))),
 		// Envoy sends a BUFFERED body in one message; envoy.yaml buffers up
-		// to 16 MiB, above grpc-go's 4 MiB default.
+		// to 32 MiB, above grpc-go's 4 MiB default.
 		grpc.MaxRecvMsgSize(maxGRPCMessage), grpc.MaxSendMsgSize(maxGRPCMessage),
 	}
 	creds, err := o.grpcTLS.serverOption()
@@ -469,7 +478,9 @@ func (sc *sidecar) adminHandler() http.Handler {
 			Counters  *telemetry.SourceCounters `json:"source_counters,omitempty"`
 			Health    healthDoc                 `json:"health"`
 			AccessLog extproc.AccessLogStatus   `json:"access_log"`
-		}{Version, sc.store.Ready(), sc.store.Status(), sc.sourceCounters(), healthDoc{sc.health.Stats(), sc.health.Snapshot()}, sc.extproc.AccessLogStatus()})
+			Fleet     fleet.Status              `json:"fleet"`
+		}{Version, sc.store.Ready(), sc.store.Status(), sc.sourceCounters(), healthDoc{sc.health.Stats(), sc.health.Snapshot()}, sc.extproc.AccessLogStatus(),
+			sc.fleet.Status()})
 	})
 	mux.Handle("GET /stats", sc.tel.StatsHandler())
 	mux.Handle("GET /metrics", sc.tel.MetricsHandler())
@@ -566,7 +577,7 @@ func (sc *sidecar) close() error {
 	if sc.pprof != nil {
 		errs = append(errs, sc.pprof.Close())
 	}
-	for _, ch := range []chan error{sc.sourceErr, sc.healthErr} {
+	for _, ch := range []chan error{sc.sourceErr, sc.healthErr, sc.fleetErr} {
 		if ch != nil {
 			if err := <-ch; !shutdownOK(err) {
 				errs = append(errs, err)
