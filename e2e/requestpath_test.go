@@ -215,6 +215,7 @@ func TestBodylessRequestGetsAKey(t *testing.T) {
 	g := startGateway(t, `
 settings:
   auth: {mode: client_keys}
+  objects: {default_account: az}  # file-abc was not created through keymux
 keys:
   az: {provider: azure, base_url: "{{MOCK}}", secret: sk-test-azure, azure: {api_version: "2024-10-21"}}
 clients:

@@ -158,7 +158,7 @@ func (x *exchange) retriesFor(entry *store.Entry, now time.Time) int {
 		if n >= limit {
 			break
 		}
-		if e == entry || !sameHost(e.Key, entry.Key) {
+		if e == entry || !sameHost(e.Key, entry.Key) || !x.inAccount(e) {
 			continue
 		}
 		if checked {
@@ -314,7 +314,7 @@ func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3
 			applyFeedback(a.entry, x.settings.Ejection, policy.Outcome{Kind: policy.OutcomeServer}, now)
 		}
 		e, aerr := x.choose(x.call.ModelOriginal, func(e *store.Entry) bool {
-			return !sameHost(e.Key, a.entry.Key) || slices.Contains(a.tried, e)
+			return !sameHost(e.Key, a.entry.Key) || !x.inAccount(e) || slices.Contains(a.tried, e)
 		})
 		if aerr != nil {
 			return aerr.response()

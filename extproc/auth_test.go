@@ -37,3 +37,31 @@ func TestJWTClaims(t *testing.T) {
 		})
 	}
 }
+
+// TestJWTSubject: in jwt_claim mode the owner of objects is the verified
+// token's sub claim.
+func TestJWTSubject(t *testing.T) {
+	md := func(claims map[string]any) *corev3.Metadata {
+		s, _ := structpb.NewStruct(claims)
+		return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{JWTMetadataNamespace: {Fields: map[string]*structpb.Value{
+			JWTPayloadKey: structpb.NewStructValue(s)}}}}
+	}
+	tests := []struct {
+		name string
+		md   *corev3.Metadata
+		want string
+	}{
+		{"sub", md(map[string]any{"sub": "alice", "role": "x"}), "jwt:alice"},
+		{"no sub", md(map[string]any{"role": "x"}), ""},
+		{"sub not a string", md(map[string]any{"sub": 42.0}), ""},
+		{"control character", md(map[string]any{"sub": "a\nb"}), ""},
+		{"no metadata", nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := jwtSubject(tt.md); got != tt.want {
+				t.Fatalf("jwtSubject = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

@@ -63,6 +63,12 @@ type exchange struct {
 	firstTried [1]*store.Entry
 	callIDBuf  [32]byte     // the bytes of callID (written once)
 	mut        *mutationMsg // the forwarding mutation (set by forward)
+
+	sctx        context.Context // the Process stream's
+	obj         objectState     // the account-scoped objects the request names or creates
+	waited      bool            // an unknown object id already waited for its record
+	bodyChanged bool            // the request body's object ids were replaced
+	jwtSubject  string          // jwt_claim: the owner identity of the verified JWT
 }
 
 func newExchange(s *Server) *exchange {
@@ -149,6 +155,11 @@ func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadat
 	if limit := x.bodyLimit(); limit > 0 && x.hdr.contentLength > limit {
 		return x.refuse(tooLarge(limit))
 	}
+	if local, aerr := x.objectsOnHeaders(); aerr != nil {
+		return x.refuse(aerr)
+	} else if local != nil {
+		return local
+	}
 	switch {
 	case route.op.model == modelQuery:
 		return x.upgrade()
@@ -214,14 +225,41 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	}
 	if asIs {
 		// An object endpoint with a body keymux has no use for: forward it.
+		// A JSON body may name objects; any other (an upload) goes as it came.
+		var newBody []byte
+		if isJSON(x.hdr.contentType) && x.obj.kind != nil {
+			if _, aerr := parseBody(body, modelOptional, x.settings.MaxJSONDepth); aerr != nil {
+				return x.refuse(aerr)
+			}
+			nb, aerr := x.objectsInBody(body)
+			if aerr != nil {
+				return x.refuse(aerr)
+			}
+			newBody = nb
+		}
 		mut, aerr := x.forward("")
 		if aerr != nil {
 			return x.refuse(aerr)
 		}
-		return x.withMetadata(x.bodyReply(mut, nil, true))
+		if newBody != nil {
+			x.mut.setInt(hdrContentLength, len(newBody))
+		}
+		return x.withMetadata(x.bodyReply(mut, newBody, true))
 	}
 	if aerr != nil {
 		return x.refuse(aerr)
+	}
+	if bi.form {
+		// A multipart form names no object.
+	} else if unTagged, aerr := x.objectsInBody(body); aerr != nil {
+		return x.refuse(aerr)
+	} else if unTagged != nil {
+		// The provider's ids are as long or shorter: re-read the model's place.
+		body = unTagged
+		if bi, aerr = parseBody(body, x.route.op.model, x.settings.MaxJSONDepth); aerr != nil {
+			return x.refuse(aerr)
+		}
+		x.bodyChanged = true
 	}
 	x.call.Stream = bi.stream
 	if !bi.form {
@@ -239,6 +277,8 @@ func (x *exchange) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 	var newBody []byte
 	if x.call.ModelFinal != bi.model {
 		newBody = patchModel(body, bi, x.call.ModelFinal)
+	} else if x.bodyChanged {
+		newBody = body
 	}
 	if x.wantsStreamUsage(bi) {
 		src := body
@@ -341,6 +381,7 @@ func (x *exchange) authenticate(md *corev3.Metadata) *apiError {
 			return &apiError{Status: 403, Type: typePermission, Code: "insufficient_permissions",
 				Message: "The token does not carry the claim " + a.Claim + "=" + a.Value + "."}
 		}
+		x.jwtSubject = jwtSubject(md)
 	}
 	return nil
 }
@@ -406,11 +447,14 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 		return nil, &apiError{Status: 403, Type: typePermission, Code: "model_not_allowed", Param: "model", Message: msg}
 	}
 	x.call.ModelOriginal = model
-	var skip func(*store.Entry) bool
+	skip := x.accountSkip()
 	if x.route.op.anthropic && model == "" {
 		// Anthropic's account objects (message batches): Anthropic keys only.
-		skip = func(e *store.Entry) bool { return e.Key.Provider != policy.ProviderAnthropic }
-		if !slices.ContainsFunc(x.snap.Pool("").Entries, func(e *store.Entry) bool { return !skip(e) }) {
+		inAccount := skip
+		skip = func(e *store.Entry) bool {
+			return e.Key.Provider != policy.ProviderAnthropic || (inAccount != nil && inAccount(e))
+		}
+		if !slices.ContainsFunc(x.snap.Pool("").Entries, func(e *store.Entry) bool { return e.Key.Provider == policy.ProviderAnthropic }) {
 			return nil, &apiError{Status: 503, Type: typeServer, Code: "no_keys",
 				Message: "No enabled Anthropic key is configured for " + x.route.op.name + "."}
 		}
@@ -641,6 +685,9 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 		}
 	}
 	if len(buf.cands) == 0 {
+		if x.obj.account != "" && !slices.ContainsFunc(pool.Entries, x.inAccount) {
+			return nil, x.noKeyInAccount(model)
+		}
 		return nil, x.noEligibleKey(model, pool, now)
 	}
 	if skip == nil {
@@ -726,6 +773,9 @@ func keyWithinLimits(e *store.Entry, now time.Time) bool {
 func (x *exchange) poolOut(pool *store.Pool, now time.Time) (reasons []policy.Ineligible, all bool) {
 	reasons = make([]policy.Ineligible, 0, len(pool.Entries))
 	for _, e := range pool.Entries {
+		if !x.inAccount(e) {
+			continue
+		}
 		if ok, why := x.admits(e, x.est, now); !ok {
 			reasons = append(reasons, why)
 		}
@@ -786,6 +836,17 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 		x.poolRetryAfter(resp, now)
 	}
 	x.respDone = h.GetEndOfStream()
+	if ct := findHeader(hm, hdrContentType); !x.respDone && x.wantsObjectBody(x.status, ct) {
+		// A creation's small JSON answer names the new object: read it
+		// whole; a streamed response's id is tagged chunk by chunk.
+		mode := filterv3.ProcessingMode_BUFFERED
+		if x.obj.sse != nil {
+			mode = filterv3.ProcessingMode_STREAMED
+		}
+		x.reading, x.usage.sse = x.s.fromBody, x.obj.sse != nil
+		resp.ModeOverride = &filterv3.ProcessingMode{ResponseBodyMode: mode}
+		return resp
+	}
 	if x.entry == nil || x.respDone || !x.s.fromBody {
 		return resp
 	}
@@ -890,6 +951,17 @@ func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRe
 	if x.reading {
 		x.chunks++
 		x.usage.feed(b.GetBody(), b.GetEndOfStream())
+	}
+	if x.obj.sse != nil {
+		return streamedBodyReply(x.tagStream(b.GetBody(), b.GetEndOfStream()))
+	}
+	if x.obj.capture && b.GetEndOfStream() {
+		x.obj.capture = false
+		if body, mut := x.learnObject(b.GetBody()); body != nil {
+			cr := &extprocv3.CommonResponse{HeaderMutation: mut,
+				BodyMutation: &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}}
+			return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{Response: cr}}}
+		}
 	}
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
 }

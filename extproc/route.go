@@ -59,9 +59,9 @@ var operations = []operation{
 	// in one provider account; pin such keys with priorities or a pool of one.)
 	{name: "files", path: "/files", methods: "GET, POST", upload: maxFileBytes},
 	{name: "files", path: "/files/", methods: "GET, DELETE", prefix: true},
-	{name: "batches", path: "/batches", methods: "GET"},
-	{name: "batches", path: "/batches/", methods: "GET", prefix: true},
-	{name: "responses", path: "/responses/", methods: "GET, DELETE", prefix: true},
+	{name: "batches", path: "/batches", methods: "GET, POST"},
+	{name: "batches", path: "/batches/", methods: "GET, POST", prefix: true},
+	{name: "responses", path: "/responses/", methods: "GET, POST, DELETE", prefix: true},
 	// Anthropic: token counting (model in the body) and message batches
 	// (account objects: any enabled Anthropic key serves them).
 	{name: "count_tokens", path: "/messages/count_tokens", methods: "POST", model: modelRequired, anthropic: true},
@@ -78,6 +78,18 @@ var operations = []operation{
 	// makes a file: its operation is "files".
 	{name: "files", path: "/uploads", methods: "POST"},
 	{name: "files", path: "/uploads/", methods: "POST", prefix: true, upload: maxUploadPartBytes},
+	// More account-scoped objects (extproc/objects.go routes them to the
+	// account that created them).
+	{name: "vector_stores", path: "/vector_stores", methods: "GET, POST"},
+	{name: "vector_stores", path: "/vector_stores/", methods: "GET, POST, DELETE", prefix: true},
+	{name: "assistants", path: "/assistants", methods: "GET, POST"},
+	{name: "assistants", path: "/assistants/", methods: "GET, POST, DELETE", prefix: true},
+	{name: "assistants", path: "/threads", methods: "POST"},
+	{name: "assistants", path: "/threads/", methods: "GET, POST, DELETE", prefix: true},
+	{name: "fine_tuning", path: "/fine_tuning/jobs", methods: "GET, POST"},
+	{name: "fine_tuning", path: "/fine_tuning/jobs/", methods: "GET, POST", prefix: true},
+	{name: "responses", path: "/conversations", methods: "POST"},
+	{name: "responses", path: "/conversations/", methods: "GET, POST, DELETE", prefix: true},
 }
 
 // opOther is a path below the API prefix that no operation knows, forwarded

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/keymux/keymux/store"
+	"github.com/keymux/keymux/store/objects"
 	"github.com/keymux/keymux/telemetry"
 )
 
@@ -54,6 +55,11 @@ type Config struct {
 	// never overrides the body mode and every forwarded call waits for its
 	// access-log entry.
 	UsageFromBody bool
+
+	// Objects records the account-scoped objects created through keymux
+	// (files, batches, …) and authenticates stored responses' ids; nil
+	// leaves object requests unscoped (any key serves them).
+	Objects *objects.Registry
 }
 
 // Server implements Envoy's ExternalProcessor service.
@@ -73,6 +79,7 @@ type Server struct {
 	closeOnce  sync.Once
 	open       atomic.Int64 // Process streams open
 	messages   [len(messageKindList)]atomic.Uint64
+	objects    *objects.Registry
 	callPrefix string // random per process: call ids are unique across instances
 	callSeq    atomic.Uint64
 }
@@ -109,7 +116,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("extproc: Config.Store is required")
 	}
-	s := &Server{store: cfg.Store, log: cfg.Logger, observer: cfg.Observer, now: cfg.Now, closing: make(chan struct{}), fromBody: cfg.UsageFromBody}
+	s := &Server{store: cfg.Store, log: cfg.Logger, observer: cfg.Observer, now: cfg.Now, closing: make(chan struct{}), fromBody: cfg.UsageFromBody, objects: cfg.Objects}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -188,6 +195,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 		return s.processAttempt(stream)
 	}
 	x := newExchange(s)
+	x.sctx = ctx
 	defer x.finish()
 	defer x.releaseReplies() // before finish: nothing reads a reply after the stream
 	for {

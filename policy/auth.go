@@ -36,6 +36,9 @@ const (
 	EndpointSpeech          = "speech"
 	EndpointFiles           = "files"
 	EndpointBatches         = "batches"
+	EndpointVectorStores    = "vector_stores"
+	EndpointAssistants      = "assistants" // assistants and threads
+	EndpointFineTuning      = "fine_tuning"
 	EndpointCountTokens     = "count_tokens" // Anthropic's /v1/messages/count_tokens
 	EndpointRealtime        = "realtime"     // the Realtime API over WebSocket
 	// EndpointOther is every path keymux does not know, forwarded under
@@ -52,6 +55,7 @@ const (
 // Endpoints lists every Endpoint* name.
 var Endpoints = []string{EndpointChat, EndpointTextCompletion, EndpointEmbeddings, EndpointResponses,
 	EndpointModerations, EndpointImageGeneration, EndpointSpeech, EndpointFiles, EndpointBatches,
+	EndpointVectorStores, EndpointAssistants, EndpointFineTuning,
 	EndpointCountTokens, EndpointRealtime, EndpointOther,
 	EndpointTranscription, EndpointTranslation, EndpointImageEdit, EndpointImageVariation}
 

@@ -21,6 +21,8 @@ const (
 	DefaultMaxBodyBytes        = 8 << 20
 	DefaultMaxJSONDepth        = 256
 	DefaultRetryMaxAttempts    = 3
+	DefaultObjectRetention     = 30 * 24 * time.Hour
+	DefaultObjectsMax          = 10000
 	DefaultUnknownPaths        = UnknownPathsRefuse
 )
 
@@ -74,6 +76,12 @@ func (s *Settings) WithDefaults() *Settings {
 	}
 	if s.MaxJSONDepth == 0 {
 		s.MaxJSONDepth = DefaultMaxJSONDepth
+	}
+	if s.Objects.Retention == 0 {
+		s.Objects.Retention = DefaultObjectRetention
+	}
+	if s.Objects.Max == 0 {
+		s.Objects.Max = DefaultObjectsMax
 	}
 	return s
 }

@@ -274,6 +274,7 @@ func TestDefaults(t *testing.T) {
 		MaxJSONDepth: 256,
 		StreamUsage:  true,
 		Retry:        RetrySettings{MaxAttempts: 3},
+		Objects:      ObjectSettings{Retention: 30 * 24 * time.Hour, Max: 10000},
 		Share:        ShareSettings{CooldownOver: 10 * time.Second},
 		UnknownPaths: "refuse",
 	}

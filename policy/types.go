@@ -68,6 +68,10 @@ type Key struct {
 	Azure      AzureConfig
 	Limits     Limits
 	Labels     map[string]string
+	// Account is the provider account (organisation/project) the key
+	// belongs to; keys of one account share its objects (files, batches,
+	// stored responses…). Default: the key's own id.
+	Account string
 }
 
 // ServesModel reports whether the key accepts model (already rewritten by its rule).
@@ -193,6 +197,19 @@ type Settings struct {
 	// keymux does not know: UnknownPathsRefuse (404, the default) or
 	// UnknownPathsForward (forwarded with a key, operation EndpointOther).
 	UnknownPaths string
+	Objects      ObjectSettings
+}
+
+// ObjectSettings govern the account-scoped objects keymux records.
+type ObjectSettings struct {
+	// DefaultAccount serves ids keymux has no record of (objects created
+	// outside keymux); "" answers 404 for them.
+	DefaultAccount string
+	// Retention is how long a record lives when the object names no
+	// expiry of its own; default 30 days.
+	Retention time.Duration
+	// Max bounds the records (creations beyond it get 503); default 10000.
+	Max int
 }
 
 // The values of Settings.UnknownPaths.

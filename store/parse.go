@@ -371,6 +371,44 @@ type settingsDoc struct {
 	Retry        *retryDoc    `json:"retry"`
 	Share        *shareDoc    `json:"share"`
 	UnknownPaths string       `json:"unknown_paths"`
+	Objects      *objectsDoc  `json:"objects"`
+}
+
+type objectsDoc struct {
+	DefaultAccount *string `json:"default_account"`
+	Retention      *string `json:"retention"`
+	Max            *int    `json:"max"`
+}
+
+func (d *objectsDoc) UnmarshalJSON(b []byte) error {
+	type plain objectsDoc
+	return decodeNested("objects", b, (*plain)(d))
+}
+
+// MaxObjectsLimit bounds objects.max.
+const MaxObjectsLimit = 1000000
+
+// parseObjects applies settings.objects.
+func parseObjects(doc string, d *objectsDoc, s *policy.ObjectSettings) error {
+	if d == nil {
+		return nil
+	}
+	if d.DefaultAccount != nil {
+		if *d.DefaultAccount != "" && !ValidID(*d.DefaultAccount) {
+			return fieldErr(doc, "objects.default_account", "invalid account (want 1 to %d of A-Z a-z 0-9 . _ -)", MaxIDLen)
+		}
+		s.DefaultAccount = *d.DefaultAccount
+	}
+	if err := parseDuration(doc, "objects.retention", d.Retention, &s.Retention); err != nil {
+		return err
+	}
+	if d.Max != nil {
+		if n := *d.Max; n < 1 || n > MaxObjectsLimit {
+			return fieldErr(doc, "objects.max", "must be between 1 and %d", MaxObjectsLimit)
+		}
+		s.Max = *d.Max
+	}
+	return nil
 }
 
 type retryDoc struct {
@@ -486,6 +524,9 @@ func ParseSettings(raw []byte) (policy.Settings, error) {
 		return policy.Settings{}, err
 	}
 	if err := parseUnknownPaths(doc, d.UnknownPaths, &s); err != nil {
+		return policy.Settings{}, err
+	}
+	if err := parseObjects(doc, d.Objects, &s.Objects); err != nil {
 		return policy.Settings{}, err
 	}
 	return s, nil
@@ -720,6 +761,7 @@ type keyDoc struct {
 	Azure     *azureDoc         `json:"azure"`
 	Limits    *limitsDoc        `json:"limits"`
 	Labels    map[string]string `json:"labels"`
+	Account   *string           `json:"account"`
 }
 
 // SecretResolver turns a secret_ref ("env:NAME", "file:/path") into the
@@ -810,6 +852,13 @@ func ParseKey(id string, raw []byte, resolve SecretResolver) (*policy.Key, error
 	}
 	if k.Labels, err = parseLabels(doc, d.Labels); err != nil {
 		return nil, err
+	}
+	k.Account = id
+	if d.Account != nil {
+		if !ValidID(*d.Account) {
+			return nil, fieldErr(doc, "account", "invalid account (want 1 to %d of A-Z a-z 0-9 . _ -)", MaxIDLen)
+		}
+		k.Account = *d.Account
 	}
 	return k, nil
 }

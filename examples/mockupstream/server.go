@@ -55,6 +55,10 @@ type Options struct {
 	EmbeddingDims int
 	// Now is the clock for "created" fields and rate-limit resets; nil = time.Now.
 	Now func() time.Time
+	// Accounts maps a credential to its provider account: files, batches
+	// and stored responses are visible only to credentials of the account
+	// that created them. A credential not listed is an account of its own.
+	Accounts map[string]string
 }
 
 // Recorded is one request the mock received. Body and Header are shared with
@@ -109,6 +113,7 @@ type Server struct {
 	defaults map[string]Behaviour
 	counts   map[[2]string]int // requests per credential and model, for x-ratelimit-remaining-*
 	epoch    uint64            // bumped by Reset, so late answers never touch new records
+	objs     objectStore       // files, batches, stored responses (its own lock)
 	// Anthropic message batches, by id and in creation order.
 	batchByID map[string]*messageBatch
 	batchList []*messageBatch
@@ -401,6 +406,9 @@ func parseRoute(path string) route {
 		}
 		return rt
 	}
+	if op := objectOp(path); op != "" {
+		return route{op: op}
+	}
 	switch {
 	case strings.HasSuffix(path, "/realtime"):
 		if strings.Contains(path, "/openai/") {
@@ -532,8 +540,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case formOps[rt.op] && r.Method == http.MethodPost:
 		// Streamed: file parts are hashed, never held.
 		form, readErr = readForm(r)
-	case formOps[rt.op]:
-		rt.op = "" // GET /v1/files and the like: not modelled (404)
+	case formOps[rt.op] && rt.op != "files": // GET /v1/files/… is objects.go's
+		rt.op = "" // GET on a form endpoint: not modelled (404)
 		fallthrough
 	default:
 		body, readErr = io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
@@ -611,7 +619,7 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 	case "batches":
 		want = r.Method // batches checks its own methods
 	}
-	if r.Method != want {
+	if r.Method != want && objectOp(r.URL.Path) != rq.rt.op {
 		w.Header().Set("allow", want)
 		e := apiError{status: http.StatusMethodNotAllowed, typ: "invalid_request_error",
 			message: fmt.Sprintf("Invalid method for URL (%s %s)", r.Method, r.URL.Path)}
@@ -688,10 +696,16 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 		s.listModels(w, rq)
 	case "messages":
 		s.messages(w, rq)
+	case "files", "responses":
+		s.objects(w, rq, cred)
 	case "count_tokens":
 		s.countTokens(w, rq)
 	case "batches":
-		s.batches(w, rq, cred)
+		if rq.rt.dialect == dialectAnthropic {
+			s.batches(w, rq, cred)
+		} else {
+			s.objects(w, rq, cred)
+		}
 	case "realtime":
 		s.realtime(w, rq)
 	default:

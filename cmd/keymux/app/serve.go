@@ -104,7 +104,7 @@ func (o *serveOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.config, "config", "", "configuration file (JSON or YAML); reloaded on change")
 	fs.BoolVar(&o.consul, "consul", false, "read the configuration from Consul KV (CONSUL_HTTP_* environment)")
 	fs.StringVar(&o.consulPrefix, "consul-prefix", consul.DefaultPrefix, "Consul KV prefix (\"/\" appended when missing)")
-	fs.StringVar(&o.stateDir, "state-dir", "", "directory for the last-good snapshot of the Consul configuration")
+	fs.StringVar(&o.stateDir, "state-dir", "", "directory for the last-good snapshot of the Consul configuration and, without Consul, the records of account-scoped objects")
 	fs.StringVar(&o.grpcAddr, "grpc", "127.0.0.1:50051", "ext_proc gRPC address, host:port or unix:PATH")
 	fs.StringVar(&o.adminAddr, "admin", "127.0.0.1:9464", "admin HTTP address (/healthz /readyz /status /stats /metrics)")
 	fs.StringVar(&o.pprofAddr, "pprof", "", "serve Go's /debug/pprof/ profiles on this address (off by default)")
@@ -352,7 +352,11 @@ func (sc *sidecar) newHealth(o serveOptions) error {
 // service on --grpc (with mutual TLS when configured); the health service
 // says SERVING once the store is ready.
 func (sc *sidecar) startGRPC(ctx context.Context, o serveOptions, tp trace.TracerProvider) error {
-	srv, err := extproc.New(extproc.Config{Store: sc.store, Logger: sc.log, Observer: sc.tel, UsageFromBody: o.usageFromBody})
+	reg, err := sc.startObjects(ctx, o)
+	if err != nil {
+		return err
+	}
+	srv, err := extproc.New(extproc.Config{Store: sc.store, Logger: sc.log, Observer: sc.tel, UsageFromBody: o.usageFromBody, Objects: reg})
 	if err != nil {
 		return err
 	}

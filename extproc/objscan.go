@@ -1,0 +1,154 @@
+package extproc
+
+import (
+	"bytes"
+	"encoding/json"
+	"slices"
+)
+
+// objectRef is an object id named in a request body: the member that
+// names it, its value and the byte span of the JSON string (quotes
+// included), so that a tagged id can be replaced by the provider's.
+type objectRef struct {
+	field      string
+	id         string
+	start, end int
+}
+
+// refFields are the members whose string value names an object; refArrays
+// those whose array of strings does; refParents the members whose object
+// value names one in its "id" (conversation: {"id": …}).
+var (
+	refFields = []string{"input_file_id", "file_id", "training_file", "validation_file", "previous_response_id",
+		"conversation", "assistant_id", "thread_id", "vector_store_id"}
+	refArrays  = []string{"file_ids", "vector_store_ids"}
+	refParents = []string{"conversation"}
+)
+
+// maxObjectRefs bounds the ids one body may name.
+const maxObjectRefs = 1000
+
+// scanObjectRefs lists the object ids a JSON body names, at any depth, in
+// one pass over its bytes (no decode). body must have passed
+// policy.CheckJSON: it is valid and nested at most max_json_depth levels,
+// which bounds the container stack. ok is false beyond maxObjectRefs ids.
+func scanObjectRefs(body []byte) (refs []objectRef, ok bool) {
+	type container struct {
+		key   string // the member whose value the container is ("" at the top or in an array)
+		array bool
+	}
+	var (
+		stack   []container
+		pending string // the key just read, waiting for its value
+		hasKey  bool
+	)
+	for i := 0; i < len(body); i++ {
+		switch c := body[i]; c {
+		case '{', '[':
+			k := ""
+			if hasKey {
+				k = pending
+			}
+			stack = append(stack, container{key: k, array: c == '['})
+			hasKey = false
+		case '}', ']':
+			if len(stack) > 0 {
+				stack = stack[:len(stack)-1]
+			}
+			hasKey = false
+		case '"':
+			start := i
+			end, raw := readJSONString(body, i)
+			i = end - 1
+			j := end
+			for j < len(body) && (body[j] == ' ' || body[j] == '\t' || body[j] == '\n' || body[j] == '\r') {
+				j++
+			}
+			top := container{}
+			if len(stack) > 0 {
+				top = stack[len(stack)-1]
+			}
+			if j < len(body) && body[j] == ':' && !top.array {
+				pending, hasKey = jsonStringValue(raw), true
+				continue
+			}
+			var field string
+			switch {
+			case hasKey && slices.Contains(refFields, pending):
+				field = pending
+			case hasKey && pending == "id" && !top.array && slices.Contains(refParents, top.key):
+				field = top.key
+			case !hasKey && top.array && slices.Contains(refArrays, top.key):
+				field = top.key
+			}
+			hasKey = false
+			if field != "" {
+				if len(refs) == maxObjectRefs {
+					return refs, false
+				}
+				refs = append(refs, objectRef{field: field, id: jsonStringValue(raw), start: start, end: end})
+			}
+		case ',':
+			hasKey = false
+		case ':', ' ', '\t', '\n', '\r':
+		default:
+			// a number, true, false or null: a value
+			if hasKey {
+				for i+1 < len(body) && !isJSONDelim(body[i+1]) {
+					i++
+				}
+				hasKey = false
+			}
+		}
+	}
+	return refs, true
+}
+
+func isJSONDelim(c byte) bool {
+	switch c {
+	case ',', '}', ']', ' ', '\t', '\n', '\r':
+		return true
+	}
+	return false
+}
+
+// readJSONString reads the JSON string starting at body[i] (a quote): the
+// offset just after its closing quote, and the string as it is written,
+// quotes included.
+func readJSONString(body []byte, i int) (end int, raw []byte) {
+	j := i + 1
+	for {
+		k := bytes.IndexByte(body[j:], '"')
+		if k < 0 {
+			return len(body), body[i:]
+		}
+		j += k
+		// The quote closes the string unless an odd run of backslashes
+		// escapes it.
+		n := 0
+		for b := j - 1; b > i && body[b] == '\\'; b-- {
+			n++
+		}
+		if n%2 == 0 {
+			return j + 1, body[i : j+1]
+		}
+		j++
+	}
+}
+
+// jsonStringValue is a JSON string's value (raw with its quotes), escapes
+// decoded: without a backslash a plain copy, else a decode of that string
+// alone.
+func jsonStringValue(raw []byte) string {
+	if len(raw) < 2 {
+		return ""
+	}
+	if !bytes.ContainsRune(raw, '\\') {
+		return string(raw[1 : len(raw)-1])
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return ""
+	}
+	return s
+}
