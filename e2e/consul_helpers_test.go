@@ -298,12 +298,7 @@ const consulRoundRobin = `{"strategy":"round_robin"}`
 // newMock starts a mock upstream for the test.
 func consulMock(t *testing.T) *mockupstream.Server {
 	t.Helper()
-	mock := mockupstream.New(mockupstream.Options{})
-	if err := mock.Start("127.0.0.1:0"); err != nil {
-		t.Fatalf("mock upstream: %v", err)
-	}
-	t.Cleanup(func() { mock.Close() })
-	return mock
+	return startMock(t, mockupstream.Options{})
 }
 
 // percentile is the q-quantile (nearest rank) of ds.

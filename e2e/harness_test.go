@@ -44,12 +44,19 @@ const mockURL = "{{MOCK}}"
 // for its readiness line.
 func startGateway(t *testing.T, cfg string, extraArgs ...string) *gateway {
 	t.Helper()
-	mock := mockupstream.New(mockupstream.Options{})
+	return startGatewayWith(t, startMock(t, mockupstream.Options{}), cfg, extraArgs...)
+}
+
+// startMock starts a mock upstream with opts on a free port, closed when
+// the test ends.
+func startMock(t *testing.T, opts mockupstream.Options) *mockupstream.Server {
+	t.Helper()
+	mock := mockupstream.New(opts)
 	if err := mock.Start("127.0.0.1:0"); err != nil {
 		t.Fatalf("mock upstream: %v", err)
 	}
 	t.Cleanup(func() { mock.Close() })
-	return startGatewayWith(t, mock, cfg, extraArgs...)
+	return mock
 }
 
 func startGatewayWith(t *testing.T, mock *mockupstream.Server, cfg string, extraArgs ...string) *gateway {

@@ -22,11 +22,7 @@ import (
 func TestConsulObjectsAcrossSidecars(t *testing.T) {
 	a := consultest.Start(t)
 	useConsul(t, a)
-	mock := mockupstream.New(mockupstream.Options{Accounts: accountOfCredential})
-	if err := mock.Start("127.0.0.1:0"); err != nil {
-		t.Fatalf("mock upstream: %v", err)
-	}
-	t.Cleanup(func() { mock.Close() })
+	mock := startMock(t, mockupstream.Options{Accounts: accountOfCredential})
 	const p = "fleet/"
 	a.Put(p+"settings", []byte(`{"strategy":"round_robin","auth":{"mode":"client_keys"}}`))
 	for i, acc := range []string{"acct-a", "acct-b", "acct-c"} {

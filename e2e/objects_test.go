@@ -33,11 +33,7 @@ var accountOfCredential = map[string]string{"sk-test-k1": "acct-a", "sk-test-k2"
 
 func startAccountsGateway(t *testing.T) *gateway {
 	t.Helper()
-	mock := mockupstream.New(mockupstream.Options{Accounts: accountOfCredential})
-	if err := mock.Start("127.0.0.1:0"); err != nil {
-		t.Fatalf("mock upstream: %v", err)
-	}
-	t.Cleanup(func() { mock.Close() })
+	mock := startMock(t, mockupstream.Options{Accounts: accountOfCredential})
 	cfg := strings.NewReplacer("{{A}}", sha256hex("token-a"), "{{B}}", sha256hex("token-b")).Replace(threeAccounts)
 	return startGatewayWith(t, mock, cfg)
 }

@@ -99,11 +99,7 @@ func (p *serveProc) accessLogStreams(t *testing.T) int {
 // before it exits; the new process then serves on the same socket.
 func TestRestartDoesNotCutStream(t *testing.T) {
 	bin := buildKeymux(t)
-	mock := mockupstream.New(mockupstream.Options{})
-	if err := mock.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mock.Close() })
+	mock := startMock(t, mockupstream.Options{})
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "keymux.yaml")
 	if err := os.WriteFile(cfg, []byte(`keys:
