@@ -113,8 +113,7 @@ func (s *Server) batches(w *statusWriter, rq *request, cred string) {
 			w.WriteHeader(http.StatusOK)
 			_, _ = w.Write(out.Bytes())
 		default:
-			s.writeError(w, d, apiError{status: http.StatusMethodNotAllowed, typ: "not_found_error",
-				message: fmt.Sprintf("Invalid method for URL (%s %s)", m, rq.r.URL.Path)})
+			s.writeError(w, d, invalidMethod(d, m, rq.r.URL.Path))
 		}
 	}
 }

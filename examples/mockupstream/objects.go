@@ -97,6 +97,23 @@ func (o *objectStore) list(account, kind string) []map[string]any {
 	return out
 }
 
+// invalidURL is the provider's 404 for a path it does not serve.
+func invalidURL(method, path string) apiError {
+	return apiError{status: http.StatusNotFound, typ: "invalid_request_error",
+		message: fmt.Sprintf("Invalid URL (%s %s)", method, path)}
+}
+
+// invalidMethod is the provider's 405 for a method the path does not take
+// (Anthropic types it not_found_error).
+func invalidMethod(d dialect, method, path string) apiError {
+	e := apiError{status: http.StatusMethodNotAllowed, typ: "invalid_request_error",
+		message: fmt.Sprintf("Invalid method for URL (%s %s)", method, path)}
+	if d == dialectAnthropic {
+		e.typ = "not_found_error"
+	}
+	return e
+}
+
 // noSuch is OpenAI's 404 for an object the credential's account does not have.
 func noSuch(name, id string) apiError {
 	return apiError{status: http.StatusNotFound, typ: "invalid_request_error", param: "id",
@@ -164,8 +181,7 @@ func (s *Server) objects(w *statusWriter, rq *request, cred string) {
 			s.writeJSON(w, rq, r.fields)
 		}
 	default:
-		s.writeError(w, dialectOpenAI, apiError{status: http.StatusNotFound, typ: "invalid_request_error",
-			message: fmt.Sprintf("Invalid URL (%s %s)", m, path)})
+		s.writeError(w, dialectOpenAI, invalidURL(m, path))
 	}
 }
 

@@ -608,8 +608,7 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 			s.writeError(w, d, apiError{status: http.StatusNotFound, message: "Resource not found"})
 			return
 		}
-		s.writeError(w, d, apiError{status: http.StatusNotFound, typ: "invalid_request_error",
-			message: fmt.Sprintf("Invalid URL (%s %s)", r.Method, r.URL.Path)})
+		s.writeError(w, d, invalidURL(r.Method, r.URL.Path))
 		return
 	}
 	want := http.MethodPost
@@ -621,12 +620,7 @@ func (s *Server) serve(w *statusWriter, rq *request, cred string, readErr error)
 	}
 	if r.Method != want && objectOp(r.URL.Path) != rq.rt.op {
 		w.Header().Set("allow", want)
-		e := apiError{status: http.StatusMethodNotAllowed, typ: "invalid_request_error",
-			message: fmt.Sprintf("Invalid method for URL (%s %s)", r.Method, r.URL.Path)}
-		if d == dialectAnthropic {
-			e.typ = "not_found_error"
-		}
-		s.writeError(w, d, e)
+		s.writeError(w, d, invalidMethod(d, r.Method, r.URL.Path))
 		return
 	}
 	if d == dialectAzure && r.URL.Query().Get("api-version") == "" {
