@@ -52,18 +52,17 @@ func (g *gateway) k2Next() int {
 	}
 }
 
-// statsRetries is /stats's retries.
-func (g *gateway) statsRetries() []struct {
+// statsRetry is one row of /stats's retries.
+type statsRetry struct {
 	ID     string `json:"id"`
 	Reason string `json:"reason"`
 	Count  uint64 `json:"count"`
-} {
+}
+
+// statsRetries is /stats's retries.
+func (g *gateway) statsRetries() []statsRetry {
 	var st struct {
-		Retries []struct {
-			ID     string `json:"id"`
-			Reason string `json:"reason"`
-			Count  uint64 `json:"count"`
-		} `json:"retries"`
+		Retries []statsRetry `json:"retries"`
 	}
 	if err := json.Unmarshal(g.getAdmin("/stats"), &st); err != nil {
 		g.t.Fatal(err)
