@@ -356,7 +356,7 @@ func TestJaegerTraceparentCases(t *testing.T) {
 			if resp.StatusCode != 200 {
 				t.Fatalf("status %d: %s", resp.StatusCode, body)
 			}
-			reqs := g.mock.Requests()
+			reqs := g.requests() // the calls, not the health probes
 			up := reqs[len(reqs)-1].Header.Get("traceparent")
 			parts := strings.Split(up, "-")
 			if len(parts) != 4 || parts[0] != "00" || len(parts[1]) != 32 || len(parts[2]) != 16 {
