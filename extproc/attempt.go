@@ -255,7 +255,6 @@ type upstreamExchange struct {
 	entry  *store.Entry // this attempt's key
 	model  string       // the model this attempt must carry ("" = leave the body)
 	final  string       // the model this attempt's upstream gets
-	phase  phase
 	status int
 }
 
@@ -331,7 +330,6 @@ func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3
 		})
 	}
 	u.entry, u.final = a.entry, a.model
-	u.phase = phaseForwarded
 	resp := headersReply(mut, false)
 	if x.upload {
 		// The upstream filter must not buffer the upload either.
