@@ -960,17 +960,15 @@ func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRe
 		x.usage.feed(b.GetBody(), b.GetEndOfStream())
 	}
 	if x.obj.sse != nil {
-		return streamedBodyReply(x.tagStream(b.GetBody(), b.GetEndOfStream()))
+		return responseBodyReply(nil, x.tagStream(b.GetBody(), b.GetEndOfStream()))
 	}
 	if x.obj.capture && b.GetEndOfStream() {
 		x.obj.capture = false
 		if body, mut := x.learnObject(b.GetBody()); body != nil {
-			cr := &extprocv3.CommonResponse{HeaderMutation: mut,
-				BodyMutation: &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}}
-			return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{Response: cr}}}
+			return responseBodyReply(mut, body)
 		}
 	}
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+	return responseBodyReply(nil, nil)
 }
 
 // finish runs once when the stream ends. A forwarded call waits for

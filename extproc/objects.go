@@ -499,15 +499,6 @@ func (x *exchange) tagStream(chunk []byte, eos bool) []byte {
 	return out
 }
 
-// streamedBodyReply passes a streamed chunk on, replaced by body when not nil.
-func streamedBodyReply(body []byte) *extprocv3.ProcessingResponse {
-	br := &extprocv3.BodyResponse{}
-	if body != nil {
-		br.Response = &extprocv3.CommonResponse{BodyMutation: &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}}
-	}
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: br}}
-}
-
 // sseResponseID reads response.id from the first data line of an SSE
 // stream's start; complete reports a complete first data line without one.
 func sseResponseID(data []byte) (id string, complete bool) {
