@@ -255,7 +255,6 @@ type upstreamExchange struct {
 	entry  *store.Entry // this attempt's key
 	model  string       // the model this attempt must carry ("" = leave the body)
 	final  string       // the model this attempt's upstream gets
-	phase  phase
 	status int
 }
 
@@ -279,7 +278,7 @@ func (u *upstreamExchange) handle(req *extprocv3.ProcessingRequest) *extprocv3.P
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}
 	default:
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+		return responseBodyReply(nil, nil)
 	}
 }
 
@@ -331,7 +330,6 @@ func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3
 		})
 	}
 	u.entry, u.final = a.entry, a.model
-	u.phase = phaseForwarded
 	resp := headersReply(mut, false)
 	if x.upload {
 		// The upstream filter must not buffer the upload either.
@@ -400,22 +398,21 @@ func tooLargeMark() *extprocv3.HeaderMutation {
 // key's limit is marked so that Envoy does not retry it, and does not cool
 // the key down.
 func (u *upstreamExchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
-	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
 	if u.a == nil || !b.GetEndOfStream() {
-		return resp
+		return responseBodyReply(nil, nil)
 	}
 	a := u.a
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	h := a.held
 	if h == nil || h.entry != u.entry {
-		return resp
+		return responseBodyReply(nil, nil)
 	}
 	a.held = nil
 	tooLarge := requestTooLarge(b.GetBody())
 	a.feedLocked(h.entry, h.model, h.status, h.hm, tooLarge, a.x.s.now())
 	if tooLarge {
-		resp.GetResponseBody().Response = &extprocv3.CommonResponse{HeaderMutation: tooLargeMark()}
+		return responseBodyReply(tooLargeMark(), nil)
 	}
-	return resp
+	return responseBodyReply(nil, nil)
 }

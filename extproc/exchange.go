@@ -642,10 +642,7 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 		buf.cands, buf.entries = buf.cands[:0], buf.entries[:0]
 		candidatePool.Put(buf)
 	}()
-	strat, err := policy.StrategyFor(x.settings.Strategy)
-	if err != nil {
-		strat = policy.RoundRobin{} // settings are validated; this is a safety net
-	}
+	strat := x.strategy()
 	needUsage, needErrors := policy.StrategyInputs(strat)
 	seq := pool.Seq.Add(1) - 1
 	slow := 0 // eligible keys left out by their slow start
@@ -698,9 +695,7 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	}
 	i := policy.Select(buf.cands, strat, seq, rand.Float64())
 	e := buf.entries[i]
-	e.RT.AddRequest()
-	e.RT.MinuteRequests.Add(now, 1)
-	take(e, x.finalModel(e.Key), x.est, now)
+	x.took(e, now)
 	return e, nil
 }
 
@@ -715,10 +710,7 @@ func (x *exchange) chooseFrom(set *eligibleSet, model string, pool *store.Pool, 
 		return nil, x.noEligibleKey(model, pool, now)
 	}
 	x.call.Candidates = len(set.entries)
-	strat, err := policy.StrategyFor(x.settings.Strategy)
-	if err != nil {
-		strat = policy.RoundRobin{} // settings are validated; this is a safety net
-	}
+	strat := x.strategy()
 	cands := set.tier // shared: read-only
 	needUsage, needErrors := policy.StrategyInputs(strat)
 	var buf *candidateBuf
@@ -748,10 +740,25 @@ func (x *exchange) chooseFrom(set *eligibleSet, model string, pool *store.Pool, 
 		seq = policy.AffinityHash(x.hdr.affinity)
 	}
 	e := set.tierEntries[policy.SelectTier(cands, strat, seq, rand.Float64())]
+	x.took(e, now)
+	return e, nil
+}
+
+// strategy is the configured selection strategy.
+func (x *exchange) strategy() policy.Strategy {
+	strat, err := policy.StrategyFor(x.settings.Strategy)
+	if err != nil {
+		strat = policy.RoundRobin{} // settings are validated; this is a safety net
+	}
+	return strat
+}
+
+// took counts the request against the chosen key e: its requests, its
+// minute and its headroom for the model its rule makes of the request's.
+func (x *exchange) took(e *store.Entry, now time.Time) {
 	e.RT.AddRequest()
 	e.RT.MinuteRequests.Add(now, 1)
 	take(e, x.finalModel(e.Key), x.est, now)
-	return e, nil
 }
 
 // skipSlowStart is telemetry.Skip's reason for an eligible key left out
@@ -953,17 +960,15 @@ func (x *exchange) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRe
 		x.usage.feed(b.GetBody(), b.GetEndOfStream())
 	}
 	if x.obj.sse != nil {
-		return streamedBodyReply(x.tagStream(b.GetBody(), b.GetEndOfStream()))
+		return responseBodyReply(nil, x.tagStream(b.GetBody(), b.GetEndOfStream()))
 	}
 	if x.obj.capture && b.GetEndOfStream() {
 		x.obj.capture = false
 		if body, mut := x.learnObject(b.GetBody()); body != nil {
-			cr := &extprocv3.CommonResponse{HeaderMutation: mut,
-				BodyMutation: &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}}
-			return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{Response: cr}}}
+			return responseBodyReply(mut, body)
 		}
 	}
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+	return responseBodyReply(nil, nil)
 }
 
 // finish runs once when the stream ends. A forwarded call waits for

@@ -5,9 +5,6 @@ import (
 	"mime"
 	"strconv"
 	"strings"
-	"unicode/utf8"
-
-	"github.com/keymux/keymux/policy"
 )
 
 // The multipart/form-data reader. keymux needs two things from a form (the
@@ -179,10 +176,14 @@ func (bi *bodyInfo) takeField(name string, isModel bool, body []byte, start, end
 			return badRequest("invalid_type", "model", "'model' must be a plain form field, not a file or an encoded part.")
 		}
 		v := body[start:end]
-		if aerr := checkModelValue(v); aerr != nil {
+		if len(v) > maxModelLen {
+			v = v[:maxModelLen+1] // checkModel refuses it as too long without a copy of it all
+		}
+		m := string(v)
+		if aerr := checkModel(m); aerr != nil {
 			return aerr
 		}
-		bi.model = string(v)
+		bi.model = m
 		bi.modelStart, bi.modelEnd = start, end
 	case "stream":
 		*streams++
@@ -190,26 +191,6 @@ func (bi *bodyInfo) takeField(name string, isModel bool, body []byte, start, end
 			return badRequest("duplicate_field", "stream", "The form names 'stream' more than once.")
 		}
 		bi.stream = string(body[start:end]) == "true"
-	}
-	return nil
-}
-
-// checkModelValue applies the rules of a JSON body's model to a form value.
-func checkModelValue(v []byte) *apiError {
-	switch {
-	case len(v) == 0:
-		return badRequest("invalid_value", "model", "'model' must not be empty.")
-	case len(v) > maxModelLen:
-		return badRequest("invalid_value", "model", "'model' is longer than "+strconv.Itoa(maxModelLen)+" bytes.")
-	case !utf8.Valid(v):
-		return notUTF8("model")
-	}
-	s := string(v)
-	switch {
-	case policy.HasControl(s):
-		return badRequest("invalid_value", "model", "'model' must not contain control characters.")
-	case policy.HasDotSegment(s):
-		return badRequest("invalid_value", "model", "'model' must not have a '.' or '..' path segment.")
 	}
 	return nil
 }

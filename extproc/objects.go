@@ -41,13 +41,6 @@ var objectKinds = []objectKind{
 	{kind: "response", name: "Response", collection: "/responses", tagged: true},
 }
 
-// fieldKinds maps a body member naming an object to its kind.
-var fieldKinds = map[string]string{
-	"input_file_id": "file", "file_id": "file", "file_ids": "file", "training_file": "file", "validation_file": "file",
-	"previous_response_id": "response", "conversation": "conversation", "assistant_id": "assistant",
-	"thread_id": "thread", "vector_store_id": "vector_store", "vector_store_ids": "vector_store",
-}
-
 func kindByName(kind string) *objectKind {
 	for i := range objectKinds {
 		if objectKinds[i].kind == kind {
@@ -210,7 +203,7 @@ func (x *exchange) objectsInBody(body []byte) ([]byte, *apiError) {
 	var out []byte
 	last := 0
 	for _, r := range refs {
-		raw, aerr := x.resolveObject(kindByName(fieldKinds[r.field]), r.id, r.field)
+		raw, aerr := x.resolveObject(kindByName(refMembers[r.field].kind), r.id, r.field)
 		if aerr != nil {
 			return nil, aerr
 		}
@@ -504,15 +497,6 @@ func (x *exchange) tagStream(chunk []byte, eos bool) []byte {
 		}
 	}
 	return out
-}
-
-// streamedBodyReply passes a streamed chunk on, replaced by body when not nil.
-func streamedBodyReply(body []byte) *extprocv3.ProcessingResponse {
-	br := &extprocv3.BodyResponse{}
-	if body != nil {
-		br.Response = &extprocv3.CommonResponse{BodyMutation: &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}}
-	}
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: br}}
 }
 
 // sseResponseID reads response.id from the first data line of an SSE

@@ -15,15 +15,32 @@ type objectRef struct {
 	start, end int
 }
 
-// refFields are the members whose string value names an object; refArrays
-// those whose array of strings does; refParents the members whose object
-// value names one in its "id" (conversation: {"id": …}).
+// refMember is a body member that names objects of kind: by its string
+// value, or (array) by its array of strings.
+type refMember struct {
+	kind  string
+	array bool
+}
+
+// refMembers are the members that name objects; refParents the members
+// whose object value names one in its "id" (conversation: {"id": …}).
 var (
-	refFields = []string{"input_file_id", "file_id", "training_file", "validation_file", "previous_response_id",
-		"conversation", "assistant_id", "thread_id", "vector_store_id"}
-	refArrays  = []string{"file_ids", "vector_store_ids"}
+	refMembers = map[string]refMember{
+		"input_file_id": {kind: "file"}, "file_id": {kind: "file"}, "file_ids": {kind: "file", array: true},
+		"training_file": {kind: "file"}, "validation_file": {kind: "file"},
+		"previous_response_id": {kind: "response"}, "conversation": {kind: "conversation"},
+		"assistant_id": {kind: "assistant"}, "thread_id": {kind: "thread"},
+		"vector_store_id": {kind: "vector_store"}, "vector_store_ids": {kind: "vector_store", array: true},
+	}
 	refParents = []string{"conversation"}
 )
+
+// isRef reports whether name is a member naming objects by a string
+// (array false) or by an array of strings (array true).
+func isRef(name string, array bool) bool {
+	m, ok := refMembers[name]
+	return ok && m.array == array
+}
 
 // maxObjectRefs bounds the ids one body may name.
 const maxObjectRefs = 1000
@@ -74,11 +91,11 @@ func scanObjectRefs(body []byte) (refs []objectRef, ok bool) {
 			}
 			var field string
 			switch {
-			case hasKey && slices.Contains(refFields, pending):
+			case hasKey && isRef(pending, false):
 				field = pending
 			case hasKey && pending == "id" && !top.array && slices.Contains(refParents, top.key):
 				field = top.key
-			case !hasKey && top.array && slices.Contains(refArrays, top.key):
+			case !hasKey && top.array && isRef(top.key, true):
 				field = top.key
 			}
 			hasKey = false

@@ -58,6 +58,20 @@ func (m *bodyReplyMsg) build(mut *extprocv3.HeaderMutation, body []byte, reroute
 	return &m.resp
 }
 
+// responseBodyReply passes a response body message on, with the header
+// mutation mut and replaced by body when they are not nil.
+func responseBodyReply(mut *extprocv3.HeaderMutation, body []byte) *extprocv3.ProcessingResponse {
+	br := &extprocv3.BodyResponse{}
+	if mut != nil || body != nil {
+		cr := &extprocv3.CommonResponse{HeaderMutation: mut}
+		if body != nil {
+			cr.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: body}}
+		}
+		br.Response = cr
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: br}}
+}
+
 func headersReply(mut *extprocv3.HeaderMutation, reroute bool) *extprocv3.ProcessingResponse {
 	return new(headersReplyMsg).build(mut, reroute)
 }
