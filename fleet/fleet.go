@@ -2,14 +2,10 @@ package fleet
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -132,7 +128,7 @@ func New(cfg Config) (*Fleet, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.ID == "" {
-		cfg.ID = defaultID()
+		cfg.ID = consul.InstanceID()
 	}
 	if cfg.SessionTTL == 0 {
 		cfg.SessionTTL = DefaultSessionTTL
@@ -171,18 +167,6 @@ func New(cfg Config) (*Fleet, error) {
 	f.over.Store(int64(policy.DefaultShareCooldownOver))
 	f.view.SetView(1, 0)
 	return f, nil
-}
-
-// defaultID is hostname-pid-random: unique per process, also for several
-// instances in one process (tests).
-func defaultID() string {
-	h, _ := os.Hostname()
-	if h == "" {
-		h = "keymux"
-	}
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	return h + "-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b[:])
 }
 
 // ID names this member.
