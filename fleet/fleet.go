@@ -145,12 +145,7 @@ func New(cfg Config) (*Fleet, error) {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = DefaultQueueSize
 	}
-	if cfg.RetryBase <= 0 {
-		cfg.RetryBase = 250 * time.Millisecond
-	}
-	if cfg.RetryMax < cfg.RetryBase {
-		cfg.RetryMax = max(10*time.Second, cfg.RetryBase)
-	}
+	cfg.RetryBase, cfg.RetryMax = consul.RetryBounds(cfg.RetryBase, cfg.RetryMax)
 	f := &Fleet{
 		cfg: cfg, log: cfg.Logger.With("component", "fleet"), now: cfg.Now, kv: cfg.KV,
 		view:    cfg.Store.Fleet(),

@@ -168,12 +168,7 @@ func New(cfg Config) (*Checker, error) {
 	if cfg.LockDelay < 0 || cfg.LockDelay > time.Minute {
 		return nil, fmt.Errorf("health: lock delay %s outside 0–60s", cfg.LockDelay)
 	}
-	if cfg.RetryBase <= 0 {
-		cfg.RetryBase = 250 * time.Millisecond
-	}
-	if cfg.RetryMax < cfg.RetryBase {
-		cfg.RetryMax = max(10*time.Second, cfg.RetryBase)
-	}
+	cfg.RetryBase, cfg.RetryMax = consul.RetryBounds(cfg.RetryBase, cfg.RetryMax)
 	c := &Checker{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "health"),
