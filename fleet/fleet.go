@@ -2,14 +2,10 @@ package fleet
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -132,7 +128,7 @@ func New(cfg Config) (*Fleet, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.ID == "" {
-		cfg.ID = defaultID()
+		cfg.ID = consul.InstanceID()
 	}
 	if cfg.SessionTTL == 0 {
 		cfg.SessionTTL = DefaultSessionTTL
@@ -149,12 +145,7 @@ func New(cfg Config) (*Fleet, error) {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = DefaultQueueSize
 	}
-	if cfg.RetryBase <= 0 {
-		cfg.RetryBase = 250 * time.Millisecond
-	}
-	if cfg.RetryMax < cfg.RetryBase {
-		cfg.RetryMax = max(10*time.Second, cfg.RetryBase)
-	}
+	cfg.RetryBase, cfg.RetryMax = consul.RetryBounds(cfg.RetryBase, cfg.RetryMax)
 	f := &Fleet{
 		cfg: cfg, log: cfg.Logger.With("component", "fleet"), now: cfg.Now, kv: cfg.KV,
 		view:    cfg.Store.Fleet(),
@@ -171,18 +162,6 @@ func New(cfg Config) (*Fleet, error) {
 	f.over.Store(int64(policy.DefaultShareCooldownOver))
 	f.view.SetView(1, 0)
 	return f, nil
-}
-
-// defaultID is hostname-pid-random: unique per process, also for several
-// instances in one process (tests).
-func defaultID() string {
-	h, _ := os.Hostname()
-	if h == "" {
-		h = "keymux"
-	}
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	return h + "-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b[:])
 }
 
 // ID names this member.

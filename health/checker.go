@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,7 +47,7 @@ type Config struct {
 	// Prefix is the KV prefix (default DefaultPrefix; "/" appended).
 	Prefix string
 	// ID names this instance in the lock value and in records
-	// (default hostname-pid).
+	// (default hostname-pid-random, consul.InstanceID).
 	ID string
 
 	// Interval and Timeout override settings.health.interval/timeout
@@ -138,8 +136,7 @@ func New(cfg Config) (*Checker, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.ID == "" {
-		h, _ := os.Hostname()
-		cfg.ID = h + "-" + strconv.Itoa(os.Getpid())
+		cfg.ID = consul.InstanceID()
 	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = NewProbeClient()
@@ -171,12 +168,7 @@ func New(cfg Config) (*Checker, error) {
 	if cfg.LockDelay < 0 || cfg.LockDelay > time.Minute {
 		return nil, fmt.Errorf("health: lock delay %s outside 0–60s", cfg.LockDelay)
 	}
-	if cfg.RetryBase <= 0 {
-		cfg.RetryBase = 250 * time.Millisecond
-	}
-	if cfg.RetryMax < cfg.RetryBase {
-		cfg.RetryMax = max(10*time.Second, cfg.RetryBase)
-	}
+	cfg.RetryBase, cfg.RetryMax = consul.RetryBounds(cfg.RetryBase, cfg.RetryMax)
 	c := &Checker{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "health"),

@@ -52,6 +52,18 @@ func RenewSession(ctx context.Context, client *api.Client, id string, ttl, every
 	}
 }
 
+// RetryBounds returns the backoff bounds of RunTerms with their defaults:
+// base 250ms when not positive, ceil 10s (at least base) when below base.
+func RetryBounds(base, ceil time.Duration) (time.Duration, time.Duration) {
+	if base <= 0 {
+		base = 250 * time.Millisecond
+	}
+	if ceil < base {
+		ceil = max(10*time.Second, base)
+	}
+	return base, ceil
+}
+
 // RunTerms runs term again and again until ctx ends: at once after a term
 // that ended without error, after a backoff (base doubling up to ceil, equal
 // jitter from rnd) after one that failed, which retrying hears of first.

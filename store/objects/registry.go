@@ -135,9 +135,11 @@ func ValidID(id string) bool {
 	return true
 }
 
+// truncate cuts s to at most n bytes with policy.Truncate (on a UTF-8
+// boundary) and marks the cut with "…".
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n] + "…"
+	return policy.Truncate(s, n) + "…"
 }
