@@ -9,8 +9,9 @@ import (
 	"github.com/hashicorp/consul/api"
 )
 
-// MaxTxnOps is the most KV operations one Consul transaction carries
-// (Consul's own limit is 64).
+// MaxTxnOps is the most KV operations one transaction of probe results
+// carries: half of what keymux allows itself (consul.MaxTxnOps, Consul's
+// own limit), so that a batch stays small.
 const MaxTxnOps = 64
 
 // writeLinger is how long the writer waits for more results after the
