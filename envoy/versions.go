@@ -6,7 +6,6 @@ import (
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // PinnedEnvoy is the Envoy release the project pins: the shipped
@@ -38,27 +37,6 @@ func splitVersion(v string) (int, int) {
 	m, _ := strconv.Atoi(major)
 	n, _ := strconv.Atoi(minor)
 	return m, n
-}
-
-// requiredEnvoy is the newest release extensionSince names for a typed
-// configuration inside msgs ("" when none).
-func requiredEnvoy(msgs ...proto.Message) string {
-	req := ""
-	var walk func(m proto.Message)
-	walk = func(m proto.Message) {
-		if v, ok := extensionSince[m.ProtoReflect().Descriptor().FullName()]; ok && versionLess(req, v) {
-			req = v
-		}
-		walkAnys(m.ProtoReflect(), "", func(_ string, a *anypb.Any) {
-			if inner, err := a.UnmarshalNew(); err == nil {
-				walk(inner)
-			}
-		})
-	}
-	for _, m := range msgs {
-		walk(m)
-	}
-	return req
 }
 
 // checkVersion refuses a typed configuration newer than PinnedEnvoy.

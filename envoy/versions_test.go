@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // TestShippedConfigsEnvoyVersion: every shipped configuration needs exactly
@@ -65,4 +66,25 @@ func TestNewerThanPinnedRefused(t *testing.T) {
 	if _, err := LoadBootstrap("envoy.yaml"); err == nil {
 		t.Error("LoadBootstrap took a configuration newer than the pinned release")
 	}
+}
+
+// requiredEnvoy is the newest release extensionSince names for a typed
+// configuration inside msgs ("" when none).
+func requiredEnvoy(msgs ...proto.Message) string {
+	req := ""
+	var walk func(m proto.Message)
+	walk = func(m proto.Message) {
+		if v, ok := extensionSince[m.ProtoReflect().Descriptor().FullName()]; ok && versionLess(req, v) {
+			req = v
+		}
+		walkAnys(m.ProtoReflect(), "", func(_ string, a *anypb.Any) {
+			if inner, err := a.UnmarshalNew(); err == nil {
+				walk(inner)
+			}
+		})
+	}
+	for _, m := range msgs {
+		walk(m)
+	}
+	return req
 }
