@@ -12,7 +12,8 @@ const errBuckets = 300
 
 // Runtime is the mutable state of one key, shared by every configuration
 // generation that contains the key id. Every method is lock-free and safe for
-// concurrent use; only Update allocates.
+// concurrent use; only Update allocates (and RecordError, once: at the key's
+// first error).
 type Runtime struct {
 	state atomic.Pointer[policy.KeyState]
 	// models holds the key's per-model states (modelstate.go), copied on
@@ -33,11 +34,16 @@ type Runtime struct {
 	cooldowns atomic.Uint64
 	// Provider rate-limit header values that did not parse (ignored).
 	badHeaders atomic.Uint64
-	// Each bucket packs the unix second it counts (high 32 bits) and the
-	// number of errors in that second (low 32 bits), so that moving a
-	// bucket to a new second and counting are one CAS.
-	buckets [errBuckets]atomic.Uint64
+	// window is the error window's buckets, allocated at the key's first
+	// error: 2.4 KB per key that most keys of a large pool never need.
+	window atomic.Pointer[errWindow]
 }
+
+// errWindow is one bucket per second of the error window. Each bucket
+// packs the unix second it counts (high 32 bits) and the number of errors
+// in that second (low 32 bits), so that moving a bucket to a new second
+// and counting are one CAS.
+type errWindow [errBuckets]atomic.Uint64
 
 // stateEpoch counts the changes of any key's state that can make it
 // eligible or ineligible (Update, EligibilityChanged). The request path
@@ -139,8 +145,13 @@ func (r *Runtime) RecordError(now time.Time) {
 			break
 		}
 	}
+	w := r.window.Load()
+	if w == nil {
+		r.window.CompareAndSwap(nil, new(errWindow))
+		w = r.window.Load()
+	}
 	sec := uint64(uint32(now.Unix()))
-	b := &r.buckets[sec%errBuckets]
+	b := &w[sec%errBuckets]
 	for {
 		v := b.Load()
 		switch s := v >> 32; {
@@ -172,13 +183,14 @@ func (r *Runtime) ErrorsInWindow(now time.Time, window time.Duration) uint64 {
 		n = errBuckets
 	}
 	sec := now.Unix()
-	if sec-r.lastErr.Load() >= n {
+	w := r.window.Load()
+	if w == nil || sec-r.lastErr.Load() >= n {
 		return 0 // no error within the window
 	}
 	var sum uint64
 	for i := int64(0); i < n; i++ {
 		s := uint64(uint32(sec - i))
-		if v := r.buckets[s%errBuckets].Load(); v>>32 == s {
+		if v := w[s%errBuckets].Load(); v>>32 == s {
 			sum += v & 0xffffffff
 		}
 	}

@@ -185,3 +185,21 @@ func TestStateEpoch(t *testing.T) {
 		t.Errorf("EligibilityChanged: epoch %d, want %d", StateEpoch(), before+1)
 	}
 }
+
+// A key's error window is allocated at its first error: a large pool
+// whose keys never fail does not carry 2.4 KB per key.
+func TestRuntimeErrorWindowAllocatedAtFirstError(t *testing.T) {
+	r := NewRuntime()
+	now := time.Unix(1_700_000_000, 0)
+	if r.window.Load() != nil || r.ErrorsInWindow(now, time.Minute) != 0 {
+		t.Fatal("a new Runtime has an error window")
+	}
+	r.RecordError(now)
+	r.RecordError(now)
+	if r.window.Load() == nil {
+		t.Fatal("no error window after an error")
+	}
+	if got := r.ErrorsInWindow(now, time.Minute); got != 2 {
+		t.Fatalf("ErrorsInWindow = %d, want 2", got)
+	}
+}
