@@ -172,6 +172,7 @@ func (b *Builder) BuildContext(ctx context.Context) (*Config, []Refusal, error) 
 		Keys:     map[string]*policy.Key{},
 		Rules:    map[string]*policy.Rule{},
 		Clients:  map[string]*policy.Client{},
+		built:    true,
 	}
 	refused := make([]Refusal, 0, len(b.refused))
 	for _, r := range b.refused {

@@ -372,11 +372,21 @@ func (f *FileSource) refuseLocked(ctx context.Context, err error, sum [sha256.Si
 	return err
 }
 
-// poll reloads when the file's content changed since the last attempt.
+// poll reloads when the file's content changed since the last attempt. It
+// hashes the file as it reads it and reads it whole only when the hash
+// moved: a large file is not copied into memory twice a second.
 func (f *FileSource) poll(ctx context.Context) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	data, err := os.ReadFile(f.path)
+	sum, err := fileSum(f.path)
+	if err == nil && sum == f.lastHash {
+		f.readFailed = false
+		return
+	}
+	var data []byte
+	if err == nil {
+		data, err = os.ReadFile(f.path)
+	}
 	if err != nil {
 		if !f.readFailed {
 			_ = f.refuseLocked(ctx, fmt.Errorf("%w: %w", ErrBadFile, err), [sha256.Size]byte{})
@@ -384,11 +394,26 @@ func (f *FileSource) poll(ctx context.Context) {
 		return
 	}
 	f.readFailed = false
-	sum := sha256.Sum256(data)
-	if sum == f.lastHash {
-		return
+	if sum = sha256.Sum256(data); sum == f.lastHash {
+		return // changed back between the two reads
 	}
 	_ = f.applyLocked(ctx, data, sum)
+}
+
+// fileSum is the SHA-256 of the file at path, read in small pieces.
+func fileSum(path string) ([sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	fh, err := os.Open(path)
+	if err != nil {
+		return sum, err
+	}
+	defer fh.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, fh); err != nil {
+		return sum, err
+	}
+	h.Sum(sum[:0])
+	return sum, nil
 }
 
 // Run watches the file until ctx ends, applying every change. It returns

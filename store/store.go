@@ -25,6 +25,10 @@ type Config struct {
 	Keys     map[string]*policy.Key
 	Rules    map[string]*policy.Rule
 	Clients  map[string]*policy.Client
+
+	// built marks the output of Builder.Build, which passes checkConfig by
+	// construction (change such a Config only through the Builder).
+	built bool
 }
 
 // Refusal is a document that was not accepted, and why. It never contains a
@@ -192,6 +196,9 @@ func checkStop(ctx context.Context) error {
 func checkConfig(cfg *Config) error {
 	if cfg == nil {
 		return fmt.Errorf("%w: nil", ErrInvalidConfig)
+	}
+	if cfg.built {
+		return nil // the Builder checked the same, document by document
 	}
 	for id, k := range cfg.Keys {
 		if k == nil || k.ID != id {
@@ -687,7 +694,7 @@ func (s *Snapshot) Models() []string { return s.meta().Models }
 func (s *Snapshot) NamesModel(model string) bool { return s.meta().Named[model] }
 
 func namedModels(cfg *Config) map[string]bool {
-	named := make(map[string]bool, len(cfg.Keys))
+	named := map[string]bool{}
 	for _, k := range cfg.Keys {
 		for _, m := range k.Models {
 			named[m] = true
