@@ -41,12 +41,25 @@ type File struct {
 // documents themselves are not validated here. Its errors wrap ErrBadFile
 // and never echo document values.
 func DecodeFile(data []byte) (*File, error) {
-	return decodeFile(context.Background(), data)
+	p, err := decodeFile(context.Background(), data)
+	if err != nil {
+		return nil, err
+	}
+	f := &File{Settings: p.settings}
+	for i, dst := range []*map[string]json.RawMessage{&f.Keys, &f.Rules, &f.Clients} {
+		if sec := p.secs[i]; sec.present {
+			*dst = make(map[string]json.RawMessage, len(sec.docs))
+			for _, d := range sec.docs {
+				(*dst)[d.id] = d.raw
+			}
+		}
+	}
+	return f, nil
 }
 
 // decodeFile is DecodeFile that gives up between the members of a
-// section once ctx ends.
-func decodeFile(ctx context.Context, data []byte) (*File, error) {
+// section once ctx ends, and hands the documents over as sorted lists.
+func decodeFile(ctx context.Context, data []byte) (*fileParts, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, fmt.Errorf("%w: the file is empty", ErrBadFile)
 	}
@@ -81,22 +94,43 @@ func (f *File) Docs() []FileDoc {
 	if f.Settings != nil {
 		docs = append(docs, FileDoc{Kind: KindSettings, Raw: f.Settings})
 	}
-	for _, sec := range f.sections() {
-		for _, id := range slices.Sorted(maps.Keys(sec.docs)) {
-			docs = append(docs, FileDoc{Kind: sec.kind, ID: id, Raw: sec.docs[id]})
+	for i, sec := range []map[string]json.RawMessage{f.Keys, f.Rules, f.Clients} {
+		for _, id := range slices.Sorted(maps.Keys(sec)) {
+			docs = append(docs, FileDoc{Kind: sectionKinds[i], ID: id, Raw: sec[id]})
 		}
 	}
 	return docs
 }
 
-// fileSection is one by-id section of a File.
-type fileSection struct {
-	kind Kind
-	docs map[string]json.RawMessage
+// sectionKinds are the by-id sections of a file, in the order they are
+// loaded.
+var sectionKinds = [3]Kind{KindKeys, KindRules, KindClients}
+
+// fileParts is a decoded file as the builder takes it: the settings and,
+// per section (sectionKinds), its documents sorted by id.
+type fileParts struct {
+	settings json.RawMessage
+	secs     [3]fileSection
 }
 
-func (f *File) sections() []fileSection {
-	return []fileSection{{KindKeys, f.Keys}, {KindRules, f.Rules}, {KindClients, f.Clients}}
+// fileSection is one by-id section of a file.
+type fileSection struct {
+	present bool      // an object (else absent or null)
+	docs    []fileDoc // by id, one per id (the last one of the file)
+}
+
+// fileDoc is one document of a section; pos is its place in the file's
+// section (for the duplicate named first).
+type fileDoc struct {
+	id  string
+	raw []byte
+	pos int
+}
+
+// has reports whether the section has a document id (a binary search).
+func (s *fileSection) has(id string) bool {
+	_, ok := slices.BinarySearchFunc(s.docs, id, func(d fileDoc, id string) int { return strings.Compare(d.id, id) })
+	return ok
 }
 
 // splitFile splits the valid JSON object js into its sections and their
@@ -104,12 +138,11 @@ func (f *File) sections() []fileSection {
 // order: a top-level member that is unknown or appears twice (the first
 // such, in the file's order), a section that is neither an object nor
 // null, a document id twice within a section (keys, then rules, then
-// clients).
-func splitFile(ctx context.Context, js []byte) (*File, error) {
-	var d File
+// clients; within one, the id whose second occurrence comes first).
+func splitFile(ctx context.Context, js []byte) (*fileParts, error) {
+	var p fileParts
 	var seen []string
 	var nameErr, typeErr error
-	dups := map[Kind]string{}
 	_, err := members(js, func(name string, val []byte) error {
 		if !slices.Contains(fileSections, name) {
 			nameErr = fmt.Errorf("%w: unknown top-level field %q (want settings, keys, rules, clients)", ErrBadFile, truncate(name, 64))
@@ -121,7 +154,7 @@ func splitFile(ctx context.Context, js []byte) (*File, error) {
 		}
 		seen = append(seen, name)
 		if name == "settings" {
-			d.Settings = val
+			p.settings = val
 			return nil
 		}
 		if typeErr != nil || string(val) == "null" {
@@ -131,28 +164,15 @@ func splitFile(ctx context.Context, js []byte) (*File, error) {
 			typeErr = fmt.Errorf("%w: field %q: want an object of documents", ErrBadFile, name)
 			return nil
 		}
-		docs := map[string]json.RawMessage{}
-		kind := Kind(name)
+		sec := &p.secs[slices.Index(sectionKinds[:], Kind(name))]
+		sec.present = true
 		_, err := members(val, func(id string, doc []byte) error {
 			if err := checkStop(ctx); err != nil {
 				return err
 			}
-			if _, dup := docs[id]; dup && id != "" { // the empty id is refused as a document
-				if _, had := dups[kind]; !had {
-					dups[kind] = id
-				}
-			}
-			docs[id] = doc
+			sec.docs = append(sec.docs, fileDoc{id: id, raw: doc, pos: len(sec.docs)})
 			return nil
 		})
-		switch kind {
-		case KindKeys:
-			d.Keys = docs
-		case KindRules:
-			d.Rules = docs
-		case KindClients:
-			d.Clients = docs
-		}
 		return err
 	})
 	switch {
@@ -163,12 +183,48 @@ func splitFile(ctx context.Context, js []byte) (*File, error) {
 	case typeErr != nil:
 		return nil, typeErr
 	}
-	for _, kind := range []Kind{KindKeys, KindRules, KindClients} {
-		if id, dup := dups[kind]; dup {
-			return nil, fmt.Errorf("%w: %s appears twice", ErrBadFile, docName(kind, id))
+	for i := range p.secs {
+		if id, dup := p.secs[i].sortByID(); dup {
+			return nil, fmt.Errorf("%w: %s appears twice", ErrBadFile, docName(sectionKinds[i], id))
 		}
 	}
-	return &d, nil
+	return &p, nil
+}
+
+// sortByID sorts the section's documents by id and keeps the last of each
+// id. It reports the duplicate id whose second occurrence comes first in
+// the file, if any.
+func (s *fileSection) sortByID() (dupID string, dup bool) {
+	slices.SortFunc(s.docs, func(a, b fileDoc) int {
+		if c := strings.Compare(a.id, b.id); c != 0 {
+			return c
+		}
+		return a.pos - b.pos
+	})
+	second := -1 // the file position of dupID's second occurrence
+	for i := 1; i < len(s.docs); i++ {
+		d := s.docs[i]
+		isSecond := s.docs[i-1].id == d.id && (i == 1 || s.docs[i-2].id != d.id)
+		if isSecond && (second < 0 || d.pos < second) {
+			dupID, second, dup = d.id, d.pos, true
+		}
+	}
+	if dupID == "" {
+		// The empty id is refused as a document. As the decoder before
+		// this one did, a file whose first repeated id is the empty one
+		// is not refused for a later repeated id either.
+		dup = false
+	}
+	out := s.docs[:0]
+	for _, d := range s.docs {
+		if n := len(out); n > 0 && out[n-1].id == d.id {
+			out[n-1] = d // the last one of the file stands
+			continue
+		}
+		out = append(out, d)
+	}
+	s.docs = slices.Clip(out)
+	return dupID, dup
 }
 
 // fileSections are the top-level members of a file.
@@ -222,28 +278,26 @@ func (b *Builder) PutFile(data []byte) error {
 // with an error that wraps ctx.Err(); the builder then holds part of the
 // file (for a source that is stopping).
 func (b *Builder) PutFileContext(ctx context.Context, data []byte) error {
-	f, err := decodeFile(ctx, data)
+	p, err := decodeFile(ctx, data)
 	if err != nil {
 		return err
 	}
-	for _, sec := range f.sections() {
-		b.deleteMissing(sec.kind, func(id string) bool {
-			_, ok := sec.docs[id]
-			return ok
-		})
+	for i := range p.secs {
+		b.deleteMissing(sectionKinds[i], p.secs[i].has)
 	}
-	if f.Settings == nil {
+	if p.settings == nil {
 		b.Delete(KindSettings, "")
+	} else {
+		_ = b.Put(KindSettings, "", p.settings, string(KindSettings))
 	}
-	for _, d := range f.Docs() {
-		if err := checkStop(ctx); err != nil {
-			return err
+	for i, sec := range p.secs {
+		kind := sectionKinds[i]
+		for _, d := range sec.docs {
+			if err := checkStop(ctx); err != nil {
+				return err
+			}
+			_ = b.Put(kind, d.id, d.raw, string(kind)+"/"+d.id)
 		}
-		path := string(d.Kind)
-		if d.Kind != KindSettings {
-			path += "/" + d.ID
-		}
-		_ = b.Put(d.Kind, d.ID, d.Raw, path)
 	}
 	return nil
 }

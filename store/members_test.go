@@ -25,6 +25,7 @@ var memberSeeds = []string{
 	"{\"keys\":{\"\xff\":1,\"\xfe\":2}}", `{"clients":{"c":{}},"rules":{"r":{},"r":{}},"keys":{"k":{},"k":{}}}`,
 	`{"keys":5,"rules":[],"clients":{"c":1,"c":1}}`, ` { "keys" : { "a" : 1 , "b" : true } } `,
 	"keys:\n  k1: {a: 1}\nrules: 5\n",
+	`{"keys":{"b":1,"a":2,"b":3,"a":4}}`, `{"keys":{"":1,"":2,"x":3}}`, `{"rules":{"a":1,"a":2,"a":3,"c":0,"c":1},"keys":{"z":1,"y":2}}`,
 }
 
 func FuzzSplitFileMatchesOracle(f *testing.F) {
