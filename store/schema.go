@@ -57,7 +57,7 @@ type metaRow struct {
 	Generation uint64
 	Source     SourceInfo
 	RuleIndex  map[ruleKey]*policy.Rule // the enabled rules by (key, from)
-	RuleList   []*policy.Rule           // every rule, in id order
+	RuleList   []*policy.Rule           // every rule (Snapshot.Rules sorts them)
 	Pools      map[string]*Pool         // by model: "", unlistedPool and each listed model
 	Models     []string
 	Named      map[string]bool // every model a key lists or a rule names (from or to)

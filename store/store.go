@@ -356,13 +356,12 @@ func insertKeys(ctx context.Context, txn *memdb.Txn, keys map[string]*policy.Key
 // ruleKey finds the enabled rule of a key (or policy.AnyKey) for a model.
 type ruleKey struct{ key, from string }
 
-// indexRules returns the enabled rules by (key, from) and every rule in id
-// order. Rules live on the generation's meta row rather than in a memdb
+// indexRules returns the enabled rules by (key, from) and every rule. Rules live on the generation's meta row rather than in a memdb
 // table: at 100k rules the radix trees of their two indexes cost more
 // memory and apply time than everything else.
 func indexRules(ctx context.Context, rules map[string]*policy.Rule) (map[ruleKey]*policy.Rule, []*policy.Rule, error) {
 	enabled := make(map[ruleKey]*policy.Rule, len(rules))
-	list := slices.SortedFunc(maps.Values(rules), func(a, b *policy.Rule) int { return strings.Compare(a.ID, b.ID) })
+	list := slices.Collect(maps.Values(rules)) // sorted by Snapshot.Rules, off the apply path
 	for _, r := range list {
 		if err := checkStop(ctx); err != nil {
 			return nil, nil, err
@@ -729,7 +728,7 @@ func (s *Snapshot) Key(id string) *Entry {
 // Rules returns every rule, enabled or not, in id order.
 func (s *Snapshot) Rules() []*policy.Rule {
 	if l := s.meta().RuleList; len(l) > 0 {
-		return slices.Clone(l)
+		return slices.SortedFunc(slices.Values(l), func(a, b *policy.Rule) int { return strings.Compare(a.ID, b.ID) })
 	}
 	return nil
 }
