@@ -1119,42 +1119,55 @@ func (d *ruleDoc) decodeMembers(raw []byte) bool {
 // ParseRule validates the rules/<id> document. Whether the key exists is
 // checked by Builder.Build.
 func ParseRule(id string, raw []byte) (*policy.Rule, error) {
-	doc := docName(KindRules, id)
-	if err := checkID(doc, id); err != nil {
-		return nil, err
-	}
 	var d ruleDoc
-	if err := decodeStrict(doc, raw, &d); err != nil {
-		return nil, err
+	if !ValidID(id) || !d.decodePlain(raw) { // the plain form needs no strict decoder (parse_plain.go)
+		doc := docName(KindRules, id)
+		if err := checkID(doc, id); err != nil {
+			return nil, err
+		}
+		if err := decodeStrict(doc, raw, &d); err != nil {
+			return nil, err
+		}
 	}
-	switch {
-	case d.Key == "":
-		return nil, fieldErr(doc, "key", "required (a key id or %q)", policy.AnyKey)
-	case d.Key != policy.AnyKey && !ValidID(d.Key):
-		return nil, fieldErr(doc, "key", "want a key id or %q", policy.AnyKey)
-	case d.From == "":
-		return nil, fieldErr(doc, "from", "required")
-	case d.From == ReservedModel:
-		return nil, fieldErr(doc, "from", "%q is reserved", ReservedModel)
-	case policy.HasControl(d.From):
-		return nil, fieldErr(doc, "from", noControl)
-	case d.To == "":
-		return nil, fieldErr(doc, "to", "required")
-	case d.To == ReservedModel:
-		return nil, fieldErr(doc, "to", "%q is reserved", ReservedModel)
-	case policy.HasControl(d.To):
-		return nil, fieldErr(doc, "to", noControl)
-	case policy.HasDotSegment(d.To):
-		// The model may become a path segment upstream (an Azure deployment).
-		return nil, fieldErr(doc, "to", "must not have a \".\" or \"..\" path segment")
-	case d.To == d.From:
-		return nil, fieldErr(doc, "to", "same as \"from\"")
+	if err := checkRule(id, &d); err != nil {
+		return nil, err
 	}
 	r := &policy.Rule{ID: id, KeyID: d.Key, From: d.From, To: d.To, Enabled: true}
 	if d.Enabled != nil {
 		r.Enabled = *d.Enabled
 	}
 	return r, nil
+}
+
+// checkRule checks the decoded rules/<id> document.
+func checkRule(id string, d *ruleDoc) error {
+	fault := func(field, format string, args ...any) error {
+		return fieldErr(docName(KindRules, id), field, format, args...)
+	}
+	switch {
+	case d.Key == "":
+		return fault("key", "required (a key id or %q)", policy.AnyKey)
+	case d.Key != policy.AnyKey && !ValidID(d.Key):
+		return fault("key", "want a key id or %q", policy.AnyKey)
+	case d.From == "":
+		return fault("from", "required")
+	case d.From == ReservedModel:
+		return fault("from", "%q is reserved", ReservedModel)
+	case policy.HasControl(d.From):
+		return fault("from", noControl)
+	case d.To == "":
+		return fault("to", "required")
+	case d.To == ReservedModel:
+		return fault("to", "%q is reserved", ReservedModel)
+	case policy.HasControl(d.To):
+		return fault("to", noControl)
+	case policy.HasDotSegment(d.To):
+		// The model may become a path segment upstream (an Azure deployment).
+		return fault("to", "must not have a \".\" or \"..\" path segment")
+	case d.To == d.From:
+		return fault("to", "same as \"from\"")
+	}
+	return nil
 }
 
 // ---------------------------------------------------------------- clients
