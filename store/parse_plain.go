@@ -1,6 +1,9 @@
 package store
 
-import "unicode/utf8"
+import (
+	"sync"
+	"unicode/utf8"
+)
 
 // decodePlain decodes a rule document of the plain form, which is most of
 // them: one JSON object whose members are key, from and to (strings
@@ -57,11 +60,11 @@ func (d *ruleDoc) decodePlain(raw []byte) bool {
 			}
 			switch field {
 			case 0:
-				r.Key = string(val)
+				r.Key = internName(val)
 			case 1:
-				r.From = string(val)
+				r.From = internName(val)
 			case 2:
-				r.To = string(val)
+				r.To = internName(val)
 			}
 			i = end
 		}
@@ -111,4 +114,32 @@ func plainStringAt(raw []byte, i int) (s []byte, end int, ok bool) {
 
 func hasPrefixAt(raw []byte, i int, lit string) bool {
 	return len(raw)-i >= len(lit) && string(raw[i:i+len(lit)]) == lit
+}
+
+// ruleNames are recent key and model names of rule documents: 100k rules
+// name a few thousand keys and models, and the rules that share a name
+// share its string (less memory, and the apply's maps compare such
+// strings by pointer). Bounded: it starts over when full.
+var ruleNames struct {
+	sync.Mutex
+	m map[string]string
+}
+
+// maxRuleNames bounds ruleNames.
+const maxRuleNames = 8192
+
+// internName is the string of b, shared with the rules that named it
+// recently.
+func internName(b []byte) string {
+	ruleNames.Lock()
+	defer ruleNames.Unlock()
+	if s, ok := ruleNames.m[string(b)]; ok {
+		return s
+	}
+	if ruleNames.m == nil || len(ruleNames.m) >= maxRuleNames {
+		ruleNames.m = make(map[string]string, maxRuleNames)
+	}
+	s := string(b)
+	ruleNames.m[s] = s
+	return s
 }
