@@ -97,6 +97,7 @@ type Checker struct {
 	records     map[string]Record // latest record read from KV, by key id
 	keysGen     uint64            // the store generation keysIn is of
 	keysIn      map[string]bool   // every key of that generation, enabled or not
+	ticks       uint64            // schedule calls so far (keySched.seenTick)
 	changed     chan struct{}
 	leaderSince time.Time
 
@@ -117,6 +118,7 @@ type keySched struct {
 	inflight bool
 	last     *Record // latest result known here (own probe or KV)
 	probes   uint64  // probes this instance ran for the key
+	seenTick uint64  // the last schedule call that saw the key enabled
 }
 
 // New validates cfg and returns a Checker; Run starts it.
@@ -355,13 +357,14 @@ func (c *Checker) schedule(ctx context.Context, sem chan struct{}, wg *sync.Wait
 		e        *store.Entry
 		recovery bool
 	}
+	// At most as many launches as free probe slots: with thousands of keys
+	// out of rotation, most of them wait for a later tick anyway.
 	var due []launch
+	free, more := cap(sem)-len(sem), false
 	c.mu.Lock()
-	entries := snap.EnabledKeys()
-	seen := make(map[string]bool, len(entries))
-	for _, e := range entries {
+	c.ticks++
+	for _, e := range snap.Pool("").Entries { // the enabled keys, without a copy
 		id := e.Key.ID
-		seen[id] = true
 		s := c.keys[id]
 		if s == nil {
 			s = &keySched{}
@@ -370,6 +373,7 @@ func (c *Checker) schedule(ctx context.Context, sem chan struct{}, wg *sync.Wait
 			}
 			c.keys[id] = s
 		}
+		s.seenTick = c.ticks
 		st := e.RT.State()
 		out := outOfRotation(st, now)
 		switch {
@@ -393,10 +397,14 @@ func (c *Checker) schedule(ctx context.Context, sem chan struct{}, wg *sync.Wait
 			wait = min(wait, d)
 			continue
 		}
+		if len(due) == free {
+			more = true
+			continue
+		}
 		due = append(due, launch{e, out})
 	}
-	for id := range c.keys {
-		if !seen[id] {
+	for id, s := range c.keys {
+		if s.seenTick != c.ticks {
 			delete(c.keys, id)
 		}
 	}
@@ -422,6 +430,9 @@ func (c *Checker) schedule(ctx context.Context, sem chan struct{}, wg *sync.Wait
 			defer func() { <-sem }()
 			c.probeKey(ctx, l.e, timeout, l.recovery, leader)
 		})
+	}
+	if more {
+		return tick // more are due than slots were free; a finishing probe wakes the loop
 	}
 	return wait
 }
