@@ -386,7 +386,8 @@ func (f *FileSource) Reload(ctx context.Context) error {
 }
 
 func (f *FileSource) applyLocked(ctx context.Context, data []byte, sum [sha256.Size]byte) error {
-	f.logger.Info("applying config file", "path", f.path, "bytes", len(data))
+	size := len(data) // data is not kept alive past the builder's work
+	f.logger.Info("applying config file", "path", f.path, "bytes", size)
 	if err := f.b.PutFileContext(ctx, data); err != nil {
 		return f.refuseLocked(ctx, err, sum)
 	}
@@ -404,6 +405,7 @@ func (f *FileSource) applyLocked(ctx context.Context, data []byte, sum [sha256.S
 	}
 	f.loaded = true
 	f.refused = refused
+	collectAfterApply(size)
 	f.logger.Info("config file loaded", "path", f.path, "generation", gen, "refused", len(refused))
 	return nil
 }
