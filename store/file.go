@@ -296,7 +296,8 @@ func (b *Builder) PutFileContext(ctx context.Context, data []byte) error {
 			if err := checkStop(ctx); err != nil {
 				return err
 			}
-			_ = b.Put(kind, d.id, d.raw, string(kind)+"/"+d.id)
+			path := string(kind) + "/" + d.id
+			_ = b.Put(kind, path[len(kind)+1:], d.raw, path) // the id kept shares the path's bytes
 		}
 	}
 	return nil
