@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -100,7 +101,7 @@ func TestPoolsMatchOracle(t *testing.T) {
 			}
 		}
 		var served []string
-		for _, m := range poolModels(cfg.Keys, rules) {
+		for _, m := range poolModels(maps.Values(cfg.Keys), rules) {
 			want := entryIDs(oraclePool(enabled, m, rules))
 			if got := entryIDs(snap.Pool(m).Entries); !slices.Equal(got, want) {
 				t.Fatalf("round %d: pool %q = %v, want %v (config keys %v rules %v)", round, m, got, want, cfg.Keys, cfg.Rules)

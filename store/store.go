@@ -270,7 +270,7 @@ func applyTxn(ctx context.Context, prevTxn, txn *memdb.Txn, cfg *Config, src Sou
 	if err := txn.Insert(tableSettings, &settingsRow{ID: singletonID, Settings: &settings}); err != nil {
 		return 0, fmt.Errorf("insert settings: %w", err)
 	}
-	pools, models, err := buildPools(ctx, poolModels(cfg.Keys, rules), enabled, rules, prev.seqs)
+	pools, models, err := buildPools(ctx, poolModels(maps.Values(cfg.Keys), rules), enabled, rules, prev.seqs)
 	if err != nil {
 		return 0, err
 	}
@@ -381,12 +381,12 @@ func insertClients(ctx context.Context, txn *memdb.Txn, clients map[string]*poli
 
 // poolModels lists, sorted, the models that get a pool: every model a key
 // lists and every model an enabled rule rewrites.
-func poolModels(keys map[string]*policy.Key, rules map[ruleKey]*policy.Rule) []string {
+func poolModels(keys iter.Seq[*policy.Key], rules map[ruleKey]*policy.Rule) []string {
 	listed := map[string]bool{}
 	for rk := range rules {
 		listed[rk.from] = true
 	}
-	for _, k := range keys {
+	for k := range keys {
 		for _, m := range k.Models {
 			listed[m] = true
 		}
@@ -588,8 +588,17 @@ type Snapshot struct {
 // newSnapshot returns the Snapshot of the read transaction txn, with its
 // enabled clients indexed by token hash: the request path looks a client
 // up with one map read instead of a memdb index walk (which allocates).
-func newSnapshot(txn *memdb.Txn) *Snapshot {
-	s := &Snapshot{txn: txn, byToken: map[[32]byte]*policy.Client{}}
+func newSnapshot(txn *memdb.Txn) *Snapshot { return newSnapshotWith(txn, nil) }
+
+// newSnapshotWith is newSnapshot with the index of the enabled clients
+// given (an apply that changed no client keeps the previous one); nil
+// builds it.
+func newSnapshotWith(txn *memdb.Txn, byToken map[[32]byte]*policy.Client) *Snapshot {
+	s := &Snapshot{txn: txn, byToken: byToken}
+	if byToken != nil {
+		return s
+	}
+	s.byToken = map[[32]byte]*policy.Client{}
 	for _, c := range s.Clients() {
 		if c.Enabled {
 			s.byToken[c.TokenSHA256] = c

@@ -1,0 +1,451 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync/atomic"
+
+	"github.com/hashicorp/go-memdb"
+
+	"github.com/keymux/keymux/policy"
+)
+
+// Delta is a change to the configuration a store holds: the documents
+// that changed, each with its new value, nil for a deleted one. Applying it
+// to the configuration it was computed against gives the same generation
+// as a full Apply of the resulting Config (delta_test.go checks both ways
+// against each other).
+type Delta struct {
+	Settings *policy.Settings // nil: unchanged
+	Keys     map[string]*policy.Key
+	Rules    map[string]*policy.Rule
+	Clients  map[string]*policy.Client
+}
+
+// Empty reports whether d changes nothing.
+func (d *Delta) Empty() bool {
+	return d.Settings == nil && len(d.Keys) == 0 && len(d.Rules) == 0 && len(d.Clients) == 0
+}
+
+// ErrStaleBase is returned by ApplyDelta when the store's generation is not
+// the one the delta was computed against: the caller applies the whole
+// configuration instead.
+var ErrStaleBase = errors.New("delta base is not the current generation")
+
+// ApplyDelta changes the current configuration, generation base, by d in
+// one write transaction over the current database (memdb's copy-on-write
+// trees: only the changed rows are written) and returns the new
+// generation. It recomputes only the pools of the models the changed
+// documents touch; unchanged keys keep their entries, unchanged pools
+// their Pool (and its selection state). Runtime state and pool counters
+// carry over as in Apply. The checks of Apply hold for the result; on any
+// error the store is left unchanged.
+func (s *Store) ApplyDelta(ctx context.Context, base uint64, d *Delta, src SourceInfo) (uint64, error) {
+	if d == nil {
+		return 0, fmt.Errorf("%w: nil delta", ErrInvalidConfig)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	db := s.db.Load()
+	prev := s.snap.Load().meta()
+	if base == 0 || prev.Generation != base {
+		return 0, fmt.Errorf("%w: base %d, store at %d", ErrStaleBase, base, prev.Generation)
+	}
+	txn := db.Txn(true)
+	defer txn.Abort()
+	meta, err := applyDeltaTxn(ctx, txn, prev, d, src, &s.fleet)
+	if err != nil {
+		return 0, err
+	}
+	txn.Commit()
+	byToken := s.snap.Load().byToken
+	if len(d.Clients) > 0 {
+		byToken = nil // rebuilt by newSnapshot
+	}
+	s.db.Store(db)
+	s.snap.Store(newSnapshotWith(db.Txn(false), byToken))
+	s.notifyLocked()
+	s.logger.Info("config applied", "generation", meta.Generation, "source", src.Source, "delta", true,
+		"keys", meta.Keys, "rules", meta.Rules, "clients", meta.Clients, "refused", len(src.Refused))
+	return meta.Generation, nil
+}
+
+// keyChange is one key of a delta: its previous and new versions (nil when
+// absent).
+type keyChange struct{ old, new *policy.Key }
+
+// applyDeltaTxn writes d into txn (over the generation whose meta row is
+// prev) and returns the new meta row, inserted.
+func applyDeltaTxn(ctx context.Context, txn *memdb.Txn, prev *metaRow, d *Delta, src SourceInfo, fleet *Fleet) (*metaRow, error) {
+	meta := *prev
+	meta.Generation++
+	meta.Source = src
+	meta.Source.Refused = slices.Clone(src.Refused)
+
+	keys, err := patchKeys(ctx, txn, d.Keys, &meta, fleet)
+	if err != nil {
+		return nil, err
+	}
+	oldRules, err := patchRules(ctx, txn, d.Rules, keys, &meta)
+	if err != nil {
+		return nil, err
+	}
+	if err := patchClients(txn, d.Clients, &meta); err != nil {
+		return nil, err
+	}
+	if d.Settings != nil {
+		settings := *d.Settings
+		if err := txn.Insert(tableSettings, &settingsRow{ID: singletonID, Settings: &settings}); err != nil {
+			return nil, fmt.Errorf("insert settings: %w", err)
+		}
+	}
+	if err := patchPools(ctx, txn, prev, &meta, keys, d, oldRules); err != nil {
+		return nil, err
+	}
+	if err := txn.Insert(tableMeta, &meta); err != nil {
+		return nil, fmt.Errorf("insert meta: %w", err)
+	}
+	return &meta, nil
+}
+
+// patchKeys writes the changed keys, each new version with its previous
+// Runtime (or a new one), and returns them by id.
+func patchKeys(ctx context.Context, txn *memdb.Txn, changed map[string]*policy.Key, meta *metaRow, fleet *Fleet) (map[string]keyChange, error) {
+	out := make(map[string]keyChange, len(changed))
+	for _, id := range slices.Sorted(maps.Keys(changed)) {
+		if err := checkStop(ctx); err != nil {
+			return nil, err
+		}
+		k := changed[id]
+		if k != nil && k.ID != id {
+			return nil, fmt.Errorf("%w: keys/%s: id mismatch", ErrInvalidConfig, id)
+		}
+		var c keyChange
+		c.new = k
+		raw, err := txn.First(tableKeys, indexID, id)
+		if err != nil {
+			return nil, err
+		}
+		var rt *Runtime
+		if raw != nil {
+			old := raw.(*keyRow)
+			c.old, rt = old.Entry.Key, old.Entry.RT
+		}
+		switch {
+		case k == nil && raw != nil:
+			if err := txn.Delete(tableKeys, raw); err != nil {
+				return nil, fmt.Errorf("delete keys/%s: %w", id, err)
+			}
+			meta.Keys--
+		case k != nil:
+			if rt == nil {
+				rt = NewRuntime()
+				meta.Keys++
+			}
+			e := &Entry{Key: k, RT: rt, fleet: fleet}
+			if err := txn.Insert(tableKeys, &keyRow{ID: id, Enabled: k.Enabled, Entry: e}); err != nil {
+				return nil, fmt.Errorf("insert keys/%s: %w", id, err)
+			}
+		}
+		if c.old != nil || c.new != nil {
+			out[id] = c
+		}
+	}
+	return out, nil
+}
+
+// patchRules patches copies of the rule index and list with the changed
+// rules, checks the rules as checkConfig does (only those a change can
+// break), and returns the previous versions of the changed rules.
+func patchRules(ctx context.Context, txn *memdb.Txn, changed map[string]*policy.Rule, keys map[string]keyChange, meta *metaRow) ([]*policy.Rule, error) {
+	deletedKey := false
+	for _, c := range keys {
+		deletedKey = deletedKey || c.new == nil
+	}
+	if len(changed) == 0 && !deletedKey {
+		return nil, nil
+	}
+	byID := func(r *policy.Rule, id string) int { return strings.Compare(r.ID, id) }
+	var old []*policy.Rule
+	if len(changed) > 0 {
+		index := maps.Clone(meta.RuleIndex)
+		if index == nil {
+			index = map[ruleKey]*policy.Rule{}
+		}
+		list := slices.Clone(meta.RuleList)
+		ids := slices.Sorted(maps.Keys(changed))
+		for _, id := range ids { // take the previous versions out first
+			i, found := slices.BinarySearchFunc(list, id, byID)
+			if !found {
+				continue
+			}
+			r := list[i]
+			old = append(old, r)
+			if rk := (ruleKey{r.KeyID, r.From}); r.Enabled && index[rk] == r {
+				delete(index, rk)
+			}
+			list = slices.Delete(list, i, i+1)
+		}
+		for _, id := range ids {
+			if err := checkStop(ctx); err != nil {
+				return nil, err
+			}
+			r := changed[id]
+			if r == nil {
+				continue
+			}
+			if r.ID != id || r.From == "" || r.KeyID == "" {
+				return nil, fmt.Errorf("%w: rules/%s: missing, incomplete or id mismatch", ErrInvalidConfig, id)
+			}
+			if r.KeyID != policy.AnyKey {
+				if raw, err := txn.First(tableKeys, indexID, r.KeyID); err != nil || raw == nil {
+					return nil, fmt.Errorf("%w: rules/%s: unknown key %q", ErrInvalidConfig, id, r.KeyID)
+				}
+			}
+			if r.Enabled {
+				rk := ruleKey{r.KeyID, r.From}
+				if other := index[rk]; other != nil {
+					return nil, fmt.Errorf("%w: rules/%s: same key and from as rules/%s", ErrInvalidConfig, id, other.ID)
+				}
+				index[rk] = r
+			}
+			i, _ := slices.BinarySearchFunc(list, id, byID)
+			list = slices.Insert(list, i, r)
+		}
+		meta.RuleIndex, meta.RuleList, meta.Rules = index, slices.Clip(list), len(list)
+	}
+	if deletedKey {
+		for _, r := range meta.RuleList {
+			if c, ok := keys[r.KeyID]; ok && c.new == nil && r.KeyID != policy.AnyKey {
+				return nil, fmt.Errorf("%w: rules/%s: unknown key %q", ErrInvalidConfig, r.ID, r.KeyID)
+			}
+		}
+	}
+	return old, nil
+}
+
+// patchClients writes the changed clients and checks that no two clients
+// share a token.
+func patchClients(txn *memdb.Txn, changed map[string]*policy.Client, meta *metaRow) error {
+	ids := slices.Sorted(maps.Keys(changed))
+	for _, id := range ids { // deletions and old versions first: tokens may move between clients
+		c := changed[id]
+		if c != nil && c.ID != id {
+			return fmt.Errorf("%w: clients/%s: missing or id mismatch", ErrInvalidConfig, id)
+		}
+		raw, err := txn.First(tableClients, indexID, id)
+		if err != nil {
+			return err
+		}
+		if raw != nil {
+			if err := txn.Delete(tableClients, raw); err != nil {
+				return fmt.Errorf("delete clients/%s: %w", id, err)
+			}
+			meta.Clients--
+		}
+	}
+	for _, id := range ids {
+		c := changed[id]
+		if c == nil {
+			continue
+		}
+		if raw, err := txn.First(tableClients, indexTokenSHA256, c.TokenSHA256); err != nil {
+			return err
+		} else if raw != nil {
+			return fmt.Errorf("%w: clients/%s: same token_sha256 as clients/%s", ErrInvalidConfig, id, raw.(*clientRow).ID)
+		}
+		if err := txn.Insert(tableClients, &clientRow{ID: id, Client: c}); err != nil {
+			return fmt.Errorf("insert clients/%s: %w", id, err)
+		}
+		meta.Clients++
+	}
+	return nil
+}
+
+// patchPools recomputes the pools, models and names the change touches.
+// A key's change touches the models it lists (before and after), the
+// models a "*" rule rewrites to one of them and the models of its own
+// rules; a rule's change touches its from. A key that lists no model, or
+// a settings change (a pool's selection state depends on the settings),
+// touches every pool.
+func patchPools(ctx context.Context, txn *memdb.Txn, prev, meta *metaRow, keys map[string]keyChange, d *Delta, oldRules []*policy.Rule) error {
+	all := d.Settings != nil
+	touched := map[string]bool{} // models whose pool may change
+	names := map[string]bool{}   // names whose Named entry may change
+	listed := map[string]bool{}  // models some changed key lists
+	for _, c := range keys {
+		for _, k := range []*policy.Key{c.old, c.new} {
+			if k == nil {
+				continue
+			}
+			all = all || len(k.Models) == 0
+			for _, m := range k.Models {
+				touched[m], names[m], listed[m] = true, true, true
+			}
+		}
+	}
+	for _, r := range oldRules {
+		touched[r.From], names[r.From], names[r.To] = true, true, true
+	}
+	for _, r := range d.Rules {
+		if r != nil {
+			touched[r.From], names[r.From], names[r.To] = true, true, true
+		}
+	}
+	if len(keys) > 0 && !all {
+		for _, r := range meta.RuleList {
+			_, ownKey := keys[r.KeyID]
+			if r.Enabled && (ownKey || r.KeyID == policy.AnyKey && listed[r.To]) {
+				touched[r.From] = true
+			}
+		}
+	}
+	if len(touched) == 0 && len(keys) == 0 && !all {
+		return nil
+	}
+	view, err := readKeys(ctx, txn, names, touched)
+	if err != nil {
+		return err
+	}
+	meta.Named = patchNamed(prev.Named, names, view.named, meta.RuleList)
+	seqs := make(map[string]*atomic.Uint64, len(prev.Pools))
+	for model, p := range prev.Pools {
+		seqs[model] = p.Seq
+	}
+	if all {
+		pools, models, err := buildPools(ctx, poolModels(slices.Values(view.keys), meta.RuleIndex), view.enabled, meta.RuleIndex, seqs)
+		if err != nil {
+			return err
+		}
+		meta.Pools, meta.Models = pools, models
+		return nil
+	}
+	for _, r := range meta.RuleList {
+		if r.Enabled && touched[r.From] {
+			view.listed[r.From] = true
+		}
+	}
+	pools := maps.Clone(prev.Pools)
+	models := slices.Clone(prev.Models)
+	set := func(model string, entries []*Entry) {
+		seq := seqs[model]
+		if seq == nil {
+			seq = new(atomic.Uint64)
+		}
+		pools[model] = &Pool{Model: model, Entries: entries, Seq: seq}
+	}
+	if len(keys) > 0 {
+		set("", slices.Clip(view.enabled))
+	}
+	for _, m := range slices.Sorted(maps.Keys(touched)) {
+		if err := checkStop(ctx); err != nil {
+			return err
+		}
+		var entries []*Entry
+		if view.listed[m] {
+			entries = poolOf(m, view.enabled, meta.RuleIndex)
+			set(m, entries)
+		} else {
+			delete(pools, m)
+		}
+		i, found := slices.BinarySearch(models, m)
+		switch serves := len(entries) > 0; {
+		case serves && !found:
+			models = slices.Insert(models, i, m)
+		case !serves && found:
+			models = slices.Delete(models, i, i+1)
+		}
+	}
+	meta.Pools, meta.Models = pools, slices.Clip(models)
+	return nil
+}
+
+// keysView is what patchPools reads of the keys table in one pass.
+type keysView struct {
+	keys    []*policy.Key // every key, in id order
+	enabled []*Entry      // the enabled keys, in id order
+	named   map[string]bool
+	listed  map[string]bool // the touched models some key lists
+}
+
+func readKeys(ctx context.Context, txn *memdb.Txn, names, touched map[string]bool) (*keysView, error) {
+	v := &keysView{named: map[string]bool{}, listed: map[string]bool{}}
+	it, err := txn.Get(tableKeys, indexID)
+	if err != nil {
+		return nil, err
+	}
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		e := raw.(*keyRow).Entry
+		v.keys = append(v.keys, e.Key)
+		if e.Key.Enabled {
+			v.enabled = append(v.enabled, e)
+		}
+		for _, m := range e.Key.Models {
+			if names[m] {
+				v.named[m] = true
+			}
+			if touched[m] {
+				v.listed[m] = true
+			}
+		}
+	}
+	return v, checkStop(ctx)
+}
+
+// patchNamed returns prev with the entries of names set as the keys
+// (byKeys: the names some key lists) and rules now have them; prev itself
+// when none changes.
+func patchNamed(prev, names, byKeys map[string]bool, rules []*policy.Rule) map[string]bool {
+	now := maps.Clone(byKeys)
+	for _, r := range rules {
+		if names[r.From] {
+			now[r.From] = true
+		}
+		if names[r.To] {
+			now[r.To] = true
+		}
+	}
+	out, copied := prev, false
+	for n := range names {
+		if now[n] == prev[n] {
+			continue
+		}
+		if !copied {
+			out, copied = maps.Clone(prev), true
+			if out == nil {
+				out = map[string]bool{}
+			}
+		}
+		if now[n] {
+			out[n] = true
+		} else {
+			delete(out, n)
+		}
+	}
+	return out
+}
+
+// poolOf is poolIndex.pool for one model without the index: the enabled
+// keys (in id order) that serve model once their rule — their own before
+// policy.AnyKey's — has rewritten it; nil when none does.
+func poolOf(model string, enabled []*Entry, rules map[ruleKey]*policy.Rule) []*Entry {
+	target := model
+	if r := rules[ruleKey{policy.AnyKey, model}]; r != nil {
+		target = r.To
+	}
+	var out []*Entry
+	for _, e := range enabled {
+		to := target
+		if r := rules[ruleKey{e.Key.ID, model}]; r != nil {
+			to = r.To
+		}
+		if e.Key.ServesModel(to) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
