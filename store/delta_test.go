@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/keymux/keymux/policy"
@@ -255,5 +256,118 @@ func TestApplyDeltaRefusesAndKeepsServing(t *testing.T) {
 				t.Fatal("the store changed")
 			}
 		})
+	}
+}
+
+// buildBothWays feeds two Builders the same random document edits (some
+// of them unparsable, conflicting or dangling) and compares, after each
+// round, the configuration one reaches by BuildDelta with the full build
+// of the other, refusals included.
+func buildBothWays(t *testing.T, seed uint64, rounds int) {
+	rng := rand.New(rand.NewPCG(seed, 3))
+	inc, ref := NewBuilder(nil), NewBuilder(nil)
+	cfg, _ := inc.Build()
+	bool01 := func() string { return []string{"true", "false"}[rng.IntN(2)] }
+	for round := range rounds {
+		for range 1 + rng.IntN(4) {
+			var kind Kind
+			var id, raw string
+			switch rng.IntN(10) {
+			case 0, 1, 2:
+				kind, id = KindKeys, fmt.Sprintf("k%d", rng.IntN(5))
+				raw = fmt.Sprintf(`{"provider":"openai","secret":"sk-test-%d","models":["%c"],"enabled":%s}`, rng.IntN(2), 'a'+rune(rng.IntN(3)), bool01())
+			case 3, 4, 5, 6:
+				kind, id = KindRules, fmt.Sprintf("r%d", rng.IntN(8))
+				key := []string{"*", "k0", "k1", "k2", "k3", "k4"}[rng.IntN(6)]
+				raw = fmt.Sprintf(`{"key":%q,"from":"%c","to":"b","enabled":%s}`, key, 'x'+rune(rng.IntN(2)), bool01())
+			case 7, 8:
+				kind, id = KindClients, fmt.Sprintf("c%d", rng.IntN(4))
+				raw = fmt.Sprintf(`{"token_sha256":"%s","enabled":%s}`, strings.Repeat(string(rune('a'+rng.IntN(3))), 64), bool01())
+			case 9:
+				kind, raw = KindSettings, []string{`{"strategy":"random"}`, `{"strategy":"round_robin"}`}[rng.IntN(2)]
+			}
+			if rng.IntN(8) == 0 {
+				raw = `{"broken"` // refused, the last good version stays
+			}
+			path := "keymux/" + string(kind) + "/" + id
+			if rng.IntN(6) == 0 {
+				inc.Delete(kind, id)
+				ref.Delete(kind, id)
+				continue
+			}
+			errInc, errRef := inc.Put(kind, id, []byte(raw), path), ref.Put(kind, id, []byte(raw), path)
+			if (errInc == nil) != (errRef == nil) {
+				t.Fatalf("round %d: Put %s: %v vs %v", round, path, errInc, errRef)
+			}
+		}
+		d, refusedInc, err := inc.BuildDelta(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Settings != nil {
+			cfg.Settings = *d.Settings
+		}
+		patch(cfg.Keys, d.Keys)
+		patch(cfg.Rules, d.Rules)
+		patch(cfg.Clients, d.Clients)
+		want, refusedRef := ref.Build()
+		if !reflect.DeepEqual(cfg, want) {
+			t.Fatalf("round %d: by deltas %+v\nfull build %+v", round, cfg, want)
+		}
+		if !slices.Equal(refusedInc, refusedRef) {
+			t.Fatalf("round %d: refusals by delta %v\nfull build %v", round, refusedInc, refusedRef)
+		}
+	}
+}
+
+func patch[V comparable](m, d map[string]V) {
+	var zero V
+	for id, v := range d {
+		if v == zero {
+			delete(m, id)
+		} else {
+			m[id] = v
+		}
+	}
+}
+
+func TestBuildDeltaMatchesFullBuild(t *testing.T) {
+	for seed := range uint64(40) {
+		buildBothWays(t, seed, 80)
+	}
+}
+
+func FuzzBuildDelta(f *testing.F) {
+	for seed := range uint64(4) {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, seed uint64) { buildBothWays(t, seed, 40) })
+}
+
+// TestBuildDeltaKeepsAnUnchangedKey: a key put again with the same bytes
+// and the same secret is no change (the file source puts every key at
+// every reload); a changed secret is one.
+func TestBuildDeltaKeepsAnUnchangedKey(t *testing.T) {
+	secret := "sk-test-one"
+	resolve := func(ref string) (string, error) { return secret, nil }
+	b := NewBuilder(resolve)
+	raw := []byte(`{"provider":"openai","secret_ref":"env:KEYMUX_TEST_SECRET"}`)
+	if err := b.Put(KindKeys, "k1", raw, "keys/k1"); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, _ := b.BuildContext(context.Background())
+	if err := b.Put(KindKeys, "k1", raw, "keys/k1"); err != nil {
+		t.Fatal(err)
+	}
+	if d, _, _ := b.BuildDelta(context.Background()); !d.Empty() {
+		t.Fatalf("delta after the same key = %+v, want empty", d)
+	}
+	secret = "sk-test-two"
+	if err := b.Put(KindKeys, "k1", raw, "keys/k1"); err != nil {
+		t.Fatal(err)
+	}
+	d, _, _ := b.BuildDelta(context.Background())
+	if k := d.Keys["k1"]; len(d.Keys) != 1 || k == nil || k == cfg.Keys["k1"] || k.Secret.Reveal() != "sk-test-two" {
+		t.Fatalf("delta after a new secret = %+v, want k1 with it", d)
 	}
 }
