@@ -75,8 +75,11 @@ func (s *Store) ApplyDelta(ctx context.Context, base uint64, d *Delta, src Sourc
 }
 
 // keyChange is one key of a delta: its previous and new versions (nil when
-// absent).
-type keyChange struct{ old, new *policy.Key }
+// absent), and the new version's entry.
+type keyChange struct {
+	old, new *policy.Key
+	entry    *Entry
+}
 
 // applyDeltaTxn writes d into txn (over the generation whose meta row is
 // prev) and returns the new meta row, inserted.
@@ -103,7 +106,7 @@ func applyDeltaTxn(ctx context.Context, txn *memdb.Txn, prev *metaRow, d *Delta,
 			return nil, fmt.Errorf("insert settings: %w", err)
 		}
 	}
-	if err := patchPools(ctx, txn, prev, &meta, keys, d, oldRules); err != nil {
+	if err := patchPools(ctx, prev, &meta, keys, d, oldRules); err != nil {
 		return nil, err
 	}
 	if err := txn.Insert(tableMeta, &meta); err != nil {
@@ -146,13 +149,27 @@ func patchKeys(ctx context.Context, txn *memdb.Txn, changed map[string]*policy.K
 				rt = NewRuntime()
 				meta.Keys++
 			}
-			e := &Entry{Key: k, RT: rt, fleet: fleet}
-			if err := txn.Insert(tableKeys, &keyRow{ID: id, Enabled: k.Enabled, Entry: e}); err != nil {
+			c.entry = &Entry{Key: k, RT: rt, fleet: fleet}
+			if err := txn.Insert(tableKeys, &keyRow{ID: id, Enabled: k.Enabled, Entry: c.entry}); err != nil {
 				return nil, fmt.Errorf("insert keys/%s: %w", id, err)
 			}
 		}
 		if c.old != nil || c.new != nil {
 			out[id] = c
+		}
+	}
+	if len(out) > 0 {
+		meta.KeyModels = maps.Clone(meta.KeyModels)
+		if meta.KeyModels == nil {
+			meta.KeyModels = map[string]int{}
+		}
+		for _, c := range out {
+			if c.old != nil {
+				countModels(meta.KeyModels, c.old, -1)
+			}
+			if c.new != nil {
+				countModels(meta.KeyModels, c.new, 1)
+			}
 		}
 	}
 	return out, nil
@@ -172,10 +189,7 @@ func patchRules(ctx context.Context, txn *memdb.Txn, changed map[string]*policy.
 	byID := func(r *policy.Rule, id string) int { return strings.Compare(r.ID, id) }
 	var old []*policy.Rule
 	if len(changed) > 0 {
-		index := maps.Clone(meta.RuleIndex)
-		if index == nil {
-			index = map[ruleKey]*policy.Rule{}
-		}
+		index := writeRules(meta.RuleIndex)
 		list := slices.Clone(meta.RuleList)
 		ids := slices.Sorted(maps.Keys(changed))
 		for _, id := range ids { // take the previous versions out first
@@ -185,8 +199,8 @@ func patchRules(ctx context.Context, txn *memdb.Txn, changed map[string]*policy.
 			}
 			r := list[i]
 			old = append(old, r)
-			if rk := (ruleKey{r.KeyID, r.From}); r.Enabled && index[rk] == r {
-				delete(index, rk)
+			if rk := (ruleKey{r.KeyID, r.From}); r.Enabled && index.x.get(rk) == r {
+				index.del(rk)
 			}
 			list = slices.Delete(list, i, i+1)
 		}
@@ -208,15 +222,15 @@ func patchRules(ctx context.Context, txn *memdb.Txn, changed map[string]*policy.
 			}
 			if r.Enabled {
 				rk := ruleKey{r.KeyID, r.From}
-				if other := index[rk]; other != nil {
+				if other := index.x.get(rk); other != nil {
 					return nil, fmt.Errorf("%w: rules/%s: same key and from as rules/%s", ErrInvalidConfig, id, other.ID)
 				}
-				index[rk] = r
+				index.set(rk, r)
 			}
 			i, _ := slices.BinarySearchFunc(list, id, byID)
 			list = slices.Insert(list, i, r)
 		}
-		meta.RuleIndex, meta.RuleList, meta.Rules = index, slices.Clip(list), len(list)
+		meta.RuleIndex, meta.RuleList, meta.Rules = index.x, slices.Clip(list), len(list)
 	}
 	if deletedKey {
 		for _, r := range meta.RuleList {
@@ -271,12 +285,14 @@ func patchClients(txn *memdb.Txn, changed map[string]*policy.Client, meta *metaR
 // models a "*" rule rewrites to one of them and the models of its own
 // rules; a rule's change touches its from. A key that lists no model, or
 // a settings change (a pool's selection state depends on the settings),
-// touches every pool.
-func patchPools(ctx context.Context, txn *memdb.Txn, prev, meta *metaRow, keys map[string]keyChange, d *Delta, oldRules []*policy.Rule) error {
+// touches every pool. Nothing here reads every key: the enabled keys are
+// the previous pool "" patched, and whether a key lists a model is
+// meta.KeyModels.
+func patchPools(ctx context.Context, prev, meta *metaRow, keys map[string]keyChange, d *Delta, oldRules []*policy.Rule) error {
 	all := d.Settings != nil
-	touched := map[string]bool{} // models whose pool may change
-	names := map[string]bool{}   // names whose Named entry may change
-	listed := map[string]bool{}  // models some changed key lists
+	touched := map[string]bool{}   // models whose pool may change
+	names := map[string]bool{}     // names whose Named entry may change
+	keyListed := map[string]bool{} // models some changed key lists
 	for _, c := range keys {
 		for _, k := range []*policy.Key{c.old, c.new} {
 			if k == nil {
@@ -284,7 +300,7 @@ func patchPools(ctx context.Context, txn *memdb.Txn, prev, meta *metaRow, keys m
 			}
 			all = all || len(k.Models) == 0
 			for _, m := range k.Models {
-				touched[m], names[m], listed[m] = true, true, true
+				touched[m], names[m], keyListed[m] = true, true, true
 			}
 		}
 	}
@@ -296,38 +312,52 @@ func patchPools(ctx context.Context, txn *memdb.Txn, prev, meta *metaRow, keys m
 			touched[r.From], names[r.From], names[r.To] = true, true, true
 		}
 	}
-	if len(keys) > 0 && !all {
-		for _, r := range meta.RuleList {
-			_, ownKey := keys[r.KeyID]
-			if r.Enabled && (ownKey || r.KeyID == policy.AnyKey && listed[r.To]) {
-				touched[r.From] = true
+	var enabled []*Entry
+	if p := prev.Pools[""]; p != nil {
+		enabled = p.Entries
+	}
+	if len(keys) > 0 {
+		enabled = patchEnabled(enabled, keys)
+		if !all {
+			for _, r := range meta.RuleList {
+				_, ownKey := keys[r.KeyID]
+				if r.Enabled && (ownKey || r.KeyID == policy.AnyKey && keyListed[r.To]) {
+					touched[r.From] = true
+				}
 			}
 		}
 	}
 	if len(touched) == 0 && len(keys) == 0 && !all {
 		return nil
 	}
-	view, err := readKeys(ctx, txn, names, touched)
-	if err != nil {
+	// What the rules say of the touched names and models, in one pass.
+	ruleNamed, ruleListed := map[string]bool{}, map[string]bool{}
+	if err := checkStop(ctx); err != nil {
 		return err
 	}
-	meta.Named = patchNamed(prev.Named, names, view.named, meta.RuleList)
+	for _, r := range meta.RuleList {
+		if names[r.From] {
+			ruleNamed[r.From] = true
+		}
+		if names[r.To] {
+			ruleNamed[r.To] = true
+		}
+		if r.Enabled && touched[r.From] {
+			ruleListed[r.From] = true
+		}
+	}
+	meta.Named = patchNamed(prev.Named, names, func(n string) bool { return meta.KeyModels[n] > 0 || ruleNamed[n] })
 	seqs := make(map[string]*atomic.Uint64, len(prev.Pools))
 	for model, p := range prev.Pools {
 		seqs[model] = p.Seq
 	}
 	if all {
-		pools, models, err := buildPools(ctx, poolModels(slices.Values(view.keys), meta.RuleIndex), view.enabled, meta.RuleIndex, seqs)
+		pools, models, err := buildPools(ctx, poolModels(meta.KeyModels, meta.RuleIndex), enabled, meta.RuleIndex, seqs)
 		if err != nil {
 			return err
 		}
 		meta.Pools, meta.Models = pools, models
 		return nil
-	}
-	for _, r := range meta.RuleList {
-		if r.Enabled && touched[r.From] {
-			view.listed[r.From] = true
-		}
 	}
 	pools := maps.Clone(prev.Pools)
 	models := slices.Clone(prev.Models)
@@ -339,15 +369,15 @@ func patchPools(ctx context.Context, txn *memdb.Txn, prev, meta *metaRow, keys m
 		pools[model] = &Pool{Model: model, Entries: entries, Seq: seq}
 	}
 	if len(keys) > 0 {
-		set("", slices.Clip(view.enabled))
+		set("", enabled)
 	}
 	for _, m := range slices.Sorted(maps.Keys(touched)) {
 		if err := checkStop(ctx); err != nil {
 			return err
 		}
 		var entries []*Entry
-		if view.listed[m] {
-			entries = poolOf(m, view.enabled, meta.RuleIndex)
+		if meta.KeyModels[m] > 0 || ruleListed[m] {
+			entries = poolOf(m, enabled, meta.RuleIndex)
 			set(m, entries)
 		} else {
 			delete(pools, m)
@@ -364,54 +394,33 @@ func patchPools(ctx context.Context, txn *memdb.Txn, prev, meta *metaRow, keys m
 	return nil
 }
 
-// keysView is what patchPools reads of the keys table in one pass.
-type keysView struct {
-	keys    []*policy.Key // every key, in id order
-	enabled []*Entry      // the enabled keys, in id order
-	named   map[string]bool
-	listed  map[string]bool // the touched models some key lists
+// patchEnabled returns a copy of enabled (the enabled keys in id order)
+// with the changed keys' entries.
+func patchEnabled(enabled []*Entry, keys map[string]keyChange) []*Entry {
+	out := slices.Clone(enabled)
+	for _, id := range slices.Sorted(maps.Keys(keys)) {
+		c := keys[id]
+		i, found := slices.BinarySearchFunc(out, id, func(e *Entry, id string) int { return strings.Compare(e.Key.ID, id) })
+		on := c.new != nil && c.new.Enabled
+		switch {
+		case found && on:
+			out[i] = c.entry
+		case found:
+			out = slices.Delete(out, i, i+1)
+		case on:
+			out = slices.Insert(out, i, c.entry)
+		}
+	}
+	return slices.Clip(out)
 }
 
-func readKeys(ctx context.Context, txn *memdb.Txn, names, touched map[string]bool) (*keysView, error) {
-	v := &keysView{named: map[string]bool{}, listed: map[string]bool{}}
-	it, err := txn.Get(tableKeys, indexID)
-	if err != nil {
-		return nil, err
-	}
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		e := raw.(*keyRow).Entry
-		v.keys = append(v.keys, e.Key)
-		if e.Key.Enabled {
-			v.enabled = append(v.enabled, e)
-		}
-		for _, m := range e.Key.Models {
-			if names[m] {
-				v.named[m] = true
-			}
-			if touched[m] {
-				v.listed[m] = true
-			}
-		}
-	}
-	return v, checkStop(ctx)
-}
-
-// patchNamed returns prev with the entries of names set as the keys
-// (byKeys: the names some key lists) and rules now have them; prev itself
-// when none changes.
-func patchNamed(prev, names, byKeys map[string]bool, rules []*policy.Rule) map[string]bool {
-	now := maps.Clone(byKeys)
-	for _, r := range rules {
-		if names[r.From] {
-			now[r.From] = true
-		}
-		if names[r.To] {
-			now[r.To] = true
-		}
-	}
+// patchNamed returns prev with the entries of names set as named says; prev
+// itself when none changes.
+func patchNamed(prev, names map[string]bool, named func(string) bool) map[string]bool {
 	out, copied := prev, false
 	for n := range names {
-		if now[n] == prev[n] {
+		now := named(n)
+		if now == prev[n] {
 			continue
 		}
 		if !copied {
@@ -420,7 +429,7 @@ func patchNamed(prev, names, byKeys map[string]bool, rules []*policy.Rule) map[s
 				out = map[string]bool{}
 			}
 		}
-		if now[n] {
+		if now {
 			out[n] = true
 		} else {
 			delete(out, n)
@@ -432,15 +441,15 @@ func patchNamed(prev, names, byKeys map[string]bool, rules []*policy.Rule) map[s
 // poolOf is poolIndex.pool for one model without the index: the enabled
 // keys (in id order) that serve model once their rule — their own before
 // policy.AnyKey's — has rewritten it; nil when none does.
-func poolOf(model string, enabled []*Entry, rules map[ruleKey]*policy.Rule) []*Entry {
+func poolOf(model string, enabled []*Entry, rules *ruleIndex) []*Entry {
 	target := model
-	if r := rules[ruleKey{policy.AnyKey, model}]; r != nil {
+	if r := rules.get(ruleKey{policy.AnyKey, model}); r != nil {
 		target = r.To
 	}
 	var out []*Entry
 	for _, e := range enabled {
 		to := target
-		if r := rules[ruleKey{e.Key.ID, model}]; r != nil {
+		if r := rules.get(ruleKey{e.Key.ID, model}); r != nil {
 			to = r.To
 		}
 		if e.Key.ServesModel(to) {

@@ -142,8 +142,12 @@ func checkSameGeneration(t *testing.T, step int, prevA, a, prevB, b *Snapshot) {
 			fail("keys/%s: runtime carried over: delta %v, full %v", e.Key.ID, carried, carriedB)
 		}
 	}
-	if !slices.Equal(a.Rules(), b.Rules()) || !maps.Equal(ma.RuleIndex, mb.RuleIndex) {
+	ia, ib := maps.Collect(ma.RuleIndex.all()), maps.Collect(mb.RuleIndex.all())
+	if !slices.Equal(a.Rules(), b.Rules()) || !maps.Equal(ia, ib) || ma.RuleIndex.len() != len(ia) || mb.RuleIndex.len() != len(ib) {
 		fail("rules differ")
+	}
+	if !maps.Equal(ma.KeyModels, mb.KeyModels) {
+		fail("key models: delta %v, full %v", ma.KeyModels, mb.KeyModels)
 	}
 	if !slices.Equal(a.Clients(), b.Clients()) || !maps.Equal(a.byToken, b.byToken) {
 		fail("clients differ")

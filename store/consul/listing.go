@@ -111,7 +111,11 @@ const (
 type listing struct {
 	prefix  string
 	entries map[string]*entry
+	order   []*entry // the last answer's entries, in its order
+	next    []*entry // this answer's, being built
+	pos     int      // where this answer is in order
 	round   uint64
+	broken  bool // a scan failed midway: order misses the entries it added
 	docs    int  // configuration documents in the last answer
 	full    bool // the pending changes are a whole answer (first, or after reset)
 
@@ -121,6 +125,7 @@ type listing struct {
 
 type entry struct {
 	pair  *api.KVPair
+	pos   int // in order
 	round uint64
 	class entryClass
 	stale bool // reported as changed at the next answer (reset)
@@ -141,17 +146,32 @@ func (l *listing) reset() {
 }
 
 // hit reports whether the entry at key is the one seen before (same
-// ModifyIndex and session), marking it seen.
+// ModifyIndex and session), marking it seen. Answers come sorted and
+// mostly unchanged: the entry is looked for at the same place in the
+// previous answer before the map.
 func (l *listing) hit(key []byte, modifyIndex uint64, session []byte) bool {
-	e := l.entries[string(key)]
-	if e == nil || e.stale || e.pair.ModifyIndex != modifyIndex || e.pair.Session != string(session) {
+	var e *entry
+	if l.pos < len(l.order) && l.order[l.pos].pair.Key == string(key) {
+		e = l.order[l.pos]
+	} else if e = l.entries[string(key)]; e == nil {
 		return false
 	}
+	l.pos = e.pos + 1
+	if e.stale || e.pair.ModifyIndex != modifyIndex || e.pair.Session != string(session) {
+		return false
+	}
+	l.seen(e)
+	return true
+}
+
+// seen marks e as part of this answer.
+func (l *listing) seen(e *entry) {
 	e.round = l.round
 	if e.class == classConfig {
 		l.docs++
 	}
-	return true
+	e.pos = len(l.next)
+	l.next = append(l.next, e)
 }
 
 // put records p, new or changed.
@@ -161,10 +181,8 @@ func (l *listing) put(p *api.KVPair) {
 		e = &entry{class: l.classify(p.Key)}
 		l.entries[p.Key] = e
 	}
-	e.pair, e.round, e.stale = p, l.round, false
-	if e.class == classConfig {
-		l.docs++
-	}
+	e.pair, e.stale = p, false
+	l.seen(e)
 	l.changed[p.Key] = p
 	delete(l.removed, p.Key)
 }
@@ -182,18 +200,26 @@ func (l *listing) classify(path string) entryClass {
 
 func (l *listing) begin() {
 	l.round++
-	l.docs = 0
+	l.docs, l.pos = 0, 0
+	l.next = l.next[:0]
 }
 
 // end notices the entries the answer no longer has.
 func (l *listing) end() {
-	for key, e := range l.entries {
-		if e.round != l.round {
+	if l.broken {
+		l.broken = false
+		l.order = slices.Collect(maps.Values(l.entries))
+	}
+	for _, e := range l.order {
+		if e.round != l.round && l.entries[e.pair.Key] == e {
+			key := e.pair.Key
 			l.removed[key] = e.pair
 			delete(l.changed, key)
 			delete(l.entries, key)
 		}
 	}
+	clear(l.order) // drop the pointers, keep the capacity
+	l.order, l.next = l.next, l.order[:0]
 }
 
 // pairs takes an answer decoded by the Consul client.
@@ -224,6 +250,7 @@ func (l *listing) scan(body []byte) error {
 		return nil
 	})
 	if err != nil {
+		l.broken = true
 		return err
 	}
 	l.end()
@@ -237,8 +264,9 @@ func (l *listing) take() (changed, removed []*api.KVPair, full bool) {
 	changed = slices.SortedFunc(maps.Values(l.changed), byKey)
 	removed = slices.SortedFunc(maps.Values(l.removed), byKey)
 	full = l.full
-	clear(l.changed)
-	clear(l.removed)
+	// New maps rather than clear: clearing costs the capacity a whole
+	// answer gave them.
+	l.changed, l.removed = map[string]*api.KVPair{}, map[string]*api.KVPair{}
 	l.full = false
 	return changed, removed, full
 }
@@ -386,30 +414,29 @@ func (s *jscan) literal(lit string) bool {
 }
 
 // str reads a string and returns its contents and whether they hold an
-// escape.
+// escape. Control characters are let through (the Consul client would
+// refuse them; Consul never sends them).
 func (s *jscan) str() ([]byte, bool, error) {
 	if !s.take('"') {
 		return nil, false, s.fail("want a string")
 	}
 	start, esc := s.i, false
-	for s.i < len(s.b) {
-		c := s.b[s.i]
-		switch {
-		case c == '"':
-			s.i++
-			return s.b[start : s.i-1], esc, nil
-		case c == '\\':
-			if err := s.escape(); err != nil {
-				return nil, false, err
-			}
-			esc = true
-			continue
-		case c < 0x20:
-			return nil, false, s.fail("control character in a string")
+	for {
+		n := bytes.IndexByte(s.b[s.i:], '"')
+		if n < 0 {
+			return nil, false, s.fail("unterminated string")
 		}
-		s.i++
+		bs := bytes.IndexByte(s.b[s.i:s.i+n], '\\')
+		if bs < 0 {
+			s.i += n + 1
+			return s.b[start : s.i-1], esc, nil
+		}
+		esc = true
+		s.i += bs
+		if err := s.escape(); err != nil {
+			return nil, false, err
+		}
 	}
-	return nil, false, s.fail("unterminated string")
 }
 
 func (s *jscan) escape() error {
@@ -546,14 +573,15 @@ func (s *jscan) object(r *rawPair) error {
 // memberName is the KVPair member a JSON member name selects (exact, else
 // case-insensitive), or "" for none.
 func memberName(raw []byte, esc bool) string {
+	if !esc {
+		switch string(raw) {
+		case "Key", "ModifyIndex", "Value", "Session", "LockIndex", "Flags", "CreateIndex", "Namespace", "Partition":
+			return string(raw)
+		}
+	}
 	name := raw
 	if esc {
 		name = []byte(jsonString(raw, true))
-	}
-	for _, m := range kvMembers {
-		if string(name) == m {
-			return m
-		}
 	}
 	for _, m := range kvMembers {
 		if bytes.EqualFold(name, []byte(m)) {

@@ -176,3 +176,22 @@ func TestNewClientDivertsTheListing(t *testing.T) {
 		})
 	}
 }
+
+// TestListingAfterABrokenAnswer: an entry first seen in an answer that
+// failed midway is still noticed when it goes.
+func TestListingAfterABrokenAnswer(t *testing.T) {
+	l := newListing("keymux/")
+	if err := l.scan([]byte(`[{"Key":"keymux/keys/a","ModifyIndex":1,"Value":"e30="}]`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.scan([]byte(`[{"Key":"keymux/keys/a","ModifyIndex":1,"Value":"e30="},{"Key":"keymux/keys/b","ModifyIndex":2,"Value":"e30="},{"Key":`)); err == nil {
+		t.Fatal("a truncated answer was accepted")
+	}
+	if err := l.scan([]byte(`[{"Key":"keymux/keys/a","ModifyIndex":1,"Value":"e30="}]`)); err != nil {
+		t.Fatal(err)
+	}
+	changed, removed, _ := l.take()
+	if len(changed) != 1 || changed[0].Key != "keymux/keys/a" || len(removed) != 1 || removed[0].Key != "keymux/keys/b" {
+		t.Fatalf("changed %+v removed %+v, want a changed (first answer) and b removed", changed, removed)
+	}
+}
