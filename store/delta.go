@@ -281,35 +281,55 @@ func patchClients(txn *memdb.Txn, changed map[string]*policy.Client, meta *metaR
 }
 
 // patchPools recomputes the pools, models and names the change touches.
-// A key's change touches the models it lists (before and after), the
-// models a "*" rule rewrites to one of them and the models of its own
-// rules; a rule's change touches its from. A key that lists no model, or
-// a settings change (a pool's selection state depends on the settings),
-// touches every pool. Nothing here reads every key: the enabled keys are
-// the previous pool "" patched, and whether a key lists a model is
-// meta.KeyModels.
+// A pool's keys are each tested alone (poolOf), so a change touches, in
+// the pools of some models, the membership of some keys only: a key's
+// change, in the models it lists (before and after), the models a "*"
+// rule rewrites to one of them and the models of its own rules; a key's
+// rule, in its from. Those pools are patched (patchPool); a "*" rule's
+// change re-tests every key of its from's pool. A key that lists no
+// model, or a settings change (a pool's selection state depends on the
+// settings), rebuilds every pool. Nothing here reads every key: the
+// enabled keys are the previous pool "" patched, and whether a key lists
+// a model is meta.KeyModels.
 func patchPools(ctx context.Context, prev, meta *metaRow, keys map[string]keyChange, d *Delta, oldRules []*policy.Rule) error {
 	all := d.Settings != nil
-	touched := map[string]bool{}   // models whose pool may change
-	names := map[string]bool{}     // names whose Named entry may change
-	keyListed := map[string]bool{} // models some changed key lists
-	for _, c := range keys {
+	whole := map[string]bool{}           // models whose pool is computed again
+	some := map[string]map[string]bool{} // model → the keys whose membership may change
+	names := map[string]bool{}           // names whose Named entry may change
+	listers := map[string][]string{}     // model → the changed keys that list it
+	touchKey := func(model, keyID string) {
+		if some[model] == nil {
+			some[model] = map[string]bool{}
+		}
+		some[model][keyID] = true
+	}
+	for id, c := range keys {
 		for _, k := range []*policy.Key{c.old, c.new} {
 			if k == nil {
 				continue
 			}
 			all = all || len(k.Models) == 0
 			for _, m := range k.Models {
-				touched[m], names[m], keyListed[m] = true, true, true
+				touchKey(m, id)
+				names[m] = true
+				listers[m] = append(listers[m], id)
 			}
 		}
 	}
+	touchRule := func(r *policy.Rule) {
+		names[r.From], names[r.To] = true, true
+		if r.KeyID == policy.AnyKey {
+			whole[r.From] = true
+		} else {
+			touchKey(r.From, r.KeyID)
+		}
+	}
 	for _, r := range oldRules {
-		touched[r.From], names[r.From], names[r.To] = true, true, true
+		touchRule(r)
 	}
 	for _, r := range d.Rules {
 		if r != nil {
-			touched[r.From], names[r.From], names[r.To] = true, true, true
+			touchRule(r)
 		}
 	}
 	var enabled []*Entry
@@ -320,14 +340,21 @@ func patchPools(ctx context.Context, prev, meta *metaRow, keys map[string]keyCha
 		enabled = patchEnabled(enabled, keys)
 		if !all {
 			for _, r := range meta.RuleList {
-				_, ownKey := keys[r.KeyID]
-				if r.Enabled && (ownKey || r.KeyID == policy.AnyKey && keyListed[r.To]) {
-					touched[r.From] = true
+				if !r.Enabled {
+					continue
+				}
+				if _, own := keys[r.KeyID]; own {
+					touchKey(r.From, r.KeyID)
+				}
+				if r.KeyID == policy.AnyKey {
+					for _, id := range listers[r.To] {
+						touchKey(r.From, id)
+					}
 				}
 			}
 		}
 	}
-	if len(touched) == 0 && len(keys) == 0 && !all {
+	if len(whole) == 0 && len(some) == 0 && len(keys) == 0 && !all {
 		return nil
 	}
 	// What the rules say of the touched names and models, in one pass.
@@ -342,7 +369,7 @@ func patchPools(ctx context.Context, prev, meta *metaRow, keys map[string]keyCha
 		if names[r.To] {
 			ruleNamed[r.To] = true
 		}
-		if r.Enabled && touched[r.From] {
+		if r.Enabled && (whole[r.From] || some[r.From] != nil) {
 			ruleListed[r.From] = true
 		}
 	}
@@ -371,16 +398,26 @@ func patchPools(ctx context.Context, prev, meta *metaRow, keys map[string]keyCha
 	if len(keys) > 0 {
 		set("", enabled)
 	}
-	for _, m := range slices.Sorted(maps.Keys(touched)) {
+	touched := slices.Sorted(maps.Keys(whole))
+	for m := range some {
+		if !whole[m] {
+			touched = append(touched, m)
+		}
+	}
+	for _, m := range touched {
 		if err := checkStop(ctx); err != nil {
 			return err
 		}
 		var entries []*Entry
-		if meta.KeyModels[m] > 0 || ruleListed[m] {
+		switch p := prev.Pools[m]; {
+		case meta.KeyModels[m] == 0 && !ruleListed[m]:
+			delete(pools, m)
+		case whole[m] || p == nil:
 			entries = poolOf(m, enabled, meta.RuleIndex)
 			set(m, entries)
-		} else {
-			delete(pools, m)
+		default:
+			entries = patchPool(m, p.Entries, some[m], enabled, meta.RuleIndex)
+			set(m, entries)
 		}
 		i, found := slices.BinarySearch(models, m)
 		switch serves := len(entries) > 0; {
@@ -394,13 +431,61 @@ func patchPools(ctx context.Context, prev, meta *metaRow, keys map[string]keyCha
 	return nil
 }
 
+// byKeyID compares an entry with a key id (entries are in key id order).
+func byKeyID(e *Entry, id string) int { return strings.Compare(e.Key.ID, id) }
+
+// patchPool returns a copy of the pool of model, entries, with the keys
+// ids tested again (as poolOf does) against the enabled keys and rules.
+func patchPool(model string, entries []*Entry, ids map[string]bool, enabled []*Entry, rules *ruleIndex) []*Entry {
+	out := slices.Clone(entries)
+	target := poolTarget(model, rules)
+	for _, id := range slices.Sorted(maps.Keys(ids)) {
+		var e *Entry
+		if j, ok := slices.BinarySearchFunc(enabled, id, byKeyID); ok {
+			e = enabled[j]
+		}
+		in := e != nil && servesAfterRule(e, model, target, rules)
+		i, found := slices.BinarySearchFunc(out, id, byKeyID)
+		switch {
+		case found && in:
+			out[i] = e
+		case found:
+			out = slices.Delete(out, i, i+1)
+		case in:
+			out = slices.Insert(out, i, e)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return slices.Clip(out)
+}
+
+// poolTarget is the model a request for model is rewritten to by the "*"
+// rule (model itself without one).
+func poolTarget(model string, rules *ruleIndex) string {
+	if r := rules.get(ruleKey{policy.AnyKey, model}); r != nil {
+		return r.To
+	}
+	return model
+}
+
+// servesAfterRule reports whether e serves model once its own rule, else
+// the "*" one (target), has rewritten it.
+func servesAfterRule(e *Entry, model, target string, rules *ruleIndex) bool {
+	if r := rules.get(ruleKey{e.Key.ID, model}); r != nil {
+		target = r.To
+	}
+	return e.Key.ServesModel(target)
+}
+
 // patchEnabled returns a copy of enabled (the enabled keys in id order)
 // with the changed keys' entries.
 func patchEnabled(enabled []*Entry, keys map[string]keyChange) []*Entry {
 	out := slices.Clone(enabled)
 	for _, id := range slices.Sorted(maps.Keys(keys)) {
 		c := keys[id]
-		i, found := slices.BinarySearchFunc(out, id, func(e *Entry, id string) int { return strings.Compare(e.Key.ID, id) })
+		i, found := slices.BinarySearchFunc(out, id, byKeyID)
 		on := c.new != nil && c.new.Enabled
 		switch {
 		case found && on:
@@ -442,17 +527,10 @@ func patchNamed(prev, names map[string]bool, named func(string) bool) map[string
 // keys (in id order) that serve model once their rule — their own before
 // policy.AnyKey's — has rewritten it; nil when none does.
 func poolOf(model string, enabled []*Entry, rules *ruleIndex) []*Entry {
-	target := model
-	if r := rules.get(ruleKey{policy.AnyKey, model}); r != nil {
-		target = r.To
-	}
+	target := poolTarget(model, rules)
 	var out []*Entry
 	for _, e := range enabled {
-		to := target
-		if r := rules.get(ruleKey{e.Key.ID, model}); r != nil {
-			to = r.To
-		}
-		if e.Key.ServesModel(to) {
+		if servesAfterRule(e, model, target, rules) {
 			out = append(out, e)
 		}
 	}

@@ -80,7 +80,8 @@ func (d *divert) RoundTrip(req *http.Request) (*http.Response, error) {
 // readBody appends r to buf, which it grows to size first when known.
 func readBody(r io.Reader, buf []byte, size int64) ([]byte, error) {
 	if size > 0 && size < 1<<31 {
-		buf = slices.Grow(buf, int(size)+1)
+		// With room to spare: the next answer is often a few bytes longer.
+		buf = slices.Grow(buf, int(size)+int(size)/16+1)
 	}
 	for {
 		if len(buf) == cap(buf) {
@@ -574,9 +575,21 @@ func (s *jscan) object(r *rawPair) error {
 // case-insensitive), or "" for none.
 func memberName(raw []byte, esc bool) string {
 	if !esc {
-		switch string(raw) {
-		case "Key", "ModifyIndex", "Value", "Session", "LockIndex", "Flags", "CreateIndex", "Namespace", "Partition":
-			return string(raw)
+		switch string(raw) { // no allocation: each case returns its constant
+		case "Key":
+			return "Key"
+		case "ModifyIndex":
+			return "ModifyIndex"
+		case "Value":
+			return "Value"
+		case "Session":
+			return "Session"
+		case "LockIndex":
+			return "LockIndex"
+		case "Flags":
+			return "Flags"
+		case "CreateIndex":
+			return "CreateIndex"
 		}
 	}
 	name := raw
