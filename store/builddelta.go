@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"slices"
 
 	"github.com/keymux/keymux/policy"
 )
@@ -23,9 +24,9 @@ type built struct {
 // touches: rules by (key, from) and by key, clients by token. It also
 // records what changed since the last build.
 type docGroups struct {
-	rules    map[ruleKey]map[string]bool // (key, from) → rule ids
-	ruleKeys map[string]map[string]bool  // key → rule ids
-	clients  map[[32]byte]map[string]bool
+	rules    map[ruleKey][]string // (key, from) → rule ids (slices: most groups hold one)
+	ruleKeys map[string][]string  // key → rule ids (not for policy.AnyKey, never unknown)
+	clients  map[[32]byte][]string
 
 	dirty       map[docID]bool
 	dirtyRules  map[ruleKey]bool
@@ -33,8 +34,8 @@ type docGroups struct {
 }
 
 func newDocGroups() docGroups {
-	g := docGroups{rules: map[ruleKey]map[string]bool{}, ruleKeys: map[string]map[string]bool{},
-		clients: map[[32]byte]map[string]bool{}}
+	g := docGroups{rules: map[ruleKey][]string{}, ruleKeys: map[string][]string{},
+		clients: map[[32]byte][]string{}}
 	g.clearDirty()
 	return g
 }
@@ -43,17 +44,21 @@ func (g *docGroups) clearDirty() {
 	g.dirty, g.dirtyRules, g.dirtyTokens = map[docID]bool{}, map[ruleKey]bool{}, map[[32]byte]bool{}
 }
 
-func addTo[K comparable](m map[K]map[string]bool, k K, id string) {
-	if m[k] == nil {
-		m[k] = map[string]bool{}
+func addTo[K comparable](m map[K][]string, k K, id string) {
+	if !slices.Contains(m[k], id) {
+		m[k] = append(m[k], id)
 	}
-	m[k][id] = true
 }
 
-func removeFrom[K comparable](m map[K]map[string]bool, k K, id string) {
-	delete(m[k], id)
-	if len(m[k]) == 0 {
+func removeFrom[K comparable](m map[K][]string, k K, id string) {
+	ids := m[k]
+	if i := slices.Index(ids, id); i >= 0 {
+		ids = slices.Delete(ids, i, i+1)
+	}
+	if len(ids) == 0 {
 		delete(m, k)
+	} else {
+		m[k] = ids
 	}
 }
 
@@ -64,7 +69,10 @@ func (b *Builder) changed(d docID, prev, next *good) {
 		return
 	}
 	g := &b.groups
-	g.dirty[d] = true
+	track := b.last != nil // before the first build, nothing is dirty: BuildContext takes all
+	if track {
+		g.dirty[d] = true
+	}
 	for _, v := range []*good{prev, next} {
 		if v == nil {
 			continue
@@ -72,16 +80,23 @@ func (b *Builder) changed(d docID, prev, next *good) {
 		switch x := v.val.(type) {
 		case *policy.Rule:
 			rk := ruleKey{x.KeyID, x.From}
-			g.dirtyRules[rk] = true
-			if v == prev {
+			if track {
+				g.dirtyRules[rk] = true
+			}
+			switch {
+			case v == prev:
 				removeFrom(g.rules, rk, d.id)
 				removeFrom(g.ruleKeys, x.KeyID, d.id)
-			} else {
+			case x.KeyID == policy.AnyKey:
+				addTo(g.rules, rk, d.id)
+			default:
 				addTo(g.rules, rk, d.id)
 				addTo(g.ruleKeys, x.KeyID, d.id)
 			}
 		case *policy.Client:
-			g.dirtyTokens[x.TokenSHA256] = true
+			if track {
+				g.dirtyTokens[x.TokenSHA256] = true
+			}
 			if v == prev {
 				removeFrom(g.clients, x.TokenSHA256, d.id)
 			} else {
@@ -137,7 +152,7 @@ func (b *Builder) BuildDelta(ctx context.Context) (*Delta, []Refusal, error) {
 				l.keys[doc.id] = k
 			}
 			if (k == nil) != (old == nil) { // the key's rules are checked again
-				for id := range g.ruleKeys[doc.id] {
+				for _, id := range g.ruleKeys[doc.id] {
 					r := b.docs[docID{KindRules, id}].val.(*policy.Rule)
 					g.dirtyRules[ruleKey{r.KeyID, r.From}] = true
 				}
@@ -177,9 +192,9 @@ func (b *Builder) BuildDelta(ctx context.Context) (*Delta, []Refusal, error) {
 }
 
 // group returns the good documents of kind with ids, oldest first.
-func (b *Builder) group(kind Kind, ids map[string]bool) []*good {
+func (b *Builder) group(kind Kind, ids []string) []*good {
 	gs := make([]*good, 0, len(ids))
-	for id := range ids {
+	for _, id := range ids {
 		gs = append(gs, b.docs[docID{kind, id}])
 	}
 	sortByAge(gs)

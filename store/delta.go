@@ -536,3 +536,39 @@ func poolOf(model string, enabled []*Entry, rules *ruleIndex) []*Entry {
 	}
 	return out
 }
+
+// ApplyBuilt applies b's configuration to s: only what changed since b's
+// last build (Builder.BuildDelta, ApplyDelta) when s is still at base, the
+// generation the apply of that build made; else the whole of it
+// (Builder.BuildContext, ApplyContext): the first time (base 0), or when
+// s has moved on. It returns the new generation and the build's refusals.
+// After an error the builder may be ahead of the store: the next call
+// must pass base 0.
+func (s *Store) ApplyBuilt(ctx context.Context, b *Builder, base uint64, src SourceInfo) (uint64, []Refusal, error) {
+	if base != 0 {
+		d, refused, err := b.BuildDelta(ctx)
+		if err == nil {
+			src.Refused = refused
+			var gen uint64
+			if gen, err = s.ApplyDelta(ctx, base, d, src); err == nil {
+				return gen, refused, nil
+			}
+		}
+		if err := checkStop(ctx); err != nil {
+			return 0, nil, err
+		}
+		if !errors.Is(err, ErrStaleBase) {
+			s.logger.Error("store: the change cannot be applied alone; applying the whole configuration", "error", err)
+		}
+	}
+	cfg, refused, err := b.BuildContext(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	src.Refused = refused
+	gen, err := s.ApplyContext(ctx, cfg, src)
+	if err != nil {
+		return 0, nil, err
+	}
+	return gen, refused, nil
+}

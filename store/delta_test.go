@@ -4,14 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/keymux/keymux/policy"
+	"github.com/keymux/keymux/testutil/syncbuf"
 )
 
 // cloneConfig copies cfg's maps (the documents stay shared).
@@ -373,5 +377,76 @@ func TestBuildDeltaKeepsAnUnchangedKey(t *testing.T) {
 	d, _, _ := b.BuildDelta(context.Background())
 	if k := d.Keys["k1"]; len(d.Keys) != 1 || k == nil || k == cfg.Keys["k1"] || k.Secret.Reveal() != "sk-test-two" {
 		t.Fatalf("delta after a new secret = %+v, want k1 with it", d)
+	}
+}
+
+// TestFileReloadAppliesTheChange: a reload of an edited file applies only
+// the change (ApplyDelta) and gives the configuration a fresh load of the
+// file gives; unchanged keys keep their runtime state.
+func TestFileReloadAppliesTheChange(t *testing.T) {
+	const v1 = `{"settings":{"strategy":"round_robin"},
+	"keys":{"k1":{"provider":"openai","secret":"sk-test-1","models":["a","b"]},
+		"k2":{"provider":"openai","secret":"sk-test-2","models":["b"]},
+		"k3":{"provider":"openai","secret":"sk-test-3","models":["c"]}},
+	"rules":{"r1":{"key":"k1","from":"x","to":"a"},"r2":{"key":"*","from":"y","to":"b"},"r3":{"key":"k3","from":"x","to":"c"}},
+	"clients":{"c1":{"token_sha256":"` + "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" + `"}}}`
+	const v2 = `{"settings":{"strategy":"round_robin"},
+	"keys":{"k1":{"provider":"openai","secret":"sk-test-1","models":["a","b"]},
+		"k2":{"provider":"openai","secret":"sk-test-2","models":["b","c"],"enabled":false},
+		"k4":{"provider":"openai","secret":"sk-test-4","models":["c"]}},
+	"rules":{"r1":{"key":"k1","from":"x","to":"b"},"r2":{"key":"*","from":"y","to":"c"},"r4":{"key":"k4","from":"x","to":"c"}},
+	"clients":{"c1":{"token_sha256":"` + "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" + `"},
+		"c2":{"token_sha256":"` + "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb" + `"}}}`
+	path := filepath.Join(t.TempDir(), "keymux.json")
+	if err := os.WriteFile(path, []byte(v1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncbuf.Buffer
+	st, err := New(Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := NewFileSource(path, st, nil)
+	if err := fs.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	rt1 := st.Read().Key("k1").RT
+	if err := os.WriteFile(path, []byte(v2), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.Reload(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "delta=true") {
+		t.Fatalf("the reload was not applied as a delta:\n%s", logs.String())
+	}
+	fresh := newStore(t)
+	if err := NewFileSource(path, fresh, nil).Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	a, b := st.Read(), fresh.Read()
+	if a.Key("k1").RT != rt1 {
+		t.Error("k1 lost its runtime state")
+	}
+	keyVals := func(s *Snapshot) []policy.Key {
+		var out []policy.Key
+		for _, e := range s.Keys() {
+			out = append(out, *e.Key)
+		}
+		return out
+	}
+	ma, mb := a.meta(), b.meta()
+	if !reflect.DeepEqual(keyVals(a), keyVals(b)) || !reflect.DeepEqual(a.Rules(), b.Rules()) || !reflect.DeepEqual(a.Clients(), b.Clients()) ||
+		!reflect.DeepEqual(a.Settings(), b.Settings()) || !slices.Equal(ma.Models, mb.Models) || !maps.Equal(ma.Named, mb.Named) ||
+		!maps.Equal(ma.KeyModels, mb.KeyModels) || st.Status().Rules != 3 || st.Status().Clients != 2 {
+		t.Fatalf("reloaded config differs from a fresh load:\nkeys %v / %v\nrules %v / %v\nmodels %v / %v", entryIDs(a.Keys()), entryIDs(b.Keys()), a.Rules(), b.Rules(), ma.Models, mb.Models)
+	}
+	for m := range mb.Pools {
+		if got, want := entryIDs(a.Pool(m).Entries), entryIDs(b.Pool(m).Entries); !slices.Equal(got, want) {
+			t.Errorf("pool %q = %v, want %v", m, got, want)
+		}
+	}
+	if got := entryIDs(a.Pool("x").Entries); !slices.Equal(got, []string{"k1", "k4"}) {
+		t.Errorf("pool x = %v, want [k1 k4]", got)
 	}
 }

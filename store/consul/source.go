@@ -473,23 +473,7 @@ func (s *Source) apply(ctx context.Context, source string, index uint64, staleSi
 	}
 	base := s.gen
 	s.gen = 0 // until this apply succeeds: a failed one leaves the builder ahead of the store
-	var gen uint64
-	err := errors.New("no previous generation")
-	if base != 0 {
-		var d *store.Delta
-		if d, info.Refused, err = s.builder.BuildDelta(ctx); err == nil {
-			gen, err = s.opts.Store.ApplyDelta(ctx, base, d, info)
-		}
-		if err != nil && ctx.Err() == nil && !errors.Is(err, store.ErrStaleBase) {
-			s.log.Error("store refused the change; applying the whole configuration", "error", err)
-		}
-	}
-	if err != nil {
-		var cfg *store.Config
-		if cfg, info.Refused, err = s.builder.BuildContext(ctx); err == nil {
-			gen, err = s.opts.Store.ApplyContext(ctx, cfg, info)
-		}
-	}
+	gen, refused, err := s.opts.Store.ApplyBuilt(ctx, s.builder, base, info)
 	if ctx.Err() != nil {
 		return
 	}
@@ -501,7 +485,6 @@ func (s *Source) apply(ctx context.Context, source string, index uint64, staleSi
 	}
 	s.gen = gen
 	s.source, s.stale = source, info.Stale
-	refused := info.Refused
 	s.countRefusals(refused)
 	for _, r := range refused {
 		s.log.Warn("entry refused", "path", r.Path, "reason", r.Reason)
