@@ -210,18 +210,24 @@ func applyBothWays(t *testing.T, seed uint64, steps int) {
 	}
 }
 
-func TestApplyDeltaMatchesFullApply(t *testing.T) {
+// bySeeds runs check over seeds 0… with the given number of steps: 40
+// seeds in a test, the first 4 as a fuzz target's corpus.
+func bySeeds(t *testing.T, check func(*testing.T, uint64, int), steps int) {
 	for seed := range uint64(40) {
-		applyBothWays(t, seed, 60)
+		check(t, seed, steps)
 	}
 }
 
-func FuzzApplyDelta(f *testing.F) {
+func fuzzSeeds(f *testing.F, check func(*testing.T, uint64, int), steps int) {
 	for seed := range uint64(4) {
 		f.Add(seed)
 	}
-	f.Fuzz(func(t *testing.T, seed uint64) { applyBothWays(t, seed, 30) })
+	f.Fuzz(func(t *testing.T, seed uint64) { check(t, seed, steps) })
 }
+
+func TestApplyDeltaMatchesFullApply(t *testing.T) { bySeeds(t, applyBothWays, 60) }
+
+func FuzzApplyDelta(f *testing.F) { fuzzSeeds(f, applyBothWays, 30) }
 
 // TestApplyDeltaRefusesAndKeepsServing: a delta that breaks the checks of
 // Apply is refused whole, the generation unchanged; a delta against an
@@ -339,18 +345,9 @@ func patch[V comparable](m, d map[string]V) {
 	}
 }
 
-func TestBuildDeltaMatchesFullBuild(t *testing.T) {
-	for seed := range uint64(40) {
-		buildBothWays(t, seed, 80)
-	}
-}
+func TestBuildDeltaMatchesFullBuild(t *testing.T) { bySeeds(t, buildBothWays, 80) }
 
-func FuzzBuildDelta(f *testing.F) {
-	for seed := range uint64(4) {
-		f.Add(seed)
-	}
-	f.Fuzz(func(t *testing.T, seed uint64) { buildBothWays(t, seed, 40) })
-}
+func FuzzBuildDelta(f *testing.F) { fuzzSeeds(f, buildBothWays, 40) }
 
 // TestBuildDeltaKeepsAnUnchangedKey: a key put again with the same bytes
 // and the same secret is no change (the file source puts every key at
