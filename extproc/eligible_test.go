@@ -23,7 +23,8 @@ func ids(entries []*store.Entry) []string {
 // key's state moves, rebuilt when one does (a cooldown, a probe result), and
 // when a time-bound exclusion ends without any state change; its tier is
 // the best priority among the eligible keys. While a key is in slow start
-// or has a per-model state, the pool is scanned per request.
+// or has a per-model state, each key proposed is admitted per request
+// (check).
 func TestEligibleSetFollowsStates(t *testing.T) {
 	st := newTestStore(t, `
 keys:
@@ -37,14 +38,12 @@ keys:
 	}
 	t0 := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
 	const slow = 30 * time.Second // settings.ejection.slow_start
+	sel := selection{strat: policy.RoundRobin{}, slowStart: slow}
 
 	type want struct{ entries, tier []string }
 	check := func(step string, now time.Time, w want) *eligibleSet {
 		t.Helper()
-		s := eligibleOf(pool, now, slow)
-		if s == nil {
-			t.Fatalf("%s: no set (scanned per request)", step)
-		}
+		s := eligibleOf(pool, now, sel)
 		if got := ids(s.entries); !slices.Equal(got, w.entries) {
 			t.Errorf("%s: eligible %v, want %v", step, got, w.entries)
 		}
@@ -66,7 +65,7 @@ keys:
 
 	// A state change that does not touch eligibility keeps the set.
 	key("a").RT.Update(func(s policy.KeyState) policy.KeyState { s.ConsecutiveFailures++; return s })
-	if again := eligibleOf(pool, t0, slow); again != first {
+	if again := eligibleOf(pool, t0, sel); again != first {
 		t.Errorf("a failure count moved: the set was rebuilt")
 	}
 
@@ -91,34 +90,42 @@ keys:
 	key("b").RT.Update(func(s policy.KeyState) policy.KeyState { s.ProbeFailed = false; return s })
 	check("b's probe passes", t0.Add(11*time.Second), want{[]string{"a", "b", "c"}, []string{"a", "b"}})
 
+	if s.check {
+		t.Errorf("no limits, model state or slow start: check set")
+	}
+
 	// b back from an ejection: in slow start (the selection's number
-	// decides) the pool is scanned per request until the slow start ends.
+	// decides) each proposal is admitted per request until the slow start
+	// ends.
 	t1 := t0.Add(time.Minute)
 	key("b").RT.Update(func(s policy.KeyState) policy.KeyState { s.SlowStartFrom = t1; return s })
-	if s := eligibleOf(pool, t1.Add(slow-time.Nanosecond), slow); s != nil {
-		t.Errorf("b in slow start: a set %v, want a scan per request", ids(s.entries))
+	if s := check("b in slow start", t1.Add(slow-time.Nanosecond), want{[]string{"a", "b", "c"}, []string{"a", "b"}}); !s.check || !s.until.Equal(t1.Add(slow)) {
+		t.Errorf("b in slow start: check %v until %v, want true until %v", s.check, s.until, t1.Add(slow))
 	}
-	check("b's slow start over", t1.Add(slow), want{[]string{"a", "b", "c"}, []string{"a", "b"}})
+	if s := check("b's slow start over", t1.Add(slow), want{[]string{"a", "b", "c"}, []string{"a", "b"}}); s.check {
+		t.Errorf("b's slow start over: check still set")
+	}
 
 	// c gets a per-model state (headroom: the request's estimate decides).
 	c := key("c").RT.ModelFor("gpt-4o")
 	if c == nil {
 		t.Fatal("no model state")
 	}
-	if s := eligibleOf(pool, t1.Add(slow), slow); s != nil {
-		t.Errorf("c with a model state: a set %v, want a scan per request", ids(s.entries))
+	if s := check("c with a model state", t1.Add(slow), want{[]string{"a", "b", "c"}, []string{"a", "b"}}); !s.check {
+		t.Errorf("c with a model state: check not set")
 	}
 }
 
-// TestEligibleSetNotForLimits: a pool with a key under rpm/tpm limits is
-// scanned per request (its eligibility moves with every request).
-func TestEligibleSetNotForLimits(t *testing.T) {
+// TestEligibleSetChecksLimits: in a pool with a key under rpm/tpm limits
+// each proposal is admitted per request (its eligibility moves with every
+// request).
+func TestEligibleSetChecksLimits(t *testing.T) {
 	st := newTestStore(t, `
 keys:
   a: {provider: openai, secret: sk-a}
   b: {provider: openai, secret: sk-b, limits: {rpm: 5}}
 `)
-	if s := eligibleOf(st.Read().Pool(""), time.Now(), policy.DefaultSlowStart); s != nil {
-		t.Errorf("eligible set %v for a pool with limits, want none", ids(s.entries))
+	if s := eligibleOf(st.Read().Pool(""), time.Now(), selection{strat: policy.RoundRobin{}, slowStart: policy.DefaultSlowStart}); !s.check {
+		t.Errorf("eligible set %v for a pool with limits without check", ids(s.entries))
 	}
 }

@@ -630,8 +630,9 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	}
 	now := x.s.now()
 	if skip == nil {
-		if set := eligibleOf(pool, now, x.settings.Ejection.SlowStart); set != nil {
-			return x.chooseFrom(set, model, pool, now)
+		set := eligibleOf(pool, now, selectionOf(x.settings))
+		if e, aerr, ok := x.chooseFrom(set, model, pool, now); ok {
+			return e, aerr
 		}
 	}
 	window := x.settings.Ejection.ErrorWindow
@@ -642,7 +643,7 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 		buf.cands, buf.entries = buf.cands[:0], buf.entries[:0]
 		candidatePool.Put(buf)
 	}()
-	strat := x.strategy()
+	strat := selectionOf(x.settings).strat
 	needUsage, needErrors := policy.StrategyInputs(strat)
 	seq := pool.Seq.Add(1) - 1
 	slow := 0 // eligible keys left out by their slow start
@@ -700,57 +701,111 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 }
 
 // chooseFrom picks a key for model from the pool's eligible set (choose
-// without a scan of the pool): the strategy runs over the set's best tier,
-// as policy.Select would over the eligible keys.
-func (x *exchange) chooseFrom(set *eligibleSet, model string, pool *store.Pool, now time.Time) (*store.Entry, *apiError) {
-	for _, sk := range set.skipped {
-		x.call.AddSkipped(sk)
-	}
+// without a scan of the pool): the strategy's index proposes keys of the
+// set's best tier, as policy.Select would pick over the eligible keys;
+// when the set needs it each proposal is admitted for this request
+// (limits, headroom, slow start) and a refused one is replaced. ok is
+// false when no proposal was admitted (the caller scans the pool).
+func (x *exchange) chooseFrom(set *eligibleSet, model string, pool *store.Pool, now time.Time) (_ *store.Entry, _ *apiError, ok bool) {
 	if len(set.tier) == 0 {
-		return nil, x.noEligibleKey(model, pool, now)
+		x.addSkipped(set.skipped)
+		return nil, x.noEligibleKey(model, pool, now), true
 	}
-	x.call.Candidates = len(set.entries)
-	strat := x.strategy()
-	cands := set.tier // shared: read-only
-	needUsage, needErrors := policy.StrategyInputs(strat)
-	var buf *candidateBuf
-	if needUsage || needErrors {
-		// The counters are per request: fill a copy.
-		buf = candidatePool.Get().(*candidateBuf)
-		defer func() {
-			clear(buf.cands)
-			buf.cands = buf.cands[:0]
-			candidatePool.Put(buf)
-		}()
-		window := x.settings.Ejection.ErrorWindow
-		for i, e := range set.tierEntries {
-			c := set.tier[i]
-			if needUsage {
-				c.Usage = e.RT.Requests()
-			}
-			if needErrors {
-				c.Errors = e.RT.ErrorsInWindow(now, window)
-			}
-			buf.cands = append(buf.cands, c)
-		}
-		cands = buf.cands
+	if set.index == nil && set.check {
+		return nil, nil, false
 	}
+	strat := set.strat
 	seq := pool.Seq.Add(1) - 1
+	hash := seq
 	if x.hdr.affinity != "" && policy.UsesAffinity(strat) {
-		seq = policy.AffinityHash(x.hdr.affinity)
+		hash = policy.AffinityHash(x.hdr.affinity)
 	}
-	e := set.tierEntries[policy.SelectTier(cands, strat, seq, rand.Float64())]
-	x.took(e, now)
-	return e, nil
+	rnd := rand.Float64()
+	if set.index == nil {
+		buf := candidatePool.Get().(*candidateBuf)
+		i := policy.SelectTier(x.liveTier(set, buf, now), strat, hash, rnd)
+		clear(buf.cands)
+		buf.cands = buf.cands[:0]
+		candidatePool.Put(buf)
+		return x.chose(set, i, now), nil, true
+	}
+	needUsage, needErrors := policy.StrategyInputs(strat)
+	var refused [policy.MaxDraws]telemetry.Skip
+	nref := 0
+	for d := set.index.First(hash, rnd); d.I >= 0; d = set.index.Next(d, hash, rnd) {
+		e := set.tierEntries[d.I]
+		if needUsage || needErrors {
+			if !set.index.Check(d, x.live(set, d.I, now)) {
+				continue
+			}
+		}
+		if set.check {
+			st := e.RT.State()
+			why := policy.Ineligible{Reason: skipSlowStart}
+			if ok, out := x.admitsIn(e, st, x.est, now); !ok {
+				why = out
+			} else if x.slowStartAdmits(st.SlowStartFrom, seq, set.tierAt[d.I], now) {
+				why.Reason = ""
+			}
+			if why.Reason != "" {
+				refused[nref] = telemetry.Skip{KeyID: e.Key.ID, Reason: why.Reason, Until: why.Until}
+				nref++
+				continue
+			}
+		}
+		x.addSkipped(refused[:nref])
+		return x.chose(set, d.I, now), nil, true
+	}
+	return nil, nil, false
 }
 
-// strategy is the configured selection strategy.
-func (x *exchange) strategy() policy.Strategy {
-	strat, err := policy.StrategyFor(x.settings.Strategy)
-	if err != nil {
-		strat = policy.RoundRobin{} // settings are validated; this is a safety net
+// live is the tier's candidate i with the counters its strategy reads now.
+func (x *exchange) live(set *eligibleSet, i int, now time.Time) policy.Candidate {
+	c, e := set.tier[i], set.tierEntries[i]
+	needUsage, needErrors := policy.StrategyInputs(set.strat)
+	if needUsage {
+		c.Usage = e.RT.Requests()
 	}
-	return strat
+	if needErrors {
+		if c.Errors = e.RT.ErrorsInWindow(now, x.settings.Ejection.ErrorWindow); c.Errors > 0 {
+			set.sawErrors(now)
+		}
+	}
+	return c
+}
+
+// liveTier fills buf with the set's tier and the counters its strategy
+// reads now (a strategy without an index: O(tier)).
+func (x *exchange) liveTier(set *eligibleSet, buf *candidateBuf, now time.Time) []policy.Candidate {
+	needUsage, needErrors := policy.StrategyInputs(set.strat)
+	if !needUsage && !needErrors {
+		return set.tier // shared: read-only
+	}
+	for i := range set.tier {
+		buf.cands = append(buf.cands, x.live(set, i, now))
+	}
+	return buf.cands
+}
+
+// chose takes the set's tier candidate i for the request: its skipped keys
+// and candidates go to the call, the request is counted against the key
+// and the index learns its new counters.
+func (x *exchange) chose(set *eligibleSet, i int, now time.Time) *store.Entry {
+	x.addSkipped(set.skipped)
+	x.call.Candidates = len(set.entries)
+	e := set.tierEntries[i]
+	x.took(e, now)
+	if u, _ := policy.StrategyInputs(set.strat); u && set.index != nil {
+		set.index.Update(i, x.live(set, i, now))
+	}
+	return e
+}
+
+// addSkipped records skipped keys on the call.
+func (x *exchange) addSkipped(skipped []telemetry.Skip) {
+	for _, sk := range skipped {
+		x.call.AddSkipped(sk)
+	}
 }
 
 // took counts the request against the chosen key e: its requests, its
