@@ -1,6 +1,10 @@
 package extproc
 
 import (
+	"encoding/binary"
+	"hash/maphash"
+	"math"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -42,7 +46,6 @@ type eligibleSet struct {
 	tierAt      []int
 	strat       policy.Strategy
 	index       *policy.Index // nil: a strategy without one (SelectTier over tier)
-	ring        *policy.Ring  // the pool's (affinity), kept from set to set
 }
 
 // valid reports whether the set still holds at now.
@@ -79,15 +82,14 @@ func selectionOf(set *policy.Settings) selection {
 func eligibleOf(pool *store.Pool, now time.Time, sel selection) *eligibleSet {
 	s, _ := pool.Selection.Load().(*eligibleSet)
 	if s == nil || s.strat != sel.strat || !s.valid(now) {
-		s = buildEligible(pool, s, store.StateEpoch(), now, sel)
+		s = buildEligible(pool, store.StateEpoch(), now, sel)
 		pool.Selection.Store(s)
 	}
 	return s
 }
 
-// buildEligible scans pool at now; epoch is the state epoch read before,
-// prev the pool's previous set (nil: none).
-func buildEligible(pool *store.Pool, prev *eligibleSet, epoch uint64, now time.Time, sel selection) *eligibleSet {
+// buildEligible scans pool at now; epoch is the state epoch read before.
+func buildEligible(pool *store.Pool, epoch uint64, now time.Time, sel selection) *eligibleSet {
 	s := &eligibleSet{epoch: epoch, strat: sel.strat}
 	ends := func(t time.Time) {
 		if !t.IsZero() && (s.until.IsZero() || t.Before(s.until)) {
@@ -133,17 +135,52 @@ func buildEligible(pool *store.Pool, prev *eligibleSet, epoch uint64, now time.T
 		s.tierEntries = append(s.tierEntries, e)
 		s.tierAt = append(s.tierAt, at[i])
 	}
-	if policy.UsesRing(sel.strat) {
-		if prev != nil && prev.ring != nil && prev.strat == sel.strat {
-			s.ring = prev.ring // the pool's keys and weights do not change
-		} else {
-			all := make([]policy.Candidate, len(pool.Entries))
-			for i, e := range pool.Entries {
-				all[i].Key = e.Key
-			}
-			s.ring = policy.NewRing(all)
-		}
+	switch {
+	case !policy.UsesRing(sel.strat):
+		s.index = policy.NewIndex(sel.strat, s.tier, nil, nil)
+	case len(s.tier)*8 < len(pool.Entries):
+		// A small tier of a large pool (e.g. the few keys of the first
+		// priority): a ring of its own, rather than walks over the pool's
+		// ring past the keys outside the tier.
+		s.index = policy.NewIndex(sel.strat, s.tier, nil, nil)
+	default:
+		s.index = policy.NewIndex(sel.strat, s.tier, poolRing(pool), s.tierAt)
 	}
-	s.index = policy.NewIndex(sel.strat, s.tier, s.ring, s.tierAt)
 	return s
 }
+
+// poolRings keeps the latest affinity ring of each pool (by model), with the
+// hash of the keys and weights it was built from: a new configuration
+// generation whose pool has the same keys reuses it (a ring of 10,000
+// keys takes tens of milliseconds to build).
+var poolRings sync.Map // model → *pooledRing
+
+type pooledRing struct {
+	sum  uint64
+	ring *policy.Ring
+}
+
+// poolRing returns the ring of pool's keys.
+func poolRing(pool *store.Pool) *policy.Ring {
+	var h maphash.Hash
+	h.SetSeed(ringSeed)
+	var w [8]byte
+	for _, e := range pool.Entries {
+		h.WriteString(e.Key.ID)
+		binary.LittleEndian.PutUint64(w[:], math.Float64bits(e.Key.Weight))
+		h.Write(w[:])
+	}
+	sum := h.Sum64()
+	if r, ok := poolRings.Load(pool.Model); ok && r.(*pooledRing).sum == sum {
+		return r.(*pooledRing).ring
+	}
+	all := make([]policy.Candidate, len(pool.Entries))
+	for i, e := range pool.Entries {
+		all[i].Key = e.Key
+	}
+	ring := policy.NewRing(all)
+	poolRings.Store(pool.Model, &pooledRing{sum: sum, ring: ring})
+	return ring
+}
+
+var ringSeed = maphash.MakeSeed()
