@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -128,4 +129,70 @@ keys:
 	if s := eligibleOf(st.Read().Pool(""), time.Now(), selection{strat: policy.RoundRobin{}, slowStart: policy.DefaultSlowStart}); !s.check {
 		t.Errorf("eligible set %v for a pool with limits without check", ids(s.entries))
 	}
+}
+
+// TestSelectionAsPolicy: through the pool's eligible set and its index,
+// the deterministic strategies pick, request after request, exactly what
+// policy.Select picks over the same keys, counters and sequence number;
+// affinity sends each session where the ring does, and a key over its rpm
+// sends its sessions where the ring without it does (nobody else moves).
+func TestSelectionAsPolicy(t *testing.T) {
+	const keys = `
+  k0: {provider: openai, secret: sk-test-k0}
+  k1: {provider: openai, secret: sk-test-k1, weight: 2}
+  k2: {provider: openai, secret: sk-test-k2%s}
+  k3: {provider: openai, secret: sk-test-k3}
+  k4: {provider: openai, secret: sk-test-k4, priority: 1}
+`
+	for _, strategy := range []string{policy.StrategyRoundRobin, policy.StrategyLeastUsed} {
+		t.Run(strategy, func(t *testing.T) {
+			r := newRig(t, "settings: {strategy: "+strategy+"}\nkeys:"+fmt.Sprintf(keys, ""))
+			pool := r.store.Read().Pool("gpt-4o")
+			s, _ := policy.StrategyFor(strategy)
+			usage := make([]uint64, len(pool.Entries))
+			for seq := range uint64(40) {
+				cands := make([]policy.Candidate, len(pool.Entries))
+				for i, e := range pool.Entries {
+					cands[i] = policy.Candidate{Key: e.Key, Usage: usage[i]}
+				}
+				want := policy.Select(cands, s, seq, 0)
+				if _, got := r.send("gpt-4o", "", answer("200")); got != pool.Entries[want].Key.ID {
+					t.Fatalf("request %d: key %s, want %s", seq, got, pool.Entries[want].Key.ID)
+				}
+				usage[want]++
+			}
+		})
+	}
+
+	t.Run(policy.StrategyAffinity, func(t *testing.T) {
+		r := newRig(t, "settings: {strategy: affinity}\nkeys:"+fmt.Sprintf(keys, ", limits: {rpm: 1}"))
+		pool := r.store.Read().Pool("gpt-4o")
+		var all, without2 []policy.Candidate // the first tier
+		for _, e := range pool.Entries {
+			if e.Key.Priority == 0 {
+				all = append(all, policy.Candidate{Key: e.Key})
+				if e.Key.ID != "k2" {
+					without2 = append(without2, policy.Candidate{Key: e.Key})
+				}
+			}
+		}
+		for minute := range 2 {
+			r.clock.Set(t0.Add(time.Duration(minute) * time.Minute))
+			k2used, moved := false, 0
+			for u := range 60 {
+				h := policy.AffinityHash(fmt.Sprintf("user-%d", u))
+				want := all[policy.Affinity{}.Pick(all, h, 0)].Key.ID
+				if want == "k2" && k2used {
+					want, moved = without2[policy.Affinity{}.Pick(without2, h, 0)].Key.ID, moved+1
+				}
+				k2used = k2used || want == "k2"
+				if _, got := r.send("gpt-4o", fmt.Sprintf(`,"user":"user-%d"`, u), answer("200")); got != want {
+					t.Fatalf("minute %d, user-%d: key %s, want %s", minute, u, got, want)
+				}
+			}
+			if moved == 0 {
+				t.Fatalf("minute %d: no session moved off k2 (the test proves nothing)", minute)
+			}
+		}
+	})
 }

@@ -748,13 +748,16 @@ func (x *exchange) chooseFrom(set *eligibleSet, model string, pool *store.Pool, 
 				why.Reason = ""
 			}
 			if why.Reason != "" {
-				refused[nref] = telemetry.Skip{KeyID: e.Key.ID, Reason: why.Reason, Until: why.Until}
-				nref++
+				if !slices.ContainsFunc(refused[:nref], func(sk telemetry.Skip) bool { return sk.KeyID == e.Key.ID }) {
+					refused[nref] = telemetry.Skip{KeyID: e.Key.ID, Reason: why.Reason, Until: why.Until}
+					nref++
+				}
 				continue
 			}
 		}
+		e = x.chose(set, d.I, now)
 		x.addSkipped(refused[:nref])
-		return x.chose(set, d.I, now), nil, true
+		return e, nil, true
 	}
 	return nil, nil, false
 }
