@@ -251,3 +251,18 @@ func BenchmarkIndex(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkNewRing builds the ring of a pool of weight-1 keys.
+func BenchmarkNewRing(b *testing.B) {
+	for _, n := range []int{10, 1000, 10000} {
+		cands := benchCands(n, 1)
+		for i := range cands {
+			cands[i].Key.Weight = 1
+		}
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				NewRing(cands)
+			}
+		})
+	}
+}
