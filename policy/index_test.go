@@ -58,22 +58,13 @@ func TestIndexPicksAsStrategy(t *testing.T) {
 	}
 }
 
-// TestIndexShares runs TestWeightedShares's table through the Index twice:
+// TestIndexShares runs TestWeightedShares's cases through the Index twice:
 // built with the counters (fresh), and built with none while the live
 // counters are those of the table (every weight held too high until the
 // first draw of the key corrects it). Both follow the live formula.
 func TestIndexShares(t *testing.T) {
 	const picks, tolerance = 10000, 0.02
-	tests := []struct {
-		strategy string
-		cands    []Candidate
-		want     []float64
-	}{
-		{StrategyRandom, []Candidate{cand("a", 1, 0, 0, 0), cand("b", 2, 0, 0, 0), cand("c", 3, 0, 0, 0), cand("d", 4, 0, 0, 0)}, []float64{0.1, 0.2, 0.3, 0.4}},
-		{StrategyWeightedByUsage, []Candidate{cand("a", 1, 0, 0, 0), cand("b", 1, 0, 1, 0), cand("c", 1, 0, 3, 0), cand("d", 1, 0, 9, 0)}, []float64{1 / 1.85, 0.5 / 1.85, 0.25 / 1.85, 0.1 / 1.85}},
-		{StrategyWeightedByUsage, []Candidate{cand("a", 3, 0, 2, 0), cand("b", 1, 0, 0, 0), cand("c", 2, 0, 7, 0)}, []float64{1 / 2.25, 1 / 2.25, 0.25 / 2.25}},
-		{StrategyAdjustByErrorRate, []Candidate{cand("a", 1, 0, 500, 0), cand("b", 1, 0, 0, 1), cand("c", 1, 0, 0, 4)}, []float64{1 / 1.7, 0.5 / 1.7, 0.2 / 1.7}},
-	}
+	tests := weightedShareTests()
 	for i, tt := range tests {
 		for _, fresh := range []bool{true, false} {
 			t.Run(fmt.Sprintf("%s/%d/fresh=%v", tt.strategy, i, fresh), func(t *testing.T) {
