@@ -3,6 +3,7 @@ package extproc
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -195,4 +196,31 @@ func TestSelectionAsPolicy(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestRingSelectAsSelect: a scan's pick with the pool's ring is
+// policy.Select's over the same candidates (a third of the keys out, two
+// priorities).
+func TestRingSelectAsSelect(t *testing.T) {
+	var cfg strings.Builder
+	cfg.WriteString("settings: {strategy: affinity}\nkeys:\n")
+	for i := range 3 * ringScanMin {
+		fmt.Fprintf(&cfg, "  k%03d: {provider: openai, secret: sk-test-%d, weight: %d, priority: %d}\n", i, i, 1+i%3, i%5/4)
+	}
+	pool := newTestStore(t, cfg.String()).Read().Pool("gpt-4o")
+	buf := new(candidateBuf)
+	for i, e := range pool.Entries {
+		if i%3 != 1 {
+			buf.cands = append(buf.cands, policy.Candidate{Key: e.Key})
+			buf.entries = append(buf.entries, e)
+			buf.at = append(buf.at, i)
+		}
+	}
+	for u := range 500 {
+		h := policy.AffinityHash(fmt.Sprintf("user-%d", u))
+		want := policy.Select(buf.cands, policy.Affinity{}, h, 0)
+		if got := ringSelect(pool, buf, policy.Affinity{}, h); got != want {
+			t.Fatalf("user-%d: ringSelect %d (%s), Select %d (%s)", u, got, buf.cands[max(got, 0)].Key.ID, want, buf.cands[want].Key.ID)
+		}
+	}
 }

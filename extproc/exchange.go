@@ -613,6 +613,7 @@ func (x *exchange) finalModel(k *policy.Key) string {
 type candidateBuf struct {
 	cands   []policy.Candidate
 	entries []*store.Entry
+	at      []int // the entries' indexes in the pool
 }
 
 var candidatePool = sync.Pool{New: func() any { return new(candidateBuf) }}
@@ -640,7 +641,7 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	defer func() {
 		clear(buf.entries)
 		clear(buf.cands)
-		buf.cands, buf.entries = buf.cands[:0], buf.entries[:0]
+		buf.cands, buf.entries, buf.at = buf.cands[:0], buf.entries[:0], buf.at[:0]
 		candidatePool.Put(buf)
 	}()
 	strat := selectionOf(x.settings).strat
@@ -672,13 +673,15 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 		}
 		buf.cands = append(buf.cands, c)
 		buf.entries = append(buf.entries, e)
+		buf.at = append(buf.at, i)
 	}
 	if len(buf.cands) == 0 && slow > 0 {
 		// Only keys in slow start: they serve rather than nobody.
-		for _, e := range pool.Entries {
+		for i, e := range pool.Entries {
 			if ok, _ := x.admits(e, x.est, now); ok && (skip == nil || !skip(e)) {
 				buf.cands = append(buf.cands, policy.Candidate{Key: e.Key})
 				buf.entries = append(buf.entries, e)
+				buf.at = append(buf.at, i)
 			}
 		}
 	}
@@ -694,10 +697,36 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	if x.hdr.affinity != "" && policy.UsesAffinity(strat) {
 		seq = policy.AffinityHash(x.hdr.affinity)
 	}
-	i := policy.Select(buf.cands, strat, seq, rand.Float64())
+	i := -1
+	if policy.UsesRing(strat) && len(pool.Entries) > ringScanMin {
+		i = ringSelect(pool, buf, strat, seq)
+	}
+	if i < 0 {
+		i = policy.Select(buf.cands, strat, seq, rand.Float64())
+	}
 	e := buf.entries[i]
 	x.took(e, now)
 	return e, nil
+}
+
+// ringScanMin is the pool size above which a scan picks for a strategy
+// that hashes on a ring (affinity) with the pool's ring rather than with
+// the strategy's Pick, which computes every candidate's points.
+const ringScanMin = 64
+
+// ringSelect is policy.Select over buf's candidates for a strategy that
+// hashes on a ring, walking the pool's ring (built once): the index into
+// buf, or -1 when the walk gave up (a small tier: Select's Pick is cheap).
+func ringSelect(pool *store.Pool, buf *candidateBuf, strat policy.Strategy, hash uint64) int {
+	best := policy.BestTier(nil, buf.cands)
+	tier, at := make([]policy.Candidate, len(best)), make([]int, len(best))
+	for j, i := range best {
+		tier[j], at[j] = buf.cands[i], buf.at[i]
+	}
+	if d := policy.NewIndex(strat, tier, poolRing(pool), at).First(hash, 0); d.I >= 0 {
+		return best[d.I]
+	}
+	return -1
 }
 
 // chooseFrom picks a key for model from the pool's eligible set (choose
