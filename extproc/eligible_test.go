@@ -224,3 +224,46 @@ func TestRingSelectAsSelect(t *testing.T) {
 		}
 	}
 }
+
+// TestEligibleSetErrorsExpire: for adjust_by_error_rate the set holds
+// error counts, which fall as errors leave the window: a set that saw an
+// error (when it was built, or on a key proposed since) is rebuilt at the
+// next second; one that saw none is kept.
+func TestEligibleSetErrorsExpire(t *testing.T) {
+	r := newRig(t, `
+settings: {strategy: adjust_by_error_rate}
+keys:
+  a: {provider: openai, secret: sk-test-a}
+  b: {provider: openai, secret: sk-test-b}
+`)
+	pool := r.store.Read().Pool("gpt-4o")
+	set := func() *eligibleSet { s, _ := pool.Selection.Load().(*eligibleSet); return s }
+	r.send("gpt-4o", "", answer("200"))
+	first := set()
+	r.clock.Advance(5 * time.Second)
+	r.send("gpt-4o", "", answer("200"))
+	if set() != first || first.errFrom.Load() != 0 {
+		t.Fatalf("no errors: the set was rebuilt or expires (%d)", first.errFrom.Load())
+	}
+	// Both keys fail: no state change, but the next proposal sees an error.
+	now := r.clock.Now()
+	for _, e := range pool.Entries {
+		e.RT.RecordError(now)
+	}
+	r.send("gpt-4o", "", answer("200"))
+	if set() != first {
+		t.Fatalf("errors alone (no state change): the set was rebuilt")
+	}
+	if got, want := first.errFrom.Load(), now.Unix()+1; got != want {
+		t.Fatalf("after a proposal saw an error the set expires at %d, want %d", got, want)
+	}
+	r.clock.Advance(time.Second)
+	r.send("gpt-4o", "", answer("200"))
+	next := set()
+	if next == first {
+		t.Fatalf("the next second: the set was kept")
+	}
+	if got, want := next.errFrom.Load(), r.clock.Now().Unix()+1; got != want {
+		t.Errorf("rebuilt set with errors in the window expires at %d, want %d", got, want)
+	}
+}
