@@ -77,8 +77,10 @@ type Pool struct {
 	Entries []*Entry
 	Seq     *atomic.Uint64
 	// Selection holds what the request path derives from Entries and the
-	// keys' states between requests (extproc's eligible set); each
-	// generation's pools start without.
+	// keys' states between requests (extproc's eligible set). A full
+	// apply's pools start without; ApplyDelta keeps the pools whose keys
+	// did not change, with their Selection, and rebuilds every pool when
+	// the settings change.
 	Selection atomic.Value
 }
 
