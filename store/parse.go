@@ -1129,7 +1129,12 @@ func ParseRule(id string, raw []byte) (*policy.Rule, error) {
 			return nil, err
 		}
 	}
-	if err := checkRule(id, &d); err != nil {
+	return checkedRule(id, &d)
+}
+
+// checkedRule is the rule of the decoded rules/<id> document, once checked.
+func checkedRule(id string, d *ruleDoc) (*policy.Rule, error) {
+	if err := checkRule(id, d); err != nil {
 		return nil, err
 	}
 	r := &policy.Rule{ID: id, KeyID: d.Key, From: d.From, To: d.To, Enabled: true}

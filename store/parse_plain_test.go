@@ -102,12 +102,5 @@ func parseRuleOracle(id string, raw []byte) (*policy.Rule, error) {
 	if err := decodeStrictOracle(doc, raw, &d); err != nil {
 		return nil, err
 	}
-	if err := checkRule(id, &d); err != nil {
-		return nil, err
-	}
-	r := &policy.Rule{ID: id, KeyID: d.Key, From: d.From, To: d.To, Enabled: true}
-	if d.Enabled != nil {
-		r.Enabled = *d.Enabled
-	}
-	return r, nil
+	return checkedRule(id, &d)
 }
