@@ -122,6 +122,12 @@ func TestSoakVerdict(t *testing.T) {
 		}
 		return s
 	}
+	// RSS flat, goroutines 20 then g.
+	goroutines := func(g int) []soakSample {
+		s := rows(1000, 1000)
+		s[2].goroutines = g
+		return s
+	}
 	for _, tc := range []struct {
 		name    string
 		samples []soakSample
@@ -130,6 +136,9 @@ func TestSoakVerdict(t *testing.T) {
 		{"flat", rows(1000, 1050, 950, 1090), ""},
 		{"grows", rows(1000, 1050, 1101), "RSS moved +0.0% / +10.1% from the first sample after the warm-up (limit ±10%)"},
 		{"shrinks", rows(1000, 899), "RSS moved -10.1% / +0.0% from the first sample after the warm-up (limit ±10%)"},
+		{"goroutines at the limit", goroutines(22), ""},
+		{"goroutines past the limit", goroutines(23), "goroutines moved +0.0% / +15.0% from the first sample after the warm-up (limit ±10%)"},
+		{"goroutines down to the limit", goroutines(18), ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
