@@ -35,6 +35,16 @@ func waitCollected(t *testing.T, gone <-chan struct{}, what string) {
 	t.Fatalf("%s: the exchange is still reachable after its stream ended", what)
 }
 
+// forwardAndEnd runs a chat request through an exchange and ends its
+// stream; it returns the call id (a copy: the reply's is the exchange's
+// memory) and a channel closed once the exchange is collected.
+func (f *alsFixture) forwardAndEnd(t *testing.T) (string, <-chan struct{}) {
+	t.Helper()
+	x, id := f.forward(t)
+	x.finish()
+	return strings.Clone(id), collected(x)
+}
+
 // TestLedgerReleasesExchange: once its stream ended, the ledger keeps a
 // forwarded call's record without its exchange, both while the record
 // waits for its entry and after it was booked without it; the entry,
@@ -44,11 +54,7 @@ func TestLedgerReleasesExchange(t *testing.T) {
 
 	t.Run("waiting for its entry", func(t *testing.T) {
 		f := newALSFixture(t, Config{})
-		x, id := f.forward(t)
-		id = strings.Clone(id) // the reply's call id is the exchange's memory
-		x.finish()
-		gone := collected(x)
-		x = nil
+		id, gone := f.forwardAndEnd(t)
 		waitCollected(t, gone, "pending")
 		if st := f.s.AccessLogStatus(); st.Pending != 1 || len(f.rec.all()) != 0 {
 			t.Fatalf("status %+v, %d calls booked", st, len(f.rec.all()))
@@ -69,11 +75,7 @@ func TestLedgerReleasesExchange(t *testing.T) {
 
 	t.Run("booked without it, the entry late", func(t *testing.T) {
 		f := newALSFixture(t, Config{})
-		x, id := f.forward(t)
-		id = strings.Clone(id) // the reply's call id is the exchange's memory
-		x.finish()
-		gone := collected(x)
-		x = nil
+		id, gone := f.forwardAndEnd(t)
 		f.clock.Advance(DefaultEntryWait)
 		f.s.ledger.sweep(f.clock.Now())
 		waitCollected(t, gone, "booked")
