@@ -47,7 +47,6 @@ type exchange struct {
 	// The storage of att and of its first tried key (share).
 	shared     attempts
 	firstTried [1]*store.Entry
-	callIDBuf  [32]byte     // the bytes of callID (written once)
 	mut        *mutationMsg // the forwarding mutation (set by forward)
 
 	sctx        context.Context // the Process stream's

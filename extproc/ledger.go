@@ -222,7 +222,7 @@ func (l *ledger) entry(rec envoyRecord, now time.Time) {
 	}
 	if h, ok := l.pending[rec.callID]; ok {
 		delete(l.pending, rec.callID)
-		l.rememberLocked(h.r.callID, nil, now)
+		l.rememberLocked(rec.callID, nil, now) // the entry's string: h.r goes back to its pool
 		l.mu.Unlock()
 		l.matched.Add(1)
 		h.r.book(&rec)
@@ -261,7 +261,7 @@ func (l *ledger) sweep(now time.Time) {
 	for id, h := range l.pending {
 		if !now.Before(h.deadline) {
 			delete(l.pending, id)
-			l.rememberLocked(id, h.r, now)
+			l.rememberLocked(strings.Clone(id), h.r, now) // id is h.r's memory, which goes back to its pool
 			due = append(due, h.r)
 		}
 	}

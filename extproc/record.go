@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/keymux/keymux/policy"
 	"github.com/keymux/keymux/store"
@@ -19,30 +20,35 @@ import (
 // (detach), so the exchange itself — request headers, body state, reply
 // storage, the attempts' bookkeeping — is released when its stream ends.
 type callRecord struct {
-	s        *Server
-	settings *policy.Settings
-	phase    phase
-	entry    *store.Entry
-	client   *policy.Client
-	status   int
-	usage    usageScanner
-	reading  bool   // the response body is read (mode overridden to STREAMED: UsageFromBody)
-	chunks   int    // response body messages received while reading
-	respDone bool   // the response headers ended the response
-	callID   string // joins Envoy's access-log entry to this record (set when forwarded)
-	routed   string // the key id the router-level metadata named first (set when forwarded)
-	call     telemetry.Call
+	s         *Server
+	settings  *policy.Settings
+	phase     phase
+	entry     *store.Entry
+	client    *policy.Client
+	status    int
+	usage     usageScanner
+	reading   bool     // the response body is read (mode overridden to STREAMED: UsageFromBody)
+	chunks    int      // response body messages received while reading
+	respDone  bool     // the response headers ended the response
+	callID    string   // joins Envoy's access-log entry to this record (set when forwarded)
+	callIDBuf [32]byte // the bytes of callID (written once)
+	routed    string   // the key id the router-level metadata named first (set when forwarded)
+	call      telemetry.Call
 }
 
 var recordPool = sync.Pool{New: func() any { return new(callRecord) }}
 
 // detach returns a pooled copy of c for the ledger to hold: its call id
-// its own memory (c's may be the exchange's buffer), without the body
+// in its own buffer (c's is the exchange's memory), without the body
 // scanner's buffer (the stream ended: nothing more is fed).
 func (c *callRecord) detach() *callRecord {
 	d := recordPool.Get().(*callRecord)
 	*d = *c
-	d.callID = strings.Clone(c.callID)
+	if n := copy(d.callIDBuf[:], c.callID); n == len(c.callID) && n > 0 {
+		d.callID = unsafe.String(&d.callIDBuf[0], n)
+	} else {
+		d.callID = strings.Clone(c.callID)
+	}
 	d.usage.buf = nil
 	return d
 }
