@@ -34,16 +34,18 @@ const (
 
 // exchange is the state of one HTTP request across its ext_proc messages.
 type exchange struct {
-	callRecord // what outlives the stream until the call is booked (record.go)
-	snap       *store.Snapshot
-	hdr        requestHeaders
-	route      routeResult
-	est        int64 // the request's token estimate (policy.EstimateTokens)
-	bodySeen   bool
-	att        *attempts // shared with the upstream filter's attempts (set when forwarded)
-	boundary   string    // a multipart form's boundary (operation.form)
-	upload     bool      // the body streams through unbuffered (operation.upload)
-	rep        *replies  // storage of the request path's replies (reply.go); nil once released
+	// What outlives the stream until the call is booked (record.go).
+	callRecord
+
+	snap     *store.Snapshot
+	hdr      requestHeaders
+	route    routeResult
+	est      int64 // the request's token estimate (policy.EstimateTokens)
+	bodySeen bool
+	att      *attempts // shared with the upstream filter's attempts (set when forwarded)
+	boundary string    // a multipart form's boundary (operation.form)
+	upload   bool      // the body streams through unbuffered (operation.upload)
+	rep      *replies  // storage of the request path's replies (reply.go); nil once released
 	// The storage of att and of its first tried key (share).
 	shared     attempts
 	firstTried [1]*store.Entry
