@@ -267,3 +267,33 @@ keys:
 		t.Errorf("rebuilt set with errors in the window expires at %d, want %d", got, want)
 	}
 }
+
+// listStrategy is a strategy registered from outside whose values cannot
+// be compared (a slice): it picks the candidate its list names first.
+type listStrategy []int
+
+func (listStrategy) Name() string { return "test_list" }
+func (l listStrategy) Pick(cands []policy.Candidate, _ uint64, _ float64) int {
+	return min(l[0], len(cands)-1)
+}
+
+// TestEligibleSetUncomparableStrategy: a pool's eligible set is reused
+// under a strategy whose values Go cannot compare (no panic), and
+// rebuilt when the strategy changes.
+func TestEligibleSetUncomparableStrategy(t *testing.T) {
+	st := newTestStore(t, `
+keys:
+  a: {provider: openai, secret: sk-a}
+  b: {provider: openai, secret: sk-b}
+`)
+	pool := st.Read().Pool("")
+	now := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
+	sel := selection{strat: listStrategy{1}}
+	first := eligibleOf(pool, now, sel)
+	if again := eligibleOf(pool, now, sel); again != first {
+		t.Errorf("eligible set rebuilt for the same strategy")
+	}
+	if other := eligibleOf(pool, now, selection{strat: policy.RoundRobin{}}); other == first || other.strat != (policy.RoundRobin{}) {
+		t.Errorf("eligible set kept across a strategy change")
+	}
+}
