@@ -1,0 +1,211 @@
+package extproc
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc/encoding"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+func codecHeaders(kv ...string) *extprocv3.HttpHeaders {
+	hm := &corev3.HeaderMap{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
+	}
+	return &extprocv3.HttpHeaders{Headers: hm}
+}
+
+// codecRequestHeaders is a chat completion's request headers as Envoy
+// sends them (the official SDK's headers), with the stream's protocol
+// configuration and forwarded metadata.
+func codecRequestHeaders() *extprocv3.ProcessingRequest {
+	h := codecHeaders(":authority", "gateway.local:10000", ":path", "/v1/chat/completions", ":method", "POST",
+		":scheme", "http", "authorization", "Bearer km-token", "content-type", "application/json",
+		"content-length", "1024", "x-request-id", "7f1c2a9e-3b4d-4e5f-8a6b-0c1d2e3f4a5b",
+		"user-agent", "OpenAI/Python 1.82.0", "accept", "application/json", "x-stainless-lang", "python",
+		"x-stainless-package-version", "1.82.0", "x-stainless-os", "Linux", "x-stainless-arch", "x64",
+		"x-stainless-runtime", "CPython", "x-stainless-runtime-version", "3.12.3", "x-stainless-async", "false",
+		"x-stainless-retry-count", "0", "x-stainless-read-timeout", "600", "x-forwarded-proto", "http",
+		"x-empty", "")
+	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: h}}
+}
+
+func codecCases() map[string]*extprocv3.ProcessingRequest {
+	first := codecRequestHeaders()
+	first.ProtocolConfig = &extprocv3.ProtocolConfiguration{RequestBodyMode: filterv3.ProcessingMode_BUFFERED, ResponseBodyMode: filterv3.ProcessingMode_NONE}
+	claims, _ := structpb.NewStruct(map[string]any{"sub": "alice", "groups": []any{"a", "b"}})
+	first.MetadataContext = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"envoy.filters.http.jwt_authn": claims}}
+	eos := codecHeaders(":status", "200", "content-type", "application/json")
+	eos.EndOfStream = true
+	strValue := codecHeaders()
+	strValue.Headers.Headers = []*corev3.HeaderValue{{Key: "x-a", Value: "v"}, {Key: "x-b", Value: "w", RawValue: []byte("raw")}}
+	return map[string]*extprocv3.ProcessingRequest{
+		"request headers":                    codecRequestHeaders(),
+		"first message: config and metadata": first,
+		"response headers, end of stream":    {Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: eos}},
+		"headers with value instead of raw":  {Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: strValue}},
+		"no headers":                         {Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{}}},
+		"empty header map":                   {Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{}}}},
+		"request body": {Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{
+			Body: []byte(`{"model":"gpt-4","messages":[]}`), EndOfStream: true}}},
+		"response body, every flag": {Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{
+			Body: []byte("data: x\n\n"), EndOfStream: true, EndOfStreamWithoutMessage: true, GrpcMessageCompressed: true, DrainComplete: true}}},
+		"empty body":         {Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{EndOfStream: true}}},
+		"observability mode": {Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{}}, ObservabilityMode: true},
+		"empty message":      {},
+	}
+}
+
+// checkDecode decodes b with unmarshalRequest and with proto.Unmarshal
+// and fails unless both agree (error or message), and unless the decoded
+// message still holds after b is overwritten (it must not share b).
+func checkDecode(t *testing.T, b []byte) {
+	t.Helper()
+	want := new(extprocv3.ProcessingRequest)
+	wantErr := proto.Unmarshal(b, want)
+	got := new(extprocv3.ProcessingRequest)
+	in := bytes.Clone(b)
+	gotErr := unmarshalRequest(in, got)
+	if (wantErr == nil) != (gotErr == nil) || (wantErr != nil && wantErr.Error() != gotErr.Error()) {
+		t.Fatalf("error %v, proto.Unmarshal's %v (input %x)", gotErr, wantErr, b)
+	}
+	if wantErr != nil {
+		return
+	}
+	for i := range in {
+		in[i] = 0xff
+	}
+	if !proto.Equal(got, want) {
+		t.Fatalf("decoded\n%v\nproto.Unmarshal\n%v\n(input %x)", got, want, b)
+	}
+}
+
+func TestDecodeRequestFastPath(t *testing.T) {
+	for name, m := range codecCases() {
+		t.Run(name, func(t *testing.T) {
+			b, err := proto.Marshal(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !decodeRequest(b, new(extprocv3.ProcessingRequest)) {
+				t.Fatal("decodeRequest left the message to proto.Unmarshal")
+			}
+			checkDecode(t, b)
+		})
+	}
+}
+
+func TestDecodeRequestLeavesTheRestToProto(t *testing.T) {
+	marshal := func(m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	headers := marshal(codecRequestHeaders())
+	body := marshal(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: []byte("x")}}})
+	attrs := codecRequestHeaders()
+	attrs.Attributes = map[string]*structpb.Struct{"envoy.filters.http.ext_proc": {}}
+	tag := func(num protowire.Number, typ protowire.Type) []byte { return protowire.AppendTag(nil, num, typ) }
+	// a request headers message of one header whose field num holds s
+	// (proto.Marshal refuses invalid UTF-8)
+	headerWith := func(num protowire.Number, s string) []byte {
+		hv := protowire.AppendString(tag(num, protowire.BytesType), s)
+		hm := protowire.AppendBytes(tag(fHeaderMapHeaders, protowire.BytesType), hv)
+		h := protowire.AppendBytes(tag(fHeadersHeaders, protowire.BytesType), hm)
+		return protowire.AppendBytes(tag(fReqRequestHeaders, protowire.BytesType), h)
+	}
+	cases := map[string][]byte{
+		"attributes":                    marshal(attrs),
+		"request trailers":              marshal(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestTrailers{RequestTrailers: &extprocv3.HttpTrailers{}}}),
+		"headers twice (merged)":        append(bytes.Clone(headers), headers...),
+		"headers then body (last wins)": append(bytes.Clone(headers), body...),
+		"invalid UTF-8 key":             headerWith(fHeaderKey, "x-\xff"),
+		"invalid UTF-8 value":           headerWith(fHeaderValue, "\xc0"),
+		"unknown field":                 protowire.AppendVarint(tag(99, protowire.VarintType), 1),
+		"wrong wire type":               protowire.AppendVarint(tag(fReqRequestHeaders, protowire.VarintType), 1),
+		"truncated":                     headers[:len(headers)-3],
+		"field number zero":             {0x00},
+		"end group without start":       tag(fReqRequestBody, protowire.EndGroupType),
+	}
+	for name, b := range cases {
+		t.Run(name, func(t *testing.T) {
+			if decodeRequest(b, new(extprocv3.ProcessingRequest)) {
+				t.Fatal("decodeRequest decoded a message it must leave to proto.Unmarshal")
+			}
+			checkDecode(t, b)
+		})
+	}
+}
+
+// TestDecodeRequestAllocations pins the point of the fast path: a request
+// headers message of n headers costs a constant few allocations.
+func TestDecodeRequestAllocations(t *testing.T) {
+	b, err := proto.Marshal(codecRequestHeaders())
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := unmarshalRequest(b, new(extprocv3.ProcessingRequest)); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// The message, its oneof wrapper, HttpHeaders, HeaderMap, the
+	// HeaderValue array and its pointers, the bytes and the string copy.
+	if allocs != 8 {
+		t.Fatalf("%v allocations per request headers message, want 8", allocs)
+	}
+}
+
+func TestCodecOtherMessages(t *testing.T) {
+	c := codec{proto: encoding.GetCodecV2("proto")}
+	b, err := c.Marshal(&healthpb.HealthCheckRequest{Service: "keymux"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got healthpb.HealthCheckRequest
+	if err := c.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.GetService() != "keymux" {
+		t.Fatalf("service %q, want keymux", got.GetService())
+	}
+	req, err := proto.Marshal(codecRequestHeaders())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m extprocv3.ProcessingRequest
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(req)}, &m); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(&m, codecRequestHeaders()) {
+		t.Fatalf("decoded %v", &m)
+	}
+	if c.Name() != "proto" {
+		t.Fatalf("name %q: Envoy sends application/grpc (the proto codec)", c.Name())
+	}
+}
+
+func FuzzDecodeRequest(f *testing.F) {
+	for _, m := range codecCases() {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte(strings.Repeat("\x12\x00", 3)))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		checkDecode(t, b)
+	})
+}
