@@ -17,16 +17,24 @@ import (
 // ServerCodec is the gRPC server option of keymux's ext_proc server: the
 // messages Envoy sends on a Process stream are decoded by decodeRequest,
 // which allocates a handful of times per message where the generic
-// protobuf decoder allocates three times per header; every other message
-// (the replies, the health and access-log services) goes through gRPC's
-// protobuf codec unchanged.
+// protobuf decoder allocates three times per header, and keymux's replies
+// are encoded by marshalResponse (codec_encode.go); every other message
+// (and any reply or request these do not know, the health and access-log
+// services) goes through gRPC's protobuf codec unchanged.
 func ServerCodec() grpc.ServerOption {
 	return grpc.ForceServerCodecV2(codec{proto: encoding.GetCodecV2("proto")})
 }
 
 type codec struct{ proto encoding.CodecV2 }
 
-func (c codec) Marshal(v any) (mem.BufferSlice, error) { return c.proto.Marshal(v) }
+func (c codec) Marshal(v any) (mem.BufferSlice, error) {
+	if m, ok := v.(*extprocv3.ProcessingResponse); ok {
+		if data, ok := marshalResponse(m); ok {
+			return data, nil
+		}
+	}
+	return c.proto.Marshal(v)
+}
 
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(*extprocv3.ProcessingRequest)

@@ -2,18 +2,24 @@ package extproc
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc/encoding"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 func codecHeaders(kv ...string) *extprocv3.HttpHeaders {
@@ -207,5 +213,152 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Add([]byte(strings.Repeat("\x12\x00", 3)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		checkDecode(t, b)
+	})
+}
+
+// codecReplies are replies of every shape keymux sends, and a few it
+// does not (marshalResponse leaves those to proto).
+func codecReplies() map[string]*extprocv3.ProcessingResponse {
+	md, _ := structpb.NewStruct(map[string]any{MetadataNamespace: map[string]any{
+		metaCallID: "c-1", metaKeyID: "k0", "model_original": "gpt-4", "model_final": "gpt-4o-mini", "client_id": "load",
+		"n": 1.5, "ok": true, "off": false, "empty": "",
+	}})
+	mut := &extprocv3.HeaderMutation{
+		SetHeaders: []*corev3.HeaderValueOption{
+			{Header: &corev3.HeaderValue{Key: "authorization", RawValue: []byte("Bearer sk-x")}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD},
+			{Header: &corev3.HeaderValue{Key: "x-a", Value: "v"}, Append: &wrapperspb.BoolValue{Value: false}, KeepEmptyValue: true},
+			{Header: &corev3.HeaderValue{Key: "x-b"}, Append: &wrapperspb.BoolValue{Value: true}},
+			{},
+		},
+		RemoveHeaders: []string{"x-api-key", "anthropic-api-key"},
+	}
+	big := bytes.Repeat([]byte("x"), 40<<10)
+	return map[string]*extprocv3.ProcessingResponse{
+		"forwarding headers reply": {Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{
+			Response: &extprocv3.CommonResponse{HeaderMutation: mut, ClearRouteCache: true}}}, DynamicMetadata: md},
+		"body reply with a new body": {Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{
+			Response: &extprocv3.CommonResponse{Status: extprocv3.CommonResponse_CONTINUE_AND_REPLACE, HeaderMutation: mut,
+				BodyMutation: &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: []byte(`{"model":"gpt-4o-mini"}`)}}}}},
+			DynamicMetadata: md},
+		"large body (pooled buffer)": {Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{
+			Response: &extprocv3.CommonResponse{BodyMutation: &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: big}}}}}},
+		"empty body mutation": {Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{
+			Response: &extprocv3.CommonResponse{BodyMutation: &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{}}}}}},
+		"clear body false": {Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{
+			Response: &extprocv3.CommonResponse{BodyMutation: &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_ClearBody{}}}}}},
+		"response headers with mode override": {Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}},
+			ModeOverride: &filterv3.ProcessingMode{ResponseBodyMode: filterv3.ProcessingMode_STREAMED, RequestHeaderMode: filterv3.ProcessingMode_SKIP}},
+		"empty request headers reply": {Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}},
+		"empty common response":       {Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{Response: &extprocv3.CommonResponse{}}}},
+		"empty reply":                 {},
+		"negative enum":               {ModeOverride: &filterv3.ProcessingMode{RequestBodyMode: -1}},
+	}
+}
+
+func TestMarshalResponseMatchesProto(t *testing.T) {
+	c := codec{proto: encoding.GetCodecV2("proto")}
+	for name, m := range codecReplies() {
+		t.Run(name, func(t *testing.T) {
+			if _, ok := marshalResponse(m); !ok {
+				t.Fatal("marshalResponse left the reply to proto")
+			}
+			checkEncode(t, c, m)
+		})
+	}
+}
+
+// checkEncode fails unless the codec writes m as proto's deterministic
+// output does (or fails as proto does).
+func checkEncode(t *testing.T, c codec, m *extprocv3.ProcessingResponse) {
+	t.Helper()
+	want, wantErr := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	data, err := c.Marshal(m)
+	if (err == nil) != (wantErr == nil) {
+		t.Fatalf("error %v, proto's %v", err, wantErr)
+	}
+	if err != nil {
+		return
+	}
+	got := data.Materialize()
+	data.Free()
+	if !bytes.Equal(got, want) {
+		t.Fatalf("wrote\n%x\nproto writes\n%x", got, want)
+	}
+}
+
+func TestMarshalResponseLeavesTheRestToProto(t *testing.T) {
+	c := codec{proto: encoding.GetCodecV2("proto")}
+	list, _ := structpb.NewList([]any{"a"})
+	cases := map[string]*extprocv3.ProcessingResponse{
+		"immediate response": {Response: &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: &extprocv3.ImmediateResponse{
+			Status: &typev3.HttpStatus{Code: typev3.StatusCode_TooManyRequests}, Body: []byte(`{"error":{}}`)}}},
+		"trailers reply":         {Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}},
+		"common trailers":        {Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{Response: &extprocv3.CommonResponse{Trailers: &corev3.HeaderMap{}}}}},
+		"message timeout":        {OverrideMessageTimeout: durationpb.New(time.Second)},
+		"request drain":          {RequestDrain: true},
+		"typed metadata":         {TypedDynamicMetadata: map[string]*anypb.Any{"x": {}}},
+		"list value":             {DynamicMetadata: &structpb.Struct{Fields: map[string]*structpb.Value{"l": structpb.NewListValue(list)}}},
+		"nil map value":          {DynamicMetadata: &structpb.Struct{Fields: map[string]*structpb.Value{"n": nil}}},
+		"nil header option":      {Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{nil}}}}}},
+		"invalid UTF-8 key":      {Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "\xff"}}}}}}}},
+		"invalid UTF-8 removal":  {Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{RemoveHeaders: []string{"\xc0"}}}}}},
+		"invalid UTF-8 metadata": {DynamicMetadata: &structpb.Struct{Fields: map[string]*structpb.Value{"k": structpb.NewStringValue("\xff")}}},
+	}
+	for name, m := range cases {
+		t.Run(name, func(t *testing.T) {
+			if _, ok := marshalResponse(m); ok {
+				t.Fatal("marshalResponse wrote a reply it must leave to proto")
+			}
+			checkEncode(t, c, m)
+		})
+	}
+}
+
+// TestEncodeResponseKnowsEveryField fails when a message marshalResponse
+// writes gains a field (a go-control-plane upgrade): the encoder would
+// silently drop it. Each list is the fields it writes or refuses.
+func TestEncodeResponseKnowsEveryField(t *testing.T) {
+	known := map[proto.Message][]protowire.Number{
+		&extprocv3.ProcessingResponse{}: {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
+		&extprocv3.HeadersResponse{}:    {1},
+		&extprocv3.BodyResponse{}:       {1},
+		&extprocv3.CommonResponse{}:     {1, 2, 3, 4, 5},
+		&extprocv3.HeaderMutation{}:     {1, 2},
+		&corev3.HeaderValueOption{}:     {1, 2, 3, 4},
+		&corev3.HeaderValue{}:           {1, 2, 3},
+		&extprocv3.BodyMutation{}:       {1, 2, 3},
+		&filterv3.ProcessingMode{}:      {1, 2, 3, 4, 5, 6},
+		&structpb.Struct{}:              {1},
+		&structpb.Value{}:               {1, 2, 3, 4, 5, 6},
+		&wrapperspb.BoolValue{}:         {1},
+	}
+	for m, nums := range known {
+		fields := m.ProtoReflect().Descriptor().Fields()
+		var got []protowire.Number
+		for i := range fields.Len() {
+			got = append(got, fields.Get(i).Number())
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, nums) {
+			t.Errorf("%s has fields %v, the encoder knows %v", m.ProtoReflect().Descriptor().FullName(), got, nums)
+		}
+	}
+}
+
+func FuzzMarshalResponse(f *testing.F) {
+	for _, m := range codecReplies() {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	c := codec{proto: encoding.GetCodecV2("proto")}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m := new(extprocv3.ProcessingResponse)
+		if (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(b, m) != nil {
+			return
+		}
+		checkEncode(t, c, m)
 	})
 }
