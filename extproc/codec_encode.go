@@ -3,6 +3,7 @@ package extproc
 import (
 	"math"
 	"slices"
+	"strings"
 	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -27,16 +28,17 @@ import (
 // one of these messages by a newer go-control-plane fails
 // TestEncodeResponseKnowsEveryField until it is handled here.
 func marshalResponse(m *extprocv3.ProcessingResponse) (mem.BufferSlice, bool) {
-	n, ok := sizeResponse(m)
+	var e structEncoder
+	n, ok := sizeResponse(&e, m)
 	if !ok {
 		return nil, false
 	}
 	if mem.IsBelowBufferPoolingThreshold(n) {
-		return mem.BufferSlice{mem.SliceBuffer(appendResponse(make([]byte, 0, n), m))}, true
+		return mem.BufferSlice{mem.SliceBuffer(appendResponse(&e, make([]byte, 0, n), m))}, true
 	}
 	pool := mem.DefaultBufferPool()
 	buf := pool.Get(n)
-	*buf = appendResponse((*buf)[:0], m)
+	*buf = appendResponse(&e, (*buf)[:0], m)
 	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, true
 }
 
@@ -144,7 +146,7 @@ func appendMessageHeader(b []byte, num protowire.Number, n int) []byte {
 	return protowire.AppendVarint(b, uint64(n))
 }
 
-func sizeResponse(m *extprocv3.ProcessingResponse) (int, bool) {
+func sizeResponse(e *structEncoder, m *extprocv3.ProcessingResponse) (int, bool) {
 	if len(m.TypedDynamicMetadata) > 0 || m.OverrideMessageTimeout != nil || m.ServerWindowUpdate != nil ||
 		m.RequestDrain || m.RequestDrainRequests || m.RequestDrainResponses {
 		return 0, false
@@ -166,7 +168,7 @@ func sizeResponse(m *extprocv3.ProcessingResponse) (int, bool) {
 		n += sizeBytesField(num, inner)
 	}
 	if m.DynamicMetadata != nil {
-		s, ok := sizeStruct(m.DynamicMetadata)
+		s, ok := e.size(m.DynamicMetadata)
 		if !ok {
 			return 0, false
 		}
@@ -208,12 +210,11 @@ func replyOf(m *extprocv3.ProcessingResponse) (num protowire.Number, common *ext
 	return 0, nil, false
 }
 
-func appendResponse(b []byte, m *extprocv3.ProcessingResponse) []byte {
+func appendResponse(e *structEncoder, b []byte, m *extprocv3.ProcessingResponse) []byte {
 	// Protobuf writes the fields outside a oneof first, then the oneof.
 	if m.DynamicMetadata != nil {
-		s, _ := sizeStruct(m.DynamicMetadata)
-		b = appendMessageHeader(b, fRespDynamicMetadata, s)
-		b = appendStruct(b, m.DynamicMetadata)
+		b = appendMessageHeader(b, fRespDynamicMetadata, e.sizeOfNext())
+		b = e.append(b)
 	}
 	if m.ModeOverride != nil {
 		b = appendMessageHeader(b, fRespModeOverride, sizeMode(m.ModeOverride))
@@ -392,72 +393,70 @@ func appendMode(b []byte, p *filterv3.ProcessingMode) []byte {
 	return appendEnumField(b, 6, int32(p.ResponseTrailerMode))
 }
 
-// maxStructFields bounds the members of a Struct marshalResponse writes
-// (its keys are sorted on the stack, as proto's deterministic output
-// orders them); a larger one goes through proto.
-const maxStructFields = 16
-
-// structKeys is s's keys in order, in buf.
-func structKeys(s *structpb.Struct, buf *[maxStructFields]string) ([]string, bool) {
-	if len(s.Fields) > maxStructFields {
-		return nil, false
-	}
-	keys := buf[:0]
-	for k := range s.Fields {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys, true
+// The Structs of a reply (dynamic metadata) are sized once: the sizing
+// pass records each one's members, sorted by key as proto's deterministic
+// output orders them, and its size, in the order the writing pass meets
+// them (depth first), so that neither pass sorts or sizes a map twice.
+type structEncoder struct {
+	structs [maxStructs]structSize
+	n, next int // the structs sized; the writing pass's next one
+	members [maxStructMembers]member
+	used    int
 }
 
-func sizeStruct(s *structpb.Struct) (int, bool) {
-	var buf [maxStructFields]string
-	keys, ok := structKeys(s, &buf)
-	if !ok {
+type member struct {
+	key string
+	val *structpb.Value
+}
+
+// structSize is a struct's members (e.members[first:first+count]) and size.
+type structSize struct {
+	first, count, size int
+}
+
+// maxStructs and maxStructMembers bound the Structs of one reply that
+// marshalResponse writes, and their members; a reply with more goes
+// through proto.
+const (
+	maxStructs       = 8
+	maxStructMembers = 32
+)
+
+func (e *structEncoder) size(s *structpb.Struct) (int, bool) {
+	if len(s.Fields) > len(e.members)-e.used || e.n == len(e.structs) {
 		return 0, false
 	}
+	ms := e.members[e.used : e.used+len(s.Fields)]
+	e.used += len(s.Fields)
+	j := 0
+	for k, v := range s.Fields {
+		ms[j] = member{k, v}
+		j++
+	}
+	slices.SortFunc(ms, func(a, b member) int { return strings.Compare(a.key, b.key) })
+	i := e.n
+	e.structs[i] = structSize{first: e.used - len(ms), count: len(ms)}
+	e.n++
 	n := 0
-	for _, k := range keys {
-		e, ok := sizeEntry(k, s.Fields[k])
+	for _, m := range ms {
+		if m.val == nil {
+			return 0, false
+		}
+		if !utf8.ValidString(m.key) {
+			return 0, false
+		}
+		kn := sizeBytesField(fEntryKey, len(m.key)) // a map entry's key is written even when empty
+		vn, ok := e.sizeValue(m.val)
 		if !ok {
 			return 0, false
 		}
-		n += sizeBytesField(fStructFields, e)
+		n += sizeBytesField(fStructFields, kn+sizeBytesField(fEntryValue, vn))
 	}
+	e.structs[i].size = n
 	return n, true
 }
 
-func sizeEntry(k string, v *structpb.Value) (int, bool) {
-	if v == nil {
-		return 0, false
-	}
-	kn, ok := sizeStringField(fEntryKey, k)
-	if !ok {
-		return 0, false
-	}
-	vn, ok := sizeValue(v)
-	if !ok {
-		return 0, false
-	}
-	return kn + sizeBytesField(fEntryValue, vn), true
-}
-
-func appendStruct(b []byte, s *structpb.Struct) []byte {
-	var buf [maxStructFields]string
-	keys, _ := structKeys(s, &buf)
-	for _, k := range keys {
-		v := s.Fields[k]
-		e, _ := sizeEntry(k, v)
-		b = appendMessageHeader(b, fStructFields, e)
-		b = appendStringField(b, fEntryKey, k)
-		vn, _ := sizeValue(v)
-		b = appendMessageHeader(b, fEntryValue, vn)
-		b = appendValue(b, v)
-	}
-	return b
-}
-
-func sizeValue(v *structpb.Value) (int, bool) {
+func (e *structEncoder) sizeValue(v *structpb.Value) (int, bool) {
 	switch k := v.Kind.(type) {
 	case nil:
 		return 0, true
@@ -471,27 +470,54 @@ func sizeValue(v *structpb.Value) (int, bool) {
 		if k.StructValue == nil {
 			return 0, false
 		}
-		n, ok := sizeStruct(k.StructValue)
+		n, ok := e.size(k.StructValue)
 		return sizeBytesField(fValueStruct, n), ok
 	}
 	return 0, false
 }
 
-func appendValue(b []byte, v *structpb.Value) []byte {
+// sizeOfNext is the size of the next struct the writing pass meets.
+func (e *structEncoder) sizeOfNext() int { return e.structs[e.next].size }
+
+// valueSize is the size of v in the writing pass (after the sizing pass).
+func (e *structEncoder) valueSize(v *structpb.Value) int {
 	switch k := v.Kind.(type) {
 	case *structpb.Value_NumberValue:
-		b = protowire.AppendTag(b, fValueNumber, protowire.Fixed64Type)
-		b = protowire.AppendFixed64(b, math.Float64bits(k.NumberValue))
+		return protowire.SizeTag(fValueNumber) + protowire.SizeFixed64()
 	case *structpb.Value_StringValue:
-		b = protowire.AppendTag(b, fValueString, protowire.BytesType)
-		b = protowire.AppendString(b, k.StringValue)
+		return sizeBytesField(fValueString, len(k.StringValue))
 	case *structpb.Value_BoolValue:
-		b = protowire.AppendTag(b, fValueBool, protowire.VarintType)
-		b = protowire.AppendVarint(b, protowire.EncodeBool(k.BoolValue))
+		return protowire.SizeTag(fValueBool) + 1
 	case *structpb.Value_StructValue:
-		n, _ := sizeStruct(k.StructValue)
-		b = appendMessageHeader(b, fValueStruct, n)
-		b = appendStruct(b, k.StructValue)
+		return sizeBytesField(fValueStruct, e.sizeOfNext())
+	}
+	return 0
+}
+
+// append writes the next struct (its tag and length written by the caller).
+func (e *structEncoder) append(b []byte) []byte {
+	st := e.structs[e.next]
+	e.next++
+	for _, m := range e.members[st.first : st.first+st.count] {
+		vn := e.valueSize(m.val)
+		b = appendMessageHeader(b, fStructFields, sizeBytesField(fEntryKey, len(m.key))+sizeBytesField(fEntryValue, vn))
+		b = protowire.AppendTag(b, fEntryKey, protowire.BytesType)
+		b = protowire.AppendString(b, m.key)
+		b = appendMessageHeader(b, fEntryValue, vn)
+		switch k := m.val.Kind.(type) {
+		case *structpb.Value_NumberValue:
+			b = protowire.AppendTag(b, fValueNumber, protowire.Fixed64Type)
+			b = protowire.AppendFixed64(b, math.Float64bits(k.NumberValue))
+		case *structpb.Value_StringValue:
+			b = protowire.AppendTag(b, fValueString, protowire.BytesType)
+			b = protowire.AppendString(b, k.StringValue)
+		case *structpb.Value_BoolValue:
+			b = protowire.AppendTag(b, fValueBool, protowire.VarintType)
+			b = protowire.AppendVarint(b, protowire.EncodeBool(k.BoolValue))
+		case *structpb.Value_StructValue:
+			b = appendMessageHeader(b, fValueStruct, e.sizeOfNext())
+			b = e.append(b)
+		}
 	}
 	return b
 }

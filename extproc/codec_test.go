@@ -221,8 +221,8 @@ func FuzzDecodeRequest(f *testing.F) {
 func codecReplies() map[string]*extprocv3.ProcessingResponse {
 	md, _ := structpb.NewStruct(map[string]any{MetadataNamespace: map[string]any{
 		metaCallID: "c-1", metaKeyID: "k0", "model_original": "gpt-4", "model_final": "gpt-4o-mini", "client_id": "load",
-		"n": 1.5, "ok": true, "off": false, "empty": "",
-	}})
+		"n": 1.5, "ok": true, "off": false, "empty": "", "": "empty key", "nested": map[string]any{"a": "b"},
+	}, "second": map[string]any{}})
 	mut := &extprocv3.HeaderMutation{
 		SetHeaders: []*corev3.HeaderValueOption{
 			{Header: &corev3.HeaderValue{Key: "authorization", RawValue: []byte("Bearer sk-x")}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD},
@@ -311,6 +311,21 @@ func TestMarshalResponseLeavesTheRestToProto(t *testing.T) {
 			}
 			checkEncode(t, c, m)
 		})
+	}
+}
+
+// TestMarshalResponseAllocations pins the point of the encoder: a
+// forwarding reply with its dynamic metadata costs its buffer and the
+// slice that carries it, whatever the metadata holds.
+func TestMarshalResponseAllocations(t *testing.T) {
+	m := codecReplies()["forwarding headers reply"]
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, ok := marshalResponse(m); !ok {
+			t.Fatal("left to proto")
+		}
+	})
+	if allocs != 3 {
+		t.Fatalf("%v allocations per reply, want 3 (the bytes, the buffer, the slice)", allocs)
 	}
 }
 
