@@ -72,6 +72,7 @@ const (
 	fStructFields = 1
 	fEntryKey     = 1
 	fEntryValue   = 2
+	fValueNull    = 1
 	fValueNumber  = 2
 	fValueString  = 3
 	fValueBool    = 4
@@ -460,6 +461,8 @@ func (e *structEncoder) sizeValue(v *structpb.Value) (int, bool) {
 	switch k := v.Kind.(type) {
 	case nil:
 		return 0, true
+	case *structpb.Value_NullValue:
+		return sizeVarintField(fValueNull, uint64(int64(k.NullValue))), true
 	case *structpb.Value_NumberValue:
 		return protowire.SizeTag(fValueNumber) + protowire.SizeFixed64(), true
 	case *structpb.Value_StringValue:
@@ -482,6 +485,8 @@ func (e *structEncoder) sizeOfNext() int { return e.structs[e.next].size }
 // valueSize is the size of v in the writing pass (after the sizing pass).
 func (e *structEncoder) valueSize(v *structpb.Value) int {
 	switch k := v.Kind.(type) {
+	case *structpb.Value_NullValue:
+		return sizeVarintField(fValueNull, uint64(int64(k.NullValue)))
 	case *structpb.Value_NumberValue:
 		return protowire.SizeTag(fValueNumber) + protowire.SizeFixed64()
 	case *structpb.Value_StringValue:
@@ -505,6 +510,9 @@ func (e *structEncoder) append(b []byte) []byte {
 		b = protowire.AppendString(b, m.key)
 		b = appendMessageHeader(b, fEntryValue, vn)
 		switch k := m.val.Kind.(type) {
+		case *structpb.Value_NullValue:
+			b = protowire.AppendTag(b, fValueNull, protowire.VarintType)
+			b = protowire.AppendVarint(b, uint64(int64(k.NullValue)))
 		case *structpb.Value_NumberValue:
 			b = protowire.AppendTag(b, fValueNumber, protowire.Fixed64Type)
 			b = protowire.AppendFixed64(b, math.Float64bits(k.NumberValue))
