@@ -18,11 +18,40 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 )
 
 // exchange is the messages of one request, as Envoy sends them.
 type exchange struct {
 	msgs []*extprocv3.ProcessingRequest
+	rid  *corev3.HeaderValue // the request headers' x-request-id (worker copies: set per request)
+	id   [36]byte            // rid's value: the worker, then a sequence number
+}
+
+// worker is a copy of x for worker w whose requests each carry their own
+// x-request-id, as Envoy gives every request a fresh one (a processor
+// that joins a request's messages by it sees distinct ids, not one id
+// shared by every open request).
+func (x exchange) worker(w int) *exchange {
+	c := &exchange{msgs: slices.Clone(x.msgs)}
+	c.msgs[0] = proto.Clone(x.msgs[0]).(*extprocv3.ProcessingRequest)
+	for _, h := range c.msgs[0].GetRequestHeaders().GetHeaders().GetHeaders() {
+		if h.GetKey() == "x-request-id" {
+			c.rid = h
+		}
+	}
+	copy(c.id[:], fmt.Sprintf("%08x-0000-4000-8000-000000000000", w))
+	return c
+}
+
+// next gives the worker's next request its x-request-id (seq in hex).
+func (x *exchange) next(seq uint64) {
+	const hexDigits = "0123456789abcdef"
+	for i := len(x.id) - 1; i >= len(x.id)-12; i-- {
+		x.id[i] = hexDigits[seq&0xf]
+		seq >>= 4
+	}
+	x.rid.RawValue = x.id[:]
 }
 
 func hv(k, v string) *corev3.HeaderValue { return &corev3.HeaderValue{Key: k, RawValue: []byte(v)} }
@@ -62,7 +91,7 @@ func newExchange() exchange {
 
 // run plays one request on conn: a Process stream, each message answered
 // by a reply of its kind, half-close, end of stream.
-func (x exchange) run(ctx context.Context, client extprocv3.ExternalProcessorClient) error {
+func (x *exchange) run(ctx context.Context, client extprocv3.ExternalProcessorClient) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := client.Process(ctx)
@@ -129,12 +158,14 @@ func phase(ctx context.Context, conn *grpc.ClientConn, x exchange, conc int, d t
 	var firstErr error
 	var wg sync.WaitGroup
 	start := time.Now()
-	for range conc {
+	for w := range conc {
 		wg.Go(func() {
 			var lat []time.Duration
-			for ctx.Err() == nil && time.Now().Before(deadline) && (n == 0 || sent.Add(1) <= int64(n)) {
+			wx := x.worker(w)
+			for seq := uint64(0); ctx.Err() == nil && time.Now().Before(deadline) && (n == 0 || sent.Add(1) <= int64(n)); seq++ {
+				wx.next(seq)
 				t0 := time.Now()
-				if err := x.run(ctx, client); err != nil {
+				if err := wx.run(ctx, client); err != nil {
 					mu.Lock()
 					if firstErr == nil && ctx.Err() == nil {
 						firstErr = err
