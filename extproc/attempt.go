@@ -151,7 +151,7 @@ func (x *exchange) retriesFor(entry *store.Entry, now time.Time) int {
 	n := 0
 	pool := x.snap.Pool(x.call.ModelOriginal)
 	entries, checked := pool.Entries, false
-	if set := eligibleOf(pool, now, x.settings.Ejection.SlowStart); set != nil {
+	if set := eligibleOf(pool, now, selectionOf(x.settings)); !set.check {
 		entries, checked = set.entries, true // every one eligible now
 	}
 	for _, e := range entries {

@@ -1,6 +1,11 @@
 package extproc
 
 import (
+	"encoding/binary"
+	"hash/maphash"
+	"math"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keymux/keymux/policy"
@@ -9,61 +14,93 @@ import (
 )
 
 // eligibleSet is what selection needs of a pool between two changes of
-// its keys' states: the keys that may take a request, and the best
-// priority tier of them. It is built by a scan of the pool when a request
+// its keys' states: the keys that may take a request, the best priority
+// tier of them, and the strategy's index over that tier (policy.Index:
+// a pick in O(log n)). It is built by a scan of the pool when a request
 // finds the previous one stale — a key's state changed (store.StateEpoch:
-// cooldown, disable, ejection, probe), or the earliest time-bound
-// exclusion ended — and shared read-only by the requests that follow, so
-// that a request no longer checks every key of its pool. Admission that
-// depends on the request is not cached: a pool with rpm or tpm limits (a
-// key's minute counters change its eligibility with every request), and,
-// while one of its keys has a per-model state (headroom, model cooldown:
-// the request's token estimate decides) or is in slow start (the
-// selection's number decides), is scanned per request as before.
+// cooldown, disable, ejection, probe, a first per-model state), the
+// earliest time-bound exclusion or slow start ended, or (for
+// adjust_by_error_rate) a second turned while a key had errors in its
+// window — and shared read-only by the requests that follow, so that a
+// request no longer checks every key of its pool. Admission that depends
+// on the request — a key's rpm/tpm, its per-model headroom (the request's
+// token estimate decides), its slow start (the selection's number
+// decides) — is checked on the key the index proposes (check), with a
+// few more proposals when it refuses and a scan of the pool only when
+// they all fail.
 type eligibleSet struct {
-	epoch   uint64    // store.StateEpoch() before the scan
-	until   time.Time // when the earliest time-bound exclusion or slow start ends (zero: none)
-	limited bool      // a key of the pool has limits: scan per request, for good
-	scan    bool      // a key has model state or is in slow start: scan per request while the set is valid
+	epoch uint64    // store.StateEpoch() before the scan
+	until time.Time // when the earliest time-bound exclusion or slow start ends (zero: none)
+	// errFrom is the unix second from which the index's error counts may
+	// be too high (an error leaves the window): the set is rebuilt then.
+	// 0: no key had errors.
+	errFrom atomic.Int64
+	check   bool // a key has limits, model state or is in slow start: admit each proposal
 	entries []*store.Entry
 	skipped []telemetry.Skip // the keys left out, and why (pool order)
 	// The best priority tier of entries, in pool order: the candidates
-	// (Key only) and their entries.
+	// (Key and the counters the strategy reads, as of the scan), their
+	// entries and their indexes in the pool.
 	tier        []policy.Candidate
 	tierEntries []*store.Entry
+	tierAt      []int
+	strat       policy.Strategy
+	index       *policy.Index // nil: a strategy without one (SelectTier over tier)
 }
 
 // valid reports whether the set still holds at now.
 func (s *eligibleSet) valid(now time.Time) bool {
+	if f := s.errFrom.Load(); f != 0 && now.Unix() >= f {
+		return false
+	}
 	return s.epoch == store.StateEpoch() && (s.until.IsZero() || now.Before(s.until))
 }
 
-// eligibleOf returns pool's eligible set at now, nil when the pool must be
-// scanned per request; slowStart is settings.ejection.slow_start.
-func eligibleOf(pool *store.Pool, now time.Time, slowStart time.Duration) *eligibleSet {
-	s, _ := pool.Selection.Load().(*eligibleSet)
-	if s == nil || (!s.limited && !s.valid(now)) {
-		s = buildEligible(pool, store.StateEpoch(), now, slowStart)
-		pool.Selection.Store(s)
+// sawErrors notes that the index holds an error count taken at now.
+func (s *eligibleSet) sawErrors(now time.Time) {
+	s.errFrom.CompareAndSwap(0, now.Unix()+1)
+}
+
+// selection is what an eligible set is built for: the strategy and the
+// settings its scan reads.
+type selection struct {
+	strat       policy.Strategy
+	slowStart   time.Duration // settings.ejection.slow_start
+	errorWindow time.Duration // settings.ejection.error_window
+}
+
+// selectionOf is the selection of settings.
+func selectionOf(set *policy.Settings) selection {
+	strat, err := policy.StrategyFor(set.Strategy)
+	if err != nil {
+		strat = policy.RoundRobin{} // settings are validated; this is a safety net
 	}
-	if s.limited || s.scan {
-		return nil
+	return selection{strat: strat, slowStart: set.Ejection.SlowStart, errorWindow: set.Ejection.ErrorWindow}
+}
+
+// eligibleOf returns pool's eligible set at now for sel.
+func eligibleOf(pool *store.Pool, now time.Time, sel selection) *eligibleSet {
+	s, _ := pool.Selection.Load().(*eligibleSet)
+	if s == nil || s.strat != sel.strat || !s.valid(now) {
+		s = buildEligible(pool, store.StateEpoch(), now, sel)
+		pool.Selection.Store(s)
 	}
 	return s
 }
 
 // buildEligible scans pool at now; epoch is the state epoch read before.
-func buildEligible(pool *store.Pool, epoch uint64, now time.Time, slowStart time.Duration) *eligibleSet {
-	s := &eligibleSet{epoch: epoch}
+func buildEligible(pool *store.Pool, epoch uint64, now time.Time, sel selection) *eligibleSet {
+	s := &eligibleSet{epoch: epoch, strat: sel.strat}
 	ends := func(t time.Time) {
 		if !t.IsZero() && (s.until.IsZero() || t.Before(s.until)) {
 			s.until = t
 		}
 	}
 	var cands []policy.Candidate
-	for _, e := range pool.Entries {
+	var at []int
+	for i, e := range pool.Entries {
 		if l := e.Key.Limits; l.RPM > 0 || l.TPM > 0 {
-			return &eligibleSet{limited: true}
+			s.check = true
 		}
 		st := e.RT.State()
 		ok, why := policy.Eligible(e.Key, st, now)
@@ -73,18 +110,77 @@ func buildEligible(pool *store.Pool, epoch uint64, now time.Time, slowStart time
 			continue
 		}
 		if e.RT.HasModels() {
-			s.scan = true
+			s.check = true
 		}
-		if policy.SlowStartShare(st.SlowStartFrom, now, slowStart) < 1 {
-			s.scan = true
-			ends(st.SlowStartFrom.Add(slowStart))
+		if policy.SlowStartShare(st.SlowStartFrom, now, sel.slowStart) < 1 {
+			s.check = true
+			ends(st.SlowStartFrom.Add(sel.slowStart))
 		}
 		s.entries = append(s.entries, e)
 		cands = append(cands, policy.Candidate{Key: e.Key})
+		at = append(at, i)
 	}
+	needUsage, needErrors := policy.StrategyInputs(sel.strat)
 	for _, i := range policy.BestTier(nil, cands) {
-		s.tier = append(s.tier, cands[i])
-		s.tierEntries = append(s.tierEntries, s.entries[i])
+		c, e := cands[i], s.entries[i]
+		if needUsage {
+			c.Usage = e.RT.Requests()
+		}
+		if needErrors {
+			if c.Errors = e.RT.ErrorsInWindow(now, sel.errorWindow); c.Errors > 0 {
+				s.sawErrors(now)
+			}
+		}
+		s.tier = append(s.tier, c)
+		s.tierEntries = append(s.tierEntries, e)
+		s.tierAt = append(s.tierAt, at[i])
+	}
+	switch {
+	case !policy.UsesRing(sel.strat):
+		s.index = policy.NewIndex(sel.strat, s.tier, nil, nil)
+	case len(s.tier)*8 < len(pool.Entries):
+		// A small tier of a large pool (e.g. the few keys of the first
+		// priority): a ring of its own, rather than walks over the pool's
+		// ring past the keys outside the tier.
+		s.index = policy.NewIndex(sel.strat, s.tier, nil, nil)
+	default:
+		s.index = policy.NewIndex(sel.strat, s.tier, poolRing(pool), s.tierAt)
 	}
 	return s
 }
+
+// poolRings keeps the latest affinity ring of each pool (by model), with the
+// hash of the keys and weights it was built from: a new configuration
+// generation whose pool has the same keys reuses it (a ring of 10,000
+// keys takes tens of milliseconds to build).
+var poolRings sync.Map // model → *pooledRing
+
+type pooledRing struct {
+	sum  uint64
+	ring *policy.Ring
+}
+
+// poolRing returns the ring of pool's keys.
+func poolRing(pool *store.Pool) *policy.Ring {
+	var h maphash.Hash
+	h.SetSeed(ringSeed)
+	var w [8]byte
+	for _, e := range pool.Entries {
+		h.WriteString(e.Key.ID)
+		binary.LittleEndian.PutUint64(w[:], math.Float64bits(e.Key.Weight))
+		h.Write(w[:])
+	}
+	sum := h.Sum64()
+	if r, ok := poolRings.Load(pool.Model); ok && r.(*pooledRing).sum == sum {
+		return r.(*pooledRing).ring
+	}
+	all := make([]policy.Candidate, len(pool.Entries))
+	for i, e := range pool.Entries {
+		all[i].Key = e.Key
+	}
+	ring := policy.NewRing(all)
+	poolRings.Store(pool.Model, &pooledRing{sum: sum, ring: ring})
+	return ring
+}
+
+var ringSeed = maphash.MakeSeed()

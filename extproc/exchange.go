@@ -613,6 +613,7 @@ func (x *exchange) finalModel(k *policy.Key) string {
 type candidateBuf struct {
 	cands   []policy.Candidate
 	entries []*store.Entry
+	at      []int // the entries' indexes in the pool
 }
 
 var candidatePool = sync.Pool{New: func() any { return new(candidateBuf) }}
@@ -630,8 +631,9 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	}
 	now := x.s.now()
 	if skip == nil {
-		if set := eligibleOf(pool, now, x.settings.Ejection.SlowStart); set != nil {
-			return x.chooseFrom(set, model, pool, now)
+		set := eligibleOf(pool, now, selectionOf(x.settings))
+		if e, aerr, ok := x.chooseFrom(set, model, pool, now); ok {
+			return e, aerr
 		}
 	}
 	window := x.settings.Ejection.ErrorWindow
@@ -639,10 +641,10 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	defer func() {
 		clear(buf.entries)
 		clear(buf.cands)
-		buf.cands, buf.entries = buf.cands[:0], buf.entries[:0]
+		buf.cands, buf.entries, buf.at = buf.cands[:0], buf.entries[:0], buf.at[:0]
 		candidatePool.Put(buf)
 	}()
-	strat := x.strategy()
+	strat := selectionOf(x.settings).strat
 	needUsage, needErrors := policy.StrategyInputs(strat)
 	seq := pool.Seq.Add(1) - 1
 	slow := 0 // eligible keys left out by their slow start
@@ -671,13 +673,15 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 		}
 		buf.cands = append(buf.cands, c)
 		buf.entries = append(buf.entries, e)
+		buf.at = append(buf.at, i)
 	}
 	if len(buf.cands) == 0 && slow > 0 {
 		// Only keys in slow start: they serve rather than nobody.
-		for _, e := range pool.Entries {
+		for i, e := range pool.Entries {
 			if ok, _ := x.admits(e, x.est, now); ok && (skip == nil || !skip(e)) {
 				buf.cands = append(buf.cands, policy.Candidate{Key: e.Key})
 				buf.entries = append(buf.entries, e)
+				buf.at = append(buf.at, i)
 			}
 		}
 	}
@@ -693,64 +697,147 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 	if x.hdr.affinity != "" && policy.UsesAffinity(strat) {
 		seq = policy.AffinityHash(x.hdr.affinity)
 	}
-	i := policy.Select(buf.cands, strat, seq, rand.Float64())
+	i := -1
+	if policy.UsesRing(strat) && len(pool.Entries) > ringScanMin {
+		i = ringSelect(pool, buf, strat, seq)
+	}
+	if i < 0 {
+		i = policy.Select(buf.cands, strat, seq, rand.Float64())
+	}
 	e := buf.entries[i]
 	x.took(e, now)
 	return e, nil
 }
 
-// chooseFrom picks a key for model from the pool's eligible set (choose
-// without a scan of the pool): the strategy runs over the set's best tier,
-// as policy.Select would over the eligible keys.
-func (x *exchange) chooseFrom(set *eligibleSet, model string, pool *store.Pool, now time.Time) (*store.Entry, *apiError) {
-	for _, sk := range set.skipped {
-		x.call.AddSkipped(sk)
+// ringScanMin is the pool size above which a scan picks for a strategy
+// that hashes on a ring (affinity) with the pool's ring rather than with
+// the strategy's Pick, which computes every candidate's points.
+const ringScanMin = 64
+
+// ringSelect is policy.Select over buf's candidates for a strategy that
+// hashes on a ring, walking the pool's ring (built once): the index into
+// buf, or -1 when the walk gave up (a small tier: Select's Pick is cheap).
+func ringSelect(pool *store.Pool, buf *candidateBuf, strat policy.Strategy, hash uint64) int {
+	best := policy.BestTier(nil, buf.cands)
+	tier, at := make([]policy.Candidate, len(best)), make([]int, len(best))
+	for j, i := range best {
+		tier[j], at[j] = buf.cands[i], buf.at[i]
 	}
-	if len(set.tier) == 0 {
-		return nil, x.noEligibleKey(model, pool, now)
+	if d := policy.NewIndex(strat, tier, poolRing(pool), at).First(hash, 0); d.I >= 0 {
+		return best[d.I]
 	}
-	x.call.Candidates = len(set.entries)
-	strat := x.strategy()
-	cands := set.tier // shared: read-only
-	needUsage, needErrors := policy.StrategyInputs(strat)
-	var buf *candidateBuf
-	if needUsage || needErrors {
-		// The counters are per request: fill a copy.
-		buf = candidatePool.Get().(*candidateBuf)
-		defer func() {
-			clear(buf.cands)
-			buf.cands = buf.cands[:0]
-			candidatePool.Put(buf)
-		}()
-		window := x.settings.Ejection.ErrorWindow
-		for i, e := range set.tierEntries {
-			c := set.tier[i]
-			if needUsage {
-				c.Usage = e.RT.Requests()
-			}
-			if needErrors {
-				c.Errors = e.RT.ErrorsInWindow(now, window)
-			}
-			buf.cands = append(buf.cands, c)
-		}
-		cands = buf.cands
-	}
-	seq := pool.Seq.Add(1) - 1
-	if x.hdr.affinity != "" && policy.UsesAffinity(strat) {
-		seq = policy.AffinityHash(x.hdr.affinity)
-	}
-	e := set.tierEntries[policy.SelectTier(cands, strat, seq, rand.Float64())]
-	x.took(e, now)
-	return e, nil
+	return -1
 }
 
-// strategy is the configured selection strategy.
-func (x *exchange) strategy() policy.Strategy {
-	strat, err := policy.StrategyFor(x.settings.Strategy)
-	if err != nil {
-		strat = policy.RoundRobin{} // settings are validated; this is a safety net
+// chooseFrom picks a key for model from the pool's eligible set (choose
+// without a scan of the pool): the strategy's index proposes keys of the
+// set's best tier, as policy.Select would pick over the eligible keys;
+// when the set needs it each proposal is admitted for this request
+// (limits, headroom, slow start) and a refused one is replaced. ok is
+// false when no proposal was admitted (the caller scans the pool).
+func (x *exchange) chooseFrom(set *eligibleSet, model string, pool *store.Pool, now time.Time) (_ *store.Entry, _ *apiError, ok bool) {
+	if len(set.tier) == 0 {
+		x.addSkipped(set.skipped)
+		return nil, x.noEligibleKey(model, pool, now), true
 	}
-	return strat
+	if set.index == nil && set.check {
+		return nil, nil, false
+	}
+	strat := set.strat
+	seq := pool.Seq.Add(1) - 1
+	hash := seq
+	if x.hdr.affinity != "" && policy.UsesAffinity(strat) {
+		hash = policy.AffinityHash(x.hdr.affinity)
+	}
+	rnd := rand.Float64()
+	if set.index == nil {
+		buf := candidatePool.Get().(*candidateBuf)
+		i := policy.SelectTier(x.liveTier(set, buf, now), strat, hash, rnd)
+		clear(buf.cands)
+		buf.cands = buf.cands[:0]
+		candidatePool.Put(buf)
+		return x.chose(set, i, now), nil, true
+	}
+	needUsage, needErrors := policy.StrategyInputs(strat)
+	var refused [policy.MaxDraws]telemetry.Skip
+	nref := 0
+	for d := set.index.First(hash, rnd); d.I >= 0; d = set.index.Next(d, hash, rnd) {
+		e := set.tierEntries[d.I]
+		if needUsage || needErrors {
+			if !set.index.Check(d, x.live(set, d.I, now)) {
+				continue
+			}
+		}
+		if set.check {
+			st := e.RT.State()
+			why := policy.Ineligible{Reason: skipSlowStart}
+			if ok, out := x.admitsIn(e, st, x.est, now); !ok {
+				why = out
+			} else if x.slowStartAdmits(st.SlowStartFrom, seq, set.tierAt[d.I], now) {
+				why.Reason = ""
+			}
+			if why.Reason != "" {
+				if !slices.ContainsFunc(refused[:nref], func(sk telemetry.Skip) bool { return sk.KeyID == e.Key.ID }) {
+					refused[nref] = telemetry.Skip{KeyID: e.Key.ID, Reason: why.Reason, Until: why.Until}
+					nref++
+				}
+				continue
+			}
+		}
+		e = x.chose(set, d.I, now)
+		x.addSkipped(refused[:nref])
+		return e, nil, true
+	}
+	return nil, nil, false
+}
+
+// live is the tier's candidate i with the counters its strategy reads now.
+func (x *exchange) live(set *eligibleSet, i int, now time.Time) policy.Candidate {
+	c, e := set.tier[i], set.tierEntries[i]
+	needUsage, needErrors := policy.StrategyInputs(set.strat)
+	if needUsage {
+		c.Usage = e.RT.Requests()
+	}
+	if needErrors {
+		if c.Errors = e.RT.ErrorsInWindow(now, x.settings.Ejection.ErrorWindow); c.Errors > 0 {
+			set.sawErrors(now)
+		}
+	}
+	return c
+}
+
+// liveTier fills buf with the set's tier and the counters its strategy
+// reads now (a strategy without an index: O(tier)).
+func (x *exchange) liveTier(set *eligibleSet, buf *candidateBuf, now time.Time) []policy.Candidate {
+	needUsage, needErrors := policy.StrategyInputs(set.strat)
+	if !needUsage && !needErrors {
+		return set.tier // shared: read-only
+	}
+	for i := range set.tier {
+		buf.cands = append(buf.cands, x.live(set, i, now))
+	}
+	return buf.cands
+}
+
+// chose takes the set's tier candidate i for the request: its skipped keys
+// and candidates go to the call, the request is counted against the key
+// and the index learns its new counters.
+func (x *exchange) chose(set *eligibleSet, i int, now time.Time) *store.Entry {
+	x.addSkipped(set.skipped)
+	x.call.Candidates = len(set.entries)
+	e := set.tierEntries[i]
+	x.took(e, now)
+	if u, _ := policy.StrategyInputs(set.strat); u && set.index != nil {
+		set.index.Update(i, x.live(set, i, now))
+	}
+	return e
+}
+
+// addSkipped records skipped keys on the call.
+func (x *exchange) addSkipped(skipped []telemetry.Skip) {
+	for _, sk := range skipped {
+		x.call.AddSkipped(sk)
+	}
 }
 
 // took counts the request against the chosen key e: its requests, its

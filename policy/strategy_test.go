@@ -136,16 +136,18 @@ func TestRoundRobinFairWhenSetChanges(t *testing.T) {
 	}
 }
 
-// TestWeightedShares draws 10,000 picks with a fixed-seed PRNG and checks
-// every key's share against the strategy's formula within ±2 percentage
-// points (about 4 standard deviations at p=0.5).
-func TestWeightedShares(t *testing.T) {
-	const picks, tolerance = 10000, 0.02
-	tests := []struct {
-		strategy string
-		cands    []Candidate
-		want     []float64
-	}{
+// shareTest is a case of TestWeightedShares: a strategy, candidates and
+// each one's share of the picks.
+type shareTest struct {
+	strategy string
+	cands    []Candidate
+	want     []float64
+}
+
+// weightedShareTests are the cases of TestWeightedShares (and of
+// TestIndexShares).
+func weightedShareTests() []shareTest {
+	return []shareTest{
 		{
 			strategy: StrategyRandom,
 			cands:    []Candidate{cand("a", 1, 0, 0, 0), cand("b", 2, 0, 0, 0), cand("c", 3, 0, 0, 0), cand("d", 4, 0, 0, 0)},
@@ -182,6 +184,14 @@ func TestWeightedShares(t *testing.T) {
 			want:     []float64{0.5, 0.5},
 		},
 	}
+}
+
+// TestWeightedShares draws 10,000 picks with a fixed-seed PRNG and checks
+// every key's share against the strategy's formula within ±2 percentage
+// points (about 4 standard deviations at p=0.5).
+func TestWeightedShares(t *testing.T) {
+	const picks, tolerance = 10000, 0.02
+	tests := weightedShareTests()
 	for i, tt := range tests {
 		t.Run(fmt.Sprintf("%s/%d", tt.strategy, i), func(t *testing.T) {
 			s := mustStrategy(t, tt.strategy)
