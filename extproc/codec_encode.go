@@ -182,7 +182,7 @@ func sizeResponse(e *structEncoder, m *extprocv3.ProcessingResponse) (int, bool)
 }
 
 // replyOf is the reply's oneof field number (0: none set) and its common
-// response; ok is false for a kind encodeResponse does not write.
+// response; ok is false for a kind marshalResponse does not write.
 func replyOf(m *extprocv3.ProcessingResponse) (num protowire.Number, common *extprocv3.CommonResponse, ok bool) {
 	switch r := m.Response.(type) {
 	case nil:

@@ -429,3 +429,41 @@ func TestCodecOnMutatedMessages(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkCodec compares the codec with gRPC's protobuf codec on the
+// messages of one request: Envoy's request headers (decode) and keymux's
+// forwarding reply with its dynamic metadata (encode).
+func BenchmarkCodec(b *testing.B) {
+	hdrs, err := proto.Marshal(codecRequestHeaders())
+	if err != nil {
+		b.Fatal(err)
+	}
+	reply := codecReplies()["forwarding headers reply"]
+	for _, c := range []struct {
+		name  string
+		codec encoding.CodecV2
+	}{{"proto", encoding.GetCodecV2("proto")}, {"keymux", codec{proto: encoding.GetCodecV2("proto")}}} {
+		b.Run("decode-headers/"+c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			cpu0 := cpuTime()
+			defer func() { b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op") }()
+			for b.Loop() {
+				if err := c.codec.Unmarshal(mem.BufferSlice{mem.SliceBuffer(hdrs)}, new(extprocv3.ProcessingRequest)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("encode-reply/"+c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			cpu0 := cpuTime()
+			defer func() { b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op") }()
+			for b.Loop() {
+				data, err := c.codec.Marshal(reply)
+				if err != nil {
+					b.Fatal(err)
+				}
+				data.Free()
+			}
+		})
+	}
+}
