@@ -3,6 +3,7 @@ package extproc
 import (
 	"bytes"
 	"unicode/utf8"
+	"unsafe"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -92,20 +93,22 @@ const (
 // given twice where protobuf would merge, a wire type protobuf would keep
 // as an unknown field, invalid UTF-8 in a string, malformed bytes.
 //
-// The strings of a headers message share one copy of b and its byte
-// values another, so a message of n headers costs a few allocations
-// instead of 3n.
+// The strings and byte values of a headers message are slices of one copy
+// of b, so a message of n headers costs a few allocations instead of 3n.
 func decodeRequest(b []byte, m *extprocv3.ProcessingRequest) bool {
 	var (
-		strs  string // b as a string, made when a header needs it
-		raw   []byte // a copy of b, made when a header or body needs it
+		raw   []byte // a copy of b, made when a header needs it
+		strs  string // raw as a string (the header keys and values)
 		seen  uint16 // the fields met, by number (all below 16)
 		oneof bool
 	)
 	copies := func() {
-		if raw == nil {
+		if raw == nil && len(b) > 0 {
 			raw = bytes.Clone(b)
-			strs = string(raw)
+			// The strings are read from the same copy: nothing writes to
+			// it but through a raw value, and each raw value is capped at
+			// its own bytes, which no string covers.
+			strs = unsafe.String(&raw[0], len(raw))
 		}
 	}
 	for off := 0; off < len(b); {
