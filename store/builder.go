@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
+	"reflect"
 	"sort"
 	"strconv"
 	"sync"
@@ -39,6 +41,8 @@ type Builder struct {
 	seq     uint64
 	docs    map[docID]*good
 	refused map[docID]Refusal
+	groups  docGroups // the good rules and clients by what their cross-checks compare
+	last    *built    // the last build's result, that BuildDelta changes (nil before the first)
 }
 
 // NewBuilder returns an empty Builder; resolve (nil = ResolveSecretRef)
@@ -47,7 +51,7 @@ func NewBuilder(resolve SecretResolver) *Builder {
 	if resolve == nil {
 		resolve = ResolveSecretRef
 	}
-	return &Builder{resolve: resolve, docs: map[docID]*good{}, refused: map[docID]Refusal{}}
+	return &Builder{resolve: resolve, docs: map[docID]*good{}, refused: map[docID]Refusal{}, groups: newDocGroups()}
 }
 
 // SetScope limits the key documents b accepts to sc (secret references
@@ -103,11 +107,17 @@ func (b *Builder) Put(kind Kind, id string, raw []byte, path string) error {
 	g := &good{val: v, raw: bytes.Clone(raw), path: path}
 	if prev != nil && bytes.Equal(prev.raw, raw) {
 		g.seq = prev.seq
+		if kind == KindKeys && reflect.DeepEqual(prev.val, v) {
+			// The same bytes and the same secret: the key has not
+			// changed, and keeps the value the store holds.
+			g.val = prev.val
+		}
 	} else {
 		b.seq++
 		g.seq = b.seq
 	}
 	b.docs[d] = g
+	b.changed(d, prev, g)
 	return nil
 }
 
@@ -131,6 +141,7 @@ func (b *Builder) Delete(kind Kind, id string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	d := docID{kind, id}
+	b.changed(d, b.docs[d], nil)
 	delete(b.docs, d)
 	delete(b.refused, d)
 }
@@ -140,8 +151,9 @@ func (b *Builder) Delete(kind Kind, id string) {
 func (b *Builder) deleteMissing(kind Kind, present func(id string) bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for d := range b.docs {
+	for d, g := range b.docs {
 		if d.kind == kind && !present(d.id) {
+			b.changed(d, g, nil)
 			delete(b.docs, d)
 		}
 	}
@@ -163,7 +175,7 @@ func (b *Builder) Build() (*Config, []Refusal) {
 }
 
 // BuildContext is Build that gives up once ctx ends, with an error that
-// wraps ctx.Err().
+// wraps ctx.Err(). The result is the base of the next BuildDelta.
 func (b *Builder) BuildContext(ctx context.Context) (*Config, []Refusal, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -173,10 +185,7 @@ func (b *Builder) BuildContext(ctx context.Context) (*Config, []Refusal, error) 
 		Rules:    map[string]*policy.Rule{},
 		Clients:  map[string]*policy.Client{},
 	}
-	refused := make([]Refusal, 0, len(b.refused))
-	for _, r := range b.refused {
-		refused = append(refused, r)
-	}
+	cross := map[docID]Refusal{}
 	var rules, clients []*good
 	for d, g := range b.docs {
 		if err := checkStop(ctx); err != nil {
@@ -193,50 +202,44 @@ func (b *Builder) BuildContext(ctx context.Context) (*Config, []Refusal, error) 
 			clients = append(clients, g)
 		}
 	}
-	byAge := func(gs []*good, id func(*good) string) {
-		sort.Slice(gs, func(i, j int) bool {
-			if gs[i].seq != gs[j].seq {
-				return gs[i].seq < gs[j].seq
-			}
-			return id(gs[i]) < id(gs[j])
-		})
-	}
-	byAge(rules, func(g *good) string { return g.val.(*policy.Rule).ID })
-	type kf struct{ key, from string }
-	ruleOwner := map[kf]string{}
+	sortByAge(rules)
+	ruleOwner := map[ruleKey]string{}
 	for _, g := range rules {
 		if err := checkStop(ctx); err != nil {
 			return nil, nil, err
 		}
 		r := g.val.(*policy.Rule)
-		doc := docName(KindRules, r.ID)
-		if r.KeyID != policy.AnyKey && cfg.Keys[r.KeyID] == nil {
-			refused = append(refused, Refusal{Path: g.path,
-				Reason: fieldErr(doc, "key", "unknown key %q", r.KeyID).Error()})
+		if ref, ok := judgeRule(g, cfg.Keys, ruleOwner); !ok {
+			cross[docID{KindRules, r.ID}] = ref
 			continue
-		}
-		if r.Enabled {
-			k := kf{r.KeyID, r.From}
-			if other, dup := ruleOwner[k]; dup {
-				refused = append(refused, Refusal{Path: g.path,
-					Reason: docErr(doc, "same key and from as rules/%s", other).Error()})
-				continue
-			}
-			ruleOwner[k] = r.ID
 		}
 		cfg.Rules[r.ID] = r
 	}
-	byAge(clients, func(g *good) string { return g.val.(*policy.Client).ID })
+	sortByAge(clients)
 	tokenOwner := map[[32]byte]string{}
 	for _, g := range clients {
 		c := g.val.(*policy.Client)
-		if other, dup := tokenOwner[c.TokenSHA256]; dup {
-			refused = append(refused, Refusal{Path: g.path,
-				Reason: fieldErr(docName(KindClients, c.ID), "token_sha256", "same token as clients/%s", other).Error()})
+		if ref, ok := judgeClient(g, tokenOwner); !ok {
+			cross[docID{KindClients, c.ID}] = ref
 			continue
 		}
-		tokenOwner[c.TokenSHA256] = c.ID
 		cfg.Clients[c.ID] = c
+	}
+	b.last = &built{settings: cfg.Settings, keys: maps.Clone(cfg.Keys), rules: maps.Clone(cfg.Rules),
+		clients: maps.Clone(cfg.Clients), cross: cross}
+	b.groups.clearDirty()
+	return cfg, b.refusals(), nil
+}
+
+// refusals lists the parse refusals and the last build's cross-check
+// refusals, sorted by path.
+func (b *Builder) refusals() []Refusal {
+	refused := make([]Refusal, 0, len(b.refused)+len(b.last.cross))
+	for _, r := range b.refused {
+		refused = append(refused, r)
+	}
+	for _, r := range b.last.cross {
+		refused = append(refused, r)
 	}
 	sort.Slice(refused, func(i, j int) bool {
 		if refused[i].Path != refused[j].Path {
@@ -244,5 +247,56 @@ func (b *Builder) BuildContext(ctx context.Context) (*Config, []Refusal, error) 
 		}
 		return refused[i].Reason < refused[j].Reason
 	})
-	return cfg, refused, nil
+	return refused
+}
+
+// sortByAge orders documents oldest first (then by id): the older wins a
+// conflict.
+func sortByAge(gs []*good) {
+	id := func(g *good) string {
+		switch v := g.val.(type) {
+		case *policy.Rule:
+			return v.ID
+		case *policy.Client:
+			return v.ID
+		}
+		return ""
+	}
+	sort.Slice(gs, func(i, j int) bool {
+		if gs[i].seq != gs[j].seq {
+			return gs[i].seq < gs[j].seq
+		}
+		return id(gs[i]) < id(gs[j])
+	})
+}
+
+// judgeRule cross-checks a rule (rules taken oldest first): it is refused
+// when its key does not exist, or when it is enabled and an older enabled
+// rule (owner) has the same key and from.
+func judgeRule(g *good, keys map[string]*policy.Key, owner map[ruleKey]string) (Refusal, bool) {
+	r := g.val.(*policy.Rule)
+	doc := docName(KindRules, r.ID)
+	if r.KeyID != policy.AnyKey && keys[r.KeyID] == nil {
+		return Refusal{Path: g.path, Reason: fieldErr(doc, "key", "unknown key %q", r.KeyID).Error()}, false
+	}
+	if r.Enabled {
+		k := ruleKey{r.KeyID, r.From}
+		if other, dup := owner[k]; dup {
+			return Refusal{Path: g.path, Reason: docErr(doc, "same key and from as rules/%s", other).Error()}, false
+		}
+		owner[k] = r.ID
+	}
+	return Refusal{}, true
+}
+
+// judgeClient cross-checks a client (clients taken oldest first): it is
+// refused when an older client has its token.
+func judgeClient(g *good, owner map[[32]byte]string) (Refusal, bool) {
+	c := g.val.(*policy.Client)
+	if other, dup := owner[c.TokenSHA256]; dup {
+		return Refusal{Path: g.path,
+			Reason: fieldErr(docName(KindClients, c.ID), "token_sha256", "same token as clients/%s", other).Error()}, false
+	}
+	owner[c.TokenSHA256] = c.ID
+	return Refusal{}, true
 }

@@ -291,6 +291,7 @@ type FileSource struct {
 	readFailed bool // the last attempt could not read the file
 	lastHash   [sha256.Size]byte
 	refused    []Refusal // of the last good build
+	gen        uint64    // the generation of the last apply (0: apply whole next time)
 }
 
 // NewFileSource returns a source for path that applies to st.
@@ -336,18 +337,17 @@ func (f *FileSource) applyLocked(ctx context.Context, data []byte, sum [sha256.S
 	if err := f.b.PutFileContext(ctx, data); err != nil {
 		return f.refuseLocked(ctx, err, sum)
 	}
-	cfg, refused, err := f.b.BuildContext(ctx)
+	base := f.gen
+	f.gen = 0 // until this apply succeeds (ApplyBuilt)
+	gen, refused, err := f.st.ApplyBuilt(ctx, f.b, base, SourceInfo{Source: f.Source(), LastSync: time.Now()})
 	if err != nil {
-		return err
+		return f.refuseLocked(ctx, err, sum)
 	}
 	f.lastHash = sum
 	for _, r := range refused {
 		f.logger.Warn("config entry refused", "source", f.Source(), "path", r.Path, "reason", r.Reason)
 	}
-	gen, err := f.st.ApplyContext(ctx, cfg, SourceInfo{Source: f.Source(), LastSync: time.Now(), Refused: refused})
-	if err != nil {
-		return f.refuseLocked(ctx, err, sum)
-	}
+	f.gen = gen
 	f.loaded = true
 	f.refused = refused
 	f.logger.Info("config file loaded", "path", f.path, "generation", gen, "refused", len(refused))

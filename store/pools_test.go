@@ -12,7 +12,7 @@ import (
 // oraclePool is the pool computation the store used before it indexed the
 // rules and the keys' model lists: every enabled key tested against model.
 // It stays as the reference the indexed computation must equal.
-func oraclePool(enabled []*Entry, model string, rules map[ruleKey]*policy.Rule) []*Entry {
+func oraclePool(enabled []*Entry, model string, rules *ruleIndex) []*Entry {
 	var entries []*Entry
 	for _, e := range enabled {
 		if oracleServesAfterRule(e, model, rules) {
@@ -24,11 +24,11 @@ func oraclePool(enabled []*Entry, model string, rules map[ruleKey]*policy.Rule) 
 
 // oracleServesAfterRule reports whether e serves a request for model once
 // its rule (its own before policy.AnyKey's) has rewritten the model.
-func oracleServesAfterRule(e *Entry, model string, rules map[ruleKey]*policy.Rule) bool {
+func oracleServesAfterRule(e *Entry, model string, rules *ruleIndex) bool {
 	to := model
-	if r := rules[ruleKey{e.Key.ID, model}]; r != nil {
+	if r := rules.get(ruleKey{e.Key.ID, model}); r != nil {
 		to = r.To
-	} else if r := rules[ruleKey{policy.AnyKey, model}]; r != nil {
+	} else if r := rules.get(ruleKey{policy.AnyKey, model}); r != nil {
 		to = r.To
 	}
 	return e.Key.ServesModel(to)
@@ -93,14 +93,15 @@ func TestPoolsMatchOracle(t *testing.T) {
 		}
 		snap := st.Read()
 		enabled := snap.EnabledKeys()
-		rules := map[ruleKey]*policy.Rule{}
+		w := writeRules(nil)
 		for _, r := range cfg.Rules {
 			if r.Enabled {
-				rules[ruleKey{r.KeyID, r.From}] = r
+				w.set(ruleKey{r.KeyID, r.From}, r)
 			}
 		}
+		rules := w.x
 		var served []string
-		for _, m := range poolModels(cfg.Keys, rules) {
+		for _, m := range poolModels(keyModels(cfg.Keys), rules) {
 			want := entryIDs(oraclePool(enabled, m, rules))
 			if got := entryIDs(snap.Pool(m).Entries); !slices.Equal(got, want) {
 				t.Fatalf("round %d: pool %q = %v, want %v (config keys %v rules %v)", round, m, got, want, cfg.Keys, cfg.Rules)

@@ -56,11 +56,12 @@ type metaRow struct {
 	ID         string
 	Generation uint64
 	Source     SourceInfo
-	RuleIndex  map[ruleKey]*policy.Rule // the enabled rules by (key, from)
-	RuleList   []*policy.Rule           // every rule, in id order
-	Pools      map[string]*Pool         // by model: "", unlistedPool and each listed model
+	RuleIndex  *ruleIndex       // the enabled rules by (key, from)
+	RuleList   []*policy.Rule   // every rule, in id order
+	Pools      map[string]*Pool // by model: "", unlistedPool and each listed model
 	Models     []string
 	Named      map[string]bool // every model a key lists or a rule names (from or to)
+	KeyModels  map[string]int  // model -> how many keys (enabled or not) list it
 	Keys       int
 	Rules      int
 	Clients    int

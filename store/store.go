@@ -77,8 +77,10 @@ type Pool struct {
 	Entries []*Entry
 	Seq     *atomic.Uint64
 	// Selection holds what the request path derives from Entries and the
-	// keys' states between requests (extproc's eligible set); each
-	// generation's pools start without.
+	// keys' states between requests (extproc's eligible set). A full
+	// apply's pools start without; ApplyDelta keeps the pools whose keys
+	// did not change, with their Selection, and rebuilds every pool when
+	// the settings change.
 	Selection atomic.Value
 }
 
@@ -270,13 +272,14 @@ func applyTxn(ctx context.Context, prevTxn, txn *memdb.Txn, cfg *Config, src Sou
 	if err := txn.Insert(tableSettings, &settingsRow{ID: singletonID, Settings: &settings}); err != nil {
 		return 0, fmt.Errorf("insert settings: %w", err)
 	}
-	pools, models, err := buildPools(ctx, poolModels(cfg.Keys, rules), enabled, rules, prev.seqs)
+	counts := keyModels(cfg.Keys)
+	pools, models, err := buildPools(ctx, poolModels(counts, rules), enabled, rules, prev.seqs)
 	if err != nil {
 		return 0, err
 	}
 	gen := prev.gen + 1
 	src.Refused = slices.Clone(src.Refused)
-	meta := &metaRow{ID: singletonID, Generation: gen, Source: src, RuleIndex: rules, RuleList: ruleList, Pools: pools, Models: models, Named: namedModels(cfg),
+	meta := &metaRow{ID: singletonID, Generation: gen, Source: src, RuleIndex: rules, RuleList: ruleList, Pools: pools, Models: models, Named: namedModels(cfg), KeyModels: counts,
 		Keys: len(cfg.Keys), Rules: len(cfg.Rules), Clients: len(cfg.Clients)}
 	if err := txn.Insert(tableMeta, meta); err != nil {
 		return 0, fmt.Errorf("insert meta: %w", err)
@@ -353,18 +356,18 @@ type ruleKey struct{ key, from string }
 // order. Rules live on the generation's meta row rather than in a memdb
 // table: at 100k rules the radix trees of their two indexes cost more
 // memory and apply time than everything else.
-func indexRules(ctx context.Context, rules map[string]*policy.Rule) (map[ruleKey]*policy.Rule, []*policy.Rule, error) {
-	enabled := make(map[ruleKey]*policy.Rule, len(rules))
+func indexRules(ctx context.Context, rules map[string]*policy.Rule) (*ruleIndex, []*policy.Rule, error) {
+	enabled := writeRules(nil)
 	list := slices.SortedFunc(maps.Values(rules), func(a, b *policy.Rule) int { return strings.Compare(a.ID, b.ID) })
 	for _, r := range list {
 		if err := checkStop(ctx); err != nil {
 			return nil, nil, err
 		}
 		if r.Enabled {
-			enabled[ruleKey{r.KeyID, r.From}] = r
+			enabled.set(ruleKey{r.KeyID, r.From}, r)
 		}
 	}
-	return enabled, list, nil
+	return enabled.x, list, nil
 }
 
 func insertClients(ctx context.Context, txn *memdb.Txn, clients map[string]*policy.Client) error {
@@ -381,17 +384,37 @@ func insertClients(ctx context.Context, txn *memdb.Txn, clients map[string]*poli
 
 // poolModels lists, sorted, the models that get a pool: every model a key
 // lists and every model an enabled rule rewrites.
-func poolModels(keys map[string]*policy.Key, rules map[ruleKey]*policy.Rule) []string {
-	listed := map[string]bool{}
-	for rk := range rules {
+func poolModels(keyModels map[string]int, rules *ruleIndex) []string {
+	listed := make(map[string]bool, len(keyModels))
+	for rk := range rules.all() {
 		listed[rk.from] = true
 	}
-	for _, k := range keys {
-		for _, m := range k.Models {
-			listed[m] = true
-		}
+	for m := range keyModels {
+		listed[m] = true
 	}
 	return slices.Sorted(maps.Keys(listed))
+}
+
+// keyModels counts, for each model, the keys that list it.
+func keyModels(keys map[string]*policy.Key) map[string]int {
+	counts := map[string]int{}
+	for _, k := range keys {
+		countModels(counts, k, 1)
+	}
+	return counts
+}
+
+// countModels adds delta to the count of each model k lists (once per
+// model), dropping the counts that reach 0.
+func countModels(counts map[string]int, k *policy.Key, delta int) {
+	for i, m := range k.Models {
+		if slices.Contains(k.Models[:i], m) {
+			continue
+		}
+		if counts[m] += delta; counts[m] <= 0 {
+			delete(counts, m)
+		}
+	}
 }
 
 // poolIndex answers, for one model, which enabled keys serve it after their
@@ -416,7 +439,7 @@ type ownRule struct {
 	to  string
 }
 
-func newPoolIndex(enabled []*Entry, rules map[ruleKey]*policy.Rule) *poolIndex {
+func newPoolIndex(enabled []*Entry, rules *ruleIndex) *poolIndex {
 	x := &poolIndex{enabled: enabled, listing: map[string][]int32{}, own: map[string][]ownRule{},
 		anyTo: map[string]string{}, stamp: make([]uint32, len(enabled))}
 	byID := make(map[string]int32, len(enabled))
@@ -432,7 +455,7 @@ func newPoolIndex(enabled []*Entry, rules map[ruleKey]*policy.Rule) *poolIndex {
 			x.listing[m] = append(x.listing[m], int32(i))
 		}
 	}
-	for rk, r := range rules {
+	for rk, r := range rules.all() {
 		if rk.key == policy.AnyKey {
 			x.anyTo[rk.from] = r.To
 		}
@@ -483,7 +506,7 @@ func (x *poolIndex) pool(model string) []*Entry {
 // list no model (unlistedPool) and of each listed model; it also returns
 // the listed models that some key serves. Pools keep their selection
 // counter.
-func buildPools(ctx context.Context, listed []string, enabled []*Entry, rules map[ruleKey]*policy.Rule, seqs map[string]*atomic.Uint64) (map[string]*Pool, []string, error) {
+func buildPools(ctx context.Context, listed []string, enabled []*Entry, rules *ruleIndex, seqs map[string]*atomic.Uint64) (map[string]*Pool, []string, error) {
 	pools := make(map[string]*Pool, len(listed)+2)
 	insert := func(model string, entries []*Entry) {
 		seq := seqs[model]
@@ -588,8 +611,17 @@ type Snapshot struct {
 // newSnapshot returns the Snapshot of the read transaction txn, with its
 // enabled clients indexed by token hash: the request path looks a client
 // up with one map read instead of a memdb index walk (which allocates).
-func newSnapshot(txn *memdb.Txn) *Snapshot {
-	s := &Snapshot{txn: txn, byToken: map[[32]byte]*policy.Client{}}
+func newSnapshot(txn *memdb.Txn) *Snapshot { return newSnapshotWith(txn, nil) }
+
+// newSnapshotWith is newSnapshot with the index of the enabled clients
+// given (an apply that changed no client keeps the previous one); nil
+// builds it.
+func newSnapshotWith(txn *memdb.Txn, byToken map[[32]byte]*policy.Client) *Snapshot {
+	s := &Snapshot{txn: txn, byToken: byToken}
+	if byToken != nil {
+		return s
+	}
+	s.byToken = map[[32]byte]*policy.Client{}
 	for _, c := range s.Clients() {
 		if c.Enabled {
 			s.byToken[c.TokenSHA256] = c
@@ -659,7 +691,7 @@ func (s *Snapshot) Rule(keyID, model string) *policy.Rule {
 }
 
 func (s *Snapshot) rule(keyID, model string) *policy.Rule {
-	return s.meta().RuleIndex[ruleKey{keyID, model}]
+	return s.meta().RuleIndex.get(ruleKey{keyID, model})
 }
 
 // ClientByTokenSHA256 returns the enabled client whose token hashes to sum,

@@ -21,7 +21,11 @@
 // backwards (Consul restored or a dev agent restarted) resets the wait index
 // to 0 and the next answer is diffed in full; the index is kept ≥ 1; entries
 // whose ModifyIndex and value did not change are not re-validated, and an
-// answer that changes nothing applies nothing; queries are rate-limited by a
+// answer that changes nothing applies nothing. With a client made by
+// NewClient the answer's body (uncompressed) is read by the source's own
+// scanner, which decodes only the entries whose ModifyIndex or session
+// moved (listing.go); with another client, the Consul client decodes it.
+// Queries are rate-limited by a
 // token bucket that never waits while tokens remain; errors back off
 // exponentially with equal jitter (half fixed, half random) up to a cap, reset on the next success, and
 // the next query after an error is a fresh, non-blocking read; ctx cancels
@@ -29,9 +33,11 @@
 //
 // Each changed entry goes through store's Builder, which validates it alone:
 // a refused entry keeps its last good version and is listed (KV path and
-// reason, never a secret) in SourceInfo.Refused and Source.Refused. The whole
-// new configuration reaches the store in one Store.Apply (one go-memdb write
-// transaction).
+// reason, never a secret) in SourceInfo.Refused and Source.Refused. The
+// change reaches the store in one go-memdb write transaction
+// (Store.ApplyBuilt): only the changed documents and the pools they touch
+// (Builder.BuildDelta, Store.ApplyDelta), or the whole configuration the
+// first time and after a failed apply.
 //
 // # Last-good snapshot
 //

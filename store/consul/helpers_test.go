@@ -37,7 +37,8 @@ type running struct {
 type syncBuffer = syncbuf.Buffer
 
 // startSource runs a Source over agent a with its own Store until the test
-// ends (or stop is called).
+// ends (or stop is called); its client is made by consul.NewClient unless
+// opts has one.
 func startSource(t testing.TB, a *consultest.Agent, opts consul.Options) *running {
 	t.Helper()
 	logs := &syncBuffer{}
@@ -47,7 +48,13 @@ func startSource(t testing.TB, a *consultest.Agent, opts consul.Options) *runnin
 		t.Fatal(err)
 	}
 	opts.Store = st
-	opts.Client = a.NewClient() // each source as its own sidecar
+	if opts.Client == nil { // each source as its own sidecar
+		c, err := consul.NewClient(a.Config())
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Client = c
+	}
 	opts.Logger = logger
 	if opts.BackoffMax == 0 {
 		opts.BackoffBase, opts.BackoffMax = 20*time.Millisecond, 200*time.Millisecond

@@ -117,7 +117,8 @@ func TestProcessStopsWithContext(t *testing.T) {
 				cancel()
 			}
 			defer cancel()
-			src.process(ctx, pairs, 5)
+			src.listing.pairs(pairs)
+			src.process(ctx, 5)
 			if st.Ready() != tc.wantReady {
 				t.Fatalf("store ready = %v, want %v", st.Ready(), tc.wantReady)
 			}

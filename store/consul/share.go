@@ -2,6 +2,7 @@ package consul
 
 import (
 	"bytes"
+	"maps"
 	"slices"
 	"strings"
 
@@ -21,11 +22,10 @@ func StatePath(prefix, keyID string) string { return prefix + StateFolder + keyI
 // MemberPath is the KV path of member id under prefix.
 func MemberPath(prefix, id string) string { return prefix + MembersFolder + id }
 
-// fleetScan collects the fleet's entries of one answer.
+// fleetScan collects the fleet's changes of one answer.
 type fleetScan struct {
-	states  map[string]bool // key ids seen under state/
-	members []string        // member ids held by a session
-	changes []stateChange
+	membersChanged bool
+	changes        []stateChange
 }
 
 type stateChange struct {
@@ -34,18 +34,32 @@ type stateChange struct {
 	index uint64
 }
 
-// fleetPair takes p when it is a fleet entry (state/<id> or members/<id>)
-// and reports whether it did.
-func (s *Source) fleetPair(scan *fleetScan, p *api.KVPair) bool {
-	rel, ok := strings.CutPrefix(p.Key, s.opts.Prefix)
+// fleetID returns the id of a fleet entry (state/<id> or members/<id>):
+// folder is StateFolder or MembersFolder, id "" for a malformed one.
+func (s *Source) fleetID(path string) (folder, id string, ok bool) {
+	rel, ok := strings.CutPrefix(path, s.opts.Prefix)
 	if !ok {
-		return false
+		return "", "", false
 	}
-	if id, ok := strings.CutPrefix(rel, StateFolder); ok {
-		if id == "" || strings.Contains(id, "/") {
-			return true
+	for _, f := range []string{StateFolder, MembersFolder} {
+		if id, ok := strings.CutPrefix(rel, f); ok {
+			if id == "" || strings.Contains(id, "/") {
+				id = ""
+			}
+			return f, id, true
 		}
-		scan.states[id] = true
+	}
+	return "", "", false
+}
+
+// fleetPair takes p, new or changed, when it is a fleet entry and reports
+// whether it did.
+func (s *Source) fleetPair(scan *fleetScan, p *api.KVPair) bool {
+	folder, id, ok := s.fleetID(p.Key)
+	if !ok || id == "" {
+		return ok
+	}
+	if folder == StateFolder {
 		old, had := s.states[id]
 		if had && old.modifyIndex == p.ModifyIndex && bytes.Equal(old.value, p.Value) {
 			return true
@@ -54,33 +68,52 @@ func (s *Source) fleetPair(scan *fleetScan, p *api.KVPair) bool {
 		scan.changes = append(scan.changes, stateChange{id, p.Value, p.ModifyIndex})
 		return true
 	}
-	if id, ok := strings.CutPrefix(rel, MembersFolder); ok {
-		// Only an entry held by a session is a live member: Consul deletes
-		// it when the session ends (behavior delete).
-		if id != "" && !strings.Contains(id, "/") && p.Session != "" {
-			scan.members = append(scan.members, id)
+	// Only an entry held by a session is a live member: Consul deletes it
+	// when the session ends (behavior delete).
+	if held := p.Session != ""; held != s.memberSet[id] {
+		scan.membersChanged = true
+		if held {
+			s.memberSet[id] = true
+		} else {
+			delete(s.memberSet, id)
+		}
+	}
+	return true
+}
+
+// fleetGone takes p, removed, when it is a fleet entry and reports whether
+// it did.
+func (s *Source) fleetGone(scan *fleetScan, p *api.KVPair) bool {
+	folder, id, ok := s.fleetID(p.Key)
+	if !ok || id == "" {
+		return ok
+	}
+	if folder == StateFolder {
+		if _, had := s.states[id]; had {
+			delete(s.states, id)
+			scan.changes = append(scan.changes, stateChange{id: id})
 		}
 		return true
 	}
-	return false
+	if s.memberSet[id] {
+		delete(s.memberSet, id)
+		scan.membersChanged = true
+	}
+	return true
 }
 
 // fleetDone hands the scan's changes to OnState and OnMembers.
 func (s *Source) fleetDone(scan *fleetScan) {
-	for id := range s.states {
-		if !scan.states[id] {
-			delete(s.states, id)
-			scan.changes = append(scan.changes, stateChange{id: id})
-		}
-	}
 	if s.opts.OnState != nil {
 		for _, c := range scan.changes {
 			s.opts.OnState(c.id, c.raw, c.index)
 		}
 	}
-	slices.Sort(scan.members)
-	if s.opts.OnMembers != nil && (!s.membersSeen || !slices.Equal(scan.members, s.members)) {
-		s.membersSeen, s.members = true, scan.members
-		s.opts.OnMembers(slices.Clone(scan.members))
+	if s.opts.OnMembers != nil && (!s.membersSeen || scan.membersChanged) {
+		members := slices.Sorted(maps.Keys(s.memberSet))
+		if !s.membersSeen || !slices.Equal(members, s.members) {
+			s.membersSeen, s.members = true, members
+			s.opts.OnMembers(slices.Clone(members))
+		}
 	}
 }

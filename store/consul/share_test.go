@@ -35,7 +35,8 @@ func TestSourceHandsOutFleetEntries(t *testing.T) {
 	settings := &api.KVPair{Key: "keymux/settings", Value: []byte(`{}`), ModifyIndex: 1}
 	answer := func(index uint64, pairs ...*api.KVPair) {
 		t.Helper()
-		src.process(context.Background(), append(api.KVPairs{settings}, pairs...), index)
+		src.listing.pairs(append(api.KVPairs{settings}, pairs...))
+		src.process(context.Background(), index)
 	}
 	k1 := &api.KVPair{Key: "keymux/state/k1", Value: []byte(`{"reason":"auth"}`), ModifyIndex: 5}
 	m1 := &api.KVPair{Key: "keymux/members/a", Value: []byte(`{}`), Session: "s1", ModifyIndex: 6}

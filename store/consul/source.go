@@ -41,8 +41,9 @@ const (
 
 // Options configure a Source.
 type Options struct {
-	// Client talks to Consul. nil: api.NewClient(api.DefaultConfig()), which
-	// reads CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, … .
+	// Client talks to Consul. nil: NewClient(api.DefaultConfig()), which
+	// reads CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, … . A
+	// client made by NewClient reads large prefixes with less CPU.
 	Client *api.Client
 	// Prefix is the KV folder, default DefaultPrefix; a missing trailing
 	// slash is added.
@@ -87,6 +88,10 @@ type Source struct {
 	builder *store.Builder
 
 	// Owned by Run's goroutine.
+	listing     *listing           // the prefix's entries, and what changed since the last answer processed
+	capture     capture            // the body of the last answer (NewClient's clients)
+	gen         uint64             // the store generation this source applied last (0: apply whole)
+	memberSet   map[string]bool    // members/<id> entries held by a session
 	docs        map[string]kvValue // path → last seen value (settings, keys, rules, clients)
 	health      map[string]kvValue // key id → last seen value
 	states      map[string]kvValue // key id → last seen state/<id> value
@@ -135,7 +140,7 @@ func New(opts Options) (*Source, error) {
 	}
 	opts.Prefix = prefix
 	if opts.Client == nil {
-		c, err := api.NewClient(api.DefaultConfig())
+		c, err := NewClient(api.DefaultConfig())
 		if err != nil {
 			return nil, fmt.Errorf("consul source: client: %w", err)
 		}
@@ -167,14 +172,16 @@ func New(opts Options) (*Source, error) {
 		b.SetScope(opts.Scope)
 	}
 	return &Source{
-		opts:    opts,
-		kv:      opts.Client.KV(),
-		log:     opts.Logger.With("source", "consul", "prefix", opts.Prefix),
-		builder: b,
-		docs:    map[string]kvValue{},
-		health:  map[string]kvValue{},
-		states:  map[string]kvValue{},
-		changed: make(chan struct{}),
+		opts:      opts,
+		kv:        opts.Client.KV(),
+		log:       opts.Logger.With("source", "consul", "prefix", opts.Prefix),
+		builder:   b,
+		listing:   newListing(opts.Prefix),
+		memberSet: map[string]bool{},
+		docs:      map[string]kvValue{},
+		health:    map[string]kvValue{},
+		states:    map[string]kvValue{},
+		changed:   make(chan struct{}),
 	}, nil
 }
 
@@ -259,8 +266,8 @@ func (s *Source) Run(ctx context.Context) error {
 			WaitIndex:         index,
 			WaitTime:          s.opts.WaitTime,
 			RequireConsistent: consistent,
-		}).WithContext(ctx)
-		pairs, meta, err := s.kv.List(s.opts.Prefix, q)
+		}).WithContext(context.WithValue(ctx, captureKey{}, &s.capture))
+		meta, err := s.list(q)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -285,7 +292,7 @@ func (s *Source) Run(ctx context.Context) error {
 		consistent = false
 		s.lastContact = time.Now()
 		newIndex := meta.LastIndex
-		if len(s.docs) > 0 && !s.hasConfig(pairs) {
+		if len(s.docs) > 0 && s.listing.docs == 0 {
 			// The whole prefix vanished at once (a restarted dev agent, a
 			// lost or wrongly restored cluster): keep serving the last
 			// configuration, marked stale, instead of emptying every
@@ -310,25 +317,34 @@ func (s *Source) Run(ctx context.Context) error {
 			s.log.Info("consul index went backwards; resynchronising", "from", index, "to", newIndex)
 			s.forgetIndexes()
 		}
-		s.process(ctx, pairs, newIndex)
+		s.process(ctx, newIndex)
 		index = max(newIndex, 1)
 	}
 }
 
-// hasConfig reports whether pairs hold a configuration document (health
-// records alone are not one).
-func (s *Source) hasConfig(pairs api.KVPairs) bool {
-	for _, p := range pairs {
-		if _, _, isHealth, ok := s.classify(p.Key); ok && !isHealth {
-			return true
-		}
+// list runs one query on the prefix into s.listing: from the body
+// captured by NewClient's transport when there is one, else from the
+// Consul client's decoding.
+func (s *Source) list(q *api.QueryOptions) (*api.QueryMeta, error) {
+	s.capture.taken = false
+	pairs, meta, err := s.kv.List(s.opts.Prefix, q)
+	if err != nil {
+		return nil, err
 	}
-	return false
+	if !s.capture.taken {
+		s.listing.pairs(pairs)
+		return meta, nil
+	}
+	if err := s.listing.scan(s.capture.body); err != nil {
+		return nil, err
+	}
+	return meta, nil
 }
 
 // forgetIndexes drops remembered ModifyIndexes so every entry is compared by
 // value.
 func (s *Source) forgetIndexes() {
+	s.listing.reset()
 	for p, v := range s.docs {
 		v.modifyIndex = 0
 		s.docs[p] = v
@@ -348,20 +364,19 @@ func (s *Source) classify(path string) (kind store.Kind, id string, health, ok b
 	return classify(s.opts.Prefix, path)
 }
 
-// process diffs one full answer against what the source knows, and applies
-// the result when a document changed. It stops, applying nothing, once ctx
-// ends.
-func (s *Source) process(ctx context.Context, pairs api.KVPairs, index uint64) {
-	seen := make(map[string]bool, len(pairs))
-	seenHealth := map[string]bool{}
+// process takes what changed in the prefix since the last processed
+// answer (the listing's changes) and applies the result when a document
+// changed. It stops, applying nothing, once ctx ends.
+func (s *Source) process(ctx context.Context, index uint64) {
+	changedPairs, removed, full := s.listing.take()
 	changed := false
 	type healthChange struct {
 		id  string
 		raw []byte
 	}
 	var healthChanges []healthChange
-	scan := &fleetScan{states: map[string]bool{}}
-	for _, p := range pairs {
+	scan := &fleetScan{}
+	for _, p := range changedPairs {
 		if ctx.Err() != nil {
 			return
 		}
@@ -373,7 +388,6 @@ func (s *Source) process(ctx context.Context, pairs api.KVPairs, index uint64) {
 			continue
 		}
 		if isHealth {
-			seenHealth[id] = true
 			old, had := s.health[id]
 			if had && old.modifyIndex == p.ModifyIndex && bytes.Equal(old.value, p.Value) {
 				continue
@@ -385,7 +399,6 @@ func (s *Source) process(ctx context.Context, pairs api.KVPairs, index uint64) {
 			healthChanges = append(healthChanges, healthChange{id, p.Value})
 			continue
 		}
-		seen[p.Key] = true
 		old, had := s.docs[p.Key]
 		if had && bytes.Equal(old.value, p.Value) {
 			if old.modifyIndex != p.ModifyIndex {
@@ -399,19 +412,35 @@ func (s *Source) process(ctx context.Context, pairs api.KVPairs, index uint64) {
 			s.log.Warn("consul entry refused; its last good version keeps serving", "path", p.Key, "error", err)
 		}
 	}
-	for path := range s.docs {
-		if seen[path] {
+	gone := func(path string) bool { _, ok := s.listing.entries[path]; return !ok }
+	if full {
+		// A whole answer (the first, or after a resynchronisation): what
+		// the source knew from elsewhere (a snapshot) and the answer does
+		// not have is gone too.
+		for path := range s.docs {
+			if gone(path) {
+				removed = append(removed, &api.KVPair{Key: path})
+			}
+		}
+	}
+	for _, p := range removed {
+		if s.fleetGone(scan, p) {
 			continue
 		}
-		kind, id, _, _ := s.classify(path)
-		s.builder.Delete(kind, id)
-		delete(s.docs, path)
-		changed = true
-	}
-	for id := range s.health {
-		if !seenHealth[id] {
-			delete(s.health, id)
-			healthChanges = append(healthChanges, healthChange{id, nil})
+		kind, id, isHealth, ok := s.classify(p.Key)
+		switch {
+		case !ok:
+		case isHealth:
+			if _, had := s.health[id]; had {
+				delete(s.health, id)
+				healthChanges = append(healthChanges, healthChange{id, nil})
+			}
+		default:
+			if _, had := s.docs[p.Key]; had {
+				s.builder.Delete(kind, id)
+				delete(s.docs, p.Key)
+				changed = true
+			}
 		}
 	}
 
@@ -430,20 +459,21 @@ func (s *Source) process(ctx context.Context, pairs api.KVPairs, index uint64) {
 	s.fleetDone(scan)
 }
 
-// apply builds the configuration and hands it to the store in one Apply;
-// it gives up, the store unchanged, once ctx ends.
+// apply hands the configuration to the store: what changed since the
+// source's last apply (Builder.BuildDelta, Store.ApplyDelta), or the whole
+// of it the first time and whenever the store is not at the generation
+// the source applied last. It gives up, the store unchanged, once ctx
+// ends.
 func (s *Source) apply(ctx context.Context, source string, index uint64, staleSince time.Time) {
-	cfg, refused, err := s.builder.BuildContext(ctx)
-	if err != nil {
-		return
-	}
-	info := store.SourceInfo{Source: source, Version: index, Refused: refused}
+	info := store.SourceInfo{Source: source, Version: index}
 	if source == SourceSnapshot {
 		info.Stale, info.StaleSince, info.LastSync = true, staleSince, staleSince
 	} else {
 		info.LastSync = s.lastContact
 	}
-	gen, err := s.opts.Store.ApplyContext(ctx, cfg, info)
+	base := s.gen
+	s.gen = 0 // until this apply succeeds: a failed one leaves the builder ahead of the store
+	gen, refused, err := s.opts.Store.ApplyBuilt(ctx, s.builder, base, info)
 	if ctx.Err() != nil {
 		return
 	}
@@ -453,13 +483,15 @@ func (s *Source) apply(ctx context.Context, source string, index uint64, staleSi
 		s.log.Error("store refused the configuration", "error", err)
 		return
 	}
+	s.gen = gen
 	s.source, s.stale = source, info.Stale
 	s.countRefusals(refused)
 	for _, r := range refused {
 		s.log.Warn("entry refused", "path", r.Path, "reason", r.Reason)
 	}
+	st := s.opts.Store.Status()
 	s.log.Info("configuration applied", "from", source, "index", index, "generation", gen,
-		"keys", len(cfg.Keys), "rules", len(cfg.Rules), "clients", len(cfg.Clients), "refused", len(refused))
+		"keys", st.Keys, "rules", st.Rules, "clients", st.Clients, "refused", len(refused))
 	if source == SourceConsul && s.opts.StateDir != "" {
 		if err := WriteSnapshot(s.opts.StateDir, s.snapshot(index)); err != nil {
 			s.log.Error("cannot write the last-good snapshot", "dir", s.opts.StateDir, "error", err)

@@ -61,11 +61,31 @@ func TestSourceInitialLoad(t *testing.T) {
 	}
 }
 
+// TestSourceFollowsEdits: each edit reaches the store as a delta (after
+// the first, whole apply), the answers read by the source's scanner
+// (consul.NewClient) or decoded by the Consul client (any other client).
 func TestSourceFollowsEdits(t *testing.T) {
-	a := consultest.Start(t)
-	seed(t, a)
-	r := startSource(t, a, consul.Options{})
-	waitStore(t, r.st, "first apply", r.st.Ready)
+	for _, tc := range []struct {
+		name   string
+		client func(a *consultest.Agent) *api.Client
+	}{
+		{"consul.NewClient", func(*consultest.Agent) *api.Client { return nil }},
+		{"api.NewClient", (*consultest.Agent).NewClient},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := consultest.Start(t)
+			seed(t, a)
+			r := startSource(t, a, consul.Options{Client: tc.client(a)})
+			waitStore(t, r.st, "first apply", r.st.Ready)
+			followEdits(t, a, r)
+			if n := strings.Count(r.logs.String(), "delta=true"); n != 11 {
+				t.Errorf("%d edits applied as deltas, want 11", n)
+			}
+		})
+	}
+}
+
+func followEdits(t *testing.T, a *consultest.Agent, r *running) {
 
 	steps := []struct {
 		name string

@@ -228,6 +228,14 @@ func (a *Agent) NewClient() *api.Client {
 	return c
 }
 
+// PID is the agent process's id (0 when it is not running).
+func (a *Agent) PID() int {
+	if a.cmd == nil || a.cmd.Process == nil {
+		return 0
+	}
+	return a.cmd.Process.Pid
+}
+
 // Stop ends the agent (its data is gone: dev mode keeps it in memory). It
 // returns once the process has exited.
 func (a *Agent) Stop() {

@@ -332,7 +332,7 @@ func (sc *sidecar) openCallLog(dest string, stdout io.Writer) (io.Writer, error)
 func (sc *sidecar) newHealth(o serveOptions) error {
 	if o.consul {
 		var err error
-		if sc.consul, err = api.NewClient(api.DefaultConfig()); err != nil {
+		if sc.consul, err = consul.NewClient(api.DefaultConfig()); err != nil {
 			return fmt.Errorf("--consul: %w", err)
 		}
 	}
