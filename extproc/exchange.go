@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
-	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,32 +34,21 @@ const (
 
 // exchange is the state of one HTTP request across its ext_proc messages.
 type exchange struct {
-	s        *Server
+	// What outlives the stream until the call is booked (record.go).
+	callRecord
+
 	snap     *store.Snapshot
-	settings *policy.Settings
-	phase    phase
 	hdr      requestHeaders
 	route    routeResult
-	client   *policy.Client
-	entry    *store.Entry
-	status   int
 	est      int64 // the request's token estimate (policy.EstimateTokens)
-	usage    usageScanner
 	bodySeen bool
-	reading  bool      // the response body is read (mode overridden to STREAMED: UsageFromBody)
-	chunks   int       // response body messages received while reading
-	respDone bool      // the response headers ended the response
-	callID   string    // joins Envoy's access-log entry to this record (set when forwarded)
-	routed   string    // the key id the router-level metadata named first (set when forwarded)
 	att      *attempts // shared with the upstream filter's attempts (set when forwarded)
 	boundary string    // a multipart form's boundary (operation.form)
 	upload   bool      // the body streams through unbuffered (operation.upload)
-	call     telemetry.Call
-	rep      *replies // storage of the request path's replies (reply.go); nil once released
+	rep      *replies  // storage of the request path's replies (reply.go); nil once released
 	// The storage of att and of its first tried key (share).
 	shared     attempts
 	firstTried [1]*store.Entry
-	callIDBuf  [32]byte     // the bytes of callID (written once)
 	mut        *mutationMsg // the forwarding mutation (set by forward)
 
 	sctx        context.Context // the Process stream's
@@ -72,7 +59,7 @@ type exchange struct {
 }
 
 func newExchange(s *Server) *exchange {
-	return &exchange{s: s, call: telemetry.Call{Start: s.now()}, rep: getReplies()}
+	return &exchange{callRecord: callRecord{s: s, call: telemetry.Call{Start: s.now()}}, rep: getReplies()}
 }
 
 // releaseReplies hands the reply storage back to its pool once the stream
@@ -1001,25 +988,6 @@ func headersMutation(resp *extprocv3.ProcessingResponse) *extprocv3.HeaderMutati
 	return hr.Response.HeaderMutation
 }
 
-// namesKey reports whether an access-log entry's key id is this call's:
-// the key the router-level metadata named, or the one that answered last.
-func (x *exchange) namesKey(id string) bool { return id == x.routed || id == x.call.KeyID }
-
-// feedback records an upstream outcome's error class on the call and
-// applies the outcome to the chosen key's passive state.
-func (x *exchange) feedback(o policy.Outcome, now time.Time) {
-	x.call.ErrorCode = o.Kind.Class()
-	x.keyFeedback(o, now)
-}
-
-// keyFeedback applies an upstream outcome to the chosen key's passive state.
-func (x *exchange) keyFeedback(o policy.Outcome, now time.Time) {
-	if x.entry == nil {
-		return
-	}
-	applyFeedback(x.entry, x.settings.Ejection, o, now)
-}
-
 // applyFeedback applies an upstream outcome to key e's passive state.
 func applyFeedback(e *store.Entry, ej policy.EjectionSettings, o policy.Outcome, now time.Time) {
 	rt := e.RT
@@ -1069,128 +1037,11 @@ func (x *exchange) finish() {
 	case phaseStart:
 		return // Envoy opened the stream but nothing was answered
 	case phaseForwarded, phaseResponse:
-		if x.s.ledger.hold(x, x.call.End) {
+		if x.s.ledger.hold(&x.callRecord, x.call.End) {
 			return
 		}
 	}
 	x.book(nil)
-}
-
-// book completes the call with Envoy's entry (nil: none came) and hands it
-// to the observer.
-func (x *exchange) book(rec *envoyRecord) {
-	if rec != nil {
-		x.fromEntry(rec)
-	} else {
-		x.fromStream()
-	}
-	if x.call.ErrorCode == "" && (x.call.Truncated || x.call.Status == 0) {
-		x.call.ErrorCode = policy.ClassStreamCut // cut, or no response at all
-	}
-	x.s.observer.End(&x.call)
-}
-
-// fromEntry takes Envoy's account of the call: its duration and status, a
-// failure keymux did not see (a local reply since Envoy 1.33.1 never
-// reaches ext_proc), a client abort, and the token usage Envoy's filters
-// read from the response body.
-func (x *exchange) fromEntry(r *envoyRecord) {
-	now := x.s.now()
-	if x.s.log.Enabled(context.Background(), slog.LevelDebug) {
-		x.s.log.Debug("access-log entry", "call_id", r.callID, "key_id", r.keyID, "status", r.status,
-			"flags", r.flags, "upstream_failure", r.failure, "attempts", r.attempts,
-			"first_upstream_byte", r.firstUpstreamByte, "last_byte", r.lastByte,
-			"bytes_sent", r.bytesSent, "bytes_received", r.bytesReceived)
-	}
-	if r.lastByte > 0 {
-		x.call.End = x.call.Start.Add(r.lastByte)
-	}
-	if x.call.Status == 0 && r.status != 0 {
-		// A reply of Envoy's own, which keymux never saw.
-		x.call.Status = r.status
-		x.call.ErrorCode = policy.StatusKind(r.status).Class()
-	}
-	switch o, failed := r.upstreamFailure(); {
-	case r.clientAbort() && x.status == http.StatusSwitchingProtocols:
-		// An upgraded stream (Realtime) ends when a side closes: no cut.
-	case r.clientAbort():
-		x.call.Truncated = true // the client left: not the key's fault
-	case failed:
-		x.feedback(o, now)
-		x.call.Truncated = x.phase == phaseResponse // cut after the headers
-	case x.phase == phaseForwarded && r.status == 0:
-		x.call.Truncated = true
-	}
-	if !r.usageKnown && r.errorCode == "" && r.errorType == "" {
-		// No usage filters in Envoy: what keymux read (UsageFromBody).
-		x.bodyUsage(now)
-		return
-	}
-	if r.usageKnown {
-		x.bookUsage(r.input, r.output, now)
-	}
-	x.errorBody(x.call.Status, r.errorCode, r.errorType, now)
-}
-
-// errorBody applies what an upstream error body said (its error code and
-// type, read by Envoy's filters or by keymux) to the answering key: an
-// exhausted quota parks the key; a model the key cannot use takes it out
-// of that model's pool until its next probe.
-func (x *exchange) errorBody(status int, code, typ string, now time.Time) {
-	switch {
-	case policy.QuotaExhausted(status, code, typ):
-		x.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: status}, now)
-	case policy.ModelUnavailable(status, code, typ) && x.entry != nil:
-		blockModel(x.entry, x.call.ModelFinal, status, now)
-	}
-}
-
-// lateEntry takes what an entry that came after the call was booked still
-// tells: an upstream failure of the key.
-func (x *exchange) lateEntry(r *envoyRecord, now time.Time) {
-	if o, failed := r.upstreamFailure(); failed {
-		x.keyFeedback(o, now)
-	}
-}
-
-// fromStream completes a call from what keymux saw on its Process stream
-// alone (no access-log entry): a response that never came, or one cut
-// before its end, and the usage read from a body keymux asked for.
-func (x *exchange) fromStream() {
-	switch x.phase {
-	case phaseForwarded:
-		x.call.Truncated = true // no response reached keymux
-	case phaseResponse:
-		// The body ended early (stream cut, client abort), or an SSE
-		// stream closed without its terminator. (No body message at all
-		// means keymux did not read it, or Envoy did not take the mode
-		// override — allow_mode_override off — not a cut.)
-		x.call.Truncated = x.reading && x.chunks > 0 && (!x.usage.eos || (x.usage.sse && !x.usage.done && x.status < 300))
-	}
-	x.bodyUsage(x.s.now())
-}
-
-// bodyUsage books the usage and quota error read from a whole response
-// body (UsageFromBody; nothing otherwise).
-func (x *exchange) bodyUsage(now time.Time) {
-	if !x.usage.eos {
-		return
-	}
-	if x.usage.known {
-		x.bookUsage(x.usage.input, x.usage.output, now)
-	}
-	x.errorBody(x.status, x.usage.errorCode, x.usage.errorType, now)
-}
-
-// bookUsage counts a call's tokens on the call, its key and its client.
-func (x *exchange) bookUsage(input, output int64, now time.Time) {
-	x.call.InputTokens, x.call.OutputTokens, x.call.UsageKnown = input, output, true
-	tokens := uint64(input + output)
-	x.entry.RT.AddUsage(tokens)
-	x.entry.RT.MinuteTokens.Add(now, tokens)
-	if x.client != nil {
-		x.s.clientMinute(x.client.ID).tokens.Add(now, tokens)
-	}
 }
 
 // refuse answers the client locally with an OpenAI-style error.

@@ -2,9 +2,13 @@ package extproc
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/keymux/keymux/policy"
+	"github.com/keymux/keymux/store"
 )
 
 // Defaults of the join between keymux's record of a call and Envoy's
@@ -53,9 +57,10 @@ var (
 	unmatchedReasons    = unmatchedReasonList[:]
 )
 
-// held is a record waiting for its entry.
+// held is a record waiting for its entry (a detached copy: the exchange
+// was released when its stream ended).
 type held struct {
-	x        *exchange
+	r        *callRecord
 	deadline time.Time
 }
 
@@ -66,13 +71,23 @@ type early struct {
 }
 
 // booked is a call id already booked, kept until deadline to tell
-// duplicates and late entries from unknown ones. x is the exchange of a
-// call booked without its entry: a late entry still tells its key's
-// health (Envoy opens its access-log stream with its first entry).
+// duplicates and late entries from unknown ones. A call booked without its
+// entry keeps what a late entry still tells about, its key's health
+// (Envoy opens its access-log stream with its first entry): the key and
+// the ejection settings it was chosen under, nothing of the call itself.
 type booked struct {
-	withEntry bool
-	x         *exchange
 	deadline  time.Time
+	key       *store.Entry             // nil: booked with its entry, or no key to feed
+	ejection  *policy.EjectionSettings // the settings key was chosen under
+	withEntry bool
+}
+
+// lateEntry applies what an entry that came after the call was booked
+// still tells: an upstream failure of the key.
+func (b booked) lateEntry(r *envoyRecord, now time.Time) {
+	if o, failed := r.upstreamFailure(); failed && b.key != nil {
+		applyFeedback(b.key, *b.ejection, o, now)
+	}
 }
 
 // ledger joins exchanges that ended to their access-log entries, in
@@ -137,48 +152,58 @@ func (l *ledger) active(now time.Time) bool {
 	return gone != 0 && now.Sub(time.Unix(0, gone)) < l.entryWait
 }
 
-// hold takes x, whose Process stream ended, until its entry arrives. It
-// books x at once when its entry came first. It returns false, leaving x
-// to the caller, when no entry is expected or the table is full.
-func (l *ledger) hold(x *exchange, now time.Time) bool {
-	id := x.callID
+// hold takes the record of a call whose Process stream ended until its
+// entry arrives: it keeps a detached copy of c, so that the exchange c
+// belongs to can go. It books c at once when its entry came first. It
+// returns false, leaving c to the caller, when no entry is expected or the
+// table is full.
+func (l *ledger) hold(c *callRecord, now time.Time) bool {
+	id := c.callID
 	l.mu.Lock()
 	if e, ok := l.early[id]; ok {
 		delete(l.early, id)
-		l.rememberLocked(id, nil, now)
+		l.rememberLocked(e.rec.callID, nil, now)
 		l.mu.Unlock()
 		l.matched.Add(1)
-		x.book(&e.rec)
+		c.book(&e.rec)
 		return true
 	}
-	if !l.active(now) {
-		l.rememberLocked(id, x, now)
-		l.mu.Unlock()
-		l.miss(unmatchedNoLog, 1)
-		return false
+	reason := ""
+	switch {
+	case !l.active(now):
+		reason = unmatchedNoLog
+	case len(l.pending) >= l.capacity:
+		reason = unmatchedFull
 	}
-	if len(l.pending) >= l.capacity {
-		l.rememberLocked(id, x, now)
+	if reason != "" {
+		l.rememberLocked(strings.Clone(id), c, now)
 		l.mu.Unlock()
-		l.miss(unmatchedFull, 1)
+		l.miss(reason, 1)
 		return false
 	}
 	wait := l.entryWait
-	if x.phase == phaseResponse && !x.respDone {
+	if c.phase == phaseResponse && !c.respDone {
 		wait = l.responseWait
 	}
-	l.pending[id] = held{x: x, deadline: now.Add(wait)}
+	d := c.detach()
+	l.pending[d.callID] = held{r: d, deadline: now.Add(wait)}
 	l.mu.Unlock()
 	return true
 }
 
 // rememberLocked keeps a booked call id for the entry wait (while there is
-// room); x is the exchange of a call booked without its entry, nil when
-// booked with it.
-func (l *ledger) rememberLocked(id string, x *exchange, now time.Time) {
-	if len(l.done) < l.capacity {
-		l.done[id] = booked{withEntry: x == nil, x: x, deadline: now.Add(l.entryWait)}
+// room); c is the record of a call booked without its entry (what a late
+// entry needs is taken from it), nil when booked with it. id must not be
+// memory of an exchange or a pooled record: the table outlives both.
+func (l *ledger) rememberLocked(id string, c *callRecord, now time.Time) {
+	if len(l.done) >= l.capacity {
+		return
 	}
+	b := booked{withEntry: c == nil, deadline: now.Add(l.entryWait)}
+	if c != nil && c.entry != nil {
+		b.key, b.ejection = c.entry, &c.settings.Ejection
+	}
+	l.done[id] = b
 }
 
 // entry books the record rec belongs to, or keeps rec until its record
@@ -189,7 +214,7 @@ func (l *ledger) entry(rec envoyRecord, now time.Time) {
 		l.lagNanos.Store(int64(now.Sub(rec.end)))
 	}
 	l.mu.Lock()
-	if h, ok := l.pending[rec.callID]; ok && rec.keyID != "" && !h.x.namesKey(rec.keyID) {
+	if h, ok := l.pending[rec.callID]; ok && rec.keyID != "" && !h.r.namesKey(rec.keyID) {
 		// Not a key keymux put on this call: an entry to distrust.
 		l.mu.Unlock()
 		l.drop(dropMalformed, 1)
@@ -197,20 +222,21 @@ func (l *ledger) entry(rec envoyRecord, now time.Time) {
 	}
 	if h, ok := l.pending[rec.callID]; ok {
 		delete(l.pending, rec.callID)
-		l.rememberLocked(rec.callID, nil, now)
+		l.rememberLocked(rec.callID, nil, now) // the entry's string: h.r goes back to its pool
 		l.mu.Unlock()
 		l.matched.Add(1)
-		h.x.book(&rec)
+		h.r.book(&rec)
+		h.r.release()
 		return
 	}
 	reason := ""
-	var late *exchange
+	var late booked
 	if b, ok := l.done[rec.callID]; ok {
 		reason = dropLate
 		if b.withEntry {
 			reason = dropDuplicate
 		}
-		late = b.x
+		late = b
 		l.done[rec.callID] = booked{withEntry: true, deadline: b.deadline}
 	} else if _, ok := l.early[rec.callID]; ok {
 		reason = dropDuplicate
@@ -223,22 +249,20 @@ func (l *ledger) entry(rec envoyRecord, now time.Time) {
 	if reason != "" {
 		l.drop(reason, 1)
 	}
-	if late != nil {
-		late.lateEntry(&rec, now)
-	}
+	late.lateEntry(&rec, now)
 }
 
 // sweep books the records whose wait is over from what keymux saw, and
 // forgets entries and call ids whose wait is over.
 func (l *ledger) sweep(now time.Time) {
-	var due []*exchange
+	var due []*callRecord
 	unknown := 0
 	l.mu.Lock()
 	for id, h := range l.pending {
 		if !now.Before(h.deadline) {
 			delete(l.pending, id)
-			l.rememberLocked(id, h.x, now)
-			due = append(due, h.x)
+			l.rememberLocked(strings.Clone(id), h.r, now) // id is h.r's memory, which goes back to its pool
+			due = append(due, h.r)
 		}
 	}
 	for id, e := range l.early {
@@ -255,9 +279,7 @@ func (l *ledger) sweep(now time.Time) {
 	l.mu.Unlock()
 	l.drop(dropUnknown, uint64(unknown))
 	l.miss(unmatchedTimeout, uint64(len(due)))
-	for _, x := range due {
-		x.book(nil)
-	}
+	bookAll(due)
 }
 
 // pendingLen is the number of records waiting for their entry.
@@ -272,15 +294,21 @@ func (l *ledger) pendingLen() int {
 func (l *ledger) close() {
 	l.closed.Store(true)
 	l.mu.Lock()
-	due := make([]*exchange, 0, len(l.pending))
+	due := make([]*callRecord, 0, len(l.pending))
 	for id, h := range l.pending {
 		delete(l.pending, id)
-		due = append(due, h.x)
+		due = append(due, h.r)
 	}
 	l.mu.Unlock()
 	l.miss(unmatchedShutdown, uint64(len(due)))
-	for _, x := range due {
-		x.book(nil)
+	bookAll(due)
+}
+
+// bookAll books held records from what keymux saw and releases them.
+func bookAll(due []*callRecord) {
+	for _, r := range due {
+		r.book(nil)
+		r.release()
 	}
 }
 

@@ -163,8 +163,8 @@ func TestTagStreamSplitAnywhere(t *testing.T) {
 		for _, cut2 := range []int{cut1, min(cut1+5, len(stream)), min(cut1+40, len(stream))} {
 			reg := &objects.Registry{}
 			reg.SetSecret(secret)
-			x := &exchange{s: &Server{objects: reg},
-				entry: &store.Entry{Key: &policy.Key{Account: "acct-a"}}, client: &policy.Client{ID: "ca"},
+			x := &exchange{callRecord: callRecord{s: &Server{objects: reg},
+				entry: &store.Entry{Key: &policy.Key{Account: "acct-a"}}, client: &policy.Client{ID: "ca"}},
 				obj: objectState{sse: &sseTag{}}}
 			var got []byte
 			chunks := []string{stream[:cut1], stream[cut1:cut2], stream[cut2:]}

@@ -90,7 +90,7 @@ func TestTargetEveryProvider(t *testing.T) {
 					}
 				}
 			}
-			x := &exchange{settings: &policy.Settings{StreamUsage: true}, entry: &store.Entry{Key: k}, route: routeResult{op: chat}}
+			x := &exchange{callRecord: callRecord{settings: &policy.Settings{StreamUsage: true}, entry: &store.Entry{Key: k}}, route: routeResult{op: chat}}
 			if got := x.wantsStreamUsage(bodyInfo{stream: true}); got != tt.streamUsage {
 				t.Errorf("wantsStreamUsage = %v, want %v", got, tt.streamUsage)
 			}

@@ -17,8 +17,10 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/keymux/keymux/envoy/emulator"
 )
 
 // exchange is the messages of one request, as Envoy sends them.
@@ -83,22 +85,33 @@ func newExchange() exchange {
 	reqBody := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: body, EndOfStream: true}}}
 	respHeaders := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{
 		Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
-			hv(":status", "200"), hv("content-type", "application/json"), hv("content-length", "512"),
+			hv(":status", "200"), hv("content-type", "application/json"), hv("content-length", strconv.Itoa(respBodyBytes)),
 		}},
 	}}}
 	return exchange{msgs: []*extprocv3.ProcessingRequest{reqHeaders, reqBody, respHeaders}}
 }
 
-// run plays one request on conn: a Process stream, each message answered
-// by a reply of its kind, half-close, end of stream.
-func (x *exchange) run(ctx context.Context, client extprocv3.ExternalProcessorClient) error {
+const (
+	respHeadersMsg = 2   // the index of the response headers in exchange.msgs
+	respBodyBytes  = 512 // the upstream's response body (its content-length)
+)
+
+// run plays one request on s: a Process stream, each message answered
+// by a reply of its kind, half-close, end of stream; then, when s plays
+// Envoy's access logger, the request's entry.
+func (x *exchange) run(ctx context.Context, client extprocv3.ExternalProcessorClient, s *server) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	r := emulator.Request{Start: time.Now()}
 	stream, err := client.Process(ctx)
 	if err != nil {
 		return err
 	}
-	for _, m := range x.msgs {
+	for i, m := range x.msgs {
+		if i == respHeadersMsg {
+			r.RequestEnd = time.Now() // the upstream received the request; its response begins
+			r.ResponseStart = r.RequestEnd
+		}
 		if err := stream.Send(m); err != nil {
 			return fmt.Errorf("send %s: %w", kindName(m), err)
 		}
@@ -109,6 +122,12 @@ func (x *exchange) run(ctx context.Context, client extprocv3.ExternalProcessorCl
 		if err := checkReply(m, resp); err != nil {
 			return err
 		}
+		for ns, v := range resp.GetDynamicMetadata().GetFields() {
+			if r.Metadata == nil {
+				r.Metadata = map[string]*structpb.Struct{}
+			}
+			r.Metadata[ns] = v.GetStructValue()
+		}
 	}
 	if err := stream.CloseSend(); err != nil {
 		return err
@@ -116,6 +135,8 @@ func (x *exchange) run(ctx context.Context, client extprocv3.ExternalProcessorCl
 	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
 		return fmt.Errorf("after half-close: want end of stream, got %v", err)
 	}
+	r.End = time.Now()
+	s.logRequest(*x, &r)
 	return nil
 }
 
@@ -147,8 +168,8 @@ func kindName(m *extprocv3.ProcessingRequest) string {
 // phase sends requests from conc workers until d has passed or n requests
 // (0: no limit) were sent, and returns each request's latency and the
 // phase's wall time. The first error ends the phase.
-func phase(ctx context.Context, conn *grpc.ClientConn, x exchange, conc int, d time.Duration, n int) ([]time.Duration, time.Duration, error) {
-	client := extprocv3.NewExternalProcessorClient(conn)
+func phase(ctx context.Context, s *server, x exchange, conc int, d time.Duration, n int) ([]time.Duration, time.Duration, error) {
+	client := extprocv3.NewExternalProcessorClient(s.conn)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	deadline := time.Now().Add(d)
@@ -165,7 +186,7 @@ func phase(ctx context.Context, conn *grpc.ClientConn, x exchange, conc int, d t
 			for seq := uint64(0); ctx.Err() == nil && time.Now().Before(deadline) && (n == 0 || sent.Add(1) <= int64(n)); seq++ {
 				wx.next(seq)
 				t0 := time.Now()
-				if err := wx.run(ctx, client); err != nil {
+				if err := wx.run(ctx, client, s); err != nil {
 					mu.Lock()
 					if firstErr == nil && ctx.Err() == nil {
 						firstErr = err
@@ -280,7 +301,7 @@ func startKeymux(ctx context.Context, o options, extra []string, pprof bool, std
 		}
 		args = append(args, "--pprof", pprofAddr)
 	}
-	if km, err = startServer(ctx, "keymux", bin, args, stderr, o.readyWithin); err != nil {
+	if km, err = startServer(ctx, "keymux", bin, args, stderr, o.readyWithin, o.accessLog); err != nil {
 		return nil, "", stop, err
 	}
 	cleanups = append(cleanups, km.stop)
@@ -298,7 +319,7 @@ func runLoad(ctx context.Context, o options, stdout, stderr io.Writer) (err erro
 		return err
 	}
 	defer func() { err = errors.Join(err, stopKeymux()) }()
-	noop, err := startServer(ctx, "noop", self, []string{"-noop", "-grpc", "127.0.0.1:0"}, stderr, o.readyWithin)
+	noop, err := startServer(ctx, "noop", self, []string{"-noop", "-grpc", "127.0.0.1:0"}, stderr, o.readyWithin, o.accessLog)
 	if err != nil {
 		return err
 	}
@@ -310,7 +331,7 @@ func runLoad(ctx context.Context, o options, stdout, stderr io.Writer) (err erro
 		if o.warmup == 0 {
 			break
 		}
-		if _, _, err := phase(ctx, s.conn, x, 1, time.Hour, o.warmup); err != nil {
+		if _, _, err := phase(ctx, s, x, 1, time.Hour, o.warmup); err != nil {
 			return fmt.Errorf("warm-up of %s: %w", s.name, err)
 		}
 	}
@@ -330,7 +351,7 @@ func runLoad(ctx context.Context, o options, stdout, stderr io.Writer) (err erro
 		for range o.rounds {
 			for _, s := range servers {
 				cpu0 := s.cpuTime()
-				lat, wall, err := phase(ctx, s.conn, x, c, o.duration, o.requests)
+				lat, wall, err := phase(ctx, s, x, c, o.duration, o.requests)
 				if err != nil {
 					return fmt.Errorf("%s at concurrency %d: %w", s.name, c, err)
 				}
@@ -353,7 +374,7 @@ func runLoad(ctx context.Context, o options, stdout, stderr io.Writer) (err erro
 		}
 	}
 	writeTable(stdout, levels, results["keymux"], results["noop"])
-	return nil
+	return km.checkJoin(ctx, stdout)
 }
 
 // fetchProfile saves the profile /debug/pprof/NAME from keymux's --pprof

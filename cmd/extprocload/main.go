@@ -5,7 +5,13 @@
 // chat completion with a buffered body: the request headers (the official
 // SDKs' usual headers), a 1 KB chat-completions body (end_of_stream), the
 // response headers (200, application/json), then half-closes; it checks the
-// kind of every reply. It starts both servers as separate processes — the
+// kind of every reply. Unless -access-log=false it also plays Envoy's
+// access logger (envoy.access_loggers.http_grpc as the shipped envoy.yaml
+// configures it): one entry per request — the emulator's entry, with the
+// dynamic metadata of the replies (keymux's call_id) and the token usage
+// json_to_metadata reads — batched, flushed every 100 ms and streamed to
+// the server's AccessLogService; at the end it checks in keymux's /status
+// that every entry was booked with its call. It starts both servers as separate processes — the
 // keymux binary with a generated configuration of -keys keys, and itself in
 // -noop mode (an empty reply of the matching kind to every message) — and
 // runs rounds interleaved (keymux, no-op, keymux, no-op, …) at each

@@ -25,32 +25,51 @@ func TestMain(m *testing.M) {
 
 // TestSmoke runs the whole tool for a few requests: keymux built from this
 // module and the no-op server as child processes, every reply checked, the
-// table printed. No timing is asserted.
+// table printed; with the access log played (the default), keymux books
+// every entry with its call (the tool reads keymux's /status and fails
+// otherwise: an entry dropped as malformed, unknown or late). No timing is
+// asserted.
 func TestSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds keymux")
 	}
 	t.Setenv("EXTPROCLOAD_AS_COMMAND", "1")
-	var out bytes.Buffer
-	var logs syncbuf.Buffer // both servers' stderr, copied concurrently
-	err := run(t.Context(), []string{"-keys", "3", "-rounds", "2", "-requests", "5", "-warmup", "2", "-concurrency", "1,4"}, &out, &logs)
-	if err != nil {
-		t.Fatalf("run: %v\nlogs:\n%s", err, logs.String())
-	}
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 4 {
-		t.Fatalf("want a header, a rule and 2 rows, got:\n%s", out.String())
-	}
-	for i, prefix := range []string{"| 1 | 10 / 10 |", "| 4 | 10 / 10 |"} {
-		if !strings.HasPrefix(lines[2+i], prefix) {
-			t.Errorf("row %d = %q, want prefix %q", i, lines[2+i], prefix)
-		}
-		// The last column: each server's CPU time per request (from
-		// /proc, which this Linux machine has).
-		cells := strings.Split(strings.Trim(lines[2+i], "| "), " | ")
-		if cpu := cells[len(cells)-1]; len(cells) != 8 || !regexp.MustCompile(`^[0-9]+ / [0-9]+$`).MatchString(cpu) {
-			t.Errorf("row %d = %q, want 8 cells ending with CPU µs per request of keymux / no-op", i, lines[2+i])
-		}
+	for _, tc := range []struct {
+		name string
+		args []string
+		last string // the line after the table ("": none)
+	}{
+		// 2 warm-up requests, then 2 rounds of 5 requests at 2 levels.
+		{"access log", nil, "access log: 22 entries sent to keymux, 22 booked with their call, none dropped"},
+		{"no access log", []string{"-access-log=false"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			var logs syncbuf.Buffer // both servers' stderr, copied concurrently
+			args := append([]string{"-keys", "3", "-rounds", "2", "-requests", "5", "-warmup", "2", "-concurrency", "1,4"}, tc.args...)
+			if err := run(t.Context(), args, &out, &logs); err != nil {
+				t.Fatalf("run: %v\nlogs:\n%s", err, logs.String())
+			}
+			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+			want := 4
+			if tc.last != "" {
+				want = 6
+			}
+			if len(lines) != want || tc.last != "" && (lines[4] != "" || lines[5] != tc.last) {
+				t.Fatalf("want a header, a rule, 2 rows and %q, got:\n%s", tc.last, out.String())
+			}
+			for i, prefix := range []string{"| 1 | 10 / 10 |", "| 4 | 10 / 10 |"} {
+				if !strings.HasPrefix(lines[2+i], prefix) {
+					t.Errorf("row %d = %q, want prefix %q", i, lines[2+i], prefix)
+				}
+				// The last column: each server's CPU time per request (from
+				// /proc, which this Linux machine has).
+				cells := strings.Split(strings.Trim(lines[2+i], "| "), " | ")
+				if cpu := cells[len(cells)-1]; len(cells) != 8 || !regexp.MustCompile(`^[0-9]+ / [0-9]+$`).MatchString(cpu) {
+					t.Errorf("row %d = %q, want 8 cells ending with CPU µs per request of keymux / no-op", i, lines[2+i])
+				}
+			}
+		})
 	}
 }
 
@@ -85,8 +104,13 @@ func TestSoakSmoke(t *testing.T) {
 		t.Fatalf("run: %v\nlogs:\n%s\nout:\n%s", err, logs.String(), out.String())
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 8 || !strings.HasPrefix(lines[4], "| 1s |") && !strings.HasPrefix(lines[4], "| 0s |") || !strings.Contains(lines[7], "requests, no error; from ") {
-		t.Fatalf("want a title, a header, a rule, 2 rows and the verdict, got:\n%s", out.String())
+	if len(lines) != 10 || !strings.HasPrefix(lines[4], "| 1s |") && !strings.HasPrefix(lines[4], "| 0s |") || !strings.Contains(lines[7], "requests, no error; from ") {
+		t.Fatalf("want a title, a header, a rule, 2 rows, the verdict and the access log's join, got:\n%s", out.String())
+	}
+	// Every request's entry (the warm-up's too) booked with its call.
+	m := regexp.MustCompile(`^access log: ([0-9]+) entries sent to keymux, ([0-9]+) booked with their call, none dropped$`).FindStringSubmatch(lines[9])
+	if m == nil || m[1] != m[2] || m[1] == "0" {
+		t.Errorf("access log line %q, want every entry booked", lines[9])
 	}
 }
 
@@ -99,6 +123,12 @@ func TestSoakVerdict(t *testing.T) {
 		}
 		return s
 	}
+	// RSS flat, goroutines 20 then g.
+	goroutines := func(g int) []soakSample {
+		s := rows(1000, 1000)
+		s[2].goroutines = g
+		return s
+	}
 	for _, tc := range []struct {
 		name    string
 		samples []soakSample
@@ -107,6 +137,9 @@ func TestSoakVerdict(t *testing.T) {
 		{"flat", rows(1000, 1050, 950, 1090), ""},
 		{"grows", rows(1000, 1050, 1101), "RSS moved +0.0% / +10.1% from the first sample after the warm-up (limit ±10%)"},
 		{"shrinks", rows(1000, 899), "RSS moved -10.1% / +0.0% from the first sample after the warm-up (limit ±10%)"},
+		{"goroutines at the limit", goroutines(22), ""},
+		{"goroutines past the limit", goroutines(23), "goroutines moved +0.0% / +15.0% from the first sample after the warm-up (limit ±10%)"},
+		{"goroutines down to the limit", goroutines(18), ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer

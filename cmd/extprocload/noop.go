@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 
+	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -57,7 +58,8 @@ func emptyReply(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse 
 	return nil
 }
 
-// serveNoop serves the no-op processor and the gRPC health service (SERVING)
+// serveNoop serves the no-op processor, an access-log service that
+// discards every entry, and the gRPC health service (SERVING)
 // on addr until ctx ends; it prints "noop ready grpc=ADDR" once listening.
 // It serves the way keymux does: the same message size limit, no other
 // option.
@@ -68,6 +70,7 @@ func serveNoop(ctx context.Context, addr string, stdout io.Writer) error {
 	}
 	srv := grpc.NewServer(grpc.MaxRecvMsgSize(40<<20), grpc.MaxSendMsgSize(40<<20))
 	extprocv3.RegisterExternalProcessorServer(srv, noopServer{})
+	alsv3.RegisterAccessLogServiceServer(srv, noopAccessLog{})
 	healthpb.RegisterHealthServer(srv, health.NewServer()) // SERVING for ""
 	fmt.Fprintf(stdout, "noop ready grpc=%s\n", lis.Addr())
 	go func() {

@@ -35,6 +35,7 @@ type options struct {
 	rounds       int
 	duration     time.Duration
 	requests     int
+	accessLog    bool
 	warmup       int
 	conc         string
 	cpuProfile   string
@@ -52,6 +53,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.duration, "duration", 2*time.Second, "length of one phase")
 	fs.IntVar(&o.requests, "requests", 0, "requests per phase (0: as many as -duration allows); a phase ends at whichever comes first")
 	fs.IntVar(&o.warmup, "warmup", 200, "requests sent to each server before measuring")
+	fs.BoolVar(&o.accessLog, "access-log", true, "play Envoy's access logger too (envoy.access_loggers.http_grpc, flushed every 100 ms): one entry per request to each server's AccessLogService; at the end, check that keymux booked every entry with its call")
 	fs.StringVar(&o.conc, "concurrency", "1,8,64", "concurrency levels, comma-separated")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the keymux process over the measured rounds to this file (starts keymux with --pprof)")
 	fs.StringVar(&o.allocProfile, "allocprofile", "", "write the keymux process's allocation profile (since its start) to this file at the end (starts keymux with --pprof)")
@@ -124,17 +126,21 @@ func buildKeymux(ctx context.Context, dir string, stderr io.Writer) (string, err
 
 // server is a child process serving ext_proc, with a connection to it.
 type server struct {
-	name string
-	cmd  *exec.Cmd
-	addr string
-	conn *grpc.ClientConn
-	done chan error
+	name  string
+	cmd   *exec.Cmd
+	addr  string
+	admin string // keymux's admin address ("" for the no-op server)
+	conn  *grpc.ClientConn
+	done  chan error
+	als   *accessLog // nil: no access log played
 }
 
-// startServer runs bin with args, reads "… grpc=ADDR …" from the first
-// stdout line that carries it (keymux's and -noop's ready lines), connects,
-// and waits until the gRPC health check says SERVING. Its logs go to logw.
-func startServer(ctx context.Context, name, bin string, args []string, logw io.Writer, within time.Duration) (*server, error) {
+// startServer runs bin with args, reads "… grpc=ADDR …" (and admin=ADDR)
+// from the first stdout line that carries it (keymux's and -noop's ready
+// lines), connects, and waits until the gRPC health check says SERVING;
+// then, with accessLog, plays Envoy's access logger towards it. Its logs
+// go to logw.
+func startServer(ctx context.Context, name, bin string, args []string, logw io.Writer, within time.Duration, accessLog bool) (*server, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = logw
 	out, err := cmd.StdoutPipe()
@@ -145,13 +151,14 @@ func startServer(ctx context.Context, name, bin string, args []string, logw io.W
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	s := &server{name: name, cmd: cmd, done: make(chan error, 1)}
-	addrCh := make(chan string, 1)
+	addrCh := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
 		sent := false
 		for sc.Scan() {
-			if a, ok := grpcField(sc.Text()); ok && !sent {
-				addrCh <- a
+			if a, ok := lineField(sc.Text(), "grpc="); ok && !sent {
+				admin, _ := lineField(sc.Text(), "admin=")
+				addrCh <- [2]string{a, admin}
 				sent = true
 			}
 		}
@@ -161,7 +168,8 @@ func startServer(ctx context.Context, name, bin string, args []string, logw io.W
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
 	select {
-	case s.addr = <-addrCh:
+	case a := <-addrCh:
+		s.addr, s.admin = a[0], a[1]
 	case err := <-s.done:
 		return nil, fmt.Errorf("%s exited before it was ready: %v", name, err)
 	case <-ctx.Done():
@@ -176,13 +184,20 @@ func startServer(ctx context.Context, name, bin string, args []string, logw io.W
 		s.stop()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	if accessLog {
+		if err := s.playAccessLog(); err != nil {
+			s.stop()
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+	}
 	return s, nil
 }
 
-// grpcField finds grpc=ADDR in a ready line.
-func grpcField(line string) (string, bool) {
+// lineField finds the value of the field prefix (e.g. "grpc=") in a ready
+// line.
+func lineField(line, prefix string) (string, bool) {
 	for f := range strings.FieldsSeq(line) {
-		if a, ok := strings.CutPrefix(f, "grpc="); ok {
+		if a, ok := strings.CutPrefix(f, prefix); ok {
 			return a, true
 		}
 	}
@@ -210,6 +225,9 @@ func waitServing(ctx context.Context, conn *grpc.ClientConn) error {
 // stop ends the process with SIGTERM (SIGKILL after 10 s) and closes the
 // connection.
 func (s *server) stop() error {
+	if s.als != nil {
+		s.als.stop()
+	}
 	if s.conn != nil {
 		s.conn.Close()
 	}

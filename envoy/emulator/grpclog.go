@@ -83,21 +83,105 @@ func (e *Emulator) newGRPCAccessLogger(c *grpcalsv3.HttpGrpcAccessLogConfig) (*g
 	if err != nil {
 		return nil, fmt.Errorf("http_grpc: %w", err)
 	}
-	l := &grpcAccessLogger{
-		cfg: c, logName: cc.GetLogName(), node: e.cfg.Bootstrap.GetNode(), cc: conn,
-		interval: defaultALSFlushInterval, maxBytes: defaultALSBufferBytes,
-		queue: make(chan []*accesslogdata.HTTPAccessLogEntry, 1024), added: make(chan struct{}, 64),
-	}
+	interval, maxBytes := defaultALSFlushInterval, defaultALSBufferBytes
 	if d := cc.GetBufferFlushInterval(); d != nil {
-		l.interval = d.AsDuration()
+		interval = d.AsDuration()
 	}
 	if b := cc.GetBufferSizeBytes(); b != nil {
-		l.maxBytes = int(b.GetValue())
+		maxBytes = int(b.GetValue())
 	}
-	if l.interval <= 0 {
+	if interval <= 0 {
 		return nil, errors.New("http_grpc: buffer_flush_interval must be positive")
 	}
-	return l, nil
+	return newGRPCLogger(c, conn, e.cfg.Bootstrap.GetNode(), interval, maxBytes), nil
+}
+
+func newGRPCLogger(c *grpcalsv3.HttpGrpcAccessLogConfig, conn *grpc.ClientConn, node *corev3.Node, interval time.Duration, maxBytes int) *grpcAccessLogger {
+	return &grpcAccessLogger{
+		cfg: c, logName: c.GetCommonConfig().GetLogName(), node: node, cc: conn,
+		interval: interval, maxBytes: maxBytes,
+		queue: make(chan []*accesslogdata.HTTPAccessLogEntry, 1024), added: make(chan struct{}, 64),
+	}
+}
+
+// AccessLogSender is the sending half of envoy.access_loggers.http_grpc
+// (see grpcAccessLogger): entries batched, flushed every flush interval or
+// once a batch reaches the buffer size, and streamed to an
+// AccessLogService, for a client that plays Envoy's side of ext_proc
+// itself (cmd/extprocload) instead of going through the emulator.
+type AccessLogSender struct{ l *grpcAccessLogger }
+
+// NewAccessLogSender streams to the AccessLogService on conn, under
+// logName, flushing every flush (Envoy's buffer_flush_interval) or at
+// bufferBytes (buffer_size_bytes; 0: Envoy's default, 16 KiB); the
+// identifier of each stream names node logName. Run sends.
+func NewAccessLogSender(conn *grpc.ClientConn, logName string, flush time.Duration, bufferBytes int) (*AccessLogSender, error) {
+	if flush <= 0 {
+		return nil, errors.New("access log sender: the flush interval must be positive")
+	}
+	if bufferBytes == 0 {
+		bufferBytes = defaultALSBufferBytes
+	}
+	c := &grpcalsv3.HttpGrpcAccessLogConfig{CommonConfig: &grpcalsv3.CommonGrpcAccessLogConfig{LogName: logName}}
+	return &AccessLogSender{newGRPCLogger(c, conn, &corev3.Node{Id: logName}, flush, bufferBytes)}, nil
+}
+
+// Run flushes on the timer and sends the batches until ctx ends, as
+// Envoy's logger does; batches not yet sent then are lost.
+func (s *AccessLogSender) Run(ctx context.Context) { s.l.run(ctx) }
+
+// Log adds an entry to the pending batch (dropped, as Envoy drops it,
+// while a full batch cannot be flushed).
+func (s *AccessLogSender) Log(e *accesslogdata.HTTPAccessLogEntry) { s.l.add(e) }
+
+// Dropped is the number of entries dropped so far.
+func (s *AccessLogSender) Dropped() int {
+	s.l.mu.Lock()
+	defer s.l.mu.Unlock()
+	return s.l.dropped
+}
+
+// Request is one request as Envoy's stream info holds it, for
+// HTTPAccessLogEntry. A zero time is an event that did not happen.
+type Request struct {
+	Start         time.Time
+	RequestEnd    time.Time // the request's last byte received, and sent upstream
+	ResponseStart time.Time // the response's first byte received upstream, and sent downstream
+	End           time.Time // the response's last byte sent downstream
+	// The headers as Envoy sent them to the external processor.
+	RequestHeaders, ResponseHeaders *corev3.HeaderMap
+	Status                          int
+	ResponseFlags                   string // Envoy's short names, comma-separated ("UF", "UF,URX")
+	BytesReceived, BytesSent        int64  // request and response body bytes
+	Attempts                        uint32 // upstream requests made
+	Protocol                        string // downstream: "HTTP/1.1", …
+	UpstreamHost, UpstreamCluster   string
+	RouteName                       string
+	// Metadata is the request's dynamic metadata by namespace: what the
+	// external processor's replies set (the namespaces the filter
+	// receives) and what other filters wrote (json_to_metadata's).
+	Metadata map[string]*structpb.Struct
+}
+
+// HTTPAccessLogEntry is the entry envoy.access_loggers.http_grpc sends for
+// r (no additional headers logged): the emulator's own entry for a
+// request with r's account.
+func HTTPAccessLogEntry(r *Request) *accesslogdata.HTTPAccessLogEntry {
+	li := &logInfo{
+		start: r.Start, end: r.End, firstUpstreamByte: r.ResponseStart,
+		lastDownstreamRx: r.RequestEnd, firstUpstreamTx: r.RequestEnd, lastUpstreamTx: r.RequestEnd,
+		lastUpstreamRx: r.End, firstDownstreamTx: r.ResponseStart, lastDownstreamTx: r.End,
+		reqHeaders: fromProto(r.RequestHeaders), status: r.Status, responseFlags: r.ResponseFlags,
+		bytesReceived: r.BytesReceived, bytesSent: r.BytesSent, attempts: r.Attempts, protocol: r.Protocol,
+		upstreamHost: r.UpstreamHost, upstreamRemote: r.UpstreamHost, upstreamCluster: r.UpstreamCluster, routeName: r.RouteName,
+	}
+	if r.ResponseHeaders != nil {
+		li.respHeaders = fromProto(r.ResponseHeaders)
+	}
+	for ns, s := range r.Metadata {
+		li.setMetadata(ns, s)
+	}
+	return li.httpEntry(&grpcalsv3.HttpGrpcAccessLogConfig{})
 }
 
 // run flushes on the timer and sends batches until ctx ends; batches not

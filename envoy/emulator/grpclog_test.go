@@ -1,6 +1,7 @@
 package emulator
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -384,5 +385,83 @@ func (a *fakeALS) next2(t *testing.T, d time.Duration) *alsMsg {
 		return &m
 	case <-time.After(d):
 		return nil
+	}
+}
+
+// TestAccessLogSender: a client playing Envoy itself sends the emulator's
+// entry for its request, batched and flushed on the interval, the first
+// message of the stream with the identifier.
+func TestAccessLogSender(t *testing.T) {
+	a := startALS(t, 0)
+	conn, err := grpc.NewClient(a.addr, (&cluster{connectTimeout: 5 * time.Second}).grpcDialOptions()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := NewAccessLogSender(conn, "keymux", 0, 0); err == nil {
+		t.Error("a zero flush interval is accepted")
+	}
+	s, err := NewAccessLogSender(conn, "keymux", 20*time.Millisecond, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() { defer close(done); s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	r := &Request{
+		Start: start, RequestEnd: start.Add(2 * time.Millisecond), ResponseStart: start.Add(30 * time.Millisecond), End: start.Add(31 * time.Millisecond),
+		RequestHeaders: (&headerMap{fields: []field{{":authority", "gw.local"}, {":path", "/v1/chat/completions"}, {":method", "POST"},
+			{"x-request-id", "r1"}, {"user-agent", "OpenAI/Python 1.82.0"}}}).proto(),
+		ResponseHeaders: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: ":status", Value: "503"}}},
+		Status:          503, ResponseFlags: "UF,URX", BytesReceived: 1024, BytesSent: 12, Attempts: 2, Protocol: "HTTP/1.1",
+		UpstreamCluster: "keymux_upstream_https", RouteName: "keymux_upstream_https",
+		Metadata: map[string]*structpb.Struct{"keymux": {Fields: map[string]*structpb.Value{"call_id": structpb.NewStringValue("c1")}}},
+	}
+	s.Log(HTTPAccessLogEntry(r))
+	m := a.next(t)
+	if id := m.msg.GetIdentifier(); id.GetLogName() != "keymux" {
+		t.Errorf("identifier %v, want log_name keymux", id)
+	}
+	es := entries(m)
+	if len(es) != 1 {
+		t.Fatalf("%d entries, want 1", len(es))
+	}
+	e := es[0]
+	cp := e.GetCommonProperties()
+	for _, d := range []struct {
+		name string
+		got  *durationpb.Duration
+		want time.Duration
+	}{
+		{"time_to_last_rx_byte", cp.GetTimeToLastRxByte(), 2 * time.Millisecond},
+		{"time_to_first_upstream_tx_byte", cp.GetTimeToFirstUpstreamTxByte(), 2 * time.Millisecond},
+		{"time_to_first_upstream_rx_byte", cp.GetTimeToFirstUpstreamRxByte(), 30 * time.Millisecond},
+		{"time_to_first_downstream_tx_byte", cp.GetTimeToFirstDownstreamTxByte(), 30 * time.Millisecond},
+		{"time_to_last_downstream_tx_byte", cp.GetTimeToLastDownstreamTxByte(), 31 * time.Millisecond},
+		{"duration", cp.GetDuration(), 31 * time.Millisecond},
+	} {
+		if d.got.AsDuration() != d.want {
+			t.Errorf("%s = %v, want %v", d.name, d.got.AsDuration(), d.want)
+		}
+	}
+	rf := cp.GetResponseFlags()
+	if !cp.GetStartTime().AsTime().Equal(start) || !rf.GetUpstreamConnectionFailure() || !rf.GetUpstreamRetryLimitExceeded() ||
+		cp.GetUpstreamRequestAttemptCount() != 2 || cp.GetUpstreamCluster() != "keymux_upstream_https" || cp.GetStreamId() != "r1" ||
+		cp.GetMetadata().GetFilterMetadata()["keymux"].GetFields()["call_id"].GetStringValue() != "c1" {
+		t.Errorf("common properties %v", cp)
+	}
+	req, resp := e.GetRequest(), e.GetResponse()
+	if req.GetPath() != "/v1/chat/completions" || req.GetAuthority() != "gw.local" || req.GetRequestMethod() != corev3.RequestMethod_POST ||
+		req.GetUserAgent() != "OpenAI/Python 1.82.0" || req.GetRequestBodyBytes() != 1024 || e.GetProtocolVersion() != accesslogdata.HTTPAccessLogEntry_HTTP11 {
+		t.Errorf("request %v", req)
+	}
+	if resp.GetResponseCode().GetValue() != 503 || resp.GetResponseBodyBytes() != 12 {
+		t.Errorf("response %v", resp)
+	}
+	if n := s.Dropped(); n != 0 {
+		t.Errorf("dropped %d", n)
 	}
 }

@@ -113,6 +113,20 @@ func (m *headerMap) proto() *corev3.HeaderMap {
 	return out
 }
 
+// fromProto reads a header map as an external processor receives it
+// (the value in raw_value, or in value).
+func fromProto(hm *corev3.HeaderMap) *headerMap {
+	m := &headerMap{fields: make([]field, 0, len(hm.GetHeaders()))}
+	for _, hv := range hm.GetHeaders() {
+		v := string(hv.GetRawValue())
+		if v == "" {
+			v = hv.GetValue()
+		}
+		m.add(hv.GetKey(), v)
+	}
+	return m
+}
+
 // httpHeader copies the regular (non-pseudo) entries into an http.Header.
 func (m *headerMap) httpHeader() http.Header {
 	h := make(http.Header, len(m.fields))
