@@ -297,3 +297,25 @@ keys:
 		t.Errorf("eligible set kept across a strategy change")
 	}
 }
+
+// TestRefusedProposalNotCandidate: a key the index proposed and the
+// request refused (over its rpm) is listed among the skipped keys and not
+// counted among the candidates, as a scan of the pool records it.
+func TestRefusedProposalNotCandidate(t *testing.T) {
+	r := newRig(t, `
+keys:
+  a: {provider: openai, secret: sk-test-a, limits: {rpm: 1}}
+  b: {provider: openai, secret: sk-test-b}
+`)
+	for i, want := range []string{"a", "b"} {
+		if _, got := r.send("gpt-4o", "", answer("200")); got != want {
+			t.Fatalf("request %d: key %s, want %s", i, got, want)
+		}
+	}
+	// Request 2: round robin proposes a first, over its rpm.
+	res, got := r.send("gpt-4o", "", answer("200"))
+	if got != "b" || res.call.Candidates != 1 || res.call.NSkipped != 1 || res.call.Skipped[0].KeyID != "a" ||
+		res.call.Skipped[0].Reason != policy.ReasonCoolingDown {
+		t.Errorf("key %s, candidates %d, skipped %+v; want b, 1, [a cooling_down]", got, res.call.Candidates, res.call.Skipped)
+	}
+}
