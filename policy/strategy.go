@@ -3,10 +3,12 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // ErrUnknownStrategy is returned by StrategyFor for a name nobody registered.
@@ -14,11 +16,12 @@ var ErrUnknownStrategy = errors.New("unknown strategy")
 
 // registry holds the strategies by name. Built-in strategies register in
 // their file's init; a new strategy is one strategy_xxx.go file with one
-// Register call.
-var registry = struct {
-	sync.RWMutex
-	byName map[string]Strategy
-}{byName: make(map[string]Strategy)}
+// Register call. Readers (StrategyFor, on every request) load the map
+// without a lock; Register, under mu, publishes a copy with the new name.
+var registry struct {
+	mu     sync.Mutex
+	byName atomic.Pointer[map[string]Strategy]
+}
 
 // Register makes s available to StrategyFor under s.Name(). It panics when s
 // is nil, its name is empty or the name is already taken, like
@@ -31,20 +34,32 @@ func Register(s Strategy) {
 	if name == "" {
 		panic("policy: Register of a strategy with an empty name")
 	}
-	registry.Lock()
-	defer registry.Unlock()
-	if _, dup := registry.byName[name]; dup {
+	registry.mu.Lock()
+	defer registry.mu.Unlock()
+	old := registered()
+	if _, dup := old[name]; dup {
 		panic("policy: Register called twice for strategy " + name)
 	}
-	registry.byName[name] = s
+	next := maps.Clone(old)
+	if next == nil {
+		next = make(map[string]Strategy, 1)
+	}
+	next[name] = s
+	registry.byName.Store(&next)
+}
+
+// registered returns the current registry map (never written to).
+func registered() map[string]Strategy {
+	if m := registry.byName.Load(); m != nil {
+		return *m
+	}
+	return nil
 }
 
 // StrategyFor returns the strategy registered as name (a settings.strategy
 // value). The error wraps ErrUnknownStrategy and lists the known names.
 func StrategyFor(name string) (Strategy, error) {
-	registry.RLock()
-	s, ok := registry.byName[name]
-	registry.RUnlock()
+	s, ok := registered()[name]
 	if !ok {
 		return nil, fmt.Errorf("%w %q (want one of %s)", ErrUnknownStrategy, name, strings.Join(Strategies(), ", "))
 	}
@@ -53,12 +68,11 @@ func StrategyFor(name string) (Strategy, error) {
 
 // Strategies returns the registered strategy names, sorted.
 func Strategies() []string {
-	registry.RLock()
-	names := make([]string, 0, len(registry.byName))
-	for name := range registry.byName {
+	byName := registered()
+	names := make([]string, 0, len(byName))
+	for name := range byName {
 		names = append(names, name)
 	}
-	registry.RUnlock()
 	slices.Sort(names)
 	return names
 }

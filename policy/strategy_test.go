@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -54,9 +55,11 @@ func (lastStrategy) Pick(cands []Candidate, _ uint64, _ float64) int { return le
 func TestRegisterNewStrategy(t *testing.T) {
 	Register(lastStrategy{})
 	t.Cleanup(func() {
-		registry.Lock()
-		delete(registry.byName, "test_last")
-		registry.Unlock()
+		registry.mu.Lock()
+		next := maps.Clone(registered())
+		delete(next, "test_last")
+		registry.byName.Store(&next)
+		registry.mu.Unlock()
 	})
 	if got := Strategies(); !slices.Contains(got, "test_last") {
 		t.Fatalf("Strategies() = %v, want test_last in it", got)
