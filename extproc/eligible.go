@@ -81,7 +81,9 @@ func selectionOf(set *policy.Settings) selection {
 // eligibleOf returns pool's eligible set at now for sel.
 func eligibleOf(pool *store.Pool, now time.Time, sel selection) *eligibleSet {
 	s, _ := pool.Selection.Load().(*eligibleSet)
-	if s == nil || s.strat != sel.strat || !s.valid(now) {
+	// Strategies compare by name (unique in the registry): one registered
+	// from outside may be a value Go cannot compare.
+	if s == nil || s.strat.Name() != sel.strat.Name() || !s.valid(now) {
 		s = buildEligible(pool, store.StateEpoch(), now, sel)
 		pool.Selection.Store(s)
 	}

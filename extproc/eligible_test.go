@@ -267,3 +267,55 @@ keys:
 		t.Errorf("rebuilt set with errors in the window expires at %d, want %d", got, want)
 	}
 }
+
+// listStrategy is a strategy registered from outside whose values cannot
+// be compared (a slice): it picks the candidate its list names first.
+type listStrategy []int
+
+func (listStrategy) Name() string { return "test_list" }
+func (l listStrategy) Pick(cands []policy.Candidate, _ uint64, _ float64) int {
+	return min(l[0], len(cands)-1)
+}
+
+// TestEligibleSetUncomparableStrategy: a pool's eligible set is reused
+// under a strategy whose values Go cannot compare (no panic), and
+// rebuilt when the strategy changes.
+func TestEligibleSetUncomparableStrategy(t *testing.T) {
+	st := newTestStore(t, `
+keys:
+  a: {provider: openai, secret: sk-a}
+  b: {provider: openai, secret: sk-b}
+`)
+	pool := st.Read().Pool("")
+	now := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
+	sel := selection{strat: listStrategy{1}}
+	first := eligibleOf(pool, now, sel)
+	if again := eligibleOf(pool, now, sel); again != first {
+		t.Errorf("eligible set rebuilt for the same strategy")
+	}
+	if other := eligibleOf(pool, now, selection{strat: policy.RoundRobin{}}); other == first || other.strat != (policy.RoundRobin{}) {
+		t.Errorf("eligible set kept across a strategy change")
+	}
+}
+
+// TestRefusedProposalNotCandidate: a key the index proposed and the
+// request refused (over its rpm) is listed among the skipped keys and not
+// counted among the candidates, as a scan of the pool records it.
+func TestRefusedProposalNotCandidate(t *testing.T) {
+	r := newRig(t, `
+keys:
+  a: {provider: openai, secret: sk-test-a, limits: {rpm: 1}}
+  b: {provider: openai, secret: sk-test-b}
+`)
+	for i, want := range []string{"a", "b"} {
+		if _, got := r.send("gpt-4o", "", answer("200")); got != want {
+			t.Fatalf("request %d: key %s, want %s", i, got, want)
+		}
+	}
+	// Request 2: round robin proposes a first, over its rpm.
+	res, got := r.send("gpt-4o", "", answer("200"))
+	if got != "b" || res.call.Candidates != 1 || res.call.NSkipped != 1 || res.call.Skipped[0].KeyID != "a" ||
+		res.call.Skipped[0].Reason != policy.ReasonCoolingDown {
+		t.Errorf("key %s, candidates %d, skipped %+v; want b, 1, [a cooling_down]", got, res.call.Candidates, res.call.Skipped)
+	}
+}

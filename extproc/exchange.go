@@ -773,6 +773,7 @@ func (x *exchange) chooseFrom(set *eligibleSet, model string, pool *store.Pool, 
 		}
 		e = x.chose(set, d.I, now)
 		x.addSkipped(refused[:nref])
+		x.call.Candidates -= nref // refused for this request: skipped, not candidates
 		return e, nil, true
 	}
 	return nil, nil, false

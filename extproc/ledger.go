@@ -160,13 +160,23 @@ func (l *ledger) active(now time.Time) bool {
 func (l *ledger) hold(c *callRecord, now time.Time) bool {
 	id := c.callID
 	l.mu.Lock()
+	distrusted := false
 	if e, ok := l.early[id]; ok {
 		delete(l.early, id)
-		l.rememberLocked(e.rec.callID, nil, now)
-		l.mu.Unlock()
-		l.matched.Add(1)
-		c.book(&e.rec)
-		return true
+		if e.rec.keyID != "" && !c.namesKey(e.rec.keyID) {
+			// Not a key keymux put on this call (as in entry): the
+			// record waits for its entry.
+			distrusted = true
+		} else {
+			l.rememberLocked(e.rec.callID, nil, now)
+			l.mu.Unlock()
+			l.matched.Add(1)
+			c.book(&e.rec)
+			return true
+		}
+	}
+	if distrusted {
+		defer l.drop(dropMalformed, 1)
 	}
 	reason := ""
 	switch {

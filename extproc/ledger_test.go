@@ -9,6 +9,7 @@ import (
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/keymux/keymux/telemetry"
 )
@@ -126,5 +127,31 @@ func TestHeldRecordSize(t *testing.T) {
 	t.Logf("%d bytes held per call waiting for its entry", per)
 	if per > limit {
 		t.Errorf("%d bytes held per call waiting for its entry, want <= %d", per, limit)
+	}
+}
+
+// TestLedgerDistrustsEarlyEntry: an entry that came before its call's
+// stream ended and names a key keymux did not put on the call is
+// distrusted as one that comes after it is: dropped as malformed, the
+// record waits for its entry and its key is not fed.
+func TestLedgerDistrustsEarlyEntry(t *testing.T) {
+	f := newALSFixture(t, Config{})
+	x, id := f.forward(t)
+	id = strings.Clone(id)
+	other := func(e *accesslogv3.HTTPAccessLogEntry) {
+		e.CommonProperties.Metadata.FilterMetadata[MetadataNamespace].Fields[metaKeyID] = structpb.NewStringValue("k9")
+	}
+	f.s.accessLogs(batch(entry(id, 503, other, flags(&accesslogv3.ResponseFlags{UpstreamConnectionFailure: true}))))
+	x.finish()
+	st := f.s.AccessLogStatus()
+	if st.Dropped[dropMalformed] != 1 || st.Matched != 0 || st.Pending != 1 || len(f.rec.all()) != 0 {
+		t.Fatalf("status %+v, booked %+v", st, f.rec.all())
+	}
+	if got := f.key().RT.State().ConsecutiveFailures; got != 0 {
+		t.Errorf("consecutive failures %d, want 0", got)
+	}
+	f.s.accessLogs(batch(entry(id, 200)))
+	if calls := f.rec.all(); len(calls) != 1 || calls[0].Status != 200 || calls[0].KeyID != "k0" {
+		t.Errorf("booked %+v", calls)
 	}
 }

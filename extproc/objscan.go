@@ -37,8 +37,8 @@ var (
 
 // isRef reports whether name is a member naming objects by a string
 // (array false) or by an array of strings (array true).
-func isRef(name string, array bool) bool {
-	m, ok := refMembers[name]
+func isRef(name []byte, array bool) bool {
+	m, ok := refMembers[string(name)]
 	return ok && m.array == array
 }
 
@@ -51,18 +51,19 @@ const maxObjectRefs = 1000
 // which bounds the container stack. ok is false beyond maxObjectRefs ids.
 func scanObjectRefs(body []byte) (refs []objectRef, ok bool) {
 	type container struct {
-		key   string // the member whose value the container is ("" at the top or in an array)
+		key   []byte // the member whose value the container is (nil at the top or in an array)
 		array bool
 	}
 	var (
-		stack   []container
-		pending string // the key just read, waiting for its value
-		hasKey  bool
+		stackBuf [8]container // the usual depth, without an allocation
+		stack    = stackBuf[:0]
+		pending  []byte // the key just read, waiting for its value (unescaped)
+		hasKey   bool
 	)
 	for i := 0; i < len(body); i++ {
 		switch c := body[i]; c {
 		case '{', '[':
-			k := ""
+			var k []byte
 			if hasKey {
 				k = pending
 			}
@@ -86,24 +87,24 @@ func scanObjectRefs(body []byte) (refs []objectRef, ok bool) {
 				top = stack[len(stack)-1]
 			}
 			if j < len(body) && body[j] == ':' && !top.array {
-				pending, hasKey = jsonStringValue(raw), true
+				pending, hasKey = jsonKey(raw), true
 				continue
 			}
-			var field string
+			var field []byte
 			switch {
 			case hasKey && isRef(pending, false):
 				field = pending
-			case hasKey && pending == "id" && !top.array && slices.Contains(refParents, top.key):
+			case hasKey && string(pending) == "id" && !top.array && slices.Contains(refParents, string(top.key)):
 				field = top.key
 			case !hasKey && top.array && isRef(top.key, true):
 				field = top.key
 			}
 			hasKey = false
-			if field != "" {
+			if len(field) > 0 {
 				if len(refs) == maxObjectRefs {
 					return refs, false
 				}
-				refs = append(refs, objectRef{field: field, id: jsonStringValue(raw), start: start, end: end})
+				refs = append(refs, objectRef{field: string(field), id: jsonStringValue(raw), start: start, end: end})
 			}
 		case ',':
 			hasKey = false
@@ -156,6 +157,15 @@ func readJSONString(body []byte, i int) (end int, raw []byte) {
 // jsonStringValue is a JSON string's value (raw with its quotes), escapes
 // decoded: without a backslash a plain copy, else a decode of that string
 // alone.
+// jsonKey is a member name's raw JSON string unquoted: a slice of raw
+// unless it holds an escape.
+func jsonKey(raw []byte) []byte {
+	if len(raw) >= 2 && !bytes.ContainsRune(raw, '\\') {
+		return raw[1 : len(raw)-1]
+	}
+	return []byte(jsonStringValue(raw))
+}
+
 func jsonStringValue(raw []byte) string {
 	if len(raw) < 2 {
 		return ""

@@ -78,3 +78,17 @@ func BenchmarkScanObjectRefsLarge(b *testing.B) {
 		scanObjectRefs(body)
 	}
 }
+
+// TestScanObjectRefsAllocations: a body that names no object (a chat
+// request: every request is scanned) costs no allocation.
+func TestScanObjectRefsAllocations(t *testing.T) {
+	body := []byte(`{"model":"gpt-4","messages":[{"role":"system","content":"be terse"},{"role":"user","content":"hi"}],"temperature":0.2,"max_tokens":64,"stream":false}`)
+	allocs := testing.AllocsPerRun(100, func() {
+		if refs, ok := scanObjectRefs(body); !ok || len(refs) != 0 {
+			t.Fatalf("refs %v, ok %v", refs, ok)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations, want none", allocs)
+	}
+}

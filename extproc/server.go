@@ -197,6 +197,10 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 	x := newExchange(s)
 	x.sctx = ctx
 	defer x.finish()
+	// A call held for its access-log entry must not keep the ended stream
+	// (its context, gRPC's stream and metadata) alive: nothing after the
+	// stream uses it.
+	defer func() { x.sctx = nil }()
 	defer x.releaseReplies() // before finish: nothing reads a reply after the stream
 	for {
 		if err := ctx.Err(); err != nil {

@@ -17,6 +17,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/keymux/keymux/envoy/emulator"
@@ -25,6 +26,34 @@ import (
 // exchange is the messages of one request, as Envoy sends them.
 type exchange struct {
 	msgs []*extprocv3.ProcessingRequest
+	rid  *corev3.HeaderValue // the request headers' x-request-id (worker copies: set per request)
+	id   [36]byte            // rid's value: the worker, then a sequence number
+}
+
+// worker is a copy of x for worker w whose requests each carry their own
+// x-request-id, as Envoy gives every request a fresh one (a processor
+// that joins a request's messages by it sees distinct ids, not one id
+// shared by every open request).
+func (x exchange) worker(w int) *exchange {
+	c := &exchange{msgs: slices.Clone(x.msgs)}
+	c.msgs[0] = proto.Clone(x.msgs[0]).(*extprocv3.ProcessingRequest)
+	for _, h := range c.msgs[0].GetRequestHeaders().GetHeaders().GetHeaders() {
+		if h.GetKey() == "x-request-id" {
+			c.rid = h
+		}
+	}
+	copy(c.id[:], fmt.Sprintf("%08x-0000-4000-8000-000000000000", w))
+	return c
+}
+
+// next gives the worker's next request its x-request-id (seq in hex).
+func (x *exchange) next(seq uint64) {
+	const hexDigits = "0123456789abcdef"
+	for i := len(x.id) - 1; i >= len(x.id)-12; i-- {
+		x.id[i] = hexDigits[seq&0xf]
+		seq >>= 4
+	}
+	x.rid.RawValue = x.id[:]
 }
 
 func hv(k, v string) *corev3.HeaderValue { return &corev3.HeaderValue{Key: k, RawValue: []byte(v)} }
@@ -70,7 +99,7 @@ const (
 // run plays one request on s: a Process stream, each message answered
 // by a reply of its kind, half-close, end of stream; then, when s plays
 // Envoy's access logger, the request's entry.
-func (x exchange) run(ctx context.Context, client extprocv3.ExternalProcessorClient, s *server) error {
+func (x *exchange) run(ctx context.Context, client extprocv3.ExternalProcessorClient, s *server) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r := emulator.Request{Start: time.Now()}
@@ -107,7 +136,7 @@ func (x exchange) run(ctx context.Context, client extprocv3.ExternalProcessorCli
 		return fmt.Errorf("after half-close: want end of stream, got %v", err)
 	}
 	r.End = time.Now()
-	s.logRequest(x, &r)
+	s.logRequest(*x, &r)
 	return nil
 }
 
@@ -150,12 +179,14 @@ func phase(ctx context.Context, s *server, x exchange, conc int, d time.Duration
 	var firstErr error
 	var wg sync.WaitGroup
 	start := time.Now()
-	for range conc {
+	for w := range conc {
 		wg.Go(func() {
 			var lat []time.Duration
-			for ctx.Err() == nil && time.Now().Before(deadline) && (n == 0 || sent.Add(1) <= int64(n)) {
+			wx := x.worker(w)
+			for seq := uint64(0); ctx.Err() == nil && time.Now().Before(deadline) && (n == 0 || sent.Add(1) <= int64(n)); seq++ {
+				wx.next(seq)
 				t0 := time.Now()
-				if err := x.run(ctx, client, s); err != nil {
+				if err := wx.run(ctx, client, s); err != nil {
 					mu.Lock()
 					if firstErr == nil && ctx.Err() == nil {
 						firstErr = err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -147,5 +148,33 @@ func TestSoakVerdict(t *testing.T) {
 				t.Errorf("soakVerdict = %v, want %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestWorkerRequestIDs: every request of every worker carries its own
+// x-request-id, and the shared messages keep theirs.
+func TestWorkerRequestIDs(t *testing.T) {
+	x := newExchange()
+	rid := func(x *exchange) string {
+		for _, h := range x.msgs[0].GetRequestHeaders().GetHeaders().GetHeaders() {
+			if h.GetKey() == "x-request-id" {
+				return string(h.GetRawValue())
+			}
+		}
+		return ""
+	}
+	base := rid(&x)
+	a, b := x.worker(0), x.worker(1)
+	a.next(0)
+	got0 := rid(a)
+	a.next(0x1f)
+	got1 := rid(a)
+	b.next(0x1f)
+	want := []string{"00000000-0000-4000-8000-000000000000", "00000000-0000-4000-8000-00000000001f", "00000001-0000-4000-8000-00000000001f"}
+	if got := []string{got0, got1, rid(b)}; !slices.Equal(got, want) {
+		t.Errorf("request ids %q, want %q", got, want)
+	}
+	if rid(&x) != base || a.msgs[1] != x.msgs[1] {
+		t.Errorf("the shared exchange changed: x-request-id %q (was %q)", rid(&x), base)
 	}
 }

@@ -369,6 +369,7 @@ func (sc *sidecar) startGRPC(ctx context.Context, o serveOptions, tp trace.Trace
 		// Envoy sends a BUFFERED body in one message; envoy.yaml buffers up
 		// to 32 MiB, above grpc-go's 4 MiB default.
 		grpc.MaxRecvMsgSize(maxGRPCMessage), grpc.MaxSendMsgSize(maxGRPCMessage),
+		extproc.ServerCodec(),
 	}
 	if o.grpcSpans {
 		// keymux's own span covers each request; the stream's span (and
