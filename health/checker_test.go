@@ -113,8 +113,18 @@ func TestPassiveOutcomesRecoverThroughProbes(t *testing.T) {
 			st := newStore(t, testSettings(), map[string]string{"k1": openAIKey(m, "sk-test-k1")})
 			// The recovery delay (≥ 1s) is longer than the ejection
 			// (300ms) only in the half-open test below; here it is 200ms.
-			c := startChecker(t, health.Config{Store: st, Interval: testInterval, Timeout: 100 * time.Millisecond, ID: "solo"}).c
-			waitFor(t, c, "first probe", func() bool { return !state(st, "k1").ProbedAt.IsZero() })
+			// The interval is long so that no routine probe is in flight
+			// when the outcomes below take k1 out: such a probe, answered
+			// before, would bring k1 back with a pass that predates them.
+			// For the same reason the first probe must have passed (a
+			// failed one, e.g. timed out on a loaded machine, would keep
+			// recovery probes going).
+			c := startChecker(t, health.Config{Store: st, Interval: time.Minute, RecoveryBase: testInterval,
+				RecoveryMax: testInterval, Timeout: time.Second, ID: "solo"}).c
+			waitFor(t, c, "a passing first probe", func() bool {
+				s := state(st, "k1")
+				return !s.ProbedAt.IsZero() && !s.ProbeFailed
+			})
 
 			failing := tt.probe.Status != 0
 			if failing {

@@ -247,6 +247,8 @@ func TestThreeInstancesOneProber(t *testing.T) {
 	if limit := 2*health.DefaultSessionTTL + health.DefaultLockDelay + interval + time.Second; took > limit {
 		t.Errorf("takeover %v after a crash, want within 2×TTL + lock-delay (%v)", took, limit)
 	}
+	// Its write is counted once Consul has answered, after the record shows.
+	waitFor(t, nil, "the stats counting the write", func() bool { return last.hc.c.Stats().KVWrites > 0 })
 	st := last.hc.c.Stats()
 	if st.Mode != "consul" || !st.Leader || st.LeaderTerms != 1 || st.KVWrites == 0 || st.LockKey != "keymux/leader/health" {
 		t.Errorf("Stats = %+v", st)
@@ -339,7 +341,13 @@ func TestRecordsBatchedAndRemovedKeysCleaned(t *testing.T) {
 		return out
 	}
 	waitFor(t, nil, "a record of every key", func() bool { return len(records()) == n })
-	st := in.hc.c.Stats()
+	// The stats count a transaction once Consul has answered it, which is
+	// after its records are visible: wait until every write is counted.
+	var st health.Stats
+	waitFor(t, nil, "the stats counting every write", func() bool {
+		st = in.hc.c.Stats()
+		return st.KVWrites+st.KVWriteErrors >= n
+	})
 	t.Logf("%d records written in %d transactions", st.KVWrites, st.KVTxns)
 	if st.KVWrites < n || st.KVTxns == 0 || st.KVTxns*2 > st.KVWrites || st.KVWriteErrors != 0 {
 		t.Fatalf("Stats = %+v: want %d+ writes in at most half as many transactions, no error", st, n)

@@ -447,3 +447,48 @@ func TestFileReloadAppliesTheChange(t *testing.T) {
 		t.Errorf("pool x = %v, want [k1 k4]", got)
 	}
 }
+
+// TestApplyBuiltAppliesWholeWhenTheStoreMovedOn: when the store is no
+// longer at the generation the builder's last apply made (another apply
+// came in between), ApplyBuilt applies the builder's whole configuration,
+// not the change alone on top of the other one, and logs no error (a
+// stale base is expected).
+func TestApplyBuiltAppliesWholeWhenTheStoreMovedOn(t *testing.T) {
+	var logs syncbuf.Buffer
+	st, err := New(Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := NewBuilder(nil)
+	put := func(kind Kind, id, raw string) {
+		t.Helper()
+		if err := b.Put(kind, id, []byte(raw), string(kind)+"/"+id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(KindKeys, "k1", `{"provider":"openai","secret":"sk-test-1","models":["a"]}`)
+	base, _, err := st.ApplyBuilt(t.Context(), b, 0, SourceInfo{Source: "builder"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := &Config{Settings: DefaultSettings(), Keys: map[string]*policy.Key{
+		"other": {ID: "other", Models: []string{"z"}, Weight: 1, Enabled: true}}}
+	if _, err := st.Apply(other, SourceInfo{Source: "other"}); err != nil {
+		t.Fatal(err)
+	}
+	put(KindKeys, "k2", `{"provider":"openai","secret":"sk-test-2","models":["b"]}`)
+	gen, _, err := st.ApplyBuilt(t.Context(), b, base, SourceInfo{Source: "builder"})
+	if err != nil {
+		t.Fatalf("ApplyBuilt over a moved store: %v", err)
+	}
+	snap := st.Read()
+	if gen != base+2 || snap.Generation() != gen {
+		t.Fatalf("generation %d (store %d), want %d", gen, snap.Generation(), base+2)
+	}
+	if got := entryIDs(snap.Keys()); !slices.Equal(got, []string{"k1", "k2"}) {
+		t.Fatalf("keys %v, want the builder's whole configuration [k1 k2]", got)
+	}
+	if strings.Contains(logs.String(), "level=ERROR") {
+		t.Fatalf("a stale base was logged as an error:\n%s", logs.String())
+	}
+}

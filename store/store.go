@@ -84,7 +84,7 @@ type Pool struct {
 	// keys' states between requests (extproc's eligible set). A full
 	// apply's pools start without; ApplyDelta keeps the pools whose keys
 	// did not change, with their Selection, and rebuilds every pool when
-	// the settings change.
+	// the settings change or a key that lists no model changes.
 	Selection atomic.Value
 }
 
