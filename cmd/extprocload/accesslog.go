@@ -56,9 +56,9 @@ func (s *server) playAccessLog() error {
 }
 
 // logRequest hands the entry of request r of x to s's access logger (none:
-// nothing). r has its times and the replies' dynamic metadata; the rest is
+// nothing). r has its times, md the replies' dynamic metadata; the rest is
 // what Envoy knows of the request and of the upstream's response.
-func (s *server) logRequest(x exchange, r *emulator.Request) {
+func (s *server) logRequest(x exchange, r *emulator.Request, md *metadataBytes) {
 	if s.als == nil {
 		return
 	}
@@ -72,7 +72,9 @@ func (s *server) logRequest(x exchange, r *emulator.Request) {
 		r.Metadata = map[string]*structpb.Struct{}
 	}
 	r.Metadata[extproc.UsageNamespace] = usageMeta
-	s.als.sender.Log(emulator.HTTPAccessLogEntry(r))
+	entry := emulator.HTTPAccessLogEntry(r)
+	md.appendTo(entry.GetCommonProperties().GetMetadata())
+	s.als.sender.Log(entry)
 	s.als.logged.Add(1)
 }
 

@@ -13,12 +13,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/keymux/keymux/envoy/emulator"
 )
@@ -99,11 +99,12 @@ const (
 // run plays one request on s: a Process stream, each message answered
 // by a reply of its kind, half-close, end of stream; then, when s plays
 // Envoy's access logger, the request's entry.
-func (x *exchange) run(ctx context.Context, client extprocv3.ExternalProcessorClient, s *server) error {
+func (x *exchange) run(ctx context.Context, s *server) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r := emulator.Request{Start: time.Now()}
-	stream, err := client.Process(ctx)
+	var md metadataBytes
+	stream, err := openProcess(ctx, s.conn)
 	if err != nil {
 		return err
 	}
@@ -112,31 +113,33 @@ func (x *exchange) run(ctx context.Context, client extprocv3.ExternalProcessorCl
 			r.RequestEnd = time.Now() // the upstream received the request; its response begins
 			r.ResponseStart = r.RequestEnd
 		}
-		if err := stream.Send(m); err != nil {
-			return fmt.Errorf("send %s: %w", kindName(m), err)
-		}
-		resp, err := stream.Recv()
+		b, err := proto.Marshal(m)
 		if err != nil {
-			return fmt.Errorf("reply to %s: %w", kindName(m), err)
-		}
-		if err := checkReply(m, resp); err != nil {
 			return err
 		}
-		for ns, v := range resp.GetDynamicMetadata().GetFields() {
-			if r.Metadata == nil {
-				r.Metadata = map[string]*structpb.Struct{}
-			}
-			r.Metadata[ns] = v.GetStructValue()
+		if err := stream.SendMsg(&frame{b}); err != nil {
+			return fmt.Errorf("send %s: %w", kindName(m), err)
+		}
+		var reply frame
+		if err := stream.RecvMsg(&reply); err != nil {
+			return fmt.Errorf("reply to %s: %w", kindName(m), err)
+		}
+		dm, err := readReply(m, reply.b)
+		if err != nil {
+			return err
+		}
+		if err := md.add(dm); err != nil {
+			return fmt.Errorf("reply to %s: dynamic metadata: %w", kindName(m), err)
 		}
 	}
 	if err := stream.CloseSend(); err != nil {
 		return err
 	}
-	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+	if err := stream.RecvMsg(new(frame)); !errors.Is(err, io.EOF) {
 		return fmt.Errorf("after half-close: want end of stream, got %v", err)
 	}
 	r.End = time.Now()
-	s.logRequest(*x, &r)
+	s.logRequest(*x, &r, &md)
 	return nil
 }
 
@@ -169,7 +172,6 @@ func kindName(m *extprocv3.ProcessingRequest) string {
 // (0: no limit) were sent, and returns each request's latency and the
 // phase's wall time. The first error ends the phase.
 func phase(ctx context.Context, s *server, x exchange, conc int, d time.Duration, n int) ([]time.Duration, time.Duration, error) {
-	client := extprocv3.NewExternalProcessorClient(s.conn)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	deadline := time.Now().Add(d)
@@ -186,7 +188,7 @@ func phase(ctx context.Context, s *server, x exchange, conc int, d time.Duration
 			for seq := uint64(0); ctx.Err() == nil && time.Now().Before(deadline) && (n == 0 || sent.Add(1) <= int64(n)); seq++ {
 				wx.next(seq)
 				t0 := time.Now()
-				if err := wx.run(ctx, client, s); err != nil {
+				if err := wx.run(ctx, s); err != nil {
 					mu.Lock()
 					if firstErr == nil && ctx.Err() == nil {
 						firstErr = err
@@ -216,11 +218,17 @@ type result struct {
 	lat  []time.Duration
 	wall time.Duration
 	cpu  time.Duration // the server process's CPU time over the phases (-1: unknown)
+	self time.Duration // this process's (the client's) CPU time over the phases (-1: unknown)
 }
 
-func (r *result) add(lat []time.Duration, wall, cpu time.Duration) {
+func (r *result) add(lat []time.Duration, wall, cpu, self time.Duration) {
 	r.lat = append(r.lat, lat...)
 	r.wall += wall
+	if self < 0 || r.self < 0 {
+		r.self = -1
+	} else {
+		r.self += self
+	}
 	if cpu < 0 || r.cpu < 0 {
 		r.cpu = -1
 		return
@@ -229,11 +237,27 @@ func (r *result) add(lat []time.Duration, wall, cpu time.Duration) {
 }
 
 // cpuPerRequest is the server's CPU time per request in µs, "-" when unknown.
-func (r *result) cpuPerRequest() string {
-	if r.cpu < 0 || len(r.lat) == 0 {
+func (r *result) cpuPerRequest() string { return perRequest(r.cpu, len(r.lat)) }
+
+// clientCPUPerRequest is the client's (this process's) CPU time per
+// request in µs while it drove the server, "-" when unknown.
+func (r *result) clientCPUPerRequest() string { return perRequest(r.self, len(r.lat)) }
+
+// perRequest is cpu over n requests in µs, "-" when unknown.
+func perRequest(cpu time.Duration, n int) string {
+	if cpu < 0 || n == 0 {
 		return "-"
 	}
-	return strconv.FormatFloat(float64(r.cpu)/float64(time.Microsecond)/float64(len(r.lat)), 'f', 0, 64)
+	return strconv.FormatFloat(float64(cpu)/float64(time.Microsecond)/float64(n), 'f', 0, 64)
+}
+
+// selfCPU is this process's CPU time (user + system), -1 when unknown.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return -1
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // quantile is the q-quantile (nearest rank) of r's latencies.
@@ -350,16 +374,19 @@ func runLoad(ctx context.Context, o options, stdout, stderr io.Writer) (err erro
 	for li, c := range levels {
 		for range o.rounds {
 			for _, s := range servers {
-				cpu0 := s.cpuTime()
+				cpu0, self0 := s.cpuTime(), selfCPU()
 				lat, wall, err := phase(ctx, s, x, c, o.duration, o.requests)
 				if err != nil {
 					return fmt.Errorf("%s at concurrency %d: %w", s.name, c, err)
 				}
-				cpu := s.cpuTime() - cpu0
+				cpu, self := s.cpuTime()-cpu0, selfCPU()-self0
 				if cpu0 < 0 {
 					cpu = -1
 				}
-				results[s.name][li].add(lat, wall, cpu)
+				if self0 < 0 {
+					self = -1
+				}
+				results[s.name][li].add(lat, wall, cpu, self)
 			}
 		}
 	}
@@ -412,13 +439,13 @@ func writeTable(w io.Writer, levels []int, km, noop []result) {
 		}
 		return strconv.FormatFloat(a/b, 'f', 2, 64)
 	}
-	fmt.Fprintln(w, "| concurrency | requests keymux / no-op | keymux p50 / p99 (ms) | no-op p50 / p99 (ms) | ratio p50 / p99 | keymux / no-op req/s | throughput ratio | CPU µs/request keymux / no-op |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| concurrency | requests keymux / no-op | keymux p50 / p99 (ms) | no-op p50 / p99 (ms) | ratio p50 / p99 | keymux / no-op req/s | throughput ratio | CPU µs/request keymux / no-op | client CPU µs/request with keymux / with no-op |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for i, c := range levels {
 		k, n := &km[i], &noop[i]
 		kp50, kp99, np50, np99 := k.quantile(.5), k.quantile(.99), n.quantile(.5), n.quantile(.99)
-		fmt.Fprintf(w, "| %d | %d / %d | %s / %s | %s / %s | %s / %s | %.0f / %.0f | %s | %s / %s |\n", c, len(k.lat), len(n.lat),
+		fmt.Fprintf(w, "| %d | %d / %d | %s / %s | %s / %s | %s / %s | %.0f / %.0f | %s | %s / %s | %s / %s |\n", c, len(k.lat), len(n.lat),
 			ms(kp50), ms(kp99), ms(np50), ms(np99), ratio(float64(kp50), float64(np50)), ratio(float64(kp99), float64(np99)),
-			k.throughput(), n.throughput(), ratio(k.throughput(), n.throughput()), k.cpuPerRequest(), n.cpuPerRequest())
+			k.throughput(), n.throughput(), ratio(k.throughput(), n.throughput()), k.cpuPerRequest(), n.cpuPerRequest(), k.clientCPUPerRequest(), n.clientCPUPerRequest())
 	}
 }

@@ -62,11 +62,13 @@ func TestSmoke(t *testing.T) {
 				if !strings.HasPrefix(lines[2+i], prefix) {
 					t.Errorf("row %d = %q, want prefix %q", i, lines[2+i], prefix)
 				}
-				// The last column: each server's CPU time per request (from
-				// /proc, which this Linux machine has).
+				// The last columns: each server's CPU time per request (from
+				// /proc, which this Linux machine has), then the client's
+				// while it drove each (getrusage).
 				cells := strings.Split(strings.Trim(lines[2+i], "| "), " | ")
-				if cpu := cells[len(cells)-1]; len(cells) != 8 || !regexp.MustCompile(`^[0-9]+ / [0-9]+$`).MatchString(cpu) {
-					t.Errorf("row %d = %q, want 8 cells ending with CPU µs per request of keymux / no-op", i, lines[2+i])
+				pair := regexp.MustCompile(`^[0-9]+ / [0-9]+$`)
+				if len(cells) != 9 || !pair.MatchString(cells[7]) || !pair.MatchString(cells[8]) {
+					t.Errorf("row %d = %q, want 9 cells ending with CPU µs per request of keymux / no-op and of the client with each", i, lines[2+i])
 				}
 			}
 		})
