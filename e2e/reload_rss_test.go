@@ -22,13 +22,17 @@ import (
 
 var (
 	reloadSettle = flag.Duration("reload-rss.settle", 5*time.Second, "BenchmarkServeReloadRSS: how long the process idles after its last reload before the settled RSS is read")
+	reloadSame   = flag.Bool("reload-rss.same", false, "BenchmarkServeReloadRSS: reload the unchanged file with SIGHUP (an almost empty change) instead of a file whose every key and rule changed")
 	reloadHeap   = flag.String("reload-rss.heap", "", "BenchmarkServeReloadRSS: write the process's heap profile, after the settled RSS is read, to this file")
 )
 
 // BenchmarkServeReloadRSS is the memory of the real `keymux serve` binary
 // on the configuration of issue 15 (bigconfig.Shared(10000, 10): 10,000
-// keys, 100,000 rules), reloaded five times with SIGHUP, each reload
-// awaited by its "config file loaded" log line. The keys' base_url is a
+// keys, 100,000 rules), reloaded five times, each reload awaited by its
+// "config file loaded" log line. Each reload is of a file whose every key
+// (another secret) and every rule (another target model) changed, written
+// by rename and picked up by the file poll, so it is a whole apply; with
+// -reload-rss.same the unchanged file is reloaded with SIGHUP instead. The keys' base_url is a
 // local stub that answers the health probes. It reports VmRSS when ready,
 // right after the fifth reload and after -reload-rss.settle of idling
 // (what a long-running process keeps), VmHWM (the peak), and the
@@ -47,10 +51,21 @@ func BenchmarkServeReloadRSS(b *testing.B) {
 	b.Cleanup(stub.Close)
 	data := bytes.ReplaceAll(bigconfig.Shared(10_000, 10), []byte(`"provider":"openai",`),
 		[]byte(`"provider":"openai","base_url":"`+stub.URL+`/v1",`))
-	path := filepath.Join(b.TempDir(), "keymux.json")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		b.Fatal(err)
+	// other is data with every key's secret and every rule's target changed.
+	other := bytes.ReplaceAll(bytes.ReplaceAll(data, []byte(`"secret":"sk-shared-`), []byte(`"secret":"sk-other-`)),
+		[]byte(`"to":"gpt-4o-mini"`), []byte(`"to":"o3"`))
+	dir := b.TempDir()
+	path := filepath.Join(dir, "keymux.json")
+	write := func(content []byte) {
+		tmp := filepath.Join(dir, "next.json")
+		if err := os.WriteFile(tmp, content, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			b.Fatal(err)
+		}
 	}
+	write(data)
 	var ready, reloaded, settled, peak, cpu float64
 	for b.Loop() {
 		args := []string{"serve", "--config", path, "--grpc", "127.0.0.1:0", "--admin", "127.0.0.1:0",
@@ -89,10 +104,16 @@ func BenchmarkServeReloadRSS(b *testing.B) {
 		await("at start")
 		ready += procMB(b, pid, "VmRSS")
 		for i := range 5 {
-			if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
-				b.Fatal(err)
+			if *reloadSame {
+				if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+					b.Fatal(err)
+				}
+			} else if i%2 == 0 {
+				write(other)
+			} else {
+				write(data)
 			}
-			await("after SIGHUP " + strconv.Itoa(i+1))
+			await("after reload " + strconv.Itoa(i+1))
 		}
 		reloaded += procMB(b, pid, "VmRSS")
 		time.Sleep(*reloadSettle)
