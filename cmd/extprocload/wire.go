@@ -88,26 +88,17 @@ func replyKind(req *extprocv3.ProcessingRequest) protowire.Number {
 // other reply is decoded whole for checkReply's message.
 func readReply(req *extprocv3.ProcessingRequest, b []byte) (md []byte, err error) {
 	var kind protowire.Number
-	for off := 0; off < len(b); {
-		num, typ, n := protowire.ConsumeTag(b[off:])
-		if n < 0 {
-			return nil, fmt.Errorf("reply to %s: %w", kindName(req), protowire.ParseError(n))
+	err = eachField(b, func(num protowire.Number, typ protowire.Type, v []byte) {
+		switch {
+		case typ != protowire.BytesType:
+		case num >= replyRequestHeaders && num <= replyImmediateResponse:
+			kind = num
+		case num == replyDynamicMetadata:
+			md = append(md, v...) // a message given twice is merged
 		}
-		off += n
-		m := protowire.ConsumeFieldValue(num, typ, b[off:])
-		if m < 0 {
-			return nil, fmt.Errorf("reply to %s: %w", kindName(req), protowire.ParseError(m))
-		}
-		if typ == protowire.BytesType {
-			v, _ := protowire.ConsumeBytes(b[off:])
-			switch {
-			case num >= replyRequestHeaders && num <= replyImmediateResponse:
-				kind = num
-			case num == replyDynamicMetadata:
-				md = append(md, v...) // a message given twice is merged
-			}
-		}
-		off += m
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reply to %s: %w", kindName(req), err)
 	}
 	if kind != replyKind(req) {
 		resp := new(extprocv3.ProcessingResponse)
@@ -130,34 +121,38 @@ type metadataBytes struct {
 // add merges md, a google.protobuf.Struct of namespaces whose values are
 // Structs, into m.
 func (m *metadataBytes) add(md []byte) error {
-	for off := 0; off < len(md); {
-		num, typ, n := protowire.ConsumeTag(md[off:])
-		if n < 0 {
-			return protowire.ParseError(n)
+	var entries [][]byte
+	if err := eachField(md, func(num protowire.Number, typ protowire.Type, v []byte) {
+		if num == structFields && typ == protowire.BytesType {
+			entries = append(entries, v)
 		}
-		off += n
-		if num != structFields || typ != protowire.BytesType {
-			n = protowire.ConsumeFieldValue(num, typ, md[off:])
-			if n < 0 {
-				return protowire.ParseError(n)
+	}); err != nil {
+		return err
+	}
+	for _, entry := range entries {
+		var key, value []byte
+		if err := eachField(entry, func(num protowire.Number, typ protowire.Type, v []byte) {
+			switch {
+			case typ != protowire.BytesType:
+			case num == mapEntryKey:
+				key = v
+			case num == mapEntryValue:
+				value = v
 			}
-			off += n
-			continue
-		}
-		entry, n := protowire.ConsumeBytes(md[off:])
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		off += n
-		key, value, err := mapEntry(entry)
-		if err != nil {
+		}); err != nil {
 			return err
 		}
-		st, err := field(value, valueStructValue)
-		if err != nil {
+		var st []byte // nil: the value is not a Struct, which Envoy does not keep
+		if err := eachField(value, func(num protowire.Number, typ protowire.Type, v []byte) {
+			if num == valueStructValue && typ == protowire.BytesType {
+				// Present, even empty, is not nil; a message field given
+				// twice merges.
+				st = append(append([]byte{}, st...), v...)
+			}
+		}); err != nil {
 			return err
 		}
-		if st != nil { // Envoy keeps only the namespaces that are Structs
+		if st != nil {
 			m.merge(string(key), st)
 		}
 	}
@@ -194,64 +189,25 @@ func (m *metadataBytes) appendTo(md *corev3.Metadata) {
 	md.ProtoReflect().SetUnknown(raw)
 }
 
-// mapEntry splits a map entry into its key and value bytes.
-func mapEntry(b []byte) (key, value []byte, err error) {
+// eachField calls fn with each field of message b in order: its number,
+// its wire type and, for a length-delimited field, its bytes.
+func eachField(b []byte, fn func(num protowire.Number, typ protowire.Type, v []byte)) error {
 	for off := 0; off < len(b); {
 		num, typ, n := protowire.ConsumeTag(b[off:])
 		if n < 0 {
-			return nil, nil, protowire.ParseError(n)
+			return protowire.ParseError(n)
 		}
 		off += n
-		if typ != protowire.BytesType {
-			n = protowire.ConsumeFieldValue(num, typ, b[off:])
-			if n < 0 {
-				return nil, nil, protowire.ParseError(n)
-			}
-			off += n
-			continue
+		m := protowire.ConsumeFieldValue(num, typ, b[off:])
+		if m < 0 {
+			return protowire.ParseError(m)
 		}
-		v, n := protowire.ConsumeBytes(b[off:])
-		if n < 0 {
-			return nil, nil, protowire.ParseError(n)
+		var v []byte
+		if typ == protowire.BytesType {
+			v, _ = protowire.ConsumeBytes(b[off:])
 		}
-		off += n
-		switch num {
-		case mapEntryKey:
-			key = v
-		case mapEntryValue:
-			value = v
-		}
+		fn(num, typ, v)
+		off += m
 	}
-	return key, value, nil
-}
-
-// field returns the bytes of message field num of b (the last, as proto
-// would keep for a scalar; nil when absent).
-func field(b []byte, num protowire.Number) ([]byte, error) {
-	got := []byte(nil)
-	for off := 0; off < len(b); {
-		n0, typ, n := protowire.ConsumeTag(b[off:])
-		if n < 0 {
-			return nil, protowire.ParseError(n)
-		}
-		off += n
-		if n0 == num && typ == protowire.BytesType {
-			v, n := protowire.ConsumeBytes(b[off:])
-			if n < 0 {
-				return nil, protowire.ParseError(n)
-			}
-			got = append(got, v...) // a message field given twice merges
-			if got == nil {
-				got = []byte{} // present, empty
-			}
-			off += n
-			continue
-		}
-		n = protowire.ConsumeFieldValue(n0, typ, b[off:])
-		if n < 0 {
-			return nil, protowire.ParseError(n)
-		}
-		off += n
-	}
-	return got, nil
+	return nil
 }
