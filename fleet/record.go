@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/keymux/keymux/policy"
+	"github.com/keymux/keymux/store/consul"
 )
 
 // MaxSkew is how far in the future of the reader's clock a shared record's
@@ -46,10 +47,7 @@ var ErrBadRecord = errors.New("bad shared state record")
 // it. Unknown fields are ignored; by is cut to 128 bytes.
 func ParseRecord(raw []byte, now time.Time) (Record, error) {
 	var r Record
-	if len(raw) > maxRecordBytes {
-		return Record{}, fmt.Errorf("%w: %d bytes (max %d)", ErrBadRecord, len(raw), maxRecordBytes)
-	}
-	if err := json.Unmarshal(raw, &r); err != nil {
+	if err := consul.DecodeRecord(raw, maxRecordBytes, &r); err != nil {
 		return Record{}, fmt.Errorf("%w: %v", ErrBadRecord, err)
 	}
 	switch r.Reason {

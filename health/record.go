@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/keymux/keymux/policy"
+	"github.com/keymux/keymux/store/consul"
 )
 
 // MaxErrorLen bounds Record.Error (policy keeps the same bound in
@@ -54,10 +55,7 @@ var ErrBadRecord = errors.New("bad health record")
 // negative; error is cut to MaxErrorLen bytes.
 func ParseRecord(raw []byte, now time.Time) (Record, error) {
 	var r Record
-	if len(raw) > maxRecordBytes {
-		return Record{}, fmt.Errorf("%w: %d bytes (max %d)", ErrBadRecord, len(raw), maxRecordBytes)
-	}
-	if err := json.Unmarshal(raw, &r); err != nil {
+	if err := consul.DecodeRecord(raw, maxRecordBytes, &r); err != nil {
 		return Record{}, fmt.Errorf("%w: %v", ErrBadRecord, err)
 	}
 	if r.CheckedAt.IsZero() {

@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -113,4 +114,14 @@ func WriteAll(ctx context.Context, client *api.Client, writes []Write, committed
 		}
 	}
 	return nil
+}
+
+// DecodeRecord decodes raw, a JSON record of at most max bytes written in
+// KV by another instance (possibly another keymux version) or an operator,
+// into v. The caller wraps the error with its own record kind.
+func DecodeRecord(raw []byte, max int, v any) error {
+	if len(raw) > max {
+		return fmt.Errorf("%d bytes (max %d)", len(raw), max)
+	}
+	return json.Unmarshal(raw, v)
 }
