@@ -50,10 +50,10 @@ func Untag(secret []byte, tagged string) (id, account, owner string, ok bool) {
 	if len(parts) != 3 {
 		return "", "", "", false
 	}
-	acc, err1 := hex.DecodeString(parts[0])
-	own, err2 := hex.DecodeString(parts[1])
-	sum, err3 := hex.DecodeString(parts[2])
-	if err1 != nil || err2 != nil || err3 != nil || len(acc) == 0 || len(sum) != macBytes {
+	acc, ok1 := decodeLowerHex(parts[0])
+	own, ok2 := decodeLowerHex(parts[1])
+	sum, ok3 := decodeLowerHex(parts[2])
+	if !ok1 || !ok2 || !ok3 || len(acc) == 0 || len(sum) != macBytes {
 		return "", "", "", false
 	}
 	id, account, owner = tagged[:i], string(acc), string(own)
@@ -61,6 +61,20 @@ func Untag(secret []byte, tagged string) (id, account, owner string, ok bool) {
 		return "", "", "", false
 	}
 	return id, account, owner, true
+}
+
+// decodeLowerHex decodes the lower-case hex Tag writes and nothing else:
+// hex.DecodeString also takes upper case, which would let one tag be
+// spelled several ways (a client could vary the case of the HMAC and still
+// pass), so every tag has exactly one accepted spelling.
+func decodeLowerHex(s string) ([]byte, bool) {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return nil, false
+		}
+	}
+	b, err := hex.DecodeString(s)
+	return b, err == nil
 }
 
 // IsTagged reports whether s has the shape of a tag (verified or not).

@@ -22,6 +22,8 @@ func TestTagUntag(t *testing.T) {
 		{"truncated mac", tag[:len(tag)-2], "", "", "", false},
 		{"empty account", "resp_abc.km1..6361." + strings.Repeat("00", 16), "", "", "", false},
 		{"not hex", "resp_abc.km1.zz.6361." + strings.Repeat("00", 16), "", "", "", false},
+		{"upper-case mac", tag[:len(tag)-32] + strings.ToUpper(tag[len(tag)-32:]), "", "", "", false},
+		{"upper-case account", strings.Replace(tag, ".616363742d61.", ".616363742D61.", 1), "", "", "", false},
 		{"too long", strings.Repeat("a", MaxTaggedLen) + tag, "", "", "", false},
 	}
 	for _, tt := range tests {
