@@ -37,122 +37,153 @@ type bodyInfo struct {
 
 // parseBody validates a JSON request body, nested at most maxDepth levels
 // (settings.max_json_depth), and extracts model and stream. need says
-// whether a missing model is an error.
+// whether a missing model is an error. It makes one pass over the bytes
+// (policy.ScanJSON, iterative: a body millions of levels deep does not grow
+// the stack) and looks at the top-level members it needs as they go by.
 func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) {
 	var bi bodyInfo
 	if len(body) == 0 {
 		return bi, badRequest("invalid_json", "", "The request body is empty; a JSON object is required.")
 	}
-	// An iterative pre-pass: gjson's own validation recurses once per level,
-	// and a body millions of levels deep would grow the stack without bound.
 	if maxDepth <= 0 {
 		maxDepth = policy.DefaultMaxJSONDepth
 	}
-	switch policy.CheckJSON(body, maxDepth) {
-	case nil:
-	case policy.ErrJSONTooDeep:
-		return bi, badRequest("invalid_json", "", "The JSON body of your request nests arrays and objects more than "+
-			strconv.Itoa(maxDepth)+" levels deep (the limit, max_json_depth).")
-	default:
-		return bi, badRequest("invalid_json", "", "We could not parse the JSON body of your request: it is not valid JSON.")
-	}
-	// Parse a string view of body: gjson.ParseBytes would copy it.
-	root := gjson.Parse(unsafe.String(&body[0], len(body)))
-	if !root.IsObject() {
-		return bi, badRequest("invalid_json", "", "The request body must be a JSON object.")
-	}
 	var (
 		models  int
-		modelV  gjson.Result
-		seen    uint8 // stream, stream_options: each at most once
+		model   []byte // the raw model value
+		seen    uint8  // stream, stream_options: each at most once
 		dup     string
 		typeErr *apiError
 	)
-	root.ForEach(func(k, v gjson.Result) bool {
+	err := policy.ScanJSON(body, maxDepth, func(rawName []byte, start, end int) {
+		if dup != "" || typeErr != nil {
+			return // the first offending member is the one reported
+		}
+		name, v := memberName(rawName), body[start:end]
 		// keymux reads the first stream member and the upstream maybe the
 		// last: two of them would make them disagree.
-		if bit := onceMembers(k.Str); bit != 0 {
+		if bit := onceMembers(name); bit != 0 {
 			if seen&bit != 0 {
-				dup = k.Str
-				return false
+				dup = strings.Clone(name)
+				return
 			}
 			seen |= bit
 		}
-		switch k.Str {
+		switch name {
 		case "model":
 			models++
-			modelV = v
+			bi.modelStart, bi.modelEnd, model = start, end, v
 		case "stream":
-			switch v.Type {
-			case gjson.True:
+			switch v[0] {
+			case 't':
 				bi.stream = true
-			case gjson.False, gjson.Null:
+			case 'f', 'n':
 			default:
 				typeErr = badRequest("invalid_type", "stream", "Invalid type for 'stream': expected a boolean, got "+jsonTypeName(v)+".")
-				return false
 			}
 		case "stream_options":
-			switch {
-			case v.IsObject():
-				bi.streamOptions, bi.streamUsage = "object", v.Get("include_usage").Type == gjson.True
-			case v.Type == gjson.Null:
+			switch v[0] {
+			case '{':
+				bi.streamOptions, bi.streamUsage = "object", gjson.GetBytes(v, "include_usage").Type == gjson.True
+			case 'n':
 				bi.streamOptions = "null"
 			default:
 				typeErr = badRequest("invalid_type", "stream_options", "Invalid type for 'stream_options': expected an object, got "+jsonTypeName(v)+".")
-				return false
 			}
 		case "prompt_cache_key", "user":
-			if v.Type != gjson.String {
+			if v[0] != '"' {
 				break
 			}
-			if !utf8.ValidString(v.Str) {
-				typeErr = notUTF8(k.Str)
-				return false
+			str := jsonString(v)
+			if !utf8.ValidString(str) {
+				typeErr = notUTF8(name)
+				return
 			}
-			if k.Str == "prompt_cache_key" || bi.affinity == "" {
-				bi.affinity = strings.Clone(v.Str)
+			if name == "prompt_cache_key" || bi.affinity == "" {
+				bi.affinity = strings.Clone(str)
 			}
 		case "max_tokens", "max_completion_tokens", "max_output_tokens":
-			if v.Type == gjson.Number && v.Num > 0 {
-				bi.maxTokens = max(bi.maxTokens, int64(min(v.Num, 1<<40)))
+			if v[0] == '-' || v[0] >= '0' && v[0] <= '9' {
+				// ParseFloat gives ±Inf for a number out of range.
+				if n, _ := strconv.ParseFloat(unsafe.String(&v[0], len(v)), 64); n > 0 {
+					bi.maxTokens = max(bi.maxTokens, int64(min(n, 1<<40)))
+				}
 			}
 		case "messages":
-			if !v.IsArray() {
+			if v[0] != '[' {
 				typeErr = badRequest("invalid_type", "messages", "Invalid type for 'messages': expected an array, got "+jsonTypeName(v)+".")
-				return false
 			}
 		}
-		return true
 	})
+	switch err {
+	case nil:
+	case policy.ErrJSONTooDeep:
+		return bodyInfo{}, badRequest("invalid_json", "", "The JSON body of your request nests arrays and objects more than "+
+			strconv.Itoa(maxDepth)+" levels deep (the limit, max_json_depth).")
+	default:
+		return bodyInfo{}, badRequest("invalid_json", "", "We could not parse the JSON body of your request: it is not valid JSON.")
+	}
+	if body[skipJSONSpace(body)] != '{' {
+		return bodyInfo{}, badRequest("invalid_json", "", "The request body must be a JSON object.")
+	}
 	if dup != "" {
-		return bi, badRequest("duplicate_field", dup, "The request body names '"+dup+"' more than once.")
+		return bodyInfo{}, badRequest("duplicate_field", dup, "The request body names '"+dup+"' more than once.")
 	}
 	if typeErr != nil {
-		return bi, typeErr
+		return bodyInfo{}, typeErr
 	}
 	switch {
 	case models > 1:
-		return bi, badRequest("duplicate_field", "model", "The request body names 'model' more than once.")
+		return bodyInfo{}, badRequest("duplicate_field", "model", "The request body names 'model' more than once.")
 	case models == 0 && need == modelRequired:
-		return bi, badRequest("missing_required_parameter", "model", "You must provide a model parameter.")
+		return bodyInfo{}, badRequest("missing_required_parameter", "model", "You must provide a model parameter.")
 	case models == 0:
 		return bi, nil
-	case modelV.Type != gjson.String:
-		return bi, badRequest("invalid_type", "model", "Invalid type for 'model': expected a string, got "+jsonTypeName(modelV)+".")
+	case model[0] != '"':
+		return bodyInfo{}, badRequest("invalid_type", "model", "Invalid type for 'model': expected a string, got "+jsonTypeName(model)+".")
 	}
-	if aerr := checkModel(modelV.Str); aerr != nil {
-		return bi, aerr
+	m := jsonString(model)
+	if aerr := checkModel(m); aerr != nil {
+		return bodyInfo{}, aerr
 	}
-	bi.model = strings.Clone(modelV.Str) // outlives the request body
-	// gjson sets Index to the raw value's offset for results of a parsed
-	// document; verify rather than trust it.
-	if i := modelV.Index; i > 0 && i+len(modelV.Raw) <= len(body) && string(body[i:i+len(modelV.Raw)]) == modelV.Raw {
-		bi.modelStart, bi.modelEnd = i, i+len(modelV.Raw)
-	} else {
-		r := gjson.GetBytes(body, "model")
-		bi.modelStart, bi.modelEnd = r.Index, r.Index+len(r.Raw)
-	}
+	bi.model = strings.Clone(m) // outlives the request body
 	return bi, nil
+}
+
+// memberName is a member name as ScanJSON hands it (between the quotes)
+// with its escapes resolved, as every JSON decoder upstream reads it: a
+// view of raw when it has none.
+func memberName(raw []byte) string {
+	if len(raw) == 0 {
+		return ""
+	}
+	if bytes.IndexByte(raw, '\\') < 0 {
+		return unsafe.String(&raw[0], len(raw))
+	}
+	return gjson.Parse(`"` + string(raw) + `"`).Str
+}
+
+// jsonString is the value of the valid JSON string v (quotes included):
+// a view of v's bytes when it has no escape, else a new string.
+func jsonString(v []byte) string {
+	inner := v[1 : len(v)-1]
+	if len(inner) == 0 {
+		return ""
+	}
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return unsafe.String(&inner[0], len(inner))
+	}
+	return gjson.ParseBytes(v).Str
+}
+
+// skipJSONSpace is the offset of data's first byte that is not JSON
+// whitespace.
+func skipJSONSpace(data []byte) int {
+	i := 0
+	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r') {
+		i++
+	}
+	return i
 }
 
 // checkModel refuses a model name keymux will not carry: empty, too long,
@@ -195,21 +226,22 @@ func notUTF8(field string) *apiError {
 	return badRequest("invalid_value", field, "'"+field+"' is not valid UTF-8.")
 }
 
-func jsonTypeName(v gjson.Result) string {
-	switch v.Type {
-	case gjson.String:
+// jsonTypeName names the type of the valid JSON value v (raw bytes) as
+// OpenAI's errors do.
+func jsonTypeName(v []byte) string {
+	switch v[0] {
+	case '"':
 		return "a string"
-	case gjson.Number:
-		return "a number"
-	case gjson.True, gjson.False:
+	case 't', 'f':
 		return "a boolean"
-	case gjson.Null:
+	case 'n':
 		return "null"
-	}
-	if v.IsArray() {
+	case '[':
 		return "an array"
+	case '{':
+		return "an object"
 	}
-	return "an object"
+	return "a number"
 }
 
 // patchModel returns body with the model value replaced by model, a JSON

@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 
@@ -114,8 +115,17 @@ func FuzzParseBody(f *testing.F) {
 	f.Add([]byte(`{"model":"m","x":` + string(deep.Arrays(policy.DefaultMaxJSONDepth-1, "1")) + `}`))
 	f.Add(deep.Body(64 << 10))
 	f.Add(deep.Body(policy.DefaultMaxBodyBytes))
+	f.Add([]byte(`{"mod\u0065l":"m\u00e9","user":"a\"b","max_tokens":1e400,"max_output_tokens":-3,"stream":null,"messages":{}}`))
+	f.Add([]byte(` {"user":"u","prompt_cache_key":"p","stream_options":{"include_usage":true},"x":[{"model":1}],"model":"m"} `))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		bi, err := parseBody(body, modelRequired, policy.DefaultMaxJSONDepth)
+		// The one pass reads what parseBody read on gjson, errors included.
+		if len(body) <= 64<<10 { // gjson's own pass recurses: no 8 MiB nests
+			want, werr := parseBodyGJSON(body, modelRequired, policy.DefaultMaxJSONDepth)
+			if !reflect.DeepEqual(err, werr) || err == nil && bi != want {
+				t.Fatalf("parseBody(%q) = %+v, %+v; on gjson %+v, %+v", body, bi, err, want, werr)
+			}
+		}
 		if err != nil {
 			if err.Status != 400 || err.Code == "" {
 				t.Fatalf("bad error %+v", err)

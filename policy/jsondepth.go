@@ -1,6 +1,9 @@
 package policy
 
-import "errors"
+import (
+	"encoding/binary"
+	"errors"
+)
 
 // Errors of CheckJSON.
 var (
@@ -28,13 +31,26 @@ const (
 // input, the goroutine stack does not grow, and the only memory it keeps is
 // one bit per open level (which closing bracket is due), on the stack up to
 // 256 levels.
-func CheckJSON(data []byte, maxDepth int) error {
+func CheckJSON(data []byte, maxDepth int) error { return ScanJSON(data, maxDepth, nil) }
+
+// ScanJSON is CheckJSON that also hands visit, in document order, each
+// member of a top-level object as its pass goes by: the member's name as
+// written between its quotes (escapes unresolved, a slice of data) and
+// where its value's raw bytes are, data[start:end]. The members of any other top-level value, and
+// members nested deeper, are not visited. visit sees the members before
+// the end of data is checked: a caller acts on them only when ScanJSON
+// returns nil.
+func ScanJSON(data []byte, maxDepth int, visit func(name []byte, start, end int)) error {
 	var small [4]uint64
 	kinds := small[:] // bit d set: level d+1 is an object
 	if maxDepth > 64*len(small) {
 		kinds = make([]uint64, (maxDepth+63)/64)
 	}
 	depth, st, i, n := 0, jsValue, 0, len(data)
+	// The top-level object's current member: its name and where its value
+	// starts (visited when depth is back to 1 after the value).
+	members := false
+	nameStart, nameEnd, valueStart := 0, 0, 0
 	for {
 		for i < n && isJSONSpace(data[i]) {
 			i++
@@ -59,6 +75,9 @@ func CheckJSON(data []byte, maxDepth int) error {
 				st = jsValue
 			case c == '}' && object, c == ']' && !object:
 				depth--
+				if depth == 1 && members {
+					visit(data[nameStart:nameEnd], valueStart, i+1)
+				}
 			default:
 				return ErrJSONSyntax
 			}
@@ -69,14 +88,21 @@ func CheckJSON(data []byte, maxDepth int) error {
 				depth--
 				i++
 				st = jsAfterValue
+				if depth == 1 && members {
+					visit(data[nameStart:nameEnd], valueStart, i)
+				}
 				continue
 			}
 			if c != '"' {
 				return ErrJSONSyntax
 			}
 			var ok bool
-			if i, ok = scanJSONString(data, i+1); !ok {
+			start := i + 1
+			if i, ok = scanJSONString(data, start); !ok {
 				return ErrJSONSyntax
+			}
+			if depth == 1 {
+				nameStart, nameEnd = start, i-1
 			}
 			for i < n && isJSONSpace(data[i]) {
 				i++
@@ -92,11 +118,17 @@ func CheckJSON(data []byte, maxDepth int) error {
 				depth--
 				i++
 				st = jsAfterValue
+				if depth == 1 && members {
+					visit(data[nameStart:nameEnd], valueStart, i)
+				}
 				continue
 			}
 		}
 		// A value.
 		ok := true
+		if depth == 1 {
+			valueStart = i
+		}
 		switch c {
 		case '{', '[':
 			if maxDepth > 0 && depth >= maxDepth {
@@ -109,6 +141,7 @@ func CheckJSON(data []byte, maxDepth int) error {
 			if c == '{' {
 				kinds[w] |= bit
 				st = jsKeyOrClose
+				members = members || depth == 0 && visit != nil
 			} else {
 				kinds[w] &^= bit
 				st = jsValueOrClose
@@ -131,6 +164,9 @@ func CheckJSON(data []byte, maxDepth int) error {
 			return ErrJSONSyntax
 		}
 		st = jsAfterValue
+		if depth == 1 && members {
+			visit(data[nameStart:nameEnd], valueStart, i)
+		}
 	}
 }
 
@@ -149,6 +185,10 @@ var plainStringByte = func() (t [256]bool) {
 // and returns the offset after the closing quote.
 func scanJSONString(data []byte, i int) (int, bool) {
 	for {
+		// Eight bytes at a time while none is special.
+		for i+8 <= len(data) && !hasSpecialByte(binary.LittleEndian.Uint64(data[i:])) {
+			i += 8
+		}
 		for i < len(data) && plainStringByte[data[i]] {
 			i++
 		}
@@ -183,6 +223,22 @@ func scanJSONString(data []byte, i int) (int, bool) {
 			return i, false
 		}
 	}
+}
+
+// Bytes repeated over a word, for hasSpecialByte.
+const (
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
+
+// hasSpecialByte reports whether one of the eight bytes of w is not a
+// plainStringByte: below 0x20, '"' or '\\'. (x - ones) &^ x & highs is
+// nonzero exactly when a byte of x is 0, (x - 0x20*ones) &^ x & highs
+// exactly when one is below 0x20: no byte borrows from the next unless it
+// is itself such a byte.
+func hasSpecialByte(w uint64) bool {
+	q, b := w^('"'*ones), w^('\\'*ones)
+	return ((w-0x20*ones)&^w|(q-ones)&^q|(b-ones)&^b)&highs != 0
 }
 
 func isHex(c byte) bool {

@@ -1,7 +1,10 @@
 package policy
 
 import (
+	"encoding/binary"
 	"errors"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -87,8 +90,29 @@ func FuzzCheckJSON(f *testing.F) {
 	}
 	f.Add(deep.Body(4<<10), uint8(255)) // small: each run also asks gjson, which recurses
 	f.Add(deep.Objects(300, `"x"`), uint8(0))
+	f.Add([]byte(` {"a\"b":[{"c":1}],"d":{},"e":[],"f":"x\\","g":-1.5e3,"h":null} `), uint8(0))
 	f.Fuzz(func(t *testing.T, data []byte, limit uint8) {
 		err := CheckJSON(data, int(limit))
+		// ScanJSON's members are gjson's, and they change nothing else.
+		var got []string
+		serr := ScanJSON(data, int(limit), func(name []byte, start, end int) {
+			got = append(got, string(name), string(data[start:end]))
+		})
+		if serr != err {
+			t.Fatalf("ScanJSON(%q) = %v, CheckJSON %v", data, serr, err)
+		}
+		if err == nil && len(data) <= 64<<10 { // gjson recurses
+			var want []string
+			if root := gjson.ParseBytes(data); root.IsObject() {
+				root.ForEach(func(k, v gjson.Result) bool {
+					want = append(want, k.Raw[1:len(k.Raw)-1], v.Raw)
+					return true
+				})
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("ScanJSON(%q) members %q, gjson %q", data, got, want)
+			}
+		}
 		if unlimited := CheckJSON(data, 0); (unlimited == nil) != gjson.ValidBytes(data) || (unlimited != nil && !errors.Is(unlimited, ErrJSONSyntax)) {
 			t.Fatalf("CheckJSON(%q, 0) = %v, gjson.Valid = %v", data, unlimited, gjson.ValidBytes(data))
 		}
@@ -102,6 +126,40 @@ func FuzzCheckJSON(f *testing.F) {
 			t.Fatalf("CheckJSON(%q, %d): too deep, but at most %d brackets are open at once", data, limit, d)
 		}
 	})
+}
+
+// TestHasSpecialByte holds the eight-byte test to the byte table: every
+// byte value at every position, among plain bytes of every kind.
+func TestHasSpecialByte(t *testing.T) {
+	for _, fill := range []byte{'a', ' ', '!', '#', '[', ']', 0x7f, 0x80, 0xa2, 0xdc, 0xff} {
+		for pos := range 8 {
+			for c := range 256 {
+				var w [8]byte
+				for i := range w {
+					w[i] = fill
+				}
+				w[pos] = byte(c)
+				want := !plainStringByte[c]
+				if got := hasSpecialByte(binary.LittleEndian.Uint64(w[:])); got != want {
+					t.Fatalf("hasSpecialByte(% x) = %t, want %t", w, got, want)
+				}
+			}
+		}
+	}
+	// Words of bytes near the edges, several special at once (borrows).
+	edges := []byte{0x00, 0x01, 0x1f, 0x20, 0x21, 0x22, 0x23, 0x5b, 0x5c, 0x5d, 0x7f, 0x80, 0xa0, 0xdc, 0xfe, 0xff}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 200000 {
+		var w [8]byte
+		want := false
+		for i := range w {
+			w[i] = edges[r.IntN(len(edges))]
+			want = want || !plainStringByte[w[i]]
+		}
+		if got := hasSpecialByte(binary.LittleEndian.Uint64(w[:])); got != want {
+			t.Fatalf("hasSpecialByte(% x) = %t, want %t", w, got, want)
+		}
+	}
 }
 
 // openBrackets is the most '[' and '{' open at once outside strings.
