@@ -56,6 +56,7 @@ type exchange struct {
 	waited      bool            // an unknown object id already waited for its record
 	bodyChanged bool            // the request body's object ids were replaced
 	jwtSubject  string          // jwt_claim: the owner identity of the verified JWT
+	at          time.Time       // the start of the request-path phase running (timed)
 }
 
 func newExchange(s *Server) *exchange {
@@ -95,11 +96,25 @@ func (x *exchange) handle(req *extprocv3.ProcessingRequest) (*extprocv3.Processi
 }
 
 // timed runs a request-path phase and adds its duration to the overhead.
+// The clock read that starts it is also the phase's time for its decisions
+// (x.now).
 func (x *exchange) timed(f func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
 	t0 := time.Now()
+	x.at = t0
 	resp := f()
+	x.at = time.Time{}
 	x.call.Overhead += time.Since(t0)
 	return resp
+}
+
+// now is the time of the request-path phase running (one clock read per
+// message instead of one per decision), the server's clock outside a
+// phase or when the server runs on another clock than time.Now (tests).
+func (x *exchange) now() time.Time {
+	if x.s.realClock && !x.at.IsZero() {
+		return x.at
+	}
+	return x.s.now()
 }
 
 func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadata) *extprocv3.ProcessingResponse {
@@ -380,7 +395,7 @@ func (x *exchange) clientLimits() *apiError {
 	if c == nil || (c.Limits.RPM <= 0 && c.Limits.TPM <= 0) {
 		return nil
 	}
-	now := x.s.now()
+	now := x.now()
 	m := x.s.clientMinute(c.ID)
 	reqs, tokens := m.reqs.Get(now), m.tokens.Get(now)
 	l := x.s.store.Fleet().Limits(c.Limits)
@@ -480,7 +495,7 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 	t.eachHeader(func(name, part1, part2 string) { m.set(name, part1, part2) })
 	retries := 0
 	if x.share() && !x.upload {
-		retries = x.retriesFor(entry, x.s.now())
+		retries = x.retriesFor(entry, x.now())
 	}
 	m.set(HeaderCall, x.callID)
 	m.setInt(hdrMaxRetries, retries)
@@ -616,7 +631,7 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 		return nil, &apiError{Status: 404, Type: typeInvalidRequest, Code: "model_not_found", Param: "model",
 			Message: "The model `" + model + "` does not exist or no key serves it."}
 	}
-	now := x.s.now()
+	now := x.now()
 	if skip == nil {
 		set := eligibleOf(pool, now, selectionOf(x.settings))
 		if e, aerr, ok := x.chooseFrom(set, model, pool, now); ok {

@@ -69,9 +69,12 @@ type Server struct {
 	log      *slog.Logger
 	observer telemetry.Observer
 	now      func() time.Time
-	clients  sync.Map // client id → *clientCounters
-	calls    sync.Map // call id → *attempts, while the call's Process stream is open
-	requests sync.Map // x-request-id → *attempts (or ambiguousRequest), likewise
+	// realClock: now is time.Now, whose reading at the start of a
+	// request-path phase serves the phase's decisions (exchange.now).
+	realClock bool
+	clients   sync.Map // client id → *clientCounters
+	calls     sync.Map // call id → *attempts, while the call's Process stream is open
+	requests  sync.Map // x-request-id → *attempts (or ambiguousRequest), likewise
 
 	ledger     *ledger
 	fromBody   bool          // Config.UsageFromBody
@@ -124,7 +127,7 @@ func New(cfg Config) (*Server, error) {
 		s.observer = telemetry.Nop{}
 	}
 	if s.now == nil {
-		s.now = time.Now
+		s.now, s.realClock = time.Now, true
 	}
 	for _, v := range []struct {
 		d   *time.Duration
