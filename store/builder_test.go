@@ -4,6 +4,7 @@ import (
 	"errors"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -143,6 +144,16 @@ func TestSecretRefResolution(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("KEYMUX_STORE_TEST_K1", "sk-test-from-env")
+	// A named pipe nobody writes: reading it would block the apply forever.
+	if err := syscall.Mkfifo(dir+"/fifo", 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFile(dir+"/large", strings.Repeat("k", MaxSecretFile+1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFile(dir+"/largest", strings.Repeat("k", MaxSecretFile)); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		ref, want, err string
 	}{
@@ -150,6 +161,11 @@ func TestSecretRefResolution(t *testing.T) {
 		{"file:" + path, "sk-test-from-file", ""},
 		{"env:KEYMUX_STORE_TEST_UNSET", "", "environment variable KEYMUX_STORE_TEST_UNSET is not set"},
 		{"file:" + dir + "/missing", "", "cannot read " + dir + "/missing: no such file or directory"},
+		{"file:" + dir + "/fifo", "", "cannot read " + dir + "/fifo: not a regular file (p---------)"},
+		{"file:/dev/zero", "", "cannot read /dev/zero: not a regular file (Dc---------)"},
+		{"file:" + dir, "", "cannot read " + dir + ": not a regular file (d---------)"},
+		{"file:" + dir + "/large", "", "cannot read " + dir + "/large: larger than 65536 bytes"},
+		{"file:" + dir + "/largest", strings.Repeat("k", MaxSecretFile), ""},
 		{"vault:x", "", `want "env:NAME" or "file:/path"`},
 		{"env:", "", `want "env:NAME" or "file:/path"`},
 	}

@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/keymux/keymux/policy"
@@ -788,13 +789,9 @@ func ResolveSecretRef(ref string) (string, error) {
 		if path == "" {
 			return "", ErrBadSecretRef
 		}
-		b, err := os.ReadFile(path)
+		b, err := readSecretFile(path)
 		if err != nil {
-			var pe *os.PathError
-			if errors.As(err, &pe) {
-				return "", fmt.Errorf("cannot read %s: %w", path, pe.Err)
-			}
-			return "", fmt.Errorf("cannot read %s", path)
+			return "", err
 		}
 		s := string(b)
 		s = strings.TrimSuffix(s, "\n")
@@ -802,6 +799,42 @@ func ResolveSecretRef(ref string) (string, error) {
 		return s, nil
 	}
 	return "", ErrBadSecretRef
+}
+
+// MaxSecretFile bounds a secret_ref file: an API key is a few hundred bytes.
+const MaxSecretFile = 64 << 10
+
+// readSecretFile reads a regular file of at most MaxSecretFile bytes. The
+// open does not block, and a FIFO, a device or a directory is refused
+// before a read: a named pipe nobody writes would hold the apply (and the
+// store's lock) forever, /dev/zero would fill the memory.
+func readSecretFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			return nil, fmt.Errorf("cannot read %s: %w", path, pe.Err)
+		}
+		return nil, fmt.Errorf("cannot read %s", path)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("cannot read %s", path)
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("cannot read %s: not a regular file (%s)", path, fi.Mode().Type())
+	case fi.Size() > MaxSecretFile:
+		return nil, fmt.Errorf("cannot read %s: larger than %d bytes", path, MaxSecretFile)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, MaxSecretFile+1))
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("cannot read %s", path)
+	case len(b) > MaxSecretFile: // grew after the stat
+		return nil, fmt.Errorf("cannot read %s: larger than %d bytes", path, MaxSecretFile)
+	}
+	return b, nil
 }
 
 func validSecret(s string) bool { return s != "" && !policy.HasControl(s) }
