@@ -111,6 +111,11 @@ func TestRecordApply(t *testing.T) {
 			want: policy.KeyState{ProbedAt: t0.Add(time.Second), SlowStartFrom: t0.Add(time.Second)}},
 		{name: "failure marks probe_failed", s: policy.KeyState{}, r: health.Record{CheckedAt: t0, Error: "upstream: status 500"},
 			want: policy.KeyState{ProbeFailed: true, ProbeError: "upstream: status 500", ProbedAt: t0}},
+		// A probe that passed before a 401 was observed (its record
+		// arriving late) does not put the revoked key back.
+		{name: "pass before a later disable keeps it", s: policy.KeyState{Disabled: true, DisabledReason: policy.DisabledAuth, ProbedAt: t0, VerdictAt: t0.Add(2 * time.Second)},
+			r:    health.Record{Healthy: true, CheckedAt: t0.Add(time.Second)},
+			want: policy.KeyState{Disabled: true, DisabledReason: policy.DisabledAuth, ProbedAt: t0.Add(time.Second), VerdictAt: t0.Add(2 * time.Second)}},
 		{name: "older record ignored", s: disabled, r: health.Record{Healthy: true, CheckedAt: t0.Add(-time.Second)}, want: disabled},
 		{name: "same record ignored", s: disabled, r: health.Record{Healthy: true, CheckedAt: t0}, want: disabled},
 		{name: "429 keeps the key and cools it down", s: policy.KeyState{},

@@ -58,6 +58,10 @@ type KeyState struct {
 	ProbeFailed         bool // the latest active probe failed
 	ProbeError          string
 	ProbedAt            time.Time // when the latest active probe finished (zero: never)
+	// VerdictAt is when the latest passive verdict that took the key out
+	// (a disable, an ejection) was observed: a passing probe that finished
+	// before it does not undo it (ProbeResult).
+	VerdictAt time.Time
 	// SlowStartFrom is when the key came back after its latest ejection
 	// (its end, or the probe that cut it short): from then its share of
 	// traffic grows over ejection.slow_start (SlowStartShare).

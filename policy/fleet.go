@@ -59,7 +59,7 @@ func ApplyShared(s KeyState, st SharedState, at time.Time) KeyState {
 	}
 	switch st.Reason {
 	case SharedAuth, SharedQuota:
-		s.Disabled, s.DisabledReason = true, st.Reason
+		s.Disabled, s.DisabledReason, s.VerdictAt = true, st.Reason, later(s.VerdictAt, at)
 	case SharedCooldown:
 		s.CooldownUntil = later(s.CooldownUntil, st.Until)
 	}

@@ -53,7 +53,8 @@ type Ineligible struct {
 //     RetryAt is zero (keeping a later cooldown already set); it is not a
 //     failure and does not decide a half-open trial.
 //   - Auth and Quota disable the key (DisabledReason "auth" or "quota")
-//     until a probe passes (ProbeResult).
+//     until a probe that finishes later passes (ProbeResult); VerdictAt is
+//     set to now, as for an ejection.
 //   - Server and Timeout count a failure. At cfg.ConsecutiveFailures in a
 //     row, or at any failure while half-open, the key is ejected until
 //     now + min(cfg.Base·2^Ejections, cfg.Max); Ejections is incremented and
@@ -88,9 +89,9 @@ func NextState(s KeyState, o Outcome, cfg EjectionSettings, now time.Time) KeySt
 		}
 		s.CooldownUntil = later(s.CooldownUntil, until)
 	case OutcomeAuth:
-		s.Disabled, s.DisabledReason = true, DisabledAuth
+		s.Disabled, s.DisabledReason, s.VerdictAt = true, DisabledAuth, later(s.VerdictAt, now)
 	case OutcomeQuota:
-		s.Disabled, s.DisabledReason = true, DisabledQuota
+		s.Disabled, s.DisabledReason, s.VerdictAt = true, DisabledQuota, later(s.VerdictAt, now)
 	case OutcomeServer, OutcomeTimeout:
 		if ejected {
 			break
@@ -99,6 +100,7 @@ func NextState(s KeyState, o Outcome, cfg EjectionSettings, now time.Time) KeySt
 		if s.HalfOpen || s.ConsecutiveFailures >= cfg.ConsecutiveFailures {
 			s.EjectedUntil = now.Add(EjectionBackoff(cfg, s.Ejections))
 			s.SlowStartFrom = s.EjectedUntil
+			s.VerdictAt = later(s.VerdictAt, now)
 			s.Ejections++
 			s.ConsecutiveFailures = 0
 			s.HalfOpen = false
@@ -124,7 +126,8 @@ func EjectionBackoff(cfg EjectionSettings, ejections int) time.Duration {
 // ProbeResult returns the state after an active probe finished at now. A
 // passing probe puts the key back in rotation: it clears Disabled,
 // ProbeFailed and any ejection (a rate-limit cooldown stays, since a probe
-// says nothing about it). A failing probe sets ProbeFailed and ProbeError
+// says nothing about it), unless the disable or ejection was observed at or
+// after now (VerdictAt): then it clears ProbeFailed only. A failing probe sets ProbeFailed and ProbeError
 // (errMsg cut to 256 bytes; it must not hold a secret), which keeps the key
 // out until a probe passes.
 func ProbeResult(s KeyState, ok bool, errMsg string, now time.Time) KeyState {
@@ -134,8 +137,14 @@ func ProbeResult(s KeyState, ok bool, errMsg string, now time.Time) KeyState {
 		s.ProbeError = Truncate(errMsg, maxProbeError)
 		return s
 	}
-	s.Disabled, s.DisabledReason = false, ""
 	s.ProbeFailed, s.ProbeError = false, ""
+	if !now.After(s.VerdictAt) {
+		// A probe that finished before a disable or an ejection was
+		// observed (its record arriving late, from another instance) says
+		// nothing about it.
+		return s
+	}
+	s.Disabled, s.DisabledReason = false, ""
 	if now.Before(s.EjectedUntil) {
 		s.SlowStartFrom = now // back before the ejection's end
 	}

@@ -37,19 +37,21 @@ func TestNextState(t *testing.T) {
 			ejCfg, KeyState{HalfOpen: true, Ejections: 1, CooldownUntil: t0.Add(sec(2))}},
 
 		{"auth disables", KeyState{ConsecutiveFailures: 1}, Outcome{Kind: OutcomeAuth, Status: 401},
-			ejCfg, KeyState{ConsecutiveFailures: 1, Disabled: true, DisabledReason: DisabledAuth}},
-		{"quota disables", KeyState{}, Outcome{Kind: OutcomeQuota, Status: 429}, ejCfg, KeyState{Disabled: true, DisabledReason: DisabledQuota}},
+			ejCfg, KeyState{ConsecutiveFailures: 1, Disabled: true, DisabledReason: DisabledAuth, VerdictAt: t0}},
+		{"quota disables", KeyState{}, Outcome{Kind: OutcomeQuota, Status: 429}, ejCfg, KeyState{Disabled: true, DisabledReason: DisabledQuota, VerdictAt: t0}},
+		{"a later verdict stays", KeyState{VerdictAt: t0.Add(sec(1))}, Outcome{Kind: OutcomeAuth, Status: 401}, ejCfg,
+			KeyState{Disabled: true, DisabledReason: DisabledAuth, VerdictAt: t0.Add(sec(1))}},
 
 		{"first failure counts", KeyState{}, fail, ejCfg, KeyState{ConsecutiveFailures: 1}},
 		{"second timeout counts", KeyState{ConsecutiveFailures: 1}, timeout, ejCfg, KeyState{ConsecutiveFailures: 2}},
-		{"third failure ejects for base", KeyState{ConsecutiveFailures: 2}, fail, ejCfg, KeyState{EjectedUntil: t0.Add(sec(30)), SlowStartFrom: t0.Add(sec(30)), Ejections: 1}},
-		{"failure while half-open flag doubles", KeyState{HalfOpen: true, Ejections: 1}, timeout, ejCfg, KeyState{EjectedUntil: t0.Add(sec(60)), SlowStartFrom: t0.Add(sec(60)), Ejections: 2}},
-		{"failure after expired ejection doubles", KeyState{EjectedUntil: t0, Ejections: 2}, fail, ejCfg, KeyState{EjectedUntil: t0.Add(sec(120)), SlowStartFrom: t0.Add(sec(120)), Ejections: 3}},
-		{"backoff capped at max", KeyState{HalfOpen: true, Ejections: 10}, fail, ejCfg, KeyState{EjectedUntil: t0.Add(5 * time.Minute), SlowStartFrom: t0.Add(5 * time.Minute), Ejections: 11}},
+		{"third failure ejects for base", KeyState{ConsecutiveFailures: 2}, fail, ejCfg, KeyState{EjectedUntil: t0.Add(sec(30)), SlowStartFrom: t0.Add(sec(30)), Ejections: 1, VerdictAt: t0}},
+		{"failure while half-open flag doubles", KeyState{HalfOpen: true, Ejections: 1}, timeout, ejCfg, KeyState{EjectedUntil: t0.Add(sec(60)), SlowStartFrom: t0.Add(sec(60)), Ejections: 2, VerdictAt: t0}},
+		{"failure after expired ejection doubles", KeyState{EjectedUntil: t0, Ejections: 2}, fail, ejCfg, KeyState{EjectedUntil: t0.Add(sec(120)), SlowStartFrom: t0.Add(sec(120)), Ejections: 3, VerdictAt: t0}},
+		{"backoff capped at max", KeyState{HalfOpen: true, Ejections: 10}, fail, ejCfg, KeyState{EjectedUntil: t0.Add(5 * time.Minute), SlowStartFrom: t0.Add(5 * time.Minute), Ejections: 11, VerdictAt: t0}},
 		{"failure while ejected ignored", KeyState{EjectedUntil: t0.Add(sec(1)), Ejections: 1}, fail, ejCfg, KeyState{EjectedUntil: t0.Add(sec(1)), Ejections: 1}},
 		{"threshold 1 ejects at once", KeyState{}, fail, EjectionSettings{ConsecutiveFailures: 1, Base: sec(5), Max: sec(60)},
-			KeyState{EjectedUntil: t0.Add(sec(5)), SlowStartFrom: t0.Add(sec(5)), Ejections: 1}},
-		{"zero cfg takes defaults", KeyState{ConsecutiveFailures: 2}, fail, EjectionSettings{}, KeyState{EjectedUntil: t0.Add(DefaultEjectionBase), SlowStartFrom: t0.Add(DefaultEjectionBase), Ejections: 1}},
+			KeyState{EjectedUntil: t0.Add(sec(5)), SlowStartFrom: t0.Add(sec(5)), Ejections: 1, VerdictAt: t0}},
+		{"zero cfg takes defaults", KeyState{ConsecutiveFailures: 2}, fail, EjectionSettings{}, KeyState{EjectedUntil: t0.Add(DefaultEjectionBase), SlowStartFrom: t0.Add(DefaultEjectionBase), Ejections: 1, VerdictAt: t0}},
 		{"zero cfg default cooldown", KeyState{}, Outcome{Kind: OutcomeRateLimited}, EjectionSettings{}, KeyState{CooldownUntil: t0.Add(DefaultCooldown)}},
 
 		{"client error changes nothing", KeyState{ConsecutiveFailures: 2, EjectedUntil: t0, Ejections: 1}, Outcome{Kind: OutcomeClient, Status: 400},
@@ -100,8 +102,8 @@ func TestCircuitScenario(t *testing.T) {
 	expect(true, Ineligible{}, true)
 	step(Outcome{Kind: OutcomeSuccess, Status: 200}) // the trial passes: closed
 	expect(true, Ineligible{}, false)
-	if s != (KeyState{SlowStartFrom: t0.Add(sec(90))}) {
-		t.Fatalf("after a passing trial state = %+v, want zero but the slow start from the ejection's end", s)
+	if s != (KeyState{SlowStartFrom: t0.Add(sec(90)), VerdictAt: t0.Add(sec(30))}) {
+		t.Fatalf("after a passing trial state = %+v, want zero but the slow start from the ejection's end and the last ejection's time", s)
 	}
 
 	step(fail)
@@ -147,6 +149,12 @@ func TestProbeResult(t *testing.T) {
 			KeyState{Disabled: true, DisabledReason: DisabledAuth, ProbeFailed: true, ProbeError: "401", EjectedUntil: t0.Add(sec(9)), Ejections: 3, ConsecutiveFailures: 2, HalfOpen: true, CooldownUntil: t0.Add(sec(4))},
 			true, "", KeyState{CooldownUntil: t0.Add(sec(4)), ProbedAt: t0, SlowStartFrom: t0}},
 		{"pass clears quota", KeyState{Disabled: true, DisabledReason: DisabledQuota}, true, "ignored", KeyState{ProbedAt: t0}},
+		{"pass after the verdict clears it", KeyState{Disabled: true, DisabledReason: DisabledAuth, VerdictAt: t0.Add(-sec(1))}, true, "",
+			KeyState{ProbedAt: t0, VerdictAt: t0.Add(-sec(1))}},
+		{"pass older than a disable keeps it", KeyState{Disabled: true, DisabledReason: DisabledAuth, ProbeFailed: true, ProbeError: "x", VerdictAt: t0.Add(sec(1))}, true, "",
+			KeyState{Disabled: true, DisabledReason: DisabledAuth, ProbedAt: t0, VerdictAt: t0.Add(sec(1))}},
+		{"pass at the instant of an ejection keeps it", KeyState{EjectedUntil: t0.Add(sec(30)), Ejections: 1, SlowStartFrom: t0.Add(sec(30)), VerdictAt: t0}, true, "",
+			KeyState{EjectedUntil: t0.Add(sec(30)), Ejections: 1, SlowStartFrom: t0.Add(sec(30)), ProbedAt: t0, VerdictAt: t0}},
 		{"fail sets ProbeFailed", KeyState{Disabled: true, DisabledReason: DisabledAuth}, false, "GET /v1/models: 401",
 			KeyState{Disabled: true, DisabledReason: DisabledAuth, ProbeFailed: true, ProbeError: "GET /v1/models: 401", ProbedAt: t0}},
 		{"fail truncates on a rune boundary", KeyState{}, false, long, KeyState{ProbeFailed: true, ProbeError: long[:256], ProbedAt: t0}},
