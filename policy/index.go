@@ -343,6 +343,10 @@ func (x *Index) combine(a, b uint64) uint64 {
 }
 
 // set stores leaf i and recomputes its ancestors.
+// setHook, when set (tests only), runs in set between reading a node's
+// children and storing the node: where a concurrent update interleaves.
+var setHook func(node int)
+
 func (x *Index) set(i int, v uint64) {
 	k := x.leaves + i
 	x.tree[k].Store(v)
@@ -350,6 +354,9 @@ func (x *Index) set(i int, v uint64) {
 		k /= 2
 		for {
 			l, r := x.tree[2*k].Load(), x.tree[2*k+1].Load()
+			if setHook != nil {
+				setHook(k) // tests: another update runs here
+			}
 			x.tree[k].Store(x.combine(l, r))
 			if x.tree[2*k].Load() == l && x.tree[2*k+1].Load() == r {
 				break

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -174,23 +175,73 @@ func TestIndexConcurrentUpdates(t *testing.T) {
 	for _, s := range []Strategy{WeightedByUsage{}, LeastUsed{}} {
 		cands := benchCands(300, 1)
 		x := NewIndex(s, cands, nil, nil)
+		// Each writer owns leaves next to the others' (i%4 == g): siblings
+		// and cousins change at once, so parents are recomputed from
+		// children that move under them. Its last value per leaf is known.
+		const writers = 4
+		last := make([]uint64, len(cands)) // the usage each leaf saw last
 		var wg sync.WaitGroup
-		for g := range 4 {
+		for g := range writers {
 			wg.Go(func() {
 				rng := rand.New(rand.NewPCG(uint64(g), 1))
-				for range 20000 {
-					i := rng.IntN(len(cands))
+				for range 50000 {
+					i := g + writers*rng.IntN(2) // leaves 0..7: one subtree
+					if rng.IntN(8) == 0 {
+						i = g + writers*rng.IntN(len(cands)/writers)
+					}
 					c := cands[i]
 					c.Usage = rng.Uint64N(50)
 					x.Update(i, c)
+					last[i] = c.Usage
 				}
 			})
 		}
 		wg.Wait()
+		for i, c := range cands {
+			c.Usage = last[i]
+			if got, want := x.tree[x.leaves+i].Load(), x.leaf(&c); last[i] != 0 && got != want {
+				t.Fatalf("%s: leaf %d holds %x, its last update %x", s.Name(), i, got, want)
+			}
+		}
 		for k := x.leaves - 1; k >= 1; k-- {
 			if got, want := x.tree[k].Load(), x.combine(x.tree[2*k].Load(), x.tree[2*k+1].Load()); got != want {
 				t.Fatalf("%s: node %d holds %x, its children make %x", s.Name(), k, got, want)
 			}
+		}
+	}
+}
+
+// TestIndexUpdateInterleaved runs the interleaving that loses an update
+// without set's re-check: writer A reads the children of the root, writer
+// B changes A's sibling and stores the root, then A stores its root from
+// the children it read. A's re-check sees B's child and stores again.
+func TestIndexUpdateInterleaved(t *testing.T) {
+	for _, s := range []Strategy{WeightedByUsage{}, LeastUsed{}} {
+		cands := benchCands(2, 1)
+		x := NewIndex(s, cands, nil, nil)
+		a, b := cands[0], cands[1]
+		a.Usage, b.Usage = 7, 40
+		paused, resume := make(chan struct{}), make(chan struct{})
+		var first atomic.Bool
+		setHook = func(node int) {
+			if first.CompareAndSwap(false, true) { // A, the first time only
+				close(paused)
+				<-resume
+			}
+		}
+		t.Cleanup(func() { setHook = nil })
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			x.Update(0, a)
+		}()
+		<-paused
+		x.Update(1, b) // B runs while A is between its read and its store
+		close(resume)
+		<-done
+		setHook = nil
+		if got, want := x.tree[1].Load(), x.combine(x.leaf(&a), x.leaf(&b)); got != want {
+			t.Fatalf("%s: root holds %x, the two updates make %x", s.Name(), got, want)
 		}
 	}
 }
