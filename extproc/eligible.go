@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"hash/maphash"
 	"math"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -151,19 +152,15 @@ func buildEligible(pool *store.Pool, epoch uint64, now time.Time, sel selection)
 	return s
 }
 
-// poolRings keeps the latest affinity ring of each pool (by model), with the
-// hash of the keys and weights it was built from: a new configuration
-// generation whose pool has the same keys reuses it (a ring of 10,000
-// keys takes tens of milliseconds to build).
-var poolRings sync.Map // model → *pooledRing
-
-type pooledRing struct {
-	sum  uint64
-	ring *policy.Ring
-}
-
-// poolRing returns the ring of pool's keys.
+// poolRing returns the affinity ring of pool's keys, built once per pool
+// (store.Pool.Ring). A pool of a new configuration generation with the
+// same keys and weights as a live pool of the same model takes that
+// pool's ring (poolRings): a ring of 10,000 keys takes tens of
+// milliseconds to build.
 func poolRing(pool *store.Pool) *policy.Ring {
+	if r := pool.Ring.Load(); r != nil {
+		return r
+	}
 	var h maphash.Hash
 	h.SetSeed(ringSeed)
 	var w [8]byte
@@ -173,16 +170,39 @@ func poolRing(pool *store.Pool) *policy.Ring {
 		h.Write(w[:])
 	}
 	sum := h.Sum64()
-	if r, ok := poolRings.Load(pool.Model); ok && r.(*pooledRing).sum == sum {
-		return r.(*pooledRing).ring
+	v, ok := poolRings.Load(pool.Model)
+	pr, _ := v.(*pooledRing)
+	if !ok || pr.sum != sum {
+		all := make([]policy.Candidate, len(pool.Entries))
+		for i, e := range pool.Entries {
+			all[i].Key = e.Key
+		}
+		pr = &pooledRing{model: pool.Model, sum: sum, ring: policy.NewRing(all)}
+		poolRings.Store(pool.Model, pr)
 	}
-	all := make([]policy.Candidate, len(pool.Entries))
-	for i, e := range pool.Entries {
-		all[i].Key = e.Key
+	if pool.Ring.CompareAndSwap(nil, pr.ring) {
+		pr.users.Add(1)
+		runtime.AddCleanup(pool, releaseRing, pr)
 	}
-	ring := policy.NewRing(all)
-	poolRings.Store(pool.Model, &pooledRing{sum: sum, ring: ring})
-	return ring
+	return pool.Ring.Load()
+}
+
+// poolRings holds, per model, the ring of the latest pool that built one,
+// while a pool holding it is alive: models that are gone leave nothing.
+var poolRings sync.Map // model → *pooledRing
+
+type pooledRing struct {
+	model string
+	sum   uint64 // hash of the keys and weights the ring was built from
+	ring  *policy.Ring
+	users atomic.Int64 // live pools holding ring
+}
+
+// releaseRing runs when a pool holding pr's ring has been collected.
+func releaseRing(pr *pooledRing) {
+	if pr.users.Add(-1) == 0 {
+		poolRings.CompareAndDelete(pr.model, pr)
+	}
 }
 
 var ringSeed = maphash.MakeSeed()

@@ -2,8 +2,10 @@ package extproc
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -317,5 +319,47 @@ keys:
 	if got != "b" || res.call.Candidates != 1 || res.call.NSkipped != 1 || res.call.Skipped[0].KeyID != "a" ||
 		res.call.Skipped[0].Reason != policy.ReasonCoolingDown {
 		t.Errorf("key %s, candidates %d, skipped %+v; want b, 1, [a cooling_down]", got, res.call.Candidates, res.call.Skipped)
+	}
+}
+
+// TestPoolRing: a pool builds its ring once; a pool of a later generation
+// with the same keys and weights takes it; one with other weights builds
+// its own; once every pool of a model is collected, the model leaves
+// nothing behind.
+func TestPoolRing(t *testing.T) {
+	const model = "ring-test-model"
+	pool := func(weights ...float64) *store.Pool {
+		p := &store.Pool{Model: model, Seq: new(atomic.Uint64)}
+		for i, w := range weights {
+			p.Entries = append(p.Entries, &store.Entry{Key: &policy.Key{ID: fmt.Sprintf("k%d", i), Weight: w, Enabled: true}})
+		}
+		return p
+	}
+	p1, p2, p3 := pool(1, 1, 2), pool(1, 1, 2), pool(1, 1, 3)
+	r1 := poolRing(p1)
+	switch {
+	case r1 == nil || poolRing(p1) != r1:
+		t.Fatalf("pool 1: ring %p, then %p", r1, poolRing(p1))
+	case poolRing(p2) != r1:
+		t.Fatal("a pool with the same keys and weights built another ring")
+	case poolRing(p3) == r1:
+		t.Fatal("a pool with other weights took the first pool's ring")
+	}
+	if v, ok := poolRings.Load(model); !ok || v.(*pooledRing).ring != p3.Ring.Load() {
+		t.Fatalf("cache for %s: %v %v, want the last pool's ring", model, v, ok)
+	}
+	runtime.KeepAlive(p1)
+	runtime.KeepAlive(p2)
+	runtime.KeepAlive(p3)
+	p1, p2, p3 = nil, nil, nil
+	for i := 0; ; i++ {
+		runtime.GC() // collects the pools; their cleanups run after
+		if _, ok := poolRings.Load(model); !ok {
+			break
+		}
+		if i == 1000 {
+			t.Fatalf("the ring of %s is still cached after its pools were collected", model)
+		}
+		runtime.Gosched()
 	}
 }

@@ -86,6 +86,9 @@ type Pool struct {
 	// did not change, with their Selection, and rebuilds every pool when
 	// the settings change or a key that lists no model changes.
 	Selection atomic.Value
+	// Ring is the consistent-hash ring of Entries (the affinity strategy's),
+	// built by the request path on first use and dropped with the pool.
+	Ring atomic.Pointer[policy.Ring]
 }
 
 // Options configures a Store.
