@@ -170,19 +170,25 @@ func poolRing(pool *store.Pool) *policy.Ring {
 		h.Write(w[:])
 	}
 	sum := h.Sum64()
-	v, ok := poolRings.Load(pool.Model)
+	v, _ := poolRings.Load(pool.Model)
 	pr, _ := v.(*pooledRing)
-	if !ok || pr.sum != sum {
+	built := pr == nil || pr.sum != sum
+	if built {
 		all := make([]policy.Candidate, len(pool.Entries))
 		for i, e := range pool.Entries {
 			all[i].Key = e.Key
 		}
 		pr = &pooledRing{model: pool.Model, sum: sum, ring: policy.NewRing(all)}
-		poolRings.Store(pool.Model, pr)
 	}
+	// Only the request that gives the pool its ring counts it and, for a
+	// ring it built, publishes it: a ring built by two requests at once is
+	// cached once, with its user.
 	if pool.Ring.CompareAndSwap(nil, pr.ring) {
 		pr.users.Add(1)
 		runtime.AddCleanup(pool, releaseRing, pr)
+		if built {
+			poolRings.Store(pool.Model, pr)
+		}
 	}
 	return pool.Ring.Load()
 }

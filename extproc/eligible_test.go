@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -345,13 +346,30 @@ func TestPoolRing(t *testing.T) {
 	case poolRing(p3) == r1:
 		t.Fatal("a pool with other weights took the first pool's ring")
 	}
-	if v, ok := poolRings.Load(model); !ok || v.(*pooledRing).ring != p3.Ring.Load() {
+	if v, ok := poolRings.Load(model); !ok || v.(*pooledRing).ring != p3.Ring.Load() || v.(*pooledRing).users.Load() != 1 {
 		t.Fatalf("cache for %s: %v %v, want the last pool's ring", model, v, ok)
+	}
+	// Two requests giving a new pool its ring at once (2,000 keys: both
+	// build one): one ring cached, counted once.
+	p4 := pool(slices.Repeat([]float64{1}, 2000)...)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			<-start
+			poolRing(p4)
+		})
+	}
+	close(start)
+	wg.Wait()
+	if v, ok := poolRings.Load(model); !ok || v.(*pooledRing).ring != p4.Ring.Load() || v.(*pooledRing).users.Load() != 1 {
+		t.Fatalf("after two requests at once: cache %v %v, want the pool's ring with one user", v, ok)
 	}
 	runtime.KeepAlive(p1)
 	runtime.KeepAlive(p2)
 	runtime.KeepAlive(p3)
-	p1, p2, p3 = nil, nil, nil
+	runtime.KeepAlive(p4)
+	p1, p2, p3, p4 = nil, nil, nil, nil
 	for i := 0; ; i++ {
 		runtime.GC() // collects the pools; their cleanups run after
 		if _, ok := poolRings.Load(model); !ok {
