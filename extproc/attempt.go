@@ -314,7 +314,7 @@ func (u *upstreamExchange) onRequestHeaders(h *extprocv3.HttpHeaders) *extprocv3
 		}
 		e, aerr := x.choose(x.call.ModelOriginal, func(e *store.Entry) bool {
 			return !sameHost(e.Key, a.entry.Key) || !x.inAccount(e) || slices.Contains(a.tried, e)
-		})
+		}, now)
 		if aerr != nil {
 			return aerr.response()
 		}

@@ -110,11 +110,21 @@ func (x *exchange) timed(f func() *extprocv3.ProcessingResponse) *extprocv3.Proc
 // now is the time of the request-path phase running (one clock read per
 // message instead of one per decision), the server's clock outside a
 // phase or when the server runs on another clock than time.Now (tests).
+// Only the exchange's own stream calls it: an upstream attempt that uses
+// the exchange reads the clock itself.
 func (x *exchange) now() time.Time {
 	if x.s.realClock && !x.at.IsZero() {
 		return x.at
 	}
 	return x.s.now()
+}
+
+// clockMoved is called after the phase may have waited (for an object's
+// record): its later decisions read the clock again.
+func (x *exchange) clockMoved() {
+	if !x.at.IsZero() {
+		x.at = x.s.now()
+	}
 }
 
 func (x *exchange) onRequestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadata) *extprocv3.ProcessingResponse {
@@ -461,7 +471,7 @@ func (x *exchange) forward(model string) (*extprocv3.HeaderMutation, *apiError) 
 				Message: "No enabled Anthropic key is configured for " + x.route.op.name + "."}
 		}
 	}
-	entry, aerr := x.choose(model, skip)
+	entry, aerr := x.choose(model, skip, x.now())
 	if aerr != nil {
 		return nil, aerr
 	}
@@ -622,7 +632,7 @@ var candidatePool = sync.Pool{New: func() any { return new(candidateBuf) }}
 
 // choose picks a key for model among the eligible keys of its pool that
 // skip (nil: none) does not rule out.
-func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.Entry, *apiError) {
+func (x *exchange) choose(model string, skip func(*store.Entry) bool, now time.Time) (*store.Entry, *apiError) {
 	pool := x.snap.Pool(model)
 	if len(pool.Entries) == 0 {
 		if model == "" {
@@ -631,7 +641,6 @@ func (x *exchange) choose(model string, skip func(*store.Entry) bool) (*store.En
 		return nil, &apiError{Status: 404, Type: typeInvalidRequest, Code: "model_not_found", Param: "model",
 			Message: "The model `" + model + "` does not exist or no key serves it."}
 	}
-	now := x.now()
 	if skip == nil {
 		set := eligibleOf(pool, now, selectionOf(x.settings))
 		if e, aerr, ok := x.chooseFrom(set, model, pool, now); ok {

@@ -8,8 +8,9 @@ import (
 )
 
 // TestExchangeNow: a request-path phase decides on the clock read that
-// starts it (one read per message); outside a phase, and on a server clock
-// other than time.Now, now is the server's clock.
+// starts it (one read per message), read again after a wait; outside a
+// phase, and on a server clock other than time.Now, now is the server's
+// clock.
 func TestExchangeNow(t *testing.T) {
 	fake := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	tests := []struct {
@@ -23,19 +24,23 @@ func TestExchangeNow(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			x := &exchange{callRecord: callRecord{s: tt.s}}
-			var first, second time.Time
+			var first, second, moved time.Time
 			before := time.Now()
 			x.timed(func() *extprocv3.ProcessingResponse {
 				first = x.now()
 				for !time.Now().After(first) { // the wall clock moves on; the phase's time does not
 				}
 				second = x.now()
+				x.clockMoved() // after a wait (an object's record)
+				moved = x.now()
 				return nil
 			})
 			switch {
 			case tt.wantFixed && (first != second || first.Before(before)):
 				t.Fatalf("inside the phase: %v then %v (phase began after %v)", first, second, before)
-			case !tt.wantFixed && (first != fake || second != fake):
+			case tt.wantFixed && !moved.After(second):
+				t.Fatalf("after clockMoved: %v, not later than the phase's %v", moved, second)
+			case !tt.wantFixed && (first != fake || second != fake || moved != fake):
 				t.Fatalf("inside the phase: %v, %v; want the server's clock %v", first, second, fake)
 			}
 			if !x.at.IsZero() {

@@ -144,7 +144,12 @@ func (x *exchange) resolveObject(k *objectKind, id, param string) (string, *apiE
 	default:
 		// Tagged kinds are never recorded: an untagged id of one has no
 		// record to wait for.
-		if rec := reg.Lookup(x.ctx(), id, x.s.now, !x.waited && !k.tagged); rec != nil {
+		wait := !x.waited && !k.tagged
+		rec := reg.Lookup(x.ctx(), id, x.s.now, wait)
+		if wait {
+			x.clockMoved() // the wait may have lasted up to objects' wait
+		}
+		if rec != nil {
 			account, owner = rec.Account, rec.Owner
 		} else {
 			x.waited = true // one wait per request
