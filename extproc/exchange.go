@@ -914,6 +914,7 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 		ResponseHeaders: &extprocv3.HeadersResponse{},
 	}}
 	now := x.s.now()
+	x.answeredAt = now
 	tooLarge := findHeader(hm, hdrEnvoyRateLimited) == markTooLarge
 	if x.fromAttempts() {
 		// The upstream filter fed the key.

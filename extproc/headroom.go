@@ -126,15 +126,17 @@ func readAnswer(status int, hm *corev3.HeaderMap, est int64, now time.Time) (pol
 
 // blockModel takes e out of model's pool until its next probe: the
 // provider said the key cannot use the model (403/404 model_not_found).
-// A 403 disabled the key when its headers came; this answer shows the
-// credential itself works, so that disable is lifted.
-func blockModel(e *store.Entry, model string, status int, now time.Time) {
+// A 403 disabled the key when its headers came (answeredAt); this answer
+// shows the credential itself works, so that disable is lifted — unless a
+// later verdict (another request's 401, a fleet member's disable) took the
+// key out since.
+func blockModel(e *store.Entry, model string, status int, now, answeredAt time.Time) {
 	if m := e.RT.ModelFor(model); m != nil {
 		m.Block(now)
 	}
-	if status == 403 {
+	if status == 403 && !answeredAt.IsZero() {
 		e.RT.Update(func(s policy.KeyState) policy.KeyState {
-			if s.Disabled && s.DisabledReason == policy.DisabledAuth {
+			if s.Disabled && s.DisabledReason == policy.DisabledAuth && !s.VerdictAt.After(answeredAt) {
 				s.Disabled, s.DisabledReason = false, ""
 			}
 			return s

@@ -154,6 +154,37 @@ func TestAnswerClassification(t *testing.T) {
 	}
 }
 
+// A 403 model_not_found lifts the disable its own headers caused, not one
+// a later verdict made (another request's 401, a fleet member's disable),
+// nor any when keymux did not see the 403's headers.
+func TestBlockModelLiftsOnlyItsOwnDisable(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name       string
+		verdictAt  time.Time
+		answeredAt time.Time
+		disabled   bool
+	}{
+		{"its own 403", t0, t0, false},
+		{"a 401 before it", t0.Add(-time.Second), t0, false},
+		{"a 401 after its headers", t0.Add(time.Second), t0, true},
+		{"headers not seen", t0, time.Time{}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newRig(t, oneKey).entry("k")
+			e.RT.Update(func(s policy.KeyState) policy.KeyState {
+				s.Disabled, s.DisabledReason, s.VerdictAt = true, policy.DisabledAuth, tt.verdictAt
+				return s
+			})
+			blockModel(e, "m-a", 403, t0.Add(2*time.Second), tt.answeredAt)
+			if s := e.RT.State(); s.Disabled != tt.disabled {
+				t.Errorf("disabled %v, want %v (%+v)", s.Disabled, tt.disabled, s)
+			}
+		})
+	}
+}
+
 // A block for a model lasts until the key's next probe.
 func TestModelBlockLiftedByProbe(t *testing.T) {
 	r := newRig(t, oneKey)

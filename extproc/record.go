@@ -33,7 +33,10 @@ type callRecord struct {
 	callID    string   // joins Envoy's access-log entry to this record (set when forwarded)
 	callIDBuf [32]byte // the bytes of callID (written once)
 	routed    string   // the key id the router-level metadata named first (set when forwarded)
-	call      telemetry.Call
+	// answeredAt is when the response headers reached keymux, after the
+	// answer was fed to the key (zero: they did not).
+	answeredAt time.Time
+	call       telemetry.Call
 }
 
 var recordPool = sync.Pool{New: func() any { return new(callRecord) }}
@@ -143,7 +146,7 @@ func (c *callRecord) errorBody(status int, code, typ string, now time.Time) {
 	case policy.QuotaExhausted(status, code, typ):
 		c.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: status}, now)
 	case policy.ModelUnavailable(status, code, typ) && c.entry != nil:
-		blockModel(c.entry, c.call.ModelFinal, status, now)
+		blockModel(c.entry, c.call.ModelFinal, status, now, c.answeredAt)
 	}
 }
 
