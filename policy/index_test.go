@@ -172,37 +172,28 @@ func TestIndexLeastStale(t *testing.T) {
 // TestIndexConcurrentUpdates: updates racing on the same tree leave every
 // node equal to what its children add up to once they are over.
 func TestIndexConcurrentUpdates(t *testing.T) {
+	// Under -race, the race detector's test of Update; the interleaving
+	// that loses an update is TestIndexUpdateInterleaved's. Writers change
+	// leaves next to each other (siblings and cousins) and at random.
 	for _, s := range []Strategy{WeightedByUsage{}, LeastUsed{}} {
 		cands := benchCands(300, 1)
 		x := NewIndex(s, cands, nil, nil)
-		// Each writer owns leaves next to the others' (i%4 == g): siblings
-		// and cousins change at once, so parents are recomputed from
-		// children that move under them. Its last value per leaf is known.
-		const writers = 4
-		last := make([]uint64, len(cands)) // the usage each leaf saw last
 		var wg sync.WaitGroup
-		for g := range writers {
+		for g := range 4 {
 			wg.Go(func() {
 				rng := rand.New(rand.NewPCG(uint64(g), 1))
-				for range 50000 {
-					i := g + writers*rng.IntN(2) // leaves 0..7: one subtree
-					if rng.IntN(8) == 0 {
-						i = g + writers*rng.IntN(len(cands)/writers)
+				for range 20000 {
+					i := rng.IntN(8)
+					if rng.IntN(4) == 0 {
+						i = rng.IntN(len(cands))
 					}
 					c := cands[i]
 					c.Usage = rng.Uint64N(50)
 					x.Update(i, c)
-					last[i] = c.Usage
 				}
 			})
 		}
 		wg.Wait()
-		for i, c := range cands {
-			c.Usage = last[i]
-			if got, want := x.tree[x.leaves+i].Load(), x.leaf(&c); last[i] != 0 && got != want {
-				t.Fatalf("%s: leaf %d holds %x, its last update %x", s.Name(), i, got, want)
-			}
-		}
 		for k := x.leaves - 1; k >= 1; k-- {
 			if got, want := x.tree[k].Load(), x.combine(x.tree[2*k].Load(), x.tree[2*k+1].Load()); got != want {
 				t.Fatalf("%s: node %d holds %x, its children make %x", s.Name(), k, got, want)
@@ -218,9 +209,12 @@ func TestIndexConcurrentUpdates(t *testing.T) {
 func TestIndexUpdateInterleaved(t *testing.T) {
 	for _, s := range []Strategy{WeightedByUsage{}, LeastUsed{}} {
 		cands := benchCands(2, 1)
+		cands[0].Usage, cands[1].Usage = 100, 100
 		x := NewIndex(s, cands, nil, nil)
+		// Both updates change the root whatever the strategy combines
+		// (a sum, a minimum): a stale root is seen.
 		a, b := cands[0], cands[1]
-		a.Usage, b.Usage = 7, 40
+		a.Usage, b.Usage = 7, 1
 		paused, resume := make(chan struct{}), make(chan struct{})
 		var first atomic.Bool
 		setHook = func(node int) {
