@@ -804,28 +804,46 @@ func ResolveSecretRef(ref string) (string, error) {
 // MaxSecretFile bounds a secret_ref file: an API key is a few hundred bytes.
 const MaxSecretFile = 64 << 10
 
-// readSecretFile reads a regular file of at most MaxSecretFile bytes. The
-// open does not block, and a FIFO, a device or a directory is refused
-// before a read: a named pipe nobody writes would hold the apply (and the
-// store's lock) forever, /dev/zero would fill the memory.
+// readSecretFile reads a regular file of at most MaxSecretFile bytes. A
+// FIFO, a device or a directory is refused before it is opened (a named
+// pipe nobody writes would hold the apply, and the store's lock, forever;
+// /dev/zero would fill the memory; opening a terminal or a tape has
+// effects of its own), and the open neither blocks nor takes a terminal;
+// the open file is checked again.
 func readSecretFile(path string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
+	fail := func(err error) error {
 		var pe *os.PathError
 		if errors.As(err, &pe) {
-			return nil, fmt.Errorf("cannot read %s: %w", path, pe.Err)
+			return fmt.Errorf("cannot read %s: %w", path, pe.Err)
 		}
-		return nil, fmt.Errorf("cannot read %s", path)
+		return fmt.Errorf("cannot read %s", path)
+	}
+	check := func(fi os.FileInfo) error {
+		switch {
+		case !fi.Mode().IsRegular():
+			return fmt.Errorf("cannot read %s: not a regular file (%s)", path, fi.Mode().Type())
+		case fi.Size() > MaxSecretFile:
+			return fmt.Errorf("cannot read %s: larger than %d bytes", path, MaxSecretFile)
+		}
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fail(err)
+	}
+	if err := check(fi); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, fail(err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	switch {
-	case err != nil:
-		return nil, fmt.Errorf("cannot read %s", path)
-	case !fi.Mode().IsRegular():
-		return nil, fmt.Errorf("cannot read %s: not a regular file (%s)", path, fi.Mode().Type())
-	case fi.Size() > MaxSecretFile:
-		return nil, fmt.Errorf("cannot read %s: larger than %d bytes", path, MaxSecretFile)
+	if fi, err = f.Stat(); err != nil {
+		return nil, fail(err)
+	}
+	if err := check(fi); err != nil { // replaced since the first check
+		return nil, err
 	}
 	b, err := io.ReadAll(io.LimitReader(f, MaxSecretFile+1))
 	switch {
