@@ -78,8 +78,10 @@ type attempts struct {
 	// it, nil until a retry.
 	cur      telemetry.Attempt
 	curClass string
-	done     []telemetry.Attempt
-	held     *heldAnswer // a 429 whose key is fed once its body is read
+	// curDisabledAt is the current attempt's auth disable (applyFeedback).
+	curDisabledAt time.Time
+	done          []telemetry.Attempt
+	held          *heldAnswer // a 429 whose key is fed once its body is read
 }
 
 // heldAnswer is an attempt's 429 waiting for its body.
@@ -95,12 +97,14 @@ type heldAnswer struct {
 // alone) and records it on the current attempt. Callers hold a.mu.
 func (a *attempts) feedLocked(e *store.Entry, model string, status int, hm *corev3.HeaderMap, tooLarge bool, now time.Time) {
 	o := policy.Outcome{Kind: policy.OutcomeClient, Status: status}
+	var disabledAt time.Time
 	if !tooLarge {
-		o = feedAnswer(e, model, a.x.est, a.x.settings.Ejection, status, hm, now)
+		o, disabledAt = feedAnswer(e, model, a.x.est, a.x.settings.Ejection, status, hm, now)
 	}
 	if a.entry == e {
 		a.fed = true
 		a.cur.Status, a.cur.End, a.curClass = status, now, o.Kind.Class()
+		a.curDisabledAt = disabledAt
 	}
 }
 
@@ -140,7 +144,7 @@ func (a *attempts) retried(e *store.Entry, now time.Time) {
 		c.End = now
 	}
 	a.done = append(a.done, c)
-	a.cur, a.curClass = telemetry.Attempt{KeyID: e.Key.ID, Start: now}, ""
+	a.cur, a.curClass, a.curDisabledAt = telemetry.Attempt{KeyID: e.Key.ID, Start: now}, "", time.Time{}
 }
 
 // retriesFor is the x-envoy-max-retries of a request forwarded with entry:
@@ -236,7 +240,7 @@ func (x *exchange) fromAttempts() bool {
 		return false
 	}
 	a.releaseLocked(x.s.now())
-	x.entry = a.entry
+	x.entry, x.disabledAt = a.entry, a.curDisabledAt
 	x.call.KeyID, x.call.ModelFinal = a.entry.Key.ID, a.model
 	x.call.Attempts = a.record(x.s.now())
 	if x.call.Attempts != nil {

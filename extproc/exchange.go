@@ -914,7 +914,6 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 		ResponseHeaders: &extprocv3.HeadersResponse{},
 	}}
 	now := x.s.now()
-	x.answeredAt = now
 	tooLarge := findHeader(hm, hdrEnvoyRateLimited) == markTooLarge
 	if x.fromAttempts() {
 		// The upstream filter fed the key.
@@ -928,7 +927,8 @@ func (x *exchange) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Proces
 			x.retriedMetadata(resp)
 		}
 	} else if x.entry != nil {
-		x.call.ErrorCode = feedAnswer(x.entry, x.call.ModelFinal, x.est, x.settings.Ejection, x.status, hm, now).Kind.Class()
+		o, disabledAt := feedAnswer(x.entry, x.call.ModelFinal, x.est, x.settings.Ejection, x.status, hm, now)
+		x.call.ErrorCode, x.disabledAt = o.Kind.Class(), disabledAt
 	} else {
 		x.call.ErrorCode = policy.StatusKind(x.status).Class()
 	}
@@ -1015,7 +1015,9 @@ func headersMutation(resp *extprocv3.ProcessingResponse) *extprocv3.HeaderMutati
 }
 
 // applyFeedback applies an upstream outcome to key e's passive state.
-func applyFeedback(e *store.Entry, ej policy.EjectionSettings, o policy.Outcome, now time.Time) {
+// It returns the key's DisabledAt when this answer disabled it for auth
+// (it was not disabled before), zero otherwise.
+func applyFeedback(e *store.Entry, ej policy.EjectionSettings, o policy.Outcome, now time.Time) (disabledAt time.Time) {
 	rt := e.RT
 	var old policy.KeyState
 	ns := rt.Update(func(s policy.KeyState) policy.KeyState { old = s; return policy.NextState(s, o, ej, now) })
@@ -1031,6 +1033,10 @@ func applyFeedback(e *store.Entry, ej policy.EjectionSettings, o policy.Outcome,
 	default:
 		rt.RecordError(now)
 	}
+	if !old.Disabled && ns.Disabled && ns.DisabledReason == policy.DisabledAuth {
+		return ns.DisabledAt
+	}
+	return time.Time{}
 }
 
 // onResponseBody passes a response body chunk on, reading it for token

@@ -73,7 +73,7 @@ func take(e *store.Entry, model string, est int64, now time.Time) {
 //     ("Request too large"): the key is left alone;
 //   - another 429 cools the key down for that model only;
 //   - everything else goes to the key-wide state (applyFeedback).
-func feedAnswer(e *store.Entry, model string, est int64, ej policy.EjectionSettings, status int, hm *corev3.HeaderMap, now time.Time) policy.Outcome {
+func feedAnswer(e *store.Entry, model string, est int64, ej policy.EjectionSettings, status int, hm *corev3.HeaderMap, now time.Time) (policy.Outcome, time.Time) {
 	o, h, bad := readAnswer(status, hm, est, now)
 	if bad > 0 {
 		e.RT.AddBadHeaders(uint64(bad))
@@ -96,11 +96,10 @@ func feedAnswer(e *store.Entry, model string, est int64, ej policy.EjectionSetti
 				e.RT.AddCooldown()
 			}
 			e.RT.RecordError(now)
-			return o
+			return o, time.Time{}
 		}
 	}
-	applyFeedback(e, ej, o, now)
-	return o
+	return o, applyFeedback(e, ej, o, now)
 }
 
 // classifyAnswer is the outcome of an upstream answer to a request of est
@@ -126,17 +125,18 @@ func readAnswer(status int, hm *corev3.HeaderMap, est int64, now time.Time) (pol
 
 // blockModel takes e out of model's pool until its next probe: the
 // provider said the key cannot use the model (403/404 model_not_found).
-// A 403 disabled the key when its headers came (answeredAt); this answer
-// shows the credential itself works, so that disable is lifted — unless a
-// later verdict (another request's 401, a fleet member's disable) took the
-// key out since.
-func blockModel(e *store.Entry, model string, status int, now, answeredAt time.Time) {
+// When the call's 403 headers disabled the key (disabledAt, its
+// DisabledAt then), this answer shows the credential itself works, so that
+// disable is lifted — unless another auth or quota verdict (a 401, an
+// exhausted quota, a fleet member's disable) stamped the key since, or the
+// key was disabled before the 403 came.
+func blockModel(e *store.Entry, model string, status int, now, disabledAt time.Time) {
 	if m := e.RT.ModelFor(model); m != nil {
 		m.Block(now)
 	}
-	if status == 403 && !answeredAt.IsZero() {
+	if status == 403 && !disabledAt.IsZero() {
 		e.RT.Update(func(s policy.KeyState) policy.KeyState {
-			if s.Disabled && s.DisabledReason == policy.DisabledAuth && !s.VerdictAt.After(answeredAt) {
+			if s.Disabled && s.DisabledReason == policy.DisabledAuth && s.DisabledAt.Equal(disabledAt) {
 				s.Disabled, s.DisabledReason = false, ""
 			}
 			return s

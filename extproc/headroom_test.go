@@ -154,34 +154,54 @@ func TestAnswerClassification(t *testing.T) {
 	}
 }
 
-// A 403 model_not_found lifts the disable its own headers caused, not one
-// a later verdict made (another request's 401, a fleet member's disable),
-// nor any when keymux did not see the 403's headers.
+// A 403 model_not_found lifts the disable its own headers caused (the
+// key's DisabledAt is the one that answer stamped), not one that was there
+// before it, nor one a later auth or quota verdict stamped (another
+// request's 401, a fleet member's disable); a later ejection does not stop
+// it.
 func TestBlockModelLiftsOnlyItsOwnDisable(t *testing.T) {
 	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 	tests := []struct {
 		name       string
-		verdictAt  time.Time
-		answeredAt time.Time
+		state      policy.KeyState
+		disabledAt time.Time // what the call's answer stamped (zero: it disabled nothing)
 		disabled   bool
 	}{
-		{"its own 403", t0, t0, false},
-		{"a 401 before it", t0.Add(-time.Second), t0, false},
-		{"a 401 after its headers", t0.Add(time.Second), t0, true},
-		{"headers not seen", t0, time.Time{}, true},
+		{"its own 403", policy.KeyState{Disabled: true, DisabledReason: policy.DisabledAuth, DisabledAt: t0, VerdictAt: t0}, t0, false},
+		{"an ejection after it", policy.KeyState{Disabled: true, DisabledReason: policy.DisabledAuth, DisabledAt: t0, VerdictAt: t0.Add(time.Second)}, t0, false},
+		{"a 401 after it", policy.KeyState{Disabled: true, DisabledReason: policy.DisabledAuth, DisabledAt: t0.Add(time.Second), VerdictAt: t0.Add(time.Second)}, t0, true},
+		{"a quota verdict after it", policy.KeyState{Disabled: true, DisabledReason: policy.DisabledQuota, DisabledAt: t0.Add(time.Second)}, t0, true},
+		{"disabled before the 403", policy.KeyState{Disabled: true, DisabledReason: policy.DisabledAuth, DisabledAt: t0}, time.Time{}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newRig(t, oneKey).entry("k")
-			e.RT.Update(func(s policy.KeyState) policy.KeyState {
-				s.Disabled, s.DisabledReason, s.VerdictAt = true, policy.DisabledAuth, tt.verdictAt
-				return s
-			})
-			blockModel(e, "m-a", 403, t0.Add(2*time.Second), tt.answeredAt)
+			e.RT.Update(func(policy.KeyState) policy.KeyState { return tt.state })
+			blockModel(e, "m-a", 403, t0.Add(2*time.Second), tt.disabledAt)
 			if s := e.RT.State(); s.Disabled != tt.disabled {
 				t.Errorf("disabled %v, want %v (%+v)", s.Disabled, tt.disabled, s)
 			}
 		})
+	}
+}
+
+// A 403 on a key an earlier verdict disabled (an exhausted quota) does not
+// lift that disable when its body says model_not_found: the 403 disabled
+// nothing.
+func TestModelNotFoundKeepsAnEarlierDisable(t *testing.T) {
+	r := newRig(t, oneKey)
+	res, k := r.send("m-a", "", func(string) []*extprocv3.ProcessingRequest {
+		// Another request's exhausted quota parks the key while this one waits for its answer.
+		r.entry("k").RT.Update(func(s policy.KeyState) policy.KeyState {
+			return policy.NextState(s, policy.Outcome{Kind: policy.OutcomeQuota, Status: 429}, policy.EjectionSettings{}, r.clock.Now())
+		})
+		return []*extprocv3.ProcessingRequest{respHeaders(false, ":status", "403", "content-type", "application/json"), respBody(`{"error":{"code":"model_not_found"}}`, true)}
+	})
+	if k != "k" || res.call.ErrorCode != policy.ClassAuth {
+		t.Fatalf("request on %q, class %q", k, res.call.ErrorCode)
+	}
+	if s := r.entry("k").RT.State(); !s.Disabled {
+		t.Errorf("the key is back after a 403 model_not_found: %+v", s)
 	}
 }
 

@@ -33,9 +33,10 @@ type callRecord struct {
 	callID    string   // joins Envoy's access-log entry to this record (set when forwarded)
 	callIDBuf [32]byte // the bytes of callID (written once)
 	routed    string   // the key id the router-level metadata named first (set when forwarded)
-	// answeredAt is when the response headers reached keymux, after the
-	// answer was fed to the key (zero: they did not).
-	answeredAt time.Time
+	// disabledAt is the key's DisabledAt when the call's answer (its
+	// response headers, fed by keymux) disabled the key for auth; zero
+	// when it did not (blockModel).
+	disabledAt time.Time
 	call       telemetry.Call
 }
 
@@ -146,7 +147,7 @@ func (c *callRecord) errorBody(status int, code, typ string, now time.Time) {
 	case policy.QuotaExhausted(status, code, typ):
 		c.feedback(policy.Outcome{Kind: policy.OutcomeQuota, Status: status}, now)
 	case policy.ModelUnavailable(status, code, typ) && c.entry != nil:
-		blockModel(c.entry, c.call.ModelFinal, status, now, c.answeredAt)
+		blockModel(c.entry, c.call.ModelFinal, status, now, c.disabledAt)
 	}
 }
 

@@ -62,6 +62,10 @@ type KeyState struct {
 	// (a disable, an ejection) was observed: a passing probe that finished
 	// before it does not undo it (ProbeResult).
 	VerdictAt time.Time
+	// DisabledAt is when the latest auth or quota verdict was observed
+	// (each one stamps it, on a key already disabled too): the disable a
+	// call's own answer caused is the one stamped with its time.
+	DisabledAt time.Time
 	// SlowStartFrom is when the key came back after its latest ejection
 	// (its end, or the probe that cut it short): from then its share of
 	// traffic grows over ejection.slow_start (SlowStartShare).

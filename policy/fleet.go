@@ -59,7 +59,8 @@ func ApplyShared(s KeyState, st SharedState, at time.Time) KeyState {
 	}
 	switch st.Reason {
 	case SharedAuth, SharedQuota:
-		s.Disabled, s.DisabledReason, s.VerdictAt = true, st.Reason, later(s.VerdictAt, at)
+		s.Disabled, s.DisabledReason = true, st.Reason
+		s.VerdictAt, s.DisabledAt = later(s.VerdictAt, at), later(s.DisabledAt, at)
 	case SharedCooldown:
 		s.CooldownUntil = later(s.CooldownUntil, st.Until)
 	}

@@ -85,8 +85,8 @@ func TestApplyShared(t *testing.T) {
 		at   time.Time
 		want KeyState
 	}{
-		{"disable", KeyState{}, SharedState{Reason: SharedAuth}, t0, KeyState{Disabled: true, DisabledReason: DisabledAuth, VerdictAt: t0}},
-		{"park", KeyState{}, SharedState{Reason: SharedQuota}, t0, KeyState{Disabled: true, DisabledReason: DisabledQuota, VerdictAt: t0}},
+		{"disable", KeyState{}, SharedState{Reason: SharedAuth}, t0, KeyState{Disabled: true, DisabledReason: DisabledAuth, VerdictAt: t0, DisabledAt: t0}},
+		{"park", KeyState{}, SharedState{Reason: SharedQuota}, t0, KeyState{Disabled: true, DisabledReason: DisabledQuota, VerdictAt: t0, DisabledAt: t0}},
 		{"cooldown", KeyState{}, SharedState{Reason: SharedCooldown, Until: t0.Add(time.Minute)}, t0, KeyState{CooldownUntil: t0.Add(time.Minute)}},
 		{"a longer local cooldown stays", KeyState{CooldownUntil: t0.Add(time.Hour)}, SharedState{Reason: SharedCooldown, Until: t0.Add(time.Minute)}, t0,
 			KeyState{CooldownUntil: t0.Add(time.Hour)}},

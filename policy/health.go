@@ -54,7 +54,7 @@ type Ineligible struct {
 //     failure and does not decide a half-open trial.
 //   - Auth and Quota disable the key (DisabledReason "auth" or "quota")
 //     until a probe that finishes later passes (ProbeResult); VerdictAt is
-//     set to now, as for an ejection.
+//     set to now, as for an ejection, and DisabledAt too.
 //   - Server and Timeout count a failure. At cfg.ConsecutiveFailures in a
 //     row, or at any failure while half-open, the key is ejected until
 //     now + min(cfg.Base·2^Ejections, cfg.Max); Ejections is incremented and
@@ -89,9 +89,11 @@ func NextState(s KeyState, o Outcome, cfg EjectionSettings, now time.Time) KeySt
 		}
 		s.CooldownUntil = later(s.CooldownUntil, until)
 	case OutcomeAuth:
-		s.Disabled, s.DisabledReason, s.VerdictAt = true, DisabledAuth, later(s.VerdictAt, now)
+		s.Disabled, s.DisabledReason = true, DisabledAuth
+		s.VerdictAt, s.DisabledAt = later(s.VerdictAt, now), later(s.DisabledAt, now)
 	case OutcomeQuota:
-		s.Disabled, s.DisabledReason, s.VerdictAt = true, DisabledQuota, later(s.VerdictAt, now)
+		s.Disabled, s.DisabledReason = true, DisabledQuota
+		s.VerdictAt, s.DisabledAt = later(s.VerdictAt, now), later(s.DisabledAt, now)
 	case OutcomeServer, OutcomeTimeout:
 		if ejected {
 			break

@@ -37,10 +37,12 @@ func TestNextState(t *testing.T) {
 			ejCfg, KeyState{HalfOpen: true, Ejections: 1, CooldownUntil: t0.Add(sec(2))}},
 
 		{"auth disables", KeyState{ConsecutiveFailures: 1}, Outcome{Kind: OutcomeAuth, Status: 401},
-			ejCfg, KeyState{ConsecutiveFailures: 1, Disabled: true, DisabledReason: DisabledAuth, VerdictAt: t0}},
-		{"quota disables", KeyState{}, Outcome{Kind: OutcomeQuota, Status: 429}, ejCfg, KeyState{Disabled: true, DisabledReason: DisabledQuota, VerdictAt: t0}},
-		{"a later verdict stays", KeyState{VerdictAt: t0.Add(sec(1))}, Outcome{Kind: OutcomeAuth, Status: 401}, ejCfg,
-			KeyState{Disabled: true, DisabledReason: DisabledAuth, VerdictAt: t0.Add(sec(1))}},
+			ejCfg, KeyState{ConsecutiveFailures: 1, Disabled: true, DisabledReason: DisabledAuth, VerdictAt: t0, DisabledAt: t0}},
+		{"quota disables", KeyState{}, Outcome{Kind: OutcomeQuota, Status: 429}, ejCfg, KeyState{Disabled: true, DisabledReason: DisabledQuota, VerdictAt: t0, DisabledAt: t0}},
+		{"a later verdict stays", KeyState{VerdictAt: t0.Add(sec(1)), DisabledAt: t0.Add(sec(1))}, Outcome{Kind: OutcomeAuth, Status: 401}, ejCfg,
+			KeyState{Disabled: true, DisabledReason: DisabledAuth, VerdictAt: t0.Add(sec(1)), DisabledAt: t0.Add(sec(1))}},
+		{"a second 401 stamps the disable", KeyState{Disabled: true, DisabledReason: DisabledAuth, VerdictAt: t0.Add(-sec(1)), DisabledAt: t0.Add(-sec(1))}, Outcome{Kind: OutcomeAuth, Status: 401}, ejCfg,
+			KeyState{Disabled: true, DisabledReason: DisabledAuth, VerdictAt: t0, DisabledAt: t0}},
 
 		{"first failure counts", KeyState{}, fail, ejCfg, KeyState{ConsecutiveFailures: 1}},
 		{"second timeout counts", KeyState{ConsecutiveFailures: 1}, timeout, ejCfg, KeyState{ConsecutiveFailures: 2}},

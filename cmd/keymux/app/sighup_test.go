@@ -54,7 +54,6 @@ func TestSIGHUPDuringFirstLoad(t *testing.T) {
 	}
 	logs := &holdingLog{hold: `"msg":"applying config file"`, mark: `"msg":"reloaded on SIGHUP"`,
 		held: make(chan struct{}), seen: make(chan struct{}), release: make(chan struct{})}
-	t.Cleanup(logs.unhold)
 	ctx, cancel := context.WithCancel(t.Context())
 	var stdout syncbuf.Buffer
 	done := make(chan error, 1)
@@ -62,6 +61,7 @@ func TestSIGHUPDuringFirstLoad(t *testing.T) {
 		done <- Run(ctx, []string{"serve", "--config", cfg, "--grpc", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-level", "info"}, &stdout, logs)
 	}()
 	t.Cleanup(func() {
+		logs.unhold() // a load still held in its log line could not see the stop
 		cancel()
 		select {
 		case err := <-done:
