@@ -13,6 +13,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -66,12 +67,8 @@ func decodeFile(ctx context.Context, data []byte) (*fileParts, error) {
 	js := data
 	if !json.Valid(data) {
 		var err error
-		if js, err = yaml.YAMLToJSONStrict(data); err != nil {
-			return nil, fmt.Errorf("%w: neither JSON nor valid YAML: %s", ErrBadFile, yamlMsg(err))
-		}
-		if yamlDocuments(data) > 1 {
-			// YAMLToJSONStrict reads the first document only.
-			return nil, fmt.Errorf("%w: more than one YAML document", ErrBadFile)
+		if js, err = yamlToJSON(data); err != nil {
+			return nil, err
 		}
 	}
 	if t := bytes.TrimSpace(js); len(t) == 0 || t[0] != '{' {
@@ -230,23 +227,85 @@ func (s *fileSection) sortByID() (dupID string, dup bool) {
 // fileSections are the top-level members of a file.
 var fileSections = []string{"settings", "keys", "rules", "clients"}
 
-// yamlDocuments counts the YAML documents of data, stopping at two (one
-// that does not parse counts).
-func yamlDocuments(data []byte) int {
+// yamlToJSON converts a YAML file to JSON: one document, no key given
+// twice in a mapping, and no two keys of a mapping that JSON reads as one
+// (4 and "4", true and "true"): the conversion would keep either of them
+// at random.
+func yamlToJSON(data []byte) ([]byte, error) {
+	js, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: neither JSON nor valid YAML: %s", ErrBadFile, yamlMsg(err))
+	}
 	dec := yamlv2.NewDecoder(bytes.NewReader(data))
-	n := 0
-	for n < 2 {
-		var v any
-		err := dec.Decode(&v)
-		if err == io.EOF {
-			break
-		}
-		n++
-		if err != nil {
-			break
+	var first any
+	if err := dec.Decode(&first); err != nil && err != io.EOF {
+		return nil, fmt.Errorf("%w: neither JSON nor valid YAML: %s", ErrBadFile, yamlMsg(err))
+	}
+	var second any
+	if err := dec.Decode(&second); err != io.EOF {
+		// YAMLToJSONStrict reads the first document only.
+		return nil, fmt.Errorf("%w: more than one YAML document", ErrBadFile)
+	}
+	if k, ok := yamlKeyCollision(first); ok {
+		return nil, fmt.Errorf("%w: a mapping has two keys that both read %q in JSON (e.g. 4 and \"4\")", ErrBadFile, truncate(k, 64))
+	}
+	return js, nil
+}
+
+// yamlKeyCollision finds the least key string (as JSON reads it) that two
+// keys of one mapping of v share: the result does not depend on the maps'
+// order.
+func yamlKeyCollision(v any) (string, bool) {
+	var least string
+	found := false
+	var walk func(v any)
+	walk = func(v any) {
+		switch t := v.(type) {
+		case map[any]any:
+			seen := make(map[string]bool, len(t))
+			for k, e := range t {
+				ks := yamlKeyString(k)
+				if seen[ks] && (!found || ks < least) {
+					least, found = ks, true
+				}
+				seen[ks] = true
+				walk(e)
+			}
+		case []any:
+			for _, e := range t {
+				walk(e)
+			}
 		}
 	}
-	return n
+	walk(v)
+	return least, found
+}
+
+// yamlKeyString is the JSON member name of a YAML key, as the YAML to JSON
+// conversion (sigs.k8s.io/yaml) writes it.
+func yamlKeyString(k any) string {
+	switch t := k.(type) {
+	case string:
+		return t
+	case int:
+		return strconv.Itoa(t)
+	case int64:
+		return strconv.FormatInt(t, 10)
+	case float64:
+		switch s := strconv.FormatFloat(t, 'g', -1, 32); s {
+		case "+Inf":
+			return ".inf"
+		case "-Inf":
+			return "-.inf"
+		case "NaN":
+			return ".nan"
+		default:
+			return s
+		}
+	case bool:
+		return strconv.FormatBool(t)
+	}
+	return fmt.Sprint(k)
 }
 
 // yamlMsg keeps the line of a YAML error; the rest may quote document

@@ -36,6 +36,12 @@ func TestParseFileErrors(t *testing.T) {
 		{"key id twice", `{"keys":{"k1":{},"k2":{},"k1":{}}}`, `bad config file: keys/k1 appears twice`},
 		{"yaml key id twice", "rules:\n  r1: {}\n  r1: {}\n", `bad config file: neither JSON nor valid YAML: line 3: duplicate key`},
 		{"yaml second document", "keys: {}\n---\nkeys: {k1: {provider: openai}}\n", "bad config file: more than one YAML document"},
+		// Keys JSON reads as one: the conversion would keep either at random.
+		{"yaml keys 4 and \"4\"", "keys:\n  4: {provider: openai, secret: sk-test-a}\n  \"4\": {provider: openai, secret: sk-test-b}\n",
+			`bad config file: a mapping has two keys that both read "4" in JSON (e.g. 4 and "4")`},
+		{"yaml keys true and \"true\", nested", "keys:\n  k1: {provider: openai, labels: {true: a, \"true\": b}}\n",
+			`bad config file: a mapping has two keys that both read "true" in JSON (e.g. 4 and "4")`},
+		{"yaml key 0b00 and 0", "keys: {0b00, 0x0: 1}\n", "bad config file: neither JSON nor valid YAML: line 1: duplicate key"},
 		{"yaml empty second document", "keys: {}\n---\n", "bad config file: more than one YAML document"},
 		{"yaml second document does not parse", "keys: {}\n---\n[\n", "bad config file: more than one YAML document"},
 		{"scalar", `"sk-test-oops"`, "bad config file: want an object with settings, keys, rules, clients"},
