@@ -123,7 +123,7 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 	default:
 		return bodyInfo{}, badRequest("invalid_json", "", "We could not parse the JSON body of your request: it is not valid JSON.")
 	}
-	if body[skipJSONSpace(body)] != '{' {
+	if bytes.TrimLeft(body, " \t\n\r")[0] != '{' {
 		return bodyInfo{}, badRequest("invalid_json", "", "The request body must be a JSON object.")
 	}
 	if dup != "" {
@@ -152,7 +152,7 @@ func parseBody(body []byte, need modelNeed, maxDepth int) (bodyInfo, *apiError) 
 
 // memberName is a member name as ScanJSON hands it (between the quotes)
 // with its escapes resolved, as every JSON decoder upstream reads it: a
-// view of raw when it has none.
+// view of raw when it has none, else a new string.
 func memberName(raw []byte) string {
 	if len(raw) == 0 {
 		return ""
@@ -163,28 +163,9 @@ func memberName(raw []byte) string {
 	return gjson.Parse(`"` + string(raw) + `"`).Str
 }
 
-// jsonString is the value of the valid JSON string v (quotes included):
-// a view of v's bytes when it has no escape, else a new string.
-func jsonString(v []byte) string {
-	inner := v[1 : len(v)-1]
-	if len(inner) == 0 {
-		return ""
-	}
-	if bytes.IndexByte(inner, '\\') < 0 {
-		return unsafe.String(&inner[0], len(inner))
-	}
-	return gjson.ParseBytes(v).Str
-}
-
-// skipJSONSpace is the offset of data's first byte that is not JSON
-// whitespace.
-func skipJSONSpace(data []byte) int {
-	i := 0
-	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r') {
-		i++
-	}
-	return i
-}
+// jsonString is the value of the valid JSON string v (quotes included),
+// as memberName reads what is between them.
+func jsonString(v []byte) string { return memberName(v[1 : len(v)-1]) }
 
 // checkModel refuses a model name keymux will not carry: empty, too long,
 // not UTF-8, with control characters or a dot path segment.

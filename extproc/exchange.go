@@ -56,7 +56,7 @@ type exchange struct {
 	waited      bool            // an unknown object id already waited for its record
 	bodyChanged bool            // the request body's object ids were replaced
 	jwtSubject  string          // jwt_claim: the owner identity of the verified JWT
-	at          time.Time       // the start of the request-path phase running (timed)
+	at          time.Time       // the start of the request-path phase running (timed; zero on another clock than time.Now)
 }
 
 func newExchange(s *Server) *exchange {
@@ -100,7 +100,9 @@ func (x *exchange) handle(req *extprocv3.ProcessingRequest) (*extprocv3.Processi
 // (x.now).
 func (x *exchange) timed(f func() *extprocv3.ProcessingResponse) *extprocv3.ProcessingResponse {
 	t0 := time.Now()
-	x.at = t0
+	if x.s.realClock {
+		x.at = t0
+	}
 	resp := f()
 	x.at = time.Time{}
 	x.call.Overhead += time.Since(t0)
@@ -113,7 +115,7 @@ func (x *exchange) timed(f func() *extprocv3.ProcessingResponse) *extprocv3.Proc
 // Only the exchange's own stream calls it: an upstream attempt that uses
 // the exchange reads the clock itself.
 func (x *exchange) now() time.Time {
-	if x.s.realClock && !x.at.IsZero() {
+	if !x.at.IsZero() {
 		return x.at
 	}
 	return x.s.now()
